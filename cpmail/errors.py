@@ -1,0 +1,54 @@
+"""The error tree. Library code raises these; only the CLI turns them into exit codes.
+
+Exit codes: 2 for usage, configuration and input errors (nothing was sent or
+changed), 3 when the transport refused to authenticate or could not be reached,
+1 when a command ran but some mail was not delivered.
+"""
+
+from __future__ import annotations
+
+
+class CpmailError(Exception):
+    """Root of every error cpmail raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(CpmailError):
+    """A setting, the settings file or the secrets store is wrong."""
+
+
+class InputError(CpmailError):
+    """A file, row, argument or address given to cpmail is wrong."""
+
+
+class NotDelivered(CpmailError):
+    """The command ran, but some mail is still in the outbox or failed for good."""
+
+    exit_code = 1
+
+
+class TransportError(CpmailError):
+    """Base of delivery errors; ``retry_after`` is in seconds when the server said."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TemporaryFailure(TransportError):
+    """Try again later: 4xx, a lost connection, a timeout, HTTP 429 or 5xx."""
+
+
+class PermanentFailure(TransportError):
+    """Do not try again: the server refused this message or recipient for good."""
+
+
+class AuthError(TransportError):
+    """The transport refused to sign in; the whole run stops (exit 3)."""
+
+
+class Unreachable(TransportError, ConnectionError):
+    """The transport could not be reached at all; the whole run stops (exit 3)."""

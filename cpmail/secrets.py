@@ -1,0 +1,140 @@
+"""Passcodes and token caches: 0600 files under ``<home>/secrets/`` or the OS keyring.
+
+A secret never leaves this module except to the transport that uses it: the
+``Secret`` wrapper prints as ``••••`` so that it cannot leak through a log line,
+an exception or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from cpmail.errors import ConfigError
+from cpmail.settings import write_atomic
+
+MASK = "••••"
+KEYRING_SERVICE = "cpmail"
+_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,200}$")
+
+
+class Secret:
+    """A string that will not show itself by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def passcode_name(account: str) -> str:
+    """The secret's name for an account's passcode ("shared" for one-account mode)."""
+    return f"passcode.{account}"
+
+
+def token_name(transport: str, account: str) -> str:
+    return f"token.{transport}.{account}"
+
+
+class SecretStore:
+    """Read and write secrets by name, in files or in the keyring."""
+
+    def __init__(self, home: Path, backend: str = "file") -> None:
+        self.dir = home / "secrets"
+        self.backend = backend
+
+    def _check_name(self, name: str) -> None:
+        if not _NAME.match(name):
+            raise ConfigError(f"secret name {name!r} has characters cpmail does not allow.")
+
+    def ensure_dir(self) -> None:
+        """Create the folder 0700 (or tighten it)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+
+    def _checked_path(self, name: str) -> Path:
+        self._check_name(name)
+        if self.dir.exists():
+            mode = stat.S_IMODE(self.dir.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{self.dir} is open to other users (mode {mode:04o}); "
+                    f"run `chmod 700 {self.dir}`."
+                )
+        path = self.dir / name
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{path} is readable by other users (mode {mode:04o}); "
+                    f"run `chmod 600 {path}` and try again."
+                )
+        return path
+
+    def get(self, name: str) -> Secret | None:
+        """Return the secret, or None when it was never set."""
+        if self.backend == "keyring":
+            self._check_name(name)
+            import keyring
+            from keyring.errors import KeyringError
+
+            try:
+                value = keyring.get_password(KEYRING_SERVICE, name)
+            except KeyringError as e:
+                raise ConfigError(f"the keyring could not be read: {type(e).__name__}.") from None
+            return None if value is None else Secret(value)
+        path = self._checked_path(name)
+        if not path.exists():
+            return None
+        return Secret(path.read_text(encoding="utf-8"))
+
+    def set(self, name: str, value: str) -> None:
+        if self.backend == "keyring":
+            self._check_name(name)
+            import keyring
+            from keyring.errors import KeyringError
+
+            try:
+                keyring.set_password(KEYRING_SERVICE, name, value)
+            except KeyringError as e:
+                raise ConfigError(f"the keyring could not be written: {type(e).__name__}.") from None
+            return
+        self.ensure_dir()
+        path = self._checked_path(name)
+        write_atomic(path, value.encode("utf-8"), mode=0o600)
+
+    def delete(self, name: str) -> bool:
+        if self.backend == "keyring":
+            self._check_name(name)
+            import keyring
+            from keyring.errors import PasswordDeleteError
+
+            try:
+                keyring.delete_password(KEYRING_SERVICE, name)
+            except PasswordDeleteError:
+                return False
+            return True
+        path = self._checked_path(name)
+        if path.exists():
+            path.unlink()
+            return True
+        return False
+
+    def has(self, name: str) -> bool:
+        return self.get(name) is not None

@@ -1,0 +1,466 @@
+"""``cpmail.toml``: find the home folder, load, validate, override from the environment, save.
+
+The file is edited with tomlkit so that a person's comments and key order
+survive, and written atomically (temporary file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpmail.errors import ConfigError
+
+SETTINGS_FILE = "cpmail.toml"
+
+EVENTS: tuple[str, ...] = (
+    "missing-time",
+    "job-opened",
+    "billing-created",
+    "payment-received",
+    "status-changed",
+    "task-due-today",
+    "task-due-tomorrow",
+    "task-overdue",
+    "task-over-budget",
+    "budget-alert",
+    "hours-exceeded",
+    "diary-entry",
+    "homebase-entry",
+    "change-order",
+    "calendar-reminder",
+)
+
+TRANSPORTS = ("file", "smtp", "gmail", "microsoft")
+
+
+def home_dir(option: str | Path | None = None) -> Path:
+    """Return the home folder: ``--home`` > ``CPMAIL_HOME`` > the platform's config dir."""
+    if option:
+        return Path(option).expanduser().resolve()
+    env = os.environ.get("CPMAIL_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("cpmail"))
+
+
+# --- validators: each takes the raw value and returns the typed one or raises ValueError
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected text")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(v, str) and v.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError("expected a whole number")
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError("expected a whole number") from None
+        if isinstance(v, float) and v != n:
+            raise ValueError("expected a whole number")
+        if not lo <= n <= hi:
+            raise ValueError(f"expected a number from {lo} to {hi}")
+        return n
+
+    return check
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError("expected a number")
+        try:
+            n = float(v)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"expected a number from {lo:g} to {hi:g}")
+        return n
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError("expected one of " + ", ".join(repr(o) for o in options))
+        return str(v)
+
+    return check
+
+
+def _email_or_blank(v: Any) -> str:
+    v = _str(v).strip()
+    if v:
+        from cpmail.addresses import check_address
+
+        check_address(v)
+    return v
+
+
+def _timezone(v: Any) -> str:
+    v = _str(v)
+    if v:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected a time zone name such as 'America/New_York'") from None
+    return v
+
+
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _window(v: Any) -> str:
+    v = _str(v).strip()
+    if v and not _WINDOW.match(v):
+        raise ValueError("expected HH:MM-HH:MM, such as '07:00-19:00'")
+    return v
+
+
+def _country(v: Any) -> str:
+    v = _str(v).strip()
+    if v:
+        import holidays
+
+        if v.upper() not in holidays.list_supported_countries():
+            raise ValueError("expected a country code known to the holidays package, or ''")
+    return v.upper()
+
+
+def _list_of_str(v: Any) -> list[str]:
+    if isinstance(v, str):
+        v = [p.strip() for p in v.split(",") if p.strip()]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected a list of text")
+    return [str(x) for x in v]
+
+
+def _list_of_dates(v: Any) -> list[str]:
+    out = []
+    for x in _list_of_str(v) if not isinstance(v, list) else v:
+        if isinstance(x, dt.date):
+            x = x.isoformat()
+        try:
+            dt.date.fromisoformat(str(x))
+        except ValueError:
+            raise ValueError(f"expected dates as YYYY-MM-DD, got {x!r}") from None
+        out.append(str(x))
+    return out
+
+
+def _url(v: Any) -> str:
+    v = _str(v).strip()
+    if v and "://" not in v:
+        raise ValueError("expected a URL such as 'https://…' or 'postgresql+psycopg://…'")
+    return v
+
+
+@dataclass(frozen=True)
+class Key:
+    """One known setting: its validator, default and one line of help."""
+
+    check: Callable[[Any], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+
+KEYS: dict[str, Key] = {
+    "agency.name": Key(_str, "", "the agency's name, on reports and in messages"),
+    "agency.address": Key(_str, "", "postal address printed on reports"),
+    "agency.logo": Key(_str, "", "path of a logo image for reports"),
+    "agency.timezone": Key(_timezone, "", "time zone of the agency's data; '' = this machine's"),
+    "agency.paper": Key(_choice("letter", "a4"), "letter", "paper size of reports"),
+    "user.staff": Key(_str, "", "staff ID this machine acts as (sender of check and reports)"),
+    "mail.enabled": Key(_bool, True, "master switch: false records mail as suppressed"),
+    "mail.transport": Key(_choice(*TRANSPORTS), "file", "file, smtp, gmail or microsoft"),
+    "mail.one_account": Key(_bool, False, "send all mail from mail.sender"),
+    "mail.sender": Key(_email_or_blank, "", "the one account all mail is sent from"),
+    "mail.digest": Key(_bool, False, "one message per person per run"),
+    "mail.send_window": Key(_window, "", "send only between these times, e.g. '07:00-19:00'"),
+    "mail.subject_prefix": Key(_str, "[C&P]", "text every subject starts with"),
+    "mail.max_attachment_mb": Key(_int(1, 150), 20, "largest attachment accepted, in MB"),
+    "mail.smtp.host": Key(_str, "", "SMTP server name"),
+    "mail.smtp.port": Key(_int(1, 65535), 587, "SMTP server port"),
+    "mail.smtp.security": Key(_choice("starttls", "ssl", "none"), "starttls", "starttls, ssl or none"),
+    "mail.smtp.timeout": Key(_float(1, 600), 30.0, "seconds to wait for the server"),
+    "mail.smtp.verify": Key(_bool, True, "verify the server's certificate"),
+    "mail.smtp.connections": Key(_int(1, 16), 3, "connections used in parallel"),
+    "mail.gmail.client_secrets": Key(_str, "", "OAuth client file of type 'installed'"),
+    "mail.gmail.api_base": Key(_url, "https://gmail.googleapis.com", "Gmail API address"),
+    "mail.gmail.token_uri": Key(_url, "", "token endpoint; '' = the client file's"),
+    "mail.microsoft.client_id": Key(_str, "", "application (client) ID of the Entra app"),
+    "mail.microsoft.tenant": Key(_str, "organizations", "organizations, common or a tenant ID"),
+    "mail.microsoft.api_base": Key(_url, "https://graph.microsoft.com", "Graph API address"),
+    "mail.microsoft.authority_base": Key(
+        _url, "https://login.microsoftonline.com", "sign-in authority address"
+    ),
+    "mail.file.dir": Key(_str, "mail", "folder for .eml files, relative to the home"),
+    "manager.name": Key(_str, "", "the system manager's name"),
+    "manager.email": Key(_email_or_blank, "", "the system manager's address"),
+    "helpdesk.email": Key(_email_or_blank, "", "the help desk's address"),
+    "check.lookback_days": Key(_int(0, 366), 7, "days back that event triggers look"),
+    "check.holidays": Key(_country, "US", "country code of public holidays; '' = none"),
+    "check.extra_holidays": Key(_list_of_dates, [], "more days off, as YYYY-MM-DD"),
+    "outbox.max_attempts": Key(_int(1, 1000), 8, "tries before a message fails for good"),
+    "outbox.max_age_hours": Key(_int(1, 24 * 365), 72, "hours before a message fails for good"),
+    "database.url": Key(_url, "", "SQLAlchemy URL; '' = cpmail.db in the home"),
+    "secrets.backend": Key(_choice("file", "keyring"), "file", "file or keyring"),
+}
+for _ev in EVENTS:
+    KEYS[f"events.{_ev}.enabled"] = Key(_bool, True, f"send {_ev} notifications")
+    KEYS[f"events.{_ev}.notify"] = Key(_list_of_str, [], "recipient specs; [] = the default")
+
+
+def env_name(key: str) -> str:
+    """Return the environment variable that overrides ``key``."""
+    return "CPMAIL_" + re.sub(r"[.\-]", "_", key).upper()
+
+
+DEFAULT_TOML = """\
+# cpmail settings. Edit with `cpmail config …` or by hand; comments are kept.
+# Every key can be overridden by an environment variable CPMAIL_<SECTION>_<KEY>.
+
+[agency]
+name = ""
+address = ""
+# timezone = "America/New_York"   # default: this machine's time zone
+
+[user]
+# The staff ID this machine acts as: the sender of `check` and reports.
+staff = ""
+
+[mail]
+# The master switch. While false, checks record what they would have sent
+# as "suppressed" and nothing is sent later.
+enabled = true
+transport = "file"        # file | smtp | gmail | microsoft
+one_account = false
+sender = ""
+digest = false
+send_window = ""          # e.g. "07:00-19:00"
+subject_prefix = "[C&P]"
+max_attachment_mb = 20
+
+[mail.file]
+dir = "mail"
+
+[check]
+lookback_days = 7
+holidays = "US"
+extra_holidays = []
+
+[outbox]
+max_attempts = 8
+max_age_hours = 72
+"""
+
+
+class Settings:
+    """Effective settings: defaults < ``cpmail.toml`` < environment."""
+
+    def __init__(self, home: Path, doc: Any, path: Path) -> None:
+        self.home = home
+        self.path = path
+        self._doc = doc  # tomlkit document, or {} when there is no file
+        self._values: dict[str, Any] = {}
+        self._source: dict[str, str] = {}
+        self._resolve()
+
+    # ---- loading
+    @classmethod
+    def load(cls, home: Path) -> Settings:
+        """Read ``<home>/cpmail.toml`` (if any); raise ConfigError naming file and line."""
+        path = home / SETTINGS_FILE
+        doc: Any = {}
+        if path.exists():
+            import tomlkit
+            from tomlkit.exceptions import ParseError
+
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
+            except OSError as e:
+                raise ConfigError(f"cannot read {path}: {e.strerror}.") from None
+            try:
+                doc = tomlkit.parse(text)
+            except ParseError as e:
+                raise ConfigError(
+                    f"{path}, line {e.line}, column {e.col}: {_parse_reason(e)}; "
+                    "fix the file or run `cpmail init --force`."
+                ) from None
+        return cls(home, doc, path)
+
+    def _resolve(self) -> None:
+        flat = dict(_flatten(self._doc))
+        for key, value in flat.items():
+            spec = KEYS.get(key)
+            if spec is None:
+                raise ConfigError(
+                    f"{self.path}: unknown setting {key!r}; see `cpmail config show` "
+                    "for the known keys."
+                )
+            self._values[key] = self._check(key, spec, value, f"{self.path}: {key}")
+            self._source[key] = "file"
+        for key, spec in KEYS.items():
+            env = os.environ.get(env_name(key))
+            if env is not None:
+                self._values[key] = self._check(key, spec, _env_value(env), env_name(key))
+                self._source[key] = "env"
+            elif key not in self._values:
+                self._values[key] = spec.default
+                self._source[key] = "default"
+
+    @staticmethod
+    def _check(key: str, spec: Key, value: Any, where: str) -> Any:
+        try:
+            return spec.check(_plain(value))
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e} (got {_plain(value)!r}).") from None
+
+    # ---- reading
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def get(self, key: str) -> Any:
+        """Return the effective value of a dotted key; ConfigError for an unknown key."""
+        if key not in KEYS:
+            raise ConfigError(f"unknown setting {key!r}; see `cpmail config show`.")
+        return self._values[key]
+
+    def source(self, key: str) -> str:
+        return self._source[key]
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for key in KEYS:
+            yield key, self._values[key]
+
+    @property
+    def db_url(self) -> str:
+        return str(self["database.url"]) or f"sqlite:///{self.home / 'cpmail.db'}"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.home / str(self["mail.file.dir"])
+
+    def event_enabled(self, event: str) -> bool:
+        return bool(self[f"events.{event}.enabled"])
+
+    def event_notify(self, event: str) -> list[str]:
+        return list(self[f"events.{event}.notify"])
+
+    def tz(self) -> dt.tzinfo:
+        """The agency's time zone (this machine's when unset)."""
+        name = self["agency.timezone"]
+        if name:
+            import zoneinfo
+
+            return zoneinfo.ZoneInfo(name)
+        tz = dt.datetime.now().astimezone().tzinfo
+        assert tz is not None
+        return tz
+
+    # ---- writing
+    def set(self, key: str, value: Any) -> Any:
+        """Validate and store ``key`` in the document (call ``save`` after)."""
+        spec = KEYS.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown setting {key!r}; see `cpmail config show` for the keys.")
+        typed = self._check(key, spec, value, key)
+        import tomlkit
+
+        if not self._doc:
+            self._doc = tomlkit.document()
+        parts = key.split(".")
+        table = self._doc
+        for part in parts[:-1]:
+            if part not in table:
+                table[part] = tomlkit.table(is_super_table=len(parts) > 2 and part == parts[0])
+            table = table[part]
+        table[parts[-1]] = typed
+        self._values[key] = typed
+        if self._source.get(key) != "env":
+            self._source[key] = "file"
+        return typed
+
+    def save(self) -> None:
+        """Write the document atomically."""
+        import tomlkit
+
+        write_atomic(self.path, tomlkit.dumps(self._doc).encode("utf-8"), mode=0o644)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in doc.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def _plain(v: Any) -> Any:
+    """tomlkit items -> plain Python values."""
+    unwrap = getattr(v, "unwrap", None)
+    return unwrap() if callable(unwrap) else v
+
+
+def _env_value(text: str) -> Any:
+    """Environment values are text; a TOML array literal is accepted for lists."""
+    text = text.strip()
+    if text.startswith("["):
+        import tomlkit
+
+        try:
+            return tomlkit.parse(f"v = {text}")["v"].unwrap()
+        except Exception:
+            return text
+    return text
+
+
+def _parse_reason(e: Exception) -> str:
+    msg = str(e)
+    return re.sub(r"\s*at line \d+ col \d+\s*$", "", msg) or "not valid TOML"

@@ -1,0 +1,108 @@
+"""The database: engines, SQLite's settings, and schema migrations (Alembic)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.errors import ConfigError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    """Now in UTC, naive: the form cpmail's own bookkeeping times are stored in."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def make_engine(url: str) -> sa.Engine:
+    """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and BEGIN IMMEDIATE.
+
+    BEGIN IMMEDIATE takes the write lock when a transaction starts, so two
+    processes never both read "not yet queued" and then both queue: concurrent
+    runs on one SQLite file are serialised, not interleaved.
+    """
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _rec: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
+        raise ConfigError(f"database.url is not a database URL cpmail can use: {e}.") from None
+
+
+def _alembic_config(engine: sa.Engine, conn: sa.Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(engine, conn), "head")
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+    except sa.exc.OperationalError:
+        return None
+    except sa.exc.ProgrammingError:
+        return None
+    return None if row is None else str(row[0])
+
+
+def connect(url: str, *, where: str) -> sa.Engine:
+    """Open the database and make sure it holds cpmail's schema at the newest revision."""
+    engine = make_engine(url)
+    try:
+        rev = current_revision(engine)
+    except sa.exc.OperationalError as e:
+        raise ConfigError(f"cannot open the database {where}: {e.orig}.") from None
+    if rev is None:
+        raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
+    if rev != head_revision():
+        raise ConfigError(
+            f"the database at {where} is at schema revision {rev}; run `cpmail db upgrade`."
+        )
+    return engine

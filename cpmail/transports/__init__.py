@@ -1,0 +1,1 @@
+"""Transports: file, smtp, gmail, microsoft. See ``base.Transport`` for the contract."""

@@ -1,0 +1,106 @@
+"""The one contract every transport keeps: send many messages, report each outcome.
+
+A transport receives ``Envelope`` objects (the exact bytes to send and who to
+send them to) and calls ``report`` once for every envelope with an
+``Outcome``. It never queries agency data and never touches the outbox: the
+outbox decides what a temporary or permanent failure means.
+
+To stop the whole run (the server refused to authenticate, or cannot be
+reached at all) a transport raises ``AuthError`` or ``Unreachable``; envelopes
+not yet reported stay in the outbox for the next run.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from cpmail.errors import ConfigError, PermanentFailure, TemporaryFailure
+
+if TYPE_CHECKING:
+    from cpmail.secrets import SecretStore
+    from cpmail.settings import Settings
+
+SHARED = "shared"  # the account name of the one-account sender
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message to send: ``raw`` is the RFC 5322 message, byte for byte."""
+
+    id: int
+    account: str  # whose credentials: a staff ID, SHARED, or "" for none
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    raw: bytes
+
+
+@dataclass
+class Outcome:
+    """What became of one envelope.
+
+    ``error`` set: the whole message failed (``TemporaryFailure`` -> try again,
+    ``PermanentFailure`` -> failed for good). Otherwise the server accepted the
+    message for ``accepted``; ``deferred`` and ``refused`` map recipients it
+    did not accept (for now / for good) to the server's words.
+    """
+
+    id: int
+    accepted: tuple[str, ...] = ()
+    deferred: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    error: TemporaryFailure | PermanentFailure | None = None
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.error.retry_after if isinstance(self.error, TemporaryFailure) else None
+
+
+Report = Callable[[Outcome], None]
+
+
+class Transport(abc.ABC):
+    """Base of every transport."""
+
+    name: ClassVar[str]
+    #: Largest message the transport can send (bytes). Checked before queueing.
+    max_message_bytes: int = 35 * 1024 * 1024
+
+    def __init__(self, settings: Settings, secrets: SecretStore) -> None:
+        self.settings = settings
+        self.secrets = secrets
+
+    @abc.abstractmethod
+    def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
+        """Send every envelope and call ``report`` once for each, as soon as it is known."""
+
+    def needs_account(self) -> bool:
+        """True when every message needs a signed-in account (API transports)."""
+        return False
+
+    def check_account(self, account: str) -> None:
+        """Raise ConfigError when ``account`` cannot send (no sign-in, say)."""
+
+
+def get_transport(settings: Settings, secrets: SecretStore) -> Transport:
+    """Return the configured transport; its library is imported only now."""
+    name = settings["mail.transport"]
+    cls: type[Transport]
+    if name == "file":
+        from cpmail.transports.file import FileTransport as cls
+    elif name == "smtp":
+        from cpmail.transports.smtp import SMTPTransport as cls
+    elif name == "gmail":
+        from cpmail.transports.gmail import GmailTransport as cls
+    elif name == "microsoft":
+        from cpmail.transports.microsoft import MicrosoftTransport as cls
+    else:  # pragma: no cover - settings validation makes this impossible
+        raise ConfigError(f"mail.transport: unknown transport {name!r}.")
+    return cls(settings, secrets)
+
+
+def mail_dir(settings: Settings) -> Path:
+    return settings.mail_dir
