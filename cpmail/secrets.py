@@ -113,7 +113,9 @@ class SecretStore:
             try:
                 keyring.set_password(KEYRING_SERVICE, name, value)
             except KeyringError as e:
-                raise ConfigError(f"the keyring could not be written: {type(e).__name__}.") from None
+                raise ConfigError(
+                    f"the keyring could not be written: {type(e).__name__}."
+                ) from None
             return
         self.ensure_dir()
         path = self._checked_path(name)

@@ -208,10 +208,13 @@ KEYS: dict[str, Key] = {
     "mail.max_attachment_mb": Key(_int(1, 150), 20, "largest attachment accepted, in MB"),
     "mail.smtp.host": Key(_str, "", "SMTP server name"),
     "mail.smtp.port": Key(_int(1, 65535), 587, "SMTP server port"),
-    "mail.smtp.security": Key(_choice("starttls", "ssl", "none"), "starttls", "starttls, ssl or none"),
+    "mail.smtp.security": Key(
+        _choice("starttls", "ssl", "none"), "starttls", "starttls, ssl or none"
+    ),
     "mail.smtp.timeout": Key(_float(1, 600), 30.0, "seconds to wait for the server"),
     "mail.smtp.verify": Key(_bool, True, "verify the server's certificate"),
     "mail.smtp.connections": Key(_int(1, 16), 3, "connections used in parallel"),
+    "mail.smtp.ca_file": Key(_str, "", "PEM file of CAs to trust; '' = the system's"),
     "mail.gmail.client_secrets": Key(_str, "", "OAuth client file of type 'installed'"),
     "mail.gmail.api_base": Key(_url, "https://gmail.googleapis.com", "Gmail API address"),
     "mail.gmail.token_uri": Key(_url, "", "token endpoint; '' = the client file's"),

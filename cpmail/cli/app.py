@@ -1,0 +1,109 @@
+"""The ``cpmail`` command: global options, the command groups, and error handling.
+
+Library code raises ``CpmailError``; this is the only place that turns errors
+into messages on stderr and exit codes (2 input/config, 1 not delivered,
+3 transport). Tracebacks never show locals: they can hold passcodes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+from cpmail import __version__
+from cpmail.cli import (
+    check,
+    config,
+    data,
+    db,
+    message,
+    outbox,
+    report,
+    setup,
+    signin,
+    staff,
+    templates,
+)
+from cpmail.cli.common import Ctx
+from cpmail.errors import CpmailError
+from cpmail.settings import home_dir
+
+
+class _Root(TyperGroup):
+    """Turns CpmailError into one line on stderr and its exit code, for every command."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except CpmailError as e:
+            typer.echo(f"cpmail: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Root,
+    name="cpmail",
+    help="E-mail for the agency: notifications, reports and messages.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cpmail {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(
+        None, "--home", help="Home folder (default: $CPMAIL_HOME, else the user config dir)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Print more detail."),
+) -> None:
+    """E-mail for the agency: notifications, reports and messages."""
+    ctx.obj = Ctx(home=home_dir(home), quiet=quiet, verbose=verbose)
+
+
+setup.register(app)
+check.register(app)
+report.register(app)
+message.register(app)
+outbox.register(app)
+app.add_typer(config.app, name="config")
+app.add_typer(staff.app, name="staff")
+app.add_typer(data.app, name="data")
+app.add_typer(db.app, name="db")
+app.add_typer(templates.app, name="templates")
+signin.register(config.app, staff.app)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("cpmail: interrupted; nothing that was accepted is lost.\n")
+        sys.exit(130)
+    except Exception as e:  # a bug: say so without dumping locals (they may hold secrets)
+        if verbose:
+            import traceback
+
+            traceback.print_exception(e)  # frames and lines only, never locals
+        sys.stderr.write(
+            f"cpmail: internal error ({type(e).__name__}); run again with -v for the traceback "
+            "and report it with `cpmail message bug`.\n"
+        )
+        sys.exit(70)

@@ -1,0 +1,162 @@
+"""What every command shares: the home, settings, secrets, database, and printing.
+
+Nothing heavy is imported here: ``cpmail --help`` loads this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from cpmail.errors import ConfigError, InputError
+from cpmail.settings import Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from rich.console import Console
+
+    from cpmail.secrets import SecretStore
+
+
+@dataclass
+class Ctx:
+    """Per-invocation state, created by the global callback."""
+
+    home: Path
+    quiet: bool = False
+    verbose: bool = False
+    _engine: Any = field(default=None, repr=False)
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.load(self.home)
+
+    @cached_property
+    def secrets(self) -> SecretStore:
+        from cpmail.secrets import SecretStore
+
+        return SecretStore(self.home, self.settings["secrets.backend"])
+
+    def engine(self) -> sa.Engine:
+        """The database, checked to hold cpmail's schema (else: run `cpmail init`)."""
+        if self._engine is None:
+            from cpmail.store import connect
+
+            url = self.settings.db_url
+            where = (
+                str(self.home / "cpmail.db")
+                if not self.settings["database.url"]
+                else "database.url"
+            )
+            self._engine = connect(url, where=where)
+        return self._engine
+
+    @cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def say(self, text: str) -> None:
+        """Print a human message unless --quiet."""
+        if not self.quiet:
+            self.out.print(text, markup=False)
+
+    def note(self, text: str) -> None:
+        """Print progress or advice to stderr (never pollutes --json on stdout)."""
+        if not self.quiet:
+            self.err.print(text, markup=False)
+
+
+def ctx_of(ctx: typer.Context) -> Ctx:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Ctx), "the global callback did not run"
+    return obj
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, dt.datetime | dt.date):
+        return o.isoformat()
+    if isinstance(o, decimal.Decimal):
+        return format(o, "f")
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    raise TypeError(f"cannot put {type(o).__name__} in JSON")
+
+
+def emit_json(obj: Any) -> None:
+    """Write one JSON document to stdout and nothing else."""
+    sys.stdout.write(json.dumps(obj, default=_default, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(
+    c: Ctx,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    title: str | None = None,
+    empty: str = "Nothing to show.",
+) -> None:
+    """Print rows as a rich table (or ``empty`` when there are none)."""
+    if not rows:
+        c.say(empty)
+        return
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for col in columns:
+        table.add_column(col.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(col)) for col in columns))
+    c.out.print(table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M")
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
+def parse_date(text: str, *, option: str) -> dt.date:
+    """YYYY-MM-DD or InputError naming the option."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is not a date as YYYY-MM-DD.") from None
+
+
+def split_list(values: Iterable[str] | None) -> list[str]:
+    """Options that take 'A,B' or are repeated: one flat list."""
+    out: list[str] = []
+    for v in values or ():
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
