@@ -83,6 +83,7 @@ class Transport(abc.ABC):
 
     def check_account(self, account: str) -> None:
         """Raise ConfigError when ``account`` cannot send (no sign-in, say)."""
+        return None
 
 
 def get_transport(settings: Settings, secrets: SecretStore) -> Transport:

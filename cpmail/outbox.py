@@ -1,0 +1,496 @@
+"""The outbox, the ledger and the log: queue, claim, deliver, retry.
+
+A message is a row of ``messages`` from the moment it is queued. It is claimed
+(status ``sending``) before it is handed to the transport and marked ``sent``
+only after the transport accepted it, so a crash at any point loses nothing:
+a row left ``sending`` by a dead process is claimed again after 15 minutes.
+The ledger holds every notification key ever queued or suppressed; a key is
+inserted in the same transaction as its message, so no key is queued twice.
+
+On PostgreSQL rows are claimed with ``FOR UPDATE SKIP LOCKED``; on SQLite every
+transaction starts with BEGIN IMMEDIATE (see ``cpmail.store``), which
+serialises claims between processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.compose import to_bytes
+from cpmail.errors import AuthError, InputError, TemporaryFailure, TransportError, Unreachable
+from cpmail.settings import Settings
+from cpmail.store import utcnow
+from cpmail.store.schema import ledger, messages
+from cpmail.transports.base import Envelope, Outcome, Transport
+
+STUCK_AFTER = dt.timedelta(minutes=15)
+CLAIM_BATCH = 200
+FLUSH_EVERY = 50
+FLUSH_SECONDS = 0.25
+OPEN = ("queued", "sending", "deferred", "failed")  # what `cpmail outbox` lists
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class Draft:
+    """A composed message, ready to queue."""
+
+    event: str
+    key: str | None  # ledger key; None for one-off messages (reports, tests)
+    account: str  # whose credentials send it: staff ID, "shared" or ""
+    from_addr: str
+    to: list[str]
+    subject: str
+    message_id: str
+    raw: bytes
+
+    @classmethod
+    def from_message(
+        cls, msg: EmailMessage, *, event: str, key: str | None, account: str, envelope_from: str
+    ) -> Draft:
+        to = [a.addr_spec for a in msg["To"].addresses]
+        return cls(
+            event=event,
+            key=key,
+            account=account,
+            from_addr=envelope_from,
+            to=to,
+            subject=str(msg["Subject"]),
+            message_id=str(msg["Message-ID"]),
+            raw=to_bytes(msg),
+        )
+
+
+def _insert_ledger(conn: sa.Connection, key: str, event: str, now: dt.datetime) -> bool:
+    """Insert the key; False when it was there already (another run queued it)."""
+    values = {"key": key, "event": event, "created_at": now}
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(ledger).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(ledger).values(values).on_conflict_do_nothing()
+    else:
+        if conn.execute(sa.select(ledger.c.key).where(ledger.c.key == key)).first():
+            return False
+        stmt = ledger.insert().values(values)
+    return bool(conn.execute(stmt).rowcount)
+
+
+def queue(
+    conn: sa.Connection,
+    draft: Draft,
+    *,
+    run_id: str,
+    suppressed: bool = False,
+    max_bytes: int | None = None,
+) -> int | None:
+    """Queue ``draft`` (or record it as suppressed) inside the caller's transaction.
+
+    Return the message id, or None when its ledger key was already recorded.
+    """
+    if max_bytes is not None and len(draft.raw) > max_bytes and not suppressed:
+        raise InputError(
+            f"the message {draft.subject!r} is {len(draft.raw) / 1e6:.1f} MB; "
+            f"the transport takes at most {max_bytes / 1e6:.1f} MB."
+        )
+    now = utcnow()
+    if draft.key is not None and not _insert_ledger(conn, draft.key, draft.event, now):
+        return None
+    row = {
+        "ledger_key": draft.key,
+        "event": draft.event,
+        "account": draft.account,
+        "from_addr": draft.from_addr,
+        "to_addrs": ",".join(draft.to),
+        "pending_rcpts": "" if suppressed else ",".join(draft.to),
+        "subject": draft.subject,
+        "message_id": draft.message_id,
+        "raw": None if suppressed else draft.raw,
+        "size": len(draft.raw),
+        "status": "suppressed" if suppressed else "queued",
+        "attempts": 0,
+        "created_at": now,
+        "queued_at": now,
+        "run_id": run_id,
+    }
+    result = conn.execute(messages.insert().values(row).returning(messages.c.id))
+    return int(result.scalar_one())
+
+
+# ------------------------------------------------------------------ delivery
+
+
+@dataclass
+class Delivery:
+    """What one delivery pass did, message by message."""
+
+    status: dict[int, str] = field(default_factory=dict)  # id -> sent|deferred|failed
+    events: dict[int, str] = field(default_factory=dict)  # id -> event
+    errors: dict[int, str] = field(default_factory=dict)
+    waiting: int = 0  # left for later (outside the send window)
+    stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.status.values() if s == status)
+
+    @property
+    def undelivered(self) -> int:
+        return self.count("deferred") + self.count("failed")
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    """1, 2, 4 … minutes after each failed attempt, at most 6 hours."""
+    return dt.timedelta(seconds=min(60 * 2 ** max(attempts - 1, 0), 6 * 3600))
+
+
+def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> bool:
+    window = str(settings["mail.send_window"])
+    if not window:
+        return True
+    start_s, end_s = window.split("-")
+    now_local = now_local or dt.datetime.now(settings.tz())
+    minutes = now_local.hour * 60 + now_local.minute
+    sh, sm = (int(x) for x in start_s.split(":"))
+    eh, em = (int(x) for x in end_s.split(":"))
+    start, end = sh * 60 + sm, eh * 60 + em
+    if start <= end:
+        return start <= minutes < end
+    return minutes >= start or minutes < end  # a window across midnight
+
+
+def _due(now: dt.datetime) -> Any:
+    m = messages.c
+    return sa.or_(
+        m.status == "queued",
+        sa.and_(
+            m.status == "deferred", sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)
+        ),
+        sa.and_(m.status == "sending", m.claimed_at < now - STUCK_AFTER),
+    )
+
+
+def claim(
+    engine: sa.Engine, *, run_id: str, limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None
+) -> list[Envelope]:
+    """Mark up to ``limit`` due messages ``sending`` for this run and return them."""
+    m = messages.c
+    now = utcnow()
+    with engine.begin() as conn:
+        q = sa.select(m.id, m.account, m.from_addr, m.pending_rcpts, m.raw).where(_due(now))
+        if ids is not None:
+            q = q.where(m.id.in_(list(ids)))
+        q = q.order_by(m.id).limit(limit)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        rows = conn.execute(q).all()
+        if not rows:
+            return []
+        conn.execute(
+            messages.update()
+            .where(m.id.in_([r.id for r in rows]))
+            .values(status="sending", claimed_at=now, claimed_by=run_id)
+        )
+    return [
+        Envelope(
+            id=r.id,
+            account=r.account,
+            mail_from=r.from_addr,
+            rcpt_to=tuple(a for a in r.pending_rcpts.split(",") if a),
+            raw=r.raw or b"",
+        )
+        for r in rows
+    ]
+
+
+def _expire(engine: sa.Engine, settings: Settings) -> None:
+    """Messages waiting past max_age_hours fail for good."""
+    m = messages.c
+    limit = utcnow() - dt.timedelta(hours=int(settings["outbox.max_age_hours"]))
+    with engine.begin() as conn:
+        conn.execute(
+            messages.update()
+            .where(m.status.in_(("queued", "deferred")), m.queued_at < limit)
+            .values(
+                status="failed",
+                last_error=sa.func.coalesce(m.last_error + "; ", "")
+                + f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
+            )
+        )
+
+
+class _Recorder:
+    """Collects outcomes and writes them in batches (few transactions, not one per message)."""
+
+    def __init__(self, engine: sa.Engine, settings: Settings, result: Delivery) -> None:
+        self.engine = engine
+        self.max_attempts = int(settings["outbox.max_attempts"])
+        self.max_age = dt.timedelta(hours=int(settings["outbox.max_age_hours"]))
+        self.result = result
+        self.pending: list[Outcome] = []
+        self.last_flush = time.monotonic()
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.pending.append(outcome)
+        if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        m = messages.c
+        now = utcnow()
+        with self.engine.begin() as conn:
+            info = {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(m.id, m.event, m.attempts, m.queued_at).where(
+                        m.id.in_([o.id for o in batch])
+                    )
+                )
+            }
+            updates = [self._update(o, info[o.id], now) for o in batch if o.id in info]
+            if updates:
+                conn.execute(
+                    messages.update().where(m.id == sa.bindparam("b_id")),
+                    updates,
+                )
+
+    def _update(self, o: Outcome, row: Any, now: dt.datetime) -> dict[str, Any]:
+        attempts = row.attempts + 1
+        give_up = now - row.queued_at > self.max_age or attempts >= self.max_attempts
+        values: dict[str, Any] = {
+            "b_id": o.id,
+            "attempts": attempts,
+            "claimed_at": None,
+            "claimed_by": None,
+            "next_attempt_at": None,
+            "sent_at": now if o.accepted else None,
+        }
+        words = [f"{a}: {w}" for a, w in {**o.deferred, **o.refused}.items()]
+        if o.error is not None:
+            temporary = isinstance(o.error, TemporaryFailure)
+            error = str(o.error)
+        elif o.deferred or o.refused:
+            temporary = bool(o.deferred)
+            error = "; ".join(words)
+            if o.accepted:
+                error += "; accepted for " + ", ".join(o.accepted)
+            values["pending_rcpts"] = ",".join(
+                o.deferred if temporary and not give_up else [*o.deferred, *o.refused]
+            )
+        else:
+            values.update(status="sent", pending_rcpts="", last_error=None, raw=sa.null())
+            self._note(o.id, row.event, "sent", None)
+            return values
+        if temporary and not give_up:
+            delay = backoff(attempts)
+            if o.retry_after:
+                delay = max(delay, dt.timedelta(seconds=o.retry_after))
+            values.update(status="deferred", next_attempt_at=now + delay)
+        else:
+            if temporary:
+                error += f" (gave up after {attempts} attempts)"
+            values["status"] = "failed"
+        values["last_error"] = error
+        self._note(o.id, row.event, values["status"], error)
+        return values
+
+    def _note(self, id_: int, event: str, status: str, error: str | None) -> None:
+        self.result.status[id_] = status
+        self.result.events[id_] = event
+        if error:
+            self.result.errors[id_] = error
+
+
+def deliver(
+    engine: sa.Engine,
+    transport: Transport,
+    settings: Settings,
+    *,
+    run_id: str,
+    ids: Sequence[int] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Delivery:
+    """Send every due message (or only ``ids``) through ``transport``.
+
+    Stops at the first AuthError or Unreachable (recorded in ``stopped``); the
+    messages it had claimed go back to ``deferred`` for the next run.
+    """
+    result = Delivery()
+    _expire(engine, settings)
+    if not in_send_window(settings):
+        m = messages.c
+        with engine.connect() as conn:
+            q = sa.select(sa.func.count()).select_from(messages).where(_due(utcnow()))
+            if ids is not None:
+                q = q.where(m.id.in_(list(ids)))
+            result.waiting = int(conn.execute(q).scalar_one())
+        return result
+    recorder = _Recorder(engine, settings, result)
+
+    def envelopes() -> Iterator[Envelope]:
+        while True:
+            batch = claim(engine, run_id=run_id, ids=ids)
+            if not batch:
+                return
+            for env in batch:
+                if on_progress:
+                    on_progress(1)
+                yield env
+
+    try:
+        transport.deliver(envelopes(), recorder)
+    except (AuthError, Unreachable) as e:
+        result.stopped = e
+    finally:
+        recorder.flush()
+        _release(engine, run_id, result)
+    return result
+
+
+def _release(engine: sa.Engine, run_id: str, result: Delivery) -> None:
+    """Claimed rows the transport never reported go back to the queue."""
+    m = messages.c
+    now = utcnow()
+    reason = str(result.stopped) if result.stopped else "not sent: the run ended early"
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(m.id, m.event, m.attempts).where(
+                m.claimed_by == run_id, m.status == "sending"
+            )
+        ).all()
+        for r in rows:
+            conn.execute(
+                messages.update()
+                .where(m.id == r.id)
+                .values(
+                    status="deferred",
+                    attempts=r.attempts + 1,
+                    claimed_at=None,
+                    claimed_by=None,
+                    next_attempt_at=now + backoff(r.attempts + 1),
+                    last_error=reason,
+                )
+            )
+            result.status[r.id] = "deferred"
+            result.events[r.id] = r.event
+            result.errors[r.id] = reason
+
+
+# ------------------------------------------------------------------ listing and repair
+
+LOG_COLUMNS = (
+    "id",
+    "time",
+    "event",
+    "status",
+    "from",
+    "to",
+    "subject",
+    "message_id",
+    "attempts",
+    "last_error",
+)
+
+
+def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
+    when = r.sent_at or r.created_at
+    return {
+        "id": r.id,
+        "time": when.replace(tzinfo=dt.UTC).astimezone(tz).isoformat(timespec="seconds"),
+        "event": r.event,
+        "status": r.status,
+        "from": r.from_addr,
+        "to": r.to_addrs.split(",") if r.to_addrs else [],
+        "subject": r.subject,
+        "message_id": r.message_id,
+        "attempts": r.attempts,
+        "last_error": r.last_error,
+        "next_attempt_at": (
+            r.next_attempt_at.replace(tzinfo=dt.UTC).astimezone(tz).isoformat(timespec="seconds")
+            if r.next_attempt_at
+            else None
+        ),
+    }
+
+
+def list_messages(
+    engine: sa.Engine,
+    tz: dt.tzinfo,
+    *,
+    statuses: Sequence[str] | None = None,
+    since: dt.datetime | None = None,
+    event: str | None = None,
+    to: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of the log (newest last), filtered."""
+    m = messages.c
+    q = sa.select(messages).order_by(m.id)
+    if statuses:
+        q = q.where(m.status.in_(list(statuses)))
+    if since is not None:
+        q = q.where(m.created_at >= since)
+    if event:
+        q = q.where(m.event == event)
+    if to:
+        q = q.where(sa.or_(*(sa.func.lower(m.to_addrs).contains(a.lower()) for a in to)))
+    if limit:
+        q = q.order_by(None).order_by(m.id.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = list(conn.execute(q).all())
+    rows.sort(key=lambda r: r.id)
+    return [_listing_row(r, tz) for r in rows]
+
+
+def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
+    """Put failed or deferred messages back in the queue now (all when ``ids`` is None)."""
+    m = messages.c
+    q = messages.update().where(m.status.in_(("failed", "deferred")), m.raw.is_not(None))
+    if ids is not None:
+        _check_ids(engine, ids)
+        q = q.where(m.id.in_(list(ids)))
+    with engine.begin() as conn:
+        n = conn.execute(
+            q.values(status="queued", attempts=0, next_attempt_at=None, queued_at=utcnow())
+        ).rowcount
+    return int(n)
+
+
+def drop(engine: sa.Engine, ids: Sequence[int]) -> int:
+    """Take messages out of the outbox for good (they stay in the log as ``dropped``)."""
+    _check_ids(engine, ids)
+    m = messages.c
+    with engine.begin() as conn:
+        n = conn.execute(
+            messages.update()
+            .where(m.id.in_(list(ids)), m.status.in_(("queued", "deferred", "failed")))
+            .values(status="dropped", raw=None, next_attempt_at=None)
+        ).rowcount
+    return int(n)
+
+
+def _check_ids(engine: sa.Engine, ids: Sequence[int]) -> None:
+    m = messages.c
+    with engine.connect() as conn:
+        found = {r.id for r in conn.execute(sa.select(m.id).where(m.id.in_(list(ids))))}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise InputError(f"no message with id {missing[0]} in the outbox; see `cpmail outbox`.")

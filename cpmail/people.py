@@ -1,0 +1,194 @@
+"""Staff members: add, edit, remove, list, mute; and who sends a message."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.addresses import check_address
+from cpmail.errors import ConfigError, InputError
+from cpmail.settings import EVENTS, Settings
+from cpmail.store.schema import staff, staff_opt_out, time_off
+from cpmail.transports.base import SHARED
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+def parse_workdays(text: str) -> frozenset[int]:
+    """'mon-fri', 'mon,wed,fri', 'mon-thu,sat' -> weekday numbers (Monday = 0)."""
+    days: set[int] = set()
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        a, _, b = part.partition("-")
+        if a[:3] not in DAYS or (b and b[:3] not in DAYS):
+            raise InputError(
+                f"workdays {text!r}: use day names such as 'mon-fri' or 'mon,wed,fri'."
+            )
+        i, j = DAYS.index(a[:3]), DAYS.index((b or a)[:3])
+        days.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+    return frozenset(days)
+
+
+def check_staff_id(staff_id: str) -> str:
+    if not _ID.match(staff_id):
+        raise InputError(
+            f"staff ID {staff_id!r}: use 1-32 letters, digits, '.', '_' or '-' (e.g. initials)."
+        )
+    return staff_id
+
+
+def _values(**opts: Any) -> dict[str, Any]:
+    """Validate the options of `staff add|edit` into column values (None = not given)."""
+    out: dict[str, Any] = {}
+    for key, value in opts.items():
+        if value is None:
+            continue
+        if key in ("work_email", "username"):
+            value = check_address(value, where=f"--{key.replace('_', '-')}") if value else None
+        elif key == "planned_hours":
+            try:
+                value = Decimal(str(value))
+            except InvalidOperation:
+                raise InputError(f"--planned-hours {value!r} is not a number.") from None
+            if not Decimal(0) <= value <= Decimal(24):
+                raise InputError("--planned-hours must be between 0 and 24.")
+        elif key == "workdays":
+            parse_workdays(value)
+            value = value.lower()
+        elif key == "access":
+            value = ",".join(p.strip() for p in value.split(",") if p.strip())
+        elif key == "supervisor_id" and value:
+            check_staff_id(value)
+        out[key] = value
+    return out
+
+
+def get(conn: sa.Connection, staff_id: str) -> Any:
+    row = conn.execute(sa.select(staff).where(staff.c.id == staff_id)).first()
+    if row is None:
+        raise InputError(f"no staff member {staff_id!r}; see `cpmail staff list`.")
+    return row
+
+
+def add(engine: sa.Engine, staff_id: str, **opts: Any) -> None:
+    check_staff_id(staff_id)
+    values = _values(**opts)
+    with engine.begin() as conn:
+        if conn.execute(sa.select(staff.c.id).where(staff.c.id == staff_id)).first():
+            raise InputError(
+                f"staff member {staff_id!r} exists; use `cpmail staff edit {staff_id}`."
+            )
+        _check_supervisor(conn, staff_id, values.get("supervisor_id"))
+        conn.execute(staff.insert().values(id=staff_id, **values))
+
+
+def edit(engine: sa.Engine, staff_id: str, **opts: Any) -> None:
+    values = _values(**opts)
+    if not values:
+        raise InputError("nothing to change: give at least one option, e.g. --work-email.")
+    with engine.begin() as conn:
+        get(conn, staff_id)
+        _check_supervisor(conn, staff_id, values.get("supervisor_id"))
+        conn.execute(staff.update().where(staff.c.id == staff_id).values(**values))
+
+
+def _check_supervisor(conn: sa.Connection, staff_id: str, sup: str | None) -> None:
+    if not sup:
+        return
+    if sup == staff_id:
+        raise InputError("--supervisor: a staff member cannot supervise themselves.")
+    if not conn.execute(sa.select(staff.c.id).where(staff.c.id == sup)).first():
+        raise InputError(f"--supervisor {sup!r}: no such staff member; add them first.")
+
+
+def remove(engine: sa.Engine, staff_id: str) -> None:
+    """Delete a staff member; refused while agency data refers to them (make them inactive)."""
+    try:
+        with engine.begin() as conn:
+            get(conn, staff_id)
+            conn.execute(staff_opt_out.delete().where(staff_opt_out.c.staff_id == staff_id))
+            conn.execute(time_off.delete().where(time_off.c.staff_id == staff_id))
+            conn.execute(staff.delete().where(staff.c.id == staff_id))
+    except sa.exc.IntegrityError:
+        raise InputError(
+            f"staff member {staff_id!r} is still named in the agency's data; "
+            f"make them inactive instead (`cpmail staff edit {staff_id} --inactive`)."
+        ) from None
+
+
+def listing(engine: sa.Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(staff).order_by(staff.c.id)).mappings().all()
+        muted: dict[str, list[str]] = {}
+        for r in conn.execute(sa.select(staff_opt_out).order_by(staff_opt_out.c.event)):
+            muted.setdefault(r.staff_id, []).append(r.event)
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["planned_hours"] = float(d["planned_hours"]) if d["planned_hours"] is not None else None
+        d["muted"] = muted.get(d["id"], [])
+        out.append(d)
+    return out
+
+
+def check_events(events: list[str]) -> list[str]:
+    for ev in events:
+        if ev not in EVENTS:
+            raise InputError(f"unknown event {ev!r}; the events are: {', '.join(EVENTS)}.")
+    return events
+
+
+def mute(engine: sa.Engine, staff_id: str, events: list[str], *, on: bool) -> None:
+    check_events(events)
+    with engine.begin() as conn:
+        get(conn, staff_id)
+        for ev in events:
+            conn.execute(
+                staff_opt_out.delete().where(
+                    staff_opt_out.c.staff_id == staff_id, staff_opt_out.c.event == ev
+                )
+            )
+            if on:
+                conn.execute(staff_opt_out.insert().values(staff_id=staff_id, event=ev))
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who a message is from: the account whose credentials send it, and the address."""
+
+    account: str
+    address: str
+    name: str
+
+
+def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) -> Sender:
+    """``--as`` > ``[user] staff``; one-account mode overrides both."""
+    if settings["mail.one_account"]:
+        sender = settings["mail.sender"]
+        if not sender:
+            raise ConfigError(
+                "mail.one_account is on but mail.sender is empty; "
+                "run `cpmail config one-account --sender ADDRESS`."
+            )
+        return Sender(SHARED, sender, str(settings["agency.name"]))
+    staff_id = as_staff or settings["user.staff"]
+    if not staff_id:
+        raise ConfigError(
+            "no sender: give --as STAFF, set [user] staff (`cpmail config set user.staff JD`), "
+            "or send everything from one account (`cpmail config one-account --sender ADDRESS`)."
+        )
+    with engine.connect() as conn:
+        row = get(conn, staff_id)
+    if not row.active:
+        raise ConfigError(f"staff member {staff_id} ({row.name}) is inactive and cannot send.")
+    address = row.username or row.work_email
+    if not address:
+        raise ConfigError(
+            f"staff member {staff_id} ({row.name}) has no username or work e-mail to send from; "
+            f"run `cpmail staff edit {staff_id} --work-email ADDRESS`."
+        )
+    return Sender(staff_id, address, row.name)

@@ -1,0 +1,63 @@
+"""Send one-off messages now (tests, reports, messages to the manager) through the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from cpmail.errors import ConfigError, CpmailError, NotDelivered
+from cpmail.outbox import Delivery, Draft, deliver, new_run_id, queue
+from cpmail.secrets import SecretStore
+from cpmail.settings import Settings
+from cpmail.transports.base import get_transport
+
+
+def send_now(
+    engine: sa.Engine, settings: Settings, secrets: SecretStore, drafts: Sequence[Draft]
+) -> tuple[list[int], Delivery]:
+    """Queue ``drafts`` in one transaction, then deliver exactly those; return ids and outcome.
+
+    Nothing is queued when the master switch is off or an account cannot send.
+    """
+    if not settings["mail.enabled"]:
+        raise ConfigError(
+            "mail is switched off ([mail] enabled = false), so nothing was sent; "
+            "run `cpmail config enable` first."
+        )
+    transport = get_transport(settings, secrets)
+    for account in sorted({d.account for d in drafts}):
+        transport.check_account(account)
+    run_id = new_run_id()
+    with engine.begin() as conn:
+        ids = [
+            i
+            for d in drafts
+            if (i := queue(conn, d, run_id=run_id, max_bytes=transport.max_message_bytes))
+            is not None
+        ]
+    return ids, deliver(engine, transport, settings, run_id=run_id, ids=ids)
+
+
+def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailError | None:
+    """The error a command should end with after ``result`` (None when all went out)."""
+    if result.stopped is not None:
+        return result.stopped
+    if result.waiting:
+        return NotDelivered(
+            f"{what} waits in the outbox until the send window ([mail] send_window) opens."
+        )
+    failed = [i for i, s in result.status.items() if s == "failed"]
+    deferred = [i for i, s in result.status.items() if s == "deferred"]
+    if failed:
+        i = failed[0]
+        return NotDelivered(
+            f"{what} failed: {result.errors.get(i, 'refused')}; see `cpmail log --status failed`."
+        )
+    if deferred:
+        i = deferred[0]
+        return NotDelivered(
+            f"{what} was not accepted yet ({result.errors.get(i, 'temporary failure')}); it stays "
+            "in the outbox and the next `cpmail check` tries again (or `cpmail outbox retry`)."
+        )
+    return None
