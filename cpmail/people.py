@@ -127,8 +127,8 @@ def listing(engine: sa.Engine) -> list[dict[str, Any]]:
         for r in conn.execute(sa.select(staff_opt_out).order_by(staff_opt_out.c.event)):
             muted.setdefault(r.staff_id, []).append(r.event)
     out = []
-    for r in rows:
-        d = dict(r)
+    for m in rows:
+        d = dict(m)
         d["planned_hours"] = float(d["planned_hours"]) if d["planned_hours"] is not None else None
         d["muted"] = muted.get(d["id"], [])
         out.append(d)

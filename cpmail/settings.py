@@ -112,8 +112,8 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return check
 
 
-def _email_or_blank(v: Any) -> str:
-    v = _str(v).strip()
+def _email_or_blank(raw: Any) -> str:
+    v = _str(raw).strip()
     if v:
         from cpmail.addresses import check_address
 
@@ -121,8 +121,8 @@ def _email_or_blank(v: Any) -> str:
     return v
 
 
-def _timezone(v: Any) -> str:
-    v = _str(v)
+def _timezone(raw: Any) -> str:
+    v = _str(raw)
     if v:
         import zoneinfo
 
@@ -136,15 +136,15 @@ def _timezone(v: Any) -> str:
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
-def _window(v: Any) -> str:
-    v = _str(v).strip()
+def _window(raw: Any) -> str:
+    v = _str(raw).strip()
     if v and not _WINDOW.match(v):
         raise ValueError("expected HH:MM-HH:MM, such as '07:00-19:00'")
     return v
 
 
-def _country(v: Any) -> str:
-    v = _str(v).strip()
+def _country(raw: Any) -> str:
+    v = _str(raw).strip()
     if v:
         import holidays
 
@@ -174,8 +174,8 @@ def _list_of_dates(v: Any) -> list[str]:
     return out
 
 
-def _url(v: Any) -> str:
-    v = _str(v).strip()
+def _url(raw: Any) -> str:
+    v = _str(raw).strip()
     if v and "://" not in v:
         raise ValueError("expected a URL such as 'https://…' or 'postgresql+psycopg://…'")
     return v

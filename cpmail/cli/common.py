@@ -58,7 +58,8 @@ class Ctx:
                 else "database.url"
             )
             self._engine = connect(url, where=where)
-        return self._engine
+        engine: sa.Engine = self._engine
+        return engine
 
     @cached_property
     def out(self) -> Console:

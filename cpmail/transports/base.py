@@ -89,17 +89,18 @@ class Transport(abc.ABC):
 def get_transport(settings: Settings, secrets: SecretStore) -> Transport:
     """Return the configured transport; its library is imported only now."""
     name = settings["mail.transport"]
-    cls: type[Transport]
-    if name == "file":
-        from cpmail.transports.file import FileTransport as cls
-    elif name == "smtp":
-        from cpmail.transports.smtp import SMTPTransport as cls
-    elif name == "gmail":
-        from cpmail.transports.gmail import GmailTransport as cls
-    elif name == "microsoft":
-        from cpmail.transports.microsoft import MicrosoftTransport as cls
-    else:  # pragma: no cover - settings validation makes this impossible
+    import importlib
+
+    modules = {
+        "file": ("cpmail.transports.file", "FileTransport"),
+        "smtp": ("cpmail.transports.smtp", "SMTPTransport"),
+        "gmail": ("cpmail.transports.gmail", "GmailTransport"),
+        "microsoft": ("cpmail.transports.microsoft", "MicrosoftTransport"),
+    }
+    if name not in modules:  # settings validation makes this impossible
         raise ConfigError(f"mail.transport: unknown transport {name!r}.")
+    module, cls_name = modules[name]
+    cls: type[Transport] = getattr(importlib.import_module(module), cls_name)
     return cls(settings, secrets)
 
 
