@@ -7,6 +7,7 @@ import re
 from cpmail.errors import InputError
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
+_ALLOWED_SPECIAL = ("local", "localhost", "test")
 
 
 def clean_header_text(text: str) -> str:
@@ -16,13 +17,21 @@ def clean_header_text(text: str) -> str:
 
 def check_address(address: str, *, where: str = "") -> str:
     """Return ``address`` normalised, or raise InputError naming it (and ``where``)."""
+    import email_validator
     from email_validator import EmailNotValidError, validate_email
 
+    # Agencies run internal mail on .local/.lan names and tests use .test
+    # (RFC 6761): the library allows trimming its special-use list for that.
+    for name in _ALLOWED_SPECIAL:
+        if name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+            email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(name)
     label = f"{where}: " if where else ""
     if _UNSAFE.search(address) or "," in address or "<" in address or ">" in address:
         raise InputError(f"{label}{address!r} is not one e-mail address.")
     try:
-        info = validate_email(address.strip(), check_deliverability=False)
+        info = validate_email(
+            address.strip(), check_deliverability=False, globally_deliverable=False
+        )
     except EmailNotValidError as e:
         raise InputError(f"{label}{address!r} is not a valid e-mail address: {e}") from None
     return str(info.normalized)

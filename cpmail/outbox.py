@@ -260,17 +260,17 @@ class _Recorder:
             info = {
                 r.id: r
                 for r in conn.execute(
-                    sa.select(m.id, m.event, m.attempts, m.queued_at).where(
+                    sa.select(m.id, m.event, m.attempts, m.queued_at, m.pending_rcpts).where(
                         m.id.in_([o.id for o in batch])
                     )
                 )
             }
             updates = [self._update(o, info[o.id], now) for o in batch if o.id in info]
             if updates:
-                conn.execute(
-                    messages.update().where(m.id == sa.bindparam("b_id")),
-                    updates,
-                )
+                conn.execute(messages.update().where(m.id == sa.bindparam("b_id")), updates)
+                sent = [u["b_id"] for u in updates if u["status"] == "sent"]
+                if sent:  # the bytes are not needed once the server has them
+                    conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))
 
     def _update(self, o: Outcome, row: Any, now: dt.datetime) -> dict[str, Any]:
         attempts = row.attempts + 1
@@ -282,6 +282,7 @@ class _Recorder:
             "claimed_by": None,
             "next_attempt_at": None,
             "sent_at": now if o.accepted else None,
+            "pending_rcpts": row.pending_rcpts,
         }
         words = [f"{a}: {w}" for a, w in {**o.deferred, **o.refused}.items()]
         if o.error is not None:
@@ -296,7 +297,7 @@ class _Recorder:
                 o.deferred if temporary and not give_up else [*o.deferred, *o.refused]
             )
         else:
-            values.update(status="sent", pending_rcpts="", last_error=None, raw=sa.null())
+            values.update(status="sent", pending_rcpts="", last_error=None)
             self._note(o.id, row.event, "sent", None)
             return values
         if temporary and not give_up:
@@ -414,7 +415,7 @@ def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
     when = r.sent_at or r.created_at
     return {
         "id": r.id,
-        "time": when.replace(tzinfo=dt.UTC).astimezone(tz).isoformat(timespec="seconds"),
+        "time": when.replace(tzinfo=dt.UTC, microsecond=0).astimezone(tz),
         "event": r.event,
         "status": r.status,
         "from": r.from_addr,
@@ -424,7 +425,7 @@ def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
         "attempts": r.attempts,
         "last_error": r.last_error,
         "next_attempt_at": (
-            r.next_attempt_at.replace(tzinfo=dt.UTC).astimezone(tz).isoformat(timespec="seconds")
+            r.next_attempt_at.replace(tzinfo=dt.UTC, microsecond=0).astimezone(tz)
             if r.next_attempt_at
             else None
         ),

@@ -161,3 +161,45 @@ def split_list(values: Iterable[str] | None) -> list[str]:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = "") -> None:
+    """Send one test message from the account cpmail would use; print what happened."""
+    import platform
+    import socket
+
+    from cpmail import __version__
+    from cpmail.addresses import check_address
+    from cpmail.compose import Mailbox, build_message
+    from cpmail.outbox import Draft, new_run_id
+    from cpmail.people import resolve_sender
+    from cpmail.sending import delivery_error, send_now
+
+    s = c.settings
+    engine = c.engine()
+    sender = resolve_sender(s, engine, as_staff)
+    rcpt = check_address(to, where="--to") if to else sender.address
+    transport = s["mail.transport"]
+    text = (
+        f"This is a test message from cpmail {__version__} on {socket.gethostname()}.\n\n"
+        f"Transport: {transport}\nSent from: {sender.address} (account {sender.account or '-'})\n"
+        f"Python {platform.python_version()} on {platform.system()}\n\n"
+        "If you can read this, mail from cpmail reaches you.\n"
+    )
+    msg = build_message(
+        sender=Mailbox(sender.address, sender.name),
+        to=[Mailbox(rcpt, to_name)],
+        subject=f"{s['mail.subject_prefix']} Test message from cpmail".strip(),
+        text=text,
+        event="test",
+        key=f"test:{new_run_id()}",
+    )
+    draft = Draft.from_message(
+        msg, event="test", key=None, account=sender.account, envelope_from=sender.address
+    )
+    _, result = send_now(engine, s, c.secrets, [draft])
+    err = delivery_error(result, what=f"the test message to {rcpt}")
+    if err is not None:
+        raise err
+    where = f" (written to {s.mail_dir})" if transport == "file" else ""
+    c.say(f"Sent a test message from {sender.address} to {rcpt} via {transport}{where}.")

@@ -1,9 +1,144 @@
-"""`cpmail outbox`."""
+"""`cpmail outbox [retry|drop]` and `cpmail log`: what waits, what went, what failed."""
 
 from __future__ import annotations
 
 import typer
 
+from cpmail.cli.common import Ctx, ctx_of, emit_json, parse_date, print_table, split_list
+from cpmail.errors import InputError
+
+outbox_app = typer.Typer(help="Queued, deferred and failed messages.", invoke_without_command=True)
+
+LIST_COLUMNS = [
+    "id",
+    "status",
+    "event",
+    "to",
+    "subject",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+]
+LOG_COLUMNS = ["id", "time", "event", "status", "from", "to", "subject", "attempts", "last_error"]
+
+
+@outbox_app.callback()
+def outbox(
+    ctx: typer.Context,
+    json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """List queued, deferred and failed messages."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cpmail.outbox import OPEN, list_messages
+
+    c = ctx_of(ctx)
+    rows = list_messages(c.engine(), c.settings.tz(), statuses=OPEN)
+    if json:
+        emit_json(rows)
+        return
+    print_table(c, rows, LIST_COLUMNS, empty="The outbox is empty.")
+
+
+@outbox_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    ids: list[int] | None = typer.Argument(None, metavar="[ID…]", help="Message ids."),
+    all_: bool = typer.Option(False, "--all", help="Every failed or deferred message."),
+) -> None:
+    """Send failed or deferred messages again now."""
+    from cpmail.outbox import deliver, new_run_id
+    from cpmail.outbox import retry as requeue
+    from cpmail.sending import delivery_error
+    from cpmail.transports.base import get_transport
+
+    c = ctx_of(ctx)
+    if bool(ids) == all_:
+        raise InputError("give message ids or --all (see `cpmail outbox`).")
+    engine = c.engine()
+    n = requeue(engine, None if all_ else ids)
+    c.say(f"Queued {n} message(s) again.")
+    if not n or not c.settings["mail.enabled"]:
+        if n:
+            c.note("Sending is off (`cpmail config enable`); they wait in the outbox.")
+        return
+    result = deliver(
+        engine, get_transport(c.settings, c.secrets), c.settings, run_id=new_run_id(), ids=ids
+    )
+    c.say(
+        f"Sent {result.count('sent')}, deferred {result.count('deferred')}, "
+        f"failed {result.count('failed')}."
+    )
+    err = delivery_error(result, what="some mail")
+    if err is not None:
+        raise err
+
+
+@outbox_app.command("drop")
+def drop(
+    ctx: typer.Context,
+    ids: list[int] = typer.Argument(..., metavar="ID…", help="Message ids."),
+) -> None:
+    """Take messages out of the outbox for good (the log keeps them as dropped)."""
+    from cpmail.outbox import drop as drop_messages
+
+    c = ctx_of(ctx)
+    n = drop_messages(c.engine(), ids)
+    c.say(f"Dropped {n} message(s).")
+
+
+def log(
+    ctx: typer.Context,
+    since: str | None = typer.Option(None, "--since", help="From this date (YYYY-MM-DD)."),
+    event: str | None = typer.Option(None, "--event", help="Only this event."),
+    to: str | None = typer.Option(None, "--to", help="Only mail to this address or staff ID."),
+    status: str | None = typer.Option(
+        None, "--status", help="sent, deferred, failed, suppressed, queued, dropped (a,b for more)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Only the newest N."),
+    json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Every message cpmail sent, deferred, failed or suppressed."""
+    import datetime as dt
+
+    from cpmail.outbox import list_messages
+
+    c = ctx_of(ctx)
+    since_utc = None
+    if since:
+        day = parse_date(since, option="--since")
+        since_utc = (
+            dt.datetime.combine(day, dt.time(), c.settings.tz())
+            .astimezone(dt.UTC)
+            .replace(tzinfo=None)
+        )
+    rows = list_messages(
+        c.engine(),
+        c.settings.tz(),
+        statuses=split_list([status]) if status else None,
+        since=since_utc,
+        event=event,
+        to=_addresses(c, to) if to else None,
+        limit=limit,
+    )
+    if json:
+        emit_json(rows)
+        return
+    print_table(c, rows, LOG_COLUMNS, empty="No messages match.")
+
+
+def _addresses(c: Ctx, to: str) -> list[str]:
+    """An address as given; a staff ID becomes their work e-mail and username."""
+    if "@" in to:
+        return [to]
+    from cpmail import people
+
+    with c.engine().connect() as conn:
+        row = people.get(conn, to)
+    return [a for a in (row.work_email, row.username) if a]
+
 
 def register(app: typer.Typer) -> None:
-    """Add the outbox commands to the root app."""
+    """Add `outbox` and `log` to the root app."""
+    app.add_typer(outbox_app, name="outbox")
+    app.command("log")(log)

@@ -93,6 +93,8 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 def connect(url: str, *, where: str) -> sa.Engine:
     """Open the database and make sure it holds cpmail's schema at the newest revision."""
+    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
+        raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
     engine = make_engine(url)
     try:
         rev = current_revision(engine)
