@@ -1,0 +1,747 @@
+"""Send mail through an SMTP server with aiosmtplib: a few connections, many messages each.
+
+Settings (``[mail.smtp]``): ``host``, ``port``, ``security`` (``starttls``,
+``ssl`` or ``none``), ``timeout``, ``verify``, ``connections`` and ``ca_file``.
+
+An envelope's ``account`` selects the passcode (``passcode.<account>`` in the
+secrets store). With a passcode the connection logs in as the envelope's
+sender (``mail_from``); without one, mail is sent without AUTH, as to a relay
+that accepts the agency's machines. Messages that log in the same way share
+connections; at most ``connections`` are open at once.
+
+What the server says becomes an ``Outcome`` per message (temporary or
+permanent, per recipient where the server answered per recipient). A server
+that cannot be reached at all raises ``Unreachable``; a refused login raises
+``AuthError``. Both stop the run; messages not yet reported stay in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+import aiosmtplib
+
+from cpmail.errors import (
+    AuthError,
+    ConfigError,
+    CpmailError,
+    PermanentFailure,
+    TemporaryFailure,
+    Unreachable,
+)
+from cpmail.secrets import Secret, passcode_name
+from cpmail.transports.base import SHARED, Envelope, Outcome, Report, Transport
+
+if TYPE_CHECKING:
+    from cpmail.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Security = Literal["starttls", "ssl", "none"]
+Provider = Literal["google", "microsoft"]
+
+_GOOGLE_HOSTS = ("gmail", "googlemail", "google.com")
+_MICROSOFT_HOSTS = ("office365", "outlook", "hotmail", "live.com", "microsoft")
+_MICROSOFT_CODES = ("5.7.30", "5.7.139", "5.7.57", "5.7.3 ")
+# Upload speed assumed when giving the server time to answer after a large
+# message: the read timeout only starts once everything is buffered, so a slow
+# link would otherwise turn a 20 MB attachment into a false timeout.
+_BYTES_PER_SECOND = 100_000
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """The ``[mail.smtp]`` settings, checked."""
+
+    host: str
+    port: int
+    security: Security
+    timeout: float
+    verify: bool
+    connections: int
+    ca_file: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SMTPConfig:
+        """Read and check ``mail.smtp.*``; raise ConfigError naming the key to fix."""
+        host = str(settings["mail.smtp.host"]).strip()
+        if not host:
+            raise ConfigError(
+                "mail.smtp.host is not set; run `cpmail config smtp --host HOST --port PORT "
+                "--security starttls|ssl|none`."
+            )
+        security = str(settings["mail.smtp.security"])
+        if security not in ("starttls", "ssl", "none"):  # pragma: no cover - settings checks it
+            raise ConfigError(f"mail.smtp.security: unknown mode {security!r}.")
+        ca_file = str(settings["mail.smtp.ca_file"]).strip()
+        if ca_file:
+            path = Path(ca_file).expanduser()
+            if not path.is_absolute():
+                path = settings.home / path
+            if not path.is_file():
+                raise ConfigError(
+                    f"mail.smtp.ca_file: {path} does not exist; give the PEM file of the "
+                    "CA that signed the server's certificate, or '' for the system's CAs."
+                )
+            ca_file = str(path)
+        return cls(
+            host=host,
+            port=int(settings["mail.smtp.port"]),
+            security=cast(Security, security),
+            timeout=float(settings["mail.smtp.timeout"]),
+            verify=bool(settings["mail.smtp.verify"]),
+            connections=int(settings["mail.smtp.connections"]),
+            ca_file=ca_file,
+        )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as a person would type it (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """Return the client TLS context, or None when the connection stays in plain text."""
+        if self.security == "none":
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file or None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"mail.smtp.ca_file: {self.ca_file} is not a PEM file of certificates ({e})."
+            ) from None
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+# ---- what the user reads when something goes wrong
+
+
+def provider_of(host: str, answer: str = "") -> Provider | None:
+    """Guess whether ``host`` (or the server's ``answer``) is Gmail or Microsoft 365."""
+    name = host.lower()
+    if any(part in name for part in _GOOGLE_HOSTS):
+        return "google"
+    if any(part in name for part in _MICROSOFT_HOSTS):
+        return "microsoft"
+    text = answer.lower() + " "
+    if any(code in text for code in _MICROSOFT_CODES) or "outlook" in text:
+        return "microsoft"
+    if "google" in text or "gmail" in text:
+        return "google"
+    return None
+
+
+def _account_flag(account: str) -> str:
+    return "--shared" if account == SHARED else account
+
+
+def auth_failure_message(
+    address: str, host: str, account: str, user: str, code: int | None, answer: str
+) -> str:
+    """Explain a refused login in one sentence: who, what the server said, what to do."""
+    who = "the shared account" if account == SHARED else f"staff {account}"
+    said = f"{code} {answer}" if code else answer
+    head = f"the SMTP server {address} refused the login of {user} ({who}): {said}"
+    provider = provider_of(host, said)
+    signin = f"`cpmail staff signin {_account_flag(account)}`"
+    if provider == "google":
+        return (
+            f"{head}; Gmail does not take passcodes over SMTP and needs "
+            f'"Sign in with Google": run `cpmail config gmail --client-secrets FILE`, '
+            f"then {signin}."
+        )
+    if provider == "microsoft":
+        return (
+            f"{head}; Microsoft 365 does not take passcodes over SMTP and needs "
+            f'"Sign in with Microsoft": run `cpmail config microsoft --client-id ID`, '
+            f"then {signin}."
+        )
+    if code is not None and 400 <= code < 500:
+        return f"{head}; the server is busy, try again later."
+    hint = f"check the passcode with `cpmail staff passcode {_account_flag(account)}`"
+    if "5.7.8" in said:
+        hint += (
+            '; if this is Gmail or Microsoft 365, it needs "Sign in with Google/Microsoft": '
+            "see `cpmail config gmail` or `cpmail config microsoft`"
+        )
+    return f"{head}; {hint}."
+
+
+def _words(code: int, message: str) -> str:
+    """The server's answer on one line, as it goes into the log."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return f"{code} {text}".strip()
+
+
+class _Scrubber:
+    """Mask a passcode (and its base64 forms) wherever a server might echo it."""
+
+    def __init__(self, user: str, passcode: Secret | None) -> None:
+        self._needles: list[str] = []
+        if passcode is not None and passcode.reveal():
+            p = passcode.reveal()
+            for raw in (p, f"\0{user}\0{p}", f"{user}\0{p}"):
+                self._needles.append(base64.b64encode(raw.encode("utf-8")).decode("ascii"))
+            self._needles.append(p)
+
+    def __call__(self, text: str) -> str:
+        for needle in self._needles:
+            text = text.replace(needle, "••••")
+        return text
+
+
+# ---- one connection
+
+
+class _Resend(Exception):
+    """The connection is gone before any of the message was sent: send it on a new one."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__(words)
+        self.words = words
+
+
+@dataclass
+class _Login:
+    account: str
+    user: str
+    passcode: Secret
+
+
+@dataclass
+class _Group:
+    """Envelopes that log in the same way (or not at all), so may share a connection."""
+
+    login: _Login | None
+    pending: deque[Envelope] = field(default_factory=deque)
+    workers: int = 0
+    proven: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _Connection:
+    """One SMTP session: open (greeting, TLS, login), send messages, quit."""
+
+    def __init__(
+        self,
+        cfg: SMTPConfig,
+        tls: ssl.SSLContext | None,
+        group: _Group,
+        local_hostname: str,
+    ) -> None:
+        self.cfg = cfg
+        self.tls = tls
+        self.group = group
+        self.local_hostname = local_hostname
+        login = group.login
+        self.scrub = _Scrubber(login.user, login.passcode) if login else _Scrubber("", None)
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.size_limit = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.smtp is not None and self.smtp.is_connected
+
+    async def open(self) -> None:
+        """Connect, say hello, upgrade to TLS, log in; raise Unreachable or AuthError."""
+        cfg = self.cfg
+        smtp = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            local_hostname=self.local_hostname,
+            timeout=cfg.timeout,
+            use_tls=cfg.security == "ssl",
+            # STARTTLS is done by hand below: aiosmtplib's start_tls=True would
+            # fail with a generic error, and we must say it was not offered.
+            start_tls=False,
+            tls_context=self.tls,
+        )
+        stage = "the greeting"
+        try:
+            await smtp.connect()
+            stage = "EHLO"
+            await self._hello(smtp)
+            if cfg.security == "starttls":
+                if not smtp.supports_extension("starttls"):
+                    raise Unreachable(
+                        f"the SMTP server {cfg.address} did not offer STARTTLS, so nothing "
+                        "was sent in plain text; use `--security ssl` if it expects TLS from "
+                        "the start (usually port 465), or ask its administrator to enable "
+                        "STARTTLS."
+                    )
+                stage = "STARTTLS"
+                await smtp.starttls()
+                stage = "EHLO"
+                await self._hello(smtp)
+            if self.group.login is not None:
+                stage = "the login"
+                await self._login(smtp, self.group.login)
+        except BaseException as e:
+            smtp.close()
+            if isinstance(e, CpmailError) or not isinstance(e, Exception):
+                raise
+            raise self._unreachable(e, stage) from None
+        self.smtp = smtp
+        size = smtp.esmtp_extensions.get("size", "").strip()
+        self.size_limit = int(size) if size.isdigit() else 0
+
+    async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.is_ehlo_or_helo_needed:
+            return
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            # A server from before ESMTP: it will not offer STARTTLS or AUTH,
+            # which the checks that follow report clearly.
+            if not smtp.is_connected:
+                raise
+            await smtp.helo()
+
+    async def _login(self, smtp: aiosmtplib.SMTP, login: _Login) -> None:
+        cfg = self.cfg
+        methods = smtp.server_auth_methods
+        # Try one mechanism only: every failed attempt counts towards the
+        # server's lock-out, so a wrong passcode must cost one attempt, not three.
+        method = next((m for m in ("plain", "login", "cram-md5") if m in methods), None)
+        if not smtp.supports_extension("auth") or method is None:
+            hint = (
+                "; many servers offer it only over TLS, so check mail.smtp.security"
+                if cfg.security == "none"
+                else ""
+            )
+            raise AuthError(
+                f"the SMTP server {cfg.address} does not offer a login (AUTH PLAIN or LOGIN) "
+                f"but a passcode is set for {_who(login.account)}{hint}; remove the passcode "
+                f"with `cpmail staff passcode {_account_flag(login.account)}` to send "
+                "without logging in."
+            )
+        auth = {
+            "plain": smtp.auth_plain,
+            "login": smtp.auth_login,
+            "cram-md5": smtp.auth_crammd5,
+        }[method]
+        try:
+            await auth(login.user, login.passcode.reveal())
+        except aiosmtplib.SMTPAuthenticationError as e:
+            raise AuthError(
+                auth_failure_message(
+                    cfg.address,
+                    cfg.host,
+                    login.account,
+                    login.user,
+                    e.code,
+                    self.scrub(" ".join(e.message.split())),
+                )
+            ) from None
+
+    def _unreachable(self, e: BaseException, stage: str) -> Unreachable:
+        """Turn a failure while opening the connection into one sentence for the user."""
+        where = self.cfg.address
+        timeout = f"{self.cfg.timeout:g}"
+        cause = e.__cause__ if isinstance(e, aiosmtplib.SMTPConnectError) else None
+        if isinstance(e, aiosmtplib.SMTPConnectResponseError):
+            return Unreachable(
+                f"the SMTP server {where} turned the connection away: "
+                f"{self.scrub(_words(e.code, e.message))}; try again later."
+            )
+        if isinstance(e, aiosmtplib.SMTPConnectTimeoutError):
+            return Unreachable(
+                f"no answer from the SMTP server {where} within {timeout} s; check "
+                "mail.smtp.host, mail.smtp.port and any firewall, and use `--security ssl` "
+                "if this port expects TLS from the start (usually 465)."
+            )
+        tls_error = cause if isinstance(cause, ssl.SSLError) else e
+        if isinstance(tls_error, ssl.SSLCertVerificationError):
+            reason = tls_error.verify_message or tls_error.reason or "not trusted"
+            return Unreachable(
+                f"the certificate of the SMTP server {where} could not be verified "
+                f"({reason}); set mail.smtp.ca_file to the CA that signed it, or use "
+                "`--no-verify` only on a network you trust."
+            )
+        if isinstance(tls_error, ssl.SSLError):
+            other = "starttls" if self.cfg.security == "ssl" else "ssl"
+            return Unreachable(
+                f"the TLS handshake with the SMTP server {where} failed "
+                f"({tls_error.reason or tls_error}); check mail.smtp.security "
+                f"(try `--security {other}`) and mail.smtp.port."
+            )
+        if isinstance(cause, socket.gaierror):
+            return Unreachable(
+                f"the SMTP server name {self.cfg.host!r} could not be found; check "
+                "mail.smtp.host and this machine's DNS."
+            )
+        if isinstance(cause, ConnectionRefusedError) or (
+            isinstance(cause, OSError) and "connection refused" in str(cause).lower()
+        ):
+            return Unreachable(
+                f"the SMTP server {where} refused the connection; check mail.smtp.host and "
+                "mail.smtp.port, and that the server is running."
+            )
+        if isinstance(cause, OSError):
+            return Unreachable(
+                f"cannot connect to the SMTP server {where} "
+                f"({cause.strerror or cause}); check mail.smtp.host, mail.smtp.port and "
+                "the network."
+            )
+        if isinstance(e, aiosmtplib.SMTPTimeoutError):
+            return Unreachable(
+                f"the SMTP server {where} did not answer {stage} within {timeout} s; "
+                "try again later, or raise mail.smtp.timeout."
+            )
+        if isinstance(e, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPConnectError):
+            return Unreachable(
+                f"the SMTP server {where} closed the connection during {stage}; check "
+                "mail.smtp.security and mail.smtp.port (465 is usually ssl, 587 starttls)."
+            )
+        if isinstance(e, aiosmtplib.SMTPResponseException):
+            return Unreachable(
+                f"the SMTP server {where} refused {stage}: "
+                f"{self.scrub(_words(e.code, e.message))}; check mail.smtp.security."
+            )
+        if isinstance(e, OSError):
+            return Unreachable(
+                f"cannot talk to the SMTP server {where} ({e.strerror or e}); check the "
+                "network and try again."
+            )
+        detail = getattr(e, "message", None) or str(e) or type(e).__name__
+        return Unreachable(f"cannot use the SMTP server {where}: {self.scrub(str(detail))}.")
+
+    async def close(self) -> None:
+        """Say QUIT if the connection is still there; never raise."""
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return
+        if smtp.is_connected:
+            # The messages are already sent; a rude goodbye does no harm.
+            with contextlib.suppress(Exception):
+                await smtp.quit(timeout=min(self.cfg.timeout, 5.0))
+        smtp.close()
+
+    async def send(self, env: Envelope) -> Outcome:
+        """Run one mail transaction; raise _Resend when nothing was sent and the line is gone."""
+        smtp = self.smtp
+        assert smtp is not None
+        where = self.cfg.address
+        wire_size = _wire_size(env.raw)
+        if self.size_limit and wire_size > self.size_limit:
+            return Outcome(
+                env.id,
+                error=PermanentFailure(
+                    f"the message is {_mb(wire_size)}, larger than the {_mb(self.size_limit)} "
+                    f"the SMTP server {where} accepts."
+                ),
+            )
+        addresses = (env.mail_from, *env.rcpt_to)
+        bad = next((a for a in addresses if _unsafe_address(a)), None)
+        if bad is not None:
+            return Outcome(
+                env.id,
+                error=PermanentFailure(f"the address {bad!r} cannot be used in SMTP."),
+            )
+        options: list[str] = []
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={wire_size}")
+        international = not all(a.isascii() for a in addresses)
+        if international:
+            if not smtp.supports_extension("smtputf8"):
+                return Outcome(
+                    env.id,
+                    error=PermanentFailure(
+                        f"the SMTP server {where} does not accept international addresses "
+                        "(no SMTPUTF8)."
+                    ),
+                )
+            options.append("SMTPUTF8")
+        if not env.raw.isascii() and smtp.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        encoding = "utf-8" if international else "ascii"
+        timeout = self.cfg.timeout
+
+        # MAIL and RCPT: nothing of the message is sent yet, so a lost line
+        # means "send it again on a new connection", never a duplicate.
+        try:
+            await smtp.mail(env.mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as e:
+            words = self.scrub(_words(e.code, e.message))
+            if e.code == 421:
+                raise _Resend(words) from None
+            if e.code == 530:
+                raise AuthError(
+                    f"the SMTP server {where} requires a login before it sends mail from "
+                    f"{env.mail_from}: {words}; set a passcode with `cpmail staff passcode "
+                    f"{_account_flag(env.account or 'ID')}`."
+                ) from None
+            await self._rset()
+            return Outcome(env.id, error=_failure(e.code, f"refused the sender: {words}", where))
+        except aiosmtplib.SMTPServerDisconnected:
+            raise _Resend(f"the SMTP server {where} closed the connection") from None
+        except aiosmtplib.SMTPTimeoutError:
+            return Outcome(env.id, error=_timed_out(where, timeout, "MAIL FROM"))
+
+        accepted: list[str] = []
+        deferred: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        for rcpt in env.rcpt_to:
+            try:
+                await smtp.rcpt(rcpt, encoding=encoding)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPRecipientRefused as e:
+                words = self.scrub(_words(e.code, e.message))
+                if e.code == 421:
+                    raise _Resend(words) from None
+                (deferred if 400 <= e.code < 500 else refused)[rcpt] = words
+            except aiosmtplib.SMTPServerDisconnected:
+                raise _Resend(f"the SMTP server {where} closed the connection") from None
+            except aiosmtplib.SMTPTimeoutError:
+                return Outcome(env.id, error=_timed_out(where, timeout, "RCPT TO"))
+        if not accepted:
+            await self._rset()
+            return Outcome(env.id, deferred=deferred, refused=refused)
+
+        # DATA: from here on the server may have the message even if we never
+        # hear back, so a lost line is a temporary failure (sent again later).
+        try:
+            await smtp.data(env.raw, timeout=timeout + len(env.raw) / _BYTES_PER_SECOND)
+        except aiosmtplib.SMTPDataError as e:
+            words = self.scrub(_words(e.code, e.message))
+            await self._rset()
+            return Outcome(env.id, error=_failure(e.code, f"refused the message: {words}", where))
+        except aiosmtplib.SMTPServerDisconnected:
+            return Outcome(
+                env.id,
+                error=TemporaryFailure(
+                    f"the SMTP server {where} closed the connection while the message was "
+                    "being sent; it will be sent again."
+                ),
+            )
+        except aiosmtplib.SMTPTimeoutError:
+            return Outcome(env.id, error=_timed_out(where, timeout, "the message"))
+        return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
+
+    async def _rset(self) -> None:
+        """Clear a half-done transaction so the connection can carry the next message."""
+        if self.smtp is None or not self.smtp.is_connected:
+            return
+        try:
+            await self.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            # The next message notices the broken connection and opens a new one.
+            self.smtp.close()
+
+
+def _who(account: str) -> str:
+    return "the shared account" if account == SHARED else f"staff {account}"
+
+
+def _failure(code: int, what: str, where: str) -> TemporaryFailure | PermanentFailure:
+    text = f"the SMTP server {where} {what}"
+    return TemporaryFailure(text) if 400 <= code < 500 else PermanentFailure(text)
+
+
+def _timed_out(where: str, timeout: float, after: str) -> TemporaryFailure:
+    return TemporaryFailure(
+        f"the SMTP server {where} did not answer {after} within {timeout:g} s; "
+        "it will be sent again."
+    )
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+def _wire_size(raw: bytes) -> int:
+    """Size as sent in DATA (CRLF line ends), which is what SIZE limits count."""
+    size = len(_LINE_ENDS.sub(b"\r\n", raw))
+    return size if raw.endswith((b"\r\n", b"\n", b"\r")) else size + 2
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def _unsafe_address(address: str) -> bool:
+    return not address or any(c.isspace() or c in '<>"\0' for c in address)
+
+
+# ---- the transport
+
+
+class SMTPTransport(Transport):
+    """Deliver over SMTP, reusing a few connections for many messages."""
+
+    name = "smtp"
+
+    def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
+        """Send every envelope and report each outcome; raise Unreachable or AuthError to stop."""
+        batch = list(envelopes)
+        if not batch:
+            return
+        cfg = SMTPConfig.from_settings(self.settings)
+        tls = cfg.tls_context()
+        groups = self._group(batch)
+        run = _Run(cfg, tls, groups, report)
+        asyncio.run(run.go(min(cfg.connections, len(batch))))
+
+    def _group(self, batch: list[Envelope]) -> list[_Group]:
+        """Sort envelopes by how they log in; look each passcode up once."""
+        passcodes: dict[str, Secret | None] = {}
+        groups: dict[tuple[str, str] | None, _Group] = {}
+        for env in batch:
+            if env.account and env.account not in passcodes:
+                secret = self.secrets.get(passcode_name(env.account))
+                passcodes[env.account] = secret if secret and secret.reveal() else None
+            passcode = passcodes.get(env.account) if env.account else None
+            key = (env.account, env.mail_from) if passcode else None
+            group = groups.get(key)
+            if group is None:
+                login = _Login(env.account, env.mail_from, passcode) if passcode else None
+                group = groups[key] = _Group(login)
+            group.pending.append(env)
+        return list(groups.values())
+
+
+class _Run:
+    """One ``deliver`` call: a few workers, each holding one connection at a time."""
+
+    def __init__(
+        self,
+        cfg: SMTPConfig,
+        tls: ssl.SSLContext | None,
+        groups: list[_Group],
+        report: Report,
+    ) -> None:
+        self.cfg = cfg
+        self.tls = tls
+        self.groups = groups
+        self.report = report
+        self.fatal: BaseException | None = None
+        self.live = 0  # connections open right now, across workers
+        self.resent: set[int] = set()
+        self.local_hostname = "localhost"
+
+    async def go(self, workers: int) -> None:
+        self.local_hostname = await asyncio.to_thread(_local_hostname)
+        await asyncio.gather(*(self._worker(n) for n in range(workers)))
+        if self.fatal is not None:
+            raise self.fatal
+        left = sum(len(g.pending) for g in self.groups)
+        if left:  # pragma: no cover - a worker always leaves a fatal error behind
+            raise Unreachable(
+                f"lost the connection to the SMTP server {self.cfg.address} with {left} "
+                "message(s) not sent; they stay in the outbox."
+            )
+
+    def _pick(self, current: _Group | None) -> _Group | None:
+        """Stay with the current group while it has mail; else join the neediest one."""
+        if current is not None and current.pending:
+            return current
+        best: _Group | None = None
+        for g in self.groups:
+            # Join a group only if there is work for one more connection.
+            if len(g.pending) > g.workers and (
+                best is None or (g.workers, -len(g.pending)) < (best.workers, -len(best.pending))
+            ):
+                best = g
+        return best
+
+    async def _worker(self, n: int) -> None:
+        conn: _Connection | None = None
+        current: _Group | None = None
+        try:
+            while self.fatal is None:
+                group = self._pick(current)
+                if group is not current:
+                    if conn is not None:
+                        await self._drop(conn)
+                        conn = None
+                    if current is not None:
+                        current.workers -= 1
+                    current = group
+                    if group is None:
+                        return
+                    group.workers += 1
+                assert group is not None
+                if conn is None or not conn.connected:
+                    if conn is not None:
+                        await self._drop(conn)
+                    conn = await self._connect(group)
+                    if conn is None:
+                        return
+                if not group.pending:
+                    continue
+                env = group.pending.popleft()
+                try:
+                    outcome = await conn.send(env)
+                except _Resend as e:
+                    if env.id in self.resent:
+                        outcome = Outcome(env.id, error=TemporaryFailure(e.words))
+                    else:
+                        log.info("connection %d lost before message %d; sending again", n, env.id)
+                        self.resent.add(env.id)
+                        group.pending.appendleft(env)
+                        continue
+                self.report(outcome)
+        except BaseException as e:
+            if self.fatal is None:
+                self.fatal = e
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            if current is not None:
+                current.workers -= 1
+            if conn is not None:
+                await self._drop(conn)
+
+    async def _connect(self, group: _Group) -> _Connection | None:
+        """Open a connection for ``group``; None when this worker should stop quietly."""
+        if not group.proven:
+            # The first connection of a group opens alone: a wrong passcode must
+            # fail one login, not one per parallel connection.
+            async with group.lock:
+                if self.fatal is not None:
+                    return None
+                if not group.proven:
+                    conn = await self._open(group)
+                    group.proven = conn is not None
+                    return conn
+        return await self._open(group)
+
+    async def _open(self, group: _Group) -> _Connection | None:
+        conn = _Connection(self.cfg, self.tls, group, self.local_hostname)
+        try:
+            await conn.open()
+        except Unreachable:
+            if self.live > 0:
+                # Others are connected, so the server is there: it limits
+                # connections or is busy. Leave the mail to the others.
+                log.info("extra connection to %s refused; carrying on", self.cfg.address)
+                return None
+            raise
+        self.live += 1
+        return conn
+
+    async def _drop(self, conn: _Connection) -> None:
+        if conn.smtp is not None:
+            self.live -= 1
+        await conn.close()
+
+
+def _local_hostname() -> str:
+    """The name to give in EHLO: this machine's FQDN when it is usable."""
+    name = socket.getfqdn().strip()
+    if not name or not name.isascii() or any(c.isspace() or ord(c) < 32 for c in name):
+        return "localhost"
+    return name
