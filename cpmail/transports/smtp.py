@@ -58,6 +58,7 @@ _MICROSOFT_CODES = ("5.7.30", "5.7.139", "5.7.57", "5.7.3 ")
 # message: the read timeout only starts once everything is buffered, so a slow
 # link would otherwise turn a 20 MB attachment into a false timeout.
 _BYTES_PER_SECOND = 100_000
+_MESSAGES_PER_EXTRA_CONNECTION = 4
 
 
 @dataclass(frozen=True)
@@ -650,8 +651,9 @@ class _Run:
             return current
         best: _Group | None = None
         for g in self.groups:
-            # Join a group only if there is work for one more connection.
-            if len(g.pending) > g.workers and (
+            # Open another connection only when it will carry a few messages:
+            # a TLS handshake and a login cost more than sending one message.
+            if len(g.pending) > g.workers * _MESSAGES_PER_EXTRA_CONNECTION and (
                 best is None or (g.workers, -len(g.pending)) < (best.workers, -len(best.pending))
             ):
                 best = g
@@ -670,10 +672,10 @@ class _Run:
                     if current is not None:
                         current.workers -= 1
                     current = group
-                    if group is None:
-                        return
-                    group.workers += 1
-                assert group is not None
+                    if group is not None:
+                        group.workers += 1
+                if group is None:
+                    return
                 if conn is None or not conn.connected:
                     if conn is not None:
                         await self._drop(conn)
