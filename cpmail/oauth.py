@@ -459,6 +459,7 @@ class GoogleSession:
         creds = creds.with_token_uri(_google_token_uri(settings, str(info.get("token_uri", ""))))
         creds.expiry = expiry
         self._creds = creds
+        self._down: TemporaryFailure | None = None
 
     def access_token(self) -> str:
         """A valid access token (refreshed first when it has expired)."""
@@ -467,18 +468,25 @@ class GoogleSession:
         return str(self._creds.token)
 
     def refresh(self) -> None:
-        """Get a new access token with the refresh token and save it (0600)."""
+        """Get a new access token with the refresh token and save it (0600).
+
+        A token endpoint that failed temporarily is not asked again by this
+        session: every later message of the account is deferred at once.
+        """
         import google.auth.exceptions
         from google.auth.transport.requests import Request
 
+        if self._down:
+            raise self._down
         try:
             self._creds.refresh(Request())
         except google.auth.exceptions.RefreshError as e:
             data = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], dict) else {}
             if getattr(e, "retryable", False):
-                raise TemporaryFailure(
+                self._down = TemporaryFailure(
                     "Google's token endpoint is not answering properly; trying again later."
-                ) from None
+                )
+                raise self._down from None
             error = str(data.get("error", "")) or "refused"
             raise AuthError(
                 f"Google refused to renew the sign-in of {_who(self.account)} ({error}: it "
@@ -732,6 +740,7 @@ class MicrosoftSession:
                 f"run `{signin_command(account)}`."
             ) from None
         self._app = _public_app(settings, self._cache, http_cache)
+        self._down: TemporaryFailure | None = None
 
     def _expired(self, detail: str) -> AuthError:
         return AuthError(
@@ -740,7 +749,20 @@ class MicrosoftSession:
         )
 
     def access_token(self, *, force_refresh: bool = False) -> str:
-        """A valid access token from the cache, refreshed silently when needed."""
+        """A valid access token from the cache, refreshed silently when needed.
+
+        A sign-in service that failed temporarily is not asked again by this
+        session: every later message of the account is deferred at once.
+        """
+        if self._down:
+            raise self._down
+        try:
+            return self._access_token(force_refresh)
+        except TemporaryFailure as e:
+            self._down = e
+            raise
+
+    def _access_token(self, force_refresh: bool) -> str:
         accounts = self._app.get_accounts(username=self.address) or self._app.get_accounts()
         if not accounts:
             raise self._expired("no account in the stored sign-in")
@@ -860,3 +882,40 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
         return raw
     newline = b"\r\n" if b"\r\n" in raw[: raw.find(b"\n") + 1 or len(raw)] else b"\n"
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
+
+
+def api_post(http: httpx.Client, url: str, *, service: str, **kwargs: Any) -> httpx.Response:
+    """POST through ``http``: Unreachable when nothing answers, TemporaryFailure when cut off."""
+    import httpx
+
+    host = urllib.parse.urlsplit(url).netloc
+    try:
+        return http.post(url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        raise Unreachable(
+            f"cannot reach {service} at {host} ({type(e).__name__}); check the network."
+        ) from None
+    except httpx.TransportError as e:
+        raise TemporaryFailure(
+            f"{service} did not answer properly ({type(e).__name__}); trying again later."
+        ) from None
+
+
+def api_error(response: httpx.Response) -> tuple[str, str, list[str]]:
+    """The (code, message, reasons) of a Google or Graph error body, as far as it has them."""
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        text = response.text.strip().splitlines()[0][:300] if response.text.strip() else ""
+        return "", text or response.reason_phrase, []
+    reasons = [
+        str(e.get("reason", ""))
+        for e in error.get("errors") or []
+        if isinstance(e, dict) and e.get("reason")
+    ]
+    code = error.get("code", "")
+    message = str(error.get("message", "")).strip() or response.reason_phrase
+    return str(code), message, reasons
