@@ -1,0 +1,193 @@
+"""Reports as PDF: invoice, estimate, purchase order and cash flow.
+
+``load`` reads what a report needs from the agency's data, ``render`` lays it
+out with the report templates and weasyprint, ``write`` puts the PDF in a
+file atomically. Every PDF carries the keyword ``cpmail-report:<kind>`` so
+that a cash-flow report is recognised when it is sent later as a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail import __version__
+from cpmail.errors import InputError
+from cpmail.reports import cashflow, documents
+from cpmail.reports.render import html_to_pdf, logo_uri, render_html
+from cpmail.settings import Settings, write_atomic
+
+KINDS: tuple[str, ...] = ("invoice", "estimate", "purchase-order", "cash-flow")
+NEEDS_ID: frozenset[str] = frozenset({"invoice", "estimate", "purchase-order"})
+MARKER = "cpmail-report:"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One report, loaded and ready to render."""
+
+    kind: str
+    id: str | None
+    label: str  # how a person names it: "Invoice 10234"
+    filename: str  # the attachment's name: "invoice-10234.pdf"
+    context: dict[str, Any]
+    #: who it goes to when `send-report` is given no --to: (address, name)
+    recipients: tuple[tuple[str, str], ...] = ()
+    about: str = ""  # what it is for, in words: "job 1234 Spring campaign"
+    no_recipient: str = "has no default recipient"  # why ``recipients`` is empty
+
+    @property
+    def template(self) -> str:
+        return f"{self.kind}.html"
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise InputError(f"unknown report {kind!r}; the reports are: {', '.join(KINDS)}.")
+    return kind
+
+
+def safe_filename(text: str) -> str:
+    """A file name made of ``text`` that every mail client and file system accepts."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return name or "report"
+
+
+def today(settings: Settings) -> dt.date:
+    """Today in the agency's time zone."""
+    return dt.datetime.now(settings.tz()).date()
+
+
+def _job_words(job: documents.Job | None) -> str:
+    if job is None:
+        return ""
+    return f"job {job.id} {job.title}".strip()
+
+
+def load(
+    engine: sa.Engine,
+    settings: Settings,
+    kind: str,
+    *,
+    id: str | None = None,
+    as_of: dt.date | None = None,
+) -> Report:
+    """Read report ``kind`` (with ``id`` unless cash-flow) from the agency's data."""
+    check_kind(kind)
+    if kind in NEEDS_ID and not id:
+        raise InputError(f"the {kind} report needs an id, e.g. `cpmail report {kind} ID …`.")
+    if kind == "cash-flow" and id:
+        raise InputError("the cash-flow report takes no id; give --as-of DATE instead.")
+    as_of = as_of or today(settings)
+    base: dict[str, Any] = {"kind": kind, "marker": MARKER + kind, "version": __version__}
+    with engine.connect() as conn:
+        if kind == "invoice":
+            assert id is not None
+            inv = documents.load_invoice(conn, id, as_of=as_of)
+            return Report(
+                kind,
+                inv.id,
+                f"Invoice {inv.number}",
+                f"invoice-{safe_filename(inv.number)}.pdf",
+                {**base, "title": f"Invoice {inv.number}", "doc": inv},
+                _one(inv.client),
+                _job_words(inv.job),
+                _why_none("client", inv.client, "billing e-mail"),
+            )
+        if kind == "estimate":
+            assert id is not None
+            est = documents.load_estimate(conn, id)
+            return Report(
+                kind,
+                est.id,
+                f"Estimate {est.id}",
+                f"estimate-{safe_filename(est.id)}.pdf",
+                {**base, "title": f"Estimate {est.id}", "doc": est},
+                _one(est.client),
+                _job_words(est.job),
+                _why_none("client", est.client, "billing e-mail"),
+            )
+        if kind == "purchase-order":
+            assert id is not None
+            po = documents.load_purchase_order(conn, id)
+            return Report(
+                kind,
+                po.id,
+                f"Purchase order {po.id}",
+                f"purchase-order-{safe_filename(po.id)}.pdf",
+                {**base, "title": f"Purchase order {po.id}", "doc": po},
+                _one(po.vendor),
+                _job_words(po.job),
+                _why_none("vendor", po.vendor, "e-mail"),
+            )
+        cf = cashflow.load_cash_flow(conn, as_of)
+    return Report(
+        kind,
+        None,
+        f"Cash flow report as of {as_of.isoformat()}",
+        f"cash-flow-{as_of.isoformat()}.pdf",
+        {**base, "title": "Cash flow", "doc": cf, "buckets": [b[0] for b in cashflow.BUCKETS]},
+    )
+
+
+def _one(party: documents.Party) -> tuple[tuple[str, str], ...]:
+    return ((party.email, party.name),) if party.email else ()
+
+
+def _why_none(what: str, party: documents.Party, column: str) -> str:
+    return f"{what} {party.id} ({party.name}) has no {column}"
+
+
+def render(report: Report, settings: Settings) -> bytes:
+    """The report as PDF bytes."""
+    agency = {
+        "name": str(settings["agency.name"]).strip(),
+        "address": str(settings["agency.address"]).strip(),
+        "logo": logo_uri(settings),
+    }
+    html = render_html(settings, report.template, {**report.context, "agency": agency})
+    return html_to_pdf(html, paper=str(settings["agency.paper"]), base_url=settings.home)
+
+
+def write(pdf: bytes, out: Path) -> None:
+    """Write ``pdf`` to ``out`` atomically (a reader never sees half a file)."""
+    try:
+        write_atomic(out, pdf, mode=0o644)
+    except OSError as e:
+        raise InputError(f"cannot write {out}: {e.strerror}.") from None
+
+
+_STREAM = re.compile(rb"stream\r?\n")
+_SCAN_LIMIT = 4 * 1024 * 1024  # inflated bytes looked at per stream
+
+
+def kind_of_pdf(data: bytes) -> str | None:
+    """The report kind a PDF made by cpmail says it is, or None for any other PDF.
+
+    weasyprint keeps the document information (where the keyword is) inside a
+    compressed object stream, so the streams are inflated and searched too.
+    """
+    pattern = re.compile(re.escape(MARKER.encode()) + rb"([a-z-]+)")
+    found = pattern.search(data)
+    pos = 0
+    while found is None:
+        m = _STREAM.search(data, pos)
+        if m is None:
+            return None
+        end = data.find(b"endstream", m.end())
+        if end < 0:
+            return None
+        try:
+            inflated = zlib.decompressobj().decompress(data[m.end() : end], _SCAN_LIMIT)
+        except zlib.error:
+            inflated = b""
+        found = pattern.search(inflated)
+        pos = end
+    kind = found.group(1).decode()
+    return kind if kind in KINDS else None

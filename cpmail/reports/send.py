@@ -1,0 +1,259 @@
+"""`send-report`: check a PDF and its recipients, then send it through the outbox.
+
+Every check happens before anything is queued: a refused report leaves no
+trace in the outbox or the log, and nothing reaches a transport.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.addresses import check_address, looks_like_address
+from cpmail.compose import Attachment, Mailbox, build_message
+from cpmail.errors import ConfigError, InputError
+from cpmail.outbox import Delivery, Draft
+from cpmail.people import Sender, resolve_sender
+from cpmail.reports import Report, kind_of_pdf, load, render, write
+from cpmail.secrets import SecretStore
+from cpmail.sending import send_now
+from cpmail.settings import Settings
+from cpmail.store.schema import staff
+from cpmail.transports.base import SHARED, get_transport
+
+EVENT = "report"
+CASH_FLOW_ACCESS = "cash-flow"
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    name: str = ""
+    staff_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `send-report` did: the file sent, to whom, from whom, and the delivery."""
+
+    filename: str
+    recipients: Sequence[Recipient]
+    sender: Sender
+    delivery: Delivery
+
+
+def check_pdf(path: Path, *, max_bytes: int) -> bytes:
+    """Return the file's bytes, or raise InputError: missing, empty, too large, not a PDF."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist.") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}.") from None
+    if not path.is_file():
+        raise InputError(f"{path} is not a file.")
+    if size == 0:
+        raise InputError(f"{path} is empty; render the report again.")
+    if size > max_bytes:
+        raise InputError(
+            f"{path} is {size / MB:.1f} MB, more than the {max_bytes / MB:.0f} MB "
+            "an attachment may be ([mail] max_attachment_mb)."
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}.") from None
+    if not data.startswith(b"%PDF-"):
+        raise InputError(f"{path} is not a PDF (it does not start with %PDF-).")
+    return data
+
+
+def _access(row: Any) -> set[str]:
+    return {p.strip().lower() for p in (row.access or "").split(",") if p.strip()}
+
+
+def _who(row: Any) -> str:
+    return f"{row.id} ({row.name})"
+
+
+def resolve_recipients(conn: sa.Connection, specs: Sequence[str]) -> list[Recipient]:
+    """Staff IDs and addresses -> recipients; an unknown ID or a bad address is an InputError."""
+    out: list[Recipient] = []
+    for spec in specs:
+        if looks_like_address(spec):
+            address = check_address(spec, where="--to")
+            row = conn.execute(
+                sa.select(staff).where(sa.func.lower(staff.c.work_email) == address.lower())
+            ).first()
+            out.append(Recipient(address, row.name if row else "", row.id if row else None))
+            continue
+        row = conn.execute(sa.select(staff).where(staff.c.id == spec)).first()
+        if row is None:
+            raise InputError(
+                f"--to {spec}: no staff member with that ID and not an e-mail address; "
+                "see `cpmail staff list`."
+            )
+        if not row.work_email:
+            raise InputError(
+                f"--to {spec}: staff member {_who(row)} has no work e-mail; "
+                f"run `cpmail staff edit {row.id} --work-email ADDRESS`."
+            )
+        address = check_address(row.work_email, where=f"staff {row.id} work_email")
+        out.append(Recipient(address, row.name, row.id))
+    seen: set[str] = set()
+    unique = []
+    for r in out:
+        if r.address.lower() not in seen:
+            seen.add(r.address.lower())
+            unique.append(r)
+    return unique
+
+
+def check_cash_flow(
+    conn: sa.Connection,
+    settings: Settings,
+    sender: Sender,
+    as_staff: str | None,
+    recipients: Sequence[Recipient],
+) -> None:
+    """Refuse unless the person sending and every recipient are staff with cash-flow access."""
+    rule = "the cash-flow report goes only to staff with cash-flow access, sent by staff with it"
+    if sender.account == SHARED:
+        asker = as_staff or str(settings["user.staff"])
+        if not asker:
+            raise ConfigError(
+                "with one-account mode on, say who is sending the cash-flow report: "
+                "give --as STAFF or set [user] staff (`cpmail config set user.staff JD`)."
+            )
+    else:
+        asker = sender.account
+    row = conn.execute(sa.select(staff).where(staff.c.id == asker)).first()
+    if row is None:
+        raise InputError(f"--as {asker}: no staff member with that ID; see `cpmail staff list`.")
+    if CASH_FLOW_ACCESS not in _access(row) or not row.active:
+        raise InputError(
+            f"{rule}: the sender {_who(row)} does not have cash-flow access "
+            f"(`cpmail staff edit {row.id} --access cash-flow`)."
+        )
+    outside = [r.address for r in recipients if r.staff_id is None]
+    if outside:
+        raise InputError(
+            f"{rule}: {', '.join(outside)} is not a staff member's work e-mail; "
+            "name staff by ID with --to."
+        )
+    lacking = []
+    for r in recipients:
+        row = conn.execute(sa.select(staff).where(staff.c.id == r.staff_id)).one()
+        if CASH_FLOW_ACCESS not in _access(row) or not row.active:
+            lacking.append(_who(row))
+    if lacking:
+        verb = "does" if len(lacking) == 1 else "do"
+        raise InputError(f"{rule}: {' and '.join(lacking)} {verb} not have cash-flow access.")
+
+
+def default_subject(settings: Settings, label: str) -> str:
+    """``[C&P] Invoice 10234 from Acme Agency`` (prefix and agency as configured)."""
+    agency = str(settings["agency.name"]).strip()
+    prefix = str(settings["mail.subject_prefix"]).strip()
+    text = f"{label} from {agency}" if agency else label
+    return f"{prefix} {text}" if prefix else text
+
+
+def default_text(report: Report | None, filename: str, sender: Sender, settings: Settings) -> str:
+    """A short covering note for the attachment."""
+    if report is None:
+        body = f"Please find {filename} attached."
+    elif report.kind == "cash-flow":
+        body = (
+            f"Attached is the {report.label[0].lower()}{report.label[1:]}: cash, accounts "
+            "receivable and accounts payable.\nIt is confidential; please do not forward it."
+        )
+    else:
+        about = f" for {report.about}" if report.about else ""
+        body = f"Please find {report.label[0].lower()}{report.label[1:]}{about} attached."
+    agency = str(settings["agency.name"]).strip()
+    sign = "\n".join(x for x in dict.fromkeys([sender.name.strip(), agency]) if x)
+    return f"Hello,\n\n{body}\n\nBest regards,\n{sign}\n" if sign else f"Hello,\n\n{body}\n"
+
+
+def send_report(
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    file: Path | None = None,
+    kind: str | None = None,
+    id: str | None = None,
+    as_of: dt.date | None = None,
+    to: Sequence[str] = (),
+    subject: str | None = None,
+    text: str | None = None,
+    as_staff: str | None = None,
+) -> Outcome:
+    """Send ``file`` (or report ``kind`` rendered now) as a PDF attachment."""
+    if (file is None) == (kind is None):
+        raise InputError("give either a FILE.pdf or --report KIND, not both and not neither.")
+    if file is not None and (id is not None or as_of is not None):
+        raise InputError("--id and --as-of go with --report KIND, not with a FILE.")
+    max_bytes = int(settings["mail.max_attachment_mb"]) * MB
+    sender = resolve_sender(settings, engine, as_staff)
+
+    report: Report | None = None
+    data = b""
+    if kind is not None:
+        report = load(engine, settings, kind, id=id, as_of=as_of)
+        doc_kind: str | None = report.kind
+        filename = report.filename
+    else:
+        assert file is not None
+        data = check_pdf(file, max_bytes=max_bytes)
+        doc_kind = kind_of_pdf(data)
+        filename = file.name
+
+    with engine.connect() as conn:
+        recipients = resolve_recipients(conn, to)
+        if not recipients and report is not None and report.recipients:
+            where = f"the address {report.label} goes to by default"
+            recipients = [Recipient(check_address(a, where=where), n) for a, n in report.recipients]
+        if not recipients:
+            why = f"{report.no_recipient}; " if report is not None else ""
+            raise InputError(f"no recipient: {why}give --to ADDRESS or --to STAFF.")
+        if doc_kind == "cash-flow":
+            check_cash_flow(conn, settings, sender, as_staff, recipients)
+
+    if report is not None:
+        # Rendered to a file first, so that what is sent passed the same checks as a FILE.
+        with tempfile.TemporaryDirectory(prefix="cpmail-report-") as tmp:
+            path = Path(tmp) / filename
+            write(render(report, settings), path)
+            data = check_pdf(path, max_bytes=max_bytes)
+
+    msg = build_message(
+        sender=Mailbox(sender.address, sender.name),
+        to=[Mailbox(r.address, r.name) for r in recipients],
+        subject=subject or default_subject(settings, report.label if report else filename),
+        text=text if text and text.strip() else default_text(report, filename, sender, settings),
+        event=EVENT,
+        key=f"report:{uuid.uuid4().hex}",
+        attachments=[Attachment(filename, data, "application/pdf")],
+        auto_generated=False,
+    )
+    draft = Draft.from_message(
+        msg, event=EVENT, key=None, account=sender.account, envelope_from=sender.address
+    )
+    limit = get_transport(settings, secrets).max_message_bytes
+    if len(draft.raw) > limit:
+        raise InputError(
+            f"{filename} makes a message of {len(draft.raw) / MB:.1f} MB; the "
+            f"{settings['mail.transport']} transport takes at most {limit / MB:.1f} MB."
+        )
+    _, delivery = send_now(engine, settings, secrets, [draft])
+    return Outcome(filename, recipients, sender, delivery)
