@@ -1,9 +1,182 @@
-"""`cpmail check`."""
+"""`cpmail check`: the main job, run from cron on workdays."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
+
+from cpmail.cli.common import ctx_of, emit_json, parse_date, print_table, split_list
+from cpmail.errors import InputError, NotDelivered
+
+
+def check(
+    ctx: typer.Context,
+    today: bool = typer.Option(False, "--today", help="Run for today (the default)."),
+    date: str | None = typer.Option(None, "--date", help="Run for this date (YYYY-MM-DD)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Only these events (a,b)."),
+    skip: list[str] | None = typer.Option(None, "--skip", help="Not these events (a,b)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print what would be sent; change nothing."
+    ),
+    as_staff: str | None = typer.Option(None, "--as", help="Send from this staff member."),
+    json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Tell the right people what they must know, once: evaluate triggers, queue, send."""
+    import datetime as dt
+
+    from cpmail.check import run_check
+
+    c = ctx_of(ctx)
+    if today and date:
+        raise InputError("give --today or --date, not both.")
+    s = c.settings
+    day = parse_date(date, option="--date") if date else dt.datetime.now(s.tz()).date()
+    engine = c.engine()
+    progress = _progress(c.quiet or json)
+    try:
+        result = run_check(
+            engine,
+            s,
+            c.secrets,
+            c.home,
+            date=day,
+            only=split_list(only),
+            skip=split_list(skip),
+            dry_run=dry_run,
+            as_staff=as_staff,
+            on_progress=progress.advance if progress else None,
+        )
+    finally:
+        if progress:
+            progress.stop()
+    if json:
+        emit_json(_json(result, dry_run))
+    elif dry_run:
+        _print_dry_run(c, result)
+    else:
+        _print_summary(c, result)
+    d = result.delivery
+    if d is not None and d.stopped is not None:
+        raise d.stopped
+    if d is not None and d.undelivered:
+        raise NotDelivered(
+            f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed; "
+            "they are kept in the outbox: see `cpmail outbox` and `cpmail log --status failed`, "
+            "fix the cause, then `cpmail outbox retry --all`."
+        )
+
+
+class _Bar:
+    """A progress bar on stderr, shown only on a terminal once there is something to send."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.progress: Any = None
+
+    def advance(self, n: int) -> None:
+        self.count += n
+        if self.progress is None and self.count >= 20:
+            from rich.progress import Progress
+
+            self.progress = Progress(transient=True, console=None)
+            self.progress.start()
+            self.task = self.progress.add_task("Sending", total=None)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.count)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _progress(silent: bool) -> _Bar | None:
+    return None if silent or not sys.stderr.isatty() else _Bar()
+
+
+def _json(result: Any, dry_run: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "date": result.date,
+        "dry_run": dry_run,
+        "enabled": result.enabled,
+        "summary": [{"event": ev, **s.as_dict()} for ev, s in result.summary.items()],
+        "totals": result.totals(),
+    }
+    if dry_run:
+        out["messages"] = [
+            {
+                "event": p.event,
+                "events": p.events,
+                "keys": p.keys,
+                "to": p.to.address,
+                "to_name": p.to.name,
+                "staff_id": p.to.staff_id,
+                "subject": p.subject,
+                "text": p.text,
+                "html": p.html,
+                "attachments": [a.filename for a in p.attachments],
+            }
+            for p in result.planned
+        ]
+    else:
+        d = result.delivery
+        out["outbox"] = (
+            {
+                "sent": d.count("sent"),
+                "deferred": d.count("deferred"),
+                "failed": d.count("failed"),
+                "waiting": d.waiting,
+            }
+            if d is not None
+            else None
+        )
+    return out
+
+
+def _print_dry_run(c: Any, result: Any) -> None:
+    if not result.planned:
+        c.say(f"Nothing new to send for {result.date}.")
+        return
+    c.say(
+        f"Would send {len(result.planned)} message(s) for {result.date} (dry run: nothing changed):"
+    )
+    for p in result.planned:
+        c.say(f"  {p.to.address:<32} {p.subject}")
+
+
+def _print_summary(c: Any, result: Any) -> None:
+    rows = [
+        {"event": ev + ("" if s.enabled else " (disabled)"), **s.as_dict()}
+        for ev, s in result.summary.items()
+        if s.found or s.skipped or not s.enabled
+    ]
+    totals = result.totals()
+    if not c.quiet:
+        if rows:
+            print_table(
+                c,
+                [*rows, {"event": "total", **totals}],
+                ["event", "found", "sent", "deferred", "failed", "skipped", "suppressed"],
+                title=f"cpmail check for {result.date}",
+            )
+        else:
+            c.say(f"Nothing new for {result.date}.")
+    if not result.enabled:
+        c.note(
+            "Sending is off: notifications were recorded as suppressed (`cpmail config enable`)."
+        )
+    for line in result.notice:
+        c.note(line)
+    d = result.delivery
+    if d is not None:
+        earlier = d.count("sent") - totals["sent"]
+        if earlier > 0:
+            c.say(f"Also delivered {earlier} message(s) left in the outbox by earlier runs.")
+    if result.sender is not None and c.settings["mail.transport"] == "file" and totals["sent"]:
+        c.say(f"Messages were written to {c.settings.mail_dir}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the check commands to the root app."""
+    """Add `check` to the root app."""
+    app.command("check")(check)

@@ -1,0 +1,367 @@
+"""The main job: evaluate every trigger for a date, queue what is new, send the outbox.
+
+Data flows one way: store -> triggers -> routing -> render/compose -> outbox ->
+transport. Ledger keys and outbox rows are written in one transaction, so a
+second run (or a concurrent one) never queues a notification twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import socket
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.compose import Attachment, Mailbox, build_message, message_id_for, to_bytes
+from cpmail.errors import ConfigError, InputError
+from cpmail.outbox import Delivery, Draft, _insert_ledger, deliver, new_run_id, queue
+from cpmail.people import Sender, resolve_sender
+from cpmail.render import Renderer
+from cpmail.routing import Directory, Person, check_rules
+from cpmail.secrets import SecretStore
+from cpmail.settings import EVENTS, Settings
+from cpmail.store.schema import ledger, messages
+from cpmail.transports.base import Transport, get_transport
+from cpmail.triggers import LIST_EVENTS, Notification, Run, finders
+from cpmail.workdays import WorkCalendar
+
+SUMMARY_COLUMNS = ("found", "sent", "deferred", "failed", "skipped", "suppressed")
+
+
+@dataclass
+class EventSummary:
+    found: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+    suppressed: int = 0
+    enabled: bool = True
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **{k: getattr(self, k) for k in SUMMARY_COLUMNS},
+            "enabled": self.enabled,
+            "skip_reasons": dict(self.skip_reasons),
+        }
+
+
+@dataclass
+class Planned:
+    """One message a run queues (or would queue, with --dry-run)."""
+
+    event: str  # the event, or "digest"
+    events: list[str]  # one entry per notification in it
+    keys: list[str]
+    to: Person
+    subject: str
+    text: str
+    html: str
+    attachments: list[Attachment]
+    thread: str | None
+    raw: bytes = b""
+    message_id: str = ""
+
+
+@dataclass
+class CheckResult:
+    date: dt.date
+    summary: dict[str, EventSummary]
+    planned: list[Planned]
+    delivery: Delivery | None = None
+    dry_run: bool = False
+    enabled: bool = True
+    sender: Sender | None = None
+    notice: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, int]:
+        return {k: sum(getattr(s, k) for s in self.summary.values()) for k in SUMMARY_COLUMNS}
+
+
+def select_events(only: Sequence[str], skip: Sequence[str]) -> list[str]:
+    for ev in [*only, *skip]:
+        if ev not in EVENTS:
+            raise InputError(f"unknown event {ev!r}; the events are: {', '.join(EVENTS)}.")
+    chosen = [e for e in EVENTS if (not only or e in only) and e not in skip]
+    return chosen
+
+
+def _sender(settings: Settings, engine: sa.Engine, as_staff: str | None) -> Sender:
+    """The account check sends from; the file transport may go without one."""
+    try:
+        return resolve_sender(settings, engine, as_staff)
+    except ConfigError:
+        if settings["mail.transport"] != "file" or as_staff:
+            raise
+    address = settings["manager.email"] or "cpmail@localhost"
+    return Sender("", address, str(settings["agency.name"] or "cpmail"))
+
+
+def run_check(
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    home: Path | None,
+    *,
+    date: dt.date,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    dry_run: bool = False,
+    as_staff: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    transport: Transport | None = None,
+) -> CheckResult:
+    """Evaluate, queue and send; with ``dry_run`` change nothing and return what would go."""
+    events = select_events(only, skip)
+    check_rules(settings)
+    enabled = bool(settings["mail.enabled"])
+    sender = _sender(settings, engine, as_staff)
+    if transport is None and not dry_run and enabled:
+        transport = get_transport(settings, secrets)
+    if transport is not None:
+        transport.check_account(sender.account)
+    tz = settings.tz()
+    run = Run(date=date, settings=settings, calendar=WorkCalendar.from_settings(settings), tz=tz)
+    summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
+
+    with engine.connect() as conn:
+        directory = Directory(conn)
+        found: list[Notification] = []
+        table = finders()
+        for ev in events:
+            if not summary[ev].enabled:
+                continue
+            found.extend(table[ev](conn, run))
+        found = _unrecorded(conn, found)
+    for n in found:
+        summary[n.event].found += 1
+
+    renderer = Renderer(
+        home,
+        {
+            "agency": {"name": settings["agency.name"], "address": settings["agency.address"]},
+            "run_date": date,
+            "prefix": settings["mail.subject_prefix"],
+        },
+    )
+    result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
+    groups = _route(found, directory, settings, summary)
+    if dry_run:
+        result.planned = [_plan(g, renderer, settings, sender) for g in groups]
+        return result
+
+    run_id = new_run_id()
+    with engine.begin() as conn:
+        fresh = {
+            k for k in {n.key for n in found} if _insert_ledger(conn, k, k.split(":")[0], _now())
+        }
+        planned = []
+        for g in groups:
+            g = [(n, p) for n, p in g if n.key in fresh]
+            if g:
+                planned.append(_plan(g, renderer, settings, sender))
+        max_bytes = transport.max_message_bytes if transport else None
+        ids: dict[int, Planned] = {}
+        for p in planned:
+            draft = Draft(
+                event=p.event,
+                key=None,
+                account=sender.account,
+                from_addr=sender.address,
+                to=[p.to.address],
+                subject=p.subject,
+                message_id=p.message_id,
+                raw=p.raw,
+            )
+            mid = queue(conn, draft, run_id=run_id, suppressed=not enabled, max_bytes=max_bytes)
+            assert mid is not None
+            ids[mid] = p
+            _link_keys(conn, mid, p.keys)
+    result.planned = planned
+    if not enabled:
+        for p in planned:
+            for ev in p.events:
+                summary[ev].suppressed += 1
+        return result
+    assert transport is not None
+    delivery = deliver(engine, transport, settings, run_id=run_id, on_progress=on_progress)
+    result.delivery = delivery
+    for mid, status in delivery.status.items():
+        evs = ids[mid].events if mid in ids else [delivery.events.get(mid, "")]
+        for ev in evs:
+            if ev in summary and status in ("sent", "deferred", "failed"):
+                setattr(summary[ev], status, getattr(summary[ev], status) + 1)
+    if delivery.waiting:
+        result.notice.append(
+            f"{delivery.waiting} message(s) wait in the outbox for the send window "
+            f"({settings['mail.send_window']})."
+        )
+    _tell_manager(engine, settings, transport, sender, delivery, renderer, run_id)
+    return result
+
+
+def _now() -> dt.datetime:
+    from cpmail.store import utcnow
+
+    return utcnow()
+
+
+def _unrecorded(conn: sa.Connection, found: list[Notification]) -> list[Notification]:
+    """Drop notifications whose key is in the ledger already."""
+    keys = [n.key for n in found]
+    known: set[str] = set()
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        known.update(
+            r.key for r in conn.execute(sa.select(ledger.c.key).where(ledger.c.key.in_(chunk)))
+        )
+    out, seen = [], set()
+    for n in found:
+        if n.key not in known and n.key not in seen:
+            seen.add(n.key)
+            out.append(n)
+    return out
+
+
+Group = list[tuple[Notification, Person]]
+
+
+def _route(
+    found: list[Notification],
+    directory: Directory,
+    settings: Settings,
+    summary: dict[str, EventSummary],
+) -> list[Group]:
+    """Who gets each notification, grouped into messages (one person per message)."""
+    digest = bool(settings["mail.digest"])
+    groups: dict[tuple[str, str], Group] = defaultdict(list)
+    for n in found:
+        routed = directory.route(n, directory.rules_for(n, settings))
+        s = summary[n.event]
+        s.skipped += sum(routed.skipped.values())
+        s.skip_reasons.update(routed.skipped)
+        for person in routed.people:
+            if digest:
+                bucket = "digest"
+            elif n.event in LIST_EVENTS:
+                bucket = n.event
+            else:
+                bucket = n.key
+            groups[(person.address.lower(), bucket)].append((n, person))
+    return list(groups.values())
+
+
+def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) -> Planned:
+    person = group[0][1]
+    recipient = {"name": person.name, "staff_id": person.staff_id, "address": person.address}
+    by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for n, _ in group:
+        by_event[n.event].append(n.item)
+    events = [n.event for n, _ in group]
+    if len(by_event) == 1:
+        event = events[0]
+        subject, text, html = renderer.message(event, by_event[event], recipient)
+    else:
+        event = "digest"
+        ordered = sorted(by_event.items(), key=lambda kv: EVENTS.index(kv[0]))
+        subject, text, html = renderer.digest(ordered, recipient)
+    prefix = str(settings["mail.subject_prefix"])
+    subject = f"{prefix} {subject}".strip() if prefix else subject
+    threads = {n.thread for n, _ in group}
+    thread = threads.pop() if len(threads) == 1 else None
+    keys = sorted(n.key for n, _ in group)
+    attachments = [Attachment(*a) for n, _ in group for a in n.attachments]
+    msg_key = hashlib.sha256(("|".join(keys) + "|" + person.address.lower()).encode()).hexdigest()
+    msg = build_message(
+        sender=Mailbox(sender.address, sender.name),
+        to=[Mailbox(person.address, person.name)],
+        subject=subject,
+        text=text,
+        html=html,
+        event=event,
+        key=msg_key,
+        thread=thread,
+        attachments=attachments,
+        date=dt.datetime.now(settings.tz()),
+    )
+    return Planned(
+        event=event,
+        events=events,
+        keys=keys,
+        to=person,
+        subject=str(msg["Subject"]),
+        text=text,
+        html=html,
+        attachments=attachments,
+        thread=thread,
+        raw=to_bytes(msg),
+        message_id=str(msg["Message-ID"]),
+    )
+
+
+def _link_keys(conn: sa.Connection, message_id: int, keys: list[str]) -> None:
+    """Remember which ledger keys a message carries (the first one is enough to find it)."""
+    conn.execute(
+        messages.update()
+        .where(messages.c.id == message_id)
+        .values(ledger_key=",".join(keys)[:2000])
+    )
+
+
+def _tell_manager(
+    engine: sa.Engine,
+    settings: Settings,
+    transport: Transport,
+    sender: Sender,
+    delivery: Delivery,
+    renderer: Renderer,
+    run_id: str,
+) -> None:
+    """One summary message to the system manager when mail failed for good in this run."""
+    failed = [i for i, s in delivery.status.items() if s == "failed"]
+    manager = settings["manager.email"]
+    if not failed or not manager or delivery.stopped is not None:
+        return
+    m = messages.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(m.subject, m.to_addrs, m.last_error).where(m.id.in_(failed))
+        ).all()
+    ctx = {
+        **renderer.context,
+        "event": "failure-summary",
+        "count": len(rows),
+        "host": socket.gethostname(),
+        "failures": [{"subject": r.subject, "to": r.to_addrs, "error": r.last_error} for r in rows],
+        "recipient": {"name": settings["manager.name"], "address": manager},
+    }
+    txt = renderer._get("email/failure-summary.txt")
+    html = renderer._get("email/failure-summary.html")
+    subject = " ".join(renderer._block(txt, "subject", ctx).split())
+    prefix = str(settings["mail.subject_prefix"])
+    msg = build_message(
+        sender=Mailbox(sender.address, sender.name),
+        to=[Mailbox(manager, str(settings["manager.name"]))],
+        subject=f"{prefix} {subject}".strip(),
+        text=renderer._full(txt, ctx),
+        html=renderer._full(html, ctx),
+        event="failure-summary",
+        key=f"failure-summary:{run_id}",
+    )
+    draft = Draft.from_message(
+        msg, event="failure-summary", key=None, account=sender.account, envelope_from=sender.address
+    )
+    with engine.begin() as conn:
+        mid = queue(conn, draft, run_id=run_id)
+    if mid is not None:
+        deliver(engine, transport, settings, run_id=run_id, ids=[mid])
+
+
+__all__ = ["CheckResult", "EventSummary", "Planned", "message_id_for", "run_check"]

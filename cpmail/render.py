@@ -1,0 +1,147 @@
+"""Render messages from Jinja2 templates: ``<home>/templates/`` first, then the built-ins.
+
+Each event has ``email/<event>.txt`` (blocks ``subject`` and ``body``) and
+``email/<event>.html`` (block ``content``); both extend a base layout. Every
+template sees ``items`` (what the message is about: one, or a list for task
+reminders), ``item`` (the first), ``recipient``, ``agency``, ``run_date``
+and ``event``. Templates are compiled once per process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from cpmail.errors import ConfigError
+
+BUILTIN = Path(__file__).parent / "templates"
+
+
+@cache
+def environment(home: Path | None) -> jinja2.Environment:
+    """The template environment for a home (compiled templates are cached in it)."""
+    loaders: list[jinja2.BaseLoader] = []
+    if home is not None and (home / "templates").is_dir():
+        loaders.append(jinja2.FileSystemLoader(str(home / "templates")))
+    loaders.append(jinja2.FileSystemLoader(str(BUILTIN)))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(["html", "htm"], default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.ChainableUndefined,
+    )
+    env.filters["day"] = _day
+    env.filters["when"] = _when
+    env.filters["first_name"] = lambda name: (name or "").split(" ")[0] or "there"
+    return env
+
+
+def _day(value: Any) -> str:
+    """2026-11-24 -> 'Tue Nov 24, 2026'."""
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return value.strftime("%a %b %-d, %Y")
+    return str(value or "")
+
+
+def _when(value: Any) -> str:
+    """A timestamp as 'Tue Nov 24, 2026 9:30'."""
+    if isinstance(value, dt.datetime):
+        return f"{_day(value)} {value.strftime('%-H:%M')}"
+    return _day(value)
+
+
+def template_names() -> list[str]:
+    """The built-in templates, relative to the templates folder."""
+    return sorted(str(p.relative_to(BUILTIN)) for p in BUILTIN.rglob("*") if p.is_file())
+
+
+class Renderer:
+    """Render one message for one recipient."""
+
+    def __init__(self, home: Path | None, context: dict[str, Any]) -> None:
+        self.env = environment(home)
+        self.context = context  # agency, run_date … shared by every message
+
+    def _get(self, name: str) -> jinja2.Template:
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(
+                f"template {e.filename or name}, line {e.lineno}: {e.message}."
+            ) from None
+        except jinja2.TemplateNotFound:
+            raise ConfigError(f"template {name} is missing; see `cpmail templates list`.") from None
+
+    def _block(self, tmpl: jinja2.Template, block: str, ctx: dict[str, Any]) -> str:
+        try:
+            return "".join(tmpl.blocks[block](tmpl.new_context(ctx)))
+        except KeyError:
+            raise ConfigError(f"template {tmpl.name} has no {{% block {block} %}}.") from None
+
+    def _full(self, tmpl: jinja2.Template, ctx: dict[str, Any]) -> str:
+        try:
+            return tmpl.render(ctx)
+        except jinja2.TemplateError as e:
+            raise ConfigError(f"template {tmpl.name}: {e}.") from None
+
+    def message(
+        self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]
+    ) -> tuple[str, str, str]:
+        """Return (subject without prefix, text, html) for one event's items."""
+        ctx = {
+            **self.context,
+            "event": event,
+            "items": items,
+            "item": items[0],
+            "count": len(items),
+            "recipient": recipient,
+        }
+        txt = self._get(f"email/{event}.txt")
+        html = self._get(f"email/{event}.html")
+        subject = " ".join(self._block(txt, "subject", ctx).split())
+        return subject, self._full(txt, ctx), self._full(html, ctx)
+
+    def digest(
+        self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]
+    ) -> tuple[str, str, str]:
+        """One message with every event's items for one recipient."""
+        parts = []
+        for event, items in sections:
+            ctx = {
+                **self.context,
+                "event": event,
+                "items": items,
+                "item": items[0],
+                "count": len(items),
+                "recipient": recipient,
+            }
+            txt = self._get(f"email/{event}.txt")
+            html = self._get(f"email/{event}.html")
+            parts.append(
+                {
+                    "event": event,
+                    "count": len(items),
+                    "title": " ".join(self._block(txt, "subject", ctx).split()),
+                    "text": self._block(txt, "body", ctx).strip("\n"),
+                    "html": self._block(html, "content", ctx),
+                }
+            )
+        ctx = {
+            **self.context,
+            "event": "digest",
+            "sections": parts,
+            "recipient": recipient,
+            "count": sum(p["count"] for p in parts),
+        }
+        txt = self._get("email/digest.txt")
+        html = self._get("email/digest.html")
+        subject = " ".join(self._block(txt, "subject", ctx).split())
+        return subject, self._full(txt, ctx), self._full(html, ctx)

@@ -1,0 +1,164 @@
+"""Recipient rules -> people and addresses.
+
+Rules (SPEC §5): ``staff``, ``supervisor``, ``assignee``, ``entered-by``,
+``team`` (the client's team members whose ``events`` include the event),
+``team:ROLE``, ``staff:ID``, ``email:ADDRESS``, and ``listed`` (the entry's
+own notify/attendees cell, whose items are staff IDs, staff names or rules).
+
+A recipient with no address, inactive, or who opted out of the event is
+skipped and counted, never an error. Addresses are deduplicated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.errors import ConfigError
+from cpmail.settings import EVENTS, Settings
+from cpmail.store.schema import client_team, staff, staff_opt_out
+from cpmail.triggers import DEFAULT_RULES, Notification, split_cell
+
+PERSON_RULES = ("staff", "supervisor", "assignee", "entered-by")
+PLAIN_RULES = (*PERSON_RULES, "team", "listed")
+PREFIX_RULES = ("team:", "staff:", "email:")
+
+SKIP_NO_ADDRESS = "no address"
+SKIP_INACTIVE = "inactive"
+SKIP_OPTED_OUT = "opted out"
+
+
+def is_rule(text: str) -> bool:
+    return text in PLAIN_RULES or (text.startswith(PREFIX_RULES) and len(text.split(":", 1)[1]) > 0)
+
+
+def check_rules(settings: Settings) -> None:
+    """Every ``[events.<event>] notify`` rule must be one cpmail knows."""
+    for ev in EVENTS:
+        for rule in settings.event_notify(ev):
+            if not is_rule(rule):
+                raise ConfigError(
+                    f"events.{ev}.notify: {rule!r} is not a recipient rule; use staff, supervisor, "
+                    "assignee, entered-by, team, team:ROLE, staff:ID, email:ADDRESS or listed."
+                )
+            if rule.startswith("email:"):
+                from cpmail.addresses import check_address
+
+                check_address(rule[6:], where=f"events.{ev}.notify")
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone a message goes to."""
+
+    address: str
+    name: str
+    staff_id: str | None = None
+
+
+@dataclass
+class Routed:
+    people: list[Person]
+    skipped: Counter[str]
+
+
+class Directory:
+    """Staff, opt-outs and client teams, read once per run."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.staff: dict[str, Any] = {r.id: r for r in conn.execute(sa.select(staff))}
+        self.by_name = {r.name.strip().lower(): r.id for r in self.staff.values() if r.name}
+        self.opted_out = {(r.staff_id, r.event) for r in conn.execute(sa.select(staff_opt_out))}
+        self.teams: dict[str, list[tuple[str, str, frozenset[str] | None]]] = {}
+        for r in conn.execute(sa.select(client_team)):
+            events = frozenset(split_cell(r.events)) or None
+            self.teams.setdefault(r.client_id, []).append((r.staff_id, r.role or "", events))
+
+    def rules_for(self, n: Notification, settings: Settings) -> tuple[str, ...]:
+        configured = settings.event_notify(n.event)
+        if configured:
+            return tuple(configured)
+        return n.rules or DEFAULT_RULES[n.event]
+
+    def route(self, n: Notification, rules: tuple[str, ...]) -> Routed:
+        staff_ids: list[str] = []
+        outside: list[str] = []
+        skipped: Counter[str] = Counter()
+        for rule in rules:
+            self._expand(n, rule, staff_ids, outside, skipped, depth=0)
+        people: list[Person] = []
+        seen: set[str] = set()
+        for sid in dict.fromkeys(staff_ids):  # keeps order, drops repeats
+            row = self.staff.get(sid)
+            if row is None:
+                skipped[SKIP_NO_ADDRESS] += 1
+            elif not row.active:
+                skipped[SKIP_INACTIVE] += 1
+            elif (sid, n.event) in self.opted_out:
+                skipped[SKIP_OPTED_OUT] += 1
+            elif not row.work_email:
+                skipped[SKIP_NO_ADDRESS] += 1
+            elif row.work_email.lower() not in seen:
+                seen.add(row.work_email.lower())
+                people.append(Person(row.work_email, row.name, sid))
+        for addr in outside:
+            if addr.lower() not in seen:
+                seen.add(addr.lower())
+                people.append(Person(addr, ""))
+        return Routed(people, skipped)
+
+    def _expand(
+        self,
+        n: Notification,
+        rule: str,
+        staff_ids: list[str],
+        outside: list[str],
+        skipped: Counter[str],
+        depth: int,
+    ) -> None:
+        if rule in PERSON_RULES:
+            if rule == "supervisor":
+                concerned = n.people.get("staff")
+                row = self.staff.get(concerned) if concerned else None
+                sid = n.people.get("supervisor") or (row.supervisor_id if row else None)
+            else:
+                sid = n.people.get(rule)
+            if sid:
+                staff_ids.append(sid)
+            elif rule in ("staff", "assignee"):  # nobody is assigned: count it, don't fail
+                skipped[SKIP_NO_ADDRESS] += 1
+        elif rule == "team" or rule.startswith("team:"):
+            role = rule[5:].lower() if rule.startswith("team:") else None
+            for sid, member_role, events in self.teams.get(n.client_id or "", []):
+                if role is not None and member_role.lower() != role:
+                    continue
+                if events is not None and n.event not in events:
+                    continue
+                staff_ids.append(sid)
+        elif rule.startswith("staff:"):
+            staff_ids.append(rule[6:])
+        elif rule.startswith("email:"):
+            outside.append(rule[6:])
+        elif rule == "listed" and depth == 0:
+            for entry in n.listed:
+                self._expand_listed(n, entry, staff_ids, outside, skipped)
+
+    def _expand_listed(
+        self,
+        n: Notification,
+        entry: str,
+        staff_ids: list[str],
+        outside: list[str],
+        skipped: Counter[str],
+    ) -> None:
+        if entry in self.staff:
+            staff_ids.append(entry)
+        elif entry.strip().lower() in self.by_name:
+            staff_ids.append(self.by_name[entry.strip().lower()])
+        elif is_rule(entry) and entry != "listed":
+            self._expand(n, entry, staff_ids, outside, skipped, depth=1)
+        else:
+            skipped[SKIP_NO_ADDRESS] += 1

@@ -1,0 +1,133 @@
+"""Triggers: turn the agency's data into notifications. A trigger never sends.
+
+Each event of SPEC §5 is one function ``find(conn, run) -> Iterable[Notification]``
+in a module per family. A notification carries its ledger key, what the
+message must say (``item``, for the templates), who is concerned (for the
+recipient rules) and the default rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from cpmail.settings import EVENTS, Settings
+from cpmail.workdays import WorkCalendar
+
+# The default recipient rules of SPEC §5 ("listed" = the entry's own notify/attendees list).
+DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+    "missing-time": ("staff", "supervisor"),
+    "job-opened": ("team",),
+    "billing-created": ("team",),
+    "payment-received": ("team",),
+    "status-changed": ("team",),  # the new status code's notify list wins when it has one
+    "task-due-today": ("assignee",),
+    "task-due-tomorrow": ("assignee",),
+    "task-overdue": ("assignee",),
+    "task-over-budget": ("team:ae",),
+    "budget-alert": ("team:ae", "entered-by"),
+    "hours-exceeded": ("team:ae", "assignee"),
+    "diary-entry": ("listed",),
+    "homebase-entry": ("listed",),
+    "change-order": ("team:ae", "team:production"),
+    "calendar-reminder": ("listed",),
+}
+
+# Events whose notifications reach each person as one list per run.
+LIST_EVENTS = frozenset({"task-due-today", "task-due-tomorrow", "task-overdue"})
+
+
+@dataclass
+class Notification:
+    """Something one or more people must be told, once (``key`` is its ledger key)."""
+
+    event: str
+    key: str
+    item: dict[str, Any]  # what the templates show
+    people: dict[str, str | None] = field(default_factory=dict)  # staff, assignee, entered-by …
+    client_id: str | None = None  # whose team `team` means
+    listed: list[str] = field(default_factory=list)  # the entry's notify/attendees cell
+    rules: tuple[str, ...] | None = None  # overrides DEFAULT_RULES (status code notify)
+    thread: str | None = None  # e.g. "job:J100": messages about one job thread together
+    attachments: list[tuple[str, bytes, str]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """The date a check runs for and what every trigger needs to know about it."""
+
+    date: dt.date
+    settings: Settings
+    calendar: WorkCalendar
+    tz: dt.tzinfo
+
+    @property
+    def lookback_days(self) -> int:
+        return int(self.settings["check.lookback_days"])
+
+    @property
+    def window_start(self) -> dt.datetime:
+        """First instant of the lookback window (naive, agency time zone)."""
+        start = self.date - dt.timedelta(days=self.lookback_days)
+        return dt.datetime.combine(start, dt.time())
+
+    @property
+    def window_end(self) -> dt.datetime:
+        """First instant after the window: the day after the run date."""
+        return dt.datetime.combine(self.date + dt.timedelta(days=1), dt.time())
+
+    def in_window(self, column: Any) -> Any:
+        return sa.and_(column >= self.window_start, column < self.window_end)
+
+
+Finder = Callable[[sa.Connection, Run], Iterable[Notification]]
+
+
+def finders() -> dict[str, Finder]:
+    """Every event's finder, in the order of SPEC §5."""
+    from cpmail.triggers import billing, entries, jobs, tasks, timecards
+
+    table: dict[str, Finder] = {
+        "missing-time": timecards.missing_time,
+        "job-opened": jobs.job_opened,
+        "billing-created": billing.billing_created,
+        "payment-received": billing.payment_received,
+        "status-changed": jobs.status_changed,
+        "task-due-today": tasks.due_today,
+        "task-due-tomorrow": tasks.due_tomorrow,
+        "task-overdue": tasks.overdue,
+        "task-over-budget": tasks.over_budget,
+        "budget-alert": tasks.budget_alert,
+        "hours-exceeded": tasks.hours_exceeded,
+        "diary-entry": entries.diary_entry,
+        "homebase-entry": entries.homebase_entry,
+        "change-order": jobs.change_order,
+        "calendar-reminder": entries.calendar_reminder,
+    }
+    assert tuple(table) == EVENTS
+    return table
+
+
+def split_cell(cell: str | None) -> list[str]:
+    """A comma-separated list cell as a list of trimmed items."""
+    return [p.strip() for p in (cell or "").split(",") if p.strip()]
+
+
+def money(value: Any) -> str:
+    """1234.5 -> '1,234.50' (templates show money this way)."""
+    if value is None:
+        return ""
+    from decimal import Decimal
+
+    return f"{Decimal(value):,.2f}"
+
+
+def hours(value: Any) -> str:
+    from decimal import Decimal
+
+    d = Decimal(value or 0).normalize()
+    return f"{d:f}"
