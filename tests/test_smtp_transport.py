@@ -369,7 +369,7 @@ def test_ssl_against_a_plain_server_explains_the_handshake(
     error, _ = fatal(transport(home, smtp_server, security="ssl"), [envelope(1)])
 
     assert "TLS handshake" in str(error)
-    assert "--security starttls" in str(error)
+    assert "cpmail config set mail.smtp.security starttls" in str(error)
 
 
 def test_starttls_against_an_implicit_tls_port_suggests_ssl(
@@ -379,7 +379,7 @@ def test_starttls_against_an_implicit_tls_port_suggests_ssl(
 
     error, _ = fatal(transport(home, server, security="starttls", timeout=1), [envelope(1)])
 
-    assert "--security ssl" in str(error)
+    assert "cpmail config set mail.smtp.security ssl" in str(error)
 
 
 def test_connection_refused(home: Path, closed_port: int) -> None:

@@ -161,13 +161,13 @@ def auth_failure_message(
     signin = f"`cpmail staff signin {_account_flag(account)}`"
     if provider == "google":
         return (
-            f"{head}; Gmail does not take passcodes over SMTP and needs "
-            f'"Sign in with Google": run `cpmail config gmail --client-secrets FILE`, '
-            f"then {signin}."
+            f"{head}; Gmail takes no ordinary passwords over SMTP and needs "
+            f'"Sign in with Google" (or an app password): run '
+            f"`cpmail config gmail --client-secrets FILE`, then {signin}."
         )
     if provider == "microsoft":
         return (
-            f"{head}; Microsoft 365 does not take passcodes over SMTP and needs "
+            f"{head}; Microsoft 365 turns passcode logins over SMTP off and needs "
             f'"Sign in with Microsoft": run `cpmail config microsoft --client-id ID`, '
             f"then {signin}."
         )
@@ -280,9 +280,9 @@ class _Connection:
                 if not smtp.supports_extension("starttls"):
                     raise Unreachable(
                         f"the SMTP server {cfg.address} did not offer STARTTLS, so nothing "
-                        "was sent in plain text; use `--security ssl` if it expects TLS from "
-                        "the start (usually port 465), or ask its administrator to enable "
-                        "STARTTLS."
+                        "was sent in plain text; if it expects TLS from the start (usually "
+                        "port 465) run `cpmail config set mail.smtp.security ssl`, otherwise "
+                        "ask its administrator to enable STARTTLS."
                     )
                 stage = "STARTTLS"
                 await smtp.starttls()
@@ -355,30 +355,42 @@ class _Connection:
         timeout = f"{self.cfg.timeout:g}"
         cause = e.__cause__ if isinstance(e, aiosmtplib.SMTPConnectError) else None
         if isinstance(e, aiosmtplib.SMTPConnectResponseError):
+            advice = (
+                "try again later"
+                if 400 <= e.code < 500
+                else "check mail.smtp.host and mail.smtp.port, or ask its administrator "
+                "to accept mail from this machine"
+            )
             return Unreachable(
                 f"the SMTP server {where} turned the connection away: "
-                f"{self.scrub(_words(e.code, e.message))}; try again later."
+                f"{self.scrub(_words(e.code, e.message))}; {advice}."
             )
         if isinstance(e, aiosmtplib.SMTPConnectTimeoutError):
+            tls_hint = (
+                ""
+                if self.cfg.security == "ssl"
+                else ", and if this port expects TLS from the start (usually 465) run "
+                "`cpmail config set mail.smtp.security ssl`"
+            )
             return Unreachable(
                 f"no answer from the SMTP server {where} within {timeout} s; check "
-                "mail.smtp.host, mail.smtp.port and any firewall, and use `--security ssl` "
-                "if this port expects TLS from the start (usually 465)."
+                f"mail.smtp.host, mail.smtp.port and any firewall{tls_hint}."
             )
         tls_error = cause if isinstance(cause, ssl.SSLError) else e
         if isinstance(tls_error, ssl.SSLCertVerificationError):
             reason = tls_error.verify_message or tls_error.reason or "not trusted"
             return Unreachable(
                 f"the certificate of the SMTP server {where} could not be verified "
-                f"({reason}); set mail.smtp.ca_file to the CA that signed it, or use "
-                "`--no-verify` only on a network you trust."
+                f"({reason}); set mail.smtp.ca_file to the PEM file of the CA that signed "
+                "it, or, only on a network you trust, run "
+                "`cpmail config set mail.smtp.verify false`."
             )
         if isinstance(tls_error, ssl.SSLError):
             other = "starttls" if self.cfg.security == "ssl" else "ssl"
             return Unreachable(
                 f"the TLS handshake with the SMTP server {where} failed "
-                f"({tls_error.reason or tls_error}); check mail.smtp.security "
-                f"(try `--security {other}`) and mail.smtp.port."
+                f"({tls_error.reason or tls_error}); check mail.smtp.port and "
+                f"mail.smtp.security (try `cpmail config set mail.smtp.security {other}`)."
             )
         if isinstance(cause, socket.gaierror):
             return Unreachable(
@@ -479,7 +491,7 @@ class _Connection:
         except aiosmtplib.SMTPSenderRefused as e:
             words = self.scrub(_words(e.code, e.message))
             if e.code == 421:
-                raise _Resend(words) from None
+                raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
             if e.code == 530:
                 raise AuthError(
                     f"the SMTP server {where} requires a login before it sends mail from "
@@ -503,7 +515,9 @@ class _Connection:
             except aiosmtplib.SMTPRecipientRefused as e:
                 words = self.scrub(_words(e.code, e.message))
                 if e.code == 421:
-                    raise _Resend(words) from None
+                    raise _Resend(
+                        f"the SMTP server {where} closed the connection: {words}"
+                    ) from None
                 (deferred if 400 <= e.code < 500 else refused)[rcpt] = words
             except aiosmtplib.SMTPServerDisconnected:
                 raise _Resend(f"the SMTP server {where} closed the connection") from None
