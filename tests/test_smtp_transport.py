@@ -497,6 +497,19 @@ def test_an_answer_to_mail_from_decides_the_message(
     assert smtp_server.messages == []
 
 
+def test_a_garbled_answer_is_temporary_and_the_next_message_goes_through(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    smtp_server.fail_data = ["what?"]
+
+    first, second = deliver(transport(home, smtp_server, connections=1), [envelope(1), envelope(2)])
+
+    assert isinstance(first.error, TemporaryFailure)
+    assert "broke off the message" in str(first.error)
+    assert second == Outcome(2, accepted=("ann@agency.test",))
+    assert smtp_server.connections == 2
+
+
 def test_a_421_on_one_connection_is_retried_on_a_fresh_one(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:

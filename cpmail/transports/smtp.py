@@ -446,6 +446,27 @@ class _Connection:
 
     async def send(self, env: Envelope) -> Outcome:
         """Run one mail transaction; raise _Resend when nothing was sent and the line is gone."""
+        try:
+            return await self._transact(env)
+        except ValueError as e:
+            # aiosmtplib refuses an address it cannot put on a command line.
+            await self._rset()
+            return Outcome(env.id, error=PermanentFailure(f"cannot send this message: {e}."))
+        except (aiosmtplib.SMTPException, OSError) as e:
+            # An answer that makes no sense leaves the session in an unknown
+            # state: give it up; the next message opens a fresh connection.
+            if self.smtp is not None:
+                self.smtp.close()
+            detail = self.scrub(" ".join(str(getattr(e, "message", e)).split()))
+            return Outcome(
+                env.id,
+                error=TemporaryFailure(
+                    f"the SMTP server {self.cfg.address} broke off the message "
+                    f"({detail or type(e).__name__}); it will be sent again."
+                ),
+            )
+
+    async def _transact(self, env: Envelope) -> Outcome:
         smtp = self.smtp
         assert smtp is not None
         where = self.cfg.address
