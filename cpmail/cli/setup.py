@@ -32,6 +32,72 @@ def init(
     c.say("Next: `cpmail staff add ID --name N --work-email E`, then `cpmail check --dry-run`.")
 
 
+DEMO_SETTINGS = {
+    "agency.name": "Northwind Creative",
+    "agency.address": "200 Harbor Street, Suite 4, Portland, ME 04101",
+    "user.staff": "KM",
+    "manager.name": "Kate Morgan",
+    "manager.email": "kate.morgan@northwind.example",
+    "helpdesk.email": "helpdesk@northwind.example",
+}
+
+
+def demo(
+    ctx: typer.Context,
+    date: str | None = typer.Option(None, "--date", help="Lay the demo's dates around this day."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace the agency data (and outbox) already in this home."
+    ),
+) -> None:
+    """Build a small fictional agency in this home, run `check`, show where the mail is."""
+    import datetime as dt
+
+    from cpmail import demo as demo_data
+    from cpmail.cli.check import check
+    from cpmail.cli.common import parse_date
+    from cpmail.errors import InputError
+    from cpmail.store import make_engine, upgrade
+
+    c = ctx_of(ctx)
+    path = c.home / SETTINGS_FILE
+    if not path.exists():
+        init(ctx, force=False)
+    s = c.settings
+    engine = make_engine(s.db_url)
+    upgrade(engine)
+    if demo_data.has_agency_data(engine):
+        if not force:
+            raise InputError(
+                f"{c.home} already holds agency data; use another --home, or --force to "
+                "replace it (its outbox and log go too)."
+            )
+        demo_data.clear_agency_data(engine)
+    day = parse_date(date, option="--date") if date else dt.datetime.now(s.tz()).date()
+    for key, value in DEMO_SETTINGS.items():
+        if not s[key] or key == "user.staff":
+            s.set(key, value)
+    s.set("mail.transport", "file")
+    s.save()
+    counts = demo_data.load(engine, s, day)
+    c.say(
+        f"Loaded the Northwind Creative demo for {day}: "
+        + ", ".join(f"{n} {t.replace('_', ' ')}" for t, n in counts.items() if n)
+        + "."
+    )
+    check(
+        ctx,
+        today=False,
+        date=day.isoformat(),
+        only=None,
+        skip=None,
+        dry_run=False,
+        as_staff=None,
+        json=False,
+    )
+    c.say(f"Open the .eml files in {s.mail_dir} with any mail program.")
+
+
 def register(app: typer.Typer) -> None:
     """Add init and demo to the root app."""
     app.command("init")(init)
+    app.command("demo")(demo)
