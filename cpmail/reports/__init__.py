@@ -163,7 +163,7 @@ def write(pdf: bytes, out: Path) -> None:
         raise InputError(f"cannot write {out}: {e.strerror}.") from None
 
 
-_STREAM = re.compile(rb"stream\r?\n")
+_STREAM = re.compile(rb"(?<!end)stream\r?\n")
 _SCAN_LIMIT = 4 * 1024 * 1024  # inflated bytes looked at per stream
 
 
@@ -188,6 +188,6 @@ def kind_of_pdf(data: bytes) -> str | None:
         except zlib.error:
             inflated = b""
         found = pattern.search(inflated)
-        pos = end
+        pos = end + len(b"endstream")
     kind = found.group(1).decode()
     return kind if kind in KINDS else None
