@@ -109,7 +109,9 @@ class FakeAPI:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     # ------------------------------------------------------------ control
     def start(self) -> FakeAPI:
@@ -565,3 +567,48 @@ class FakeAPI:
         with self._lock:
             self.sent.append(Sent(user, req.path, mime, ctype))
         return Reply(202, b"")
+
+
+# ---------------------------------------------------------------- helpers for tests
+
+
+def google_client(base: str, kind: str = "installed") -> dict[str, Any]:
+    """A Google OAuth client file whose endpoints are the fake's."""
+    return {
+        kind: {
+            "client_id": GOOGLE_CLIENT_ID,
+            "project_id": "cpmail-test",
+            "auth_uri": f"{base}/o/oauth2/auth",
+            "token_uri": f"{base}/token",
+            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+            "client_secret": GOOGLE_CLIENT_SECRET,
+            "redirect_uris": ["http://localhost"],
+        }
+    }
+
+
+def mime(
+    to: str = "pat@agency.example",
+    *,
+    sender: str = "jd@agency.example",
+    subject: str = "[C&P] Job 1234 opened",
+    attachment: int = 0,
+) -> bytes:
+    """A real RFC 5322 message (CRLF line ends), with an attachment of that many bytes."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{secrets.token_hex(8)}@agency.example>"
+    msg.set_content("Job 1234 (Spring catalogue) was opened for Acme.\n")
+    if attachment:
+        msg.add_attachment(
+            secrets.token_bytes(attachment),
+            maintype="application",
+            subtype="pdf",
+            filename="invoice.pdf",
+        )
+    return msg.as_bytes()

@@ -1,0 +1,614 @@
+"""The gmail transport, Google sign-in and `config gmail`, against a real local HTTP server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import queue
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cpmail import oauth
+from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.secrets import SecretStore, token_name
+from cpmail.settings import Settings
+from cpmail.transports.base import SHARED, Envelope, Outcome, get_transport
+from cpmail.transports.gmail import GmailTransport
+from tests.conftest import Cli
+from tests.fakeapi import (
+    GOOGLE_CLIENT_ID,
+    GOOGLE_CLIENT_SECRET,
+    FakeAPI,
+    Reply,
+    google_client,
+    mime,
+)
+
+SEND = "/gmail/v1/users/me/messages/send"
+UPLOAD = "/upload/gmail/v1/users/me/messages/send"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAPI]:
+    with FakeAPI() as f:
+        yield f
+
+
+@pytest.fixture
+def gmail_home(home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home set up for Gmail with the fake's client, endpoints and the shared sender."""
+    # The code exchange refuses a plain-http token endpoint unless told this is a test.
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    settings = Settings.load(home)
+    settings.set("mail.transport", "gmail")
+    settings.set("mail.gmail.client_secrets", oauth.STORED_CLIENT)
+    settings.set("mail.gmail.api_base", fake.base)
+    settings.set("mail.sender", "office@agency.example")
+    settings.save()
+    SecretStore(home).set(oauth.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
+    return home
+
+
+def store_signin(
+    home: Path, fake: FakeAPI, account: str, address: str, *, expired: bool = False
+) -> dict[str, Any]:
+    """Put a sign-in in the secrets as `staff signin` leaves it, with tokens the fake issued."""
+    at, rt = fake.issue("google", address)
+    expiry = dt.datetime.now(dt.UTC) + dt.timedelta(hours=-1 if expired else 1)
+    creds = {
+        "token": at,
+        "refresh_token": rt,
+        "token_uri": f"{fake.base}/token",
+        "client_id": GOOGLE_CLIENT_ID,
+        "client_secret": GOOGLE_CLIENT_SECRET,
+        "scopes": list(oauth.GOOGLE_SCOPES),
+        "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    oauth.save_token(SecretStore(home), "gmail", account, oauth.StoredToken(address, creds))
+    return creds
+
+
+def transport(home: Path) -> GmailTransport:
+    settings = Settings.load(home)
+    t = get_transport(settings, SecretStore(home, settings["secrets.backend"]))
+    assert isinstance(t, GmailTransport)
+    return t
+
+
+def deliver(home: Path, *envelopes: Envelope) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    transport(home).deliver(iter(envelopes), outcomes.append)
+    return outcomes
+
+
+def env(
+    n: int = 1, account: str = "JD", raw: bytes | None = None, to: str = "pat@agency.example"
+) -> Envelope:
+    return Envelope(n, account, "jd@agency.example", (to,), raw or mime(to))
+
+
+def stored(home: Path, account: str = "JD") -> dict[str, Any]:
+    return json.loads((home / "secrets" / token_name("gmail", account)).read_text())
+
+
+# ---------------------------------------------------------------- sending
+
+
+def test_gmail_receives_exactly_the_bytes_sent(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    e = env()
+    [outcome] = deliver(gmail_home, e)
+    assert outcome.error is None and outcome.accepted == ("pat@agency.example",)
+    [sent] = fake.sent
+    assert sent.path == SEND and sent.user == "jd@agency.example"
+    assert sent.mime == e.raw
+    assert "/token" not in fake.paths()  # a valid token is used as it is
+
+
+def test_large_message_goes_through_the_upload_endpoint(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    e = env(raw=mime(attachment=5 * 1024 * 1024))
+    assert len(e.raw) > 5 * 1024 * 1024
+    [outcome] = deliver(gmail_home, e)
+    assert outcome.error is None
+    [sent] = fake.sent
+    assert (sent.path, sent.content_type) == (UPLOAD, "message/rfc822")
+    assert sent.mime == e.raw
+    assert fake.requests[-1].query == {"uploadType": "media"}
+
+
+def test_message_over_35_mb_is_refused_without_sending(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    t = transport(gmail_home)
+    assert t.max_message_bytes == 35 * 1024 * 1024
+    [outcome] = deliver(gmail_home, env(raw=b"x" * (t.max_message_bytes + 1)))
+    assert isinstance(outcome.error, PermanentFailure)
+    assert "Gmail accepts at most 37 MB" in str(outcome.error)
+    assert fake.sent == []
+
+
+def test_each_account_sends_with_its_own_token(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    store_signin(gmail_home, fake, SHARED, "office@agency.example")
+    outcomes = deliver(gmail_home, env(1, "JD"), env(2, SHARED), env(3, "JD"))
+    assert [o.error for o in outcomes] == [None, None, None]
+    assert [s.user for s in fake.sent] == [
+        "jd@agency.example",
+        "office@agency.example",
+        "jd@agency.example",
+    ]
+
+
+def test_envelope_recipient_missing_from_the_headers_is_added_as_bcc(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    raw = mime("pat@agency.example")
+    e = Envelope(1, "JD", "jd@agency.example", ("pat@agency.example", "ae@agency.example"), raw)
+    [outcome] = deliver(gmail_home, e)
+    assert outcome.accepted == e.rcpt_to
+    assert fake.sent[0].mime == b"Bcc: ae@agency.example\r\n" + raw
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def test_expired_token_is_refreshed_and_saved_back_0600(gmail_home: Path, fake: FakeAPI) -> None:
+    old = store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    [outcome] = deliver(gmail_home, env())
+    assert outcome.error is None
+    assert fake.paths("POST") == ["/token", SEND]
+    assert fake.requests[0].form()["grant_type"] == "refresh_token"
+    path = gmail_home / "secrets" / token_name("gmail", "JD")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    saved = stored(gmail_home)
+    assert saved["address"] == "jd@agency.example"
+    assert saved["credentials"]["token"] != old["token"]
+    assert saved["credentials"]["token"] in fake.access
+    assert saved["credentials"]["refresh_token"] == old["refresh_token"]
+    assert dt.datetime.fromisoformat(saved["credentials"]["expiry"]) > dt.datetime.now(dt.UTC)
+
+
+def test_a_valid_token_is_not_written_again(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    path = gmail_home / "secrets" / token_name("gmail", "JD")
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    deliver(gmail_home, env(1), env(2))
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert len(fake.sent) == 2
+
+
+def test_401_refreshes_once_and_sends(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.expire_access_tokens()  # the server no longer takes the unexpired token
+    e = env()
+    [outcome] = deliver(gmail_home, e)
+    assert outcome.error is None
+    assert fake.paths("POST") == [SEND, "/token", SEND]
+    assert fake.sent[0].mime == e.raw
+
+
+def test_401_after_a_fresh_token_stops_with_auth_error(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    unauthorized = Reply(401, {"error": {"code": 401, "message": "Invalid Credentials"}})
+    fake.script(SEND, unauthorized, unauthorized)
+    with pytest.raises(AuthError, match=r"run `cpmail staff signin JD`"):
+        deliver(gmail_home, env())
+
+
+@pytest.mark.parametrize(
+    ("account", "command"),
+    [("JD", "cpmail staff signin JD"), (SHARED, "cpmail staff signin --shared")],
+)
+def test_revoked_refresh_token_names_the_command(
+    gmail_home: Path, fake: FakeAPI, account: str, command: str
+) -> None:
+    store_signin(gmail_home, fake, account, "jd@agency.example", expired=True)
+    fake.revoke_refresh_tokens()
+    with pytest.raises(AuthError) as info:
+        deliver(gmail_home, env(account=account))
+    assert f"run `{command}`" in str(info.value)
+    assert "invalid_grant" in str(info.value)
+    assert info.value.exit_code == 3
+    assert fake.sent == []
+
+
+def test_token_endpoint_server_error_defers_that_account(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    store_signin(gmail_home, fake, "AB", "ab@agency.example")
+    # google-auth retries a 5xx from the token endpoint itself; every try fails here.
+    fake.script("/token", *[Reply(503, {"error": "temporarily_unavailable"})] * 5)
+    outcomes = deliver(gmail_home, env(1, "JD"), env(2, "AB"), env(3, "JD"))
+    assert isinstance(outcomes[0].error, TemporaryFailure)
+    assert outcomes[1].error is None
+    assert outcomes[2].error is outcomes[0].error  # the token endpoint is not asked again
+    assert [s.user for s in fake.sent] == ["ab@agency.example"]
+
+
+def test_check_account(gmail_home: Path, fake: FakeAPI) -> None:
+    t = transport(gmail_home)
+    assert t.needs_account() is True
+    with pytest.raises(ConfigError, match=r"JD is not signed in.*run `cpmail staff signin JD`"):
+        t.check_account("JD")
+    with pytest.raises(ConfigError, match=r"run `cpmail staff signin --shared`"):
+        t.check_account(SHARED)
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    t.check_account("JD")
+    assert oauth.signed_in_address(t.secrets, "gmail", "JD") == "jd@agency.example"
+
+
+# ---------------------------------------------------------------- errors -> outcomes
+
+
+def gmail_error(code: int, message: str, reason: str = "") -> dict[str, Any]:
+    errors = [{"message": message, "domain": "usageLimits", "reason": reason}] if reason else []
+    return {"error": {"code": code, "message": message, "errors": errors}}
+
+
+def test_429_is_temporary_and_honours_retry_after(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, Reply(429, gmail_error(429, "Too many requests"), {"Retry-After": "120"}))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    assert outcome.retry_after == 120
+    assert "Too many requests" in str(outcome.error)
+
+
+def test_rate_limit_403_is_temporary_with_the_time_gmail_names(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    body = gmail_error(403, f"User-rate limit exceeded.  Retry after {at}", "userRateLimitExceeded")
+    fake.script(SEND, Reply(403, body))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    assert outcome.retry_after is not None and 1700 < outcome.retry_after <= 1800
+
+
+def test_daily_limit_waits_until_tomorrow(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, Reply(403, gmail_error(403, "Daily Limit Exceeded", "dailyLimitExceeded")))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    expected = oauth.seconds_until_midnight("America/Los_Angeles")
+    assert outcome.retry_after is not None and abs(outcome.retry_after - expected) < 60
+    assert "daily sending limit" in str(outcome.error)
+
+
+def test_server_error_is_temporary_with_an_http_date_retry_after(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=600)
+    date = when.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    fake.script(SEND, Reply(500, gmail_error(500, "Backend Error"), {"Retry-After": date}))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    assert outcome.retry_after is not None and 590 < outcome.retry_after <= 600
+
+
+def test_400_is_permanent_with_gmails_words(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, Reply(400, gmail_error(400, "Invalid To header", "invalidArgument")))
+    outcomes = deliver(gmail_home, env(1), env(2))
+    assert isinstance(outcomes[0].error, PermanentFailure)
+    assert str(outcomes[0].error) == "Gmail refused the message (HTTP 400: Invalid To header)."
+    assert outcomes[1].error is None  # the next message is not affected
+
+
+def test_missing_scope_stops_the_run_naming_the_command(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    body = gmail_error(
+        403, "Request had insufficient authentication scopes.", "insufficientPermissions"
+    )
+    fake.script(SEND, Reply(403, body))
+    with pytest.raises(AuthError, match=r"cpmail staff signin JD"):
+        deliver(gmail_home, env())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_nothing_listening_raises_unreachable(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.api_base", f"http://127.0.0.1:{free_port()}")
+    settings.save()
+    with pytest.raises(Unreachable, match="cannot reach the Gmail API"):
+        deliver(gmail_home, env())
+
+
+def test_a_plain_http_api_address_off_this_machine_is_refused(gmail_home: Path) -> None:
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.api_base", "http://gmail.example.com")
+    settings.save()
+    with pytest.raises(ConfigError, match=r"mail\.gmail\.api_base"):
+        deliver(gmail_home, env())
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+def sign_in_in_thread(
+    home: Path, **kw: Any
+) -> tuple[threading.Thread, queue.Queue[str], dict[str, Any]]:
+    """Run the real sign-in in a thread; what it shows arrives on the queue."""
+    settings = Settings.load(home)
+    shown: queue.Queue[str] = queue.Queue()
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["address"] = oauth.google_sign_in(
+                settings, SecretStore(home), "JD", open_browser=False, say=shown.put, **kw
+            )
+        except Exception as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, shown, result
+
+
+def test_loopback_sign_in_stores_the_token_and_the_address(gmail_home: Path, fake: FakeAPI) -> None:
+    fake.google_user = "jane.doe@agency.example"
+    thread, shown, result = sign_in_in_thread(gmail_home, login_hint="jd@agency.example")
+    text = shown.get(timeout=10)
+    assert text.startswith("Open this address in a browser to sign in:")
+    url = text.splitlines()[-1]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert query["scope"][0].split() == list(oauth.GOOGLE_SCOPES)
+    assert query["login_hint"] == ["jd@agency.example"]
+    assert query["access_type"] == ["offline"] and query["code_challenge_method"] == ["S256"]
+    redirect = query["redirect_uri"][0]
+    assert redirect.startswith("http://127.0.0.1:")
+    # A stray request (no state) does not end the wait.
+    assert httpx.get(redirect + "?code=forged").status_code == 400
+    # The browser: the consent page redirects to the loopback address with code and state.
+    page = httpx.get(url, follow_redirects=True)
+    assert page.status_code == 200 and "Signed in" in page.text
+    thread.join(10)
+    assert result == {"address": "jane.doe@agency.example"}
+    saved = stored(gmail_home)
+    assert saved["address"] == "jane.doe@agency.example"
+    assert saved["credentials"]["refresh_token"] in fake.refresh
+    mode = stat.S_IMODE((gmail_home / "secrets" / token_name("gmail", "JD")).stat().st_mode)
+    assert mode == 0o600
+    # And the stored sign-in sends.
+    assert deliver(gmail_home, env())[0].error is None
+
+
+def test_sign_in_uses_the_token_uri_setting(gmail_home: Path, fake: FakeAPI) -> None:
+    client = google_client("https://accounts.google.invalid")
+    client["installed"]["auth_uri"] = f"{fake.base}/o/oauth2/auth"
+    SecretStore(gmail_home).set(oauth.GOOGLE_CLIENT_SECRET, json.dumps(client))
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.token_uri", f"{fake.base}/token")
+    settings.save()
+    thread, shown, result = sign_in_in_thread(gmail_home)
+    httpx.get(shown.get(timeout=10).splitlines()[-1], follow_redirects=True)
+    thread.join(10)
+    assert result == {"address": "jd@agency.example"}
+    assert stored(gmail_home)["credentials"]["token_uri"] == f"{fake.base}/token"
+
+
+def test_sign_in_refused_in_the_browser(gmail_home: Path) -> None:
+    thread, shown, result = sign_in_in_thread(gmail_home)
+    url = shown.get(timeout=10).splitlines()[-1]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    redirect, state = query["redirect_uri"][0], query["state"][0]
+    httpx.get(redirect, params={"error": "access_denied", "state": state})
+    thread.join(10)
+    assert isinstance(result["error"], AuthError)
+    assert "cancelled or access was denied" in str(result["error"])
+    assert not SecretStore(gmail_home).has(token_name("gmail", "JD"))
+
+
+def test_sign_in_times_out_with_a_clear_error(gmail_home: Path) -> None:
+    thread, shown, result = sign_in_in_thread(gmail_home, timeout=0.5)
+    shown.get(timeout=10)
+    thread.join(10)
+    assert isinstance(result["error"], AuthError)
+    assert "nobody finished signing in within 0.5 seconds" in str(result["error"])
+
+
+def test_unticked_send_permission_is_explained(gmail_home: Path, fake: FakeAPI) -> None:
+    fake.google_granted = "openid https://www.googleapis.com/auth/userinfo.email"
+    thread, shown, result = sign_in_in_thread(gmail_home)
+    httpx.get(shown.get(timeout=10).splitlines()[-1], follow_redirects=True)
+    thread.join(10)
+    assert isinstance(result["error"], AuthError)
+    assert "did not grant permission to send e-mail" in str(result["error"])
+    assert not SecretStore(gmail_home).has(token_name("gmail", "JD"))
+
+
+def run_signin_process(home: Path, *args: str, display: str | None) -> tuple[int, str, str]:
+    """`cpmail staff signin …` as a real process; play the browser with what it prints."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(CPMAIL_HOME=str(home), OAUTHLIB_INSECURE_TRANSPORT="1", COLUMNS="80")
+    if display:
+        env["DISPLAY"] = display
+    code = "from cpmail.cli.app import main; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "staff", "signin", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stderr is not None
+    err_lines = []
+    for line in proc.stderr:
+        err_lines.append(line)
+        if line.startswith("http://"):
+            httpx.get(line.strip(), follow_redirects=True, timeout=10)
+            break
+    out, rest = proc.communicate(timeout=60)
+    return proc.returncode, out, "".join(err_lines) + rest
+
+
+@pytest.mark.parametrize(
+    ("args", "display"), [((), None), (("--no-browser",), ":99")], ids=["no-display", "no-browser"]
+)
+def test_staff_signin_command_prints_the_address_and_signs_in(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI, args: tuple[str, ...], display: str | None
+) -> None:
+    cli = initialised
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+    code, out, err = run_signin_process(gmail_home, "JD", *args, display=display)
+    assert code == 0, err
+    assert "Open this address in a browser to sign in:" in err
+    assert out.strip() == "Signed in JD (Jane Doe) as jd@agency.example with Google."
+    assert oauth.signed_in_address(SecretStore(gmail_home), "gmail", "JD") == "jd@agency.example"
+    # The whole way round: `staff test` sends through the Gmail API as JD.
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 0, r.output
+    [sent] = fake.sent
+    assert sent.user == "jd@agency.example" and b"To: " in sent.mime
+
+
+def test_staff_signin_refuses_device_code_for_google(initialised: Cli, gmail_home: Path) -> None:
+    r = initialised("staff", "signin", "--shared", "--device-code")
+    assert r.exit_code == 2
+    assert "--device-code works with Microsoft only" in r.stderr
+
+
+def test_staff_signin_needs_an_api_transport(initialised: Cli) -> None:
+    r = initialised("staff", "signin", "JD")
+    assert r.exit_code == 2
+    assert "mail.transport is 'file'" in r.stderr
+
+
+def test_staff_signin_unknown_staff(initialised: Cli, gmail_home: Path) -> None:
+    r = initialised("staff", "signin", "ZZ")
+    assert r.exit_code == 2
+    assert "no staff member 'ZZ'" in r.stderr
+
+
+# ---------------------------------------------------------------- config gmail
+
+
+def write_json(path: Path, doc: Any) -> Path:
+    path.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+    return path
+
+
+def test_config_gmail_keeps_a_0600_copy_and_sets_the_transport(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    src = write_json(
+        tmp_path / "client_secret_123.json", google_client("https://accounts.google.com")
+    )
+    r = cli("config", "gmail", "--client-secrets", str(src))
+    assert r.exit_code == 0, r.output
+    assert GOOGLE_CLIENT_SECRET not in r.output
+    assert GOOGLE_CLIENT_ID in r.stdout
+    copy = home / "secrets" / oauth.GOOGLE_CLIENT_SECRET
+    assert copy.read_text() == src.read_text()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    src.unlink()  # the original may go
+    settings = Settings.load(home)
+    assert settings["mail.transport"] == "gmail"
+    assert settings["mail.gmail.client_secrets"] == oauth.STORED_CLIENT
+    assert (
+        oauth.google_client(settings, SecretStore(home))["installed"]["client_id"]
+        == GOOGLE_CLIENT_ID
+    )
+    r = cli("config", "show")
+    assert GOOGLE_CLIENT_SECRET not in r.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not JSON"),
+        (
+            google_client("https://x", kind="web"),
+            "not an OAuth client of type 'installed' (it is of type 'web')",
+        ),
+        ({"type": "service_account", "private_key": "k"}, "it is a service account key"),
+        (
+            {
+                "installed": {
+                    k: v
+                    for k, v in google_client("https://x")["installed"].items()
+                    if k != "client_secret"
+                }
+            },
+            "the client has no 'client_secret'",
+        ),
+        (
+            {"installed": {**google_client("https://x")["installed"], "token_uri": ""}},
+            "the client has no 'token_uri'",
+        ),
+    ],
+    ids=["not-json", "web", "service-account", "no-secret", "empty-token-uri"],
+)
+def test_config_gmail_refuses_a_bad_client_file(
+    cli: Cli, home: Path, tmp_path: Path, content: Any, message: str
+) -> None:
+    src = write_json(tmp_path / "client.json", content)
+    r = cli("config", "gmail", "--client-secrets", str(src))
+    assert r.exit_code == 2
+    assert str(src) in r.stderr and message in r.stderr
+    assert not (home / "secrets" / oauth.GOOGLE_CLIENT_SECRET).exists()
+    assert Settings.load(home)["mail.transport"] == "file"
+
+
+def test_config_gmail_missing_file(cli: Cli, tmp_path: Path) -> None:
+    r = cli("config", "gmail", "--client-secrets", str(tmp_path / "nope.json"))
+    assert r.exit_code == 2
+    assert "nope.json: no such file" in r.stderr
+
+
+# ---------------------------------------------------------------- no secret anywhere
+
+
+def test_no_token_or_client_secret_in_any_output(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    texts: list[str] = []
+    cli = initialised
+    cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    code, out, err = run_signin_process(gmail_home, "JD", display=None)
+    assert code == 0, err
+    texts += [out, err]
+    r = cli("staff", "test", "JD")
+    texts += [r.stdout, r.stderr]
+    # Error paths: a 400 and a 429 recorded as outcomes, then a revoked sign-in.
+    fake.script(SEND, Reply(400, gmail_error(400, "Invalid To header")), Reply(429, {}))
+    for o in deliver(gmail_home, env(1), env(2)):
+        texts += [str(o.error), repr(o.error)]
+    fake.expire_access_tokens()
+    fake.revoke_refresh_tokens()
+    with pytest.raises(AuthError) as info:
+        deliver(gmail_home, env(3))
+    texts += [str(info.value), repr(info.value)]
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    texts += [r.stdout, r.stderr]
+    texts += [cli("config", "show").output, cli("config", "show", "--json").output]
+    texts += [rec.getMessage() for rec in caplog.records]
+    everything = "\n".join(texts)
+    assert "cpmail staff signin JD" in everything  # the texts really were collected
+    secrets = [*fake.issued, GOOGLE_CLIENT_SECRET]
+    assert len(fake.issued) >= 2
+    leaked = [s for s in secrets if s in everything]
+    assert leaked == []
