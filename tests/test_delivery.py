@@ -1,0 +1,238 @@
+"""Delivery through a real SMTP server, end to end from the CLI: exit codes, outbox, log, retry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from email import message_from_bytes, policy
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail.compose import Mailbox, build_message
+from cpmail.outbox import Draft
+from cpmail.secrets import SecretStore
+from cpmail.sending import send_now
+from cpmail.settings import Settings
+from cpmail.store import connect
+from cpmail.store.schema import messages
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer, closed_port, smtp_ca, smtp_server, smtp_server_factory
+
+__all__ = ["closed_port", "smtp_ca", "smtp_server", "smtp_server_factory"]
+
+Factory = Callable[..., SMTPTestServer]
+
+
+def setup_smtp(cli: Cli, server: SMTPTestServer, security: str | None = None, **extra: Any) -> None:
+    assert cli("init").exit_code == 0
+    settings = {**server.settings(security), **extra}
+    assert cli("config", "set", "mail.transport", "smtp").exit_code == 0
+    for key, value in settings.items():
+        r = cli("config", "set", key, str(value))
+        assert r.exit_code == 0, r.output
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
+    assert r.exit_code == 0, r.output
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+
+
+def log_rows(cli: Cli) -> list[dict[str, Any]]:
+    r = cli("log", "--json")
+    assert r.exit_code == 0, r.output
+    rows: list[dict[str, Any]] = json.loads(r.stdout)
+    return rows
+
+
+def test_staff_test_delivers_through_smtp(cli: Cli, smtp_server: SMTPTestServer) -> None:
+    setup_smtp(cli, smtp_server)
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 0, r.output
+    assert "Sent a test message" in r.stdout
+    assert len(smtp_server.messages) == 1
+    got = smtp_server.messages[0]
+    assert got.mail_from == "jd@agency.test"
+    assert got.rcpt_tos == ("jd@agency.test",)
+    msg = message_from_bytes(got.data, policy=policy.default)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    rows = log_rows(cli)
+    assert [(x["status"], x["attempts"], x["message_id"]) for x in rows] == [
+        ("sent", 1, msg["Message-ID"])
+    ]
+
+
+def test_starttls_with_login(cli: Cli, smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(tls="starttls", users={"jd@agency.test": "s3cret"})
+    setup_smtp(cli, server)
+    assert cli("staff", "passcode", "JD", "--stdin", input="s3cret\n").exit_code == 0
+    r = cli("config", "test")
+    assert r.exit_code == 0, r.output
+    assert server.messages[0].tls and server.messages[0].login == "jd@agency.test"
+    assert "s3cret" not in r.output
+
+
+def test_wrong_passcode_is_exit_3_and_kept(cli: Cli, smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(tls="starttls", users={"jd@agency.test": "right"})
+    setup_smtp(cli, server)
+    assert cli("staff", "passcode", "JD", "--stdin", input="wrong-one\n").exit_code == 0
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    assert "wrong-one" not in r.output
+    assert "JD" in r.stderr or "jd@agency.test" in r.stderr
+    assert server.messages == []
+    rows = log_rows(cli)
+    assert rows[0]["status"] == "deferred"
+    # fix the passcode: a retry delivers it exactly once
+    assert cli("staff", "passcode", "JD", "--stdin", input="right\n").exit_code == 0
+    r = cli("outbox", "retry", "--all")
+    assert r.exit_code == 0, r.output
+    assert len(server.messages) == 1
+    assert log_rows(cli)[0]["status"] == "sent"
+
+
+def test_office365_basic_auth_refusal_points_to_microsoft(
+    cli: Cli, smtp_server_factory: Factory
+) -> None:
+    server = smtp_server_factory(tls="starttls", users={"jd@agency.test": "pw"})
+    server.fail_auth = "535 5.7.30 Basic authentication is not supported for Client Submission"
+    setup_smtp(cli, server)
+    cli("staff", "passcode", "JD", "--stdin", input="pw\n")
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    assert "cpmail config microsoft" in r.stderr
+
+
+def test_connection_refused_is_exit_3(
+    cli: Cli, smtp_server: SMTPTestServer, closed_port: int
+) -> None:
+    setup_smtp(cli, smtp_server, **{"mail.smtp.port": closed_port})
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    assert f"127.0.0.1:{closed_port}" in r.stderr
+    assert log_rows(cli)[0]["status"] == "deferred"
+
+
+def test_starttls_not_offered_never_sends_plain(cli: Cli, smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(tls="starttls")
+    server.offer_starttls = False
+    setup_smtp(cli, server)
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    assert "STARTTLS" in r.stderr
+    assert server.messages == []
+
+
+def test_untrusted_certificate_is_exit_3(cli: Cli, smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(tls="ssl")
+    setup_smtp(cli, server, **{"mail.smtp.ca_file": ""})
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    "trouble",
+    [
+        {"fail_data": "451 4.3.0 try later"},
+        {"fail_mail": "421 4.7.0 closing"},
+        {"drop_during_data": True},
+    ],
+    ids=["451", "421", "disconnect-mid-data"],
+)
+def test_temporary_failure_defers_then_retry_delivers_once(
+    cli: Cli, smtp_server: SMTPTestServer, trouble: dict[str, Any]
+) -> None:
+    setup_smtp(cli, smtp_server)
+    for k, v in trouble.items():
+        setattr(smtp_server, k, v)
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 1, r.output
+    assert "outbox" in r.stderr
+    for k in trouble:
+        setattr(smtp_server, k, None if k != "drop_during_data" else False)
+    row = log_rows(cli)[0]
+    assert row["status"] == "deferred" and row["attempts"] == 1 and row["last_error"]
+    out = json.loads(cli("outbox", "--json").stdout)
+    assert [x["id"] for x in out] == [row["id"]]
+    r = cli("outbox", "retry", str(row["id"]))
+    assert r.exit_code == 0, r.output
+    delivered = [m for m in smtp_server.messages if row["message_id"].encode() in m.data]
+    assert len(delivered) == 1
+    assert log_rows(cli)[0]["status"] == "sent"
+    assert json.loads(cli("outbox", "--json").stdout) == []
+
+
+def test_permanent_failure_is_failed_with_server_words(
+    cli: Cli, smtp_server: SMTPTestServer
+) -> None:
+    setup_smtp(cli, smtp_server)
+    smtp_server.fail_data = "554 5.7.1 message rejected as spam"
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 1
+    row = log_rows(cli)[0]
+    assert row["status"] == "failed"
+    assert "rejected as spam" in row["last_error"]
+
+
+def test_one_of_two_recipients_refused(cli: Cli, home: Any, smtp_server: SMTPTestServer) -> None:
+    setup_smtp(cli, smtp_server)
+    smtp_server.fail_rcpt = {"bad@agency.test": "550 5.1.1 no such user"}
+    settings = Settings.load(home)
+    engine = connect(settings.db_url, where="test")
+    msg = build_message(
+        sender=Mailbox("jd@agency.test", "Jane Doe"),
+        to=[Mailbox("good@agency.test"), Mailbox("bad@agency.test")],
+        subject="Two recipients",
+        text="hello",
+        event="report",
+        key="two-recipients",
+        auto_generated=False,
+    )
+    draft = Draft.from_message(
+        msg, event="report", key=None, account="JD", envelope_from="jd@agency.test"
+    )
+    ids, result = send_now(engine, settings, SecretStore(home), [draft])
+    assert result.status[ids[0]] == "failed"
+    assert len(smtp_server.messages) == 1
+    assert smtp_server.messages[0].rcpt_tos == ("good@agency.test",)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(messages).where(messages.c.id == ids[0])).one()
+    assert "bad@agency.test" in row.last_error and "no such user" in row.last_error
+    assert "accepted for good@agency.test" in row.last_error
+    assert row.pending_rcpts == "bad@agency.test"
+    # a retry goes only to the one that was refused
+    smtp_server.fail_rcpt = {}
+    assert cli("outbox", "retry", str(ids[0])).exit_code == 0
+    assert [m.rcpt_tos for m in smtp_server.messages] == [
+        ("good@agency.test",),
+        ("bad@agency.test",),
+    ]
+
+
+def test_server_that_never_answers_times_out(cli: Cli, smtp_server: SMTPTestServer) -> None:
+    setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": 1})
+    smtp_server.silent = True
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    assert log_rows(cli)[0]["status"] == "deferred"
+
+
+def test_master_switch_refuses_one_off_mail(cli: Cli, smtp_server: SMTPTestServer) -> None:
+    setup_smtp(cli, smtp_server)
+    assert cli("config", "disable").exit_code == 0
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 2
+    assert "config enable" in r.stderr
+    assert smtp_server.messages == [] and log_rows(cli) == []
+
+
+def test_drop_keeps_it_in_the_log(cli: Cli, smtp_server: SMTPTestServer) -> None:
+    setup_smtp(cli, smtp_server)
+    smtp_server.fail_data = "451 4.3.0 later"
+    assert cli("staff", "test", "JD").exit_code == 1
+    row = log_rows(cli)[0]
+    assert cli("outbox", "drop", str(row["id"])).exit_code == 0
+    assert json.loads(cli("outbox", "--json").stdout) == []
+    assert log_rows(cli)[0]["status"] == "dropped"
+    r = cli("outbox", "drop", "999")
+    assert r.exit_code == 2 and "999" in r.stderr
