@@ -285,9 +285,22 @@ def test_a_server_that_wants_a_login_says_how_to_set_a_passcode(
     error, outcomes = fatal(transport(home, server), [envelope(1, account="JD")])
 
     assert isinstance(error, AuthError)
-    assert "requires a login" in str(error)
+    assert "will not send mail from jd@agency.test without a login" in str(error)
     assert "530" in str(error)
     assert "cpmail staff passcode JD" in str(error)
+    assert outcomes == []
+
+
+def test_basic_auth_switched_off_at_mail_from_points_to_microsoft(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    smtp_server.fail_mail = "550 5.7.30 Basic authentication is not supported for Client Submission"
+
+    error, outcomes = fatal(transport(home, smtp_server), [envelope(n) for n in range(3)])
+
+    assert isinstance(error, AuthError)
+    assert "550 5.7.30 Basic authentication is not supported" in str(error)
+    assert '"Sign in with Microsoft"' in str(error)
     assert outcomes == []
 
 

@@ -150,27 +150,31 @@ def _account_flag(account: str) -> str:
     return "--shared" if account == SHARED else account
 
 
+def sign_in_advice(provider: Provider, account: str) -> str:
+    """Say which sign-in this provider needs and the commands that set it up."""
+    signin = f"`cpmail staff signin {_account_flag(account or 'ID')}`"
+    if provider == "google":
+        return (
+            'Gmail takes no ordinary passwords over SMTP and needs "Sign in with Google" '
+            f"(or an app password): run `cpmail config gmail --client-secrets FILE`, "
+            f"then {signin}"
+        )
+    return (
+        "Microsoft 365 turns passcode logins over SMTP off and needs "
+        f'"Sign in with Microsoft": run `cpmail config microsoft --client-id ID`, '
+        f"then {signin}"
+    )
+
+
 def auth_failure_message(
     address: str, host: str, account: str, user: str, code: int | None, answer: str
 ) -> str:
     """Explain a refused login in one sentence: who, what the server said, what to do."""
-    who = "the shared account" if account == SHARED else f"staff {account}"
     said = f"{code} {answer}" if code else answer
-    head = f"the SMTP server {address} refused the login of {user} ({who}): {said}"
+    head = f"the SMTP server {address} refused the login of {user} ({_who(account)}): {said}"
     provider = provider_of(host, said)
-    signin = f"`cpmail staff signin {_account_flag(account)}`"
-    if provider == "google":
-        return (
-            f"{head}; Gmail takes no ordinary passwords over SMTP and needs "
-            f'"Sign in with Google" (or an app password): run '
-            f"`cpmail config gmail --client-secrets FILE`, then {signin}."
-        )
-    if provider == "microsoft":
-        return (
-            f"{head}; Microsoft 365 turns passcode logins over SMTP off and needs "
-            f'"Sign in with Microsoft": run `cpmail config microsoft --client-id ID`, '
-            f"then {signin}."
-        )
+    if provider is not None:
+        return f"{head}; {sign_in_advice(provider, account)}."
     if code is not None and 400 <= code < 500:
         return f"{head}; the server is busy, try again later."
     hint = f"check the passcode with `cpmail staff passcode {_account_flag(account)}`"
@@ -513,11 +517,18 @@ class _Connection:
             words = self.scrub(_words(e.code, e.message))
             if e.code == 421:
                 raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
-            if e.code == 530:
+            provider = provider_of(self.cfg.host, words)
+            if e.code == 530 or (provider == "microsoft" and "5.7.30" in words):
+                # Every message would meet the same answer: stop the run and say why.
+                advice = (
+                    sign_in_advice(provider, env.account)
+                    if provider is not None
+                    else "set a passcode with `cpmail staff passcode "
+                    f"{_account_flag(env.account or 'ID')}`"
+                )
                 raise AuthError(
-                    f"the SMTP server {where} requires a login before it sends mail from "
-                    f"{env.mail_from}: {words}; set a passcode with `cpmail staff passcode "
-                    f"{_account_flag(env.account or 'ID')}`."
+                    f"the SMTP server {where} will not send mail from {env.mail_from} "
+                    f"without a login: {words}; {advice}."
                 ) from None
             await self._rset()
             return Outcome(env.id, error=_failure(e.code, f"refused the sender: {words}", where))
