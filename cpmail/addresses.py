@@ -6,12 +6,14 @@ import re
 
 from cpmail.errors import InputError
 
-_UNSAFE = re.compile(r"[\r\n\x00]")
+# CR, LF and NUL, plus every other character Python's splitlines() breaks on
+# (\v \f \x1c-\x1e \x85 \u2028 \u2029) and the remaining C0 controls.
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _ALLOWED_SPECIAL = ("local", "localhost", "test")
 
 
 def clean_header_text(text: str) -> str:
-    """Replace CR, LF and NUL with spaces so data cannot start a new header line."""
+    """Replace CR, LF, NUL and other line breaks with spaces: data cannot start a header line."""
     return _UNSAFE.sub(" ", text)
 
 

@@ -33,8 +33,8 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 
 STUCK_AFTER = dt.timedelta(minutes=15)
 CLAIM_BATCH = 200
-FLUSH_EVERY = 50
-FLUSH_SECONDS = 0.25
+FLUSH_EVERY = 20
+FLUSH_SECONDS = 0.1
 OPEN = ("queued", "sending", "deferred", "failed")  # what `cpmail outbox` lists
 
 

@@ -1,0 +1,120 @@
+"""Messages: headers of SPEC §7, and nothing from data can add a header or a recipient."""
+
+from __future__ import annotations
+
+import re
+from email import message_from_bytes, policy
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cpmail.compose import Attachment, Mailbox, build_message, message_id_for, to_bytes
+from cpmail.errors import InputError
+
+
+def make(subject: str = "Hello", name: str = "Jane Doe", **kw: object) -> bytes:
+    msg = build_message(
+        sender=Mailbox("jd@agency.test", "Agency"),
+        to=[Mailbox("ae@agency.test", name)],
+        subject=subject,
+        text="Body",
+        html="<p>Body</p>",
+        event="job-opened",
+        key="job-opened:J100",
+        thread="job:J100",
+        **kw,  # type: ignore[arg-type]
+    )
+    return to_bytes(msg)
+
+
+def test_headers_and_parts() -> None:
+    raw = make()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg["X-Cpmail-Event"] == "job-opened"
+    assert msg["Message-ID"] == message_id_for("job-opened:J100", "agency.test")
+    assert msg["References"] == msg["In-Reply-To"]
+    assert msg["References"].startswith("<thread-")
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert not msg.defects
+
+
+def test_message_id_is_stable_and_thread_shared() -> None:
+    a = message_from_bytes(make(), policy=policy.default)
+    b = message_from_bytes(make(subject="Other"), policy=policy.default)
+    assert a["Message-ID"] == b["Message-ID"]
+    other = build_message(
+        sender=Mailbox("jd@agency.test"),
+        to=[Mailbox("x@agency.test")],
+        subject="s",
+        text="t",
+        event="task-due-today",
+        key="task-due-today:T1:2026-11-24",
+        thread="job:J100",
+    )
+    assert other["References"] == a["References"]
+    assert other["Message-ID"] != a["Message-ID"]
+
+
+def test_attachment_kept_byte_for_byte() -> None:
+    data = bytes(range(256)) * 10
+    raw = make(attachments=[Attachment("invoice 10234.pdf", data, "application/pdf")])
+    msg = message_from_bytes(raw, policy=policy.default)
+    atts = list(msg.iter_attachments())
+    assert len(atts) == 1
+    assert atts[0].get_filename() == "invoice 10234.pdf"
+    assert atts[0].get_content_type() == "application/pdf"
+    assert atts[0].get_content() == data
+
+
+@pytest.mark.parametrize("bad", ["a@b.test, c@d.test", "x@y.test\r\nBcc: evil@e.test", "nobody"])
+def test_bad_address_is_refused(bad: str) -> None:
+    with pytest.raises(InputError):
+        build_message(
+            sender=Mailbox("jd@agency.test"),
+            to=[Mailbox(bad)],
+            subject="s",
+            text="t",
+            event="e",
+            key="k",
+        )
+
+
+HEADER_LINE = re.compile(rb"^([A-Za-z0-9-]+):", re.M)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    subject=st.text(alphabet=st.characters(codec="utf-8"), max_size=120)
+    | st.sampled_from(["x\r\nBcc: evil@e.test", "x\nTo: evil@e.test", "a\x00b\r\n\r\nbody"]),
+    name=st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+    | st.sampled_from(['Eve"\r\nBcc: evil@e.test', "Mallory <evil@e.test>", "x,y@e.test"]),
+)
+def test_data_cannot_add_headers_or_recipients(subject: str, name: str) -> None:
+    raw = make(subject=subject, name=name)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    names = [m.group(1).lower() for m in HEADER_LINE.finditer(head)]
+    assert sorted(set(names)) == sorted(
+        {
+            b"from",
+            b"to",
+            b"subject",
+            b"date",
+            b"message-id",
+            b"references",
+            b"in-reply-to",
+            b"auto-submitted",
+            b"x-auto-response-suppress",
+            b"x-cpmail-event",
+            b"content-type",
+            b"mime-version",
+        }
+    )
+    assert names.count(b"to") == 1 and b"bcc" not in names and b"cc" not in names
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["ae@agency.test"]
+    assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])
