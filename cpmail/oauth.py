@@ -274,8 +274,10 @@ _DONE_PAGE = (
 class LoopbackReceiver:
     """A one-shot HTTP server on 127.0.0.1 that waits for the sign-in redirect.
 
-    Only a request that carries the expected ``state`` and a ``code`` or an
-    ``error`` ends the wait; anything else (a favicon, a stray visit) gets 400.
+    The answer comes as a GET query (Google) or a form POST (Microsoft,
+    ``response_mode=form_post``). Only a request that carries the expected
+    ``state`` and a ``code`` or an ``error`` ends the wait; anything else (a
+    favicon, a stray visit) gets 400.
     """
 
     def __init__(self) -> None:
@@ -285,7 +287,13 @@ class LoopbackReceiver:
             timeout = 10  # a browser's idle pre-connection must not block the wait
 
             def do_GET(self) -> None:
-                receiver._handle(self)
+                query = urllib.parse.urlsplit(self.path).query
+                receiver._handle(self, query)
+
+            def do_POST(self) -> None:  # response_mode=form_post: the code is not in the URL
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(length, 65536)).decode("utf-8", "replace")
+                receiver._handle(self, body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the request line holds the authorization code
@@ -295,8 +303,7 @@ class LoopbackReceiver:
         self.state = ""
         self.params: dict[str, str] | None = None
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        query = urllib.parse.urlsplit(handler.path).query
+    def _handle(self, handler: BaseHTTPRequestHandler, query: str) -> None:
         params = {k: v[0] for k, v in urllib.parse.parse_qs(query).items()}
         ok = params.get("state") == self.state and ("code" in params or "error" in params)
         if not ok:
@@ -692,6 +699,7 @@ def microsoft_sign_in(
                 redirect_uri=f"http://localhost:{receiver.port}",
                 login_hint=login_hint or None,
                 prompt="select_account",
+                response_mode="form_post",
             )
             _show_url(flow["auth_uri"], open_browser=open_browser, say=say)
             params = receiver.wait(flow["state"], timeout)

@@ -158,8 +158,12 @@ class FakeAPI:
     def paths(self, method: str = "") -> list[str]:
         return [r.path for r in self.requests if not method or r.method == method]
 
-    def ms_authorize(self, auth_uri: str) -> str:
-        """Play the person approving a Microsoft sign-in: return the redirect with a code."""
+    def ms_authorize(self, auth_uri: str) -> tuple[str, dict[str, str]]:
+        """Play the person approving a Microsoft sign-in: where the browser goes, with what.
+
+        Returns the redirect URI and the parameters (code, state, client_info)
+        that the browser sends there (as a form POST with response_mode=form_post).
+        """
         q = {
             k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(auth_uri).query).items()
         }
@@ -167,7 +171,7 @@ class FakeAPI:
         with self._lock:
             self.codes[code] = {**q, "provider": "microsoft"}
         params = {"code": code, "state": q["state"], "client_info": self._client_info(self.ms_user)}
-        return q["redirect_uri"] + "?" + urllib.parse.urlencode(params)
+        return q["redirect_uri"], params
 
     # ------------------------------------------------------------ handler
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -1,0 +1,469 @@
+"""The microsoft transport, Microsoft sign-in and `config microsoft`, against a real local server.
+
+msal talks to https://login.microsoftonline.com; the ``authority_base`` setting
+points at the fake (http on 127.0.0.1), so cpmail gives msal an HTTP client
+that sends those requests there.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import socket
+import stat
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cpmail import oauth
+from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.secrets import SecretStore, token_name
+from cpmail.settings import Settings
+from cpmail.transports.base import SHARED, Envelope, Outcome, get_transport
+from cpmail.transports.microsoft import MicrosoftTransport
+from tests.conftest import Cli
+from tests.fakeapi import MS_APP_SECRET, MS_CLIENT_ID, MS_TENANT_ID, FakeAPI, Reply, mime
+
+ME = "/v1.0/me/sendMail"
+TOKEN = "/organizations/oauth2/v2.0/token"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAPI]:
+    with FakeAPI() as f:
+        yield f
+
+
+@pytest.fixture
+def ms_home(home: Path, fake: FakeAPI) -> Path:
+    settings = Settings.load(home)
+    settings.set("mail.transport", "microsoft")
+    settings.set("mail.microsoft.client_id", MS_CLIENT_ID)
+    settings.set("mail.microsoft.authority_base", fake.base)
+    settings.set("mail.microsoft.api_base", fake.base)
+    settings.set("mail.sender", "office@agency.example")
+    settings.save()
+    return home
+
+
+def sign_in(home: Path, account: str = "JD", **kw: Any) -> tuple[str, list[str]]:
+    """The real device-code sign-in against the fake; return the address and what it showed."""
+    shown: list[str] = []
+    address = oauth.microsoft_sign_in(
+        Settings.load(home),
+        SecretStore(home),
+        account,
+        device_code=True,
+        open_browser=False,
+        say=shown.append,
+        **kw,
+    )
+    return address, shown
+
+
+def transport(home: Path) -> MicrosoftTransport:
+    settings = Settings.load(home)
+    t = get_transport(settings, SecretStore(home, settings["secrets.backend"]))
+    assert isinstance(t, MicrosoftTransport)
+    return t
+
+
+def deliver(home: Path, *envelopes: Envelope) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    transport(home).deliver(iter(envelopes), outcomes.append)
+    return outcomes
+
+
+def env(n: int = 1, account: str = "JD", raw: bytes | None = None) -> Envelope:
+    return Envelope(n, account, "jd@agency.example", ("pat@agency.example",), raw or mime())
+
+
+def secret_file(home: Path, account: str = "JD") -> Path:
+    return home / "secrets" / token_name("microsoft", account)
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+def test_device_code_sign_in_stores_the_cache_and_address(ms_home: Path, fake: FakeAPI) -> None:
+    fake.device_pending = 1  # the person needs one polling interval to enter the code
+    address, shown = sign_in(ms_home)
+    assert address == "jd@agency.example"
+    assert shown == [
+        "To sign in, use a web browser to open the page https://microsoft.com/devicelogin "
+        "and enter the code FAKE-CODE to authenticate."
+    ]
+    grants = [r.form().get("grant_type") for r in fake.requests if r.path == TOKEN]
+    assert grants == ["urn:ietf:params:oauth:grant-type:device_code"] * 2
+    scope = next(r for r in fake.requests if r.path.endswith("/devicecode")).form()["scope"]
+    assert set(scope.split()) == {"Mail.Send", "openid", "profile", "offline_access"}
+    path = secret_file(ms_home)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    doc = json.loads(path.read_text())
+    assert doc["address"] == "jd@agency.example"
+    cache = json.loads(doc["cache"])
+    [acct] = cache["Account"].values()
+    assert acct["username"] == "jd@agency.example"
+    assert oauth.signed_in_address(SecretStore(ms_home), "microsoft", "JD") == "jd@agency.example"
+
+
+def test_public_client_flows_off_is_explained(ms_home: Path, fake: FakeAPI) -> None:
+    fake.device_error = (
+        "invalid_client",
+        "AADSTS7000218: The request body must contain the following parameter: "
+        "'client_assertion' or 'client_secret'.",
+    )
+    with pytest.raises(AuthError) as info:
+        sign_in(ms_home)
+    assert "Allow public client flows" in str(info.value)
+    assert info.value.exit_code == 3
+
+
+def test_interactive_sign_in_on_a_loopback_redirect(ms_home: Path, fake: FakeAPI) -> None:
+    shown: queue.Queue[str] = queue.Queue()
+    result: dict[str, Any] = {}
+    settings = Settings.load(ms_home)
+
+    def run() -> None:
+        try:
+            result["address"] = oauth.microsoft_sign_in(
+                settings,
+                SecretStore(ms_home),
+                "JD",
+                device_code=False,
+                open_browser=False,
+                say=shown.put,
+                login_hint="jd@agency.example",
+            )
+        except Exception as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    text = shown.get(timeout=10)
+    assert text.startswith("Open this address in a browser to sign in:")
+    auth_uri = text.splitlines()[-1]
+    assert auth_uri.startswith(
+        "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?"
+    )
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(auth_uri).query)
+    assert query["login_hint"] == ["jd@agency.example"]
+    assert query["redirect_uri"][0].startswith("http://localhost:")
+    assert query["response_mode"] == ["form_post"]
+    # The person approves; the browser posts the answer to cpmail's loopback server.
+    redirect, params = fake.ms_authorize(auth_uri)
+    redirect = redirect.replace("http://localhost:", "http://127.0.0.1:")
+    assert httpx.post(redirect, data={**params, "state": "forged"}).status_code == 400
+    page = httpx.post(redirect, data=params)
+    assert page.status_code == 200 and "Signed in" in page.text
+    thread.join(10)
+    assert result == {"address": "jd@agency.example"}
+    assert deliver(ms_home, env())[0].error is None
+
+
+def test_cli_device_code_sign_in_then_staff_test(
+    initialised: Cli, ms_home: Path, fake: FakeAPI
+) -> None:
+    cli = initialised
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+    r = cli("staff", "signin", "JD", "--device-code")
+    assert r.exit_code == 0, r.output
+    assert "enter the code FAKE-CODE" in r.stderr
+    assert r.stdout.strip() == "Signed in JD (Jane Doe) as jd@agency.example with Microsoft."
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 0, r.output
+    [sent] = fake.sent
+    assert (sent.user, sent.path) == ("jd@agency.example", ME)
+
+
+def test_cli_warns_when_another_account_signed_in(
+    initialised: Cli, ms_home: Path, fake: FakeAPI
+) -> None:
+    fake.ms_user = "someone.else@agency.example"
+    r = initialised("staff", "signin", "--shared", "--device-code")
+    assert r.exit_code == 0, r.output
+    assert "as someone.else@agency.example with Microsoft" in r.stdout
+    assert "the shared sender sends as office@agency.example" in r.stderr
+
+
+def test_cli_public_client_flows_off_exits_3(
+    initialised: Cli, ms_home: Path, fake: FakeAPI
+) -> None:
+    fake.device_error = ("invalid_client", "AADSTS7000218: The request body must contain …")
+    r = initialised("staff", "signin", "--shared", "--device-code")
+    assert r.exit_code == 3
+    assert "'Allow public client flows' to Yes" in r.stderr
+
+
+# ---------------------------------------------------------------- sending
+
+
+def test_graph_receives_exactly_the_bytes_sent(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    e = env()
+    [outcome] = deliver(ms_home, e)
+    assert outcome.error is None and outcome.accepted == ("pat@agency.example",)
+    [sent] = fake.sent
+    assert (sent.path, sent.content_type, sent.user) == (ME, "text/plain", "jd@agency.example")
+    assert sent.mime == e.raw
+    body = fake.requests[-1].body
+    assert body == base64.b64encode(e.raw)  # standard base64, not the URL-safe kind
+
+
+def test_message_over_the_graph_limit_is_refused(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    t = transport(ms_home)
+    assert t.max_message_bytes == 3 * 1024 * 1024
+    assert len(base64.b64encode(b"x" * t.max_message_bytes)) == 4 * 1024 * 1024
+    [outcome] = deliver(ms_home, env(raw=b"x" * (t.max_message_bytes + 1)))
+    assert isinstance(outcome.error, PermanentFailure)
+    assert "Microsoft Graph accepts at most 3.1 MB" in str(outcome.error)
+    assert fake.sent == []
+
+
+def test_expired_token_is_refreshed_and_the_cache_saved_0600(ms_home: Path, fake: FakeAPI) -> None:
+    fake.expires_in = 60  # msal renews tokens with less than five minutes left
+    sign_in(ms_home)
+    fake.expires_in = 3600
+    path = secret_file(ms_home)
+    before = path.read_text()
+    [outcome] = deliver(ms_home, env())
+    assert outcome.error is None
+    refreshes = [r for r in fake.requests if r.path == TOKEN and "refresh_token" in r.form()]
+    assert len(refreshes) == 1
+    after = path.read_text()
+    assert after != before
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The rotated refresh token is the one stored (the old one is spent).
+    cache = json.loads(json.loads(after)["cache"])
+    [rt] = [v["secret"] for v in cache["RefreshToken"].values()]
+    assert rt in fake.refresh
+    # Now valid: a second run sends without refreshing and does not rewrite the file.
+    mtime = path.stat().st_mtime_ns
+    assert deliver(ms_home, env(2))[0].error is None
+    assert path.stat().st_mtime_ns == mtime and path.read_text() == after
+    assert len([r for r in fake.requests if r.path == TOKEN]) == 2  # device code + 1 refresh
+
+
+def test_401_forces_one_refresh_and_retries(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    fake.expire_access_tokens()
+    e = env()
+    [outcome] = deliver(ms_home, e)
+    assert outcome.error is None
+    posts = [p for p in fake.paths("POST") if p in (ME, TOKEN)]
+    assert posts[-3:] == [ME, TOKEN, ME]
+    assert fake.sent[0].mime == e.raw
+
+
+@pytest.mark.parametrize(
+    ("account", "command"),
+    [("JD", "cpmail staff signin JD"), (SHARED, "cpmail staff signin --shared")],
+)
+def test_revoked_sign_in_names_the_command(
+    ms_home: Path, fake: FakeAPI, account: str, command: str
+) -> None:
+    fake.expires_in = 60
+    sign_in(ms_home, account)
+    fake.revoke_refresh_tokens()
+    with pytest.raises(AuthError) as info:
+        deliver(ms_home, env(account=account))
+    assert f"run `{command}`" in str(info.value)
+    assert "invalid_grant" in str(info.value)
+    assert fake.sent == []
+
+
+def graph_error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def test_429_is_temporary_and_honours_retry_after(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    fake.script(
+        ME,
+        Reply(429, graph_error("ApplicationThrottled", "Too many requests"), {"Retry-After": "37"}),
+    )
+    [outcome] = deliver(ms_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    assert outcome.retry_after == 37
+    assert "ApplicationThrottled: Too many requests" in str(outcome.error)
+
+
+def test_server_errors_are_temporary(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    fake.script(
+        ME,
+        Reply(503, graph_error("ServiceUnavailable", "busy"), {"Retry-After": "5"}),
+        Reply(500, "upstream failed"),
+    )
+    first, second = deliver(ms_home, env(1), env(2))
+    assert isinstance(first.error, TemporaryFailure) and first.retry_after == 5
+    assert isinstance(second.error, TemporaryFailure) and second.retry_after is None
+    assert "upstream failed" in str(second.error)
+
+
+def test_400_is_permanent_with_graphs_words(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    message = "At least one recipient is not valid., Recipient 'x@' is not resolved."
+    fake.script(ME, Reply(400, graph_error("ErrorInvalidRecipients", message)))
+    first, second = deliver(ms_home, env(1), env(2))
+    assert isinstance(first.error, PermanentFailure)
+    assert str(first.error) == (
+        f"Microsoft Graph refused the message (HTTP 400 ErrorInvalidRecipients: {message})."
+    )
+    assert second.error is None
+
+
+def test_access_denied_stops_the_run(ms_home: Path, fake: FakeAPI) -> None:
+    sign_in(ms_home)
+    fake.script(ME, Reply(403, graph_error("ErrorAccessDenied", "Access is denied.")))
+    with pytest.raises(AuthError, match=r"Mail\.Send permission"):
+        deliver(ms_home, env())
+
+
+def test_unreachable_sign_in_service(ms_home: Path) -> None:
+    sign_in(ms_home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings.load(ms_home)
+    settings.set("mail.microsoft.authority_base", f"http://127.0.0.1:{port}")
+    settings.save()
+    with pytest.raises(Unreachable, match="cannot reach Microsoft's sign-in service"):
+        deliver(ms_home, env())
+
+
+def test_check_account(ms_home: Path, fake: FakeAPI) -> None:
+    t = transport(ms_home)
+    assert t.needs_account() is True
+    with pytest.raises(ConfigError, match=r"JD is not signed in.*run `cpmail staff signin JD`"):
+        t.check_account("JD")
+    sign_in(ms_home)
+    t.check_account("JD")
+
+
+# ---------------------------------------------------------------- app-only (one account)
+
+
+def test_app_only_sends_as_the_shared_sender(cli: Cli, ms_home: Path, fake: FakeAPI) -> None:
+    r = cli(
+        "config", "microsoft", "--client-id", MS_CLIENT_ID, "--tenant", MS_TENANT_ID,
+        "--client-secret", input=MS_APP_SECRET + "\n",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert MS_APP_SECRET not in r.output
+    assert "app-only" in r.stdout
+    path = ms_home / "secrets" / oauth.MICROSOFT_APP_SECRET
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    t = transport(ms_home)
+    t.check_account(SHARED)  # no sign-in needed
+    e = env(account=SHARED)
+    [outcome] = deliver(ms_home, e)
+    assert outcome.error is None
+    [sent] = fake.sent
+    assert (sent.path, sent.user) == (
+        "/v1.0/users/office@agency.example/sendMail",
+        "office@agency.example",
+    )
+    assert sent.mime == e.raw
+    grants = [r.form()["grant_type"] for r in fake.requests if r.path.endswith("/token")]
+    assert grants == ["client_credentials"]
+    r = cli("config", "microsoft", "--client-id", MS_CLIENT_ID, "--no-client-secret")
+    assert r.exit_code == 0 and not path.exists()
+
+
+def test_app_only_needs_a_tenant_id(ms_home: Path, fake: FakeAPI) -> None:
+    SecretStore(ms_home).set(oauth.MICROSOFT_APP_SECRET, MS_APP_SECRET)
+    with pytest.raises(ConfigError, match="needs your tenant ID"):
+        deliver(ms_home, env(account=SHARED))
+
+
+def test_app_only_wrong_secret(ms_home: Path, fake: FakeAPI) -> None:
+    settings = Settings.load(ms_home)
+    settings.set("mail.microsoft.tenant", MS_TENANT_ID)
+    settings.save()
+    SecretStore(ms_home).set(oauth.MICROSOFT_APP_SECRET, "not-the-secret")
+    with pytest.raises(AuthError, match="client secret is wrong or expired"):
+        deliver(ms_home, env(account=SHARED))
+
+
+# ---------------------------------------------------------------- config microsoft
+
+
+def test_config_microsoft_sets_the_transport(cli: Cli, home: Path) -> None:
+    r = cli("config", "microsoft", "--client-id", MS_CLIENT_ID.upper())
+    assert r.exit_code == 0, r.output
+    settings = Settings.load(home)
+    assert settings["mail.transport"] == "microsoft"
+    assert settings["mail.microsoft.client_id"] == MS_CLIENT_ID.upper()
+    assert settings["mail.microsoft.tenant"] == "organizations"
+    assert "in tenant organizations" in r.stdout
+    r = cli(
+        "config", "microsoft", "--client-id", MS_CLIENT_ID, "--tenant", "Contoso.onmicrosoft.com"
+    )
+    assert r.exit_code == 0, r.output
+    assert Settings.load(home)["mail.microsoft.tenant"] == "Contoso.onmicrosoft.com"
+    r = cli("config", "microsoft", "--client-id", MS_CLIENT_ID, "--tenant", "COMMON")
+    assert Settings.load(home)["mail.microsoft.tenant"] == "common"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--client-id", "my-app"), "is not an application (client) ID"),
+        (("--client-id", MS_CLIENT_ID, "--tenant", "not a tenant"), "--tenant 'not a tenant'"),
+    ],
+)
+def test_config_microsoft_refuses_bad_values(
+    cli: Cli, home: Path, args: tuple[str, ...], message: str
+) -> None:
+    r = cli("config", "microsoft", *args)
+    assert r.exit_code == 2
+    assert message in r.stderr
+    assert Settings.load(home)["mail.transport"] == "file"
+
+
+# ---------------------------------------------------------------- no secret anywhere
+
+
+def test_no_token_or_secret_in_any_output(
+    initialised: Cli, ms_home: Path, fake: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    cli = initialised
+    texts: list[str] = []
+    cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    fake.expires_in = 60
+    for args in (("staff", "signin", "JD", "--device-code"), ("staff", "test", "JD")):
+        r = cli(*args)
+        assert r.exit_code == 0, r.output
+        texts += [r.stdout, r.stderr]
+    fake.script(ME, Reply(400, graph_error("ErrorInvalidRecipients", "bad")), Reply(429, {}))
+    for o in deliver(ms_home, env(1), env(2)):
+        texts += [str(o.error), repr(o.error)]
+    fake.revoke_refresh_tokens()
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 3
+    texts += [r.stdout, r.stderr]
+    r = cli(
+        "config", "microsoft", "--client-id", MS_CLIENT_ID, "--tenant", MS_TENANT_ID,
+        "--client-secret", input=MS_APP_SECRET + "\n",
+    )  # fmt: skip
+    texts += [r.stdout, r.stderr]
+    SecretStore(ms_home).set(oauth.MICROSOFT_APP_SECRET, "wrong" + MS_APP_SECRET)
+    with pytest.raises(AuthError) as info:
+        deliver(ms_home, env(account=SHARED))
+    texts += [str(info.value), repr(info.value)]
+    texts += [cli("config", "show").output, cli("config", "show", "--json").output]
+    texts += [rec.getMessage() for rec in caplog.records]
+    everything = "\n".join(texts)
+    assert "cpmail staff signin JD" in everything and "FAKE-CODE" in everything
+    assert len(fake.issued) >= 4
+    leaked = [s for s in [*fake.issued, MS_APP_SECRET] if s in everything]
+    assert leaked == []
