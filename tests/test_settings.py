@@ -1,4 +1,4 @@
-"""cpmail.toml: comments survive, values are validated, the environment wins, errors name the line."""
+"""cpmail.toml: comments survive, values are validated, the environment wins, errors name lines."""
 
 from __future__ import annotations
 
