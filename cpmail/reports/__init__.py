@@ -40,7 +40,7 @@ class Report:
     #: who it goes to when `send-report` is given no --to: (address, name)
     recipients: tuple[tuple[str, str], ...] = ()
     about: str = ""  # what it is for, in words: "job 1234 Spring campaign"
-    no_recipient: str = "has no default recipient"  # why ``recipients`` is empty
+    no_recipient: str = ""  # why ``recipients`` is empty
 
     @property
     def template(self) -> str:
@@ -133,6 +133,7 @@ def load(
         f"Cash flow report as of {as_of.isoformat()}",
         f"cash-flow-{as_of.isoformat()}.pdf",
         {**base, "title": "Cash flow", "doc": cf, "buckets": [b[0] for b in cashflow.BUCKETS]},
+        no_recipient="the cash-flow report has no default recipient (name staff with access)",
     )
 
 

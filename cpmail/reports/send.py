@@ -224,7 +224,7 @@ def send_report(
             where = f"the address {report.label} goes to by default"
             recipients = [Recipient(check_address(a, where=where), n) for a, n in report.recipients]
         if not recipients:
-            why = f"{report.no_recipient}; " if report is not None else ""
+            why = f"{report.no_recipient}; " if report is not None and report.no_recipient else ""
             raise InputError(f"no recipient: {why}give --to ADDRESS or --to STAFF.")
         if doc_kind == "cash-flow":
             check_cash_flow(conn, settings, sender, as_staff, recipients)

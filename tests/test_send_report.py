@@ -1,0 +1,329 @@
+"""`cpmail send-report`: the PDF arrives byte for byte, or nothing is sent at all."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail.store.schema import messages
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
+from tests.test_reports import AGENCY, engine_of, seed, set_agency
+
+pytest_plugins = ["tests.smtpserver"]
+
+
+@pytest.fixture
+def agency(initialised: Cli, home: Path) -> Cli:
+    """An agency whose machine acts as JD (who has cash-flow access)."""
+    set_agency(initialised, **{"user.staff": "JD"})
+    seed(home)
+    return initialised
+
+
+def sent(home: Path) -> list[EmailMessage]:
+    """The messages the file transport wrote, oldest first."""
+    out = []
+    for path in sorted((home / "mail").glob("*.eml")):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        out.append(msg)
+    return out
+
+
+def rows(home: Path) -> list[sa.Row[tuple[str, str, str]]]:
+    with engine_of(home).connect() as conn:
+        q = sa.select(messages.c.event, messages.c.status, messages.c.to_addrs)
+        return list(conn.execute(q.order_by(messages.c.id)).all())
+
+
+def pdf_attachment(msg: EmailMessage) -> tuple[str | None, str, bytes]:
+    parts = list(msg.iter_attachments())
+    assert len(parts) == 1
+    part = parts[0]
+    assert isinstance(part, EmailMessage)
+    content = part.get_content()
+    assert isinstance(content, bytes)
+    return part.get_filename(), part.get_content_type(), content
+
+
+def make_pdf(cli: Cli, path: Path, *args: str) -> bytes:
+    r = cli("report", *args, "--out", str(path))
+    assert r.exit_code == 0, r.output
+    return path.read_bytes()
+
+
+def test_a_file_is_attached_byte_for_byte_with_its_name(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    pdf = make_pdf(agency, tmp_path / "Northwind March.pdf", "invoice", "B1")
+    r = agency(
+        "send-report",
+        str(tmp_path / "Northwind March.pdf"),
+        "--to",
+        "ap@northwind.test,KL",
+        "--message",
+        "Here is March.",
+    )
+    assert r.exit_code == 0, r.output
+    assert "Northwind March.pdf" in r.stdout and "ap@northwind.test" in r.stdout
+    [msg] = sent(home)
+    assert pdf_attachment(msg) == ("Northwind March.pdf", "application/pdf", pdf)
+    assert msg["To"].addresses[0].addr_spec == "ap@northwind.test"
+    assert msg["To"].addresses[1].addr_spec == "kl@agency.test"  # staff ID -> work e-mail
+    assert msg["From"].addresses[0].addr_spec == "jd@agency.test"
+    assert msg["Subject"] == f"[C&P] Northwind March.pdf from {AGENCY}"
+    assert msg["Auto-Submitted"] is None  # a person sends this, not a robot
+    assert msg["X-Cpmail-Event"] == "report"
+    body = msg.get_body(("plain",))
+    assert body is not None and "Here is March." in body.get_content()
+    assert [tuple(r) for r in rows(home)] == [
+        ("report", "sent", "ap@northwind.test,kl@agency.test")
+    ]
+
+
+def test_invoice_goes_to_the_clients_billing_address_by_default(agency: Cli, home: Path) -> None:
+    r = agency("send-report", "--report", "invoice", "--id", "B1", "--as-of", "2026-03-31")
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["ap@northwind.test"]
+    assert msg["To"].addresses[0].display_name == "Northwind Coffee Co."
+    assert msg["Subject"] == f"[C&P] Invoice 10234 from {AGENCY}"
+    name, ctype, data = pdf_attachment(msg)
+    assert (name, ctype) == ("invoice-10234.pdf", "application/pdf")
+    assert data.startswith(b"%PDF-")
+    body = msg.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "invoice 10234 for job 1234 Spring campaign 2026" in text
+    assert "Jane Doe" in text
+
+
+def test_purchase_order_goes_to_the_vendor_by_default(agency: Cli, home: Path) -> None:
+    r = agency(
+        "send-report",
+        "--report",
+        "purchase-order",
+        "--id",
+        "PO-501",
+        "--subject",
+        "PO for the posters",
+        "--message-file",
+        "-",
+        input="Please deliver by Friday.\n",
+    )
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["orders@lakeside.test"]
+    assert msg["Subject"] == "PO for the posters"
+    assert pdf_attachment(msg)[0] == "purchase-order-PO-501.pdf"
+    body = msg.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "Please deliver by Friday."
+
+
+def test_estimate_with_a_note_from_a_file(agency: Cli, home: Path, tmp_path: Path) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("Dear Ana,\n\nthe estimate we discussed.\n", encoding="utf-8")
+    r = agency("send-report", "--report", "estimate", "--id", "E77", "--message-file", str(note))
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["ap@northwind.test"]
+    body = msg.get_body(("plain",))
+    assert body is not None and "the estimate we discussed." in body.get_content()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    (tmp_path / "fake.pdf").write_text("Invoice 10234\nTotal 15,911.25\n")
+    (tmp_path / "big.pdf").write_bytes(b"%PDF-1.7\n" + b"0" * (1024 * 1024 + 1))
+    (tmp_path / "ok.pdf").write_bytes(b"%PDF-1.7\n%%EOF\n")
+    (tmp_path / "folder.pdf").mkdir()
+    return {p.stem: p for p in tmp_path.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("{missing}", "--to", "a@b.test"), "does not exist"),
+        (("{empty}", "--to", "a@b.test"), "is empty"),
+        (("{fake}", "--to", "a@b.test"), "is not a PDF"),
+        (("{folder}", "--to", "a@b.test"), "is not a file"),
+        (("{big}", "--to", "a@b.test"), "max_attachment_mb"),
+        (("{ok}", "--to", "ZZ"), "ZZ"),
+        (("{ok}", "--to", "someone@"), "someone@"),
+        (("{ok}", "--to", "a@b.test,x@y@z"), "x@y@z"),
+        (("{ok}",), "no recipient"),
+        (("{ok}", "--report", "invoice", "--id", "B1"), "not both"),
+        ((), "FILE.pdf or --report"),
+        (("{ok}", "--id", "B1", "--to", "a@b.test"), "--id"),
+        (("--report", "invoice", "--id", "NOPE"), "'NOPE'"),
+        (("--report", "invoice", "--id", "B2"), "client C2 (Blue Harbor Bank) has no billing"),
+        (("--report", "cash-flow"), "no default recipient"),
+        (("--report", "memo", "--to", "a@b.test"), "'memo'"),
+        (("{ok}", "--to", "a@b.test", "--message", "x", "--message-file", "{ok}"), "not both"),
+        (("{ok}", "--to", "a@b.test", "--message-file", "{missing}"), "does not exist"),
+        (("{ok}", "--to", "a@b.test", "--as", "NOBODY"), "NOBODY"),
+    ],
+)
+def test_refusals_exit_2_and_send_nothing(
+    agency: Cli,
+    home: Path,
+    files: dict[str, Path],
+    args: tuple[str, ...],
+    says: str,
+) -> None:
+    agency("config", "set", "mail.max_attachment_mb", "1")
+    paths = {k: str(v) for k, v in files.items()} | {
+        "missing": str(files["ok"].with_name("no.pdf"))
+    }
+    r = agency("send-report", *(a.format(**paths) for a in args))
+    assert r.exit_code == 2, r.output
+    assert says in r.stderr
+    assert r.stderr.count("\n") == 1  # one sentence on one line
+    assert sent(home) == []
+    assert rows(home) == []
+
+
+def test_a_message_larger_than_the_transport_takes_is_refused(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    # 27 MB passes max_attachment_mb = 40, but base64 makes the message
+    # larger than the 35 MB the file transport takes.
+    big = tmp_path / "scan.pdf"
+    big.write_bytes(b"%PDF-1.7\n" + b"\x00" * (27 * 1024 * 1024))
+    agency("config", "set", "mail.max_attachment_mb", "40")
+    r = agency("send-report", str(big), "--to", "a@b.test")
+    assert r.exit_code == 2, r.output
+    assert "scan.pdf" in r.stderr and "at most" in r.stderr
+    assert sent(home) == [] and rows(home) == []
+
+
+def test_mail_switched_off_sends_nothing(agency: Cli, home: Path, tmp_path: Path) -> None:
+    make_pdf(agency, tmp_path / "i.pdf", "invoice", "B1")
+    agency("config", "set", "mail.enabled", "false")
+    r = agency("send-report", str(tmp_path / "i.pdf"), "--to", "a@b.test")
+    assert r.exit_code == 2
+    assert "config enable" in r.stderr
+    assert sent(home) == [] and rows(home) == []
+
+
+# ---------------------------------------------------------------- cash flow
+
+
+def test_cash_flow_goes_to_staff_with_access(agency: Cli, home: Path) -> None:
+    r = agency("send-report", "--report", "cash-flow", "--as-of", "2026-03-31", "--to", "MR")
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["mr@agency.test"]
+    # A long subject is folded onto the next header line; the parser keeps that space.
+    assert msg["Subject"].strip() == f"[C&P] Cash flow report as of 2026-03-31 from {AGENCY}"
+    assert pdf_attachment(msg)[0] == "cash-flow-2026-03-31.pdf"
+
+
+def test_cash_flow_to_someone_without_access_is_refused(agency: Cli, home: Path) -> None:
+    r = agency("send-report", "--report", "cash-flow", "--to", "MR,KL")
+    assert r.exit_code == 2
+    assert "KL (Kim Lee)" in r.stderr and "cash-flow access" in r.stderr
+    assert "MR" not in r.stderr
+    assert sent(home) == [] and rows(home) == []
+
+
+def test_cash_flow_from_someone_without_access_is_refused(agency: Cli, home: Path) -> None:
+    r = agency("send-report", "--report", "cash-flow", "--to", "MR", "--as", "KL")
+    assert r.exit_code == 2
+    assert "sender KL (Kim Lee)" in r.stderr
+    assert sent(home) == [] and rows(home) == []
+
+
+def test_cash_flow_never_goes_to_an_outside_address(agency: Cli, home: Path) -> None:
+    r = agency("send-report", "--report", "cash-flow", "--to", "cfo@elsewhere.test")
+    assert r.exit_code == 2
+    assert "cfo@elsewhere.test" in r.stderr
+    # A staff member's work address counts as that staff member.
+    r = agency("send-report", "--report", "cash-flow", "--to", "kl@agency.test")
+    assert r.exit_code == 2 and "KL (Kim Lee)" in r.stderr
+    assert sent(home) == [] and rows(home) == []
+
+
+def test_a_cash_flow_pdf_sent_as_a_file_keeps_the_rule(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    make_pdf(agency, tmp_path / "numbers.pdf", "cash-flow")
+    r = agency("send-report", str(tmp_path / "numbers.pdf"), "--to", "cfo@elsewhere.test")
+    assert r.exit_code == 2
+    assert "cash-flow" in r.stderr
+    r = agency("send-report", str(tmp_path / "numbers.pdf"), "--to", "KL")
+    assert r.exit_code == 2 and "KL (Kim Lee)" in r.stderr
+    assert sent(home) == []
+    r = agency("send-report", str(tmp_path / "numbers.pdf"), "--to", "MR")
+    assert r.exit_code == 0, r.output
+    assert len(sent(home)) == 1
+
+
+def test_cash_flow_in_one_account_mode_needs_to_know_who_asks(agency: Cli, home: Path) -> None:
+    agency("config", "set", "mail.one_account", "true")
+    agency("config", "set", "mail.sender", "office@agency.test")
+    agency("config", "set", "user.staff", "")
+    r = agency("send-report", "--report", "cash-flow", "--to", "MR")
+    assert r.exit_code == 2 and "--as STAFF" in r.stderr
+    r = agency("send-report", "--report", "cash-flow", "--to", "MR", "--as", "KL")
+    assert r.exit_code == 2 and "KL (Kim Lee)" in r.stderr
+    assert sent(home) == []
+    r = agency("send-report", "--report", "cash-flow", "--to", "MR", "--as", "JD")
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert msg["From"].addresses[0].addr_spec == "office@agency.test"
+
+
+# ---------------------------------------------------------------- through SMTP
+
+
+def use_smtp(cli: Cli, server: SMTPTestServer) -> None:
+    for key, value in {**server.settings(), "mail.transport": "smtp"}.items():
+        r = cli("config", "set", key, str(value))
+        assert r.exit_code == 0, r.output
+
+
+def test_through_a_real_smtp_server(
+    agency: Cli, home: Path, tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    use_smtp(agency, smtp_server)
+    pdf = make_pdf(agency, tmp_path / "PO 501.pdf", "purchase-order", "PO-501")
+    r = agency("send-report", str(tmp_path / "PO 501.pdf"), "--to", "orders@lakeside.test,KL")
+    assert r.exit_code == 0, r.output
+    [got] = smtp_server.messages
+    assert got.mail_from == "jd@agency.test"
+    assert got.rcpt_tos == ("orders@lakeside.test", "kl@agency.test")
+    msg = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert pdf_attachment(msg) == ("PO 501.pdf", "application/pdf", pdf)
+    assert [tuple(r)[:2] for r in rows(home)] == [("report", "sent")]
+
+
+def test_exit_1_when_the_server_refuses_and_3_when_it_cannot_be_reached(
+    agency: Cli,
+    home: Path,
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    closed_port: int,
+) -> None:
+    server = smtp_server_factory()
+    server.fail_data = "554 5.7.1 attachments of this kind are not accepted"
+    use_smtp(agency, server)
+    make_pdf(agency, tmp_path / "i.pdf", "invoice", "B1")
+    r = agency("send-report", str(tmp_path / "i.pdf"), "--to", "ap@northwind.test")
+    assert r.exit_code == 1
+    assert "not accepted" in r.stderr
+    assert [tuple(r)[:2] for r in rows(home)] == [("report", "failed")]
+
+    agency("config", "set", "mail.smtp.port", str(closed_port))
+    r = agency("send-report", str(tmp_path / "i.pdf"), "--to", "ap@northwind.test")
+    assert r.exit_code == 3, r.output
+    assert [tuple(r)[:2] for r in rows(home)][-1] == ("report", "deferred")
