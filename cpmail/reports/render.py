@@ -83,7 +83,7 @@ def logo_uri(settings: Settings) -> str:
         ) from None
     except OSError as e:
         raise ConfigError(f"agency.logo: cannot read {path}: {e.strerror}.") from None
-    is_svg = b"<svg" in head or (head.lstrip().startswith(b"<?xml") and path.suffix == ".svg")
+    is_svg = b"<svg" in head or (path.suffix.lower() == ".svg" and head.lstrip()[:1] == b"<")
     is_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
     if not (is_svg or is_webp or head.startswith(_IMAGE_MAGIC)):
         raise ConfigError(f"agency.logo: {path} is not a PNG, JPEG, GIF, WebP or SVG image.")
