@@ -1,0 +1,552 @@
+"""Each trigger on small hand-made data, through `cpmail check` and a real SMTP server.
+
+The assertions are what people receive: who, how many messages, the subject,
+and what the body names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail.settings import Settings
+from cpmail.store import connect
+from tests.agency import D, at, base_agency, insert
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer, smtp_ca, smtp_server, smtp_server_factory
+from tests.test_delivery import setup_smtp
+
+__all__ = ["smtp_ca", "smtp_server", "smtp_server_factory"]
+
+DAY = dt.timedelta(days=1)
+
+
+@dataclass
+class Agency:
+    cli: Cli
+    engine: sa.Engine
+    server: SMTPTestServer
+
+    def add(self, table: str, *rows: dict[str, Any]) -> None:
+        insert(self.engine, table, rows)
+
+    def check(self, *args: str, date: dt.date = D, code: int = 0) -> list[EmailMessage]:
+        """Run check; return the messages the server received in this run."""
+        before = len(self.server.messages)
+        r = self.cli("check", "--date", date.isoformat(), *args)
+        assert r.exit_code == code, r.output
+        return [
+            message_from_bytes(m.data, policy=policy.default)  # type: ignore[misc]
+            for m in self.server.messages[before:]
+        ]
+
+
+@pytest.fixture
+def agency(cli: Cli, home: Path, smtp_server: SMTPTestServer) -> Agency:
+    setup_smtp(cli, smtp_server)
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:  # the sender JD from setup_smtp is not part of the agency
+        conn.execute(sa.text("UPDATE staff SET planned_hours = 0 WHERE id = 'JD'"))
+    base_agency(engine)
+    return Agency(cli, engine, smtp_server)
+
+
+def to(msgs: list[EmailMessage]) -> list[str]:
+    return sorted(a.addr_spec for m in msgs for a in m["To"].addresses)
+
+
+def body(m: EmailMessage) -> str:
+    part = m.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def by_event(msgs: list[EmailMessage], event: str) -> list[EmailMessage]:
+    return [m for m in msgs if m["X-Cpmail-Event"] == event]
+
+
+def full_day(a: Agency, staff: str, day: dt.date, hours: int = 8) -> None:
+    a.add(
+        "time_entries",
+        dict(id=f"F-{staff}-{day}", staff_id=staff, work_date=day, hours=Decimal(hours)),
+    )
+
+
+# ---------------------------------------------------------------- missing-time
+
+
+def test_missing_time_to_staff_and_supervisor(agency: Agency) -> None:
+    agency.add("time_entries", dict(id="E1", staff_id="CR", work_date=D - DAY, hours=Decimal(3)))
+    msgs = by_event(agency.check("--only", "missing-time"), "missing-time")
+    # CR entered 3 of 8 on Monday: CR and CR's supervisor AE; AE entered nothing: AE.
+    # PR plans 0 hours; NO is inactive.
+    assert to(msgs) == ["alice@agency.test", "alice@agency.test", "carl@agency.test"]
+    carl = [m for m in msgs if to([m]) == ["carl@agency.test"]][0]
+    assert "Mon Nov 23, 2026" in carl["Subject"] and "3 of 8" in carl["Subject"]
+    assert "missing 5 hours" in body(carl)
+    about_carl = [m for m in msgs if "Carl Reed" in m["Subject"]]
+    assert to(about_carl) == ["alice@agency.test"]
+
+
+def test_missing_time_after_thanksgiving_skips_the_holiday(agency: Agency) -> None:
+    friday = dt.date(2026, 11, 27)  # Thursday 26 is Thanksgiving
+    full_day(agency, "AE", dt.date(2026, 11, 25))
+    agency.add(
+        "time_entries",
+        dict(id="E1", staff_id="CR", work_date=dt.date(2026, 11, 26), hours=Decimal(8)),
+    )
+    msgs = agency.check("--only", "missing-time", date=friday)
+    # CR worked the holiday but not Wednesday 25, the prior workday
+    assert to(msgs) == ["alice@agency.test", "carl@agency.test"]
+    assert all("Wed Nov 25, 2026" in m["Subject"] for m in msgs)
+
+
+def test_missing_time_on_monday_looks_at_friday(agency: Agency) -> None:
+    monday = dt.date(2026, 11, 30)
+    full_day(agency, "AE", dt.date(2026, 11, 27))
+    full_day(agency, "CR", dt.date(2026, 11, 29))  # Sunday does not count
+    msgs = agency.check("--only", "missing-time", date=monday)
+    assert to(msgs) == ["alice@agency.test", "carl@agency.test"]
+    assert "Fri Nov 27, 2026" in msgs[0]["Subject"]
+
+
+def test_missing_time_skips_time_off_and_custom_workdays(agency: Agency) -> None:
+    agency.add("time_off", dict(staff_id="CR", date=D - DAY))  # Monday off
+    full_day(agency, "CR", D - 4 * DAY)  # Friday 20 worked in full
+    full_day(agency, "AE", D - DAY)
+    with agency.engine.begin() as conn:  # PR works Tue-Sat and plans 6 hours
+        conn.execute(sa.text("UPDATE staff SET planned_hours=6, workdays='tue-sat' WHERE id='PR'"))
+    msgs = agency.check("--only", "missing-time")
+    # CR's prior workday is Friday (complete); PR's is Saturday 21 (nothing entered)
+    assert to(msgs) == ["pia@agency.test"]
+    assert "Sat Nov 21, 2026" in msgs[0]["Subject"]
+
+
+def test_weekend_run_and_second_run_send_nothing_new(agency: Agency) -> None:
+    saturday = dt.date(2026, 11, 28)
+    full_day(agency, "AE", dt.date(2026, 11, 27))
+    first = agency.check("--only", "missing-time", date=saturday)
+    assert to(first) == ["alice@agency.test", "carl@agency.test"]
+    assert agency.check("--only", "missing-time", date=saturday) == []
+    assert agency.check("--only", "missing-time", date=dt.date(2026, 11, 29)) == []
+
+
+# ---------------------------------------------------------------- job, billing, payment
+
+
+def test_job_opened_goes_to_team_respecting_events_and_opt_out(agency: Agency) -> None:
+    agency.add("jobs", dict(id="J200", client_id="C1", title="Spring launch", opened_at=at(D, 8)))
+    agency.add("client_team", dict(client_id="C1", staff_id="NO", role="creative"))
+    r = agency.cli("staff", "mute", "PR", "job-opened")
+    assert r.exit_code == 0
+    msgs = agency.check("--only", "job-opened")
+    assert to(msgs) == ["alice@agency.test", "carl@agency.test"]  # PR muted, NO inactive
+    m = msgs[0]
+    assert m["Subject"] == "[C&P] Job J200 opened: Spring launch (Acme Foods)"
+    assert "Acme Foods" in body(m) and "J200" in body(m)
+    out = json.loads(agency.cli("log", "--json", "--event", "job-opened").stdout)
+    assert len(out) == 2
+    # threading: every message about J200 refers to the same thread id
+    assert m["References"] == m["In-Reply-To"] == msgs[1]["References"]
+
+
+def test_job_outside_window_is_ignored_and_window_edges(agency: Agency) -> None:
+    agency.add(
+        "jobs",
+        dict(id="J201", client_id="C1", title="Too old", opened_at=at(D - 8 * DAY, 23, 59)),
+        dict(id="J202", client_id="C1", title="Edge start", opened_at=at(D - 7 * DAY, 0, 0)),
+        dict(id="J203", client_id="C1", title="Late today", opened_at=at(D, 23, 59)),
+        dict(id="J204", client_id="C1", title="Tomorrow", opened_at=at(D + DAY, 0, 0)),
+    )
+    subjects = {m["Subject"] for m in agency.check("--only", "job-opened")}
+    assert any("J202" in s for s in subjects) and any("J203" in s for s in subjects)
+    assert not any("J201" in s or "J204" in s for s in subjects)
+
+
+def test_billing_created_and_payment_received(agency: Agency) -> None:
+    agency.add(
+        "billings",
+        dict(
+            id="B1",
+            job_id="J100",
+            client_id="C1",
+            number="10234",
+            amount=Decimal("12500.00"),
+            created_at=at(D - DAY, 15),
+        ),
+    )
+    agency.add(
+        "payments",
+        dict(
+            id="P1", client_id="C1", billing_id="B1", amount=Decimal("4000"), received_at=at(D, 10)
+        ),
+    )
+    msgs = agency.check("--only", "billing-created,payment-received")
+    bills = by_event(msgs, "billing-created")
+    pays = by_event(msgs, "payment-received")
+    assert to(bills) == ["alice@agency.test", "pia@agency.test"]  # CR only wants job-opened
+    assert "10234" in bills[0]["Subject"] and "12,500.00" in bills[0]["Subject"]
+    assert to(pays) == ["alice@agency.test", "pia@agency.test"]
+    assert "4,000.00" in pays[0]["Subject"] and "Acme Foods" in pays[0]["Subject"]
+
+
+def test_status_changed_uses_the_new_codes_notify(agency: Agency) -> None:
+    agency.add(
+        "job_status_codes",
+        dict(code="PRF", kind="production", description="Proof out", notify="Carl Reed,PR"),
+        dict(code="WIP", kind="production", description="In progress", notify=None),
+    )
+    agency.add(
+        "job_status_history",
+        dict(
+            id="H1",
+            job_id="J100",
+            field="production_status",
+            old_value="WIP",
+            new_value="PRF",
+            changed_at=at(D, 9),
+            changed_by="AE",
+        ),
+        dict(
+            id="H2",
+            job_id="J100",
+            field="production_status",
+            old_value="PRF",
+            new_value="WIP",
+            changed_at=at(D, 11),
+            changed_by="AE",
+        ),
+    )
+    msgs = agency.check("--only", "status-changed")
+    to_proof = [m for m in msgs if "Proof out" in m["Subject"]]
+    assert to(to_proof) == ["carl@agency.test", "pia@agency.test"]
+    back = [m for m in msgs if "In progress" in m["Subject"]]
+    assert to(back) == ["alice@agency.test", "pia@agency.test"]  # no notify: the team
+    assert "In progress → Proof out" in body(to_proof[0])
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _tasks(a: Agency) -> None:
+    a.add(
+        "tasks",
+        dict(id="T1", job_id="J100", name="Layout", assignee_id="CR", due_date=D),
+        dict(id="T2", job_id="J100", name="Headline", assignee_id="CR", due_date=D),
+        dict(id="T3", job_id="J100", name="Proofread", assignee_id="CR", due_date=D + DAY),
+        dict(id="T4", job_id="J100", name="Old thing", assignee_id="CR", due_date=D - 3 * DAY),
+        dict(
+            id="T5",
+            job_id="J100",
+            name="Done thing",
+            assignee_id="CR",
+            due_date=D - DAY,
+            completed_at=at(D - 2 * DAY),
+        ),
+        dict(
+            id="T6", job_id="J100", name="Weekend", assignee_id="AE", due_date=dt.date(2026, 11, 29)
+        ),
+    )
+
+
+def test_task_reminders_are_one_list_per_person_per_event(agency: Agency) -> None:
+    _tasks(agency)
+    msgs = agency.check("--only", "task-due-today,task-due-tomorrow,task-overdue")
+    today = by_event(msgs, "task-due-today")
+    assert to(today) == ["carl@agency.test"]
+    assert today[0]["Subject"] == "[C&P] 2 tasks due today"
+    assert "Layout" in body(today[0]) and "Headline" in body(today[0])
+    tomorrow = by_event(msgs, "task-due-tomorrow")
+    assert to(tomorrow) == ["carl@agency.test"] and "Proofread" in tomorrow[0]["Subject"]
+    late = by_event(msgs, "task-overdue")
+    assert to(late) == ["carl@agency.test"] and "Old thing" in late[0]["Subject"]
+    assert "3 days late" in late[0]["Subject"]
+    assert not any("Done thing" in body(m) for m in msgs)
+
+
+def test_due_tomorrow_on_friday_covers_the_weekend_and_monday(agency: Agency) -> None:
+    _tasks(agency)
+    friday = dt.date(2026, 11, 27)
+    agency.add(
+        "tasks",
+        dict(
+            id="T7",
+            job_id="J100",
+            name="Monday task",
+            assignee_id="AE",
+            due_date=dt.date(2026, 11, 30),
+        ),
+    )
+    msgs = by_event(agency.check("--only", "task-due-tomorrow", date=friday), "task-due-tomorrow")
+    assert to(msgs) == ["alice@agency.test"]
+    assert msgs[0]["Subject"] == "[C&P] 2 tasks due next workday"
+
+
+def test_overdue_repeats_daily_but_due_today_once(agency: Agency) -> None:
+    _tasks(agency)
+    assert len(agency.check("--only", "task-overdue")) == 1
+    assert agency.check("--only", "task-overdue") == []
+    assert len(agency.check("--only", "task-overdue", date=D + DAY)) == 1
+
+
+def test_task_over_budget_fires_once(agency: Agency) -> None:
+    agency.add(
+        "tasks",
+        dict(
+            id="T1", job_id="J100", name="Layout", assignee_id="CR", budget_amount=Decimal("1000")
+        ),
+    )
+    agency.add(
+        "job_costs",
+        dict(
+            id="C1",
+            job_id="J100",
+            task_id="T1",
+            kind="cost",
+            amount=Decimal("700"),
+            entered_at=at(D - 40 * DAY),
+        ),
+    )
+    agency.add(
+        "time_entries",
+        dict(
+            id="E1",
+            staff_id="CR",
+            task_id="T1",
+            work_date=D - 50 * DAY,
+            hours=Decimal(2),
+            amount=Decimal("301"),
+        ),
+    )
+    msgs = agency.check("--only", "task-over-budget")
+    assert to(msgs) == ["alice@agency.test"]  # team:ae
+    assert "1,001.00 of 1,000.00" in msgs[0]["Subject"]
+    agency.add(
+        "job_costs",
+        dict(
+            id="C2",
+            job_id="J100",
+            task_id="T1",
+            kind="cost",
+            amount=Decimal("500"),
+            entered_at=at(D),
+        ),
+    )
+    assert agency.check("--only", "task-over-budget", date=D + DAY) == []
+
+
+def test_hours_exceeded_to_ae_and_assignee(agency: Agency) -> None:
+    agency.add(
+        "tasks",
+        dict(id="T1", job_id="J100", name="Layout", assignee_id="CR", estimated_hours=Decimal(4)),
+    )
+    agency.add(
+        "time_entries",
+        dict(id="E1", staff_id="CR", task_id="T1", work_date=D - 30 * DAY, hours=Decimal("4.5")),
+    )
+    msgs = agency.check("--only", "hours-exceeded")
+    assert to(msgs) == ["alice@agency.test", "carl@agency.test"]
+    assert "4.5 of 4 h" in msgs[0]["Subject"]
+
+
+def test_budget_alert_to_ae_and_who_entered_it(agency: Agency) -> None:
+    agency.add(
+        "budget_alerts",
+        dict(
+            id="A1",
+            job_id="J100",
+            source="time entry",
+            message="Time puts Layout $50 over",
+            entered_by="CR",
+            entered_at=at(D, 12),
+        ),
+    )
+    msgs = agency.check("--only", "budget-alert")
+    assert to(msgs) == ["alice@agency.test", "carl@agency.test"]
+    assert "Time puts Layout $50 over" in msgs[0]["Subject"]
+
+
+# ---------------------------------------------------------------- entries
+
+
+def test_diary_and_homebase_go_to_their_notify_lists(agency: Agency) -> None:
+    agency.add("vendors", dict(id="V1", name="Metro Printing"))
+    agency.add(
+        "diary_entries",
+        dict(
+            id="D1",
+            kind="client",
+            party_id="C1",
+            subject="Call about catalog",
+            body="They want it Friday.",
+            entered_by="AE",
+            entered_at=at(D, 9),
+            notify="AE,Carl Reed,nobody-known",
+        ),
+        dict(
+            id="D2",
+            kind="vendor",
+            party_id="V1",
+            subject="Press check",
+            body="Thursday 8am",
+            entered_by="PR",
+            entered_at=at(D, 10),
+            notify="PR",
+        ),
+    )
+    agency.add(
+        "homebase_entries",
+        dict(
+            id="HB1",
+            subject="Office closed Friday",
+            body="Enjoy.",
+            entered_by="AE",
+            entered_at=at(D, 8),
+            notify="CR,NO",
+        ),
+    )
+    msgs = agency.check("--only", "diary-entry,homebase-entry", "--json")
+    client = [m for m in msgs if "Call about catalog" in m["Subject"]]
+    # the author (AE) is not left out when the list names them
+    assert to(client) == ["alice@agency.test", "carl@agency.test"]
+    assert "Acme Foods" in client[0]["Subject"] and "They want it Friday." in body(client[0])
+    vendor = [m for m in msgs if "Press check" in m["Subject"]]
+    assert to(vendor) == ["pia@agency.test"] and "Metro Printing" in vendor[0]["Subject"]
+    hb = by_event(msgs, "homebase-entry")
+    assert to(hb) == ["carl@agency.test"]  # NO is inactive
+
+
+def test_change_order_to_ae_and_production(agency: Agency) -> None:
+    agency.add(
+        "change_orders",
+        dict(
+            id="CO1",
+            job_id="J100",
+            description="Two more sizes",
+            amount=Decimal("850"),
+            entered_by="AE",
+            entered_at=at(D, 12),
+        ),
+    )
+    msgs = agency.check("--only", "change-order")
+    assert to(msgs) == ["alice@agency.test", "pia@agency.test"]
+    assert "Two more sizes" in msgs[0]["Subject"] and "850.00" in body(msgs[0])
+
+
+def test_calendar_reminder_carries_an_ics(agency: Agency) -> None:
+    import icalendar
+
+    agency.add(
+        "calendar_entries",
+        dict(
+            id="CAL1",
+            title="Client review",
+            starts_at=at(D, 14),
+            ends_at=at(D, 15),
+            remind_at=at(D, 8),
+            location="Room B",
+            attendees="AE,Carl Reed",
+        ),
+        dict(id="CAL2", title="Later", starts_at=at(D + 3 * DAY, 9), remind_at=at(D + 2 * DAY)),
+    )
+    msgs = agency.check("--only", "calendar-reminder")
+    assert to(msgs) == ["alice@agency.test", "carl@agency.test"]
+    atts = list(msgs[0].iter_attachments())
+    assert [a.get_content_type() for a in atts] == ["text/calendar"]
+    cal = icalendar.Calendar.from_ical(atts[0].get_content())
+    events = list(cal.walk("VEVENT"))
+    assert len(events) == 1 and str(events[0]["SUMMARY"]) == "Client review"
+    assert str(events[0]["LOCATION"]) == "Room B"
+    assert agency.check("--only", "calendar-reminder") == []
+
+
+# ---------------------------------------------------------------- the run itself
+
+
+def test_dry_run_changes_nothing(agency: Agency) -> None:
+    _tasks(agency)
+    r = agency.cli("check", "--date", D.isoformat(), "--dry-run", "--json")
+    assert r.exit_code == 0
+    out = json.loads(r.stdout)
+    assert out["dry_run"] is True and len(out["messages"]) >= 3
+    assert all(m["text"] and m["html"] for m in out["messages"])
+    assert agency.server.messages == []
+    assert json.loads(agency.cli("log", "--json").stdout) == []
+    assert len(agency.check()) == len(out["messages"])
+
+
+def test_switched_off_records_suppressed_and_never_sends_later(agency: Agency) -> None:
+    _tasks(agency)
+    assert agency.cli("config", "disable").exit_code == 0
+    r = agency.cli("check", "--date", D.isoformat(), "--json")
+    assert r.exit_code == 0
+    totals = json.loads(r.stdout)["totals"]
+    assert totals["suppressed"] >= 3 and totals["sent"] == 0
+    assert agency.server.messages == []
+    log = json.loads(agency.cli("log", "--json", "--status", "suppressed").stdout)
+    assert 0 < len(log) <= totals["suppressed"]  # task lists: one message, several items
+    assert agency.cli("config", "enable").exit_code == 0
+    assert agency.check() == []
+    assert json.loads(agency.cli("outbox", "--json").stdout) == []
+
+
+def test_digest_puts_one_persons_run_in_one_message(agency: Agency) -> None:
+    _tasks(agency)
+    agency.add("time_entries", dict(id="E1", staff_id="CR", work_date=D - DAY, hours=Decimal(3)))
+    assert agency.cli("config", "set", "mail.digest", "true").exit_code == 0
+    msgs = agency.check()
+    carl = [m for m in msgs if to([m]) == ["carl@agency.test"]]
+    assert len(carl) == 1
+    text = body(carl[0])
+    for words in ("Missing time", "2 tasks due today", "Proofread", "Old thing"):
+        assert words in text
+    assert carl[0]["X-Cpmail-Event"] == "digest"
+
+
+def test_event_settings_disable_and_reroute(agency: Agency) -> None:
+    _tasks(agency)
+    agency.cli("config", "set", "events.task-overdue.enabled", "false")
+    agency.cli("config", "set", "events.task-due-today.notify", "staff:AE,email:boss@agency.test")
+    msgs = agency.check("--only", "task-due-today,task-overdue")
+    assert by_event(msgs, "task-overdue") == []
+    assert to(msgs) == ["alice@agency.test", "boss@agency.test"]
+    r = agency.cli("config", "set", "events.job-opened.notify", "everyone")
+    assert r.exit_code == 0  # any text is stored; check refuses an unknown rule
+    r = agency.cli("check", "--date", D.isoformat())
+    assert r.exit_code == 2 and "events.job-opened.notify" in r.stderr
+
+
+def test_unknown_event_and_bad_date_are_usage_errors(agency: Agency) -> None:
+    r = agency.cli("check", "--only", "job-closed")
+    assert r.exit_code == 2 and "job-closed" in r.stderr
+    r = agency.cli("check", "--date", "2026-13-01")
+    assert r.exit_code == 2 and "--date" in r.stderr
+
+
+def test_every_message_parses_without_defects(agency: Agency) -> None:
+    _tasks(agency)
+    agency.add(
+        "jobs",
+        dict(
+            id="J200",
+            client_id="C1",
+            title="Ünïcode “quotes” — and a very long "
+            "title that needs folding in the subject line of the message",
+            opened_at=at(D),
+        ),
+    )
+    msgs = agency.check()
+    assert msgs
+    for m in msgs:
+        assert not m.defects
+        for part in m.walk():
+            assert not part.defects
