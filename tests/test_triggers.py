@@ -90,7 +90,7 @@ def test_missing_time_to_staff_and_supervisor(agency: Agency) -> None:
     # CR entered 3 of 8 on Monday: CR and CR's supervisor AE; AE entered nothing: AE.
     # PR plans 0 hours; NO is inactive.
     assert to(msgs) == ["alice@agency.test", "alice@agency.test", "carl@agency.test"]
-    carl = [m for m in msgs if to([m]) == ["carl@agency.test"]][0]
+    carl = next(m for m in msgs if to([m]) == ["carl@agency.test"])
     assert "Mon Nov 23, 2026" in carl["Subject"] and "3 of 8" in carl["Subject"]
     assert "missing 5 hours" in body(carl)
     about_carl = [m for m in msgs if "Carl Reed" in m["Subject"]]
