@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import typer
@@ -56,8 +57,8 @@ def config_microsoft(
     client_secret: bool = typer.Option(
         False,
         "--client-secret",
-        help="Ask for the app's client secret (kept in secrets) to send the one-account "
-        "sender's mail app-only.",
+        help="Ask for the app's client secret (or read it from stdin), kept in secrets, to "
+        "send the one-account sender's mail app-only.",
     ),
     no_client_secret: bool = typer.Option(
         False, "--no-client-secret", help="Forget a stored client secret."
@@ -87,7 +88,10 @@ def config_microsoft(
         raise InputError("give --client-secret or --no-client-secret, not both.")
     secret = ""
     if client_secret:
-        secret = typer.prompt("Client secret (the Value, not the Secret ID)", hide_input=True)
+        if sys.stdin.isatty():
+            secret = typer.prompt("Client secret (the Value, not the Secret ID)", hide_input=True)
+        else:  # piped in by a script; getpass would read the terminal instead
+            secret = sys.stdin.readline()
         secret = secret.strip()
         if not secret:
             raise InputError("the client secret is empty; nothing was changed.")
