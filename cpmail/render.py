@@ -10,6 +10,7 @@ and ``event``. Templates are compiled once per process.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,12 @@ def _when(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return f"{_day(value)} {value.strftime('%-H:%M')}"
     return _day(value)
+
+
+def tidy(text: str) -> str:
+    """Plain text: no trailing spaces, at most one blank line in a row."""
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
 def template_names() -> list[str]:
@@ -107,7 +114,7 @@ class Renderer:
         txt = self._get(f"email/{event}.txt")
         html = self._get(f"email/{event}.html")
         subject = " ".join(self._block(txt, "subject", ctx).split())
-        return subject, self._full(txt, ctx), self._full(html, ctx)
+        return subject, tidy(self._full(txt, ctx)), self._full(html, ctx)
 
     def digest(
         self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]
@@ -144,4 +151,4 @@ class Renderer:
         txt = self._get("email/digest.txt")
         html = self._get("email/digest.html")
         subject = " ".join(self._block(txt, "subject", ctx).split())
-        return subject, self._full(txt, ctx), self._full(html, ctx)
+        return subject, tidy(self._full(txt, ctx)), self._full(html, ctx)

@@ -61,10 +61,14 @@ def demo(
     c = ctx_of(ctx)
     path = c.home / SETTINGS_FILE
     if not path.exists():
-        init(ctx, force=False)
+        c.home.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=0o644)
     s = c.settings
     engine = make_engine(s.db_url)
     upgrade(engine)
+    from cpmail.secrets import SecretStore
+
+    SecretStore(c.home, s["secrets.backend"]).ensure_dir()
     if demo_data.has_agency_data(engine):
         if not force:
             raise InputError(
@@ -79,10 +83,11 @@ def demo(
     s.set("mail.transport", "file")
     s.save()
     counts = demo_data.load(engine, s, day)
+    shown = ("staff", "clients", "jobs", "tasks", "time_entries", "billings", "calendar_entries")
     c.say(
-        f"Loaded the Northwind Creative demo for {day}: "
-        + ", ".join(f"{n} {t.replace('_', ' ')}" for t, n in counts.items() if n)
-        + "."
+        f"Loaded the Northwind Creative demo agency for {day} into {c.home}: "
+        + ", ".join(f"{counts.get(t, 0)} {t.replace('_', ' ')}" for t in shown)
+        + f" and {sum(counts.values()) - sum(counts.get(t, 0) for t in shown)} more rows."
     )
     check(
         ctx,
