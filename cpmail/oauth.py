@@ -33,7 +33,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,8 @@ class StoredToken:
     """What a sign-in leaves behind: the address that signed in and the provider's data."""
 
     address: str
-    data: Any  # Google: authorized-user dict; Microsoft: serialised msal cache (str)
+    # Google: authorized-user dict; Microsoft: serialised msal cache (str). Never in a repr.
+    data: Any = field(repr=False)
 
 
 def load_token(secrets: SecretStore, transport: str, account: str) -> StoredToken | None:
@@ -192,11 +193,11 @@ def parse_google_client(text: str, where: str) -> dict[str, Any]:
     client = doc["installed"]
     if not isinstance(client, dict):
         raise InputError(f"{where}: 'installed' is not an object; download the file again.")
-    for field in _CLIENT_FIELDS:
-        value = client.get(field)
+    for name in _CLIENT_FIELDS:
+        value = client.get(name)
         if not isinstance(value, str) or not value.strip():
             raise InputError(
-                f"{where}: the client has no {field!r}; download the file again from Google Cloud."
+                f"{where}: the client has no {name!r}; download the file again from Google Cloud."
             )
     return {"installed": dict(client)}
 
@@ -608,22 +609,35 @@ def _msal_call(what: str, call: Callable[[], Any]) -> Any:
         raise AuthError(f"the Microsoft sign-in failed ({what}).") from None
 
 
-def _public_app(settings: Settings, cache: Any, http_cache: dict[str, Any] | None = None) -> Any:
+def _msal_app(
+    settings: Settings, http_cache: dict[str, Any] | None, **kwargs: Any
+) -> tuple[Any, MsalHttpClient]:
+    """A msal application (confidential when ``client_credential`` is given) and its client."""
     import msal
 
-    authority, http = microsoft_authority(settings)
     client_id = _client_id(settings)
-    return _msal_call(
-        "authority discovery",
-        lambda: msal.PublicClientApplication(
-            client_id,
-            authority=authority,
-            token_cache=cache,
-            http_client=http,
-            instance_discovery=False,
-            http_cache=http_cache,
-        ),
+    authority, http = microsoft_authority(settings)
+    cls = (
+        msal.ConfidentialClientApplication
+        if "client_credential" in kwargs
+        else msal.PublicClientApplication
     )
+    try:
+        app = _msal_call(
+            "authority discovery",
+            lambda: cls(
+                client_id,
+                authority=authority,
+                http_client=http,
+                instance_discovery=False,
+                http_cache=http_cache,
+                **kwargs,
+            ),
+        )
+    except BaseException:
+        http.close()
+        raise
+    return app, http
 
 
 _AAD_ADVICE = {
@@ -684,7 +698,26 @@ def microsoft_sign_in(
     import msal
 
     cache = msal.SerializableTokenCache()
-    app = _public_app(settings, cache)
+    app, http = _msal_app(settings, None, token_cache=cache)
+    try:
+        return _microsoft_sign_in(
+            app, cache, secrets, account, device_code, open_browser, say, login_hint, timeout
+        )
+    finally:
+        http.close()
+
+
+def _microsoft_sign_in(
+    app: Any,
+    cache: Any,
+    secrets: SecretStore,
+    account: str,
+    device_code: bool,
+    open_browser: bool,
+    say: Say,
+    login_hint: str,
+    timeout: float,
+) -> str:
     scopes = list(GRAPH_SCOPES)
     if device_code:
         flow = _msal_call("device code", lambda: app.initiate_device_flow(scopes=scopes))
@@ -747,8 +780,11 @@ class MicrosoftSession:
                 f"the stored Microsoft sign-in of {_who(account)} is damaged; "
                 f"run `{signin_command(account)}`."
             ) from None
-        self._app = _public_app(settings, self._cache, http_cache)
+        self._app, self._http = _msal_app(settings, http_cache, token_cache=self._cache)
         self._down: TemporaryFailure | None = None
+
+    def close(self) -> None:
+        self._http.close()
 
     def _expired(self, detail: str) -> AuthError:
         return AuthError(
@@ -799,28 +835,17 @@ class MicrosoftAppSession:
     def __init__(
         self, settings: Settings, secret: str, http_cache: dict[str, Any] | None = None
     ) -> None:
-        import msal
-
         tenant = str(settings["mail.microsoft.tenant"])
         if tenant in ("", "organizations", "common", "consumers"):
             raise ConfigError(
                 "app-only sending needs your tenant ID in mail.microsoft.tenant, not "
                 f"{tenant!r}; run `cpmail config microsoft --client-id ID --tenant TENANT-ID`."
             )
-        authority, http = microsoft_authority(settings)
-        client_id = _client_id(settings)
         self.account = SHARED
-        self._app = _msal_call(
-            "authority discovery",
-            lambda: msal.ConfidentialClientApplication(
-                client_id,
-                client_credential=secret,
-                authority=authority,
-                http_client=http,
-                instance_discovery=False,
-                http_cache=http_cache,
-            ),
-        )
+        self._app, self._http = _msal_app(settings, http_cache, client_credential=secret)
+
+    def close(self) -> None:
+        self._http.close()
 
     def access_token(self, *, force_refresh: bool = False) -> str:
         """An app-only Graph token (msal keeps it in memory until it expires)."""

@@ -65,9 +65,14 @@ class MicrosoftTransport(Transport):
         )
         sessions: dict[str, Session | TemporaryFailure] = {}
         http_cache: dict[str, Any] = {}  # msal's discovery answers, shared by the accounts
-        with httpx.Client(timeout=TIMEOUT) as http:
-            for env in envelopes:
-                report(self._send(http, base, env, sessions, http_cache))
+        try:
+            with httpx.Client(timeout=TIMEOUT) as http:
+                for env in envelopes:
+                    report(self._send(http, base, env, sessions, http_cache))
+        finally:
+            for session in sessions.values():
+                if not isinstance(session, TemporaryFailure):
+                    session.close()
 
     def _session(self, account: str, http_cache: dict[str, Any]) -> Session:
         secret = self.app_secret() if account == SHARED else None
