@@ -437,12 +437,17 @@ def test_unticked_send_permission_is_explained(gmail_home: Path, fake: FakeAPI) 
     assert not SecretStore(gmail_home).has(token_name("gmail", "JD"))
 
 
-def run_signin_process(home: Path, *args: str, display: str | None) -> tuple[int, str, str]:
+def run_signin_process(
+    home: Path, *args: str, display: str | None, browser: str | None = None
+) -> tuple[int, str, str]:
     """`cpmail staff signin …` as a real process; play the browser with what it prints."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    drop = ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(CPMAIL_HOME=str(home), OAUTHLIB_INSECURE_TRANSPORT="1", COLUMNS="80")
     if display:
         env["DISPLAY"] = display
+    if browser:
+        env["BROWSER"] = browser
     code = "from cpmail.cli.app import main; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "staff", "signin", *args],
@@ -464,17 +469,26 @@ def run_signin_process(home: Path, *args: str, display: str | None) -> tuple[int
 
 
 @pytest.mark.parametrize(
-    ("args", "display"), [((), None), (("--no-browser",), ":99")], ids=["no-display", "no-browser"]
+    ("args", "display", "browser"),
+    [((), None, None), (("--no-browser",), ":99", None), ((), ":99", "false")],
+    ids=["no-display", "no-browser", "browser-fails"],
 )
 def test_staff_signin_command_prints_the_address_and_signs_in(
-    initialised: Cli, gmail_home: Path, fake: FakeAPI, args: tuple[str, ...], display: str | None
+    initialised: Cli,
+    gmail_home: Path,
+    fake: FakeAPI,
+    args: tuple[str, ...],
+    display: str | None,
+    browser: str | None,
 ) -> None:
     cli = initialised
     r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
     assert r.exit_code == 0, r.output
-    code, out, err = run_signin_process(gmail_home, "JD", *args, display=display)
+    code, out, err = run_signin_process(gmail_home, "JD", *args, display=display, browser=browser)
     assert code == 0, err
-    assert "Open this address in a browser to sign in:" in err
+    assert "Signing in JD (Jane Doe) as jd@agency.example with Google." in err
+    if not browser:  # with a browser that fails to start, the address is printed just the same
+        assert "Open this address in a browser to sign in:" in err
     assert out.strip() == "Signed in JD (Jane Doe) as jd@agency.example with Google."
     assert oauth.signed_in_address(SecretStore(gmail_home), "gmail", "JD") == "jd@agency.example"
     # The whole way round: `staff test` sends through the Gmail API as JD.

@@ -173,7 +173,7 @@ def staff_signin(
         c.err.print(text, markup=False, highlight=False)
 
     provider = oauth.PROVIDER[transport]
-    show(f"Signing in {label} ({address}) with {provider}.")
+    show(f"Signing in {label} as {address} with {provider}.")
     open_browser = not no_browser and oauth.can_open_browser()
     if transport == "gmail":
         signed_in = oauth.google_sign_in(
