@@ -333,6 +333,16 @@ def test_nothing_listening_raises_unreachable(gmail_home: Path, fake: FakeAPI) -
         deliver(gmail_home, env())
 
 
+def test_unreachable_token_endpoint_raises_unreachable(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.token_uri", f"http://127.0.0.1:{free_port()}/token")
+    settings.save()
+    with pytest.raises(Unreachable, match="cannot reach Google's token endpoint"):
+        deliver(gmail_home, env())
+    assert fake.sent == []
+
+
 def test_a_plain_http_api_address_off_this_machine_is_refused(gmail_home: Path) -> None:
     settings = Settings.load(gmail_home)
     settings.set("mail.gmail.api_base", "http://gmail.example.com")
