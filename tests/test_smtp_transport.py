@@ -9,7 +9,7 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -24,13 +24,17 @@ from cpmail.secrets import SecretStore, passcode_name
 from cpmail.settings import Settings
 from cpmail.transports.base import SHARED, Envelope, Outcome
 from cpmail.transports.smtp import SMTPTransport, auth_failure_message
+from tests.smtpserver import (
+    SMTPTestServer,
+    closed_port,
+    smtp_ca,
+    smtp_server,
+    smtp_server_factory,
+)
 
-if TYPE_CHECKING:
-    from tests.smtpserver import SMTPTestServer
+__all__ = ["closed_port", "smtp_ca", "smtp_server", "smtp_server_factory"]  # fixtures
 
-    Factory = Callable[..., SMTPTestServer]
-
-pytest_plugins = ["tests.smtpserver"]
+Factory = Callable[..., SMTPTestServer]
 
 JD = "jd@agency.test"
 PASSCODE = "correct-horse-battery-9"
@@ -111,6 +115,8 @@ def test_each_security_mode_delivers_the_exact_bytes(
     assert got.rcpt_tos == ("ann@agency.test", "bob@agency.test")
     assert got.tls is (tls != "none")
     assert got.login is None
+    assert "BODY=8BITMIME" in got.mail_options
+    assert f"SIZE={len(env.raw)}" in got.mail_options
     assert server.auth_attempts == []
 
 
