@@ -20,7 +20,9 @@ from email.utils import format_datetime
 from cpmail.addresses import check_address, clean_header_text
 from cpmail.errors import InputError
 
-POLICY = policy.SMTP  # CRLF line endings, RFC-conformant folding
+# CRLF line endings. Headers fold only past RFC 5322's hard limit of 998: folding
+# at 78 makes the stdlib break a long subject straight after "Subject:".
+POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def build_message(
     attachments: Sequence[Attachment] = (),
     date: dt.datetime | None = None,
     auto_generated: bool = True,
+    reply_to: Mailbox | None = None,
 ) -> EmailMessage:
     """Return a complete message.
 
@@ -91,6 +94,8 @@ def build_message(
     msg = EmailMessage(policy=POLICY)
     msg["From"] = sender.header()
     msg["To"] = [m.header() for m in _dedupe(to)]
+    if reply_to is not None:
+        msg["Reply-To"] = reply_to.header()
     msg["Subject"] = clean_header_text(subject).strip()
     msg["Date"] = format_datetime(date or dt.datetime.now().astimezone())
     domain = _domain(sender.address)
