@@ -681,15 +681,17 @@ class _Run:
 
     async def go(self, workers: int) -> None:
         self.local_hostname = await asyncio.to_thread(_local_hostname)
-        await asyncio.gather(*(self._worker(n) for n in range(workers)))
-        if self.fatal is not None:
-            raise self.fatal
-        left = sum(len(g.pending) for g in self.groups)
-        if left:  # pragma: no cover - a worker always leaves a fatal error behind
-            raise Unreachable(
-                f"lost the connection to the SMTP server {self.cfg.address} with {left} "
-                "message(s) not sent; they stay in the outbox."
-            )
+        while True:
+            await asyncio.gather(*(self._worker(n) for n in range(workers)))
+            if self.fatal is not None:
+                raise self.fatal
+            left = sum(len(g.pending) for g in self.groups)
+            if not left:
+                return
+            # A worker that was turned away left mail behind just as the others
+            # finished: start again. With no connection open, the next refusal
+            # is fatal, so this cannot go round for ever.
+            workers = min(self.cfg.connections, left)
 
     def _pick(self, current: _Group | None) -> _Group | None:
         """Stay with the current group while it has mail; else join the neediest one."""
