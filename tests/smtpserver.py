@@ -20,7 +20,9 @@ Fixtures (import them into a test module, or list this module in
 - ``smtp_server``: ``smtp_server_factory()`` (plain text, no AUTH).
 - ``smtp_ca``: the session's ``trustme.CA``; ``closed_port``: a port on
   127.0.0.1 where nothing listens (connection refused).
-- ``SMTPTestServer`` may also be used directly: ``with SMTPTestServer(...) as s:``.
+- ``SMTPTestServer`` may also be used directly: ``with SMTPTestServer(tls="ssl",
+  ca=trustme.CA(), ca_file=path_of_its_pem) as server:`` (without the fixtures,
+  a TLS server needs the CA and the path where its PEM was written).
 
 What the server saw:
 
@@ -33,8 +35,10 @@ What the server saw:
 - ``server.connections``: client sessions that said EHLO/HELO;
   ``server.max_parallel``: most such sessions open at once.
 - ``server.host``, ``server.port``, ``server.ca_file`` ('' without TLS),
-  ``server.settings(security=None)`` -> the ``mail.smtp.*`` keys to reach it,
-  ``server.env(...)`` -> the same as ``CPMAIL_MAIL_SMTP_*`` variables.
+  ``server.settings(security=None)`` -> the ``mail.smtp.*`` keys to reach it
+  (host, port, security = the server's mode, ca_file, timeout = 5), for
+  ``Settings.set`` or ``cpmail config set``; ``server.env(...)`` -> the same as
+  ``CPMAIL_MAIL_SMTP_*`` variables; ``server.reset()`` forgets what was received.
 
 Trouble, set on the object at any time (it applies to the next command):
 
