@@ -12,6 +12,9 @@ from typer.testing import CliRunner
 
 from cpmail.cli.app import app
 
+# Real servers every test module may ask for: SMTP (aiosmtpd) and PostgreSQL schemas.
+pytest_plugins = ["tests.smtpserver", "tests.pg"]
+
 
 @dataclass
 class Result:

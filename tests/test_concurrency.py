@@ -13,10 +13,8 @@ from cpmail.settings import Settings
 from cpmail.store import connect
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
-from tests.smtpserver import SMTPTestServer, smtp_ca, smtp_server, smtp_server_factory
+from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
-
-__all__ = ["smtp_ca", "smtp_server", "smtp_server_factory"]
 
 
 def test_three_checks_at_once_deliver_each_notification_once(

@@ -19,10 +19,8 @@ from cpmail.settings import Settings
 from cpmail.store import connect
 from cpmail.store.schema import messages
 from tests.conftest import Cli
-from tests.smtpserver import SMTPTestServer, smtp_ca, smtp_server, smtp_server_factory
+from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
-
-__all__ = ["smtp_ca", "smtp_server", "smtp_server_factory"]
 
 N = 400
 

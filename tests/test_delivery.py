@@ -18,14 +18,17 @@ from cpmail.settings import Settings
 from cpmail.store import connect
 from cpmail.store.schema import messages
 from tests.conftest import Cli
-from tests.smtpserver import SMTPTestServer, closed_port, smtp_ca, smtp_server, smtp_server_factory
-
-__all__ = ["closed_port", "smtp_ca", "smtp_server", "smtp_server_factory"]
+from tests.smtpserver import SMTPTestServer
 
 Factory = Callable[..., SMTPTestServer]
 
 
-def setup_smtp(cli: Cli, server: SMTPTestServer, security: str | None = None, **extra: Any) -> None:
+def setup_smtp(
+    cli: Cli, server: SMTPTestServer, security: str | None = None, db: str = "", **extra: Any
+) -> None:
+    """A home that sends through ``server`` as JD, on SQLite or the database URL ``db``."""
+    if db:
+        assert cli("config", "set", "database.url", db).exit_code == 0
     assert cli("init").exit_code == 0
     settings = {**server.settings(security), **extra}
     assert cli("config", "set", "mail.transport", "smtp").exit_code == 0

@@ -22,10 +22,8 @@ from cpmail.settings import Settings
 from cpmail.store import connect
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
-from tests.smtpserver import SMTPTestServer, smtp_ca, smtp_server, smtp_server_factory
+from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
-
-__all__ = ["smtp_ca", "smtp_server", "smtp_server_factory"]
 
 DAY = dt.timedelta(days=1)
 
@@ -51,8 +49,9 @@ class Agency:
 
 
 @pytest.fixture
-def agency(cli: Cli, home: Path, smtp_server: SMTPTestServer) -> Agency:
-    setup_smtp(cli, smtp_server)
+def agency(cli: Cli, home: Path, smtp_server: SMTPTestServer, backend: str) -> Agency:
+    """The hand-made agency, on SQLite and on PostgreSQL."""
+    setup_smtp(cli, smtp_server, db=backend)
     engine = connect(Settings.load(home).db_url, where="test")
     with engine.begin() as conn:  # the sender JD from setup_smtp is not part of the agency
         conn.execute(sa.text("UPDATE staff SET planned_hours = 0 WHERE id = 'JD'"))

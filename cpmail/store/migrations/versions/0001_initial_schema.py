@@ -110,7 +110,7 @@ def upgrade() -> None:
         sa.Column("workdays", sa.Text(), server_default="mon-fri", nullable=False),
         sa.Column("role", sa.Text(), nullable=True),
         sa.Column("access", sa.Text(), nullable=True),
-        sa.Column("active", sa.Boolean(), server_default=sa.text("1"), nullable=False),
+        sa.Column("active", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.ForeignKeyConstraint(
             ["supervisor_id"],
             ["staff.id"],
