@@ -129,6 +129,13 @@ tasks = sa.Table(
     sa.Column("completed_at", sa.DateTime),
     sa.Column("budget_amount", Money),
     sa.Column("estimated_hours", Hours),
+    # overdue reminders look only at open tasks: keep that scan off the finished history
+    sa.Index(
+        "ix_tasks_open_due",
+        "due_date",
+        sqlite_where=sa.text("completed_at IS NULL"),
+        postgresql_where=sa.text("completed_at IS NULL"),
+    ),
 )
 
 time_entries = sa.Table(

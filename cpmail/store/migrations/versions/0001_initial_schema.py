@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 04:30:24.949417
+Create Date: 2026-11-27 04:45:19.148074
 """
 
 import sqlalchemy as sa
@@ -418,6 +418,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_tasks_assignee_id"), ["assignee_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_tasks_due_date"), ["due_date"], unique=False)
         batch_op.create_index(batch_op.f("ix_tasks_job_id"), ["job_id"], unique=False)
+        batch_op.create_index(
+            "ix_tasks_open_due",
+            ["due_date"],
+            unique=False,
+            sqlite_where=sa.text("completed_at IS NULL"),
+            postgresql_where=sa.text("completed_at IS NULL"),
+        )
 
     op.create_table(
         "billing_lines",
@@ -642,6 +649,11 @@ def downgrade() -> None:
     op.drop_table("budget_alerts")
     op.drop_table("billing_lines")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_tasks_open_due",
+            sqlite_where=sa.text("completed_at IS NULL"),
+            postgresql_where=sa.text("completed_at IS NULL"),
+        )
         batch_op.drop_index(batch_op.f("ix_tasks_job_id"))
         batch_op.drop_index(batch_op.f("ix_tasks_due_date"))
         batch_op.drop_index(batch_op.f("ix_tasks_assignee_id"))
