@@ -159,8 +159,11 @@ def run_check(
 
     run_id = new_run_id()
     with engine.begin() as conn:
+        # Sorted: concurrent runs take the ledger's row locks in one order, never deadlock.
         fresh = {
-            k for k in {n.key for n in found} if _insert_ledger(conn, k, k.split(":")[0], _now())
+            k
+            for k in sorted({n.key for n in found})
+            if _insert_ledger(conn, k, k.split(":")[0], _now())
         }
         planned = []
         for g in groups:

@@ -88,7 +88,8 @@ def _insert_ledger(conn: sa.Connection, key: str, event: str, now: dt.datetime) 
         if conn.execute(sa.select(ledger.c.key).where(ledger.c.key == key)).first():
             return False
         stmt = ledger.insert().values(values)
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
+    return conn.execute(stmt.returning(ledger.c.key)).first() is not None
 
 
 def queue(
