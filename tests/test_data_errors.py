@@ -1,0 +1,350 @@
+"""Bad input to `cpmail data import`: exit 2, one sentence naming where, and nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cpmail.store import schema
+from tests.conftest import Cli
+from tests.test_data import SAMPLES, engine_of, snapshot, write_rows
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home holding the sample rows of every table, made once and copied per test."""
+    base = tmp_path_factory.mktemp("data-template")
+    cli = Cli(base / "home")
+    assert cli("init").exit_code == 0
+    for t in schema.AGENCY_TABLES:
+        r = cli("data", "import", str(write_rows(base / "in", t.name, SAMPLES[t.name], "csv")))
+        assert r.exit_code == 0, r.output
+    engine_of(base / "home").dispose()
+    return base / "home"
+
+
+@pytest.fixture
+def loaded(template: Path, home: Path) -> Cli:
+    shutil.copytree(template, home)
+    return Cli(home)
+
+
+def refused(cli: Cli, path: Path, *args: str) -> str:
+    """Import ``path``; check exit 2, no output on stdout and no change at all; return stderr."""
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    r = cli("data", "import", str(path), *args)
+    assert r.exit_code == 2, r.output
+    assert r.stdout == ""
+    assert r.stderr.startswith("cpmail: ") and r.stderr.count("\n") == 1, r.stderr
+    assert snapshot(engine) == before
+    engine.dispose()
+    return r.stderr.removeprefix("cpmail: ").strip()
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# A valid update of an existing row and a valid new row come before each bad
+# row, so that "nothing was written" is tested, not just "the bad row was not".
+JOBS_HEAD = "id,client_id,title,opened_at\nJ1,C1,Renamed,2026-11-02T09:30\nJ9,C2,New,\n"
+
+
+def test_bad_date(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "time_off.csv", "staff_id,date\nJD,2027-01-04\nBOSS,2026-13-01\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 3 (staff_id BOSS, date 2026-13-01), column date: "
+        "'2026-13-01' is not a date as YYYY-MM-DD."
+    )
+
+
+@pytest.mark.parametrize("value", ["2026-11-27T25:00", "27/11/2026 09:30", "2026-W48-5", "now"])
+def test_bad_timestamp(loaded: Cli, tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, "jobs.csv", JOBS_HEAD + f"J10,C1,Bad,{value}\n")
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 4 (id J10), column opened_at: {value!r} is not a date")
+    assert "YYYY-MM-DDTHH:MM" in msg
+
+
+@pytest.mark.parametrize("value", ["12,50", "abc", "NaN", "inf", "1e3", "$5", "1.2.3", "-"])
+def test_bad_decimal(loaded: Cli, tmp_path: Path, value: str) -> None:
+    path = write(
+        tmp_path,
+        "time_entries.csv",
+        f'id,staff_id,work_date,hours\nT1,JD,2026-11-26,3\nT9,JD,2026-11-27,"{value}"\n',
+    )
+    assert refused(loaded, path) == (
+        f"{path}, line 3 (id T9), column hours: {value!r} is not a number such as 12.50 "
+        "(no thousands separators, currency signs or exponents)."
+    )
+
+
+def test_decimal_too_large_for_its_column(loaded: Cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "time_entries.csv", "id,staff_id,work_date,hours\nT9,JD,2026-11-27,123456789\n"
+    )
+    msg = refused(loaded, path)
+    assert "line 2 (id T9), column hours: '123456789' is too large" in msg
+
+
+def test_bad_integer_and_boolean(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "billing_lines.csv", "billing_id,line,amount\nB1,1,5\nB1,1.5,5\n")
+    msg = refused(loaded, path)
+    assert (
+        msg
+        == f"{path}, line 3 (billing_id B1, line 1.5), column line: '1.5' is not a whole number."
+    )
+    path = write(tmp_path, "staff.csv", "id,name,active\nJD,Jane,yes\nBOSS,Bo,maybe\n")
+    msg = refused(loaded, path)
+    assert msg == (
+        f"{path}, line 3 (id BOSS), column active: 'maybe' is not true or false (or yes/no, 1/0)."
+    )
+
+
+def test_unknown_column(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", "id,client_id,title,colour\nJ9,C1,New,red\n")
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 1: unknown column 'colour'; the jobs columns are id, ")
+
+
+def test_missing_header(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", "J9,C1,New\nJ10,C1,Other\n")
+    msg = refused(loaded, path)
+    assert "line 1: unknown column 'J9'" in msg
+    assert "header" in msg
+
+
+def test_duplicate_and_unnamed_columns(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", "id,title,client_id,title\nJ9,A,C1,B\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 1: column 'title' appears twice; keep one of them."
+    )
+    path = write(tmp_path, "jobs.csv", "id,,title\nJ9,x,A\n")
+    assert "line 1: column 2 has no name" in refused(loaded, path)
+
+
+def test_empty_key_cell(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", JOBS_HEAD + ",C1,No id,\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 4, column id: the key is empty; every jobs row needs its id."
+    )
+    path = write(tmp_path, "time_off.csv", "staff_id,date\nJD,2027-01-04\nJD,\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 3 (staff_id JD), column date: the key is empty; "
+        "every time_off row needs its date."
+    )
+
+
+def test_missing_key_column(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", "client_id,title\nC1,A\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 1: there is no id column; jobs rows are found by id, so every row needs it."
+    )
+    path = write(tmp_path, "client_team.csv", "client_id,staff_id\nC1,JD\n")
+    assert "there is no role column" in refused(loaded, path)
+
+
+def test_required_column_empty(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", JOBS_HEAD + "J10,C1,,\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 4 (id J10), column title: is empty, but this column needs a value."
+    )
+
+
+def test_new_row_without_a_column_it_needs(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", "id,production_status\nJ1,approved\nJ2,done\nJ77,open\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 4 (id J77), column client_id: this is a new jobs row, which needs a "
+        "client_id, and the file has no client_id column."
+    )
+
+
+def test_unknown_foreign_key(loaded: Cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "time_entries.csv",
+        "id,staff_id,job_id,task_id,work_date,hours\n"
+        "T1,JD,J1,K1,2026-11-26,3\n"
+        "T8,JD,J1,K2,2026-11-26,1\n"
+        "T9,JD,J1,K9,2026-11-26,1\n",
+    )
+    assert refused(loaded, path) == (
+        f"{path}, line 4 (id T9), column task_id: there is no tasks row with id 'K9'; "
+        "import tasks first."
+    )
+
+
+def test_diary_party_is_checked_against_the_kind(loaded: Cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "diary_entries.csv",
+        "id,kind,party_id,entered_at\nDE7,client,C1,2026-11-27T09:00\n"
+        "DE8,vendor,C1,2026-11-27T09:00\n",
+    )
+    assert refused(loaded, path) == (
+        f"{path}, line 3 (id DE8), column party_id: there is no vendors row with id 'C1'; "
+        "import vendors first."
+    )
+    path = write(
+        tmp_path, "diary_entries.csv", "id,kind,party_id,entered_at\nDE8,person,C1,2026-11-27\n"
+    )
+    assert "column kind: 'person' is not one of client, vendor" in refused(loaded, path)
+    path = write(tmp_path, "diary_entries.csv", "id,party_id\nDE1,C2\n")
+    assert "column party_id needs the kind column beside it" in refused(loaded, path)
+
+
+def test_choice_columns(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "job_costs.csv", "id,job_id,kind,amount\nJC9,J1,refund,5\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 2 (id JC9), column kind: 'refund' is not one of order, cost."
+    )
+
+
+def test_supervisor_missing_from_database_and_file(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "staff.csv", "id,name,supervisor_id\nA,A,B\nB,B,ZZ\nC,C,A\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 3 (id B), column supervisor_id: there is no staff row with id 'ZZ', "
+        "neither in the database nor in this file."
+    )
+
+
+def test_wrong_number_of_fields(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "clients.csv", "id,name\nC1,Acme\nC9,Too,many\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 3: 3 fields, but the header has 2 columns; check the commas and quotes "
+        "on that line."
+    )
+    path = write(tmp_path, "clients.csv", "id,name\nC1,Acme\nC9\n")
+    assert "line 3: 1 field, but the header has 2 columns" in refused(loaded, path)
+
+
+def test_unclosed_quote(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "clients.csv", 'id,name\nC1,Acme\nC9,"Open quote\nC10,x\n')
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 3: not valid CSV")
+
+
+def test_not_utf8(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "clients.csv", b"id,name\nC1,Acme\nC9,Caf\xe9 Noir\n")
+    assert refused(loaded, path) == f"{path}, line 3: not UTF-8 text; save the file as UTF-8."
+    path = write(tmp_path, "clients.json", b'[\n{"id": "C1", "name": "A"},\n{"id": "C\xff"}\n]')
+    assert refused(loaded, path) == f"{path}, line 3: not UTF-8 text; save the file as UTF-8."
+    path = write(tmp_path, "clients.ndjson", b'{"id": "C1", "name": "A"}\n{"id": "C\xff"}\n')
+    assert refused(loaded, path) == f"{path}, line 2: not UTF-8 text; save the file as UTF-8."
+
+
+def test_a_byte_order_mark_is_accepted(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "clients.csv", "\ufeffid,name\r\nC7,Seven\r\n".encode())
+    r = loaded("data", "import", str(path))
+    assert r.exit_code == 0, r.output
+    path = write(tmp_path, "vendors.json", '\ufeff[{"id": "V7", "name": "Seven"}]'.encode())
+    r = loaded("data", "import", str(path))
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("clients.csv", "", "is empty; a CSV file starts with a header line naming the columns"),
+        (
+            "clients.csv",
+            "\n  \n",
+            "is empty; a CSV file starts with a header line naming the columns",
+        ),
+        ("clients.json", "", "is empty; expected a JSON array of objects"),
+        ("clients.ndjson", "\n\n", "is empty; expected one JSON object per line"),
+    ],
+)
+def test_empty_file(loaded: Cli, tmp_path: Path, name: str, content: str, expected: str) -> None:
+    path = write(tmp_path, name, content)
+    assert refused(loaded, path) == f"{path} {expected}."
+
+
+def test_unknown_table_missing_file_and_unknown_format(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "customers.csv", "id,name\nC1,A\n")
+    msg = refused(loaded, path)
+    assert msg.startswith("cannot tell the table from the file name 'customers.csv'")
+    assert "staff, time_off" in msg and "calendar_entries" in msg
+    msg = refused(loaded, path, "--table", "customers")
+    assert msg.startswith("unknown table 'customers'; the tables are staff, time_off, ")
+    msg = refused(loaded, tmp_path / "clients.csv")
+    assert msg == f"{tmp_path / 'clients.csv'}: no such file."
+    path = write(tmp_path, "clients.txt", "id,name\nC1,A\n")
+    assert "cannot tell the format" in refused(loaded, path)
+    assert "unknown format 'xml'" in refused(loaded, path, "--format", "xml")
+
+
+def test_json_errors(loaded: Cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "jobs.json",
+        '[\n  {"id": "J1", "title": "Renamed"},\n  {"id": "J9", "client_id": "C1",'
+        ' "title": {"en": "x"}}\n]\n',
+    )
+    assert refused(loaded, path) == (
+        f"{path}, item 2 (id J9), column title: a nested object is not allowed here; give text."
+    )
+    path = write(tmp_path, "jobs.json", '[\n  {"id": "J1", "title": "A"},\n  {"id": "J9",\n]\n')
+    assert refused(loaded, path).startswith(f"{path}, line 4: not valid JSON (")
+    path = write(tmp_path, "jobs.json", '{"id": "J1", "title": "A"}\n')
+    assert "line 1: expected a JSON array of objects" in refused(loaded, path)
+    path = write(tmp_path, "jobs.json", '[{"id": "J1", "title": "A"}, "J2"]')
+    assert refused(loaded, path).startswith(f"{path}, item 2: 'J2' is not an object")
+    path = write(tmp_path, "jobs.json", '[{"id": "J1", "title": "A"}')
+    assert "the file ends before the array is closed" in refused(loaded, path)
+    path = write(tmp_path, "jobs.json", '[{"id": "J1", "title": "A", "title": "B"}]')
+    assert "item 1: column 'title' appears twice" in refused(loaded, path)
+    path = write(tmp_path, "jobs.json", '[{"id": "J1", "title": "A"}] []')
+    assert "unexpected text after the end of the array" in refused(loaded, path)
+    path = write(tmp_path, "staff.json", '[{"id": "JD", "active": "sometimes"}]')
+    assert "item 1 (id JD), column active: 'sometimes' is not true or false" in refused(
+        loaded, path
+    )
+    path = write(tmp_path, "staff.json", '[{"id": "JD", "planned_hours": true}]')
+    assert "column planned_hours: true is not a number" in refused(loaded, path)
+
+
+def test_ndjson_errors(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "clients.ndjson", '{"id": "C1", "name": "A"}\n\n{"id": "C9", "name": \n')
+    assert refused(loaded, path).startswith(f"{path}, line 3: not valid JSON (")
+    path = write(tmp_path, "clients.ndjson", '{"id": "C1", "name": "A"}\n{"id": "C9"}\n')
+    assert refused(loaded, path) == (
+        f"{path}, line 2 (id C9), column name: this is a new clients row, which needs a name, "
+        "and the file has no name column."
+    )
+    path = write(tmp_path, "clients.ndjson", '{"id": "C1", "name": "A"}\n[1, 2]\n')
+    assert "line 2: a list is not an object" in refused(loaded, path)
+
+
+def test_first_error_in_the_file_is_the_one_reported(loaded: Cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "time_entries.csv",
+        "id,staff_id,work_date,hours\nT7,NOBODY,2026-11-26,1\nT8,JD,2026-11-26,x\n",
+    )
+    assert "line 2 (id T7), column staff_id: there is no staff row with id 'NOBODY'" in refused(
+        loaded, path
+    )
+
+
+def test_a_bad_row_after_many_batches_writes_nothing(loaded: Cli, tmp_path: Path) -> None:
+    lines = ["id,staff_id,job_id,task_id,work_date,hours,amount"]
+    lines += [f"TT{i:05d},JD,J1,K1,2026-11-26,0.25,10.00" for i in range(12_000)]
+    lines.append("T1,JD,J1,K1,2026-11-26,0.25,10.00")  # an update of an existing row
+    bad = [*lines, "TT99999,JD,J1,K1,2026-11-26,0.25,ten"]
+    path = write(tmp_path, "time_entries.csv", "\n".join(bad) + "\n")
+    assert refused(loaded, path) == (
+        f"{path}, line 12003 (id TT99999), column amount: 'ten' is not a number such as 12.50 "
+        "(no thousands separators, currency signs or exponents)."
+    )
+    bad = [*lines, "TT99999,JD,J1,K404,2026-11-26,0.25,1"]
+    path = write(tmp_path, "time_entries.csv", "\n".join(bad) + "\n")
+    assert "line 12003 (id TT99999), column task_id: there is no tasks row" in refused(loaded, path)

@@ -1,0 +1,75 @@
+"""`cpmail data import` streams: peak memory does not grow with the size of the file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Cli
+
+STAFF, JOBS, TASKS_PER_JOB = 20, 200, 10
+
+
+def make_home(home: Path, folder: Path) -> None:
+    """A home with the staff, client, jobs and tasks the time entries refer to."""
+    cli = Cli(home)
+    assert cli("init").exit_code == 0
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "staff": "id,name\n" + "".join(f"S{i:02d},Staff {i}\n" for i in range(STAFF)),
+        "clients": "id,name\nC1,Client\n",
+        "jobs": "id,client_id,title\n" + "".join(f"J{j:04d},C1,Job {j}\n" for j in range(JOBS)),
+        "tasks": "id,job_id,name\n"
+        + "".join(
+            f"K{j:04d}{k},J{j:04d},Task {k}\n" for j in range(JOBS) for k in range(TASKS_PER_JOB)
+        ),
+    }
+    for table, text in files.items():
+        path = folder / f"{table}.csv"
+        path.write_text(text, encoding="utf-8")
+        r = cli("data", "import", str(path))
+        assert r.exit_code == 0, r.output
+
+
+def write_time_entries(path: Path, rows: int) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write("id,staff_id,job_id,task_id,work_date,hours,amount\n")
+        for i in range(rows):
+            j = (i * 7919) % JOBS
+            f.write(
+                f"T{i:08d},S{i % STAFF:02d},J{j:04d},K{j:04d}{i % TASKS_PER_JOB},"
+                f"2026-{1 + i % 12:02d}-{1 + i % 28:02d},{1 + i % 32 / 4},{i % 100000 / 100}\n"
+            )
+
+
+def peak_rss_of_import(home: Path, path: Path) -> tuple[int, str]:
+    """Run `cpmail data import` in a child process; return its peak RSS in KiB and stdout."""
+    out, err = path.with_suffix(".out"), path.with_suffix(".err")
+    with out.open("wb") as o, err.open("wb") as e:
+        command = [sys.executable, "-c", "from cpmail.cli.app import main; main()"]
+        p = subprocess.Popen(
+            [*command, "--home", str(home), "data", "import", str(path)],
+            stdout=o,
+            stderr=e,
+        )
+        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage, not all children's
+        p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0, err.read_text()
+    return usage.ru_maxrss, out.read_text()
+
+
+def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    peaks = {}
+    for rows in (20_000, 200_000):
+        home, folder = tmp_path / f"home{rows}", tmp_path / f"in{rows}"
+        make_home(home, folder)
+        path = folder / "time_entries.csv"
+        write_time_entries(path, rows)
+        peaks[rows], stdout = peak_rss_of_import(home, path)
+        assert stdout.strip() == f"time_entries: {rows} rows ({rows} new, 0 updated)"
+    small, large = peaks[20_000] / 1024, peaks[200_000] / 1024
+    print(f"peak RSS: 20k rows {small:.0f} MiB, 200k rows {large:.0f} MiB")
+    assert large < 200
+    assert large - small < 30, f"20k rows: {small:.0f} MiB, 200k rows: {large:.0f} MiB"
