@@ -215,7 +215,9 @@ KEYS: dict[str, Key] = {
     "mail.smtp.verify": Key(_bool, True, "verify the server's certificate"),
     "mail.smtp.connections": Key(_int(1, 16), 3, "connections used in parallel"),
     "mail.smtp.ca_file": Key(_str, "", "PEM file of CAs to trust; '' = the system's"),
-    "mail.gmail.client_secrets": Key(_str, "", "OAuth client file of type 'installed'"),
+    "mail.gmail.client_secrets": Key(
+        _str, "", "'secret:gmail-client' (set by `config gmail`) or an OAuth client file's path"
+    ),
     "mail.gmail.api_base": Key(_url, "https://gmail.googleapis.com", "Gmail API address"),
     "mail.gmail.token_uri": Key(_url, "", "token endpoint; '' = the client file's"),
     "mail.microsoft.client_id": Key(_str, "", "application (client) ID of the Entra app"),
@@ -239,6 +241,14 @@ KEYS: dict[str, Key] = {
 for _ev in EVENTS:
     KEYS[f"events.{_ev}.enabled"] = Key(_bool, True, f"send {_ev} notifications")
     KEYS[f"events.{_ev}.notify"] = Key(_list_of_str, [], "recipient specs; [] = the default")
+
+
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URL in ``text`` (a database URL holds one)."""
+    return _URL_PASSWORD.sub(r"\1••••@", text)
 
 
 def env_name(key: str) -> str:
@@ -346,7 +356,8 @@ class Settings:
         try:
             return spec.check(_plain(value))
         except ValueError as e:
-            raise ConfigError(f"{where}: {e} (got {_plain(value)!r}).") from None
+            shown = redact(str(_plain(value)))
+            raise ConfigError(f"{where}: {e} (got {shown!r}).") from None
 
     # ---- reading
     def __getitem__(self, key: str) -> Any:

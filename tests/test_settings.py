@@ -130,3 +130,15 @@ def test_no_database_yet_says_run_init(cli: Cli, home: Path) -> None:
     assert r.exit_code == 2
     assert "cpmail init" in r.stderr
     assert not (home / "cpmail.db").exists()
+
+
+def test_database_password_is_never_shown(initialised: Cli) -> None:
+    url = "postgresql+psycopg://cpmail:pa55word@db.agency.test:5432/cpmail"
+    r = initialised("config", "set", "database.url", url)
+    assert r.exit_code == 0 and "pa55word" not in r.output
+    assert "pa55word" not in initialised("config", "show").output
+    for args in (["config", "show", "--json"], ["config", "get", "database.url"]):
+        out = initialised(*args).output
+        assert "pa55word" not in out and "cpmail:••••@db.agency.test" in out
+    r = initialised("config", "set", "database.url", "nonsense:pa55word@x")
+    assert r.exit_code == 2 and "pa55word" not in r.output

@@ -8,7 +8,7 @@ import typer
 
 from cpmail.cli.common import Ctx, ctx_of, emit_json, print_table
 from cpmail.errors import InputError
-from cpmail.settings import KEYS
+from cpmail.settings import KEYS, redact
 
 app = typer.Typer(
     help="Settings: transport, master switch, manager, any key.", no_args_is_help=True
@@ -134,14 +134,14 @@ def set_(
     """Set one setting by its dotted key (validated)."""
     c = ctx_of(ctx)
     _save(c, {key: value})
-    c.say(f"{key} = {_show(c.settings[key])}")
+    c.say(f"{key} = {redact(_show(c.settings[key]))}")
 
 
 @app.command("get")
 def get(ctx: typer.Context, key: str = typer.Argument(..., help="Dotted key.")) -> None:
     """Print one setting's effective value."""
     c = ctx_of(ctx)
-    typer.echo(_show(c.settings.get(key)))
+    typer.echo(redact(_show(c.settings.get(key))))
 
 
 def _show(v: Any) -> str:
@@ -161,7 +161,11 @@ def show(
     c = ctx_of(ctx)
     s = c.settings
     rows = [
-        {"key": k, "value": "••••" if KEYS[k].secret else v, "source": s.source(k)}
+        {
+            "key": k,
+            "value": "••••" if KEYS[k].secret else redact(v) if isinstance(v, str) else v,
+            "source": s.source(k),
+        }
         for k, v in s.items()
         if not (k.startswith("events.") and s.source(k) == "default")
     ]
