@@ -356,6 +356,8 @@ class Settings:
         try:
             return spec.check(_plain(value))
         except ValueError as e:
+            if key == "database.url":  # may hold a password: never echo it
+                raise ConfigError(f"{where}: {e}.") from None
             shown = redact(str(_plain(value)))
             raise ConfigError(f"{where}: {e} (got {shown!r}).") from None
 
