@@ -22,11 +22,25 @@ from cpmail.errors import ConfigError
 BUILTIN = Path(__file__).parent / "templates"
 
 
-@cache
 def environment(home: Path | None) -> jinja2.Environment:
-    """The template environment for a home (compiled templates are cached in it)."""
+    """The template environment for a home (compiled templates are cached in it).
+
+    Keyed on which override files exist: Jinja's cache would otherwise keep
+    serving a built-in after an override appeared in ``<home>/templates/``.
+    """
+    folder = home / "templates" if home is not None else None
+    overrides = (
+        tuple(sorted(str(p) for p in folder.rglob("*") if p.is_file()))
+        if folder is not None and folder.is_dir()
+        else ()
+    )
+    return _environment(home, overrides)
+
+
+@cache
+def _environment(home: Path | None, overrides: tuple[str, ...]) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
-    if home is not None and (home / "templates").is_dir():
+    if home is not None:  # even if the folder does not exist yet: it is looked at each time
         loaders.append(jinja2.FileSystemLoader(str(home / "templates")))
     loaders.append(jinja2.FileSystemLoader(str(BUILTIN)))
     env = jinja2.Environment(

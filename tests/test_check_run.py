@@ -1,0 +1,141 @@
+"""The run around the triggers: send window, failure summary, --as, templates, the demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from cpmail.settings import Settings
+from cpmail.store import connect
+from tests.agency import D, at, base_agency, insert
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
+from tests.test_delivery import setup_smtp
+
+
+def _agency(cli: Cli, home: Path, server: SMTPTestServer) -> sa.Engine:
+    setup_smtp(cli, server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    engine = connect(Settings.load(home).db_url, where="test")
+    base_agency(engine)
+    insert(
+        engine, "jobs", [dict(id="J200", client_id="C1", title="Spring launch", opened_at=at(D))]
+    )
+    return engine
+
+
+def _window_without_now() -> str:
+    now = dt.datetime.now()
+    start = (now + dt.timedelta(hours=2)).strftime("%H:00")
+    end = (now + dt.timedelta(hours=3)).strftime("%H:00")
+    return f"{start}-{end}"
+
+
+def test_send_window_keeps_mail_until_it_opens(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    _agency(cli, home, smtp_server)
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 0, r.output
+    assert "send window" in r.stderr
+    assert smtp_server.messages == []
+    waiting = json.loads(cli("outbox", "--json").stdout)
+    assert len(waiting) == 3 and {w["status"] for w in waiting} == {"queued"}
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 0, r.output
+    assert len(smtp_server.messages) == 3
+    assert json.loads(cli("outbox", "--json").stdout) == []
+
+
+def test_manager_gets_one_summary_when_mail_fails_for_good(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    _agency(cli, home, smtp_server)
+    cli("config", "manager", "--name", "Mary Manager", "--email", "mary@agency.test")
+    smtp_server.fail_rcpt = {
+        "alice@agency.test": "550 5.1.1 mailbox unavailable",
+        "pia@agency.test": "550 5.1.1 mailbox unavailable",
+    }
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 1
+    assert "outbox retry" in r.stderr
+    got = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    summary = [m for m in got if m["X-Cpmail-Event"] == "failure-summary"]
+    assert len(summary) == 1
+    assert summary[0]["To"].addresses[0].addr_spec == "mary@agency.test"
+    text = str(summary[0].get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert "2 messages" in summary[0]["Subject"]
+    assert "alice@agency.test" in text and "mailbox unavailable" in text
+    assert [a.addr_spec for m in got for a in m["To"].addresses].count("carl@agency.test") == 1
+
+
+def test_as_sends_from_another_staff_member(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    _agency(cli, home, smtp_server)
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--as", "AE")
+    assert r.exit_code == 0, r.output
+    assert {m.mail_from for m in smtp_server.messages} == {"alice@agency.test"}
+    r = cli("check", "--as", "ZZ")
+    assert r.exit_code == 2 and "ZZ" in r.stderr
+
+
+def test_no_sender_for_smtp_is_a_usage_error(cli: Cli, smtp_server: SMTPTestServer) -> None:
+    setup_smtp(cli, smtp_server)
+    cli("config", "set", "user.staff", "")
+    r = cli("check", "--date", D.isoformat())
+    assert r.exit_code == 2
+    assert "--as" in r.stderr and "user.staff" in r.stderr
+    assert smtp_server.messages == []
+
+
+def test_templates_list_export_and_override(cli: Cli, home: Path, tmp_path: Path) -> None:
+    assert cli("init").exit_code == 0
+    rows = json.loads(cli("templates", "list", "--json").stdout)
+    names = {r["template"] for r in rows}
+    assert "email/job-opened.txt" in names and "email/digest.html" in names
+    out = tmp_path / "mine"
+    assert cli("templates", "export", str(out)).exit_code == 0
+    assert (out / "email" / "job-opened.txt").read_text().startswith("{% extends")
+    r = cli("templates", "export", str(out))
+    assert r.exit_code == 2 and "--force" in r.stderr
+    r = cli("templates", "preview", "job-opened")
+    assert r.exit_code == 0, r.output
+    assert "Subject: [C&P] Job J10" in r.stdout and "Northwind Creative" in r.stdout
+    custom = home / "templates" / "email"
+    custom.mkdir(parents=True)
+    text = (out / "email" / "job-opened.txt").read_text()
+    (custom / "job-opened.txt").write_text(text.replace("A new job was opened", "NEW WORK for"))
+    r = cli("templates", "preview", "job-opened")
+    assert "NEW WORK for" in r.stdout
+    html = cli("templates", "preview", "task-due-today", "--html")
+    assert html.exit_code == 0 and "<table" in html.stdout
+    (custom / "job-opened.txt").write_text("{% block subject %}{{ oops( }}{% endblock %}")
+    r = cli("templates", "preview", "job-opened")
+    assert r.exit_code == 2 and "job-opened.txt" in r.stderr and "line 1" in r.stderr
+
+
+def test_demo_fires_every_trigger_and_refuses_a_second_time(cli: Cli, home: Path) -> None:
+    r = cli("demo", "--date", "2026-11-24")
+    assert r.exit_code == 0, r.output
+    assert "Northwind Creative" in r.stdout and str(home / "mail") in r.stdout
+    r = cli("log", "--json")
+    events = {row["event"] for row in json.loads(r.stdout)}
+    from cpmail.settings import EVENTS
+
+    assert events == set(EVENTS)
+    emls = list((home / "mail").glob("*.eml"))
+    assert len(emls) == len(json.loads(r.stdout))
+    for path in emls:
+        msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert not msg.defects and all(not p.defects for p in msg.walk())
+    r = cli("demo")
+    assert r.exit_code == 2 and "--force" in r.stderr
+    r = cli("demo", "--force", "--date", "2026-11-30")
+    assert r.exit_code == 0, r.output
