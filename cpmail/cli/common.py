@@ -65,7 +65,9 @@ class Ctx:
     def out(self) -> Console:
         from rich.console import Console
 
-        return Console(highlight=False, soft_wrap=True)
+        # Piped into a file or `less`, tables get room instead of rich's default 80 columns.
+        width = None if sys.stdout.isatty() else 160
+        return Console(highlight=False, soft_wrap=True, width=width)
 
     @cached_property
     def err(self) -> Console:
@@ -126,8 +128,13 @@ def print_table(
     for col in columns:
         table.add_column(col.replace("_", " "), overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(col)) for col in columns))
+        table.add_row(*(_short(_cell(row.get(col))) for col in columns))
     c.out.print(table)
+
+
+def _short(text: str, limit: int = 72) -> str:
+    """Long cells (errors, subjects) are cut in tables; --json has them whole."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _cell(v: Any) -> str:

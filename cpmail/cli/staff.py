@@ -161,6 +161,10 @@ def passcode(
         return
     if stdin:
         value = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        raise InputError(
+            "there is no terminal to ask for the passcode on; pipe it in with --stdin."
+        )
     else:
         value = typer.prompt(f"Passcode for {who}", hide_input=True, confirmation_prompt=True)
     if not value:
