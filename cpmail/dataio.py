@@ -946,7 +946,7 @@ class _Importer:
         except sa.exc.DBAPIError as e:
             raise InputError(
                 f"{self.src}: the database refused the rows of {self.unit}s {positions[0]} to "
-                f"{positions[-1]} ({str(e.orig).strip().splitlines()[0]}); nothing was imported."
+                f"{positions[-1]} ({_first_line(e.orig)}); nothing was imported."
             ) from None
 
     def _select_in(
@@ -1211,6 +1211,13 @@ def _import(
                 before = imp.count()
                 imp.run(records)
                 new = imp.count() - before
+        except (sa.exc.IntegrityError, sa.exc.DataError) as e:
+            # The checks above name the row at fault; this is the database's last word
+            # (a row deleted by someone else meanwhile, a constraint added by hand).
+            raise InputError(
+                f"{src}: the database refused the import ({_first_line(e.orig)}); "
+                "nothing was imported."
+            ) from None
         finally:
             if restore is not None:
                 restore()
@@ -1222,6 +1229,11 @@ def _import(
         updated=imp.rows - new,
         status_changes=imp.status_changes,
     )
+
+
+def _first_line(e: BaseException | None) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _sqlite_import_mode(conn: sa.Connection) -> Callable[[], None]:
