@@ -104,7 +104,7 @@ class ColumnSpec:
         return self.required and not self.has_default
 
 
-def _kind(table: str, col: sa.Column[Any]) -> str:
+def _kind(col: sa.Column[Any]) -> str:
     t = col.type
     if isinstance(t, sa.Boolean):
         return "boolean"
@@ -130,7 +130,7 @@ def columns_of(table: sa.Table) -> list[ColumnSpec]:
         out.append(
             ColumnSpec(
                 name=col.name,
-                kind=_kind(table.name, col),
+                kind=_kind(col),
                 key=bool(col.primary_key),
                 required=not col.nullable,
                 has_default=col.server_default is not None,
@@ -1031,8 +1031,9 @@ class _Importer:
         own = self.table.name
         if self.pending:
             # Forward references that rows of this batch have just satisfied.
-            for i, name in enumerate(plan.names):
-                if name == self.keys[0]:
+            for ref in plan.refs:
+                if ref.target is not None and ref.target[0] == own:
+                    i = plan.names.index(ref.target[1])
                     for v in batch:
                         self.pending.pop(v[i], None)
         errors: list[
@@ -1111,7 +1112,10 @@ def _history_id() -> str:
 def resolve_import(
     path: str | os.PathLike[str], table: str | None = None, fmt: str | None = None
 ) -> tuple[sa.Table, str]:
-    """Return the table and format a file would be imported as; InputError if unclear."""
+    """Return the table and format ``path`` would be imported as.
+
+    Raise InputError when the file is missing or the table or format is unclear.
+    """
     p = Path(path)
     if table:
         t = get_table(table)
@@ -1126,16 +1130,20 @@ def resolve_import(
                 f"{', '.join(table_names())}."
             ) from None
     if fmt:
-        if fmt.lower() not in FORMATS:
+        form = fmt.lower()
+        if form not in FORMATS:
             raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
-        return t, fmt.lower()
-    found = EXTENSIONS.get(p.suffix.lower())
-    if found is None:
-        raise InputError(
-            f"cannot tell the format of {str(path)!r} from its extension; name it .csv, .json, "
-            f".ndjson or .jsonl, or use --format {'|'.join(FORMATS)}."
-        )
-    return t, found
+    else:
+        found = EXTENSIONS.get(p.suffix.lower())
+        if found is None:
+            raise InputError(
+                f"cannot tell the format of {str(path)!r} from its extension; name it .csv, "
+                f".json, .ndjson or .jsonl, or use --format {'|'.join(FORMATS)}."
+            )
+        form = found
+    if not p.exists():
+        raise InputError(f"{path}: no such file.")
+    return t, form
 
 
 def import_file(
@@ -1157,8 +1165,6 @@ def import_file(
     t, form = resolve_import(path, table, fmt)
     src = str(path)
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{src}: no such file.")
     if form == "csv":
         records, unit = _csv_records(p, src), "line"
     elif form == "json":

@@ -921,3 +921,17 @@ def test_import_file_and_import_rows_from_python(
             source="demo",
         )
     assert table_rows(engine, "clients") == []
+
+
+def test_docs_describe_every_table_and_column() -> None:
+    """docs/data.md lists each table with each column and its type, as the importer sees them."""
+    text = (Path(__file__).parent.parent / "docs" / "data.md").read_text(encoding="utf-8")
+    for t in schema.AGENCY_TABLES:
+        section = text.split(f"\n### {t.name}\n", 1)[1].split("\n### ", 1)[0]
+        keys = ", ".join(f"`{k}`" for k in dataio.key_columns(t))
+        assert f"Key: {keys}." in section, t.name
+        for spec in dataio.columns_of(t):
+            kind = spec.kind
+            if kind == "decimal":
+                kind = f"decimal {spec.precision - spec.scale}.{spec.scale}"
+            assert f"| `{spec.name}` | {kind} |" in section, f"{t.name}.{spec.name}"
