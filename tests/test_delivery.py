@@ -113,6 +113,12 @@ def test_connection_refused_is_exit_3(
     assert r.exit_code == 3
     assert f"127.0.0.1:{closed_port}" in r.stderr
     assert log_rows(cli)[0]["status"] == "deferred"
+    assert smtp_server.messages == []
+    # the server is back (here: the right port): a retry delivers it exactly once
+    assert cli("config", "set", "mail.smtp.port", str(smtp_server.port)).exit_code == 0
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert len(smtp_server.messages) == 1
+    assert log_rows(cli)[0]["status"] == "sent"
 
 
 def test_starttls_not_offered_never_sends_plain(cli: Cli, smtp_server_factory: Factory) -> None:
@@ -218,6 +224,10 @@ def test_server_that_never_answers_times_out(cli: Cli, smtp_server: SMTPTestServ
     r = cli("staff", "test", "JD")
     assert r.exit_code == 3
     assert log_rows(cli)[0]["status"] == "deferred"
+    smtp_server.silent = False
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert len(smtp_server.messages) == 1
+    assert log_rows(cli)[0]["status"] == "sent"
 
 
 def test_master_switch_refuses_one_off_mail(cli: Cli, smtp_server: SMTPTestServer) -> None:
