@@ -18,9 +18,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.compose import Attachment, Mailbox, build_message, message_id_for, to_bytes
+from cpmail.compose import Attachment, Mailbox, build_message, compose, message_id_for
 from cpmail.errors import ConfigError, InputError
-from cpmail.outbox import Delivery, Draft, _insert_ledger, deliver, new_run_id, queue
+from cpmail.outbox import (
+    Delivery,
+    Draft,
+    check_size,
+    deliver,
+    new_run_id,
+    queue,
+    queue_many,
+    record_keys,
+)
 from cpmail.people import Sender, resolve_sender
 from cpmail.render import Renderer
 from cpmail.routing import Directory, Person, check_rules
@@ -157,36 +166,34 @@ def run_check(
         result.planned = [_plan(g, renderer, settings, sender) for g in groups]
         return result
 
+    # Render and compose before the write transaction: SQLite's write lock
+    # (and PostgreSQL's ledger row locks) are then held only while rows go in.
+    planned = [_plan(g, renderer, settings, sender) for g in groups]
+    max_bytes = transport.max_message_bytes if transport else None
+    drafts = [_draft(p, sender) for p in planned]
+    for d in drafts:
+        check_size(d, max_bytes, suppressed=not enabled)
     run_id = new_run_id()
+    ids: dict[int, Planned] = {}
     with engine.begin() as conn:
-        # Sorted: concurrent runs take the ledger's row locks in one order, never deadlock.
-        fresh = {
-            k
-            for k in sorted({n.key for n in found})
-            if _insert_ledger(conn, k, k.split(":")[0], _now())
-        }
-        planned = []
-        for g in groups:
-            g = [(n, p) for n, p in g if n.key in fresh]
-            if g:
-                planned.append(_plan(g, renderer, settings, sender))
-        max_bytes = transport.max_message_bytes if transport else None
-        ids: dict[int, Planned] = {}
-        for p in planned:
-            draft = Draft(
-                event=p.event,
-                key=None,
-                account=sender.account,
-                from_addr=sender.address,
-                to=[p.to.address],
-                subject=p.subject,
-                message_id=p.message_id,
-                raw=p.raw,
-            )
-            mid = queue(conn, draft, run_id=run_id, suppressed=not enabled, max_bytes=max_bytes)
-            assert mid is not None
-            ids[mid] = p
-            _link_keys(conn, mid, p.keys)
+        fresh = record_keys(conn, [n.key for n in found], _now())
+        if len(fresh) < len(found):
+            # A concurrent run queued some of these first: send only the rest.
+            planned, drafts = [], []
+            for g in groups:
+                g = [(n, p) for n, p in g if n.key in fresh]
+                if g:
+                    planned.append(_plan(g, renderer, settings, sender))
+                    drafts.append(_draft(planned[-1], sender))
+        mids = queue_many(
+            conn,
+            drafts,
+            run_id=run_id,
+            ledger_keys=[",".join(p.keys)[:2000] for p in planned],
+            suppressed=not enabled,
+            max_bytes=max_bytes,
+        )
+        ids = dict(zip(mids, planned, strict=True))
     result.planned = planned
     if not enabled:
         for p in planned:
@@ -282,7 +289,7 @@ def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) 
     keys = sorted(n.key for n, _ in group)
     attachments = [Attachment(*a) for n, _ in group for a in n.attachments]
     msg_key = hashlib.sha256(("|".join(keys) + "|" + person.address.lower()).encode()).hexdigest()
-    msg = build_message(
+    msg = compose(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(person.address, person.name)],
         subject=subject,
@@ -299,22 +306,26 @@ def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) 
         events=events,
         keys=keys,
         to=person,
-        subject=str(msg["Subject"]),
+        subject=msg.subject,
         text=text,
         html=html,
         attachments=attachments,
         thread=thread,
-        raw=to_bytes(msg),
-        message_id=str(msg["Message-ID"]),
+        raw=msg.raw,
+        message_id=msg.message_id,
     )
 
 
-def _link_keys(conn: sa.Connection, message_id: int, keys: list[str]) -> None:
-    """Remember which ledger keys a message carries (the first one is enough to find it)."""
-    conn.execute(
-        messages.update()
-        .where(messages.c.id == message_id)
-        .values(ledger_key=",".join(keys)[:2000])
+def _draft(p: Planned, sender: Sender) -> Draft:
+    return Draft(
+        event=p.event,
+        key=None,
+        account=sender.account,
+        from_addr=sender.address,
+        to=[p.to.address],
+        subject=p.subject,
+        message_id=p.message_id,
+        raw=p.raw,
     )
 
 

@@ -33,6 +33,7 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 
 STUCK_AFTER = dt.timedelta(minutes=15)
 CLAIM_BATCH = 200
+LEDGER_BATCH = 500  # keys per INSERT (3 values each, well inside SQLite's limit)
 FLUSH_EVERY = 20
 FLUSH_SECONDS = 0.1
 OPEN = ("queued", "sending", "deferred", "failed")  # what `cpmail outbox` lists
@@ -92,28 +93,45 @@ def _insert_ledger(conn: sa.Connection, key: str, event: str, now: dt.datetime) 
     return conn.execute(stmt.returning(ledger.c.key)).first() is not None
 
 
-def queue(
-    conn: sa.Connection,
-    draft: Draft,
-    *,
-    run_id: str,
-    suppressed: bool = False,
-    max_bytes: int | None = None,
-) -> int | None:
-    """Queue ``draft`` (or record it as suppressed) inside the caller's transaction.
+def record_keys(conn: sa.Connection, keys: Sequence[str], now: dt.datetime) -> set[str]:
+    """Insert ledger keys in a few statements; return those that were not there yet.
 
-    Return the message id, or None when its ledger key was already recorded.
+    Keys go in sorted order, so concurrent runs on PostgreSQL take the
+    ledger's row locks in one order and never deadlock.
     """
+    ordered = sorted(set(keys))
+    dialect = conn.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        return {k for k in ordered if _insert_ledger(conn, k, k.split(":")[0], now)}
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    fresh: set[str] = set()
+    for i in range(0, len(ordered), LEDGER_BATCH):
+        values = [
+            {"key": k, "event": k.split(":")[0], "created_at": now}
+            for k in ordered[i : i + LEDGER_BATCH]
+        ]
+        stmt = insert(ledger).values(values).on_conflict_do_nothing().returning(ledger.c.key)
+        fresh.update(conn.execute(stmt).scalars())
+    return fresh
+
+
+def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False) -> None:
+    """Refuse a message larger than the transport takes (a suppressed one is never sent)."""
     if max_bytes is not None and len(draft.raw) > max_bytes and not suppressed:
         raise InputError(
             f"the message {draft.subject!r} is {len(draft.raw) / 1e6:.1f} MB; "
             f"the transport takes at most {max_bytes / 1e6:.1f} MB."
         )
-    now = utcnow()
-    if draft.key is not None and not _insert_ledger(conn, draft.key, draft.event, now):
-        return None
-    row = {
-        "ledger_key": draft.key,
+
+
+def _row(
+    draft: Draft, ledger_key: str | None, run_id: str, suppressed: bool, now: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "ledger_key": ledger_key,
         "event": draft.event,
         "account": draft.account,
         "from_addr": draft.from_addr,
@@ -129,8 +147,52 @@ def queue(
         "queued_at": now,
         "run_id": run_id,
     }
+
+
+def queue(
+    conn: sa.Connection,
+    draft: Draft,
+    *,
+    run_id: str,
+    suppressed: bool = False,
+    max_bytes: int | None = None,
+) -> int | None:
+    """Queue ``draft`` (or record it as suppressed) inside the caller's transaction.
+
+    Return the message id, or None when its ledger key was already recorded.
+    """
+    check_size(draft, max_bytes, suppressed=suppressed)
+    now = utcnow()
+    if draft.key is not None and not _insert_ledger(conn, draft.key, draft.event, now):
+        return None
+    row = _row(draft, draft.key, run_id, suppressed, now)
     result = conn.execute(messages.insert().values(row).returning(messages.c.id))
     return int(result.scalar_one())
+
+
+def queue_many(
+    conn: sa.Connection,
+    drafts: Sequence[Draft],
+    *,
+    run_id: str,
+    ledger_keys: Sequence[str | None],
+    suppressed: bool = False,
+    max_bytes: int | None = None,
+) -> list[int]:
+    """Queue several drafts with one statement inside the caller's transaction.
+
+    Their ledger keys are recorded by the caller (``record_keys``), in the same
+    transaction; ``ledger_keys`` holds what each row remembers of them. Return
+    the message ids, in the order of ``drafts``.
+    """
+    if not drafts:
+        return []
+    for d in drafts:
+        check_size(d, max_bytes, suppressed=suppressed)
+    now = utcnow()
+    rows = [_row(d, k, run_id, suppressed, now) for d, k in zip(drafts, ledger_keys, strict=True)]
+    stmt = messages.insert().returning(messages.c.id, sort_by_parameter_order=True)
+    return [int(i) for i in conn.execute(stmt, rows).scalars()]
 
 
 # ------------------------------------------------------------------ delivery
