@@ -148,6 +148,19 @@ def option_names(command: Any) -> set[str]:
     return names
 
 
+def command_texts() -> Iterator[tuple[str, str]]:
+    """(file, shell text) for every place that shows cpmail command lines."""
+    for page in CHECKED_PAGES:
+        path = DOCS / page
+        if path.exists():
+            for block in shell_blocks(path.read_text(encoding="utf-8")):
+                yield page, block
+    for block in shell_blocks((EXAMPLES / "README.md").read_text(encoding="utf-8")):
+        yield "examples/README.md", block
+    for name in ("crontab", "systemd/cpmail-check.service"):
+        yield f"examples/{name}", (EXAMPLES / name).read_text(encoding="utf-8")
+
+
 def test_documented_commands_exist() -> None:
     import typer.main
 
@@ -156,26 +169,23 @@ def test_documented_commands_exist() -> None:
     root = typer.main.get_command(app)
     root_options = option_names(root)
     problems = []
-    seen = 0
-    for page in CHECKED_PAGES:
-        path = DOCS / page
-        if not path.exists():
-            continue
-        for block in shell_blocks(path.read_text(encoding="utf-8")):
-            for words in cpmail_calls(block):
-                seen += 1
-                command, rest, name = resolve(root, words)
-                if hasattr(command, "get_command") and rest and not rest[0].startswith("-"):
-                    problems.append(f"{page}: `{name} {rest[0]}` is not a command")
-                    continue
-                known = option_names(command) | {"-h", "--help"}
-                if command is root:
-                    known |= root_options
-                for word in rest:
-                    opt = word.split("=", 1)[0]
-                    if opt.startswith("-") and opt != "-" and opt not in known:
-                        problems.append(f"{page}: `{name}` has no option {opt}")
-    assert seen > 50, "the pages should show the commands they describe"
+    seen: dict[str, int] = {}
+    for where, text in command_texts():
+        for words in cpmail_calls(text):
+            seen[where] = seen.get(where, 0) + 1
+            command, rest, name = resolve(root, words)
+            if hasattr(command, "get_command") and rest and not rest[0].startswith("-"):
+                problems.append(f"{where}: `{name} {rest[0]}` is not a command")
+                continue
+            known = option_names(command) | {"-h", "--help"}
+            if command is root:
+                known |= root_options
+            for word in rest:
+                opt = word.split("=", 1)[0]
+                if opt.startswith("-") and opt != "-" and opt not in known:
+                    problems.append(f"{where}: `{name}` has no option {opt}")
+    assert sum(seen.values()) > 50, "the pages should show the commands they describe"
+    assert seen.get("examples/crontab") and seen.get("examples/systemd/cpmail-check.service")
     assert not problems, "\n".join(problems)
 
 
