@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,19 +44,31 @@ def write_time_entries(path: Path, rows: int) -> None:
 
 
 def peak_rss_of_import(home: Path, path: Path) -> tuple[int, str]:
-    """Run `cpmail data import` in a child process; return its peak RSS in KiB and stdout."""
-    out, err = path.with_suffix(".out"), path.with_suffix(".err")
+    """Run `cpmail data import` in a child process; return its peak RSS in KiB and stdout.
+
+    The child reads its own VmHWM when it exits: unlike ru_maxrss, which starts
+    from the forking parent's size, it counts only the cpmail process itself.
+    """
+    out, err, peak = path.with_suffix(".out"), path.with_suffix(".err"), path.with_suffix(".hwm")
+    code = (
+        "import atexit\n"
+        "def report():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        f"            open({str(peak)!r}, 'w').write(line.split()[1])\n"
+        "atexit.register(report)\n"
+        "from cpmail.cli.app import main\n"
+        "main()\n"
+    )
     with out.open("wb") as o, err.open("wb") as e:
-        command = [sys.executable, "-c", "from cpmail.cli.app import main; main()"]
-        p = subprocess.Popen(
-            [*command, "--home", str(home), "data", "import", str(path)],
+        p = subprocess.run(
+            [sys.executable, "-c", code, "--home", str(home), "data", "import", str(path)],
             stdout=o,
             stderr=e,
+            check=False,
         )
-        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage, not all children's
-        p.returncode = os.waitstatus_to_exitcode(status)
     assert p.returncode == 0, err.read_text()
-    return usage.ru_maxrss, out.read_text()
+    return int(peak.read_text()), out.read_text()
 
 
 def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
