@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import shutil
 import smtplib
 import sqlite3
@@ -53,41 +52,64 @@ def cli(home: Path, *args: str) -> None:
         raise SystemExit(f"cpmail {' '.join(args)}: {proc.stderr.decode(errors='replace')}")
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 def build_home(base: Path, n: int, port: int, connections: int) -> Path:
-    """A home sending through smtp-sink, with N staff and one task due on DATE for each."""
+    """A home sending through smtp-sink, with N staff and one task due on DATE for each.
+
+    The settings are made with the CLI; the rows go straight into the tables
+    (the import command has a benchmark of its own).
+    """
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from cpmail.store import make_engine
+    from cpmail.store.schema import clients, jobs, staff, tasks
+
     home = base / "template"
     cli(home, "init")
     cli(home, "config", "smtp", "--host", "127.0.0.1", "--port", str(port), "--security", "none")
     cli(home, "config", "set", "mail.smtp.connections", str(connections))
     cli(home, "config", "set", "check.holidays", "")
-    data = base / "data"
-    data.mkdir()
-    staff = [["OPS", "Operations", SENDER, "0"]]
-    staff += [[f"S{i:05d}", f"Person {i:05d}", f"p{i:05d}@agency.test", "0"] for i in range(n)]
-    files = [
-        write_csv(data / "clients.csv", ["id", "name", "billing_email"], [["C1", "Acme", ""]]),
-        write_csv(
-            data / "jobs.csv",
-            ["id", "client_id", "title", "opened_at"],
-            [["J1", "C1", "Winter catalog", "2026-01-05T09:00:00"]],
-        ),
-        write_csv(data / "staff.csv", ["id", "name", "work_email", "planned_hours"], staff),
-        write_csv(
-            data / "tasks.csv",
-            ["id", "job_id", "name", "assignee_id", "due_date"],
-            [[f"T{i:05d}", "J1", f"Proofread page {i}", f"S{i:05d}", DATE] for i in range(n)],
-        ),
-    ]
-    for f in files:
-        cli(home, "data", "import", str(f))
+    due = dt.date.fromisoformat(DATE)
+    engine = make_engine(f"sqlite:///{home / 'cpmail.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.insert(clients), [{"id": "C1", "name": "Acme", "billing_email": None}])
+        conn.execute(
+            sa.insert(jobs),
+            [
+                {
+                    "id": "J1",
+                    "client_id": "C1",
+                    "title": "Winter catalog",
+                    "opened_at": dt.datetime(2026, 1, 5, 9),
+                }
+            ],
+        )
+        people = [{"id": "OPS", "name": "Operations", "work_email": SENDER, "planned_hours": 0}]
+        people += [
+            {
+                "id": f"S{i:05d}",
+                "name": f"Person {i:05d}",
+                "work_email": f"p{i:05d}@agency.test",
+                "planned_hours": 0,
+            }
+            for i in range(n)
+        ]
+        conn.execute(sa.insert(staff), people)
+        conn.execute(
+            sa.insert(tasks),
+            [
+                {
+                    "id": f"T{i:05d}",
+                    "job_id": "J1",
+                    "name": f"Proofread page {i}",
+                    "assignee_id": f"S{i:05d}",
+                    "due_date": due,
+                }
+                for i in range(n)
+            ],
+        )
+    engine.dispose()
     cli(home, "config", "set", "user.staff", "OPS")
     return home
 

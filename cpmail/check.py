@@ -25,6 +25,7 @@ from cpmail.outbox import (
     Draft,
     check_size,
     deliver,
+    in_send_window,
     new_run_id,
     queue,
     queue_many,
@@ -36,7 +37,7 @@ from cpmail.routing import Directory, Person, check_rules
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
 from cpmail.store.schema import ledger, messages
-from cpmail.transports.base import Transport, get_transport
+from cpmail.transports.base import Envelope, Transport, get_transport
 from cpmail.triggers import LIST_EVENTS, Notification, Run, finders
 from cpmail.workdays import WorkCalendar
 
@@ -175,6 +176,7 @@ def run_check(
         check_size(d, max_bytes, suppressed=not enabled)
     run_id = new_run_id()
     ids: dict[int, Planned] = {}
+    send_now = enabled and transport is not None and in_send_window(settings)
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
         if len(fresh) < len(found):
@@ -192,8 +194,14 @@ def run_check(
             ledger_keys=[",".join(p.keys)[:2000] for p in planned],
             suppressed=not enabled,
             max_bytes=max_bytes,
+            claimed=send_now,
         )
         ids = dict(zip(mids, planned, strict=True))
+    # Sent straight from memory: no claim to write, no bytes to read back.
+    ready = [
+        (Envelope(mid, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
+        for mid, d in zip(mids, drafts, strict=True)
+    ]
     result.planned = planned
     if not enabled:
         for p in planned:
@@ -201,7 +209,14 @@ def run_check(
                 summary[ev].suppressed += 1
         return result
     assert transport is not None
-    delivery = deliver(engine, transport, settings, run_id=run_id, on_progress=on_progress)
+    delivery = deliver(
+        engine,
+        transport,
+        settings,
+        run_id=run_id,
+        on_progress=on_progress,
+        ready=ready if send_now else (),
+    )
     result.delivery = delivery
     for mid, status in delivery.status.items():
         evs = ids[mid].events if mid in ids else [delivery.events.get(mid, "")]

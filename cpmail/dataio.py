@@ -45,6 +45,7 @@ import sqlalchemy as sa
 from cpmail.errors import ConfigError, InputError
 from cpmail.settings import Settings
 from cpmail.store import schema
+from cpmail.store.schema import CHECKED
 
 FORMATS = ("csv", "json", "ndjson")
 EXPORT_FORMATS = ("csv", "json", "ndjson")
@@ -125,6 +126,8 @@ def columns_of(table: sa.Table) -> list[ColumnSpec]:
     """Describe every column of ``table`` as import and export treat it."""
     out = []
     for col in table.columns:
+        if col.info.get("internal"):
+            continue
         refs = [(fk.column.table.name, fk.column.name) for fk in col.foreign_keys]
         numeric = col.type if isinstance(col.type, sa.Numeric) else None
         out.append(
@@ -855,6 +858,8 @@ class _Importer:
         marks = ", ".join([self.mark] * len(names))
         conflict = ", ".join(q(k) for k in self.keys)
         sets = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in names if n not in self.keys)
+        if sets and CHECKED in self.table.c:  # changed: the state triggers look again
+            sets += f", {q(CHECKED)} = NULL"
         action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
         return (
             f"INSERT INTO {q(self.table.name)} ({cols}) VALUES ({marks}) "
@@ -868,6 +873,8 @@ class _Importer:
         if not others:
             return "", []
         sets = ", ".join(f"{q(names[i])} = {self.mark}" for i in others)
+        if CHECKED in self.table.c:
+            sets += f", {q(CHECKED)} = NULL"
         where = " AND ".join(f"{q(names[i])} = {self.mark}" for i in keys)
         return f"UPDATE {q(self.table.name)} SET {sets} WHERE {where}", others + keys
 
@@ -1302,7 +1309,7 @@ def _json_value(v: Any) -> str:
 
 def _rows(engine: sa.Engine, table: sa.Table) -> Iterator[Sequence[Any]]:
     order = list(table.primary_key.columns)
-    q = sa.select(*table.columns).order_by(*order)
+    q = sa.select(*(table.c[s.name] for s in columns_of(table))).order_by(*order)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(q)
         for partition in result.partitions():
@@ -1319,7 +1326,7 @@ def export_table(engine: sa.Engine, table: str, out: IO[str], fmt: str = "csv") 
     fmt = fmt.lower()
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}.")
-    names = [c.name for c in t.columns]
+    names = [c.name for c in columns_of(t)]
     n = 0
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
@@ -1398,7 +1405,7 @@ def table_info(engine: sa.Engine) -> list[TableInfo]:
             out.append(
                 TableInfo(
                     table=t.name,
-                    columns=[c.name for c in t.columns],
+                    columns=[c.name for c in columns_of(t)],
                     key=key_columns(t),
                     rows=int(rows),
                 )

@@ -128,8 +128,14 @@ def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False)
 
 
 def _row(
-    draft: Draft, ledger_key: str | None, run_id: str, suppressed: bool, now: dt.datetime
+    draft: Draft,
+    ledger_key: str | None,
+    run_id: str,
+    suppressed: bool,
+    now: dt.datetime,
+    claimed: bool = False,
 ) -> dict[str, Any]:
+    status = "suppressed" if suppressed else "sending" if claimed else "queued"
     return {
         "ledger_key": ledger_key,
         "event": draft.event,
@@ -141,11 +147,13 @@ def _row(
         "message_id": draft.message_id,
         "raw": None if suppressed else draft.raw,
         "size": len(draft.raw),
-        "status": "suppressed" if suppressed else "queued",
+        "status": status,
         "attempts": 0,
         "created_at": now,
         "queued_at": now,
         "run_id": run_id,
+        "claimed_at": now if status == "sending" else None,
+        "claimed_by": run_id if status == "sending" else None,
     }
 
 
@@ -178,19 +186,26 @@ def queue_many(
     ledger_keys: Sequence[str | None],
     suppressed: bool = False,
     max_bytes: int | None = None,
+    claimed: bool = False,
 ) -> list[int]:
     """Queue several drafts with one statement inside the caller's transaction.
 
     Their ledger keys are recorded by the caller (``record_keys``), in the same
-    transaction; ``ledger_keys`` holds what each row remembers of them. Return
-    the message ids, in the order of ``drafts``.
+    transaction; ``ledger_keys`` holds what each row remembers of them. With
+    ``claimed`` the rows start out ``sending``, claimed by ``run_id``, for a
+    caller that hands them to ``deliver`` at once (``ready``): a crash before
+    that leaves them to be taken up again like any claim. Return the message
+    ids, in the order of ``drafts``.
     """
     if not drafts:
         return []
     for d in drafts:
         check_size(d, max_bytes, suppressed=suppressed)
     now = utcnow()
-    rows = [_row(d, k, run_id, suppressed, now) for d, k in zip(drafts, ledger_keys, strict=True)]
+    rows = [
+        _row(d, k, run_id, suppressed, now, claimed)
+        for d, k in zip(drafts, ledger_keys, strict=True)
+    ]
     stmt = messages.insert().returning(messages.c.id, sort_by_parameter_order=True)
     return [int(i) for i in conn.execute(stmt, rows).scalars()]
 
@@ -248,26 +263,43 @@ def _due(now: dt.datetime) -> Any:
 
 
 def claim(
-    engine: sa.Engine, *, run_id: str, limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None
+    engine: sa.Engine,
+    *,
+    run_id: str,
+    limit: int = CLAIM_BATCH,
+    ids: Sequence[int] | None = None,
+    events: dict[int, str] | None = None,
 ) -> list[Envelope]:
-    """Mark up to ``limit`` due messages ``sending`` for this run and return them."""
+    """Mark up to ``limit`` due messages ``sending`` for this run and return them.
+
+    ``events``, when given, is filled with each claimed message's event.
+    """
     m = messages.c
     now = utcnow()
     with engine.begin() as conn:
-        q = sa.select(m.id, m.account, m.from_addr, m.pending_rcpts, m.raw).where(_due(now))
+        # Pick ids first, then read the rows: ordering whole rows would copy
+        # every due message's bytes into a temporary sort on each claim.
+        q = sa.select(m.id).where(_due(now))
         if ids is not None:
             q = q.where(m.id.in_(list(ids)))
         q = q.order_by(m.id).limit(limit)
         if conn.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
-        rows = conn.execute(q).all()
-        if not rows:
+        picked = list(conn.execute(q).scalars())
+        if not picked:
             return []
         conn.execute(
             messages.update()
-            .where(m.id.in_([r.id for r in rows]))
+            .where(m.id.in_(picked))
             .values(status="sending", claimed_at=now, claimed_by=run_id)
         )
+        rows = conn.execute(
+            sa.select(m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.raw)
+            .where(m.id.in_(picked))
+            .order_by(m.id)
+        ).all()
+    if events is not None:
+        events.update((r.id, r.event) for r in rows)
     return [
         Envelope(
             id=r.id,
@@ -296,6 +328,10 @@ def _expire(engine: sa.Engine, settings: Settings) -> None:
         )
 
 
+def _clean(o: Outcome) -> bool:
+    return o.error is None and not o.deferred and not o.refused
+
+
 class _Recorder:
     """Collects outcomes and writes them in batches (few transactions, not one per message)."""
 
@@ -306,6 +342,7 @@ class _Recorder:
         self.result = result
         self.pending: list[Outcome] = []
         self.last_flush = time.monotonic()
+        self.events: dict[int, str] = {}  # id -> event, from the claims
 
     def __call__(self, outcome: Outcome) -> None:
         self.pending.append(outcome)
@@ -317,23 +354,49 @@ class _Recorder:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        # Accepted for every recipient, the common case, needs nothing read back.
+        sent = [o.id for o in batch if _clean(o) and o.id in self.events]
+        others = [o for o in batch if not (_clean(o) and o.id in self.events)]
         m = messages.c
         now = utcnow()
         with self.engine.begin() as conn:
-            info = {
-                r.id: r
-                for r in conn.execute(
-                    sa.select(m.id, m.event, m.attempts, m.queued_at, m.pending_rcpts).where(
-                        m.id.in_([o.id for o in batch])
+            if sent:
+                conn.execute(
+                    messages.update()
+                    .where(m.id.in_(sent))
+                    .values(
+                        status="sent",
+                        attempts=m.attempts + 1,
+                        claimed_at=None,
+                        claimed_by=None,
+                        next_attempt_at=None,
+                        sent_at=now,
+                        pending_rcpts="",
+                        last_error=None,
+                        raw=None,  # the bytes are not needed once the server has them
                     )
                 )
-            }
-            updates = [self._update(o, info[o.id], now) for o in batch if o.id in info]
-            if updates:
-                conn.execute(messages.update().where(m.id == sa.bindparam("b_id")), updates)
-                sent = [u["b_id"] for u in updates if u["status"] == "sent"]
-                if sent:  # the bytes are not needed once the server has them
-                    conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))
+                for i in sent:
+                    self._note(i, self.events[i], "sent", None)
+            if others:
+                self._write(conn, others, now)
+
+    def _write(self, conn: sa.Connection, batch: list[Outcome], now: dt.datetime) -> None:
+        m = messages.c
+        info = {
+            r.id: r
+            for r in conn.execute(
+                sa.select(m.id, m.event, m.attempts, m.queued_at, m.pending_rcpts).where(
+                    m.id.in_([o.id for o in batch])
+                )
+            )
+        }
+        updates = [self._update(o, info[o.id], now) for o in batch if o.id in info]
+        if updates:
+            conn.execute(messages.update().where(m.id == sa.bindparam("b_id")), updates)
+            sent = [u["b_id"] for u in updates if u["status"] == "sent"]
+            if sent:  # the bytes are not needed once the server has them
+                conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))
 
     def _update(self, o: Outcome, row: Any, now: dt.datetime) -> dict[str, Any]:
         attempts = row.attempts + 1
@@ -391,8 +454,13 @@ def deliver(
     run_id: str,
     ids: Sequence[int] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    ready: Sequence[tuple[Envelope, str]] = (),
 ) -> Delivery:
     """Send every due message (or only ``ids``) through ``transport``.
+
+    ``ready`` holds messages claimed for ``run_id`` already (queued with
+    ``claimed=True``), with their events: they go first, without being read
+    back from the database.
 
     Stops at the first AuthError or Unreachable (recorded in ``stopped``); the
     messages it had claimed go back to ``deferred`` for the next run.
@@ -410,8 +478,13 @@ def deliver(
     recorder = _Recorder(engine, settings, result)
 
     def envelopes() -> Iterator[Envelope]:
+        for env, event in ready:
+            recorder.events[env.id] = event
+            if on_progress:
+                on_progress(1)
+            yield env
         while True:
-            batch = claim(engine, run_id=run_id, ids=ids)
+            batch = claim(engine, run_id=run_id, ids=ids, events=recorder.events)
             if not batch:
                 return
             for env in batch:

@@ -549,3 +549,87 @@ def test_every_message_parses_without_defects(agency: Agency) -> None:
         assert not m.defects
         for part in m.walk():
             assert not part.defects
+
+
+def test_state_triggers_see_backdated_entries_and_look_only_at_changes(agency: Agency) -> None:
+    agency.add(
+        "tasks",
+        dict(
+            id="T1",
+            job_id="J100",
+            name="Layout",
+            assignee_id="CR",
+            budget_amount=Decimal("1000"),
+            estimated_hours=Decimal(10),
+        ),
+    )
+    agency.add(
+        "job_costs",
+        dict(
+            id="C1",
+            job_id="J100",
+            task_id="T1",
+            kind="cost",
+            amount=Decimal("500"),
+            entered_at=at(D - 90 * DAY),
+        ),
+    )
+    assert agency.check("--only", "task-over-budget,hours-exceeded", "--dry-run") == []
+
+    def unchecked() -> int:
+        with agency.engine.connect() as conn:
+            return sum(
+                conn.execute(
+                    sa.text(f"SELECT count(*) FROM {t} WHERE cpmail_checked IS NULL")
+                ).scalar_one()
+                for t in ("tasks", "time_entries", "job_costs")
+            )
+
+    assert unchecked() == 2  # a dry run marks nothing
+    agency.check()  # a full run looks at them and marks them
+    assert unchecked() == 0
+    # time entered today for two months ago still counts: the task is over budget now
+    agency.add(
+        "time_entries",
+        dict(
+            id="E1",
+            staff_id="CR",
+            task_id="T1",
+            work_date=D - 60 * DAY,
+            hours=Decimal(11),
+            amount=Decimal("600"),
+        ),
+    )
+    msgs = agency.check("--only", "task-over-budget,hours-exceeded", date=D + DAY)
+    assert sorted(m["X-Cpmail-Event"] for m in msgs) == [
+        "hours-exceeded",
+        "hours-exceeded",
+        "task-over-budget",
+    ]
+    assert unchecked() == 0
+
+
+def test_lowering_a_budget_by_import_is_seen(agency: Agency, tmp_path: Path) -> None:
+    agency.add(
+        "tasks",
+        dict(
+            id="T1", job_id="J100", name="Layout", assignee_id="CR", budget_amount=Decimal("1000")
+        ),
+    )
+    agency.add(
+        "job_costs",
+        dict(
+            id="C1",
+            job_id="J100",
+            task_id="T1",
+            kind="cost",
+            amount=Decimal("800"),
+            entered_at=at(D - 30 * DAY),
+        ),
+    )
+    assert by_event(agency.check(), "task-over-budget") == []
+    csv = tmp_path / "tasks.csv"
+    csv.write_text("id,job_id,name,budget_amount\nT1,J100,Layout,700\n")
+    assert agency.cli("data", "import", str(csv)).exit_code == 0
+    msgs = agency.check("--only", "task-over-budget", date=D + DAY)
+    assert len(msgs) == 1 and "800.00 of 700.00" in msgs[0]["Subject"]

@@ -28,6 +28,26 @@ Money = sa.Numeric(14, 2)
 Hours = sa.Numeric(10, 2)
 
 
+# cpmail's own column on the tables the state triggers (task-over-budget, hours-exceeded)
+# read. NULL: not looked at yet (new rows arrive so, and an import that changes a row
+# sets it back); a run id: a check is looking at it; DONE: looked at. So a check reads
+# what changed since the last one, not the whole history.
+CHECKED = "cpmail_checked"
+DONE = "y"
+
+
+def _checked(table: str, column: str) -> list[sa.SchemaItem]:
+    return [
+        sa.Column(CHECKED, sa.Text, info={"internal": True}),
+        sa.Index(
+            f"ix_{table}_unchecked",
+            column,
+            sqlite_where=sa.text(f"{CHECKED} IS NOT '{DONE}'"),
+            postgresql_where=sa.text(f"{CHECKED} IS DISTINCT FROM '{DONE}'"),
+        ),
+    ]
+
+
 def _fk(target: str, **kw: object) -> sa.ForeignKey:
     return sa.ForeignKey(target, deferrable=True, initially="DEFERRED", **kw)  # type: ignore[arg-type]
 
@@ -129,6 +149,7 @@ tasks = sa.Table(
     sa.Column("completed_at", sa.DateTime),
     sa.Column("budget_amount", Money),
     sa.Column("estimated_hours", Hours),
+    *_checked("tasks", "id"),
     # overdue reminders look only at open tasks: keep that scan off the finished history
     sa.Index(
         "ix_tasks_open_due",
@@ -149,6 +170,7 @@ time_entries = sa.Table(
     sa.Column("hours", Hours, nullable=False),
     sa.Column("amount", Money),
     sa.Index(None, "staff_id", "work_date"),
+    *_checked("time_entries", "task_id"),
 )
 
 job_costs = sa.Table(
@@ -161,6 +183,7 @@ job_costs = sa.Table(
     sa.Column("amount", Money, nullable=False),
     sa.Column("entered_by", Id, _fk("staff.id")),
     sa.Column("entered_at", sa.DateTime, index=True),
+    *_checked("job_costs", "task_id"),
 )
 
 budget_alerts = sa.Table(

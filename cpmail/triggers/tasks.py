@@ -11,6 +11,8 @@ import sqlalchemy as sa
 
 from cpmail.people import parse_workdays
 from cpmail.store.schema import (
+    CHECKED,
+    DONE,
     budget_alerts,
     clients,
     job_costs,
@@ -148,26 +150,66 @@ def _not_in_ledger(prefix: str) -> Any:
     return ~sa.exists().where(ledger.c.key == key)
 
 
+# ---------------------------------------------------------------- state triggers
+#
+# task-over-budget and hours-exceeded compare a task's totals, whatever the dates of its
+# entries, with its budget and estimate. Totals can only have changed for tasks whose
+# row, time entries or job costs are not yet marked checked (see schema.CHECKED), so
+# only those tasks are summed: a check costs what changed, not the whole history.
+STATE_TABLES = (tasks, time_entries, job_costs)
+
+
+def _unchecked(table: sa.Table) -> Any:
+    return table.c[CHECKED].is_distinct_from(DONE)
+
+
+def _changed_tasks() -> Any:
+    """Ids of tasks whose totals or limits may have changed since they were last checked."""
+    return sa.union(
+        sa.select(tasks.c.id.label("task_id")).where(_unchecked(tasks)),
+        sa.select(time_entries.c.task_id).where(
+            _unchecked(time_entries), time_entries.c.task_id.is_not(None)
+        ),
+        sa.select(job_costs.c.task_id).where(
+            _unchecked(job_costs), job_costs.c.task_id.is_not(None)
+        ),
+    ).subquery()
+
+
+def stamp_state_rows(engine: sa.Engine, run_id: str) -> None:
+    """Claim the unchecked rows for this run (a crashed run's claims are taken over)."""
+    with engine.begin() as conn:
+        for t in STATE_TABLES:
+            conn.execute(t.update().where(_unchecked(t)).values({CHECKED: run_id}))
+
+
+def settle_state_rows(engine: sa.Engine, run_id: str) -> None:
+    """Mark this run's rows checked, once its notifications are safely queued."""
+    with engine.begin() as conn:
+        for t in STATE_TABLES:
+            conn.execute(t.update().where(t.c[CHECKED] == run_id).values({CHECKED: DONE}))
+
+
+def _sums(table: sa.Table, column: str, changed: Any) -> Any:
+    return (
+        sa.select(table.c.task_id, sa.func.sum(table.c[column]).label("total"))
+        .where(table.c.task_id.in_(sa.select(changed.c.task_id)))
+        .group_by(table.c.task_id)
+        .subquery()
+    )
+
+
 def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Tasks whose job costs plus time amounts exceed the budget (once per task)."""
-    costs = (
-        sa.select(job_costs.c.task_id, sa.func.sum(job_costs.c.amount).label("amount"))
-        .where(job_costs.c.task_id.is_not(None))
-        .group_by(job_costs.c.task_id)
-        .subquery()
-    )
-    time = (
-        sa.select(time_entries.c.task_id, sa.func.sum(time_entries.c.amount).label("amount"))
-        .where(time_entries.c.task_id.is_not(None))
-        .group_by(time_entries.c.task_id)
-        .subquery()
-    )
-    actual = sa.func.coalesce(costs.c.amount, 0) + sa.func.coalesce(time.c.amount, 0)
+    changed = _changed_tasks()
+    costs = _sums(job_costs, "amount", changed)
+    time = _sums(time_entries, "amount", changed)
+    actual = sa.func.coalesce(costs.c.total, 0) + sa.func.coalesce(time.c.total, 0)
     q = (
         sa.select(
             *TASK_COLUMNS,
-            sa.func.coalesce(costs.c.amount, 0).label("costs"),
-            sa.func.coalesce(time.c.amount, 0).label("time_amount"),
+            sa.func.coalesce(costs.c.total, 0).label("costs"),
+            sa.func.coalesce(time.c.total, 0).label("time_amount"),
         )
         .select_from(
             _from_tasks()
@@ -175,6 +217,7 @@ def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             .outerjoin(time, time.c.task_id == tasks.c.id)
         )
         .where(
+            tasks.c.id.in_(sa.select(changed.c.task_id)),
             tasks.c.budget_amount.is_not(None),
             actual > tasks.c.budget_amount,
             _not_in_ledger("task-over-budget:"),
@@ -200,18 +243,13 @@ def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 
 def hours_exceeded(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Tasks with more hours entered than estimated (once per task)."""
-    spent = (
-        sa.select(time_entries.c.task_id, sa.func.sum(time_entries.c.hours).label("hours"))
-        .where(time_entries.c.task_id.is_not(None))
-        .group_by(time_entries.c.task_id)
-        .subquery()
-    )
+    spent = _sums(time_entries, "hours", _changed_tasks())
     q = (
-        sa.select(*TASK_COLUMNS, spent.c.hours.label("spent"))
+        sa.select(*TASK_COLUMNS, spent.c.total.label("spent"))
         .select_from(_from_tasks().join(spent, spent.c.task_id == tasks.c.id))
         .where(
             tasks.c.estimated_hours.is_not(None),
-            spent.c.hours > tasks.c.estimated_hours,
+            spent.c.total > tasks.c.estimated_hours,
             _not_in_ledger("hours-exceeded:"),
         )
         .order_by(tasks.c.job_id, tasks.c.id)
