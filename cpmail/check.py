@@ -39,6 +39,7 @@ from cpmail.settings import EVENTS, Settings
 from cpmail.store.schema import ledger, messages
 from cpmail.transports.base import Envelope, Transport, get_transport
 from cpmail.triggers import LIST_EVENTS, Notification, Run, finders
+from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows
 from cpmail.workdays import WorkCalendar
 
 SUMMARY_COLUMNS = ("found", "sent", "deferred", "failed", "skipped", "suppressed")
@@ -140,6 +141,11 @@ def run_check(
     tz = settings.tz()
     run = Run(date=date, settings=settings, calendar=WorkCalendar.from_settings(settings), tz=tz)
     summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
+    run_id = new_run_id()
+    state = {"task-over-budget", "hours-exceeded"}
+    incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)
+    if incremental:  # else the state triggers look without marking what they looked at
+        stamp_state_rows(engine, run_id)
 
     with engine.connect() as conn:
         directory = Directory(conn)
@@ -174,7 +180,6 @@ def run_check(
     drafts = [_draft(p, sender) for p in planned]
     for d in drafts:
         check_size(d, max_bytes, suppressed=not enabled)
-    run_id = new_run_id()
     ids: dict[int, Planned] = {}
     send_now = enabled and transport is not None and in_send_window(settings)
     with engine.begin() as conn:
@@ -202,6 +207,8 @@ def run_check(
         (Envelope(mid, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
         for mid, d in zip(mids, drafts, strict=True)
     ]
+    if incremental:
+        settle_state_rows(engine, run_id)
     result.planned = planned
     if not enabled:
         for p in planned:
