@@ -33,7 +33,7 @@ from cpmail.outbox import (
 )
 from cpmail.people import Sender, resolve_sender
 from cpmail.render import Renderer
-from cpmail.routing import Directory, Person, check_rules
+from cpmail.routing import Directory, Person
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
 from cpmail.store.schema import ledger, messages
@@ -91,6 +91,7 @@ class CheckResult:
     enabled: bool = True
     sender: Sender | None = None
     notice: list[str] = field(default_factory=list)
+    earlier: Counter[str] = field(default_factory=Counter)  # earlier runs' mail, by status
 
     def totals(self) -> dict[str, int]:
         return {k: sum(getattr(s, k) for s in self.summary.values()) for k in SUMMARY_COLUMNS}
@@ -131,7 +132,6 @@ def run_check(
 ) -> CheckResult:
     """Evaluate, queue and send; with ``dry_run`` change nothing and return what would go."""
     events = select_events(only, skip)
-    check_rules(settings)
     enabled = bool(settings["mail.enabled"])
     sender = _sender(settings, engine, as_staff)
     if transport is None and not dry_run and enabled:
@@ -226,8 +226,10 @@ def run_check(
     )
     result.delivery = delivery
     for mid, status in delivery.status.items():
-        evs = ids[mid].events if mid in ids else [delivery.events.get(mid, "")]
-        for ev in evs:
+        if mid not in ids:  # left in the outbox by an earlier run
+            result.earlier[status] += 1
+            continue
+        for ev in ids[mid].events:
             if ev in summary and status in ("sent", "deferred", "failed"):
                 setattr(summary[ev], status, getattr(summary[ev], status) + 1)
     if delivery.waiting:

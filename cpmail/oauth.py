@@ -413,7 +413,7 @@ def google_sign_in(
 
 def _google_fetch_token(flow: Any, code: str) -> None:
     import requests
-    from oauthlib.oauth2 import (  # type: ignore[import-untyped]
+    from oauthlib.oauth2 import (
         InsecureTransportError,
         OAuth2Error,
     )

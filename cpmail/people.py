@@ -61,8 +61,8 @@ def _values(**opts: Any) -> dict[str, Any]:
             value = value.lower()
         elif key == "access":
             value = ",".join(p.strip() for p in value.split(",") if p.strip())
-        elif key == "supervisor_id" and value:
-            check_staff_id(value)
+        elif key == "supervisor_id":  # "" clears it
+            value = check_staff_id(value) if value else None
         out[key] = value
     return out
 

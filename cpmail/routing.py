@@ -17,37 +17,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.errors import ConfigError
-from cpmail.settings import EVENTS, Settings
+from cpmail.settings import PERSON_RULES, Settings, is_rule
 from cpmail.store.schema import client_team, staff, staff_opt_out
 from cpmail.triggers import DEFAULT_RULES, Notification, split_cell
-
-PERSON_RULES = ("staff", "supervisor", "assignee", "entered-by")
-PLAIN_RULES = (*PERSON_RULES, "team", "listed")
-PREFIX_RULES = ("team:", "staff:", "email:")
 
 SKIP_NO_ADDRESS = "no address"
 SKIP_INACTIVE = "inactive"
 SKIP_OPTED_OUT = "opted out"
-
-
-def is_rule(text: str) -> bool:
-    return text in PLAIN_RULES or (text.startswith(PREFIX_RULES) and len(text.split(":", 1)[1]) > 0)
-
-
-def check_rules(settings: Settings) -> None:
-    """Every ``[events.<event>] notify`` rule must be one cpmail knows."""
-    for ev in EVENTS:
-        for rule in settings.event_notify(ev):
-            if not is_rule(rule):
-                raise ConfigError(
-                    f"events.{ev}.notify: {rule!r} is not a recipient rule; use staff, supervisor, "
-                    "assignee, entered-by, team, team:ROLE, staff:ID, email:ADDRESS or listed."
-                )
-            if rule.startswith("email:"):
-                from cpmail.addresses import check_address
-
-                check_address(rule[6:], where=f"events.{ev}.notify")
 
 
 @dataclass(frozen=True)
@@ -78,10 +54,12 @@ class Directory:
             self.teams.setdefault(r.client_id, []).append((r.staff_id, r.role or "", events))
 
     def rules_for(self, n: Notification, settings: Settings) -> tuple[str, ...]:
+        # A rule on the thing itself (a status code's notify list) is more specific than
+        # the event's setting, which is more specific than the built-in default.
+        if n.rules:
+            return n.rules
         configured = settings.event_notify(n.event)
-        if configured:
-            return tuple(configured)
-        return n.rules or DEFAULT_RULES[n.event]
+        return tuple(configured) if configured else DEFAULT_RULES[n.event]
 
     def route(self, n: Notification, rules: tuple[str, ...]) -> Routed:
         staff_ids: list[str] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -154,11 +155,46 @@ def _country(raw: Any) -> str:
 
 
 def _list_of_str(v: Any) -> list[str]:
+    if isinstance(v, str) and v.strip().startswith("["):
+        v = _env_value(v)
+        if isinstance(v, str):
+            raise ValueError('expected a TOML array such as ["a", "b"], or a,b')
     if isinstance(v, str):
         v = [p.strip() for p in v.split(",") if p.strip()]
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ValueError("expected a list of text")
     return [str(x) for x in v]
+
+
+# Recipient rules (SPEC §5). The routing module applies them; their spelling lives here so
+# that `config set` can refuse a wrong one before it is saved.
+PERSON_RULES = ("staff", "supervisor", "assignee", "entered-by")
+PLAIN_RULES = (*PERSON_RULES, "team", "listed")
+PREFIX_RULES = ("team:", "staff:", "email:")
+
+
+def is_rule(text: str) -> bool:
+    """True for a recipient rule cpmail knows: staff, team:ae, email:x@y …"""
+    return text in PLAIN_RULES or (text.startswith(PREFIX_RULES) and len(text.split(":", 1)[1]) > 0)
+
+
+def _rules(v: Any) -> list[str]:
+    rules = _list_of_str(v)
+    for rule in rules:
+        if not is_rule(rule):
+            raise ValueError(
+                f"{rule!r} is not a recipient rule; use staff, supervisor, assignee, entered-by, "
+                "team, team:ROLE, staff:ID, email:ADDRESS or listed"
+            )
+        if rule.startswith("email:"):
+            from cpmail.addresses import check_address
+            from cpmail.errors import InputError
+
+            try:
+                check_address(rule[6:])
+            except InputError as e:
+                raise ValueError(str(e).rstrip(".")) from None
+    return rules
 
 
 def _list_of_dates(v: Any) -> list[str]:
@@ -240,7 +276,7 @@ KEYS: dict[str, Key] = {
 }
 for _ev in EVENTS:
     KEYS[f"events.{_ev}.enabled"] = Key(_bool, True, f"send {_ev} notifications")
-    KEYS[f"events.{_ev}.notify"] = Key(_list_of_str, [], "recipient specs; [] = the default")
+    KEYS[f"events.{_ev}.notify"] = Key(_rules, [], "recipient rules; [] = the default")
 
 
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
@@ -430,7 +466,10 @@ class Settings:
         """Write the document atomically."""
         import tomlkit
 
-        write_atomic(self.path, tomlkit.dumps(self._doc).encode("utf-8"), mode=0o644)
+        # Keep the file's mode: a person may have made it private (it can hold a
+        # database URL with a password).
+        mode = stat.S_IMODE(self.path.stat().st_mode) if self.path.exists() else 0o644
+        write_atomic(self.path, tomlkit.dumps(self._doc).encode("utf-8"), mode=mode)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:

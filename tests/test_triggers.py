@@ -519,9 +519,14 @@ def test_event_settings_disable_and_reroute(agency: Agency) -> None:
     assert by_event(msgs, "task-overdue") == []
     assert to(msgs) == ["alice@agency.test", "boss@agency.test"]
     r = agency.cli("config", "set", "events.job-opened.notify", "everyone")
-    assert r.exit_code == 0  # any text is stored; check refuses an unknown rule
-    r = agency.cli("check", "--date", D.isoformat())
-    assert r.exit_code == 2 and "events.job-opened.notify" in r.stderr
+    assert r.exit_code == 2 and "events.job-opened.notify" in r.stderr and "'everyone'" in r.stderr
+    r = agency.cli("config", "set", "events.job-opened.notify", '["team:ae", "staff:PR"]')
+    assert r.exit_code == 0, r.output
+    assert (
+        agency.cli("config", "get", "events.job-opened.notify").stdout.strip() == "team:ae,staff:PR"
+    )
+    r = agency.cli("check", "--date", D.isoformat(), env={"CPMAIL_EVENTS_JOB_OPENED_NOTIFY": "x"})
+    assert r.exit_code == 2 and "CPMAIL_EVENTS_JOB_OPENED_NOTIFY" in r.stderr
 
 
 def test_unknown_event_and_bad_date_are_usage_errors(agency: Agency) -> None:
@@ -633,3 +638,35 @@ def test_lowering_a_budget_by_import_is_seen(agency: Agency, tmp_path: Path) -> 
     assert agency.cli("data", "import", str(csv)).exit_code == 0
     msgs = agency.check("--only", "task-over-budget", date=D + DAY)
     assert len(msgs) == 1 and "800.00 of 700.00" in msgs[0]["Subject"]
+
+
+def test_status_code_notify_wins_over_the_event_setting(agency: Agency) -> None:
+    agency.add(
+        "job_status_codes",
+        dict(code="PRF", kind="production", description="Proof out", notify="PR"),
+    )
+    agency.add(
+        "job_status_history",
+        dict(
+            id="H1",
+            job_id="J100",
+            field="production_status",
+            old_value="WIP",
+            new_value="PRF",
+            changed_at=at(D, 9),
+        ),
+        dict(
+            id="H2",
+            job_id="J100",
+            field="billing_status",
+            old_value=None,
+            new_value="BILL",
+            changed_at=at(D, 10),
+        ),
+    )
+    assert agency.cli("config", "set", "events.status-changed.notify", "staff:CR").exit_code == 0
+    msgs = agency.check("--only", "status-changed")
+    proof = [m for m in msgs if "Proof out" in m["Subject"]]
+    billed = [m for m in msgs if "billing status" in m["Subject"]]
+    assert to(proof) == ["pia@agency.test"]
+    assert to(billed) == ["carl@agency.test"]

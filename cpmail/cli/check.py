@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any
 
 import typer
@@ -135,6 +136,11 @@ def _json(result: Any, dry_run: bool) -> dict[str, Any]:
 
 
 def _print_dry_run(c: Any, result: Any) -> None:
+    skipped = Counter[str]()
+    for s in result.summary.values():
+        skipped.update(s.skip_reasons)
+    if skipped:
+        c.say("Would skip recipients: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
     if not result.planned:
         c.say(f"Nothing new to send for {result.date}.")
         return
@@ -149,7 +155,7 @@ def _print_summary(c: Any, result: Any) -> None:
     rows = [
         {"event": ev + ("" if s.enabled else " (disabled)"), **s.as_dict()}
         for ev, s in result.summary.items()
-        if s.found or s.skipped or not s.enabled
+        if s.found or s.skipped or s.sent or s.deferred or s.failed or not s.enabled
     ]
     totals = result.totals()
     if not c.quiet:
@@ -162,17 +168,23 @@ def _print_summary(c: Any, result: Any) -> None:
             )
         else:
             c.say(f"Nothing new for {result.date}.")
+        skipped = Counter[str]()
+        for s in result.summary.values():
+            skipped.update(s.skip_reasons)
+        if skipped:
+            c.say("Skipped recipients: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
     if not result.enabled:
         c.note(
             "Sending is off: notifications were recorded as suppressed (`cpmail config enable`)."
         )
     for line in result.notice:
         c.note(line)
-    d = result.delivery
-    if d is not None:
-        earlier = d.count("sent") - totals["sent"]
-        if earlier > 0:
-            c.say(f"Also delivered {earlier} message(s) left in the outbox by earlier runs.")
+    if result.earlier:
+        e = result.earlier
+        c.say(
+            f"From the outbox (earlier runs): {e['sent']} sent, {e['deferred']} deferred, "
+            f"{e['failed']} failed."
+        )
     if result.sender is not None and c.settings["mail.transport"] == "file" and totals["sent"]:
         c.say(f"Messages were written to {c.settings.mail_dir}")
 

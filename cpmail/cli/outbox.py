@@ -19,7 +19,18 @@ LIST_COLUMNS = [
     "next_attempt_at",
     "last_error",
 ]
-LOG_COLUMNS = ["id", "time", "event", "status", "from", "to", "subject", "attempts", "last_error"]
+LOG_COLUMNS = [
+    "id",
+    "time",
+    "event",
+    "status",
+    "from",
+    "to",
+    "subject",
+    "message_id",
+    "attempts",
+    "last_error",
+]
 
 
 @outbox_app.callback()

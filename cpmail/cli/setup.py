@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from cpmail.cli.common import ctx_of
 from cpmail.settings import DEFAULT_TOML, SETTINGS_FILE, write_atomic
+
+
+def _make_home(home: Path) -> None:
+    """Create the home private (0700): it holds settings, secrets and the agency's data."""
+    if not home.exists():
+        home.mkdir(parents=True, mode=0o700)
 
 
 def init(
@@ -14,7 +22,7 @@ def init(
 ) -> None:
     """Create the home, cpmail.toml, the database schema and the secrets folder."""
     c = ctx_of(ctx)
-    c.home.mkdir(parents=True, exist_ok=True)
+    _make_home(c.home)
     path = c.home / SETTINGS_FILE
     wrote = False
     if force or not path.exists():
@@ -25,7 +33,11 @@ def init(
 
     settings = c.settings  # validates the file, old or new
     SecretStore(c.home, settings["secrets.backend"]).ensure_dir()
+    db_file = c.home / "cpmail.db"
+    new_db = not settings["database.url"] and not db_file.exists()
     upgrade(make_engine(settings.db_url))
+    if new_db:  # the agency's data: readable by the user cpmail runs as, no one else
+        db_file.chmod(0o600)
     c.settings.mail_dir.mkdir(parents=True, exist_ok=True)
     c.say(f"{'Created' if wrote else 'Kept'} {path}")
     c.say(f"Database ready: {settings['database.url'] or c.home / 'cpmail.db'}")
@@ -61,7 +73,7 @@ def demo(
     c = ctx_of(ctx)
     path = c.home / SETTINGS_FILE
     if not path.exists():
-        c.home.mkdir(parents=True, exist_ok=True)
+        _make_home(c.home)
         write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=0o644)
     s = c.settings
     engine = make_engine(s.db_url)

@@ -112,7 +112,17 @@ def remove(
     c.say(f"Removed {staff_id}.")
 
 
-COLUMNS = ["id", "name", "work_email", "supervisor_id", "planned_hours", "role", "access", "active"]
+COLUMNS = [
+    "id",
+    "name",
+    "work_email",
+    "supervisor_id",
+    "planned_hours",
+    "role",
+    "access",
+    "active",
+    "muted",
+]
 
 
 @app.command("list")
@@ -170,7 +180,8 @@ def passcode(
     if not value:
         raise InputError("the passcode is empty; nothing was stored.")
     c.secrets.set(passcode_name(account), value)
-    c.say(f"Stored the passcode of {who}. Try it: `cpmail staff test {staff_id or ''}`.".strip())
+    try_it = f"cpmail staff test {staff_id}" if staff_id else "cpmail config test"
+    c.say(f"Stored the passcode of {who}. Try it: `{try_it}`.")
 
 
 @app.command("mute")

@@ -12,6 +12,8 @@ the importer checks them row by row to name the line at fault.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData(
@@ -36,7 +38,7 @@ CHECKED = "cpmail_checked"
 DONE = "y"
 
 
-def _checked(table: str, column: str) -> list[sa.SchemaItem]:
+def _checked(table: str, column: str) -> list[Any]:
     return [
         sa.Column(CHECKED, sa.Text, info={"internal": True}),
         sa.Index(
