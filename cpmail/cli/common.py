@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cpmail.errors import ConfigError, InputError
+from cpmail.errors import InputError
 from cpmail.settings import Settings
 
 if TYPE_CHECKING:
@@ -163,11 +163,6 @@ def split_list(values: Iterable[str] | None) -> list[str]:
     for v in values or ():
         out.extend(p.strip() for p in v.split(",") if p.strip())
     return out
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = "") -> None:
