@@ -33,7 +33,6 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 
 STUCK_AFTER = dt.timedelta(minutes=15)
 CLAIM_BATCH = 200
-LEDGER_BATCH = 500  # keys per INSERT (3 values each, well inside SQLite's limit)
 FLUSH_EVERY = 20
 FLUSH_SECONDS = 0.1
 OPEN = ("queued", "sending", "deferred", "failed")  # what `cpmail outbox` lists
@@ -107,15 +106,13 @@ def record_keys(conn: sa.Connection, keys: Sequence[str], now: dt.datetime) -> s
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    fresh: set[str] = set()
-    for i in range(0, len(ordered), LEDGER_BATCH):
-        values = [
-            {"key": k, "event": k.split(":")[0], "created_at": now}
-            for k in ordered[i : i + LEDGER_BATCH]
-        ]
-        stmt = insert(ledger).values(values).on_conflict_do_nothing().returning(ledger.c.key)
-        fresh.update(conn.execute(stmt).scalars())
-    return fresh
+    if not ordered:
+        return set()
+    # One statement run for many rows: SQLAlchemy sends them as a few
+    # multi-row INSERTs and gathers what RETURNING says was new.
+    stmt = insert(ledger).on_conflict_do_nothing().returning(ledger.c.key)
+    rows = [{"key": k, "event": k.split(":")[0], "created_at": now} for k in ordered]
+    return set(conn.execute(stmt, rows).scalars())
 
 
 def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False) -> None:

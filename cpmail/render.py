@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,14 @@ def environment(home: Path | None) -> jinja2.Environment:
         if folder is not None and folder.is_dir()
         else ()
     )
-    return _environment(home, overrides)
+    env = _environment(home, overrides)
+    # Templates are checked against their files once here, at the start of a
+    # run, not on every get_template (with `extends` and `import`, six times
+    # a message): an edited override is still seen by the next run.
+    cache = env.cache
+    if cache is not None and not all(t.is_up_to_date for t in list(cache.values())):
+        cache.clear()
+    return env
 
 
 @cache
@@ -50,6 +57,7 @@ def _environment(home: Path | None, overrides: tuple[str, ...]) -> jinja2.Enviro
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.ChainableUndefined,
+        auto_reload=False,  # see environment()
     )
     env.filters["day"] = _day
     env.filters["when"] = _when
@@ -62,8 +70,14 @@ def _day(value: Any) -> str:
     if isinstance(value, dt.datetime):
         value = value.date()
     if isinstance(value, dt.date):
-        return value.strftime("%a %b %-d, %Y")
+        return _date_text(value)
     return str(value or "")
+
+
+@lru_cache(maxsize=1024)
+def _date_text(value: dt.date) -> str:
+    # A run names the same few dates in every message.
+    return value.strftime("%a %b %-d, %Y")
 
 
 def _when(value: Any) -> str:
