@@ -266,10 +266,12 @@ def claim(
     limit: int = CLAIM_BATCH,
     ids: Sequence[int] | None = None,
     events: dict[int, str] | None = None,
+    account: str | None = None,
 ) -> list[Envelope]:
     """Mark up to ``limit`` due messages ``sending`` for this run and return them.
 
-    ``events``, when given, is filled with each claimed message's event.
+    ``events``, when given, is filled with each claimed message's event;
+    ``account`` limits the claim to one sender's messages.
     """
     m = messages.c
     now = utcnow()
@@ -279,6 +281,8 @@ def claim(
         q = sa.select(m.id).where(_due(now))
         if ids is not None:
             q = q.where(m.id.in_(list(ids)))
+        if account is not None:
+            q = q.where(m.account == account)
         q = q.order_by(m.id).limit(limit)
         if conn.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
@@ -325,6 +329,24 @@ def _expire(engine: sa.Engine, settings: Settings) -> None:
         )
 
 
+# Built once: SQLAlchemy then finds it compiled instead of keying a new statement each flush.
+_MARK_SENT = (
+    messages.update()
+    .where(messages.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(
+        status="sent",
+        attempts=messages.c.attempts + 1,
+        claimed_at=None,
+        claimed_by=None,
+        next_attempt_at=None,
+        sent_at=sa.bindparam("now"),
+        pending_rcpts="",
+        last_error=None,
+        raw=None,  # the bytes are not needed once the server has them
+    )
+)
+
+
 def _clean(o: Outcome) -> bool:
     return o.error is None and not o.deferred and not o.refused
 
@@ -354,25 +376,10 @@ class _Recorder:
         # Accepted for every recipient, the common case, needs nothing read back.
         sent = [o.id for o in batch if _clean(o) and o.id in self.events]
         others = [o for o in batch if not (_clean(o) and o.id in self.events)]
-        m = messages.c
         now = utcnow()
         with self.engine.begin() as conn:
             if sent:
-                conn.execute(
-                    messages.update()
-                    .where(m.id.in_(sent))
-                    .values(
-                        status="sent",
-                        attempts=m.attempts + 1,
-                        claimed_at=None,
-                        claimed_by=None,
-                        next_attempt_at=None,
-                        sent_at=now,
-                        pending_rcpts="",
-                        last_error=None,
-                        raw=None,  # the bytes are not needed once the server has them
-                    )
-                )
+                conn.execute(_MARK_SENT, {"ids": sent, "now": now})
                 for i in sent:
                     self._note(i, self.events[i], "sent", None)
             if others:
@@ -459,8 +466,11 @@ def deliver(
     ``claimed=True``), with their events: they go first, without being read
     back from the database.
 
-    Stops at the first AuthError or Unreachable (recorded in ``stopped``); the
-    messages it had claimed go back to ``deferred`` for the next run.
+    Messages go out one sending account at a time, so that an account whose
+    sign-in or passcode is refused (AuthError) holds back only its own mail;
+    a transport that cannot be reached at all (Unreachable) ends the pass.
+    The first such error is recorded in ``stopped``; claimed messages not sent
+    go back to ``deferred`` for the next run.
     """
     result = Delivery()
     _expire(engine, settings)
@@ -474,14 +484,15 @@ def deliver(
         return result
     recorder = _Recorder(engine, settings, result)
 
-    def envelopes() -> Iterator[Envelope]:
+    def envelopes(account: str) -> Iterator[Envelope]:
         for env, event in ready:
-            recorder.events[env.id] = event
-            if on_progress:
-                on_progress(1)
-            yield env
+            if env.account == account:
+                recorder.events[env.id] = event
+                if on_progress:
+                    on_progress(1)
+                yield env
         while True:
-            batch = claim(engine, run_id=run_id, ids=ids, events=recorder.events)
+            batch = claim(engine, run_id=run_id, ids=ids, events=recorder.events, account=account)
             if not batch:
                 return
             for env in batch:
@@ -490,8 +501,14 @@ def deliver(
                 yield env
 
     try:
-        transport.deliver(envelopes(), recorder)
-    except (AuthError, Unreachable) as e:
+        for account in _accounts(engine, ids, ready):
+            try:
+                transport.deliver(envelopes(account), recorder)
+            except AuthError as e:
+                result.stopped = result.stopped or e
+                recorder.flush()
+                _release(engine, run_id, result, reason=str(e), account=account)
+    except Unreachable as e:
         result.stopped = e
     finally:
         recorder.flush()
@@ -499,15 +516,37 @@ def deliver(
     return result
 
 
-def _release(engine: sa.Engine, run_id: str, result: Delivery) -> None:
-    """Claimed rows the transport never reported go back to the queue."""
+def _accounts(
+    engine: sa.Engine, ids: Sequence[int] | None, ready: Sequence[tuple[Envelope, str]]
+) -> list[str]:
+    """The sending accounts with mail due now, the ready messages' first."""
+    m = messages.c
+    q = sa.select(m.account).where(_due(utcnow())).distinct()
+    if ids is not None:
+        q = q.where(m.id.in_(list(ids)))
+    with engine.connect() as conn:
+        due = sorted(a for (a,) in conn.execute(q))
+    return list(dict.fromkeys([*(env.account for env, _ in ready), *due]))
+
+
+def _release(
+    engine: sa.Engine,
+    run_id: str,
+    result: Delivery,
+    reason: str | None = None,
+    account: str | None = None,
+) -> None:
+    """Claimed rows the transport never reported (of one account) go back to the queue."""
     m = messages.c
     now = utcnow()
-    reason = str(result.stopped) if result.stopped else "not sent: the run ended early"
+    if reason is None:
+        reason = str(result.stopped) if result.stopped else "not sent: the run ended early"
     with engine.begin() as conn:
         rows = conn.execute(
             sa.select(m.id, m.event, m.attempts).where(
-                m.claimed_by == run_id, m.status == "sending"
+                m.claimed_by == run_id,
+                m.status == "sending",
+                sa.true() if account is None else m.account == account,
             )
         ).all()
         for r in rows:
