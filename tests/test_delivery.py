@@ -249,3 +249,36 @@ def test_drop_keeps_it_in_the_log(cli: Cli, smtp_server: SMTPTestServer) -> None
     assert log_rows(cli)[0]["status"] == "dropped"
     r = cli("outbox", "drop", "999")
     assert r.exit_code == 2 and "999" in r.stderr
+
+
+def test_one_senders_wrong_passcode_holds_back_only_their_mail(
+    cli: Cli, home: Any, smtp_server_factory: Factory
+) -> None:
+    server = smtp_server_factory(
+        tls="starttls", users={"jd@agency.test": "right", "ae@agency.test": "also-right"}
+    )
+    setup_smtp(cli, server)
+    cli("staff", "add", "AE", "--name", "Alice Evans", "--work-email", "ae@agency.test")
+    cli("staff", "passcode", "JD", "--stdin", input="wrong\n")
+    cli("staff", "passcode", "AE", "--stdin", input="also-right\n")
+    settings = Settings.load(home)
+    engine = connect(settings.db_url, where="test")
+    drafts = []
+    for account, address in (("JD", "jd@agency.test"), ("AE", "ae@agency.test")):
+        msg = build_message(
+            sender=Mailbox(address),
+            to=[Mailbox("x@agency.test")],
+            subject=f"from {account}",
+            text="hello",
+            event="report",
+            key=f"two-senders:{account}",
+        )
+        drafts.append(
+            Draft.from_message(
+                msg, event="report", key=None, account=account, envelope_from=address
+            )
+        )
+    ids, result = send_now(engine, settings, SecretStore(home), drafts)
+    assert result.stopped is not None and "jd@agency.test" in str(result.stopped)
+    assert [result.status[i] for i in ids] == ["deferred", "sent"]
+    assert [m.mail_from for m in server.messages] == ["ae@agency.test"]
