@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cpmail.cli.common import ctx_of
-from cpmail.settings import DEFAULT_TOML, SETTINGS_FILE, write_atomic
+from cpmail.settings import DEFAULT_TOML, SETTINGS_FILE, Settings, write_atomic
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 def _make_home(home: Path) -> None:
     """Create the home private (0700): it holds settings, secrets and the agency's data."""
     if not home.exists():
         home.mkdir(parents=True, mode=0o700)
+
+
+def _database(home: Path, settings: Settings) -> sa.Engine:
+    """Create or upgrade the schema; a new SQLite file is private (0600)."""
+    from cpmail.store import make_engine, upgrade
+
+    db_file = home / "cpmail.db"
+    new_db = not settings["database.url"] and not db_file.exists()
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    if new_db:  # the agency's data: readable by the user cpmail runs as, no one else
+        db_file.chmod(0o600)
+    return engine
 
 
 def init(
@@ -29,15 +46,10 @@ def init(
         write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=0o644)
         wrote = True
     from cpmail.secrets import SecretStore
-    from cpmail.store import make_engine, upgrade
 
     settings = c.settings  # validates the file, old or new
     SecretStore(c.home, settings["secrets.backend"]).ensure_dir()
-    db_file = c.home / "cpmail.db"
-    new_db = not settings["database.url"] and not db_file.exists()
-    upgrade(make_engine(settings.db_url))
-    if new_db:  # the agency's data: readable by the user cpmail runs as, no one else
-        db_file.chmod(0o600)
+    _database(c.home, settings)
     c.settings.mail_dir.mkdir(parents=True, exist_ok=True)
     c.say(f"{'Created' if wrote else 'Kept'} {path}")
     c.say(f"Database ready: {settings['database.url'] or c.home / 'cpmail.db'}")
@@ -68,7 +80,6 @@ def demo(
     from cpmail.cli.check import check
     from cpmail.cli.common import parse_date
     from cpmail.errors import InputError
-    from cpmail.store import make_engine, upgrade
 
     c = ctx_of(ctx)
     path = c.home / SETTINGS_FILE
@@ -76,8 +87,7 @@ def demo(
         _make_home(c.home)
         write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=0o644)
     s = c.settings
-    engine = make_engine(s.db_url)
-    upgrade(engine)
+    engine = _database(c.home, s)
     from cpmail.secrets import SecretStore
 
     SecretStore(c.home, s["secrets.backend"]).ensure_dir()
@@ -111,7 +121,7 @@ def demo(
         as_staff=None,
         json=False,
     )
-    c.say(f"Open the .eml files in {s.mail_dir} with any mail program.")
+    c.say("Open them with any mail program, or see `cpmail log`.")
 
 
 def register(app: typer.Typer) -> None:
