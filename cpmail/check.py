@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import socket
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from cpmail.errors import ConfigError, InputError
 from cpmail.outbox import (
     Delivery,
     Draft,
-    check_size,
     deliver,
     in_send_window,
     new_run_id,
@@ -173,34 +172,30 @@ def run_check(
         result.planned = [_plan(g, renderer, settings, sender) for g in groups]
         return result
 
-    # Render and compose before the write transaction: SQLite's write lock
-    # (and PostgreSQL's ledger row locks) are then held only while rows go in.
-    planned = [_plan(g, renderer, settings, sender) for g in groups]
     max_bytes = transport.max_message_bytes if transport else None
-    drafts = [_draft(p, sender) for p in planned]
-    for d in drafts:
-        check_size(d, max_bytes, suppressed=not enabled)
     ids: dict[int, Planned] = {}
     send_now = enabled and transport is not None and in_send_window(settings)
+    # One transaction: a template or address that fails anywhere leaves
+    # nothing queued and nothing sent (exit 2).
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
         if len(fresh) < len(found):
             # A concurrent run queued some of these first: send only the rest.
-            planned, drafts = [], []
-            for g in groups:
-                g = [(n, p) for n, p in g if n.key in fresh]
-                if g:
-                    planned.append(_plan(g, renderer, settings, sender))
-                    drafts.append(_draft(planned[-1], sender))
-        mids = queue_many(
-            conn,
-            drafts,
-            run_id=run_id,
-            ledger_keys=[",".join(p.keys)[:2000] for p in planned],
-            suppressed=not enabled,
-            max_bytes=max_bytes,
-            claimed=send_now,
-        )
+            groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
+        planned, drafts, mids = [], [], []
+        for part in _plan_parts(groups, renderer, settings, sender):
+            part_drafts = [_draft(p, sender) for p in part]
+            mids += queue_many(
+                conn,
+                part_drafts,
+                run_id=run_id,
+                ledger_keys=[",".join(p.keys)[:2000] for p in part],
+                suppressed=not enabled,
+                max_bytes=max_bytes,
+                claimed=send_now,
+            )
+            planned += part
+            drafts += part_drafts
         ids = dict(zip(mids, planned, strict=True))
     # Sent straight from memory: no claim to write, no bytes to read back.
     ready = [
@@ -290,6 +285,62 @@ def _route(
                 bucket = n.key
             groups[(person.address.lower(), bucket)].append((n, person))
     return list(groups.values())
+
+
+# Below this many messages a second process costs more than it saves.
+PARALLEL_FROM = 500
+# The share of the messages the second process composes: this one also
+# writes its own share to the outbox while the other is still composing.
+CHILD_SHARE = 0.6
+_SHARE: tuple[list[Group], Renderer, Settings, Sender] | None = None
+
+
+def _plan_parts(
+    groups: list[Group], renderer: Renderer, settings: Settings, sender: Sender
+) -> Iterator[list[Planned]]:
+    """Plan every group, yielding the messages in order, in one or two parts.
+
+    Rendering and composing is most of a large run's work, and all of it is
+    done before anything is sent. With many messages, on a machine with more
+    than one core that can fork, a forked copy of this process (templates
+    compiled, data read) composes the second part while this one composes
+    and queues the first.
+    """
+    if len(groups) < PARALLEL_FROM or not _can_fork():
+        yield [_plan(g, renderer, settings, sender) for g in groups]
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _SHARE
+    cut = max(1, round(len(groups) * (1 - CHILD_SHARE)))
+    _SHARE = (groups[cut:], renderer, settings, sender)
+    try:
+        context = multiprocessing.get_context("fork")
+        first = _plan(groups[0], renderer, settings, sender)  # compiles the templates once
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            theirs = pool.submit(_plan_share)
+            yield [first, *(_plan(g, renderer, settings, sender) for g in groups[1:cut])]
+            yield theirs.result()
+    finally:
+        _SHARE = None
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+    import os
+
+    return (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _plan_share() -> list[Planned]:
+    """In the forked process: plan the groups ``_plan_parts`` left to it."""
+    import random
+
+    random.seed()  # MIME boundaries of its own, not a copy of the parent's
+    assert _SHARE is not None
+    groups, renderer, settings, sender = _SHARE
+    return [_plan(g, renderer, settings, sender) for g in groups]
 
 
 def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) -> Planned:
