@@ -290,21 +290,24 @@ def _route(
 # Below this many messages a second process costs more than it saves.
 PARALLEL_FROM = 500
 # The share of the messages the second process composes: this one also
-# writes its own share to the outbox while the other is still composing.
-CHILD_SHARE = 0.6
+# writes the messages to the outbox, its own share while the other composes.
+CHILD_SHARE = 0.55
+# The second process hands its messages back in this many parts, so that
+# writing them overlaps composing the next.
+CHILD_PARTS = 4
 _SHARE: tuple[list[Group], Renderer, Settings, Sender] | None = None
 
 
 def _plan_parts(
     groups: list[Group], renderer: Renderer, settings: Settings, sender: Sender
 ) -> Iterator[list[Planned]]:
-    """Plan every group, yielding the messages in order, in one or two parts.
+    """Plan every group, yielding the messages in order, in one part or a few.
 
     Rendering and composing is most of a large run's work, and all of it is
     done before anything is sent. With many messages, on a machine with more
     than one core that can fork, a forked copy of this process (templates
-    compiled, data read) composes the second part while this one composes
-    and queues the first.
+    compiled, data read) composes the later groups while this one composes
+    the first ones and writes what is ready.
     """
     if len(groups) < PARALLEL_FROM or not _can_fork():
         yield [_plan(g, renderer, settings, sender) for g in groups]
@@ -315,13 +318,17 @@ def _plan_parts(
     global _SHARE
     cut = max(1, round(len(groups) * (1 - CHILD_SHARE)))
     _SHARE = (groups[cut:], renderer, settings, sender)
+    step = max(1, -(-(len(groups) - cut) // CHILD_PARTS))
     try:
         context = multiprocessing.get_context("fork")
         first = _plan(groups[0], renderer, settings, sender)  # compiles the templates once
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            theirs = pool.submit(_plan_share)
+            theirs = [
+                pool.submit(_plan_share, i, i + step) for i in range(0, len(groups) - cut, step)
+            ]
             yield [first, *(_plan(g, renderer, settings, sender) for g in groups[1:cut])]
-            yield theirs.result()
+            for future in theirs:
+                yield future.result()
     finally:
         _SHARE = None
 
@@ -333,14 +340,14 @@ def _can_fork() -> bool:
     return (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
-def _plan_share() -> list[Planned]:
-    """In the forked process: plan the groups ``_plan_parts`` left to it."""
+def _plan_share(start: int, stop: int) -> list[Planned]:
+    """In the forked process: plan groups ``start:stop`` of those left to it."""
     import random
 
     random.seed()  # MIME boundaries of its own, not a copy of the parent's
     assert _SHARE is not None
     groups, renderer, settings, sender = _SHARE
-    return [_plan(g, renderer, settings, sender) for g in groups]
+    return [_plan(g, renderer, settings, sender) for g in groups[start:stop]]
 
 
 def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) -> Planned:
