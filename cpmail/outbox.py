@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -352,7 +354,14 @@ def _clean(o: Outcome) -> bool:
 
 
 class _Recorder:
-    """Collects outcomes and writes them in batches (few transactions, not one per message)."""
+    """Collects outcomes and writes them in batches (few transactions, not one per message).
+
+    The writes happen on a thread of their own, one batch after the other, so
+    that sending goes on meanwhile (SQLite lets go of the interpreter while
+    it writes). A batch is handed over at most FLUSH_SECONDS after its first
+    outcome, or when FLUSH_EVERY are waiting: a hard kill can leave only
+    those few accepted but not yet marked sent.
+    """
 
     def __init__(self, engine: sa.Engine, settings: Settings, result: Delivery) -> None:
         self.engine = engine
@@ -362,17 +371,39 @@ class _Recorder:
         self.pending: list[Outcome] = []
         self.last_flush = time.monotonic()
         self.events: dict[int, str] = {}  # id -> event, from the claims
+        self.writer: ThreadPoolExecutor | None = None
+        self.writes: deque[Future[None]] = deque()
 
     def __call__(self, outcome: Outcome) -> None:
         self.pending.append(outcome)
         if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
-            self.flush()
+            self._hand_over()
 
-    def flush(self) -> None:
+    def _hand_over(self) -> None:
         self.last_flush = time.monotonic()
+        # One batch in writing at a time: while the database is slow (another
+        # process holds it), sending waits rather than pile up unrecorded mail.
+        while self.writes and (self.pending or self.writes[0].done()):
+            self.writes.popleft().result()  # an earlier batch that failed stops the run
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpmail-outbox")
+        self.writes.append(self.writer.submit(self._store, batch))
+
+    def flush(self) -> None:
+        """Write every outcome received so far; return once all are stored."""
+        try:
+            self._hand_over()
+            while self.writes:
+                self.writes.popleft().result()
+        finally:
+            if self.writer is not None:
+                self.writer.shutdown(wait=True)
+                self.writer = None
+
+    def _store(self, batch: list[Outcome]) -> None:
         # Accepted for every recipient, the common case, needs nothing read back.
         sent = [o.id for o in batch if _clean(o) and o.id in self.events]
         others = [o for o in batch if not (_clean(o) and o.id in self.events)]
