@@ -263,18 +263,21 @@ def profile(home: Path, out: Path) -> None:
     report_profile(out)
 
 
-# Which part of the run a stack belongs to: the first marker found, innermost first.
+# Which part of the run a stack belongs to: the first marker found, innermost frame first.
 PARTS = [
-    ("deliver: SMTP (asyncio, aiosmtplib)", ("transports/smtp.py",)),
+    ("deliver: SMTP (asyncio, sockets)", ("transports/smtp.py",)),
     ("deliver: record outcomes", ("_Recorder",)),
     ("deliver: claim", ("claim (cpmail/outbox.py",)),
-    ("compose: render templates", ("cpmail/render.py",)),
-    ("compose: build message", ("build_message", "to_bytes", "(cpmail/compose.py")),
-    ("queue: ledger and outbox rows", ("queue (cpmail/outbox.py", "_insert_ledger", "_link_keys")),
+    ("compose: render templates (Jinja2)", ("cpmail/render.py",)),
+    ("compose: build message bytes", ("cpmail/compose.py", "_plan (cpmail/check.py")),
+    ("compose: wait for the forked process", ("_plan_parts (cpmail/check.py",)),
+    ("queue: ledger keys and outbox rows", ("queue_many (cpmail/", "record_keys (cpmail/")),
     ("deliver: other", ("deliver (cpmail/outbox.py",)),
     ("triggers", ("cpmail/triggers/",)),
-    ("routing", ("cpmail/routing.py", "_route (cpmail/check.py")),
-    ("start-up and imports", ("_find_and_load",)),
+    ("routing", ("cpmail/routing.py", "_route (cpmail/check.py", "_unrecorded (cpmail/")),
+    ("start-up: imports", ("_find_and_load",)),
+    ("check: commit, bookkeeping", ("run_check (cpmail/check.py",)),
+    ("CLI: settings, database, summary", ("cpmail/cli/", "cpmail/store/")),
 ]
 
 
@@ -293,11 +296,14 @@ def report_profile(raw: Path) -> None:
             continue
         total += n
         label = "other"
+        if any("_find_and_load" in f for f in frames):
+            label = "start-up: imports"  # module bodies would otherwise count as their part
         for frame in reversed(frames):
+            if label != "other":
+                break
             hit = next((name for name, marks in PARTS if any(m in frame for m in marks)), None)
             if hit:
                 label = hit
-                break
         parts[label] += n
     print(f"\nWhere the time of one `cpmail check` went (py-spy, main thread, {total} samples):")
     for name, n in parts.most_common():
