@@ -58,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import generate_agency as gen
-from bench.common import CPMAIL, median, timed, user_env
+from bench.common import CPMAIL, ROOT, median, timed, user_env
 
 TARGET = 1.5
 DATE = gen.RUN_DATE
@@ -69,7 +69,9 @@ DATE = gen.RUN_DATE
 
 def cached_agency(cache: Path, scale: float, seed: int) -> Path:
     """The generated home (history and current work) for a scale and seed, made once."""
-    source = Path(gen.__file__).read_bytes()
+    # Made again when the generator or the schema changes.
+    migrations = sorted((ROOT / "cpmail/store/migrations/versions").glob("*.py"))
+    source = b"".join(p.read_bytes() for p in [Path(gen.__file__), *migrations])
     tag = hashlib.sha256(source + f"{scale}:{seed}:{DATE}".encode()).hexdigest()[:10]
     home = cache / f"agency-{scale:g}-{seed}-{tag}"
     if not (home / "done").exists():

@@ -73,7 +73,7 @@ time_off = sa.Table(
     "time_off",
     metadata,
     sa.Column("staff_id", Id, _fk("staff.id"), primary_key=True),
-    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True, index=True),  # time off near the run date
 )
 
 staff_opt_out = sa.Table(
@@ -148,7 +148,7 @@ tasks = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("assignee_id", Id, _fk("staff.id"), index=True),
     sa.Column("due_date", sa.Date, index=True),
-    sa.Column("completed_at", sa.DateTime),
+    sa.Column("completed_at", sa.DateTime, index=True),
     sa.Column("budget_amount", Money),
     sa.Column("estimated_hours", Hours),
     *_checked("tasks", "id"),

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cpmail.people import parse_workdays
 from cpmail.settings import EVENTS, Settings
 from cpmail.workdays import WorkCalendar
 
@@ -64,6 +65,8 @@ class Run:
     settings: Settings
     calendar: WorkCalendar
     tz: dt.tzinfo
+    # What several finders of one run share (read once, e.g. the state triggers' totals).
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def lookback_days(self) -> int:
@@ -82,6 +85,26 @@ class Run:
 
     def in_window(self, column: Any) -> Any:
         return sa.and_(column >= self.window_start, column < self.window_end)
+
+    def next_workday(self, workdays: str | None, off: frozenset[dt.date]) -> dt.date | None:
+        """The first workday after the run date for a staff member's workdays and time off."""
+        return self._workday("next", workdays, off)
+
+    def prior_workday(self, workdays: str | None, off: frozenset[dt.date]) -> dt.date | None:
+        """The last workday before the run date for a staff member's workdays and time off."""
+        return self._workday("prior", workdays, off)
+
+    def _workday(self, way: str, workdays: str | None, off: frozenset[dt.date]) -> dt.date | None:
+        # Most staff share their workdays and have no time off near the run date: one
+        # answer serves them all.
+        memo: dict[tuple[str, str, frozenset[dt.date]], dt.date | None]
+        memo = self.shared.setdefault("workdays", {})
+        key = (way, workdays or "mon-fri", off)
+        if key not in memo:
+            days = parse_workdays(key[1])
+            step = self.calendar.next_workday if way == "next" else self.calendar.prior_workday
+            memo[key] = step(self.date, days, off)
+        return memo[key]
 
 
 Finder = Callable[[sa.Connection, Run], Iterable[Notification]]

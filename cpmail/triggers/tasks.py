@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.people import parse_workdays
+from cpmail.errors import InputError
 from cpmail.store.schema import (
     CHECKED,
     DONE,
@@ -98,15 +98,6 @@ def due_today(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 def due_tomorrow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Open tasks due after the run date, up to and including the assignee's next workday."""
     horizon = run.date + dt.timedelta(days=21)
-    q = (
-        sa.select(*TASK_COLUMNS, assignee.c.workdays)
-        .select_from(_from_tasks())
-        .where(tasks.c.due_date > run.date, tasks.c.due_date <= horizon, _open_on(run))
-        .order_by(tasks.c.due_date, tasks.c.job_id, tasks.c.id)
-    )
-    rows = conn.execute(q).all()
-    if not rows:
-        return
     off: dict[str, set[dt.date]] = {}
     for o in conn.execute(
         sa.select(time_off.c.staff_id, time_off.c.date).where(
@@ -114,28 +105,49 @@ def due_tomorrow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         )
     ):
         off.setdefault(o.staff_id, set()).add(o.date)
-    next_day: dict[str | None, dt.date | None] = {}
-    for r in rows:
-        if r.assignee_id not in next_day:
-            days = parse_workdays(r.workdays or "mon-fri")
-            next_day[r.assignee_id] = run.calendar.next_workday(
-                run.date, days, off.get(r.assignee_id or "", ())
-            )
-        n = next_day[r.assignee_id]
+    # The latest next workday of anyone (each pattern of workdays, and whoever has time
+    # off): only tasks due up to it are read, not the three weeks ahead.
+    patterns = {"mon-fri", *conn.execute(sa.select(staff.c.workdays).distinct()).scalars()}
+    try:
+        ahead = [run.next_workday(p, frozenset()) for p in patterns]
+        if off:
+            for r in conn.execute(
+                sa.select(staff.c.id, staff.c.workdays).where(staff.c.id.in_(list(off)))
+            ):
+                ahead.append(run.next_workday(r.workdays, frozenset(off[r.id])))
+        last = max((d for d in ahead if d is not None), default=None)
+    except InputError:  # someone's workdays do not parse: the assignee's own row says so
+        last = horizon
+    if last is None:
+        return
+    q = (
+        sa.select(*TASK_COLUMNS, assignee.c.workdays)
+        .select_from(_from_tasks())
+        .where(tasks.c.due_date > run.date, tasks.c.due_date <= last, _open_on(run))
+        .order_by(tasks.c.due_date, tasks.c.job_id, tasks.c.id)
+    )
+    for r in conn.execute(q):
+        n = run.next_workday(r.workdays, frozenset(off.get(r.assignee_id or "", ())))
         if n is not None and r.due_date <= n:
             yield _task_notification(
                 "task-due-tomorrow", f"task-due-tomorrow:{r.task_id}:{r.due_date.isoformat()}", r
             )
 
 
+# Later than any completion: bounds the search for tasks completed after the run date.
+_NEVER = dt.datetime(9999, 12, 31)
+
+
 def overdue(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     end = dt.datetime.combine(run.date + dt.timedelta(days=1), dt.time())
     base = sa.select(*TASK_COLUMNS).select_from(_from_tasks()).where(tasks.c.due_date < run.date)
-    # Two queries, not one OR: the first uses the partial index of open tasks, so the
-    # finished history is never scanned; the second only matters for a run in the past.
+    # Two queries, not one OR: the first uses the partial index of open tasks, the second
+    # (which only finds anything for a run in the past) the index of completion times, so
+    # the finished history is never scanned. Its range is bounded on both sides so that
+    # SQLite, which has no statistics, prefers it to the range of due dates.
     rows = [
         *conn.execute(base.where(tasks.c.completed_at.is_(None))),
-        *conn.execute(base.where(tasks.c.completed_at >= end)),
+        *conn.execute(base.where(tasks.c.completed_at >= end, tasks.c.completed_at < _NEVER)),
     ]
     rows.sort(key=lambda r: (r.due_date, r.job_id, r.task_id))
     for r in rows:
@@ -145,9 +157,9 @@ def overdue(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         )
 
 
-def _not_in_ledger(prefix: str) -> Any:
+def _in_ledger(prefix: str) -> Any:
     key = sa.literal(prefix) + tasks.c.id
-    return ~sa.exists().where(ledger.c.key == key)
+    return sa.exists().where(ledger.c.key == key)
 
 
 # ---------------------------------------------------------------- state triggers
@@ -187,44 +199,71 @@ def settle_state_rows(engine: sa.Engine, run_id: str) -> None:
     """Mark this run's rows checked, once its notifications are safely queued."""
     with engine.begin() as conn:
         for t in STATE_TABLES:
-            conn.execute(t.update().where(t.c[CHECKED] == run_id).values({CHECKED: DONE}))
+            # "Unchecked" as well (which the run id implies) lets the database find the
+            # rows through the partial index of unchecked rows instead of scanning history.
+            conn.execute(
+                t.update().where(_unchecked(t), t.c[CHECKED] == run_id).values({CHECKED: DONE})
+            )
 
 
-def _sums(table: sa.Table, column: str, changed: Any) -> Any:
-    return (
-        sa.select(table.c.task_id, sa.func.sum(table.c[column]).label("total"))
-        .where(table.c.task_id.in_(sa.select(changed.c.task_id)))
-        .group_by(table.c.task_id)
+def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
+    """Changed tasks over their budget or their estimated hours, with their totals.
+
+    Read once per run for both state triggers: the changed tasks, their job costs, and
+    one pass over their time entries for both the amounts and the hours.
+    """
+    rows: list[Any] | None = run.shared.get("state")
+    if rows is not None:
+        return rows
+    changed = sa.select(_changed_tasks().c.task_id)
+    costs = (
+        sa.select(job_costs.c.task_id, sa.func.sum(job_costs.c.amount).label("total"))
+        .where(job_costs.c.task_id.in_(changed))
+        .group_by(job_costs.c.task_id)
         .subquery()
     )
-
-
-def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
-    """Tasks whose job costs plus time amounts exceed the budget (once per task)."""
-    changed = _changed_tasks()
-    costs = _sums(job_costs, "amount", changed)
-    time = _sums(time_entries, "amount", changed)
-    actual = sa.func.coalesce(costs.c.total, 0) + sa.func.coalesce(time.c.total, 0)
+    time = (
+        sa.select(
+            time_entries.c.task_id,
+            sa.func.sum(time_entries.c.amount).label("amount"),
+            sa.func.sum(time_entries.c.hours).label("hours"),
+        )
+        .where(time_entries.c.task_id.in_(changed))
+        .group_by(time_entries.c.task_id)
+        .subquery()
+    )
+    actual = sa.func.coalesce(costs.c.total, 0) + sa.func.coalesce(time.c.amount, 0)
+    over = sa.and_(tasks.c.budget_amount.is_not(None), actual > tasks.c.budget_amount)
+    exceeded = sa.and_(tasks.c.estimated_hours.is_not(None), time.c.hours > tasks.c.estimated_hours)
     q = (
         sa.select(
             *TASK_COLUMNS,
             sa.func.coalesce(costs.c.total, 0).label("costs"),
-            sa.func.coalesce(time.c.total, 0).label("time_amount"),
+            sa.func.coalesce(time.c.amount, 0).label("time_amount"),
+            time.c.hours.label("spent"),
+            over.label("over"),
+            exceeded.label("exceeded"),
+            _in_ledger("task-over-budget:").label("told_over"),
+            _in_ledger("hours-exceeded:").label("told_exceeded"),
         )
         .select_from(
             _from_tasks()
             .outerjoin(costs, costs.c.task_id == tasks.c.id)
             .outerjoin(time, time.c.task_id == tasks.c.id)
         )
-        .where(
-            tasks.c.id.in_(sa.select(changed.c.task_id)),
-            tasks.c.budget_amount.is_not(None),
-            actual > tasks.c.budget_amount,
-            _not_in_ledger("task-over-budget:"),
-        )
+        .where(tasks.c.id.in_(changed), sa.or_(over, exceeded))
         .order_by(tasks.c.job_id, tasks.c.id)
     )
-    for r in conn.execute(q):
+    rows = list(conn.execute(q))
+    run.shared["state"] = rows
+    return rows
+
+
+def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
+    """Tasks whose job costs plus time amounts exceed the budget (once per task)."""
+    for r in _state_rows(conn, run):
+        if not r.over or r.told_over:
+            continue
         total = Decimal(r.costs) + Decimal(r.time_amount)
         budget = Decimal(r.budget_amount)
         yield _task_notification(
@@ -243,18 +282,9 @@ def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 
 def hours_exceeded(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Tasks with more hours entered than estimated (once per task)."""
-    spent = _sums(time_entries, "hours", _changed_tasks())
-    q = (
-        sa.select(*TASK_COLUMNS, spent.c.total.label("spent"))
-        .select_from(_from_tasks().join(spent, spent.c.task_id == tasks.c.id))
-        .where(
-            tasks.c.estimated_hours.is_not(None),
-            spent.c.total > tasks.c.estimated_hours,
-            _not_in_ledger("hours-exceeded:"),
-        )
-        .order_by(tasks.c.job_id, tasks.c.id)
-    )
-    for r in conn.execute(q):
+    for r in _state_rows(conn, run):
+        if not r.exceeded or r.told_exceeded:
+            continue
         yield _task_notification(
             "hours-exceeded",
             f"hours-exceeded:{r.task_id}",

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from cpmail.people import parse_workdays
 from cpmail.store.schema import staff, time_entries, time_off
 from cpmail.triggers import Notification, Run, hours
 
@@ -33,9 +32,7 @@ def missing_time(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         off.setdefault(r.staff_id, set()).add(r.date)
     prior: dict[str, dt.date] = {}
     for p in people:
-        day = run.calendar.prior_workday(
-            run.date, parse_workdays(p.workdays or "mon-fri"), off.get(p.id, ())
-        )
+        day = run.prior_workday(p.workdays, frozenset(off.get(p.id, ())))
         if day is not None:
             prior[p.id] = day
     if not prior:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 04:59:28.130652
+Create Date: 2026-11-27 05:26:25.544901
 """
 
 import sqlalchemy as sa
@@ -245,6 +245,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("staff_id", "date", name=op.f("pk_time_off")),
     )
+    with op.batch_alter_table("time_off", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_time_off_date"), ["date"], unique=False)
+
     op.create_table(
         "vendor_invoices",
         sa.Column("id", sa.Text(), nullable=False),
@@ -417,6 +420,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_tasks_assignee_id"), ["assignee_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_tasks_completed_at"), ["completed_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_tasks_due_date"), ["due_date"], unique=False)
         batch_op.create_index(batch_op.f("ix_tasks_job_id"), ["job_id"], unique=False)
         batch_op.create_index(
@@ -695,6 +699,7 @@ def downgrade() -> None:
         )
         batch_op.drop_index(batch_op.f("ix_tasks_job_id"))
         batch_op.drop_index(batch_op.f("ix_tasks_due_date"))
+        batch_op.drop_index(batch_op.f("ix_tasks_completed_at"))
         batch_op.drop_index(batch_op.f("ix_tasks_assignee_id"))
 
     op.drop_table("tasks")
@@ -723,6 +728,9 @@ def downgrade() -> None:
 
     op.drop_table("billings")
     op.drop_table("vendor_invoices")
+    with op.batch_alter_table("time_off", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_time_off_date"))
+
     op.drop_table("time_off")
     op.drop_table("staff_opt_out")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
