@@ -28,8 +28,8 @@ from cpmail.errors import InputError
 
 # CRLF line endings. Headers fold only past RFC 5322's hard limit of 998: folding
 # at 78 makes the stdlib break a long subject straight after "Subject:".
-POLICY = policy.SMTP.clone(max_line_length=998)
 _MAX_LINE = 998
+POLICY = policy.SMTP.clone(max_line_length=_MAX_LINE)
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,7 @@ def compose(
         head.append(b"Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n")
     head.append(_header("X-Cpmail-Event", clean_header_text(event)))
     if html is None:
-        body = _text_part("plain", text, mime_version=False)
-        body.insert(2, b"MIME-Version: 1.0\r\n")
+        body = _text_part("plain", text, mime_version=True)
         return Composed(b"".join(head + body), subject, message_id)
     plain = b"".join(_text_part("plain", text, mime_version=False))
     rich = b"".join(_text_part("html", html, mime_version=True))
