@@ -304,31 +304,43 @@ def _plan_parts(
     """Plan every group, yielding the messages in order, in one part or a few.
 
     Rendering and composing is most of a large run's work, and all of it is
-    done before anything is sent. With many messages, on a machine with more
-    than one core that can fork, a forked copy of this process (templates
-    compiled, data read) composes the later groups while this one composes
-    the first ones and writes what is ready.
+    done before anything is sent. With many messages, on a Linux machine with
+    more than one core, a forked copy of this process (templates compiled,
+    data read) composes the later groups while this one composes the first
+    ones and writes what is ready.
     """
     if len(groups) < PARALLEL_FROM or not _can_fork():
         yield [_plan(g, renderer, settings, sender) for g in groups]
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     global _SHARE
     cut = max(1, round(len(groups) * (1 - CHILD_SHARE)))
-    _SHARE = (groups[cut:], renderer, settings, sender)
-    step = max(1, -(-(len(groups) - cut) // CHILD_PARTS))
+    rest = groups[cut:]
+    step = max(1, -(-len(rest) // CHILD_PARTS))
+    ranges = [(i, min(i + step, len(rest))) for i in range(0, len(rest), step)]
+    _SHARE = (rest, renderer, settings, sender)
     try:
-        context = multiprocessing.get_context("fork")
         first = _plan(groups[0], renderer, settings, sender)  # compiles the templates once
+        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            theirs = [
-                pool.submit(_plan_share, i, i + step) for i in range(0, len(groups) - cut, step)
-            ]
+            theirs: list[Future[list[Planned]] | None] = []
+            for a, b in ranges:
+                try:
+                    theirs.append(pool.submit(_plan_share, a, b))
+                except (OSError, BrokenProcessPool):  # no fork today: do it here
+                    theirs.append(None)
             yield [first, *(_plan(g, renderer, settings, sender) for g in groups[1:cut])]
-            for future in theirs:
-                yield future.result()
+            for (a, b), future in zip(ranges, theirs, strict=True):
+                try:
+                    if future is not None:
+                        yield future.result()
+                        continue
+                except BrokenProcessPool:  # the other process died (killed, out of memory)
+                    pass
+                yield [_plan(g, renderer, settings, sender) for g in rest[a:b]]
     finally:
         _SHARE = None
 
@@ -336,8 +348,14 @@ def _plan_parts(
 def _can_fork() -> bool:
     import multiprocessing
     import os
+    import sys
 
-    return (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()
+    # fork is safe where it is the default (Linux); a daemonic process may not have children.
+    return (
+        sys.platform.startswith("linux")
+        and (os.cpu_count() or 1) > 1
+        and not multiprocessing.current_process().daemon
+    )
 
 
 def _plan_share(start: int, stop: int) -> list[Planned]:
