@@ -305,9 +305,9 @@ def _plan_parts(
 
     Rendering and composing is most of a large run's work, and all of it is
     done before anything is sent. With many messages, on a Linux machine with
-    more than one core, a forked copy of this process (templates compiled,
-    data read) composes the later groups while this one composes the first
-    ones and writes what is ready.
+    a core to spare, a forked copy of this process (templates compiled, data
+    read) composes the later groups while this one composes the first ones
+    and writes what is ready.
     """
     if len(groups) < PARALLEL_FROM or not _can_fork():
         yield [_plan(g, renderer, settings, sender) for g in groups]
@@ -346,16 +346,20 @@ def _plan_parts(
 
 
 def _can_fork() -> bool:
+    """True on Linux (where fork is the default) with a core to spare right now.
+
+    On a machine whose cores are all busy the second process only competes
+    with this one and costs its start and the copying of results: measured
+    slower than composing here. A daemonic process may not have children.
+    """
     import multiprocessing
     import os
     import sys
 
-    # fork is safe where it is the default (Linux); a daemonic process may not have children.
-    return (
-        sys.platform.startswith("linux")
-        and (os.cpu_count() or 1) > 1
-        and not multiprocessing.current_process().daemon
-    )
+    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
+        return False
+    cores = os.cpu_count() or 1
+    return cores > 1 and os.getloadavg()[0] <= cores - 1
 
 
 def _plan_share(start: int, stop: int) -> list[Planned]:
