@@ -6,8 +6,9 @@ run of this script then:
 
 1. copies the cached agency, runs ``cpmail check --date D-1`` on it as a
    process (the **first run**: the month of current work seen for the first
-   time; history is marked checked and in the ledger already), and adds the
-   day's 10,000 rows: the **day** agency, which is never changed afterwards;
+   time; history is marked checked and in the ledger already; ``--first-runs``
+   interleaved rounds, on fresh copies), and adds the day's 10,000 rows to
+   the last copy: the **day** agency, which is never changed afterwards;
 2. measures, in interleaved rounds, in this one process and on the same
    SQLite file:
 
@@ -90,17 +91,20 @@ def copy_home(src: Path, dst: Path) -> Path:
     return dst
 
 
-def first_run_and_day(agency: Path, work: Path, seed: int) -> tuple[Path, float, int]:
-    """The day agency: copy, first check (timed, as a process), then the day's rows."""
+def first_run(agency: Path, work: Path) -> tuple[Path, float, int]:
+    """Copy the agency and run its first check (the day before) as a process, timed."""
     home = copy_home(agency, work / "day")
     prior = (DATE - dt.timedelta(days=1)).isoformat()
     took = timed([CPMAIL, "-q", "--home", str(home), "check", "--date", prior], env=user_env())
     mails = len(list((home / "mail").glob("*.eml")))
     shutil.rmtree(home / "mail", ignore_errors=True)
+    return home, took, mails
+
+
+def add_day(home: Path, seed: int) -> None:
     db = gen.Db(home / "cpmail.db")
     gen.day(db, seed, DATE)
     db.close()
-    return home, took, mails
 
 
 # ------------------------------------------------------------------ bare SQL
@@ -316,6 +320,78 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
 PARTS = ("bare SQL", "triggers", "dry run", "check")
 
 
+def split(home: Path, work: Path, scale: float) -> None:
+    """Run one check in this process on a fresh copy; print the time inside each part."""
+    import cpmail.check as check
+
+    spent: collections.Counter[str] = collections.Counter()
+    saved: list[tuple[Any, str, Any]] = []
+
+    def clock(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        saved.append((owner, name, inner))
+
+        def timed_call(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - t
+
+        setattr(owner, name, timed_call)
+
+    table = check.finders()
+
+    def finder(fn: Any) -> Any:
+        def run_to_end(*a: Any, **k: Any) -> list[Any]:
+            t = time.perf_counter()
+            out = list(fn(*a, **k))
+            spent["triggers"] += time.perf_counter() - t
+            return out
+
+        return run_to_end
+
+    saved.append((check, "finders", check.finders))
+    check.finders = lambda: {ev: finder(fn) for ev, fn in table.items()}  # type: ignore[assignment]
+    plan_parts = check._plan_parts
+    saved.append((check, "_plan_parts", plan_parts))
+
+    def composed(*a: Any, **k: Any) -> Any:
+        parts = plan_parts(*a, **k)
+        while True:
+            t = time.perf_counter()
+            part = next(parts, None)
+            spent["render and compose (this process)"] += time.perf_counter() - t
+            if part is None:
+                return
+            yield part
+
+    check._plan_parts = composed  # type: ignore[assignment]
+    clock(check, "stamp_state_rows", "claim the state rows")
+    clock(check, "Directory", "staff, teams, opt-outs")
+    clock(check, "_unrecorded", "triggers")
+    clock(check, "_route", "routing")
+    clock(check, "record_keys", "ledger keys")
+    clock(check, "queue_many", "outbox rows")
+    clock(check, "settle_state_rows", "mark the state rows checked")
+    clock(check, "deliver", "deliver (.eml files, outcomes)")
+    fresh = copy_home(home, work / "split")
+    try:
+        run = Cpmail().check(fresh)
+        t0 = time.perf_counter()
+        _, messages = run()
+        total = time.perf_counter() - t0
+    finally:
+        for owner, name, inner in reversed(saved):
+            setattr(owner, name, inner)
+        shutil.rmtree(fresh, ignore_errors=True)
+    print(f"\nscale {scale:g}, one check in this process: {total:.2f} s, {messages} messages")
+    for label, t in spent.most_common():
+        print(f"  {label:<36} {t:6.2f} s  {1e6 * t / messages:6.0f} us/message")
+    rest = total - sum(spent.values())
+    print(f"  {'the rest (commits, forked share…)':<36} {rest:6.2f} s")
+
+
 def profile(home: Path, work: Path) -> None:
     """One `cpmail check` process under py-spy; print where its time went."""
     spy = Path(sys.executable).parent / "py-spy"
@@ -362,7 +438,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scales", default="1,0.1", help="comma-separated; the first is the target")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--first-runs", type=int, default=3, help="rounds of the first run")
     ap.add_argument("--profile", action="store_true", help="py-spy one check per scale")
+    ap.add_argument("--split", action="store_true", help="time the parts of one check per scale")
     ap.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}"
     )
@@ -377,17 +455,30 @@ def main() -> None:
     prior: dict[float, list[str]] = {}
     with tempfile.TemporaryDirectory(dir=args.cache, prefix="work-") as tmp:
         work = Path(tmp)
+        agencies = {scale: cached_agency(args.cache, scale, args.seed) for scale in scales}
+        firsts: dict[float, list[float]] = {scale: [] for scale in scales}
+        mails = 0
+        for _ in range(args.first_runs):
+            for scale in scales:
+                w = work / f"scale-{scale:g}"
+                w.mkdir(exist_ok=True)
+                days[scale], took, mails = first_run(agencies[scale], w)
+                firsts[scale].append(took)
         for scale in scales:
-            agency = cached_agency(args.cache, scale, args.seed)
-            w = work / f"scale-{scale:g}"
-            w.mkdir()
-            days[scale], took, mails = first_run_and_day(agency, w, args.seed)
+            add_day(days[scale], args.seed)
             prior[scale] = prior_workdays(days[scale])
             size = (days[scale] / "cpmail.db").stat().st_size / 2**30
             print(
-                f"scale {scale:g} ({size:.2f} GiB): first run `cpmail check` "
-                f"(a process) {took:.2f} s, {mails} messages"
+                f"scale {scale:g} ({size:.2f} GiB): first run `cpmail check --date D-1` "
+                f"(a process, {mails} messages): median {median(firsts[scale]):.2f} s "
+                f"({', '.join(f'{t:.2f}' for t in firsts[scale])})"
             )
+        if len(scales) > 1:
+            ratios = [a / b for a, b in zip(firsts[scales[0]], firsts[scales[1]], strict=True)]
+            print(f"first run, scale {scales[0]:g} / scale {scales[1]:g}: {median(ratios):.2f} x")
+        if args.split:
+            for scale in scales:
+                split(days[scale], work, scale)
         times: dict[float, dict[str, list[float]]] = {s: {p: [] for p in parts} for s in scales}
         counts: dict[float, dict[str, Any]] = {s: {} for s in scales}
         for r in range(args.rounds + 1):
