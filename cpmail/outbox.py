@@ -507,6 +507,13 @@ def deliver(
     _expire(engine, settings)
     if not in_send_window(settings):
         m = messages.c
+        if ready:  # the window closed since they were queued: they wait like the rest
+            with engine.begin() as conn:
+                conn.execute(
+                    messages.update()
+                    .where(m.claimed_by == run_id, m.status == "sending")
+                    .values(status="queued", claimed_at=None, claimed_by=None)
+                )
         with engine.connect() as conn:
             q = sa.select(sa.func.count()).select_from(messages).where(_due(utcnow()))
             if ids is not None:
