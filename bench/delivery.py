@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import os
 import shutil
 import smtplib
 import sqlite3
@@ -210,18 +209,9 @@ def split(home: Path) -> None:
 
     table = check.finders()
     check.finders = lambda: {ev: _clocked(fn, clock) for ev, fn in table.items()}  # type: ignore[assignment]
-    parts = [0]
-    plan_parts = check._plan_parts
-
-    def counted(*a: Any, **k: Any) -> Any:
-        for part in plan_parts(*a, **k):
-            parts[0] += 1
-            yield part
-
-    check._plan_parts = counted  # type: ignore[assignment]
     clock(check, "_route", "routing")
     clock(check, "record_keys", "ledger keys")
-    clock(check, "_plan", "compose (this process's share)")
+    clock(check, "_plan", "compose")
     clock(check, "queue_many", "queue (outbox rows)")
     clock(check, "deliver", "deliver")
     clock(outbox._Recorder, "flush", "record outcomes")
@@ -241,16 +231,9 @@ def split(home: Path) -> None:
             f"  {label:<32} {first[label]:6.2f} {last[label]:6.2f} {spent[label]:6.2f}"
             f"  {1e6 * spent[label] / max(sent, 1):8.0f}"
         )
-    forked = parts[0] > 1
     print(
         "  (from/to: seconds since the start of run_check; busy: time inside the part in this"
         "\n   process; 'SMTP transport' includes 'record outcomes', written on a thread)"
-    )
-    print(
-        "  A forked process composed part of the messages (a core was free)."
-        if forked
-        else "  All messages were composed in this process (no core free: load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)."
     )
 
 
@@ -286,7 +269,6 @@ PARTS = [
     ("deliver: claim", ("claim (cpmail/outbox.py",)),
     ("compose: render templates (Jinja2)", ("cpmail/render.py",)),
     ("compose: build message bytes", ("cpmail/compose.py", "_plan (cpmail/check.py")),
-    ("compose: wait for the forked process", ("_plan_parts (cpmail/check.py",)),
     ("queue: ledger keys and outbox rows", ("queue_many (cpmail/", "record_keys (cpmail/")),
     ("deliver: other", ("deliver (cpmail/outbox.py",)),
     ("triggers", ("cpmail/triggers/",)),

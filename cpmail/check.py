@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import socket
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,20 +182,17 @@ def run_check(
         if len(fresh) < len(found):
             # A concurrent run queued some of these first: send only the rest.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
-        planned, drafts, mids = [], [], []
-        for part in _plan_parts(groups, renderer, settings, sender):
-            part_drafts = [_draft(p, sender) for p in part]
-            mids += queue_many(
-                conn,
-                part_drafts,
-                run_id=run_id,
-                ledger_keys=[",".join(p.keys)[:2000] for p in part],
-                suppressed=not enabled,
-                max_bytes=max_bytes,
-                claimed=send_now,
-            )
-            planned += part
-            drafts += part_drafts
+        planned = [_plan(g, renderer, settings, sender) for g in groups]
+        drafts = [_draft(p, sender) for p in planned]
+        mids = queue_many(
+            conn,
+            drafts,
+            run_id=run_id,
+            ledger_keys=[",".join(p.keys)[:2000] for p in planned],
+            suppressed=not enabled,
+            max_bytes=max_bytes,
+            claimed=send_now,
+        )
         ids = dict(zip(mids, planned, strict=True))
     # Sent straight from memory: no claim to write, no bytes to read back.
     ready = [
@@ -285,91 +282,6 @@ def _route(
                 bucket = n.key
             groups[(person.address.lower(), bucket)].append((n, person))
     return list(groups.values())
-
-
-# Below this many messages a second process costs more than it saves.
-PARALLEL_FROM = 500
-# The share of the messages the second process composes: this one also
-# writes the messages to the outbox, its own share while the other composes.
-CHILD_SHARE = 0.55
-# The second process hands its messages back in this many parts, so that
-# writing them overlaps composing the next.
-CHILD_PARTS = 4
-_SHARE: tuple[list[Group], Renderer, Settings, Sender] | None = None
-
-
-def _plan_parts(
-    groups: list[Group], renderer: Renderer, settings: Settings, sender: Sender
-) -> Iterator[list[Planned]]:
-    """Plan every group, yielding the messages in order, in one part or a few.
-
-    Rendering and composing is most of a large run's work, and all of it is
-    done before anything is sent. With many messages, on a Linux machine with
-    a core to spare, a forked copy of this process (templates compiled, data
-    read) composes the later groups while this one composes the first ones
-    and writes what is ready.
-    """
-    if len(groups) < PARALLEL_FROM or not _can_fork():
-        yield [_plan(g, renderer, settings, sender) for g in groups]
-        return
-    import multiprocessing
-    from concurrent.futures import Future, ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    global _SHARE
-    cut = max(1, round(len(groups) * (1 - CHILD_SHARE)))
-    rest = groups[cut:]
-    step = max(1, -(-len(rest) // CHILD_PARTS))
-    ranges = [(i, min(i + step, len(rest))) for i in range(0, len(rest), step)]
-    _SHARE = (rest, renderer, settings, sender)
-    try:
-        first = _plan(groups[0], renderer, settings, sender)  # compiles the templates once
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            theirs: list[Future[list[Planned]] | None] = []
-            for a, b in ranges:
-                try:
-                    theirs.append(pool.submit(_plan_share, a, b))
-                except (OSError, BrokenProcessPool):  # no fork today: do it here
-                    theirs.append(None)
-            yield [first, *(_plan(g, renderer, settings, sender) for g in groups[1:cut])]
-            for (a, b), future in zip(ranges, theirs, strict=True):
-                try:
-                    if future is not None:
-                        yield future.result()
-                        continue
-                except BrokenProcessPool:  # the other process died (killed, out of memory)
-                    pass
-                yield [_plan(g, renderer, settings, sender) for g in rest[a:b]]
-    finally:
-        _SHARE = None
-
-
-def _can_fork() -> bool:
-    """True on Linux (where fork is the default) with a core to spare right now.
-
-    On a machine whose cores are all busy the second process only competes
-    with this one and costs its start and the copying of results: measured
-    slower than composing here. A daemonic process may not have children.
-    """
-    import multiprocessing
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
-        return False
-    cores = os.cpu_count() or 1
-    return cores > 1 and os.getloadavg()[0] <= cores - 1
-
-
-def _plan_share(start: int, stop: int) -> list[Planned]:
-    """In the forked process: plan groups ``start:stop`` of those left to it."""
-    import random
-
-    random.seed()  # MIME boundaries of its own, not a copy of the parent's
-    assert _SHARE is not None
-    groups, renderer, settings, sender = _SHARE
-    return [_plan(g, renderer, settings, sender) for g in groups[start:stop]]
 
 
 def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) -> Planned:

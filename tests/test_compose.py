@@ -118,3 +118,57 @@ def test_data_cannot_add_headers_or_recipients(subject: str, name: str) -> None:
     msg = message_from_bytes(raw, policy=policy.default)
     assert [a.addr_spec for a in msg["To"].addresses] == ["ae@agency.test"]
     assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])
+
+
+# ``compose`` writes the bytes of the common message directly (cpmail check sends
+# thousands); it must mean exactly what ``build_message`` means.
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
+_NAME = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=_TEXT
+    | st.sampled_from(["[C&P] Job J100 opened: Winter catalog", "x\r\nBcc: e@e.test"]),
+    name=_NAME | st.sampled_from(["Jane Doe", "O'Brien, Pat", 'Eve "E" Smith', ""]),
+    text=_TEXT,
+    html=st.none() | _TEXT,
+    thread=st.none() | st.sampled_from(["job:J100", "job:J2"]),
+    ics=st.booleans(),
+)
+def test_compose_means_what_build_message_means(
+    subject: str, name: str, text: str, html: str | None, thread: str | None, ics: bool
+) -> None:
+    import datetime as dt
+
+    from cpmail.compose import compose
+
+    args = dict(
+        sender=Mailbox("kate@agency.test", "Kate Morgan"),
+        to=[Mailbox("ae@agency.test", name)],
+        subject=subject,
+        text=text,
+        html=html,
+        event="job-opened",
+        key="job-opened:J100",
+        thread=thread,
+        attachments=[Attachment("x.ics", b"BEGIN:VCALENDAR\r\n", "text/calendar")] if ics else [],
+        date=dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC),
+    )
+    fast = message_from_bytes(compose(**args).raw, policy=policy.default)  # type: ignore[arg-type]
+    slow = message_from_bytes(to_bytes(build_message(**args)), policy=policy.default)  # type: ignore[arg-type]
+    assert not fast.defects
+    assert [(k, str(v)) for k, v in fast.items() if k != "Content-Type"] == [
+        (k, str(v)) for k, v in slow.items() if k != "Content-Type"
+    ]
+    fast_parts = [
+        (p.get_content_type(), p.get_filename(), p.get_content())
+        for p in fast.walk()
+        if not p.is_multipart()
+    ]
+    slow_parts = [
+        (p.get_content_type(), p.get_filename(), p.get_content())
+        for p in slow.walk()
+        if not p.is_multipart()
+    ]
+    assert fast_parts == slow_parts

@@ -238,146 +238,6 @@ class _Group:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class _Session(asyncio.Protocol):
-    """The mail transactions of a connection that aiosmtplib opened (greeting, TLS, login).
-
-    aiosmtplib costs about 200 us of CPU a message: it parses each address
-    with the email package, wraps every answer in a task with its own timer
-    and runs each message through two regular expressions. Once the
-    connection is open this protocol takes the transport over and speaks the
-    few commands a transaction needs (about 80 us a message); with a server
-    that offers PIPELINING (RFC 2920) MAIL, RCPT and DATA go in one write.
-    Errors are aiosmtplib's own exceptions, raised where aiosmtplib raises
-    them: a lost connection or a timeout closes the connection, as does a 421
-    answer. Answers nobody asked for are dropped, never paired with a later
-    command.
-    """
-
-    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
-        self.smtp = smtp
-        transport = smtp.transport
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
-        self.buffer = bytearray()
-        self.replies: deque[tuple[int, str]] = deque()
-        self.expected = 0  # answers still owed by the server
-        self.waiter: asyncio.Future[None] | None = None
-        self.failure: aiosmtplib.SMTPException | None = None
-        transport.set_protocol(self)
-
-    @property
-    def open(self) -> bool:
-        return self.failure is None and not self.transport.is_closing()
-
-    def write(self, data: bytes, answers: int) -> None:
-        """Send ``data``: commands (or a message) that ``answers`` replies will answer."""
-        if not self.open:
-            raise self.failure or aiosmtplib.SMTPServerDisconnected("Connection lost")
-        self.expected += answers
-        self.transport.write(data)
-
-    async def reply(self, timeout: float) -> tuple[int, str]:
-        """The next answer, in order: (code, text with lines joined by newlines)."""
-        while not self.replies:
-            if self.failure is not None:
-                raise self.failure
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.waiter
-            except TimeoutError:
-                self.close()
-                raise aiosmtplib.SMTPReadTimeoutError(
-                    "Timed out waiting for server response"
-                ) from None
-            finally:
-                self.waiter = None
-        code, text = self.replies.popleft()
-        if code == 421:  # the server is closing the connection: so do we
-            self.close()
-        return code, text
-
-    def close(self, failure: aiosmtplib.SMTPException | None = None) -> None:
-        if self.failure is None:
-            self.failure = failure or aiosmtplib.SMTPServerDisconnected("Connection lost")
-        self.smtp.close()  # closes the transport
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.expected:
-            return  # nothing was asked: never pair it with a later command
-        self.buffer += data
-        while self.expected:
-            reply = self._parse()
-            if reply is None:
-                break
-            self.expected -= 1
-            self.replies.append(reply)
-        if len(self.buffer) > _MAX_REPLY:
-            self.buffer.clear()
-            self.close(aiosmtplib.SMTPResponseException(-1, "Response too long"))
-        self._wake()
-
-    def _parse(self) -> tuple[int, str] | None:
-        """Take one complete (possibly multi-line) answer off the buffer."""
-        lines: list[str] = []
-        offset = 0
-        while True:
-            end = self.buffer.find(b"\n", offset)
-            if end == -1:
-                return None
-            line = bytes(self.buffer[offset : end + 1])
-            offset = end + 1
-            head = line[:3]
-            if not head.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
-                text = line.decode("utf-8", errors="ignore")
-                self.buffer.clear()
-                self.close(
-                    aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}")
-                )
-                return None
-            lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
-            if line[3:4] != b"-":
-                del self.buffer[:offset]
-                return int(head), "\n".join(lines)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
-        lost.__cause__ = exc
-        self.close(lost)
-
-    def eof_received(self) -> bool:
-        return False  # the transport closes and connection_lost follows
-
-
-_MAX_REPLY = 32 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DOTS = re.compile(rb"(?m)^\.")
-
-
-def _data(raw: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled, the final dot."""
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
-        raw = _LINE_ENDS.sub(b"\r\n", raw)
-    if not raw.endswith(b"\r\n"):
-        raw += b"\r\n"
-    if raw.startswith(b".") or b"\n." in raw:
-        raw = _DOTS.sub(b"..", raw)
-    return raw + b".\r\n"
-
-
-class _DataRefused(Exception):
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = text
-
-
 class _Connection:
     """One SMTP session: open (greeting, TLS, login), send messages, quit."""
 
@@ -395,13 +255,11 @@ class _Connection:
         login = group.login
         self.scrub = _Scrubber(login.user, login.passcode) if login else _Scrubber("", None)
         self.smtp: aiosmtplib.SMTP | None = None
-        self.session: _Session | None = None
-        self.pipelining = False
         self.size_limit = 0
 
     @property
     def connected(self) -> bool:
-        return self.session is not None and self.session.open
+        return self.smtp is not None and self.smtp.is_connected
 
     async def open(self) -> None:
         """Connect, say hello, upgrade to TLS, log in; raise Unreachable or AuthError."""
@@ -445,8 +303,6 @@ class _Connection:
         self.smtp = smtp
         size = smtp.esmtp_extensions.get("size", "").strip()
         self.size_limit = int(size) if size.isdigit() else 0
-        self.pipelining = smtp.supports_extension("pipelining")
-        self.session = _Session(smtp)
 
     async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
         if not smtp.is_ehlo_or_helo_needed:
@@ -584,14 +440,12 @@ class _Connection:
     async def close(self) -> None:
         """Say QUIT if the connection is still there; never raise."""
         smtp, self.smtp = self.smtp, None
-        session, self.session = self.session, None
         if smtp is None:
             return
-        if session is not None and session.open:
+        if smtp.is_connected:
             # The messages are already sent; a rude goodbye does no harm.
             with contextlib.suppress(Exception):
-                session.write(b"QUIT\r\n", 1)
-                await session.reply(min(self.cfg.timeout, 5.0))
+                await smtp.quit(timeout=min(self.cfg.timeout, 5.0))
         smtp.close()
 
     async def send(self, env: Envelope) -> Outcome:
@@ -599,15 +453,13 @@ class _Connection:
         try:
             return await self._transact(env)
         except ValueError as e:
-            # An address that cannot go on a command line.
+            # aiosmtplib refuses an address it cannot put on a command line.
             await self._rset()
             return Outcome(env.id, error=PermanentFailure(f"cannot send this message: {e}."))
         except (aiosmtplib.SMTPException, OSError) as e:
             # An answer that makes no sense leaves the session in an unknown
             # state: give it up; the next message opens a fresh connection.
-            if self.session is not None:
-                self.session.close()
-            elif self.smtp is not None:
+            if self.smtp is not None:
                 self.smtp.close()
             detail = self.scrub(" ".join(str(getattr(e, "message", e)).split()))
             return Outcome(
@@ -619,8 +471,8 @@ class _Connection:
             )
 
     async def _transact(self, env: Envelope) -> Outcome:
-        smtp, session = self.smtp, self.session
-        assert smtp is not None and session is not None
+        smtp = self.smtp
+        assert smtp is not None
         where = self.cfg.address
         wire_size = _wire_size(env.raw)
         if self.size_limit and wire_size > self.size_limit:
@@ -656,30 +508,17 @@ class _Connection:
             options.append("BODY=8BITMIME")
         encoding = "utf-8" if international else "ascii"
         timeout = self.cfg.timeout
-        mail = _command("MAIL FROM:", env.mail_from, options, encoding)
-        rcpts = [_command("RCPT TO:", r, [], encoding) for r in env.rcpt_to]
-        # With PIPELINING the server gets MAIL, every RCPT and DATA at once and
-        # answers them in order; without it, each waits for the answer before.
-        pipelined = self.pipelining
 
         # MAIL and RCPT: nothing of the message is sent yet, so a lost line
         # means "send it again on a new connection", never a duplicate.
         try:
-            if pipelined:
-                session.write(mail + b"".join(rcpts) + b"DATA\r\n", len(rcpts) + 2)
-            else:
-                session.write(mail, 1)
-            code, text = await session.reply(timeout)
-        except aiosmtplib.SMTPServerDisconnected:
-            raise _Resend(f"the SMTP server {where} closed the connection") from None
-        except aiosmtplib.SMTPTimeoutError:
-            return Outcome(env.id, error=_timed_out(where, timeout, "MAIL FROM"))
-        if code != 250:
-            words = self.scrub(_words(code, text))
-            if code == 421:
+            await smtp.mail(env.mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as e:
+            words = self.scrub(_words(e.code, e.message))
+            if e.code == 421:
                 raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
             provider = provider_of(self.cfg.host, words)
-            if code == 530 or (provider == "microsoft" and "5.7.30" in words):
+            if e.code == 530 or (provider == "microsoft" and "5.7.30" in words):
                 # Every message would meet the same answer: stop the run and say why.
                 advice = (
                     sign_in_advice(provider, env.account)
@@ -691,51 +530,41 @@ class _Connection:
                     f"the SMTP server {where} will not send mail from {env.mail_from} "
                     f"without a login: {words}; {advice}."
                 ) from None
-            if pipelined:
-                await self._skip(len(rcpts) + 1)  # the answers to RCPT and DATA
             await self._rset()
-            return Outcome(env.id, error=_failure(code, f"refused the sender: {words}", where))
+            return Outcome(env.id, error=_failure(e.code, f"refused the sender: {words}", where))
+        except aiosmtplib.SMTPServerDisconnected:
+            raise _Resend(f"the SMTP server {where} closed the connection") from None
+        except aiosmtplib.SMTPTimeoutError:
+            return Outcome(env.id, error=_timed_out(where, timeout, "MAIL FROM"))
 
         accepted: list[str] = []
         deferred: dict[str, str] = {}
         refused: dict[str, str] = {}
-        for n, rcpt in enumerate(env.rcpt_to):
+        for rcpt in env.rcpt_to:
             try:
-                if not pipelined:
-                    session.write(rcpts[n], 1)
-                code, text = await session.reply(timeout)
+                await smtp.rcpt(rcpt, encoding=encoding)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPRecipientRefused as e:
+                words = self.scrub(_words(e.code, e.message))
+                if e.code == 421:
+                    raise _Resend(
+                        f"the SMTP server {where} closed the connection: {words}"
+                    ) from None
+                (deferred if 400 <= e.code < 500 else refused)[rcpt] = words
             except aiosmtplib.SMTPServerDisconnected:
                 raise _Resend(f"the SMTP server {where} closed the connection") from None
             except aiosmtplib.SMTPTimeoutError:
                 return Outcome(env.id, error=_timed_out(where, timeout, "RCPT TO"))
-            if code in (250, 251):
-                accepted.append(rcpt)
-                continue
-            words = self.scrub(_words(code, text))
-            if code == 421:
-                raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
-            (deferred if 400 <= code < 500 else refused)[rcpt] = words
         if not accepted:
-            if pipelined:
-                await self._skip(1)  # the answer to DATA
             await self._rset()
             return Outcome(env.id, deferred=deferred, refused=refused)
 
         # DATA: from here on the server may have the message even if we never
         # hear back, so a lost line is a temporary failure (sent again later).
-        data_timeout = timeout + len(env.raw) / _BYTES_PER_SECOND
         try:
-            if not pipelined:
-                session.write(b"DATA\r\n", 1)
-            code, text = await session.reply(data_timeout)
-            if code != 354:
-                raise _DataRefused(code, text)
-            session.write(_data(env.raw), 1)
-            code, text = await session.reply(data_timeout)
-            if code != 250:
-                raise _DataRefused(code, text)
-        except _DataRefused as e:
-            words = self.scrub(_words(e.code, e.text))
+            await smtp.data(env.raw, timeout=timeout + len(env.raw) / _BYTES_PER_SECOND)
+        except aiosmtplib.SMTPDataError as e:
+            words = self.scrub(_words(e.code, e.message))
             await self._rset()
             return Outcome(env.id, error=_failure(e.code, f"refused the message: {words}", where))
         except aiosmtplib.SMTPServerDisconnected:
@@ -750,41 +579,15 @@ class _Connection:
             return Outcome(env.id, error=_timed_out(where, timeout, "the message"))
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
 
-    async def _skip(self, answers: int) -> None:
-        """Read the answers still owed to pipelined commands (a failed transaction's)."""
-        session = self.session
-        try:
-            for _ in range(answers):
-                assert session is not None
-                code, _text = await session.reply(self.cfg.timeout)
-                if code == 354:  # DATA accepted after all: end it empty, the server refuses it
-                    session.write(b".\r\n", 1)
-                    await session.reply(self.cfg.timeout)
-        except (aiosmtplib.SMTPException, OSError, AssertionError):
-            if session is not None:
-                session.close()
-
     async def _rset(self) -> None:
         """Clear a half-done transaction so the connection can carry the next message."""
-        session = self.session
-        if session is None or not session.open:
+        if self.smtp is None or not self.smtp.is_connected:
             return
         try:
-            session.write(b"RSET\r\n", 1)
-            code, _text = await session.reply(self.cfg.timeout)
-            if code != 250:
-                session.close()
+            await self.smtp.rset()
         except (aiosmtplib.SMTPException, OSError):
             # The next message notices the broken connection and opens a new one.
-            session.close()
-
-
-def _command(verb: str, address: str, options: list[str], encoding: str) -> bytes:
-    """One MAIL or RCPT command line; ValueError for an address no command line can carry."""
-    if _CONTROL.search(address) or any(_CONTROL.search(o) for o in options):
-        raise ValueError(f"{address!r} contains control characters")
-    line = " ".join([f"{verb}<{address}>", *options])
-    return line.encode(encoding) + b"\r\n"
+            self.smtp.close()
 
 
 def _who(account: str) -> str:
@@ -808,9 +611,7 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 def _wire_size(raw: bytes) -> int:
     """Size as sent in DATA (CRLF line ends), which is what SIZE limits count."""
-    crlf = raw.count(b"\r\n")
-    canonical = raw.count(b"\r") == crlf and raw.count(b"\n") == crlf
-    size = len(raw) if canonical else len(_LINE_ENDS.sub(b"\r\n", raw))
+    size = len(_LINE_ENDS.sub(b"\r\n", raw))
     return size if raw.endswith((b"\r\n", b"\n", b"\r")) else size + 2
 
 
