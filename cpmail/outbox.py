@@ -607,19 +607,6 @@ def _release(
 
 # ------------------------------------------------------------------ listing and repair
 
-LOG_COLUMNS = (
-    "id",
-    "time",
-    "event",
-    "status",
-    "from",
-    "to",
-    "subject",
-    "message_id",
-    "attempts",
-    "last_error",
-)
-
 
 def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
     when = r.sent_at or r.created_at
