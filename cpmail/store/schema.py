@@ -386,9 +386,7 @@ messages = sa.Table(
     "messages",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    # Not indexed: nothing looks messages up by it, and with years of log in the table,
-    # keeping an index of these long keys up to date cost a check more than the rows.
-    sa.Column("ledger_key", sa.Text),
+    sa.Column("ledger_key", sa.Text, index=True),
     sa.Column("event", sa.Text, nullable=False),
     sa.Column("account", sa.Text, nullable=False, server_default=""),
     sa.Column("from_addr", sa.Text, nullable=False),

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 05:45:45.333293
+Create Date: 2026-11-27 05:57:06.878920
 """
 
 import sqlalchemy as sa
@@ -90,6 +90,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_messages_created_at"), ["created_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_messages_ledger_key"), ["ledger_key"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_messages_status_next_attempt_at"),
             ["status", "next_attempt_at"],
@@ -753,6 +754,7 @@ def downgrade() -> None:
     op.drop_table("staff")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_messages_status_next_attempt_at"))
+        batch_op.drop_index(batch_op.f("ix_messages_ledger_key"))
         batch_op.drop_index(batch_op.f("ix_messages_created_at"))
 
     op.drop_table("messages")
