@@ -29,6 +29,7 @@ per-round ratios. Targets: <= 3x sqlite3, peak RSS < 200 MB.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import sqlite3
@@ -207,6 +208,9 @@ def main() -> None:
             home = work / "home"
             shutil.rmtree(home, ignore_errors=True)
             shutil.copytree(template, home)
+            fd = os.open(home / "cpmail.db", os.O_RDONLY)  # on disk, as a home would be
+            os.fsync(fd)
+            os.close(fd)
             steps = ["cpmail", "sqlite3"] if r % 2 == 0 else ["sqlite3", "cpmail"]
             for step in steps:
                 if step == "cpmail":
