@@ -15,13 +15,21 @@ from cpmail.errors import InputError, NotDelivered
 def check(
     ctx: typer.Context,
     today: bool = typer.Option(False, "--today", help="Run for today (the default)."),
-    date: str | None = typer.Option(None, "--date", help="Run for this date (YYYY-MM-DD)."),
-    only: list[str] | None = typer.Option(None, "--only", help="Only these events (a,b)."),
-    skip: list[str] | None = typer.Option(None, "--skip", help="Not these events (a,b)."),
+    date: str | None = typer.Option(
+        None, "--date", metavar="YYYY-MM-DD", help="Run for this date."
+    ),
+    only: list[str] | None = typer.Option(
+        None, "--only", metavar="EVENT[,EVENT…]", help="Only these events."
+    ),
+    skip: list[str] | None = typer.Option(
+        None, "--skip", metavar="EVENT[,EVENT…]", help="Not these events."
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print what would be sent; change nothing."
     ),
-    as_staff: str | None = typer.Option(None, "--as", help="Send from this staff member."),
+    as_staff: str | None = typer.Option(
+        None, "--as", metavar="STAFF", help="Send from this staff member."
+    ),
     json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Tell the right people what they must know, once: evaluate triggers, queue, send."""
