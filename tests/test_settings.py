@@ -142,3 +142,9 @@ def test_database_password_is_never_shown(initialised: Cli) -> None:
         assert "pa55word" not in out and "cpmail:••••@db.agency.test" in out
     r = initialised("config", "set", "database.url", "nonsense:pa55word@x")
     assert r.exit_code == 2 and "pa55word" not in r.output
+
+
+def test_schema_revision_constant_is_alembics_head() -> None:
+    from cpmail.store import SCHEMA_REVISION, head_revision
+
+    assert head_revision() == SCHEMA_REVISION
