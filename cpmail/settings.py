@@ -210,6 +210,31 @@ def _list_of_dates(v: Any) -> list[str]:
     return out
 
 
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _weekdays(v: Any) -> list[str]:
+    days = [d.lower()[:3] for d in _list_of_str(v)]
+    for d in days:
+        if d not in _WEEKDAYS:
+            raise ValueError(f"expected weekdays such as mon, tue … sun, got {d!r}")
+    return days
+
+
+def _percentages(v: Any) -> list[int]:
+    items = v if isinstance(v, list) else _list_of_str(v)
+    out = []
+    for x in items:
+        try:
+            n = int(str(x).strip().rstrip("%"))
+        except ValueError:
+            raise ValueError(f"expected whole percentages such as 80, got {x!r}") from None
+        if not 1 <= n <= 1000:
+            raise ValueError(f"expected percentages from 1 to 1000, got {n}")
+        out.append(n)
+    return sorted(set(out))
+
+
 def _url(raw: Any) -> str:
     v = _str(raw).strip()
     if v and "://" not in v:
@@ -271,9 +296,33 @@ KEYS: dict[str, Key] = {
     "check.extra_holidays": Key(_list_of_dates, [], "more days off, as YYYY-MM-DD"),
     "outbox.max_attempts": Key(_int(1, 1000), 8, "tries before a message fails for good"),
     "outbox.max_age_hours": Key(_int(1, 24 * 365), 72, "hours before a message fails for good"),
+    "outbox.stale_claim_minutes": Key(
+        _float(0.05, 24 * 60),
+        15.0,
+        "minutes after which a dead run's claimed messages are taken up again",
+    ),
+    "mail.pace.per_minute": Key(
+        _int(0, 1_000_000), 0, "messages a minute per sending account; 0 = no limit"
+    ),
+    "mail.pace.per_day": Key(
+        _int(0, 10_000_000), 0, "messages a day per sending account; 0 = no limit"
+    ),
     "database.url": Key(_url, "", "SQLAlchemy URL; '' = cpmail.db in the home"),
+    "source.url": Key(_url, "", "SQLAlchemy URL of the agency system's database, for `data pull`"),
+    "reports.cash-flow.days": Key(
+        _weekdays, [], 'weekdays `check` sends the cash-flow PDF, e.g. ["mon"]'
+    ),
+    "reports.cash-flow.to": Key(_list_of_str, [], "staff IDs the scheduled cash-flow goes to"),
+    "alerts.urls": Key(_list_of_str, [], "Apprise URLs alerts go to", secret=True),
+    "alerts.token_days": Key(_int(0, 365), 7, "alert when a sign-in expires within this many days"),
+    "alerts.waiting_hours": Key(
+        _float(0.1, 24 * 365), 4.0, "alert when mail has waited this many hours"
+    ),
     "secrets.backend": Key(_choice("file", "keyring"), "file", "file or keyring"),
 }
+KEYS["events.budget-alert.thresholds"] = Key(
+    _percentages, [], "percentages of a task's budget that raise a budget-alert; [] = off"
+)
 for _ev in EVENTS:
     KEYS[f"events.{_ev}.enabled"] = Key(_bool, True, f"send {_ev} notifications")
     KEYS[f"events.{_ev}.notify"] = Key(_rules, [], "recipient rules; [] = the default")

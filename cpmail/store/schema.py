@@ -410,4 +410,33 @@ messages = sa.Table(
     sa.Index(None, "status", "next_attempt_at"),
 )
 
+# One row per command that claims or sends mail. A live run renews
+# ``heartbeat_at``; claims of a run whose heartbeat stopped are taken up again
+# after ``outbox.stale_claim_minutes``. ``cpmail status`` reads the last check here.
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("command", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False, server_default=""),
+    sa.Column("pid", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("started_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.Column("ended_at", sa.DateTime),
+    sa.Column("run_date", sa.Date),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("counts", sa.Text),  # JSON: the summary totals of a check
+    sa.Column("note", sa.Text),
+)
+
+# Conditions an alert was sent for (cpmail status / [alerts]): one row per
+# condition while it lasts, so that it is alerted once, then once resolved.
+alert_state = sa.Table(
+    "alert_state",
+    metadata,
+    sa.Column("condition", sa.Text, primary_key=True),
+    sa.Column("raised_at", sa.DateTime, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+)
+
 AGENCY_TABLE_NAMES = tuple(t.name for t in AGENCY_TABLES)
