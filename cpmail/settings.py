@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -328,12 +327,89 @@ for _ev in EVENTS:
     KEYS[f"events.{_ev}.notify"] = Key(_rules, [], "recipient rules; [] = the default")
 
 
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
+MASK = "••••"
+
+_SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
+# Query parameters that carry a secret (``?password=…``, ``&sslpassword=…``, ``?token=…``).
+# A value runs to the next ``&name=`` or the end: an unencoded ``&`` or space stays hidden.
+_QUERY_SECRET = re.compile(
+    r"([?&;][\w.\-]*(?:pass|secret|token|sig|key|auth|credential)[\w.\-]*=)(.*?)(?=&[\w.\-]+=|$)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, and any secret query parameter, replaced by ``••••``.
+
+    SQLAlchemy's own parser says where the password is, whatever characters it
+    holds (``/``, a space, ``?``, ``#``, ``:``). Where that parse cannot be
+    trusted — it fails, or an ``@`` turns up in the host, database or query,
+    which means the password held an ``@`` — everything between ``://`` and
+    the last ``@`` is hidden, except a user name before the first ``:``.
+    """
+    m = _SCHEME.search(url)
+    if m is None:
+        return url
+    head, rest = url[: m.end()], url[m.end() :]
+    trusted, password = _parse_url(url) if m.start() == 0 else (False, None)
+    if trusted and password is not None:
+        # Trusted parse with a password: it follows the user name's ":" and ends at the
+        # first "@" after it (SQLAlchemy's password holds no "@").
+        colon = rest.find(":")
+        at = rest.find("@", colon + 1)
+        if colon < 0 or at < 0:  # cannot happen for a parsed password; hide it all
+            return head + MASK
+        userinfo = rest[: colon + 1] + MASK
+        tail = rest[at:]
+    elif trusted or "@" not in rest:
+        userinfo, tail = "", rest
+    else:
+        at = rest.rfind("@")
+        user, sep, _ = rest[:at].partition(":")
+        keep = sep and user and not any(ch in user for ch in "/ ?#@")
+        userinfo = f"{user}:{MASK}" if keep else MASK
+        tail = rest[at:]
+    return head + userinfo + _QUERY_SECRET.sub(rf"\g<1>{MASK}", tail)
+
+
+def _parse_url(url: str) -> tuple[bool, str | None]:
+    """(whether SQLAlchemy's parse of ``url`` can be trusted, the password it found)."""
+    from sqlalchemy.engine import make_url  # here, not at the top: `cpmail --help` stays fast
+
+    try:
+        u = make_url(url)
+    except Exception:  # any failure to parse means: hide conservatively
+        return False, None
+    if u.drivername.startswith("sqlite") and u.username is None and u.password is None:
+        return True, None  # a file path may hold an "@"; there is no password
+    parts = [u.host or "", u.database or ""]
+    for k, v in u.query.items():
+        parts.append(k)
+        parts.extend([v] if isinstance(v, str) else list(v))
+    if any("@" in part for part in parts):
+        return False, None
+    return True, u.password
 
 
 def redact(text: str) -> str:
-    """Hide the password of any URL in ``text`` (a database URL holds one)."""
-    return _URL_PASSWORD.sub(r"\1••••@", text)
+    """Hide the password of a URL in ``text`` (a database URL holds one); see ``redact_url``."""
+    m = _SCHEME.search(text)
+    if m is None:
+        return text
+    return text[: m.start()] + redact_url(text[m.start() :])
+
+
+def shown(key: str, value: Any) -> Any:
+    """A setting's value as cpmail may print or mail it: a secret setting as ``••••``,
+    the password of any URL hidden."""
+    spec = KEYS.get(key)
+    if spec is not None and spec.secret:
+        return value if value in ("", None, []) else MASK
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact(x) if isinstance(x, str) else x for x in value]
+    return value
 
 
 def env_name(key: str) -> str:
@@ -387,6 +463,7 @@ class Settings:
         self.home = home
         self.path = path
         self._doc = doc  # tomlkit document, or {} when there is no file
+        self._new_tables: list[Any] = []  # tables `set` added, for `save` to space out
         self._values: dict[str, Any] = {}
         self._source: dict[str, str] = {}
         self._resolve()
@@ -441,10 +518,11 @@ class Settings:
         try:
             return spec.check(_plain(value))
         except ValueError as e:
-            if key == "database.url":  # may hold a password: never echo it
+            plain = _plain(value)
+            if spec.secret or spec.check is _url or "://" in str(plain):
+                # A URL may hold a password even where it does not parse: never echo it.
                 raise ConfigError(f"{where}: {e}.") from None
-            shown = redact(str(_plain(value)))
-            raise ConfigError(f"{where}: {e} (got {shown!r}).") from None
+            raise ConfigError(f"{where}: {e} (got {redact(str(plain))!r}).") from None
 
     # ---- reading
     def __getitem__(self, key: str) -> Any:
@@ -503,7 +581,10 @@ class Settings:
         table = self._doc
         for part in parts[:-1]:
             if part not in table:
-                table[part] = tomlkit.table(is_super_table=len(parts) > 2 and part == parts[0])
+                super_table = len(parts) > 2 and part == parts[0]
+                table[part] = tomlkit.table(is_super_table=super_table)
+                if not super_table:
+                    self._new_tables.append(table[part])
             table = table[part]
         table[parts[-1]] = typed
         self._values[key] = typed
@@ -512,18 +593,53 @@ class Settings:
         return typed
 
     def save(self) -> None:
-        """Write the document atomically."""
+        """Write the document atomically, mode 0600: it may hold a database password."""
         import tomlkit
+        from tomlkit.items import Whitespace
 
-        # Keep the file's mode: a person may have made it private (it can hold a
-        # database URL with a password).
-        mode = stat.S_IMODE(self.path.stat().st_mode) if self.path.exists() else 0o644
-        write_atomic(self.path, tomlkit.dumps(self._doc).encode("utf-8"), mode=mode)
+        # A table made by `set` ends with a blank line, so that the next table's header
+        # does not stick to its last key.
+        for table in self._new_tables:
+            body = table.value.body
+            if body and not isinstance(body[-1][1], Whitespace):
+                table.add(tomlkit.nl())
+        self._new_tables.clear()
+        text = tomlkit.dumps(self._doc)
+        text = text.rstrip("\n") + "\n" if text.strip() else text
+        write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
+        self._doc = tomlkit.parse(text)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents with mode 0700, whatever the umask.
+
+    A folder that exists already keeps its mode: it may be shared on purpose.
+    """
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            continue
+        os.chmod(d, PRIVATE_DIR)
+    return path
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder.
+
+    The file gets ``mode`` exactly (0600 unless told otherwise), whatever the umask;
+    missing folders are made 0700.
+    """
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

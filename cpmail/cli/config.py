@@ -8,7 +8,7 @@ import typer
 
 from cpmail.cli.common import Ctx, ctx_of, emit_json, print_table
 from cpmail.errors import InputError
-from cpmail.settings import KEYS, redact
+from cpmail.settings import shown
 
 app = typer.Typer(
     help="Settings: transport, master switch, manager, any key.", no_args_is_help=True
@@ -19,11 +19,42 @@ def _save(c: Ctx, values: dict[str, Any]) -> None:
     """Validate every value first, then write the file once (all or nothing)."""
     s = c.settings
     for key, value in values.items():
-        s.set(key, value)
+        _check_staff_ids(c, key, s.set(key, value))
     s.save()
     for key in values:
         if s.source(key) == "env":
             c.note(f"Note: the environment variable for {key} overrides the file.")
+
+
+def _staff_ids(key: str, value: Any) -> list[str]:
+    """The staff IDs a setting's value names (``user.staff``, ``staff:ID`` rules …)."""
+    if key == "user.staff":
+        return [value] if value else []
+    if key == "reports.cash-flow.to":
+        return list(value)
+    if key.startswith("events.") and key.endswith(".notify"):
+        return [rule[6:] for rule in value if rule.startswith("staff:")]
+    return []
+
+
+def _check_staff_ids(c: Ctx, key: str, value: Any) -> None:
+    """Refuse a staff ID that is not in the staff table (the database must exist)."""
+    ids = _staff_ids(key, value)
+    if not ids:
+        return
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import staff
+
+    with c.engine().connect() as conn:
+        known = set(conn.scalars(sa.select(staff.c.id).where(staff.c.id.in_(ids))))
+    for staff_id in ids:
+        if staff_id not in known:
+            raise InputError(
+                f"{key}: there is no staff member {staff_id!r}; see `cpmail staff list`, "
+                f"or add them first with `cpmail staff add {staff_id} --name NAME "
+                "--work-email ADDRESS`."
+            )
 
 
 @app.command("smtp")
@@ -134,14 +165,14 @@ def set_(
     """Set one setting by its dotted key (validated)."""
     c = ctx_of(ctx)
     _save(c, {key: value})
-    c.say(f"{key} = {redact(_show(c.settings[key]))}")
+    c.say(f"{key} = {_show(shown(key, c.settings[key]))}")
 
 
 @app.command("get")
 def get(ctx: typer.Context, key: str = typer.Argument(..., help="Dotted key.")) -> None:
     """Print one setting's effective value."""
     c = ctx_of(ctx)
-    typer.echo(redact(_show(c.settings.get(key))))
+    typer.echo(_show(shown(key, c.settings.get(key))))
 
 
 def _show(v: Any) -> str:
@@ -161,11 +192,7 @@ def show(
     c = ctx_of(ctx)
     s = c.settings
     rows = [
-        {
-            "key": k,
-            "value": "••••" if KEYS[k].secret else redact(v) if isinstance(v, str) else v,
-            "source": s.source(k),
-        }
+        {"key": k, "value": shown(k, v), "source": s.source(k)}
         for k, v in s.items()
         if not (k.startswith("events.") and s.source(k) == "default")
     ]

@@ -13,6 +13,7 @@ import typer
 from cpmail.cli.common import Ctx, ctx_of
 from cpmail.errors import ConfigError, InputError
 from cpmail.settings import KEYS, Settings
+from cpmail.settings import redact as redact_urls
 
 if TYPE_CHECKING:
     from cpmail.people import Sender
@@ -24,7 +25,6 @@ SUBJECT_WORDS = 70  # characters of the first line used as a subject
 
 # A setting whose name says it holds a secret is never shown, whatever its flag.
 _SECRET_NAME = re.compile(r"pass(word|code|wd)?|secret|token|api_?key|credential|private", re.I)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
 _QUERY_SECRET = re.compile(
     r"((?:pass(?:word|code)?|secret|token|key|sig|signature)=)[^&\s]+", re.IGNORECASE
 )
@@ -53,7 +53,7 @@ def redact(key: str, value: Any) -> str:
 def _redact_text(text: str) -> str:
     if looks_like_token(text):
         return json.dumps(MASK, ensure_ascii=False)
-    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
+    text = redact_urls(text)  # a URL's password, found by parsing the URL
     text = _QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
     return json.dumps(text, ensure_ascii=False)
 

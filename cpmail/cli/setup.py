@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 import typer
 
 from cpmail.cli.common import ctx_of
-from cpmail.settings import DEFAULT_TOML, SETTINGS_FILE, Settings, write_atomic
+from cpmail.settings import (
+    DEFAULT_TOML,
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    SETTINGS_FILE,
+    Settings,
+    private_dir,
+    redact,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -16,21 +25,40 @@ if TYPE_CHECKING:
 
 def _make_home(home: Path) -> None:
     """Create the home private (0700): it holds settings, secrets and the agency's data."""
-    if not home.exists():
-        home.mkdir(parents=True, mode=0o700)
+    private_dir(home)
+
+
+def _settings_file(path: Path, *, force: bool) -> bool:
+    """Write the default cpmail.toml (when missing, or ``force``); either way leave it 0600."""
+    if force or not path.exists():
+        write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=PRIVATE_FILE)
+        return True
+    path.chmod(PRIVATE_FILE)  # an older or hand-made file may be open to others
+    return False
 
 
 def _database(home: Path, settings: Settings) -> sa.Engine:
     """Create or upgrade the schema; a new SQLite file is private (0600)."""
+    import os
+
     from cpmail.store import make_engine, upgrade
 
     db_file = home / "cpmail.db"
-    new_db = not settings["database.url"] and not db_file.exists()
+    if not settings["database.url"] and not db_file.exists():
+        # Made empty and 0600 before SQLite opens it, whatever the umask: SQLite gives
+        # its -wal and -shm files the database file's mode.
+        os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+        db_file.chmod(PRIVATE_FILE)
     engine = make_engine(settings.db_url)
     upgrade(engine)
-    if new_db:  # the agency's data: readable by the user cpmail runs as, no one else
-        db_file.chmod(0o600)
     return engine
+
+
+def _mail_dir(settings: Settings) -> None:
+    """The file transport's folder: made 0700; the default one in the home tightened too."""
+    folder = private_dir(settings.mail_dir)
+    if folder.resolve() == (settings.home / "mail").resolve():
+        folder.chmod(PRIVATE_DIR)
 
 
 def init(
@@ -41,18 +69,15 @@ def init(
     c = ctx_of(ctx)
     _make_home(c.home)
     path = c.home / SETTINGS_FILE
-    wrote = False
-    if force or not path.exists():
-        write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=0o644)
-        wrote = True
+    wrote = _settings_file(path, force=force)
     from cpmail.secrets import SecretStore
 
     settings = c.settings  # validates the file, old or new
     SecretStore(c.home, settings["secrets.backend"]).ensure_dir()
     _database(c.home, settings)
-    c.settings.mail_dir.mkdir(parents=True, exist_ok=True)
+    _mail_dir(settings)
     c.say(f"{'Created' if wrote else 'Kept'} {path}")
-    c.say(f"Database ready: {settings['database.url'] or c.home / 'cpmail.db'}")
+    c.say(f"Database ready: {redact(settings['database.url']) or c.home / 'cpmail.db'}")
     c.say("Next: `cpmail staff add ID --name N --work-email E`, then `cpmail check --dry-run`.")
 
 
@@ -83,9 +108,8 @@ def demo(
 
     c = ctx_of(ctx)
     path = c.home / SETTINGS_FILE
-    if not path.exists():
-        _make_home(c.home)
-        write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=0o644)
+    _make_home(c.home)
+    _settings_file(path, force=False)
     s = c.settings
     engine = _database(c.home, s)
     from cpmail.secrets import SecretStore

@@ -50,10 +50,29 @@ def make_engine(url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    # The errors below never quote the URL or SQLAlchemy's words about it: they may hold
+    # the password.
     try:
-        return sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
-        raise ConfigError(f"database.url is not a database URL cpmail can use: {e}.") from None
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        parsed = None
+    if parsed is None or "@" in (parsed.host or "") or "@" in (parsed.database or ""):
+        raise ConfigError(
+            "database.url is not a database URL cpmail can use; write it as "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME, with any @, /, : or space "
+            "in the password written as %40, %2F, %3A or %20."
+        )
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"database.url names {parsed.drivername!r}, a database driver cpmail does not "
+            "have; use postgresql+psycopg://… (or leave it empty for SQLite)."
+        ) from None
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise ConfigError(
+            "database.url is not a database URL cpmail can use; check its options after '?'."
+        ) from None
 
 
 def _alembic_config(engine: sa.Engine, conn: sa.Connection) -> Any:
