@@ -1,11 +1,27 @@
-"""iCalendar (.ics) attachments for calendar reminders, built with ``icalendar``."""
+"""iCalendar (.ics) invitations for calendar reminders, built with ``icalendar``.
+
+A reminder's attachment is an invitation (``METHOD:REQUEST``, RFC 5546) that a
+mail program shows as one: the event's UID (stable, so that a later reminder
+for the same entry updates it instead of adding a copy), DTSTAMP, DTSTART and
+DTEND in UTC, the ORGANIZER and one ATTENDEE per person it goes to.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 
 from cpmail import __version__
+
+
+def _utc(t: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """A naive time is in ``tz`` (the agency's); the result is in UTC, whole seconds."""
+    return (t if t.tzinfo else t.replace(tzinfo=tz)).astimezone(dt.UTC).replace(microsecond=0)
+
+
+def uid_for(seed: str, domain: str = "cpmail") -> str:
+    return f"{hashlib.sha256(seed.encode('utf-8')).hexdigest()[:24]}@{domain}"
 
 
 def event_ics(
@@ -17,29 +33,55 @@ def event_ics(
     location: str | None,
     notes: str | None,
     tz: dt.tzinfo,
+    organizer: tuple[str, str] | None = None,
+    attendees: Sequence[tuple[str, str]] = (),
     domain: str = "cpmail",
+    stamp: dt.datetime | None = None,
 ) -> bytes:
-    """One VEVENT in a VCALENDAR (METHOD:PUBLISH); naive times are in ``tz``."""
-    import icalendar
+    """One VEVENT in a VCALENDAR with METHOD:REQUEST.
 
-    def aware(t: dt.datetime) -> dt.datetime:
-        return (t if t.tzinfo else t.replace(tzinfo=tz)).astimezone(dt.UTC)
+    ``organizer`` and each of ``attendees`` is (address, name); naive times are
+    in ``tz``. An event without an end lasts an hour.
+    """
+    import icalendar
 
     cal = icalendar.Calendar()
     cal.add("prodid", f"-//cpmail//cpmail {__version__}//EN")
     cal.add("version", "2.0")
-    cal.add("method", "PUBLISH")
+    cal.add("calscale", "GREGORIAN")
+    cal.add("method", "REQUEST")
     ev = icalendar.Event()
-    digest = hashlib.sha256(uid_seed.encode("utf-8")).hexdigest()[:24]
-    ev.add("uid", f"{digest}@{domain}")
-    ev.add("dtstamp", dt.datetime.now(dt.UTC).replace(microsecond=0))
+    ev.add("uid", uid_for(uid_seed, domain))
+    ev.add("dtstamp", _utc(stamp or dt.datetime.now(dt.UTC), dt.UTC))
+    ev.add("sequence", 0)
+    ev.add("status", "CONFIRMED")
     ev.add("summary", title)
-    start = aware(starts_at)
+    start = _utc(starts_at, tz)
+    end = _utc(ends_at, tz) if ends_at else start + dt.timedelta(hours=1)
     ev.add("dtstart", start)
-    ev.add("dtend", aware(ends_at) if ends_at else start + dt.timedelta(hours=1))
+    ev.add("dtend", max(end, start))
     if location:
         ev.add("location", location)
     if notes:
         ev.add("description", notes)
+    if organizer is not None:
+        address, name = organizer
+        org = icalendar.vCalAddress(f"mailto:{address}")
+        if name:
+            org.params["CN"] = icalendar.vText(name)
+        ev.add("organizer", org)
+    seen: set[str] = set()
+    for address, name in attendees:
+        if address.lower() in seen:
+            continue
+        seen.add(address.lower())
+        att = icalendar.vCalAddress(f"mailto:{address}")
+        if name:
+            att.params["CN"] = icalendar.vText(name)
+        att.params["CUTYPE"] = icalendar.vText("INDIVIDUAL")
+        att.params["ROLE"] = icalendar.vText("REQ-PARTICIPANT")
+        att.params["PARTSTAT"] = icalendar.vText("NEEDS-ACTION")
+        att.params["RSVP"] = icalendar.vText("FALSE")
+        ev.add("attendee", att, encode=False)
     cal.add_component(ev)
     return bytes(cal.to_ical())

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 
 from cpmail.errors import ConfigError
+from cpmail.triggers import LIST_EVENTS
 
 BUILTIN = Path(__file__).parent / "templates"
 
@@ -127,11 +128,10 @@ class Renderer:
         except jinja2.TemplateError as e:
             raise ConfigError(f"template {tmpl.name}: {e}.") from None
 
-    def message(
+    def _ctx(
         self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]
-    ) -> tuple[str, str, str]:
-        """Return (subject without prefix, text, html) for one event's items."""
-        ctx = {
+    ) -> dict[str, Any]:
+        return {
             **self.context,
             "event": event,
             "items": items,
@@ -139,36 +139,56 @@ class Renderer:
             "count": len(items),
             "recipient": recipient,
         }
+
+    def message(
+        self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]
+    ) -> tuple[str, str, str]:
+        """Return (subject without prefix, text, html) for one event's items.
+
+        Only task reminders list several items in one message of their own; any
+        other event's items, when there are several, go out as a digest so
+        that none is left out.
+        """
+        if len(items) > 1 and event not in LIST_EVENTS:
+            return self.digest([(event, items)], recipient)
+        ctx = self._ctx(event, items, recipient)
         txt = self._get(f"email/{event}.txt")
         html = self._get(f"email/{event}.html")
         subject = " ".join(self._block(txt, "subject", ctx).split())
         return subject, tidy(self._full(txt, ctx)), self._full(html, ctx)
 
+    def sections(
+        self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The parts of a digest: one per notification, one per task list.
+
+        A task reminder's items stay one list (as in their own message); every
+        other notification is a section of its own, rendered in full.
+        """
+        parts = []
+        for event, items in sections:
+            groups = [items] if event in LIST_EVENTS else [[it] for it in items]
+            txt = self._get(f"email/{event}.txt")
+            html = self._get(f"email/{event}.html")
+            for group in groups:
+                ctx = self._ctx(event, group, recipient)
+                parts.append(
+                    {
+                        "event": event,
+                        "count": len(group),
+                        "list": event in LIST_EVENTS,
+                        "title": " ".join(self._block(txt, "subject", ctx).split()),
+                        "text": tidy(self._block(txt, "body", ctx)).strip("\n"),
+                        "html": self._block(html, "content", ctx),
+                    }
+                )
+        return parts
+
     def digest(
         self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]
     ) -> tuple[str, str, str]:
-        """One message with every event's items for one recipient."""
-        parts = []
-        for event, items in sections:
-            ctx = {
-                **self.context,
-                "event": event,
-                "items": items,
-                "item": items[0],
-                "count": len(items),
-                "recipient": recipient,
-            }
-            txt = self._get(f"email/{event}.txt")
-            html = self._get(f"email/{event}.html")
-            parts.append(
-                {
-                    "event": event,
-                    "count": len(items),
-                    "title": " ".join(self._block(txt, "subject", ctx).split()),
-                    "text": self._block(txt, "body", ctx).strip("\n"),
-                    "html": self._block(html, "content", ctx),
-                }
-            )
+        """One message with every item of every event for one recipient."""
+        parts = self.sections(sections, recipient)
         ctx = {
             **self.context,
             "event": "digest",

@@ -449,8 +449,8 @@ def test_calendar_reminder_carries_an_ics(agency: Agency) -> None:
         dict(
             id="CAL1",
             title="Client review",
-            starts_at=at(D, 14),
-            ends_at=at(D, 15),
+            starts_at=at(D + DAY, 14),
+            ends_at=at(D + DAY, 15),
             remind_at=at(D, 8),
             location="Room B",
             attendees="AE,Carl Reed",
@@ -465,6 +465,12 @@ def test_calendar_reminder_carries_an_ics(agency: Agency) -> None:
     events = list(cal.walk("VEVENT"))
     assert len(events) == 1 and str(events[0]["SUMMARY"]) == "Client review"
     assert str(events[0]["LOCATION"]) == "Room B"
+    # an invitation: METHOD, ORGANIZER, an ATTENDEE per person, times in UTC
+    assert str(cal["METHOD"]) == "REQUEST"
+    attendees = sorted(str(a) for a in events[0]["ATTENDEE"])
+    assert attendees == ["mailto:alice@agency.test", "mailto:carl@agency.test"]
+    assert str(events[0]["ORGANIZER"]).startswith("mailto:")
+    assert events[0].decoded("DTSTART").utcoffset() == dt.timedelta(0)
     assert agency.check("--only", "calendar-reminder") == []
 
 

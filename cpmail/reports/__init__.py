@@ -126,9 +126,19 @@ def load(
                 _job_words(po.job),
                 _why_none("vendor", po.vendor, "e-mail"),
             )
-        cf = cashflow.load_cash_flow(conn, as_of)
+        return cash_flow_report(conn, as_of)
+
+
+def cash_flow_report(conn: sa.Connection, as_of: dt.date) -> Report:
+    """The cash-flow report as of the end of ``as_of``, read on ``conn``."""
+    cf = cashflow.load_cash_flow(conn, as_of)
+    base: dict[str, Any] = {
+        "kind": "cash-flow",
+        "marker": MARKER + "cash-flow",
+        "version": __version__,
+    }
     return Report(
-        kind,
+        "cash-flow",
         None,
         f"Cash flow report as of {as_of.isoformat()}",
         f"cash-flow-{as_of.isoformat()}.pdf",

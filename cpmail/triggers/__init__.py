@@ -9,6 +9,7 @@ recipient rules) and the default rules.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,12 +66,38 @@ class Run:
     settings: Settings
     calendar: WorkCalendar
     tz: dt.tzinfo
+    #: The run moment (naive, agency time zone); None: now for today's run, else the
+    #: end of the run date (see ``moment``).
+    now: dt.datetime | None = None
+    #: Recipients a finder left out itself, per event: reason -> count (for the summary).
+    skipped: dict[str, Counter[str]] = field(default_factory=dict, repr=False, compare=False)
     # What several finders of one run share (read once, e.g. the state triggers' totals).
     shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def lookback_days(self) -> int:
         return int(self.settings["check.lookback_days"])
+
+    @property
+    def moment(self) -> dt.datetime:
+        """The instant the run stands at (naive, agency time zone).
+
+        For a run on today's date: now. For another date: the end of that day
+        (its last instant), so that a check for a past or future
+        date sees the whole day.
+        """
+        if self.now is not None:
+            if self.now.tzinfo is not None:
+                return self.now.astimezone(self.tz).replace(tzinfo=None)
+            return self.now
+        now = dt.datetime.now(self.tz)
+        if now.date() == self.date:
+            return now.replace(tzinfo=None)
+        return self.window_end - dt.timedelta(microseconds=1)
+
+    def skip(self, event: str, reason: str, count: int = 1) -> None:
+        """Count recipients a finder leaves out (e.g. without cash-flow access)."""
+        self.skipped.setdefault(event, Counter())[reason] += count
 
     @property
     def window_start(self) -> dt.datetime:
@@ -133,6 +160,17 @@ def finders() -> dict[str, Finder]:
     }
     assert tuple(table) == EVENTS
     return table
+
+
+def scheduled() -> dict[str, Finder]:
+    """Reports `check` sends on a schedule (not events of the agency's data): name -> finder.
+
+    Their notifications go through the same routing, ledger and outbox as the
+    events'; a run adds a summary row per name.
+    """
+    from cpmail.triggers import cashflow
+
+    return {cashflow.EVENT: cashflow.scheduled_cash_flow}
 
 
 def split_cell(cell: str | None) -> list[str]:

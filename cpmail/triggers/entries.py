@@ -101,11 +101,26 @@ def homebase_entry(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 
 
 def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
-    """Reminders due on the run date, or earlier in the lookback window and not yet sent."""
+    """Reminders whose time has come for events that have not begun.
+
+    ``remind_at`` is at or before the run moment (now, for today's run) and no
+    earlier than the lookback window; the event starts after the run moment. An
+    event that has begun or is over is never reminded.
+    """
     c = calendar_entries.c
-    q = sa.select(calendar_entries).where(run.in_window(c.remind_at)).order_by(c.remind_at, c.id)
-    for r in conn.execute(q):
+    moment = run.moment
+    q = (
+        sa.select(calendar_entries)
+        .where(c.remind_at >= run.window_start, c.remind_at <= moment, c.starts_at > moment)
+        .order_by(c.remind_at, c.id)
+    )
+    rows = list(conn.execute(q))
+    if not rows:
+        return
+    people = _Attendees(conn, run)
+    for r in rows:
         when = r.remind_at.isoformat(timespec="minutes")
+        listed = split_cell(r.attendees)
         ics = event_ics(
             uid_seed=f"calendar:{r.id}",
             title=r.title,
@@ -114,6 +129,8 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             location=r.location,
             notes=r.notes,
             tz=run.tz,
+            organizer=people.organizer,
+            attendees=people.addresses(listed),
         )
         yield Notification(
             event="calendar-reminder",
@@ -129,9 +146,45 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
                     "remind_at": r.remind_at,
                 }
             },
-            listed=split_cell(r.attendees),
+            listed=listed,
             attachments=[(f"{_slug(r.title)}.ics", ics, "text/calendar")],
         )
+
+
+class _Attendees:
+    """Who an invitation names: the organizer, and the attendees' addresses."""
+
+    def __init__(self, conn: sa.Connection, run: Run) -> None:
+        s = staff.c
+        rows = list(conn.execute(sa.select(s.id, s.name, s.work_email, s.username, s.active)))
+        self.by_id = {r.id: r for r in rows}
+        self.by_name = {r.name.strip().lower(): r for r in rows if r.name}
+        self.organizer = self._organizer(run)
+
+    def _organizer(self, run: Run) -> tuple[str, str] | None:
+        # The system manager, who a reply about anything not a job goes to; else the
+        # account this machine sends from.
+        settings = run.settings
+        if settings["manager.email"]:
+            return str(settings["manager.email"]), str(settings["manager.name"])
+        if settings["mail.one_account"] and settings["mail.sender"]:
+            return str(settings["mail.sender"]), str(settings["agency.name"])
+        row = self.by_id.get(str(settings["user.staff"] or ""))
+        if row is not None and (row.username or row.work_email):
+            return str(row.username or row.work_email), str(row.name or "")
+        return None
+
+    def addresses(self, listed: list[str]) -> list[tuple[str, str]]:
+        out = []
+        for entry in listed:
+            spec = entry.removeprefix("staff:")
+            row = self.by_id.get(spec) or self.by_name.get(spec.strip().lower())
+            if row is not None:
+                if row.active and row.work_email:
+                    out.append((str(row.work_email), str(row.name or "")))
+            elif entry.startswith("email:"):
+                out.append((entry[6:], ""))
+        return out
 
 
 def _slug(text: str) -> str:

@@ -47,13 +47,45 @@ def _from_jobs() -> Any:
 
 
 def job_opened(conn: sa.Connection, run: Run) -> Iterator[Notification]:
-    q = sa.select(*JOB_COLUMNS).select_from(_from_jobs()).where(run.in_window(jobs.c.opened_at))
+    """New jobs; the opening production status code's notify list wins over the default.
+
+    The opening status is the old value of the job's earliest production status
+    change (the job may have moved on since), else its production status now.
+    """
+    h = job_status_history.c
+    first_change = (
+        sa.select(h.old_value)
+        .where(h.job_id == jobs.c.id, h.field == "production_status")
+        .order_by(h.changed_at, h.id)
+        .limit(1)
+        .correlate(jobs)
+        .scalar_subquery()
+    )
+    codes = {
+        r.code: r
+        for r in conn.execute(
+            sa.select(job_status_codes).where(job_status_codes.c.kind == "production")
+        )
+    }
+    q = (
+        sa.select(*JOB_COLUMNS, first_change.label("first_old"))
+        .select_from(_from_jobs())
+        .where(run.in_window(jobs.c.opened_at))
+    )
     for r in conn.execute(q.order_by(jobs.c.opened_at, jobs.c.id)):
+        opening = r.first_old if r.first_old is not None else r.production_status
+        code = codes.get(opening) if opening else None
+        notify = split_cell(code.notify) if code is not None else []
+        item = job_item(r)
+        item["job"]["opening_status"] = opening
+        item["job"]["opening_description"] = code.description if code is not None else None
         yield Notification(
             event="job-opened",
             key=f"job-opened:{r.job_id}",
-            item=job_item(r),
+            item=item,
             client_id=r.client_id,
+            listed=notify,
+            rules=("listed",) if notify else None,
             thread=f"job:{r.job_id}",
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -235,6 +236,10 @@ def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
     actual = sa.func.coalesce(costs.c.total, 0) + sa.func.coalesce(time.c.amount, 0)
     over = sa.and_(tasks.c.budget_amount.is_not(None), actual > tasks.c.budget_amount)
     exceeded = sa.and_(tasks.c.estimated_hours.is_not(None), time.c.hours > tasks.c.estimated_hours)
+    lowest = min(thresholds(run), default=None)
+    reached: Any = sa.false()
+    if lowest is not None:  # the lowest budget-alert threshold is reached
+        reached = sa.and_(tasks.c.budget_amount > 0, actual * 100 >= tasks.c.budget_amount * lowest)
     q = (
         sa.select(
             *TASK_COLUMNS,
@@ -243,6 +248,7 @@ def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
             time.c.hours.label("spent"),
             over.label("over"),
             exceeded.label("exceeded"),
+            reached.label("reached"),
             _in_ledger("task-over-budget:").label("told_over"),
             _in_ledger("hours-exceeded:").label("told_exceeded"),
         )
@@ -251,7 +257,7 @@ def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
             .outerjoin(costs, costs.c.task_id == tasks.c.id)
             .outerjoin(time, time.c.task_id == tasks.c.id)
         )
-        .where(tasks.c.id.in_(changed), sa.or_(over, exceeded))
+        .where(tasks.c.id.in_(changed), sa.or_(over, exceeded, reached))
         .order_by(tasks.c.job_id, tasks.c.id)
     )
     rows = list(conn.execute(q))
@@ -297,7 +303,141 @@ def hours_exceeded(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         )
 
 
+def thresholds(run: Run) -> list[int]:
+    """``[events.budget-alert] thresholds``: percentages of a task's budget (sorted)."""
+    if not run.settings.event_enabled("budget-alert"):
+        return []
+    return sorted(int(p) for p in run.settings["events.budget-alert.thresholds"])
+
+
 def budget_alert(conn: sa.Connection, run: Run) -> Iterator[Notification]:
+    """Alerts entered in the agency system, then the budget thresholds tasks reached."""
+    yield from _relayed_alerts(conn, run)
+    yield from _threshold_alerts(conn, run)
+
+
+def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
+    """Per task, once per percentage of ``thresholds`` its actual cost has reached.
+
+    Like task-over-budget this looks only at tasks whose totals may have changed
+    since they were last checked, whatever the dates of their entries.
+    """
+    pcts = thresholds(run)
+    if not pcts:
+        return
+    rows = [r for r in _state_rows(conn, run) if r.reached]
+    if not rows:
+        return
+    wanted = [f"budget-alert:{r.task_id}:{p}" for r in rows for p in pcts]
+    told: set[str] = set()
+    for i in range(0, len(wanted), 500):
+        told.update(
+            conn.execute(
+                sa.select(ledger.c.key).where(ledger.c.key.in_(wanted[i : i + 500]))
+            ).scalars()
+        )
+    for r in rows:
+        budget = Decimal(r.budget_amount)
+        total = Decimal(r.costs) + Decimal(r.time_amount)
+        due = [
+            p
+            for p in pcts
+            if total * 100 >= budget * p and f"budget-alert:{r.task_id}:{p}" not in told
+        ]
+        if not due:
+            continue
+        entries = _task_entries(conn, r.task_id)
+        for p in due:
+            cause = _crossing(entries, budget * p / 100)
+            used = int(total * 100 / budget)
+            item = task_item(r)
+            item.update(
+                alert={
+                    "id": f"{r.task_id}:{p}",
+                    "source": cause.source if cause else None,
+                    "message": (
+                        f"{p}% of the budget reached: {money(total)} of {money(budget)} ({used}%)"
+                    ),
+                    "entered_at": cause.at if cause else None,
+                    "entered_by": (cause.name or cause.who) if cause else None,
+                },
+                threshold={
+                    "percent": p,
+                    "used": used,
+                    "actual": money(total),
+                    "budget": money(budget),
+                    "costs": money(r.costs),
+                    "time": money(r.time_amount),
+                },
+            )
+            yield Notification(
+                event="budget-alert",
+                key=f"budget-alert:{r.task_id}:{p}",
+                item=item,
+                people={"entered-by": cause.who if cause else None, "assignee": r.assignee_id},
+                client_id=r.client_id,
+                thread=f"job:{r.job_id}",
+            )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    at: dt.datetime
+    amount: Decimal
+    source: str  # "an order", "a job cost", "a time entry"
+    who: str | None
+    name: str | None
+
+
+def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
+    """A task's job costs and time entries with amounts, oldest first."""
+    who = staff.alias("who")
+    c = job_costs.c
+    t = time_entries.c
+    out = [
+        _Entry(
+            r.entered_at,
+            Decimal(r.amount),
+            "an order" if r.kind == "order" else "a job cost",
+            r.entered_by,
+            r.name,
+        )
+        for r in conn.execute(
+            sa.select(c.entered_at, c.amount, c.kind, c.entered_by, who.c.name)
+            .select_from(job_costs.outerjoin(who, who.c.id == c.entered_by))
+            .where(c.task_id == task_id, c.amount.is_not(None))
+        )
+    ]
+    out += [
+        _Entry(
+            dt.datetime.combine(r.work_date, dt.time()),
+            Decimal(r.amount),
+            "a time entry",
+            r.staff_id,
+            r.name,
+        )
+        for r in conn.execute(
+            sa.select(t.work_date, t.amount, t.staff_id, who.c.name)
+            .select_from(time_entries.outerjoin(who, who.c.id == t.staff_id))
+            .where(t.task_id == task_id, t.amount.is_not(None))
+        )
+    ]
+    out.sort(key=lambda e: e.at)
+    return out
+
+
+def _crossing(entries: list[_Entry], limit: Decimal) -> _Entry | None:
+    """The entry that brought the running total to ``limit``."""
+    total = Decimal(0)
+    for e in entries:
+        total += e.amount
+        if total >= limit:
+            return e
+    return None
+
+
+def _relayed_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
+    """``budget_alerts`` rows entered within the lookback window."""
     a = budget_alerts.c
     who = staff.alias("who")
     q = (

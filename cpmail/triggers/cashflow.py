@@ -1,0 +1,75 @@
+"""cash-flow: the cash-flow report, sent by `check` on the days ``[reports.cash-flow]`` names.
+
+``days = ["mon"]`` and ``to = ["AM", …]``: on those days each listed staff member
+who has ``cash-flow`` access gets the report as of the run date as a PDF; the
+others are left out and named in the run's summary. Key ``cash-flow:STAFF:D``:
+a run every few minutes sends it once a day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+
+from cpmail.store.schema import ledger, staff
+from cpmail.triggers import Notification, Run, money, split_cell
+
+EVENT = "cash-flow"
+ACCESS = "cash-flow"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def is_report_day(run: Run) -> bool:
+    days = run.settings["reports.cash-flow.days"]
+    return bool(days) and WEEKDAYS[run.date.weekday()] in days
+
+
+def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
+    """One notification per listed staff member with access, on the report's days."""
+    listed = list(dict.fromkeys(str(x) for x in run.settings["reports.cash-flow.to"]))
+    if not listed or not is_report_day(run):
+        return
+    rows = {r.id: r for r in conn.execute(sa.select(staff).where(staff.c.id.in_(listed)))}
+    allowed = []
+    for sid in listed:
+        row = rows.get(sid)
+        if row is None:
+            run.skip(EVENT, f"{sid}: no staff member with that ID")
+        elif ACCESS not in {a.lower() for a in split_cell(row.access)}:
+            run.skip(EVENT, f"no cash-flow access: {sid} ({row.name})")
+        else:
+            allowed.append(row)
+    day = run.date.isoformat()
+    keys = {r.id: f"{EVENT}:{r.id}:{day}" for r in allowed}
+    told = set(
+        conn.execute(sa.select(ledger.c.key).where(ledger.c.key.in_(list(keys.values()))))
+        .scalars()
+        .all()
+    )
+    fresh = [r for r in allowed if keys[r.id] not in told]
+    if not fresh:
+        return  # sent already today: the PDF is not rendered again
+    from cpmail.reports import cash_flow_report, render
+
+    report = cash_flow_report(conn, run.date)
+    pdf = render(report, run.settings)
+    cf = report.context["doc"]
+    summary = {
+        "label": report.label,
+        "as_of": run.date,
+        "filename": report.filename,
+        "cash": money(cf.cash_total),
+        "receivable": money(cf.receivable.total),
+        "payable": money(cf.payable.total),
+        "net": money(cf.net),
+    }
+    for r in fresh:
+        yield Notification(
+            event=EVENT,
+            key=keys[r.id],
+            item={"report": summary, "staff": {"id": r.id, "name": r.name}},
+            people={"staff": r.id},
+            rules=("staff",),
+            attachments=[(report.filename, pdf, "application/pdf")],
+        )
