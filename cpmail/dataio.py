@@ -58,14 +58,29 @@ BATCH_ROWS = 5000
 LOOKUP_CHUNK = 500
 # Foreign keys known to exist, per referenced table; cleared when it grows past this.
 KNOWN_KEYS_MAX = 100_000
-# The longest single JSON object accepted, in characters.
+# The longest single JSON object accepted, in characters, and the longest line
+# or CSV field: a row of agency data is never near it, and a file without line
+# breaks is refused after reading this much, not after reading all of it.
 JSON_ITEM_MAX = 8 * 1024 * 1024
+LINE_MAX = JSON_ITEM_MAX
+_MAX_SHOWN = "8 MB"
+# JSON integers with more digits than this are read as Decimal (no int conversion limit).
+JSON_INT_DIGITS = 100
 JSON_CHUNK = 256 * 1024
 # SQLite page cache during an import (KiB): bigger is faster for large files
 # because index pages stay in memory, but it counts against the process' RSS.
 SQLITE_IMPORT_CACHE_KIB = 16 * 1024
 
 LIST_COLUMNS = frozenset({"notify", "attendees", "events", "access"})
+# Columns that hold one e-mail address each.
+ADDRESS_COLUMNS = frozenset(
+    {
+        ("staff", "work_email"),
+        ("staff", "username"),
+        ("clients", "billing_email"),
+        ("vendors", "email"),
+    }
+)
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("job_status_codes", "kind"): ("production", "billing"),
     ("diary_entries", "kind"): ("client", "vendor"),
@@ -221,6 +236,25 @@ class _Obj(list[tuple[str, Any]]):
     """A JSON object as its (key, value) pairs: keeps duplicates and tells objects from arrays."""
 
 
+class _TooDeep:
+    """A JSON value nested more deeply than Python's parser goes: never a cell's value."""
+
+    def __str__(self) -> str:
+        return "[[…]]"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut for an error message (a cell may hold megabytes)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}… ({len(text)} characters)"
+
+
+def _r(s: str) -> str:
+    """``repr(s)``, cut for an error message."""
+    return repr(s) if len(s) <= 60 else repr(s[:40]) + f"… ({len(s)} characters)"
+
+
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _TS_RE = re.compile(
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})?)?\Z"
@@ -239,11 +273,13 @@ def _shown(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return repr(v)
-    return str(v)
+        return _r(v)
+    return _clip(str(v))
 
 
 def _native_error(v: Any, what: str) -> _Bad:
+    if isinstance(v, _TooDeep):
+        return _Bad(f"a value nested this deeply is not allowed here; give {what}")
     if isinstance(v, _Obj):
         return _Bad(f"a nested object is not allowed here; give {what}")
     if isinstance(v, list):
@@ -278,7 +314,7 @@ def _make_converter(
             if "\x00" in s:
                 raise _Bad("contains a NUL character")
             if choices and s not in choices:
-                raise _Bad(f"{s!r} is not one of {', '.join(choices)}")
+                raise _Bad(f"{_r(s)} is not one of {', '.join(choices)}")
             return s
 
         def parse_native(v: Any) -> Any:
@@ -311,7 +347,7 @@ def _make_converter(
                     pass
                 else:
                     return s if sqlite else d
-            raise _Bad(f"{s!r} is not a date as YYYY-MM-DD")
+            raise _Bad(f"{_r(s)} is not a date as YYYY-MM-DD")
 
         def parse_native(v: Any) -> Any:
             if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
@@ -334,7 +370,7 @@ def _make_converter(
                 else:
                     return finish(d)
             raise _Bad(
-                f"{s!r} is not a date as YYYY-MM-DD or a timestamp as YYYY-MM-DDTHH:MM[:SS] "
+                f"{_r(s)} is not a date as YYYY-MM-DD or a timestamp as YYYY-MM-DDTHH:MM[:SS] "
                 "(ISO 8601; an offset such as +01:00 is allowed)"
             )
 
@@ -362,14 +398,14 @@ def _make_converter(
 
         def parse_str(s: str) -> Any:
             if not _NUM_RE.match(s):
-                raise _Bad(f"{s!r} is not {_MONEY_HELP}")
-            return finish_dec(Decimal(s), repr(s))
+                raise _Bad(f"{_r(s)} is not {_MONEY_HELP}")
+            return finish_dec(Decimal(s), _r(s))
 
         def parse_native(v: Any) -> Any:
             if isinstance(v, Decimal):
-                return finish_dec(v, str(v))
+                return finish_dec(v, _clip(str(v)))
             if type(v) is int:
-                return finish_dec(Decimal(v), str(v))
+                return finish_dec(Decimal(v), _clip(str(v)))
             if type(v) is float:
                 return finish_dec(Decimal(repr(v)), repr(v))
             raise _native_error(v, "a number")
@@ -383,13 +419,17 @@ def _make_converter(
 
         def parse_str(s: str) -> Any:
             if not _INT_RE.match(s):
-                raise _Bad(f"{s!r} is not a whole number")
-            return check_int(int(s), repr(s))
+                raise _Bad(f"{_r(s)} is not a whole number")
+            if len(s) > 20:  # before int(): Python limits the digits it converts
+                raise _Bad(f"{_r(s)} is too large for a whole number here")
+            return check_int(int(s), _r(s))
 
         def parse_native(v: Any) -> Any:
             if type(v) is int:
                 return check_int(v, str(v))
             if isinstance(v, Decimal) and v.is_finite() and v == v.to_integral_value():
+                if v.adjusted() > 20:
+                    raise _Bad(f"{_clip(str(v))} is too large for a whole number here")
                 return check_int(int(v), str(v))
             raise _native_error(v, "a whole number")
 
@@ -400,7 +440,7 @@ def _make_converter(
         def parse_str(s: str) -> Any:
             b = _BOOLS.get(s.lower())
             if b is None:
-                raise _Bad(f"{s!r} is not true or false (or yes/no, 1/0)")
+                raise _Bad(f"{_r(s)} is not true or false (or yes/no, 1/0)")
             return true if b else false
 
         def parse_native(v: Any) -> Any:
@@ -463,7 +503,31 @@ def _make_converter(
                 return parse_str(v) if v else on_empty()
             return other(v)
 
+    if (table, spec.name) in ADDRESS_COLUMNS:
+        return _address_converter(convert, on_empty)
     return convert
+
+
+def _address_converter(
+    convert: Callable[[Any], Any], on_empty: Callable[[], Any]
+) -> Callable[[Any], Any]:
+    """One e-mail address, checked, stored as given (trimmed of spaces)."""
+    from cpmail.addresses import check_address
+
+    def address(v: Any) -> Any:
+        text = convert(v)
+        if text is None:
+            return None
+        text = text.strip()
+        if not text:
+            return on_empty()
+        try:
+            check_address(text)
+        except InputError as e:
+            raise _Bad(str(e).rstrip(".")) from None
+        return text
+
+    return address
 
 
 # ------------------------------------------------------------------ readers
@@ -477,16 +541,34 @@ def _open_binary(path: Path, src: str) -> BinaryIO:
     try:
         return open(path, "rb")  # closed by the reader that owns it
     except FileNotFoundError:
-        raise InputError(f"{src}: no such file.") from None
+        raise InputError(f"{src} does not exist; check the name and the folder.") from None
     except IsADirectoryError:
         raise InputError(f"{src} is a folder, not a file.") from None
     except OSError as e:
         raise InputError(f"cannot read {src}: {e.strerror}.") from None
 
 
+def _too_long(src: str, line: int) -> InputError:
+    return InputError(
+        f"{src}, line {line}: the line is longer than {_MAX_SHOWN}, which no row of agency "
+        "data is; check that this is the right file and that it has line breaks."
+    )
+
+
 def _text_lines(f: BinaryIO, src: str) -> Iterator[str]:
-    """Decode line by line so that a byte that is not UTF-8 is reported with its line."""
-    for lineno, raw in enumerate(f, 1):
+    """Decode line by line so that a byte that is not UTF-8 is reported with its line.
+
+    A line longer than LINE_MAX is refused after reading that much of it.
+    """
+    readline = f.readline
+    lineno = 0
+    while True:
+        raw = readline(LINE_MAX + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > LINE_MAX:
+            raise _too_long(src, lineno)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -538,13 +620,81 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
                     )
                 yield line, names, row
         except csv.Error as e:
+            if "field larger than field limit" in str(e):
+                raise InputError(
+                    f"{src}, line {prev + 1}: a field is longer than {_MAX_SHOWN}, which no cell "
+                    "of agency data is; check for a quote that is opened and never closed."
+                ) from None
             raise InputError(
                 f"{src}, line {prev + 1}: not valid CSV ({e}); check the quotes on that line."
             ) from None
 
 
+def _json_int(text: str) -> int | Decimal:
+    # Python refuses to convert more than 4,300 digits to int; a cell never needs that many,
+    # and as a Decimal it is refused by its column with the row and column named.
+    return int(text) if len(text) <= JSON_INT_DIGITS else Decimal(text)
+
+
 def _json_decoder() -> json.JSONDecoder:
-    return json.JSONDecoder(object_pairs_hook=_Obj, parse_float=Decimal, parse_constant=Decimal)
+    return json.JSONDecoder(
+        object_pairs_hook=_Obj, parse_float=Decimal, parse_int=_json_int, parse_constant=Decimal
+    )
+
+
+_JSON_TOKEN = re.compile(r'["\[\]{},]')
+_JSON_STRING_REST = re.compile(r'(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _decode_deep(decoder: json.JSONDecoder, text: str, start: int) -> tuple[Any, int] | None:
+    """Decode the JSON value at ``text[start]`` that is nested too deeply for the parser.
+
+    Without recursion: an object's members are decoded one by one and a member
+    still too deep becomes ``_TooDeep`` (its column then says so, with the row's
+    key); an array becomes an empty list (not an object). Return (value, end),
+    or None when ``text`` ends before the value does.
+    """
+    depth = 0
+    pieces: list[tuple[int, int]] = []  # spans between the top level's commas
+    piece = start + 1
+    i = start
+    end = -1
+    while end < 0:
+        m = _JSON_TOKEN.search(text, i)
+        if m is None:
+            return None
+        c, i = m.group(), m.end()
+        if c == '"':
+            rest = _JSON_STRING_REST.match(text, i)
+            if rest is None:
+                return None
+            i = rest.end()
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                pieces.append((piece, m.start()))
+                end = i
+        elif depth == 1:
+            pieces.append((piece, m.start()))
+            piece = i
+    if text[start] != "{":
+        return [], end
+    obj = _Obj()
+    for a, b in pieces:
+        part = text[a:b].strip()
+        if not part:
+            continue
+        key, colon = decoder.raw_decode(part)  # JSONDecodeError: the caller says where
+        value = part[colon:].lstrip()
+        if not isinstance(key, str) or not value.startswith(":"):
+            raise json.JSONDecodeError("expected a name and a colon", part, 0)
+        try:
+            obj.append((key, decoder.decode(value[1:])))
+        except RecursionError:
+            obj.append((key, _TooDeep()))
+    return obj, end
 
 
 def _object_record(pos: int, obj: Any, src: str, unit: str) -> _Record:
@@ -612,15 +762,32 @@ class _JsonArray:
     def _fail(self, what: str, line: int | None = None) -> InputError:
         return InputError(f"{self.src}, line {line or self.line}: {what}.")
 
-    def _decode(self) -> Any:
+    def _decode(self, n: int) -> Any:
         while True:
             try:
                 obj, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as e:
                 if len(self.buf) - self.pos < JSON_ITEM_MAX and self._more():
                     continue
+                if len(self.buf) - self.pos >= JSON_ITEM_MAX:
+                    raise self._fail(
+                        f"item {n} is longer than {_MAX_SHOWN} (or never closed), which no row "
+                        "of agency data is; check the file's brackets and quotes"
+                    ) from None
                 line = self.line + self.buf.count("\n", self.pos, e.pos)
                 raise self._fail(f"not valid JSON ({e.msg})", line) from None
+            except RecursionError:
+                try:
+                    found = _decode_deep(self.decoder, self.buf, self.pos)
+                except json.JSONDecodeError as e:
+                    raise self._fail(f"not valid JSON in item {n} ({e.msg})") from None
+                if found is None:
+                    if len(self.buf) - self.pos < JSON_ITEM_MAX and self._more():
+                        continue
+                    raise self._fail(
+                        f"item {n} is nested too deeply and longer than {_MAX_SHOWN}"
+                    ) from None
+                obj, end = found
             self._advance(end)
             return obj
 
@@ -641,7 +808,7 @@ class _JsonArray:
                 if c is None:
                     raise self._fail("the file ends before the array is closed with ]")
                 n += 1
-                yield n, self._decode()
+                yield n, self._decode(n)
                 c = self._peek()
                 if c == ",":
                     self._advance(self.pos + 1)
@@ -676,6 +843,14 @@ def _ndjson_records(path: Path, src: str) -> Iterator[_Record]:
                 obj = decoder.decode(text)
             except json.JSONDecodeError as e:
                 raise InputError(f"{src}, line {lineno}: not valid JSON ({e.msg}).") from None
+            except RecursionError:
+                try:
+                    found = _decode_deep(decoder, text, 0)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{src}, line {lineno}: not valid JSON ({e.msg}).") from None
+                if found is None or text[found[1] :].strip():
+                    raise InputError(f"{src}, line {lineno}: not valid JSON.") from None
+                obj = found[0]
             yield _object_record(lineno, obj, src, "line")
         if not any_line:
             raise InputError(f"{src} is empty; expected one JSON object per line.")
@@ -761,7 +936,7 @@ class _Importer:
             if isinstance(v, str):
                 v = v.strip()
             if v is not None and v != "":
-                parts.append(f"{plan.names[i]} {v}")
+                parts.append(f"{plan.names[i]} {_clip(str(v))}")
         return ", ".join(parts)
 
     # ---- plans
@@ -1124,6 +1299,7 @@ def resolve_import(
     Raise InputError when the file is missing or the table or format is unclear.
     """
     p = Path(path)
+    check_readable(p)
     if table:
         t = get_table(table)
     else:
@@ -1148,9 +1324,24 @@ def resolve_import(
                 f".json, .ndjson or .jsonl, or use --format {'|'.join(FORMATS)}."
             )
         form = found
-    if not p.exists():
-        raise InputError(f"{path}: no such file.")
     return t, form
+
+
+def check_readable(path: Path) -> None:
+    """Raise InputError when ``path`` does not exist or cannot be read, saying which."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist; check the name and the folder.") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a file.") from None
+    except PermissionError:
+        raise InputError(
+            f"cannot read {path}: permission denied; check the file's owner and mode."
+        ) from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}.") from None
 
 
 def import_file(

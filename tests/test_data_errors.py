@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from cpmail.store import schema
 from tests.conftest import Cli
@@ -276,7 +278,7 @@ def test_unknown_table_missing_file_and_unknown_format(loaded: Cli, tmp_path: Pa
     msg = refused(loaded, path, "--table", "customers")
     assert msg.startswith("unknown table 'customers'; the tables are staff, time_off, ")
     msg = refused(loaded, tmp_path / "clients.csv")
-    assert msg == f"{tmp_path / 'clients.csv'}: no such file."
+    assert msg == f"{tmp_path / 'clients.csv'} does not exist; check the name and the folder."
     path = write(tmp_path, "clients.txt", "id,name\nC1,A\n")
     assert "cannot tell the format" in refused(loaded, path)
     assert "unknown format 'xml'" in refused(loaded, path, "--format", "xml")
@@ -348,3 +350,135 @@ def test_a_bad_row_after_many_batches_writes_nothing(loaded: Cli, tmp_path: Path
     bad = [*lines, "TT99999,JD,J1,K404,2026-11-26,0.25,1"]
     path = write(tmp_path, "time_entries.csv", "\n".join(bad) + "\n")
     assert "line 12003 (id TT99999), column task_id: there is no tasks row" in refused(loaded, path)
+
+
+def test_a_missing_file_is_said_before_anything_else(loaded: Cli, tmp_path: Path) -> None:
+    for name in ("missing.csv", "clients.txt", "missing"):
+        assert refused(loaded, tmp_path / name) == (
+            f"{tmp_path / name} does not exist; check the name and the folder."
+        )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_file_is_said_so(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "clients.csv", "id,name\nC1,A\n")
+    path.chmod(0)
+    assert refused(loaded, path) == (
+        f"cannot read {path}: permission denied; check the file's owner and mode."
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("staff", "work_email", "a@b.test,c@d.test"),
+        ("staff", "work_email", "Name <a@agency.test>"),
+        ("staff", "username", "a b@agency.test"),
+        ("staff", "username", "no-at-sign"),
+        ("clients", "billing_email", "ap@"),
+        ("vendors", "email", "x" * 300 + "@print.test"),
+    ],
+)
+def test_an_address_column_holds_one_valid_address(
+    loaded: Cli, tmp_path: Path, table: str, column: str, value: str
+) -> None:
+    path = write(tmp_path, f"{table}.csv", f'id,name,{column}\nN1,New,"{value}"\n')
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 2 (id N1), column {column}: "), msg
+    assert "e-mail address" in msg
+
+
+def test_addresses_are_stored_as_given_international_ones_too(loaded: Cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "staff.csv",
+        "id,name,work_email,username\n"
+        "U1,Ünal, üser@agency.test ,\n"
+        "U2,Bücher,user@bücher.example,User@Agency.Test\n",
+    )
+    r = loaded("data", "import", str(path))
+    assert r.exit_code == 0, r.output
+    engine = engine_of(loaded.home)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id, work_email, username FROM staff WHERE id LIKE 'U%' ORDER BY id")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("U1", "üser@agency.test", None),
+        ("U2", "user@bücher.example", "User@Agency.Test"),
+    ]
+
+
+def test_json_nested_too_deeply_names_the_item_key_and_column(loaded: Cli, tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write(
+        tmp_path, "clients.json", f'[{{"id": "C1", "name": "A"}}, {{"id": "C9", "name": {deep}}}]'
+    )
+    assert refused(loaded, path) == (
+        f"{path}, item 2 (id C9), column name: a value nested this deeply is not allowed "
+        "here; give text."
+    )
+    path = write(
+        tmp_path, "clients.ndjson", f'{{"id": "C1", "name": "A"}}\n{{"name": {deep}, "id": "C9"}}\n'
+    )
+    assert refused(loaded, path) == (
+        f"{path}, line 2 (id C9), column name: a value nested this deeply is not allowed "
+        "here; give text."
+    )
+    path = write(tmp_path, "clients.json", f"[{deep}]")
+    assert refused(loaded, path) == (
+        f"{path}, item 1: a list is not an object; each row must be an object such as "
+        '{"id": "J1", …}.'
+    )
+
+
+def test_a_number_of_thousands_of_digits_names_the_row_and_column(
+    loaded: Cli, tmp_path: Path
+) -> None:
+    digits = "9" * 5000
+    clipped = "9" * 40 + "… (5000 characters)"
+    path = write(
+        tmp_path, "billing_lines.json", f'[{{"billing_id": "B1", "line": 1, "quantity": {digits}}}]'
+    )
+    assert refused(loaded, path) == (
+        f"{path}, item 1 (billing_id B1, line 1), column quantity: {clipped} is too large "
+        "(at most 8 digits before the point)."
+    )
+    path = write(tmp_path, "billing_lines.ndjson", f'{{"billing_id": "B1", "line": {digits}}}\n')
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 1 (billing_id B1, line {clipped}), column line: ")
+    assert msg.endswith("is too large for a whole number here.")
+    path = write(tmp_path, "billing_lines.csv", f"billing_id,line\nB1,{digits}\n")
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 2 (billing_id B1, line {clipped}), column line: ")
+    assert msg.endswith("is too large for a whole number here.")
+
+
+def test_a_file_without_line_breaks_is_refused_early_in_bounded_memory(
+    loaded: Cli, tmp_path: Path
+) -> None:
+    """A file of 64 MB with no line break: refused after reading the first 8 MB of it."""
+    path = tmp_path / "clients.csv"
+    with path.open("wb") as f:
+        f.write(b"id,name\nC1,")
+        for _ in range(64):
+            f.write(b"x" * 2**20)
+    assert refused(loaded, path) == (
+        f"{path}, line 2: the line is longer than 8 MB, which no row of agency data is; "
+        "check that this is the right file and that it has line breaks."
+    )
+    path = write(tmp_path, "clients.csv", 'id,name\nC1,"' + "x\n" * 5_000_000)
+    assert refused(loaded, path) == (
+        f"{path}, line 2: a field is longer than 8 MB, which no cell of agency data is; "
+        "check for a quote that is opened and never closed."
+    )
+    path = tmp_path / "clients.json"
+    with path.open("wb") as f:
+        f.write(b'[{"id": "C1", "name": "')
+        for _ in range(16):
+            f.write(b"x" * 2**20)
+    assert refused(loaded, path) == (
+        f"{path}, line 1: item 1 is longer than 8 MB (or never closed), which no row of "
+        "agency data is; check the file's brackets and quotes."
+    )
