@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from cpmail import __version__
 from cpmail.cli import (
+    alerts,
     check,
     config,
     data,
@@ -25,6 +26,7 @@ from cpmail.cli import (
     setup,
     signin,
     staff,
+    status,
     templates,
 )
 from cpmail.cli.common import Ctx
@@ -91,6 +93,8 @@ app.add_typer(data.app, name="data")
 app.add_typer(db.app, name="db")
 app.add_typer(templates.app, name="templates")
 signin.register(config.app, staff.app)
+status.register(app)
+app.add_typer(alerts.app, name="alerts")
 
 
 def main() -> None:

@@ -1,0 +1,443 @@
+"""Alerts through a second channel (Apprise: Teams, Slack, ntfy, Matrix, e-mail, JSON …).
+
+After every ``cpmail check`` (``after_check``) the state of mail is judged
+(``cpmail.status.gather``, no network) and turned into conditions:
+
+- ``check``: the run ended with exit 1 or 3 (a change between 1 and 3 alerts again);
+- ``failed``: mail failed for good in the last 7 days;
+- ``signin:ACCOUNT``: an account cannot send (sign-in or passcode refused, not signed in);
+- ``expiry:ACCOUNT``: an account's sign-in ends within ``[alerts] token_days``;
+- ``waiting``: mail has waited longer than ``[alerts] waiting_hours`` (while the
+  send window is open, counted from its opening);
+- ``database``: the database cannot be used.
+
+A condition is alerted once when it appears and once ("resolved") when it
+clears, never once per run. What was alerted is kept in the ``alert_state``
+table (shared by every machine on one database: a condition is claimed before
+it is sent, so two machines never both send it); the ``database`` condition,
+which that table cannot hold while the database is down, is kept in
+``<home>/alert-state.json``. All changes of one run go in one message.
+
+An alert names the condition, the account and the fix; never a secret, a
+database password or a message's content. Apprise is imported only when an
+alert is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cpmail.settings import Settings, redact, write_atomic
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from cpmail.status import Health
+
+#: after_check never takes longer than this (seconds), whatever the database or the network do.
+DEADLINE = 60.0
+#: Seconds Apprise may wait to connect to, and then hear from, each alert service.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
+STATE_FILE = "alert-state.json"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Something wrong: ``key`` names it, ``sig`` changes when it gets different enough to
+    alert again, ``text`` is the line a person reads."""
+
+    key: str
+    text: str
+    sig: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one alert URL."""
+
+    url: str  # the URL with its secrets masked by Apprise
+    ok: bool
+    reason: str = ""
+
+
+# ------------------------------------------------------------------ judging
+
+
+def conditions(
+    health: Health, settings: Settings, exit_code: int | None, now: dt.datetime
+) -> tuple[list[Condition], set[str]]:
+    """The conditions that hold now, and the keys that cannot be judged now (kept as they are)."""
+    from cpmail import oauth
+
+    if not health.database.usable:
+        text = f"The database cannot be used: {health.database.error}."
+        return [Condition("database", text)], {"*"}
+    out: list[Condition] = []
+    unjudged: set[str] = set()
+    if exit_code in (1, 3):
+        what = (
+            "mail could not be sent at all (the server, an account's sign-in or the "
+            "database refused)"
+            if exit_code == 3
+            else "some mail was not delivered and waits in the outbox or failed"
+        )
+        out.append(
+            Condition("check", f"cpmail check ended with exit {exit_code}: {what}.", str(exit_code))
+        )
+    elif exit_code != 0:
+        unjudged.add("check")
+    if health.transport_problem:
+        out.append(
+            Condition("transport", f"The transport cannot be used: {health.transport_problem}.")
+        )
+    box = health.outbox
+    if box is not None and box.failed_7_days:
+        out.append(
+            Condition(
+                "failed",
+                f"{box.failed_7_days} message(s) failed for good in the last 7 days; "
+                "see `cpmail log --status failed`, then `cpmail outbox retry` or "
+                "`cpmail outbox drop`.",
+            )
+        )
+    hours = float(settings["alerts.waiting_hours"])
+    overdue = box.overdue_since if box is not None else None
+    if box is not None and overdue is not None and now - overdue > dt.timedelta(hours=hours):
+        since = _local(overdue, settings)
+        out.append(
+            Condition(
+                "waiting",
+                f"{box.waiting} message(s) waiting in the outbox, the oldest since {since} "
+                f"(over {hours:g} hours); see `cpmail outbox` and `cpmail status`.",
+            )
+        )
+    days = int(settings["alerts.token_days"])
+    for a in health.accounts:
+        who = f"{a.account} ({a.address})" if a.address else a.account
+        if a.problem:
+            out.append(Condition(f"signin:{a.account}", f"Account {who} cannot send: {a.problem}."))
+        elif a.signin_lapses is not None and a.signin_lapses - now <= dt.timedelta(days=days):
+            when = _local(a.signin_lapses, settings)
+            verb = "ended" if a.signin_lapses <= now else "ends"
+            out.append(
+                Condition(
+                    f"expiry:{a.account}",
+                    f"The sign-in of account {who} {verb} on {when} unless it is renewed; "
+                    f"run `{oauth.signin_command(a.account)}`.",
+                )
+            )
+    return [_clean(c) for c in out], unjudged
+
+
+def _clean(c: Condition) -> Condition:
+    text = " ".join(redact(c.text).split()).replace("..", ".")
+    return Condition(c.key, text[:600], c.sig)
+
+
+def _local(when: dt.datetime, settings: Settings) -> str:
+    local = when.replace(tzinfo=dt.UTC).astimezone(settings.tz())
+    return local.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+# ------------------------------------------------------------------ remembering
+
+
+@dataclass(frozen=True)
+class _Raised:
+    key: str
+    sig: str
+    text: str
+    raw: str  # the stored detail, compared when claiming
+
+
+def _decode(key: str, detail: str) -> _Raised:
+    try:
+        doc = json.loads(detail)
+        return _Raised(key, str(doc.get("sig", "")), str(doc.get("text", "")), detail)
+    except (ValueError, AttributeError):
+        return _Raised(key, "", detail, detail)
+
+
+def _encode(c: Condition) -> str:
+    return json.dumps({"sig": c.sig, "text": c.text}, ensure_ascii=False)
+
+
+@dataclass
+class _Changes:
+    raised: list[Condition]
+    resolved: list[_Raised]
+
+    def __bool__(self) -> bool:
+        return bool(self.raised or self.resolved)
+
+
+class _DatabaseState:
+    """Conditions in the ``alert_state`` table; claims are atomic across machines."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def load(self) -> dict[str, _Raised]:
+        import sqlalchemy as sa
+
+        from cpmail.store.schema import alert_state
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(alert_state.c.condition, alert_state.c.detail)).all()
+        return {
+            r.condition: _decode(r.condition, r.detail) for r in rows if r.condition != "database"
+        }
+
+    def claim(self, changes: _Changes, old: dict[str, _Raised], now: dt.datetime) -> _Changes:
+        """Write the changes; return those this process won (another may have been first)."""
+        import sqlalchemy as sa
+
+        from cpmail.store.schema import alert_state
+
+        won = _Changes([], [])
+        t = alert_state.c
+        for c in changes.raised:
+            try:
+                with self.engine.begin() as conn:
+                    if c.key in old:
+                        n = conn.execute(
+                            alert_state.update()
+                            .where(t.condition == c.key, t.detail == old[c.key].raw)
+                            .values(raised_at=now, detail=_encode(c))
+                        ).rowcount
+                    else:
+                        conn.execute(
+                            alert_state.insert().values(
+                                condition=c.key, raised_at=now, detail=_encode(c)
+                            )
+                        )
+                        n = 1
+            except sa.exc.IntegrityError:
+                n = 0
+            if n == 1:
+                won.raised.append(c)
+        for r in changes.resolved:
+            with self.engine.begin() as conn:
+                n = conn.execute(
+                    alert_state.delete().where(t.condition == r.key, t.detail == r.raw)
+                ).rowcount
+            if n == 1:
+                won.resolved.append(r)
+        return won
+
+    def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
+        """Nobody was told: put the state back so that the next run tries again."""
+        from cpmail.store.schema import alert_state
+
+        t = alert_state.c
+        with self.engine.begin() as conn:
+            for c in won.raised:
+                conn.execute(alert_state.delete().where(t.condition == c.key))
+                if c.key in old:
+                    conn.execute(
+                        alert_state.insert().values(
+                            condition=c.key, raised_at=now, detail=old[c.key].raw
+                        )
+                    )
+            for r in won.resolved:
+                conn.execute(
+                    alert_state.insert().values(condition=r.key, raised_at=now, detail=r.raw)
+                )
+
+
+class _FileState:
+    """The ``database`` condition, kept beside the settings (the database may be down)."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / STATE_FILE
+
+    def load(self) -> dict[str, _Raised]:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {k: _decode(k, str(v)) for k, v in doc.items() if isinstance(v, str)}
+
+    def save(self, state: dict[str, _Raised]) -> None:
+        if not state:
+            self.path.unlink(missing_ok=True)
+            return
+        doc = {k: r.raw for k, r in state.items()}
+        write_atomic(self.path, json.dumps(doc, ensure_ascii=False).encode("utf-8"), mode=0o600)
+
+    def claim(self, changes: _Changes, old: dict[str, _Raised], now: dt.datetime) -> _Changes:
+        state = dict(old)
+        for c in changes.raised:
+            state[c.key] = _Raised(c.key, c.sig, c.text, _encode(c))
+        for r in changes.resolved:
+            state.pop(r.key, None)
+        self.save(state)
+        return changes
+
+    def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
+        self.save(old)
+
+
+def _diff(
+    now_holds: list[Condition], unjudged: set[str], old: dict[str, _Raised], keys: set[str] | None
+) -> _Changes:
+    """New or changed conditions, and raised ones that cleared (``keys``: the ones judged here)."""
+    current = {c.key: c for c in now_holds if keys is None or c.key in keys}
+    raised = [c for c in current.values() if c.key not in old or old[c.key].sig != c.sig]
+    resolved = [
+        r for k, r in old.items() if k not in current and "*" not in unjudged and k not in unjudged
+    ]
+    return _Changes(raised, resolved)
+
+
+# ------------------------------------------------------------------ telling
+
+
+def message(changes: _Changes, host: str) -> tuple[str, str, str]:
+    """(title, body, Apprise notify type) of one alert carrying every change of a run."""
+    n, r = len(changes.raised), len(changes.resolved)
+    if n == 1 and not r:
+        head = f"problem: {_short(changes.raised[0].text)}"
+    elif r == 1 and not n:
+        head = f"resolved: {_short(changes.resolved[0].text)}"
+    else:
+        parts = [f"{n} problem(s)" if n else "", f"{r} resolved" if r else ""]
+        head = ", ".join(p for p in parts if p)
+    lines = [f"PROBLEM: {c.text}" for c in changes.raised]
+    lines += [f"RESOLVED: {x.text}" for x in changes.resolved]
+    lines += ["", f"Run `cpmail status` on {host} for the whole picture."]
+    kind = "failure" if n else "success"
+    return f"cpmail on {host}: {head}", "\n".join(lines), kind
+
+
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def send(urls: Sequence[str], title: str, body: str, kind: str = "info") -> list[Result]:
+    """Send one notification to each URL (each on its own, so each has its own outcome)."""
+    import apprise
+
+    results: list[Result] = []
+    with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
+        for url in urls:
+            plugin = apprise.Apprise.instantiate(url)
+            if plugin is None:
+                shown = url.split("://", 1)[0] + "://…" if "://" in url else "(not a URL)"
+                results.append(Result(shown, False, "Apprise does not understand this URL"))
+                continue
+            plugin.socket_connect_timeout = CONNECT_TIMEOUT
+            plugin.socket_read_timeout = READ_TIMEOUT
+            shown = str(plugin.url(privacy=True)).split("?", 1)[0]  # type: ignore[no-untyped-call]
+            start = len(captured.getvalue())
+            try:
+                ok = bool(
+                    plugin.notify(body=body, title=title, notify_type=apprise.NotifyType(kind))
+                )
+            except Exception as e:  # a plugin's bug must not hide the other URLs
+                ok = False
+                results.append(Result(shown, ok, type(e).__name__))
+                continue
+            reason = ""
+            if not ok:
+                said = [ln for ln in captured.getvalue()[start:].splitlines() if " - " in ln]
+                reason = said[-1].split(" - ", 2)[-1].strip() if said else "not accepted"
+            results.append(Result(shown, ok, redact(reason)[:300]))
+    return results
+
+
+# ------------------------------------------------------------------ the entry points
+
+
+def evaluate(home: Path, exit_code: int | None, *, now: dt.datetime | None = None) -> list[Result]:
+    """Judge the state of mail, send what changed to ``[alerts] urls``; return the outcomes.
+
+    ``exit_code`` is that of the ``check`` that just ended (None: judge without it).
+    Raises on a broken settings file; ``after_check`` is the never-raising wrapper.
+    """
+    from cpmail.status import gather, load
+
+    settings, secrets = load(home)
+    urls = list(settings["alerts.urls"])
+    if not urls:
+        return []
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    health = gather(settings, secrets, now=now)
+    holds, unjudged = conditions(health, settings, exit_code, now)
+    files = _FileState(home)
+    stores: list[tuple[Any, set[str] | None]] = [(files, {"database"})]
+    engine = None
+    if health.database.usable:
+        from cpmail.status import open_database
+
+        engine, _ = open_database(settings)
+    if engine is not None:
+        stores.append((_DatabaseState(engine), None))
+    try:
+        pending: list[tuple[Any, _Changes, dict[str, _Raised]]] = []
+        for store, keys in stores:
+            old = store.load()
+            # The file holds only the database condition, judged on every run; the table
+            # holds the rest, judged only while the database can be read.
+            changes = _diff(holds, unjudged if keys is None else set(), old, keys)
+            won = store.claim(changes, old, now) if changes else changes
+            if won:
+                pending.append((store, won, old))
+        everything = _Changes(
+            [c for _, w, _ in pending for c in w.raised],
+            [r for _, w, _ in pending for r in w.resolved],
+        )
+        if not everything:
+            return []
+        title, body, kind = message(everything, health.host)
+        results = send(urls, title, body, kind)
+        if not any(r.ok for r in results):
+            for store, won, old in pending:
+                store.undo(won, old, now)
+        return results
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def after_check(home: Path, exit_code: int) -> None:
+    """Send the alerts due after a ``cpmail check`` that ended with ``exit_code``.
+
+    Never raises and never takes more than ``DEADLINE`` seconds: an alert that
+    cannot be sent is one line on stderr and leaves the check's exit code alone.
+    """
+    try:
+        problem: list[str] = []
+
+        def run() -> None:
+            try:
+                results = evaluate(home, exit_code)
+            except Exception as e:
+                problem.append(f"{type(e).__name__}: {redact(str(e))}"[:300])
+                return
+            failed = [r for r in results if not r.ok]
+            if failed and len(failed) == len(results):
+                problem.append("no alert URL accepted the alert (" + failed[0].reason + ")")
+
+        worker = threading.Thread(target=run, name="cpmail-alerts", daemon=True)
+        worker.start()
+        worker.join(DEADLINE)
+        if worker.is_alive():
+            problem.append(f"sending alerts took over {DEADLINE:g} s; gave up")
+        if problem:
+            sys.stderr.write(f"cpmail: alerts: {problem[0]}; try `cpmail alerts test`.\n")
+    except Exception:  # an alert must never change the check's outcome
+        return

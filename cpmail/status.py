@@ -1,0 +1,756 @@
+"""Is mail working? The transport, the accounts, the last check, the outbox, the database.
+
+``gather`` reads only local things (settings, the secrets store, the
+database) unless ``probe`` is true; then it also signs each sending account in
+without sending anything (SMTP: connect, EHLO, STARTTLS, AUTH, and for a relay
+MAIL FROM then RSET; Gmail and Microsoft: renew the token).
+
+The verdict (``Health.exit_code``): 3 when the database or an account (or the
+transport as a whole) cannot be used, 1 when mail waits or failed in the last
+7 days, else 0. ``cpmail.alerts`` turns the same snapshot into alerts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cpmail.errors import CpmailError
+from cpmail.settings import Settings, redact
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from cpmail.secrets import SecretStore
+
+FAILED_DAYS = 7
+#: Microsoft ends a sign-in whose refresh token goes unused this long (Entra ID default).
+MICROSOFT_IDLE_DAYS = 90
+#: Google ends a sign-in whose refresh token goes unused for six months.
+GOOGLE_IDLE_DAYS = 182
+#: Seconds allowed to reach a PostgreSQL (or other) server before it counts as down.
+DB_CONNECT_TIMEOUT = 10
+#: An account whose newest waiting message failed with words like these was refused as
+#: a whole (its sign-in, passcode or permission), not one message or recipient.
+_REFUSAL = re.compile(
+    r"cpmail staff (signin|passcode)|cpmail config (gmail|microsoft)|refused the login"
+    r"|without a login|refused to renew|refused the renewed|is not signed in|denied sending"
+    r"|denied app-only|does not allow sending|does not offer a login|sign-in .*failed",
+    re.IGNORECASE,
+)
+
+OK, WAITING, UNUSABLE = 0, 1, 3
+
+
+@dataclass
+class Account:
+    """One sending account: a staff ID, or ``shared`` for the one-account sender."""
+
+    account: str
+    address: str = ""
+    login: str = ""  # passcode | no login (relay) | Google sign-in | Microsoft sign-in | …
+    signed_in: bool | None = None  # None: the transport needs no sign-in
+    token_expires: dt.datetime | None = None  # the current access token
+    signin_lapses: dt.datetime | None = None  # when the sign-in ends unless it is used or renewed
+    last_sent: dt.datetime | None = None
+    last_error: str | None = None
+    waiting: int = 0
+    problem: str | None = None  # set when the account cannot send
+    probe: str | None = None  # "ok" or what went wrong, with --probe only
+
+
+@dataclass
+class LastCheck:
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    run_date: dt.date | None
+    exit_code: int | None
+    host: str
+    counts: dict[str, Any] | None
+    note: str | None
+    state: str  # finished | running | did not finish
+
+
+@dataclass
+class Outbox:
+    waiting: int = 0
+    oldest_waiting_since: dt.datetime | None = None
+    next_try: dt.datetime | None = None
+    held_by_window: int = 0  # never tried, waiting for the send window to open
+    failed_7_days: int = 0
+    overdue_since: dt.datetime | None = None  # waiting counted from the send window's opening
+
+
+@dataclass
+class Database:
+    where: str
+    reachable: bool = False
+    revision: str | None = None
+    expected_revision: str = ""
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.reachable and self.revision == self.expected_revision
+
+
+@dataclass
+class Health:
+    """Everything ``cpmail status`` shows, and the verdict."""
+
+    checked_at: dt.datetime
+    host: str
+    transport: str
+    transport_detail: str
+    transport_problem: str | None
+    accounts: list[Account]
+    last_check: LastCheck | None
+    outbox: Outbox | None
+    database: Database
+    enabled: bool
+    send_window: str
+    window_open: bool
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    probed: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.problems:
+            return UNUSABLE
+        if self.warnings:
+            return WAITING
+        return OK
+
+    @property
+    def verdict(self) -> str:
+        return {OK: "healthy", WAITING: "mail waiting or failed", UNUSABLE: "cannot send"}[
+            self.exit_code
+        ]
+
+    def as_json(self, tz: dt.tzinfo) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, dt.datetime):
+                return v.replace(tzinfo=dt.UTC, microsecond=0).astimezone(tz).isoformat()
+            if isinstance(v, dt.date):
+                return v.isoformat()
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [conv(x) for x in v]
+            return v
+
+        db = asdict(self.database)
+        return {
+            "status": self.verdict,
+            "exit_code": self.exit_code,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "checked_at": conv(self.checked_at),
+            "host": self.host,
+            "probed": self.probed,
+            "transport": {
+                "name": self.transport,
+                "detail": self.transport_detail,
+                "problem": self.transport_problem,
+            },
+            "accounts": [conv(asdict(a)) for a in self.accounts],
+            "last_check": conv(asdict(self.last_check)) if self.last_check else None,
+            "outbox": conv(asdict(self.outbox)) if self.outbox else None,
+            "database": {**db, "usable": self.database.usable},
+            "mail": {
+                "enabled": self.enabled,
+                "send_window": self.send_window,
+                "window_open": self.window_open,
+            },
+        }
+
+
+# ------------------------------------------------------------------ the database
+
+
+def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
+    """Connect with a short timeout; never raise for a database that is down."""
+    import sqlalchemy as sa
+
+    from cpmail.store import SCHEMA_REVISION, make_engine
+
+    url = settings.db_url
+    where = (
+        str(settings.home / "cpmail.db")
+        if not settings["database.url"]
+        else redact(str(settings["database.url"]))
+    )
+    db = Database(where=where, expected_revision=SCHEMA_REVISION)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:" and not Path(path).exists():
+            db.error = f"there is no database at {path}; run `cpmail init` first"
+            return None, db
+        try:
+            engine = make_engine(url)
+        except CpmailError as e:
+            db.error = str(e)
+            return None, db
+    else:
+        args = {"connect_timeout": DB_CONNECT_TIMEOUT} if url.startswith("postgresql") else {}
+        try:
+            engine = sa.create_engine(url, connect_args=args, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+            db.error = f"database.url is not a database URL cpmail can use ({type(e).__name__})"
+            return None, db
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+    except sa.exc.DBAPIError as e:
+        text = " ".join(str(e.orig).split()) if e.orig is not None else type(e).__name__
+        if isinstance(e, sa.exc.ProgrammingError) or "no such table" in text:
+            db.reachable = True
+            db.error = "it holds no cpmail schema; run `cpmail init`"
+        else:
+            db.error = redact(text)[:300]
+        engine.dispose()
+        return None, db
+    except (OSError, sa.exc.SQLAlchemyError) as e:
+        db.error = redact(f"{type(e).__name__}: {e}")[:300]
+        engine.dispose()
+        return None, db
+    db.reachable = True
+    db.revision = None if row is None else str(row[0])
+    if db.revision != SCHEMA_REVISION:
+        db.error = (
+            f"schema revision {db.revision}, cpmail needs {SCHEMA_REVISION}; "
+            "run `cpmail db upgrade`"
+        )
+        engine.dispose()
+        return None, db
+    return engine, db
+
+
+# ------------------------------------------------------------------ accounts and tokens
+
+
+def _parse_time(text: Any) -> dt.datetime | None:
+    """google-auth's "expiry" (ISO, maybe with Z) or an epoch -> naive UTC."""
+    if text is None or text == "":
+        return None
+    try:
+        if isinstance(text, int | float) or str(text).isdigit():
+            return dt.datetime.fromtimestamp(int(text), dt.UTC).replace(tzinfo=None)
+        when = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        return None
+    return when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+def token_dates(transport: str, data: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(access token expiry, when the sign-in lapses unless used) from a stored sign-in.
+
+    Google: ``expiry`` is the access token's; a refresh token lapses after six
+    months unused (or at ``refresh_token_expiry`` when the sign-in recorded one).
+    Microsoft: msal's cache records when the refresh token was last renewed;
+    it lapses after 90 days unused.
+    """
+    if transport == "gmail" and isinstance(data, dict):
+        access = _parse_time(data.get("expiry"))
+        if not data.get("refresh_token"):
+            return access, access
+        fixed = _parse_time(data.get("refresh_token_expiry"))
+        if fixed is not None:
+            return access, fixed
+        renewed = access - dt.timedelta(hours=1) if access else None
+        return access, renewed + dt.timedelta(days=GOOGLE_IDLE_DAYS) if renewed else None
+    if transport == "microsoft" and isinstance(data, str):
+        try:
+            cache = json.loads(data)
+        except ValueError:
+            return None, None
+        if not isinstance(cache, dict):
+            return None, None
+        ats = [
+            t
+            for e in (cache.get("AccessToken") or {}).values()
+            if isinstance(e, dict) and (t := _parse_time(e.get("expires_on")))
+        ]
+        rts = [e for e in (cache.get("RefreshToken") or {}).values() if isinstance(e, dict)]
+        access = max(ats) if ats else None
+        if not rts:
+            return access, access
+        renewals = [t for e in rts if (t := _parse_time(e.get("last_modification_time")))]
+        lapses = max(renewals) + dt.timedelta(days=MICROSOFT_IDLE_DAYS) if renewals else None
+        return access, lapses
+    return None, None
+
+
+def _stored_accounts(secrets: SecretStore, transport: str) -> list[str]:
+    """Accounts with a passcode or sign-in in the secrets folder (the keyring cannot list)."""
+    if secrets.backend != "file" or not secrets.dir.is_dir():
+        return []
+    from cpmail.secrets import passcode_name, token_name
+
+    prefix = passcode_name("") if transport == "smtp" else token_name(transport, "")
+    try:
+        names = [p.name for p in secrets.dir.iterdir()]
+    except OSError:
+        return []
+    return sorted(n[len(prefix) :] for n in names if n.startswith(prefix) and n != prefix)
+
+
+def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transport: str) -> None:
+    """Fill in how ``acct`` signs in, from the secrets store only (no network)."""
+    from cpmail import oauth
+    from cpmail.secrets import passcode_name
+    from cpmail.transports.base import SHARED
+
+    try:
+        if transport == "smtp":
+            secret = secrets.get(passcode_name(acct.account))
+            acct.login = "passcode" if secret and secret.reveal() else "no login (relay)"
+            return
+        app_only = transport == "microsoft" and acct.account == SHARED
+        if app_only and secrets.has(oauth.MICROSOFT_APP_SECRET):
+            acct.login, acct.signed_in = "Microsoft app-only (client secret)", True
+            acct.address = acct.address or str(settings["mail.sender"])
+            return
+        acct.login = f"{oauth.PROVIDER[transport]} sign-in"
+        stored = oauth.load_token(secrets, transport, acct.account)
+    except CpmailError as e:
+        acct.signed_in = False
+        acct.problem = str(e)
+        return
+    if stored is None:
+        acct.signed_in = False
+        acct.problem = (
+            f"not signed in with {oauth.PROVIDER[transport]}; "
+            f"run `{oauth.signin_command(acct.account)}`"
+        )
+        return
+    acct.signed_in = True
+    acct.address = acct.address or stored.address
+    acct.token_expires, acct.signin_lapses = token_dates(transport, stored.data)
+
+
+def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, Any]]:
+    """Per account: last send, mail waiting, and the newest error of the waiting mail."""
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import messages
+
+    m = messages.c
+    out: dict[str, dict[str, Any]] = {}
+    recent = now - dt.timedelta(days=30)
+    waiting = ("queued", "deferred", "sending")
+    with engine.connect() as conn:
+        for account, last in conn.execute(
+            sa.select(m.account, sa.func.max(m.sent_at))
+            .where(m.status == "sent")
+            .group_by(m.account)
+        ):
+            out.setdefault(account, {})["last_sent"] = last
+        for account, n in conn.execute(
+            sa.select(m.account, sa.func.count()).where(m.status.in_(waiting)).group_by(m.account)
+        ):
+            out.setdefault(account, {})["waiting"] = int(n)
+        for account in conn.execute(
+            sa.select(m.account).where(m.status == "failed", m.queued_at >= recent).distinct()
+        ).scalars():
+            out.setdefault(account, {})
+        rows = conn.execute(
+            sa.select(m.account, m.last_error, m.attempts, m.next_attempt_at)
+            .where(m.status.in_(waiting), m.last_error.is_not(None))
+            .order_by(sa.func.coalesce(m.next_attempt_at, m.queued_at).desc(), m.id.desc())
+        ).all()
+    for r in rows:
+        info = out.setdefault(r.account, {})
+        if "last_error" not in info:
+            info["last_error"] = r.last_error
+            info["error_at"] = _attempted_at(r.attempts, r.next_attempt_at)
+    return out
+
+
+def _attempted_at(attempts: int, next_attempt_at: dt.datetime | None) -> dt.datetime | None:
+    """When a deferred message was last tried: its next try minus the back-off it was given."""
+    if next_attempt_at is None:
+        return None
+    from cpmail.outbox import backoff
+
+    return next_attempt_at - backoff(attempts)
+
+
+# ------------------------------------------------------------------ the rest
+
+
+def _transport_detail(settings: Settings) -> tuple[str, str | None]:
+    name = str(settings["mail.transport"])
+    if name == "file":
+        return f"writes .eml files to {settings.mail_dir}", None
+    if name == "smtp":
+        host = str(settings["mail.smtp.host"]).strip()
+        if not host:
+            return "no server set", "mail.smtp.host is not set; run `cpmail config smtp`"
+        return (
+            f"{host}:{settings['mail.smtp.port']} ({settings['mail.smtp.security']})",
+            None,
+        )
+    if name == "gmail":
+        if not settings["mail.gmail.client_secrets"]:
+            return "Gmail API", "mail.gmail.client_secrets is not set; run `cpmail config gmail`"
+        return f"Gmail API at {settings['mail.gmail.api_base']}", None
+    if not settings["mail.microsoft.client_id"]:
+        return (
+            "Microsoft Graph",
+            "mail.microsoft.client_id is not set; run `cpmail config microsoft`",
+        )
+    return f"Microsoft Graph at {settings['mail.microsoft.api_base']}", None
+
+
+def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import runs
+
+    with engine.connect() as conn:
+        r = conn.execute(
+            sa.select(runs)
+            .where(runs.c.command == "check")
+            .order_by(runs.c.started_at.desc())
+            .limit(1)
+        ).first()
+    if r is None:
+        return None
+    counts: dict[str, Any] | None = None
+    if r.counts:
+        try:
+            loaded = json.loads(r.counts)
+            counts = loaded if isinstance(loaded, dict) else None
+        except ValueError:
+            counts = None
+    if r.ended_at is not None:
+        state = "finished"
+    elif r.heartbeat_at >= now - dt.timedelta(minutes=stale_minutes):
+        state = "running"
+    else:
+        state = "did not finish"
+    return LastCheck(
+        started_at=r.started_at,
+        ended_at=r.ended_at,
+        run_date=r.run_date,
+        exit_code=r.exit_code,
+        host=r.host,
+        counts=counts,
+        note=r.note,
+        state=state,
+    )
+
+
+def window_opened(settings: Settings, now_utc: dt.datetime) -> tuple[bool, dt.datetime | None]:
+    """Is the send window open now, and since when (naive UTC; None without a window)."""
+    window = str(settings["mail.send_window"])
+    if not window:
+        return True, None
+    from cpmail.outbox import in_send_window
+
+    tz = settings.tz()
+    local = now_utc.replace(tzinfo=dt.UTC).astimezone(tz)
+    if not in_send_window(settings, local):
+        return False, None
+    start = dt.time.fromisoformat(window.split("-")[0])
+    opened = dt.datetime.combine(local.date(), start, tzinfo=tz)
+    if opened > local:  # a window across midnight, opened yesterday
+        opened -= dt.timedelta(days=1)
+    return True, opened.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _outbox(engine: sa.Engine, now: dt.datetime, window: tuple[bool, dt.datetime | None]) -> Outbox:
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import messages
+
+    m = messages.c
+    waiting = ("queued", "deferred", "sending")
+    with engine.connect() as conn:
+        n, oldest = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(m.queued_at)).where(m.status.in_(waiting))
+        ).one()
+        next_try = conn.execute(
+            sa.select(sa.func.min(m.next_attempt_at)).where(m.status == "deferred")
+        ).scalar()
+        fresh = conn.execute(
+            sa.select(sa.func.count()).where(m.status == "queued", m.attempts == 0)
+        ).scalar_one()
+        failed = conn.execute(
+            sa.select(sa.func.count()).where(
+                m.status == "failed", m.queued_at >= now - dt.timedelta(days=FAILED_DAYS)
+            )
+        ).scalar_one()
+    open_now, opened = window
+    box = Outbox(
+        waiting=int(n),
+        oldest_waiting_since=oldest,
+        next_try=next_try,
+        held_by_window=0 if open_now else int(fresh),
+        failed_7_days=int(failed),
+    )
+    if oldest is not None and open_now:
+        box.overdue_since = max(oldest, opened) if opened else oldest
+    return box
+
+
+def _accounts(
+    settings: Settings,
+    secrets: SecretStore,
+    engine: sa.Engine | None,
+    now: dt.datetime,
+) -> list[Account]:
+    from cpmail.transports.base import SHARED
+
+    transport = str(settings["mail.transport"])
+    rows = _account_rows(engine, now) if engine is not None else {}
+    names: list[str] = []
+    if settings["mail.one_account"]:
+        names.append(SHARED)
+    elif settings["user.staff"]:
+        names.append(str(settings["user.staff"]))
+    if transport != "file":
+        names += _stored_accounts(secrets, transport)
+    names += [a for a in rows if a]
+    accounts = []
+    for name in dict.fromkeys(names):
+        acct = Account(account=name)
+        if name == SHARED:
+            acct.address = str(settings["mail.sender"])
+        info = rows.get(name, {})
+        acct.last_sent = info.get("last_sent")
+        acct.waiting = int(info.get("waiting", 0))
+        acct.last_error = info.get("last_error")
+        if transport == "file":
+            acct.login = "none (file transport)"
+        else:
+            _credentials(settings, secrets, acct, transport)
+        err, at = acct.last_error, info.get("error_at")
+        refused = bool(err and _REFUSAL.search(err) and acct.waiting)
+        if refused and at is not None and acct.last_sent is not None and acct.last_sent > at:
+            refused = False  # it sent since
+        if refused and acct.problem is None:
+            acct.problem = f"refused at the last try: {err}"
+        accounts.append(acct)
+    if engine is not None:
+        _addresses(engine, accounts)
+    return accounts
+
+
+def _addresses(engine: sa.Engine, accounts: list[Account]) -> None:
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import staff
+
+    missing = [a.account for a in accounts if not a.address]
+    if not missing:
+        return
+    with engine.connect() as conn:
+        found = {
+            r.id: r.username or r.work_email or ""
+            for r in conn.execute(
+                sa.select(staff.c.id, staff.c.username, staff.c.work_email).where(
+                    staff.c.id.in_(missing)
+                )
+            )
+        }
+    for a in accounts:
+        a.address = a.address or found.get(a.account, "")
+
+
+# ------------------------------------------------------------------ probing (network)
+
+
+def probe_accounts(settings: Settings, secrets: SecretStore, accounts: list[Account]) -> None:
+    """Sign each account in without sending; set ``probe`` (and ``problem`` when refused)."""
+    transport = str(settings["mail.transport"])
+    for acct in accounts:
+        if transport == "file":
+            acct.probe = "ok"
+            continue
+        if acct.signed_in is False:
+            acct.probe = "not signed in"
+            continue
+        try:
+            if transport == "smtp":
+                _probe_smtp(settings, secrets, acct)
+            elif transport == "gmail":
+                _probe_gmail(settings, secrets, acct)
+            else:
+                _probe_microsoft(settings, secrets, acct)
+        except CpmailError as e:
+            acct.probe = str(e)
+            acct.problem = f"the sign-in test failed: {e}"
+        except Exception as e:  # a library's surprise must not hide the other accounts
+            acct.probe = f"{type(e).__name__}"
+            acct.problem = f"the sign-in test failed ({type(e).__name__})"
+        else:
+            acct.probe = "ok"
+            if acct.problem and acct.problem.startswith("refused at the last try"):
+                acct.problem = None  # it works now: the next check sends its mail
+
+
+def _probe_smtp(settings: Settings, secrets: SecretStore, acct: Account) -> None:
+    import asyncio
+
+    from cpmail.secrets import passcode_name
+    from cpmail.transports import smtp
+
+    cfg = smtp.SMTPConfig.from_settings(settings)
+    tls = cfg.tls_context()
+    secret = secrets.get(passcode_name(acct.account))
+    login = smtp._Login(acct.account, acct.address, secret) if secret and secret.reveal() else None
+    group = smtp._Group(login)
+
+    async def go() -> None:
+        conn = smtp._Connection(cfg, tls, group, socket.getfqdn() or "localhost")
+        await conn.open()
+        try:
+            if login is None and acct.address and conn.smtp is not None:
+                # A relay: ask whether it takes mail from this sender, then take it back.
+                import aiosmtplib
+
+                try:
+                    await conn.smtp.mail(acct.address)
+                except aiosmtplib.SMTPSenderRefused as e:
+                    from cpmail.errors import AuthError
+
+                    said = " ".join(str(e.message).split())
+                    raise AuthError(
+                        f"the SMTP server {cfg.address} refuses mail from {acct.address}: "
+                        f"{e.code} {said}"
+                    ) from None
+                await conn.smtp.rset()
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _probe_gmail(settings: Settings, secrets: SecretStore, acct: Account) -> None:
+    from cpmail import oauth
+
+    oauth.google_client(settings, secrets)  # a missing client is named before the network
+    session = oauth.GoogleSession(settings, secrets, acct.account)
+    session.refresh()
+    stored = oauth.load_token(secrets, "gmail", acct.account)
+    if stored is not None:
+        acct.token_expires, acct.signin_lapses = token_dates("gmail", stored.data)
+
+
+def _probe_microsoft(settings: Settings, secrets: SecretStore, acct: Account) -> None:
+    from cpmail import oauth
+    from cpmail.transports.base import SHARED
+
+    app_secret = secrets.get(oauth.MICROSOFT_APP_SECRET) if acct.account == SHARED else None
+    session: oauth.MicrosoftSession | oauth.MicrosoftAppSession
+    if app_secret is not None:
+        session = oauth.MicrosoftAppSession(settings, app_secret.reveal())
+    else:
+        session = oauth.MicrosoftSession(settings, secrets, acct.account)
+    try:
+        session.access_token(force_refresh=True)
+    finally:
+        session.close()
+    stored = oauth.load_token(secrets, "microsoft", acct.account)
+    if stored is not None:
+        acct.token_expires, acct.signin_lapses = token_dates("microsoft", stored.data)
+
+
+# ------------------------------------------------------------------ putting it together
+
+
+def gather(
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    probe: bool = False,
+    now: dt.datetime | None = None,
+) -> Health:
+    """Look at everything (network only with ``probe``) and judge: see ``Health.exit_code``."""
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    transport = str(settings["mail.transport"])
+    detail, transport_problem = _transport_detail(settings)
+    engine, db = open_database(settings)
+    window = window_opened(settings, now)
+    try:
+        last_check = outbox = None
+        if engine is not None:
+            stale = float(settings["outbox.stale_claim_minutes"])
+            last_check = _last_check(engine, stale, now)
+            outbox = _outbox(engine, now, window)
+        accounts = _accounts(settings, secrets, engine, now)
+    except Exception as e:  # the database went away half-way
+        import sqlalchemy as sa
+
+        if not isinstance(e, sa.exc.SQLAlchemyError):
+            raise
+        db.reachable, db.error = False, redact(str(getattr(e, "orig", e) or e))[:300]
+        last_check = outbox = None
+        accounts = _accounts(settings, secrets, None, now)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    if probe and transport_problem is None:
+        probe_accounts(settings, secrets, accounts)
+    health = Health(
+        checked_at=now,
+        host=socket.gethostname(),
+        transport=transport,
+        transport_detail=detail,
+        transport_problem=transport_problem,
+        accounts=accounts,
+        last_check=last_check,
+        outbox=outbox,
+        database=db,
+        enabled=bool(settings["mail.enabled"]),
+        send_window=str(settings["mail.send_window"]),
+        window_open=window[0],
+        probed=probe,
+    )
+    _judge(health, settings)
+    return health
+
+
+def _judge(h: Health, settings: Settings) -> None:
+    if not h.database.usable:
+        h.problems.append(f"the database cannot be used: {h.database.error}")
+    if h.transport_problem:
+        h.problems.append(h.transport_problem)
+    for a in h.accounts:
+        if a.problem:
+            h.problems.append(f"account {a.account}: {a.problem}")
+    lc = h.last_check
+    if (
+        lc is not None
+        and lc.exit_code == 3
+        and not h.problems
+        and not (h.probed and h.accounts and all(a.probe == "ok" for a in h.accounts))
+    ):
+        h.problems.append(
+            "the last check could not send (exit 3)" + (f": {lc.note}" if lc.note else "")
+        )
+    box = h.outbox
+    if box is not None:
+        counted = box.waiting - box.held_by_window
+        if counted > 0:
+            h.warnings.append(f"{counted} message(s) waiting in the outbox")
+        if box.failed_7_days:
+            h.warnings.append(
+                f"{box.failed_7_days} message(s) failed for good in the last {FAILED_DAYS} days"
+            )
+
+
+def load(home: Path) -> tuple[Settings, SecretStore]:
+    """Settings and secrets of ``home`` (ConfigError when the settings file is broken)."""
+    from cpmail.secrets import SecretStore
+
+    settings = Settings.load(home)
+    return settings, SecretStore(home, settings["secrets.backend"])
