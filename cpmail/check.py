@@ -23,12 +23,15 @@ from cpmail.errors import ConfigError, InputError
 from cpmail.outbox import (
     Delivery,
     Draft,
+    Waiting,
     deliver,
     in_send_window,
+    lease,
     new_run_id,
     queue,
     queue_many,
     record_keys,
+    waiting,
 )
 from cpmail.people import Sender, resolve_sender
 from cpmail.render import Renderer
@@ -42,6 +45,8 @@ from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows
 from cpmail.workdays import WorkCalendar
 
 SUMMARY_COLUMNS = ("found", "sent", "deferred", "failed", "skipped", "suppressed")
+# A digest holds several events' notifications: its messages are counted on a row of their own.
+DIGEST = "digest"
 
 
 @dataclass
@@ -91,9 +96,29 @@ class CheckResult:
     sender: Sender | None = None
     notice: list[str] = field(default_factory=list)
     earlier: Counter[str] = field(default_factory=Counter)  # earlier runs' mail, by status
+    waiting: Waiting | None = None  # what waits in the outbox after the run
+    run_id: str = ""
 
     def totals(self) -> dict[str, int]:
+        """found, skipped, suppressed count notifications; sent, deferred, failed messages."""
         return {k: sum(getattr(s, k) for s in self.summary.values()) for k in SUMMARY_COLUMNS}
+
+    @property
+    def exit_code(self) -> int:
+        """3 the transport was refused or unreachable; 1 mail waits or failed; else 0."""
+        d = self.delivery
+        if d is not None and d.stopped is not None:
+            return 3
+        if d is not None and d.undelivered:
+            return 1
+        w = self.waiting
+        if w is None:
+            return 0
+        # Mail queued outside the send window waits as it should; anything else waiting is news.
+        outside = d is not None and d.waiting > 0
+        if w.deferred or w.orphaned or (w.count and not outside):
+            return 1
+        return 0
 
 
 def select_events(only: Sequence[str], skip: Sequence[str]) -> list[str]:
@@ -129,7 +154,50 @@ def run_check(
     on_progress: Callable[[int], None] | None = None,
     transport: Transport | None = None,
 ) -> CheckResult:
-    """Evaluate, queue and send; with ``dry_run`` change nothing and return what would go."""
+    """Evaluate, queue and send; with ``dry_run`` change nothing and return what would go.
+
+    A real run holds a lease (``cpmail.outbox.lease``) from start to end: the
+    messages it queues claimed stay its own while it lives, go back to the
+    queue if it is stopped, and ``runs`` records how it ended.
+    """
+    select_events(only, skip)
+    kwargs: dict[str, Any] = dict(
+        date=date,
+        only=only,
+        skip=skip,
+        dry_run=dry_run,
+        as_staff=as_staff,
+        on_progress=on_progress,
+        transport=transport,
+    )
+    if dry_run:
+        return _run_check(engine, settings, secrets, home, run_id=new_run_id(), **kwargs)
+    run_id = new_run_id()
+    with lease(engine, settings, run_id, "check", run_date=date) as held:
+        result = _run_check(engine, settings, secrets, home, run_id=run_id, **kwargs)
+        result.run_id = run_id
+        if result.delivery is not None or not result.enabled:
+            result.waiting = waiting(engine, settings, exclude_run=run_id)
+        held.counts = result.totals()
+        held.exit_code = result.exit_code
+    return result
+
+
+def _run_check(
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    home: Path | None,
+    *,
+    run_id: str,
+    date: dt.date,
+    only: Sequence[str],
+    skip: Sequence[str],
+    dry_run: bool,
+    as_staff: str | None,
+    on_progress: Callable[[int], None] | None,
+    transport: Transport | None,
+) -> CheckResult:
     events = select_events(only, skip)
     enabled = bool(settings["mail.enabled"])
     sender = _sender(settings, engine, as_staff)
@@ -140,7 +208,6 @@ def run_check(
     tz = settings.tz()
     run = Run(date=date, settings=settings, calendar=WorkCalendar.from_settings(settings), tz=tz)
     summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
-    run_id = new_run_id()
     state = {"task-over-budget", "hours-exceeded"}
     incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)
     if incremental:  # else the state triggers look without marking what they looked at
@@ -221,9 +288,14 @@ def run_check(
         if mid not in ids:  # left in the outbox by an earlier run
             result.earlier[status] += 1
             continue
-        for ev in ids[mid].events:
-            if ev in summary and status in ("sent", "deferred", "failed"):
-                setattr(summary[ev], status, getattr(summary[ev], status) + 1)
+        if status not in ("sent", "deferred", "failed"):
+            continue
+        # Messages, not notifications: a list of 7 tasks in one message is 1 sent.
+        row = ids[mid].event
+        if row == DIGEST:
+            summary.setdefault(DIGEST, EventSummary())
+        if row in summary:
+            setattr(summary[row], status, getattr(summary[row], status) + 1)
     if delivery.waiting:
         result.notice.append(
             f"{delivery.waiting} message(s) wait in the outbox for the send window "
@@ -295,7 +367,7 @@ def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) 
         event = events[0]
         subject, text, html = renderer.message(event, by_event[event], recipient)
     else:
-        event = "digest"
+        event = DIGEST
         ordered = sorted(by_event.items(), key=lambda kv: EVENTS.index(kv[0]))
         subject, text, html = renderer.digest(ordered, recipient)
     prefix = str(settings["mail.subject_prefix"])

@@ -2,7 +2,8 @@
 
 Exit codes: 2 for usage, configuration and input errors (nothing was sent or
 changed), 3 when the transport refused to authenticate or could not be reached,
-1 when a command ran but some mail was not delivered.
+1 when a command ran but some mail was not delivered. 3 also when the database
+or the file system cannot be used (``Unavailable``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class PermanentFailure(TransportError):
 
 class AuthError(TransportError):
     """The transport refused to sign in; the whole run stops (exit 3)."""
+
+
+class Unavailable(CpmailError):
+    """The database or the file system failed (down, locked, read-only, full, damaged)."""
+
+    exit_code = 3
 
 
 class Unreachable(TransportError, ConnectionError):

@@ -15,28 +15,45 @@ serialises claims between processes.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
 import sqlalchemy as sa
 
+from cpmail import interrupt
 from cpmail.compose import to_bytes
-from cpmail.errors import AuthError, InputError, TemporaryFailure, TransportError, Unreachable
+from cpmail.errors import (
+    AuthError,
+    InputError,
+    TemporaryFailure,
+    TransportError,
+    Unavailable,
+    Unreachable,
+)
 from cpmail.settings import Settings
-from cpmail.store import utcnow
-from cpmail.store.schema import ledger, messages
+from cpmail.store import clock, utcnow
+from cpmail.store.schema import ledger, messages, runs
 from cpmail.transports.base import Envelope, Outcome, Transport
 
-STUCK_AFTER = dt.timedelta(minutes=15)
+log = logging.getLogger(__name__)
+
 CLAIM_BATCH = 200
 FLUSH_EVERY = 20
 FLUSH_SECONDS = 0.1
+# Outcomes accepted but not yet written, past which sending waits for the database.
+BACKLOG = 200
+# How long the end of a run keeps trying to record outcomes the server accepted.
+RECORD_PATIENCE = 300.0
 OPEN = ("queued", "sending", "deferred", "failed")  # what `cpmail outbox` lists
 
 
@@ -209,6 +226,151 @@ def queue_many(
     return [int(i) for i in conn.execute(stmt, rows).scalars()]
 
 
+# ------------------------------------------------------------------ runs and their claims
+
+
+def stale_after(settings: Settings) -> dt.timedelta:
+    """How long a dead run's claims are kept before they are taken up again."""
+    return dt.timedelta(minutes=float(settings["outbox.stale_claim_minutes"]))
+
+
+def renew_every(settings: Settings) -> float:
+    """Seconds between a live run's heartbeats: a fifth of the stale limit, at most a minute."""
+    return max(0.2, min(60.0, stale_after(settings).total_seconds() / 5))
+
+
+class Lease:
+    """This process's run: a row in ``runs`` whose heartbeat keeps its claims its own.
+
+    While the process lives a thread renews ``heartbeat_at``, however long
+    sending takes; another run takes up these claims only once the heartbeat
+    is older than ``outbox.stale_claim_minutes`` (the process died). When the
+    run ends, every message it still holds goes back to the queue, except
+    those the server accepted whose outcome could not be written yet
+    (``keep``): sending them again would send them twice.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        settings: Settings,
+        run_id: str,
+        command: str,
+        run_date: dt.date | None = None,
+    ) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.command = command
+        self.run_date = run_date
+        self.interval = renew_every(settings)
+        self.keep: set[int] = set()
+        self.exit_code: int | None = None
+        self.counts: dict[str, Any] | None = None
+        self.note: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self.engine.begin() as conn:
+            now = clock(conn)
+            conn.execute(
+                runs.insert().values(
+                    id=self.run_id,
+                    command=self.command,
+                    host=socket.gethostname()[:200],
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                    run_date=self.run_date,
+                )
+            )
+        self._thread = threading.Thread(target=self._beat, name="cpmail-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        runs.update()
+                        .where(runs.c.id == self.run_id)
+                        .values(heartbeat_at=clock(conn))
+                    )
+            except Exception as e:  # the database is away for now: the next beat tries again
+                log.info("could not renew the claims of run %s: %s", self.run_id, e)
+
+    def end(self, exit_code: int | None) -> None:
+        """Stop the heartbeat, give back what is still claimed, and record how the run ended."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        m = messages.c
+        with self.engine.begin() as conn:
+            now = clock(conn)
+            q = messages.update().where(m.claimed_by == self.run_id, m.status == "sending")
+            if self.keep:
+                q = q.where(m.id.not_in(sorted(self.keep)))
+            conn.execute(
+                q.values(
+                    status=sa.case((m.attempts > 0, "deferred"), else_="queued"),
+                    claimed_at=None,
+                    claimed_by=None,
+                    next_attempt_at=now,
+                )
+            )
+            code = exit_code if exit_code is not None else self.exit_code
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == self.run_id)
+                .values(
+                    ended_at=now,
+                    heartbeat_at=now,
+                    exit_code=code,
+                    counts=None if self.counts is None else json.dumps(self.counts),
+                    note=self.note,
+                )
+            )
+
+
+_LEASES: dict[str, Lease] = {}
+
+
+@contextmanager
+def lease(
+    engine: sa.Engine,
+    settings: Settings,
+    run_id: str,
+    command: str,
+    *,
+    run_date: dt.date | None = None,
+) -> Iterator[Lease]:
+    """Hold a run for the block (or join the one this process holds for ``run_id``)."""
+    held = _LEASES.get(run_id)
+    if held is not None:
+        yield held
+        return
+    held = Lease(engine, settings, run_id, command, run_date)
+    held.start()
+    _LEASES[run_id] = held
+    code: int | None = None
+    try:
+        yield held
+    except interrupt.Stopped as e:
+        code = e.exit_code
+        raise
+    except BaseException as e:
+        code = int(getattr(e, "exit_code", 70))
+        raise
+    finally:
+        del _LEASES[run_id]
+        try:
+            held.end(code)
+        except Exception as e:
+            if code is None:  # nothing else is being reported: this is the error
+                raise
+            log.info("could not record the end of run %s: %s", run_id, e)
+
+
 # ------------------------------------------------------------------ delivery
 
 
@@ -220,6 +382,7 @@ class Delivery:
     events: dict[int, str] = field(default_factory=dict)  # id -> event
     errors: dict[int, str] = field(default_factory=dict)
     waiting: int = 0  # left for later (outside the send window)
+    released: int = 0  # claimed but not sent (the run was stopped): back in the queue
     stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
 
     def count(self, status: str) -> int:
@@ -250,14 +413,25 @@ def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> 
     return minutes >= start or minutes < end  # a window across midnight
 
 
-def _due(now: dt.datetime) -> Any:
+def _live_run(cutoff: dt.datetime) -> Any:
+    """A run that still renews its heartbeat: its claims are its own."""
+    r = runs.c
+    return (
+        sa.exists()
+        .where(r.id == messages.c.claimed_by, r.ended_at.is_(None), r.heartbeat_at >= cutoff)
+        .correlate(messages)
+    )
+
+
+def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
     m = messages.c
+    cutoff = now - stale
     return sa.or_(
         m.status == "queued",
         sa.and_(
             m.status == "deferred", sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)
         ),
-        sa.and_(m.status == "sending", m.claimed_at < now - STUCK_AFTER),
+        sa.and_(m.status == "sending", m.claimed_at < cutoff, ~_live_run(cutoff)),
     )
 
 
@@ -269,25 +443,27 @@ def claim(
     ids: Sequence[int] | None = None,
     events: dict[int, str] | None = None,
     account: str | None = None,
+    stale: dt.timedelta = dt.timedelta(minutes=15),
 ) -> list[Envelope]:
     """Mark up to ``limit`` due messages ``sending`` for this run and return them.
 
     ``events``, when given, is filled with each claimed message's event;
-    ``account`` limits the claim to one sender's messages.
+    ``account`` limits the claim to one sender's messages. Claims are stamped
+    with the database's clock (see ``cpmail.store.clock``).
     """
     m = messages.c
-    now = utcnow()
     with engine.begin() as conn:
+        now = clock(conn)
         # Pick ids first, then read the rows: ordering whole rows would copy
         # every due message's bytes into a temporary sort on each claim.
-        q = sa.select(m.id).where(_due(now))
+        q = sa.select(m.id).where(_due(now, stale))
         if ids is not None:
             q = q.where(m.id.in_(list(ids)))
         if account is not None:
             q = q.where(m.account == account)
         q = q.order_by(m.id).limit(limit)
         if conn.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
+            q = q.with_for_update(of=messages, skip_locked=True)
         picked = list(conn.execute(q).scalars())
         if not picked:
             return []
@@ -353,70 +529,148 @@ def _clean(o: Outcome) -> bool:
     return o.error is None and not o.deferred and not o.refused
 
 
-class _Recorder:
-    """Collects outcomes and writes them in batches (few transactions, not one per message).
+def _retryable(e: BaseException) -> bool:
+    """A database error that may pass (a lock, a restart, a full disk being cleared)."""
+    return isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError | OSError) or (
+        isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated
+    )
 
-    The writes happen on a thread of their own, one batch after the other, so
-    that sending goes on meanwhile (SQLite lets go of the interpreter while
-    it writes). A batch is handed over at most FLUSH_SECONDS after its first
-    outcome, or when FLUSH_EVERY are waiting: a hard kill can leave only
-    those few accepted but not yet marked sent.
+
+class _Recorder:
+    """Collects outcomes and writes them in batches, on a thread of its own, while sending goes on.
+
+    A batch is written at most FLUSH_SECONDS after its first outcome arrived
+    (a timer, not the next answer: a server that accepts and then stalls
+    leaves nothing unrecorded), or as soon as FLUSH_EVERY are waiting. A write
+    that fails (the database restarting, locked, its disk full) is tried again
+    with the same outcomes, reconnecting, for as long as the process lives;
+    meanwhile sending waits. The end of a run waits up to RECORD_PATIENCE for
+    the last outcomes to be written.
     """
 
-    def __init__(self, engine: sa.Engine, settings: Settings, result: Delivery) -> None:
+    def __init__(
+        self, engine: sa.Engine, settings: Settings, result: Delivery, held: Lease
+    ) -> None:
         self.engine = engine
         self.max_attempts = int(settings["outbox.max_attempts"])
         self.max_age = dt.timedelta(hours=int(settings["outbox.max_age_hours"]))
         self.result = result
-        self.pending: list[Outcome] = []
-        self.last_flush = time.monotonic()
+        self.held = held
         self.events: dict[int, str] = {}  # id -> event, from the claims
-        self.writer: ThreadPoolExecutor | None = None
-        self.writes: deque[Future[None]] = deque()
+        self.cond = threading.Condition()
+        self.pending: list[Outcome] = []
+        self.unwritten = 0  # outcomes received and not yet written
+        self.failing: BaseException | None = None  # the write error while it lasts
+        self.fatal: BaseException | None = None  # a write that will not succeed
+        self.closing_since: float | None = None
+        self.thread: threading.Thread | None = None
 
     def __call__(self, outcome: Outcome) -> None:
-        self.pending.append(outcome)
-        if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.last_flush > FLUSH_SECONDS:
-            self._hand_over()
+        with self.cond:
+            self.pending.append(outcome)
+            self.unwritten += 1
+            if _clean(outcome) or outcome.accepted:
+                self.held.keep.add(outcome.id)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="cpmail-outbox", daemon=True
+                )
+                self.thread.start()
+            if len(self.pending) in (1, FLUSH_EVERY):
+                self.cond.notify_all()
+            # While the database cannot take outcomes, send nothing more.
+            while (
+                (self.unwritten >= BACKLOG or self.failing is not None)
+                and self.fatal is None
+                and interrupt.requested() is None
+            ):
+                self.cond.wait(0.25)
 
-    def _hand_over(self) -> None:
-        self.last_flush = time.monotonic()
-        # One batch in writing at a time: while the database is slow (another
-        # process holds it), sending waits rather than pile up unrecorded mail.
-        while self.writes and (self.pending or self.writes[0].done()):
-            self.writes.popleft().result()  # an earlier batch that failed stops the run
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        if self.writer is None:
-            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpmail-outbox")
-        self.writes.append(self.writer.submit(self._store, batch))
+    @property
+    def blocked(self) -> bool:
+        """True while outcomes cannot be written: take no new message."""
+        return self.failing is not None or self.fatal is not None
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and self.closing_since is None:
+                    self.cond.wait()
+                if not self.pending:
+                    return
+                self.cond.wait_for(
+                    lambda: len(self.pending) >= FLUSH_EVERY or self.closing_since is not None,
+                    timeout=FLUSH_SECONDS,
+                )
+                batch, self.pending = self.pending, []
+            ok = self._write_until_done(batch)
+            with self.cond:
+                self.unwritten -= len(batch)
+                self.cond.notify_all()
+                if not ok:
+                    return
+
+    def _write_until_done(self, batch: list[Outcome]) -> bool:
+        delay = 0.05
+        while True:
+            try:
+                self._store(batch)
+            except Exception as e:
+                if not _retryable(e):
+                    self.fatal = e
+                    return False
+                with self.cond:
+                    self.failing = e
+                    closing = self.closing_since
+                if closing is not None and time.monotonic() - closing > RECORD_PATIENCE:
+                    self.fatal = e
+                    return False
+                log.info("recording outcomes failed (%s); trying again", e)
+                if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+                    self.engine.dispose()
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            with self.cond:
+                self.failing = None
+            for o in batch:
+                self.held.keep.discard(o.id)
+            return True
 
     def flush(self) -> None:
-        """Write every outcome received so far; return once all are stored."""
-        try:
-            self._hand_over()
-            while self.writes:
-                self.writes.popleft().result()
-        finally:
-            if self.writer is not None:
-                self.writer.shutdown(wait=True)
-                self.writer = None
+        """Write every outcome received so far; return once all are stored (or given up)."""
+        with self.cond:
+            if self.thread is None:
+                return
+            self.closing_since = time.monotonic()
+            self.cond.notify_all()
+            thread, self.thread = self.thread, None
+        thread.join()
+        with self.cond:
+            self.closing_since = None
 
     def _store(self, batch: list[Outcome]) -> None:
         # Accepted for every recipient, the common case, needs nothing read back.
         sent = [o.id for o in batch if _clean(o) and o.id in self.events]
         others = [o for o in batch if not (_clean(o) and o.id in self.events)]
         now = utcnow()
+        notes: list[tuple[int, str, str, str | None]] = []
         with self.engine.begin() as conn:
             if sent:
                 conn.execute(_MARK_SENT, {"ids": sent, "now": now})
-                for i in sent:
-                    self._note(i, self.events[i], "sent", None)
+                notes.extend((i, self.events[i], "sent", None) for i in sent)
             if others:
-                self._write(conn, others, now)
+                self._write(conn, others, now, notes)
+        for note in notes:  # only once the transaction is committed
+            self._note(*note)
 
-    def _write(self, conn: sa.Connection, batch: list[Outcome], now: dt.datetime) -> None:
+    def _write(
+        self,
+        conn: sa.Connection,
+        batch: list[Outcome],
+        now: dt.datetime,
+        notes: list[tuple[int, str, str, str | None]],
+    ) -> None:
         m = messages.c
         info = {
             r.id: r
@@ -426,14 +680,20 @@ class _Recorder:
                 )
             )
         }
-        updates = [self._update(o, info[o.id], now) for o in batch if o.id in info]
+        updates = [self._update(o, info[o.id], now, notes) for o in batch if o.id in info]
         if updates:
             conn.execute(messages.update().where(m.id == sa.bindparam("b_id")), updates)
             sent = [u["b_id"] for u in updates if u["status"] == "sent"]
             if sent:  # the bytes are not needed once the server has them
                 conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))
 
-    def _update(self, o: Outcome, row: Any, now: dt.datetime) -> dict[str, Any]:
+    def _update(
+        self,
+        o: Outcome,
+        row: Any,
+        now: dt.datetime,
+        notes: list[tuple[int, str, str, str | None]],
+    ) -> dict[str, Any]:
         attempts = row.attempts + 1
         give_up = now - row.queued_at > self.max_age or attempts >= self.max_attempts
         values: dict[str, Any] = {
@@ -459,7 +719,7 @@ class _Recorder:
             )
         else:
             values.update(status="sent", pending_rcpts="", last_error=None)
-            self._note(o.id, row.event, "sent", None)
+            notes.append((o.id, row.event, "sent", None))
             return values
         if temporary and not give_up:
             delay = backoff(attempts)
@@ -471,7 +731,7 @@ class _Recorder:
                 error += f" (gave up after {attempts} attempts)"
             values["status"] = "failed"
         values["last_error"] = error
-        self._note(o.id, row.event, values["status"], error)
+        notes.append((o.id, row.event, values["status"], error))
         return values
 
     def _note(self, id_: int, event: str, status: str, error: str | None) -> None:
@@ -479,6 +739,27 @@ class _Recorder:
         self.result.events[id_] = event
         if error:
             self.result.errors[id_] = error
+
+
+def _claim_patiently(
+    engine: sa.Engine, recorder: _Recorder, **kwargs: Any
+) -> list[Envelope] | None:
+    """``claim``, trying again while the database is away; None to stop taking mail."""
+    delay = 0.1
+    waited = 0.0
+    while True:
+        if interrupt.requested() is not None or recorder.blocked:
+            return None
+        try:
+            return claim(engine, **kwargs)
+        except Exception as e:
+            if not _retryable(e) or waited > 30:
+                raise
+            if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+                engine.dispose()
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
 
 
 def deliver(
@@ -490,6 +771,7 @@ def deliver(
     ids: Sequence[int] | None = None,
     on_progress: Callable[[int], None] | None = None,
     ready: Sequence[tuple[Envelope, str]] = (),
+    command: str = "deliver",
 ) -> Delivery:
     """Send every due message (or only ``ids``) through ``transport``.
 
@@ -501,68 +783,110 @@ def deliver(
     sign-in or passcode is refused (AuthError) holds back only its own mail;
     a transport that cannot be reached at all (Unreachable) ends the pass.
     The first such error is recorded in ``stopped``; claimed messages not sent
-    go back to ``deferred`` for the next run.
+    go back to the queue for the next run. A stop signal (``cpmail.interrupt``)
+    ends the pass the same way once the messages in flight are done.
     """
     result = Delivery()
-    _expire(engine, settings)
-    if not in_send_window(settings):
-        m = messages.c
-        if ready:  # the window closed since they were queued: they wait like the rest
-            with engine.begin() as conn:
-                conn.execute(
-                    messages.update()
-                    .where(m.claimed_by == run_id, m.status == "sending")
-                    .values(status="queued", claimed_at=None, claimed_by=None)
+    with lease(engine, settings, run_id, command) as held, interrupt.graceful():
+        _expire(engine, settings)
+        stale = stale_after(settings)
+        if not in_send_window(settings):
+            _wait_for_window(engine, run_id, ids, ready, stale, result)
+            return result
+        recorder = _Recorder(engine, settings, result, held)
+
+        def envelopes(account: str) -> Iterator[Envelope]:
+            for env, event in ready:
+                if interrupt.requested() is not None or recorder.blocked:
+                    return
+                if env.account == account:
+                    recorder.events[env.id] = event
+                    if on_progress:
+                        on_progress(1)
+                    yield env
+            while True:
+                batch = _claim_patiently(
+                    engine,
+                    recorder,
+                    run_id=run_id,
+                    ids=ids,
+                    events=recorder.events,
+                    account=account,
+                    stale=stale,
                 )
-        with engine.connect() as conn:
-            q = sa.select(sa.func.count()).select_from(messages).where(_due(utcnow()))
-            if ids is not None:
-                q = q.where(m.id.in_(list(ids)))
-            result.waiting = int(conn.execute(q).scalar_one())
-        return result
-    recorder = _Recorder(engine, settings, result)
+                if not batch:
+                    return
+                for env in batch:
+                    if interrupt.requested() is not None or recorder.blocked:
+                        return
+                    if on_progress:
+                        on_progress(1)
+                    yield env
 
-    def envelopes(account: str) -> Iterator[Envelope]:
-        for env, event in ready:
-            if env.account == account:
-                recorder.events[env.id] = event
-                if on_progress:
-                    on_progress(1)
-                yield env
-        while True:
-            batch = claim(engine, run_id=run_id, ids=ids, events=recorder.events, account=account)
-            if not batch:
-                return
-            for env in batch:
-                if on_progress:
-                    on_progress(1)
-                yield env
-
-    try:
-        for account in _accounts(engine, ids, ready):
-            try:
-                transport.deliver(envelopes(account), recorder)
-            except AuthError as e:
-                result.stopped = result.stopped or e
-                recorder.flush()
-                _release(engine, run_id, result, reason=str(e), account=account)
-    except Unreachable as e:
-        result.stopped = e
-    finally:
-        recorder.flush()
-        _release(engine, run_id, result)
+        try:
+            for account in _accounts(engine, ids, ready, stale):
+                if interrupt.requested() is not None:
+                    break
+                try:
+                    transport.deliver(envelopes(account), recorder)
+                except AuthError as e:
+                    result.stopped = result.stopped or e
+                    recorder.flush()
+                    _release(engine, run_id, result, reason=str(e), account=account, keep=held.keep)
+        except Unreachable as e:
+            result.stopped = e
+        finally:
+            recorder.flush()
+            if recorder.fatal is None:
+                reason = str(result.stopped) if result.stopped is not None else None
+                _release(engine, run_id, result, reason=reason, keep=held.keep)
+        if recorder.fatal is not None:
+            unrecorded = len(held.keep)
+            raise Unavailable(
+                f"{unrecorded} message(s) the server accepted could not be recorded as sent "
+                f"({recorder.fatal}); they stay claimed by this run and are sent again after "
+                f"{settings['outbox.stale_claim_minutes']:g} minutes unless the database "
+                "comes back first; free the disk or restart the database."
+            ) from None
     return result
 
 
+def _wait_for_window(
+    engine: sa.Engine,
+    run_id: str,
+    ids: Sequence[int] | None,
+    ready: Sequence[tuple[Envelope, str]],
+    stale: dt.timedelta,
+    result: Delivery,
+) -> None:
+    """Outside the send window: count what waits; this run's own claims go back to the queue."""
+    m = messages.c
+    if ready:  # the window closed since they were queued: they wait like the rest
+        with engine.begin() as conn:
+            conn.execute(
+                messages.update()
+                .where(m.claimed_by == run_id, m.status == "sending")
+                .values(status="queued", claimed_at=None, claimed_by=None)
+            )
+    with engine.connect() as conn:
+        q = sa.select(sa.func.count()).select_from(messages).where(_due(clock(conn), stale))
+        if ids is not None:
+            q = q.where(m.id.in_(list(ids)))
+        result.waiting = int(conn.execute(q).scalar_one())
+
+
 def _accounts(
-    engine: sa.Engine, ids: Sequence[int] | None, ready: Sequence[tuple[Envelope, str]]
+    engine: sa.Engine,
+    ids: Sequence[int] | None,
+    ready: Sequence[tuple[Envelope, str]],
+    stale: dt.timedelta,
 ) -> list[str]:
     """The sending accounts with mail due now, the ready messages' first."""
     m = messages.c
-    q = sa.select(m.account).where(_due(utcnow())).distinct()
-    if ids is not None:
-        q = q.where(m.id.in_(list(ids)))
     with engine.connect() as conn:
+        q = sa.select(m.account).where(_due(clock(conn), stale)).distinct()
+        if ids is not None:
+            q = q.where(m.id.in_(list(ids)))
         due = sorted(a for (a,) in conn.execute(q))
     return list(dict.fromkeys([*(env.account for env, _ in ready), *due]))
 
@@ -571,38 +895,100 @@ def _release(
     engine: sa.Engine,
     run_id: str,
     result: Delivery,
+    *,
     reason: str | None = None,
     account: str | None = None,
+    keep: set[int] | frozenset[int] = frozenset(),
 ) -> None:
-    """Claimed rows the transport never reported (of one account) go back to the queue."""
+    """Claimed rows the transport never reported (of one account) go back to the queue.
+
+    They were not tried, so their attempts do not count: with a ``reason``
+    (the account or server was refused) they wait as ``deferred`` with it,
+    due at the next run; without one (the run was stopped) as ``queued``.
+    """
     m = messages.c
-    now = utcnow()
-    if reason is None:
-        reason = str(result.stopped) if result.stopped else "not sent: the run ended early"
     with engine.begin() as conn:
-        rows = conn.execute(
-            sa.select(m.id, m.event, m.attempts).where(
-                m.claimed_by == run_id,
-                m.status == "sending",
-                sa.true() if account is None else m.account == account,
-            )
-        ).all()
-        for r in rows:
-            conn.execute(
-                messages.update()
-                .where(m.id == r.id)
-                .values(
-                    status="deferred",
-                    attempts=r.attempts + 1,
-                    claimed_at=None,
-                    claimed_by=None,
-                    next_attempt_at=now + backoff(r.attempts + 1),
-                    last_error=reason,
-                )
-            )
-            result.status[r.id] = "deferred"
-            result.events[r.id] = r.event
-            result.errors[r.id] = reason
+        q = sa.select(m.id, m.event, m.attempts).where(
+            m.claimed_by == run_id,
+            m.status == "sending",
+            sa.true() if account is None else m.account == account,
+        )
+        if keep:
+            q = q.where(m.id.not_in(sorted(keep)))
+        rows = conn.execute(q).all()
+        if not rows:
+            return
+        now = clock(conn)
+        values: dict[str, Any] = {"claimed_at": None, "claimed_by": None, "next_attempt_at": now}
+        if reason is not None:
+            values.update(status="deferred", last_error=reason)
+        else:
+            values["status"] = sa.case((m.attempts > 0, "deferred"), else_="queued")
+        conn.execute(messages.update().where(m.id.in_([r.id for r in rows])).values(**values))
+    why = reason or (
+        "not sent: the run was stopped"
+        if interrupt.requested() is not None
+        else str(result.stopped)
+        if result.stopped
+        else "not sent: the run ended early"
+    )
+    for r in rows:
+        result.status[r.id] = "deferred"
+        result.events[r.id] = r.event
+        result.errors[r.id] = why
+    result.released += len(rows)
+
+
+# ------------------------------------------------------------------ what waits
+
+
+@dataclass
+class Waiting:
+    """Mail in the outbox that is not being sent right now."""
+
+    count: int = 0  # queued or deferred
+    deferred: int = 0  # of which deferred (tried, to be tried again)
+    oldest: dt.datetime | None = None  # queued_at of the oldest, UTC
+    next_try: dt.datetime | None = None  # the earliest retry time of deferred mail, UTC
+    orphaned: int = 0  # claimed by a run that no longer renews its claim
+    orphans_free_at: dt.datetime | None = None  # when those are taken up again, UTC
+
+    @property
+    def total(self) -> int:
+        return self.count + self.orphaned
+
+
+def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = None) -> Waiting:
+    """What waits in the outbox: queued, deferred, or left claimed by a run that stopped."""
+    m = messages.c
+    stale = stale_after(settings)
+    with engine.connect() as conn:
+        now = clock(conn)
+        row = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.count(sa.case((m.status == "deferred", 1))),
+                sa.func.min(m.queued_at),
+                sa.func.min(sa.case((m.status == "deferred", m.next_attempt_at))),
+            ).where(m.status.in_(("queued", "deferred")))
+        ).one()
+        # A live run renews its heartbeat every renew_every() seconds; three missed
+        # beats and its claims are counted as waiting (taken up after the stale limit).
+        quiet = now - dt.timedelta(seconds=3 * renew_every(settings))
+        q = sa.select(sa.func.count(), sa.func.min(m.claimed_at)).where(
+            m.status == "sending", ~_live_run(quiet)
+        )
+        if exclude_run is not None:
+            q = q.where(sa.or_(m.claimed_by.is_(None), m.claimed_by != exclude_run))
+        orphans = conn.execute(q).one()
+    return Waiting(
+        count=int(row[0]),
+        deferred=int(row[1]),
+        oldest=row[2],
+        next_try=row[3],
+        orphaned=int(orphans[0]),
+        orphans_free_at=orphans[1] + stale if orphans[1] is not None else None,
+    )
 
 
 # ------------------------------------------------------------------ listing and repair
@@ -656,6 +1042,25 @@ def list_messages(
         rows = list(conn.execute(q).all())
     rows.sort(key=lambda r: r.id)
     return [_listing_row(r, tz) for r in rows]
+
+
+def give_up(engine: sa.Engine, ids: Sequence[int], why: str) -> int:
+    """Fail messages that were not sent, for good: a test message is never sent later."""
+    m = messages.c
+    with engine.begin() as conn:
+        n = conn.execute(
+            messages.update()
+            .where(m.id.in_(list(ids)), m.status.in_(("queued", "deferred", "sending")))
+            .values(
+                status="failed",
+                raw=None,
+                claimed_at=None,
+                claimed_by=None,
+                next_attempt_at=None,
+                last_error=sa.func.coalesce(m.last_error + "; ", "") + why,
+            )
+        ).rowcount
+    return int(n)
 
 
 def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:

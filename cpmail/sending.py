@@ -7,18 +7,25 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from cpmail.errors import ConfigError, CpmailError, NotDelivered
-from cpmail.outbox import Delivery, Draft, deliver, new_run_id, queue
+from cpmail.outbox import Delivery, Draft, deliver, give_up, new_run_id, queue
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.transports.base import get_transport
 
 
 def send_now(
-    engine: sa.Engine, settings: Settings, secrets: SecretStore, drafts: Sequence[Draft]
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    drafts: Sequence[Draft],
+    *,
+    once: bool = False,
 ) -> tuple[list[int], Delivery]:
     """Queue ``drafts`` in one transaction, then deliver exactly those; return ids and outcome.
 
     Nothing is queued when the master switch is off or an account cannot send.
+    With ``once`` (test messages) what was not sent now fails for good: it is
+    never sent later by another run.
     """
     if not settings["mail.enabled"]:
         raise ConfigError(
@@ -36,7 +43,16 @@ def send_now(
             if (i := queue(conn, d, run_id=run_id, max_bytes=transport.max_message_bytes))
             is not None
         ]
-    return ids, deliver(engine, transport, settings, run_id=run_id, ids=ids)
+    if not once:
+        return ids, deliver(engine, transport, settings, run_id=run_id, ids=ids)
+    try:
+        result = deliver(engine, transport, settings, run_id=run_id, ids=ids, command="test")
+    finally:
+        give_up(engine, ids, "a test message is sent at once or not at all")
+    for i in ids:
+        if result.status.get(i, "deferred") != "sent":
+            result.status[i] = "failed"
+    return ids, result
 
 
 def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailError | None:

@@ -17,7 +17,7 @@ from cpmail.compose import Mailbox, build_message
 from cpmail.outbox import Draft, new_run_id, queue
 from cpmail.settings import Settings
 from cpmail.store import connect
-from cpmail.store.schema import messages
+from cpmail.store.schema import messages, runs
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
@@ -75,12 +75,16 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
         )
     in_flight = by_status.get("sending", 0)
     assert by_status.get("sent", 0) <= killed_at
-    # A crashed run's claims are taken up again after 15 minutes: let them age.
+    # A dead run's claims are taken up again once its heartbeat is older than
+    # outbox.stale_claim_minutes (15 by default): let them age by that much.
     with engine.begin() as conn:
         conn.execute(
             messages.update()
             .where(messages.c.status == "sending")
             .values(claimed_at=messages.c.claimed_at - dt.timedelta(minutes=16))
+        )
+        conn.execute(
+            runs.update().values(heartbeat_at=runs.c.heartbeat_at - dt.timedelta(minutes=16))
         )
     r = cli("check", "--date", "2026-11-24")
     assert r.exit_code == 0, r.output

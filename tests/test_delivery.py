@@ -38,6 +38,13 @@ def setup_smtp(
     r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
     assert r.exit_code == 0, r.output
     assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    r = cli("config", "manager", "--name", "Max Manager", "--email", "max@agency.test")
+    assert r.exit_code == 0, r.output
+
+
+def send_one(cli: Cli) -> Any:
+    """A message that stays in the outbox until it is delivered (unlike a test message)."""
+    return cli("message", "manager", "The printer on floor 2 is out of toner.")
 
 
 def log_rows(cli: Cli) -> list[dict[str, Any]]:
@@ -78,7 +85,7 @@ def test_wrong_passcode_is_exit_3_and_kept(cli: Cli, smtp_server_factory: Factor
     server = smtp_server_factory(tls="starttls", users={"jd@agency.test": "right"})
     setup_smtp(cli, server)
     assert cli("staff", "passcode", "JD", "--stdin", input="wrong-one\n").exit_code == 0
-    r = cli("staff", "test", "JD")
+    r = send_one(cli)
     assert r.exit_code == 3
     assert "wrong-one" not in r.output
     assert "JD" in r.stderr or "jd@agency.test" in r.stderr
@@ -109,7 +116,7 @@ def test_connection_refused_is_exit_3(
     cli: Cli, smtp_server: SMTPTestServer, closed_port: int
 ) -> None:
     setup_smtp(cli, smtp_server, **{"mail.smtp.port": closed_port})
-    r = cli("staff", "test", "JD")
+    r = send_one(cli)
     assert r.exit_code == 3
     assert f"127.0.0.1:{closed_port}" in r.stderr
     assert log_rows(cli)[0]["status"] == "deferred"
@@ -154,7 +161,7 @@ def test_temporary_failure_defers_then_retry_delivers_once(
     setup_smtp(cli, smtp_server)
     for k, v in trouble.items():
         setattr(smtp_server, k, v)
-    r = cli("staff", "test", "JD")
+    r = send_one(cli)
     assert r.exit_code == 1, r.output
     assert "outbox" in r.stderr
     for k in trouble:
@@ -221,7 +228,7 @@ def test_one_of_two_recipients_refused(cli: Cli, home: Any, smtp_server: SMTPTes
 def test_server_that_never_answers_times_out(cli: Cli, smtp_server: SMTPTestServer) -> None:
     setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": 1})
     smtp_server.silent = True
-    r = cli("staff", "test", "JD")
+    r = send_one(cli)
     assert r.exit_code == 3
     assert log_rows(cli)[0]["status"] == "deferred"
     smtp_server.silent = False
@@ -282,3 +289,22 @@ def test_one_senders_wrong_passcode_holds_back_only_their_mail(
     assert result.stopped is not None and "jd@agency.test" in str(result.stopped)
     assert [result.status[i] for i in ids] == ["deferred", "sent"]
     assert [m.mail_from for m in server.messages] == ["ae@agency.test"]
+
+
+def test_a_failed_test_message_is_never_sent_later(
+    cli: Cli, smtp_server: SMTPTestServer, closed_port: int
+) -> None:
+    setup_smtp(cli, smtp_server, **{"mail.smtp.port": closed_port})
+    for command in (("staff", "test", "JD"), ("config", "test")):
+        r = cli(*command)
+        assert r.exit_code == 3
+    rows = log_rows(cli)
+    assert [row["status"] for row in rows] == ["failed", "failed"]
+    assert "sent at once or not at all" in rows[0]["last_error"]
+    # the server is back: neither a check nor a retry sends the stale tests
+    assert cli("config", "set", "mail.smtp.port", str(smtp_server.port)).exit_code == 0
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert cli("check", "--today").exit_code == 0
+    assert not any(b"Test message" in m.data for m in smtp_server.messages)
+    assert cli("staff", "test", "JD").exit_code == 0
+    assert sum(b"Test message" in m.data for m in smtp_server.messages) == 1

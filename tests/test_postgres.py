@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from cpmail.settings import Settings
 from cpmail.store import connect
-from cpmail.store.schema import messages
+from cpmail.store.schema import messages, runs
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
@@ -104,6 +104,9 @@ def test_machine_killed_mid_send_and_a_later_run_finishes(
             messages.update()
             .where(messages.c.status == "sending")
             .values(claimed_at=messages.c.claimed_at - dt.timedelta(minutes=16))
+        )
+        conn.execute(
+            runs.update().values(heartbeat_at=runs.c.heartbeat_at - dt.timedelta(minutes=16))
         )
     later = _check(two)
     assert later.wait(timeout=180) == 0, later.stderr.read() if later.stderr else ""

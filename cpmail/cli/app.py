@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import click
 import typer
 from typer.core import TyperGroup
 
-from cpmail import __version__
+from cpmail import __version__, interrupt
 from cpmail.cli import (
     alerts,
     check,
@@ -43,6 +44,28 @@ class _Root(TyperGroup):
         except CpmailError as e:
             typer.echo(f"cpmail: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            # The database or the disk failing is not a bug: say what failed (exit 3).
+            err = _outside_failure(e, ctx)
+            if err is None:
+                raise
+            typer.echo(f"cpmail: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+
+def _outside_failure(e: Exception, ctx: typer.Context) -> CpmailError | None:
+    from cpmail.store.failures import explain
+
+    obj = ctx.obj
+    where, sqlite = "", True
+    if isinstance(obj, Ctx):
+        try:
+            where, sqlite = obj.db_where, obj.settings.db_url.startswith("sqlite")
+        except Exception:  # the settings themselves may be what failed
+            where = str(obj.home / "cpmail.db")
+    return explain(e, where=where or "of cpmail", sqlite=sqlite)
 
 
 # Help and usage errors are formatted by click, not rich: typer's rich formatter
@@ -100,10 +123,17 @@ app.add_typer(alerts.app, name="alerts")
 def main() -> None:
     """Entry point of the console script."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    interrupt.install()
     try:
         app()
+    except interrupt.Stopped as e:
+        detail = e.detail or (
+            "nothing is lost: mail not yet sent waits in the outbox for the next run"
+        )
+        sys.stderr.write(f"cpmail: stopped by {e.name}; {detail}.\n")
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("cpmail: interrupted; nothing that was accepted is lost.\n")
+        sys.stderr.write("cpmail: interrupted; mail not yet sent waits in the outbox.\n")
         sys.exit(130)
     except Exception as e:  # a bug: say so without dumping locals (they may hold secrets)
         if verbose:

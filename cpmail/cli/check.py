@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from cpmail import interrupt
 from cpmail.cli.common import ctx_of, emit_json, parse_date, print_table, split_list
 from cpmail.errors import InputError, NotDelivered
 
@@ -66,15 +67,65 @@ def check(
         _print_dry_run(c, result)
     else:
         _print_summary(c, result)
+    if interrupt.requested() is not None:
+        raise interrupt.Stopped(interrupt.requested() or 15, _stopped_detail(result))
     d = result.delivery
     if d is not None and d.stopped is not None:
         raise d.stopped
-    if d is not None and d.undelivered:
-        raise NotDelivered(
-            f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed; "
-            "they are kept in the outbox: see `cpmail outbox` and `cpmail log --status failed`, "
-            "fix the cause, then `cpmail outbox retry --all`."
+    if result.exit_code:
+        raise NotDelivered(_undelivered(c, result))
+
+
+def _stopped_detail(result: Any) -> str:
+    d = result.delivery
+    if d is None:
+        return "nothing was sent; what was queued waits in the outbox for the next run"
+    return (
+        f"{d.count('sent')} message(s) sent and recorded, {d.released} put back in the "
+        "outbox for the next run"
+    )
+
+
+def _when(c: Any, moment: Any) -> str:
+    """A UTC time from the outbox, in the agency's time zone, to the minute."""
+    import datetime as dt
+
+    local = moment.replace(tzinfo=dt.UTC).astimezone(c.settings.tz())
+    return str(local.strftime("%Y-%m-%d %H:%M"))
+
+
+def _waiting_line(c: Any, result: Any) -> str | None:
+    w = result.waiting
+    if w is None or not w.total:
+        return None
+    parts = []
+    outside = result.delivery is not None and result.delivery.waiting > 0
+    if w.count and not (outside and not w.deferred):
+        since = f" since {_when(c, w.oldest)}" if w.oldest else ""
+        nxt = f", next try {_when(c, w.next_try)}" if w.next_try else ""
+        parts.append(f"{w.count} message(s) wait in the outbox{since}{nxt}")
+    if w.orphaned:
+        free = f" at {_when(c, w.orphans_free_at)}" if w.orphans_free_at else ""
+        parts.append(
+            f"{w.orphaned} message(s) are held by a run that stopped; they are taken up "
+            f"again{free}"
         )
+    return "; ".join(parts) + "."
+
+
+def _undelivered(c: Any, result: Any) -> str:
+    d = result.delivery
+    head = ""
+    if d is not None and d.undelivered:
+        head = (
+            f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed in this "
+            "run; "
+        )
+    return (
+        f"{head}mail is waiting: see `cpmail outbox` and `cpmail log --status failed`; "
+        "deferred mail is tried again by the next `cpmail check`, or at once with "
+        "`cpmail outbox retry --all`."
+    )
 
 
 class _Bar:
@@ -135,11 +186,25 @@ def _json(result: Any, dry_run: bool) -> dict[str, Any]:
                 "sent": d.count("sent"),
                 "deferred": d.count("deferred"),
                 "failed": d.count("failed"),
-                "waiting": d.waiting,
+                "outside_window": d.waiting,
+                "earlier": dict(result.earlier),
             }
             if d is not None
             else None
         )
+        w = result.waiting
+        out["waiting"] = (
+            {
+                "count": w.count,
+                "oldest": w.oldest,
+                "next_try": w.next_try,
+                "held_by_stopped_run": w.orphaned,
+                "taken_up_at": w.orphans_free_at,
+            }
+            if w is not None
+            else None
+        )
+        out["exit_code"] = result.exit_code
     return out
 
 
@@ -175,7 +240,7 @@ def _print_summary(c: Any, result: Any) -> None:
                 title=f"cpmail check for {result.date}",
             )
         else:
-            c.say(f"Nothing new for {result.date}.")
+            c.say(f"No new notifications for {result.date}.")
         skipped = Counter[str]()
         for s in result.summary.values():
             skipped.update(s.skip_reasons)
@@ -193,6 +258,9 @@ def _print_summary(c: Any, result: Any) -> None:
             f"From the outbox (earlier runs): {e['sent']} sent, {e['deferred']} deferred, "
             f"{e['failed']} failed."
         )
+    line = _waiting_line(c, result)
+    if line:
+        c.note(line)
     if result.sender is not None and c.settings["mail.transport"] == "file" and totals["sent"]:
         c.say(f"Messages were written to {c.settings.mail_dir}")
 

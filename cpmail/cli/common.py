@@ -51,15 +51,16 @@ class Ctx:
         if self._engine is None:
             from cpmail.store import connect
 
-            url = self.settings.db_url
-            where = (
-                str(self.home / "cpmail.db")
-                if not self.settings["database.url"]
-                else "database.url"
-            )
-            self._engine = connect(url, where=where)
+            self._engine = connect(self.settings.db_url, where=self.db_where)
         engine: sa.Engine = self._engine
         return engine
+
+    @property
+    def db_where(self) -> str:
+        """The database named for a person: its file, or engine, host and name."""
+        from cpmail.store import describe
+
+        return describe(self.settings.db_url)
 
     @cached_property
     def out(self) -> Console:
@@ -199,7 +200,7 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
     draft = Draft.from_message(
         msg, event="test", key=None, account=sender.account, envelope_from=sender.address
     )
-    _, result = send_now(engine, s, c.secrets, [draft])
+    _, result = send_now(engine, s, c.secrets, [draft], once=True)
     err = delivery_error(result, what=f"the test message to {rcpt}")
     if err is not None:
         raise err

@@ -104,25 +104,59 @@ def head_revision() -> str:
 
 
 def current_revision(engine: sa.Engine) -> str | None:
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
-    except sa.exc.OperationalError:
-        return None
-    except sa.exc.ProgrammingError:
-        return None
+    """The schema revision of the database; None when it holds no cpmail schema.
+
+    A database that cannot be opened at all (down, locked, damaged) raises.
+    """
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
     return None if row is None else str(row[0])
 
 
+def clock(conn: sa.Connection) -> dt.datetime:
+    """Now in UTC, naive, by the database's clock on a server (machines' clocks may differ)."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(sa.text("SELECT timezone('UTC', now())")).scalar_one()
+        assert isinstance(value, dt.datetime)
+        return value
+    return utcnow()
+
+
+def describe(url: str) -> str:
+    """Where a database is, for a sentence: its file, or engine, host and name (no password)."""
+    if url.startswith("sqlite"):
+        return url.split("///", 1)[-1] or "(in memory)"
+    try:
+        u = sa.engine.make_url(url)
+    except Exception:
+        return "named by database.url"
+    host = u.host or "localhost"
+    port = f":{u.port}" if u.port else ""
+    return f"{u.get_backend_name()} {u.database or ''!s} on {host}{port}".replace("  ", " ")
+
+
 def connect(url: str, *, where: str) -> sa.Engine:
-    """Open the database and make sure it holds cpmail's schema at the newest revision."""
-    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
+    """Open the database and make sure it holds cpmail's schema at the newest revision.
+
+    A database that exists but cannot be used (down, locked, read-only,
+    damaged, a wrong name) raises ``Unavailable`` (exit 3) saying so; only a
+    database with no cpmail schema is told to run `cpmail init`.
+    """
+    sqlite = url.startswith("sqlite")
+    if sqlite and not Path(url.split("///", 1)[-1]).exists():
         raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
     engine = make_engine(url)
     try:
         rev = current_revision(engine)
-    except sa.exc.OperationalError as e:
-        raise ConfigError(f"cannot open the database {where}: {e.orig}.") from None
+    except sa.exc.SQLAlchemyError as e:
+        from cpmail.errors import Unavailable
+        from cpmail.store.failures import explain_database
+
+        raise explain_database(e, where, sqlite=sqlite) or Unavailable(
+            f"cannot open the database {where}: {type(e).__name__}."
+        ) from None
     if rev is None:
         raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
     if rev != SCHEMA_REVISION:

@@ -1,0 +1,82 @@
+"""SIGTERM, SIGINT and SIGHUP: stop cleanly, never leave mail claimed or half recorded.
+
+While mail is being delivered (inside ``graceful()``), the first signal only
+asks the run to stop: transports take no new message, every outcome already
+known is recorded, and what was claimed but not sent goes back to the queue.
+Anywhere else — and on a second signal — ``Stopped`` is raised at once; the
+database transactions it passes through roll back, so nothing is half done.
+
+The command exits 128 + the signal's number (143, 130, 129), as shells expect.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A signal stopped the command. A BaseException, so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+_lock = threading.Lock()
+_requested: int | None = None
+_graceful = 0
+
+
+def _handler(signum: int, _frame: FrameType | None) -> None:
+    global _requested
+    first = _requested is None
+    _requested = signum if first else _requested
+    if not first or _graceful == 0:
+        raise Stopped(signum)
+
+
+def install() -> None:
+    """Handle the stop signals (main thread only; the console script calls this)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        signal.signal(sig, _handler)
+
+
+def requested() -> int | None:
+    """The signal that asked the command to stop, or None."""
+    return _requested
+
+
+def reset() -> None:
+    """Forget a stop request (for a process that runs several commands, like a test)."""
+    global _requested
+    _requested = None
+
+
+@contextmanager
+def graceful() -> Iterator[None]:
+    """Inside this block a first signal only sets ``requested()``; the code looks at it."""
+    global _graceful
+    with _lock:
+        _graceful += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _graceful -= 1
