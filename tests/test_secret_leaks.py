@@ -1,0 +1,345 @@
+"""No secret is ever shown or mailed, whatever it holds and wherever it was given.
+
+Every secret form — an SMTP passcode, OAuth tokens, OAuth client secrets, a
+database password holding ``/``, a space, ``@`` (encoded or not), ``?``, ``#``
+or ``:``, a ``?password=`` in the query, a URL password in ``source.url`` and
+tokens in ``alerts.urls`` — is given in ``cpmail.toml`` (through ``config set``
+or by hand) or in the environment. Then the commands run for real (SQLite or
+the PostgreSQL server on 127.0.0.1, the ``file`` transport, a real SMTP
+server), and everything they leave is searched for the secret: stdout, stderr,
+``--json``, ``cpmail log``, Python log records, ``.eml`` files (raw and
+decoded), bug reports, and the traceback ``-v`` prints.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail.cli.message import diagnostics
+from cpmail.secrets import SecretStore
+from cpmail.settings import Settings
+from tests.conftest import Cli
+from tests.fakeapi import GOOGLE_CLIENT_SECRET, google_client
+from tests.pg import SERVER
+from tests.smtpserver import SMTPTestServer
+
+MASK = "••••"
+Factory = Callable[..., SMTPTestServer]
+PG = urllib.parse.urlsplit(SERVER)
+PG_HOST = f"{PG.hostname}:{PG.port or 5432}"
+
+
+def pieces(secret: str) -> list[str]:
+    """The secret, its URL-decoded form, and every run of 4+ characters between the
+    characters a parser might split it at: a misparse must not leak half of it either."""
+    decoded = urllib.parse.unquote(secret)
+    parts = {secret, decoded}
+    for text in (secret, decoded):
+        parts.update(p for p in re.split(r"[/ @?&#:=%]", text) if len(p) >= 4)
+    return sorted(parts)
+
+
+def leaks(secrets: list[str], texts: list[str]) -> list[str]:
+    everything = "\n".join(texts)
+    return [p for s in secrets for p in pieces(s) if p in everything]
+
+
+def mail_texts(home: Path) -> list[str]:
+    """Every .eml file, raw and decoded (a secret in a base64 body is still a secret)."""
+    out = []
+    for path in sorted(home.rglob("*.eml")):
+        raw = path.read_bytes()
+        out.append(raw.decode("utf-8", "replace"))
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        out.extend(str(v) for v in msg.values())
+        for part in msg.walk():
+            if not part.is_multipart():
+                content = part.get_content()
+                out.append(content if isinstance(content, str) else repr(content))
+    return out
+
+
+class Run:
+    """Runs commands and keeps everything they printed."""
+
+    def __init__(self, cli: Cli, env: dict[str, str] | None = None) -> None:
+        self.cli = cli
+        self.env = env if env is not None else {}
+        self.texts: list[str] = []
+
+    def __call__(self, *args: str, ok: bool = True, input: str | None = None) -> str:
+        r = self.cli(*args, env=self.env, input=input)
+        self.texts += [r.stdout, r.stderr]
+        if ok:
+            assert r.exit_code == 0, (args, r.output)
+        return r.output
+
+
+# ---------------------------------------------------------------- the database URL
+
+# name -> (URL of the test server holding the password, the secret text in it)
+_SLASH = "Kv8s/Tr4Pq1"
+_SPACE = "Kv8s Tr4Pq2"
+_ENCODED_AT = "Kv8s%40Tr4Pq3"
+_MIXED = "Kv8s/ ?#:Tr4Pq4"
+_QUERY = "Qr9x-Tr4Pq5"
+_QUERY_AMP = "Qr9x&Tr4Pq6"
+
+
+def pg_url(password: str = "", query: str = "", *, port: str = "") -> str:
+    userinfo = f"{PG.username}:{password}" if password else PG.username or ""
+    host = f"{PG.hostname}:{port or PG.port or 5432}"
+    sep = "&" if query else ""
+    return f"postgresql+psycopg://{userinfo}@{host}{PG.path}?{query}{sep}"
+
+
+DB_FORMS = {
+    "slash": (lambda q: pg_url(_SLASH, q), _SLASH),
+    "space": (lambda q: pg_url(_SPACE, q), _SPACE),
+    "encoded-at": (lambda q: pg_url(_ENCODED_AT, q), _ENCODED_AT),
+    "mixed": (lambda q: pg_url(_MIXED, q), _MIXED),
+    "query": (lambda q: pg_url("", f"password={_QUERY}&{q}"), _QUERY),
+    "query-amp": (lambda q: pg_url("", f"password={_QUERY_AMP}&{q}"), _QUERY_AMP),
+}
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A schema of its own on the test server; the URL option that selects it."""
+    name = "t_" + re.sub(r"[^a-z0-9]", "", str(id(object())))[-10:]
+    admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield f"options=-csearch_path%3D{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("where", ["file", "env"])
+@pytest.mark.parametrize("form", list(DB_FORMS))
+def test_database_password_never_shown_or_mailed(
+    cli: Cli, home: Path, schema: str, form: str, where: str
+) -> None:
+    make, secret = DB_FORMS[form]
+    url = make(schema).rstrip("&")
+    run = Run(cli, {"CPMAIL_DATABASE_URL": url} if where == "env" else {})
+    if where == "file":
+        run("config", "set", "database.url", url)
+    run("init")
+    run("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
+    run("config", "set", "user.staff", "JD")
+    run("config", "helpdesk", "--email", "help@cp.test")
+    run("config", "manager", "--name", "Pat Manager", "--email", "pat@agency.test")
+    got = run("config", "get", "database.url")
+    shown = run("config", "show")
+    listed = run("config", "show", "--json")
+    run("message", "bug", "The totals are off")
+    run("message", "manager", "Lunch at noon?")
+    run("staff", "test", "JD")
+    run("check", "--json")
+    run("check", "--dry-run")
+    run("log")
+    run("log", "--json")
+    run("outbox", "--json", ok=False)
+    run("staff", "list", "--json")
+    run("db", "upgrade")
+    run("data", "tables")
+    # The same URL with a port where nothing listens: the error, and -v's traceback.
+    down = Run(cli, {"CPMAIL_DATABASE_URL": make(schema).replace(PG_HOST, f"{PG.hostname}:1")})
+    for args in (("staff", "list"), ("-v", "staff", "list"), ("-v", "check", "--json")):
+        assert down.cli(*args, env=down.env).exit_code != 0
+        down(*args, ok=False)
+    texts = [*run.texts, *down.texts, *mail_texts(home), (home / "cpmail.toml").read_text()]
+    if where == "file":  # the file holds it, as it must: leave the file out of the search
+        texts.pop()
+    assert leaks([secret], texts) == []
+    # The texts really were collected, and the URL is shown with its password hidden.
+    assert MASK in got and "127.0.0.1" in got
+    assert MASK in shown and MASK in listed
+    [row] = [r for r in json.loads(listed)["settings"] if r["key"] == "database.url"]
+    assert row["source"] == where and MASK in row["value"]
+    bug = "\n".join(mail_texts(home))
+    assert "---- diagnostics ----" in bug and "database.url = " in bug
+
+
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_database_password_with_a_bare_at_is_refused_without_showing_it(
+    cli: Cli, home: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLAlchemy would read "Kv8s" as the password and "Tr4Pq7@127.0.0.1" as the host.
+    secret = "Kv8s@Tr4Pq7"
+    url = pg_url(secret).rstrip("?")
+    run = Run(cli, {"CPMAIL_DATABASE_URL": url} if where == "env" else {})
+    if where == "file":
+        run("config", "set", "database.url", url)
+    for args in (("init",), ("-v", "init"), ("staff", "list"), ("-v", "db", "upgrade")):
+        r = cli(*args, env=run.env)
+        assert r.exit_code == 2, r.output
+        assert "%40" in r.stderr  # says how to write it
+        run(*args, ok=False)
+    shown = run("config", "get", "database.url")
+    run("config", "show")
+    run("config", "show", "--json")
+    assert shown.strip() == f"postgresql+psycopg://{PG.username}:{MASK}@{PG_HOST}{PG.path}"
+    # The bug report's diagnostics need the database to be sent; build them directly.
+    for k, v in run.env.items():
+        monkeypatch.setenv(k, v)
+    run.texts.append(diagnostics(Settings.load(home)))
+    assert leaks([secret], run.texts) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "secret"),
+    [
+        ("Kv8s-Tr4Pq8 no scheme", "Kv8s-Tr4Pq8"),
+        ("nonsense:Kv8s-Tr4Pq8@db", "Kv8s-Tr4Pq8"),
+        ("postgresql+psycopg://u:Kv8s-Tr4Pq8@db:54x/c", "Kv8s-Tr4Pq8"),
+        ("postgresql+psycopg://u:Kv8s@Tr4Pq8:x@db/c", "Kv8s@Tr4Pq8:x"),
+        ("nodriver://u:Kv8s-Tr4Pq8@db/c", "Kv8s-Tr4Pq8"),
+    ],
+)
+def test_a_bad_database_url_is_refused_without_echoing_it(
+    initialised: Cli, home: Path, value: str, secret: str
+) -> None:
+    texts = []
+    for args, env in (
+        (("config", "set", "database.url", value), {}),
+        (("-v", "staff", "list"), {"CPMAIL_DATABASE_URL": value}),
+        (("config", "set", "source.url", value), {}),
+        (("config", "show"), {"CPMAIL_SOURCE_URL": value}),
+    ):
+        r = initialised(*args, env=env)
+        texts += [r.stdout, r.stderr]
+        if args[0] == "-v":
+            assert r.exit_code in (2, 3), r.output
+    path = home / "cpmail.toml"
+    original = path.read_text()
+    path.write_text(original + f'\n[database]\nurl = "{value}"\n')
+    for args in (("config", "show"), ("-v", "staff", "list")):
+        r = initialised(*args)
+        assert r.exit_code in (2, 3), r.output
+        texts += [r.stdout, r.stderr]
+    assert leaks([secret], texts) == []
+
+
+# ---------------------------------------------------------------- everything else
+
+
+SMTP_PASSCODE = "Pc7/horse battery@staple?"
+GMAIL_TOKEN = "ya29.a0Fake-Access-Tok3n-5zQ"
+GMAIL_REFRESH = "1//0gFake-Refresh-Tok3n-7yW"
+MS_SECRET = "Ms~App~Secr3t~Q8Q~9yz"
+SOURCE_PASSWORD = "Src/Pw d@x9"
+ALERT_URLS = [
+    "mailtos://alerts:Ap9-mail-pass@smtp.agency.test",
+    "tgram://123456789:AAFakeBotTok3nXyz/987654",
+    "json://hooks.agency.test/path?token=Hk3-hook-tok3n",
+]
+ALERT_SECRETS = ["Ap9-mail-pass", "AAFakeBotTok3nXyz", "Hk3-hook-tok3n"]
+
+
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_no_secret_in_any_output_log_mail_or_traceback(
+    initialised: Cli,
+    home: Path,
+    tmp_path: Path,
+    smtp_server_factory: Factory,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    source_raw = f"postgresql+psycopg://agency:{SOURCE_PASSWORD}@src.test/ag"
+    env: dict[str, str] = {}
+    run = Run(initialised, env)
+    if where == "file":
+        run("config", "set", "source.url", source_raw)
+        run("config", "set", "alerts.urls", ",".join(ALERT_URLS))
+    else:
+        env["CPMAIL_SOURCE_URL"] = source_raw
+        env["CPMAIL_ALERTS_URLS"] = json.dumps(ALERT_URLS)
+    for args in (
+        ("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test"),
+        ("config", "set", "user.staff", "JD"),
+        ("config", "helpdesk", "--email", "help@cp.test"),
+        ("config", "manager", "--name", "Pat Manager", "--email", "pat@agency.test"),
+    ):
+        run(*args)
+    run("staff", "passcode", "JD", "--stdin", input=SMTP_PASSCODE + "\n")
+    # An OAuth sign-in and client, as `staff signin` and `config gmail` leave them.
+    token = {"token": GMAIL_TOKEN, "refresh_token": GMAIL_REFRESH, "client_secret": "x"}
+    SecretStore(home).set("token.gmail.JD", json.dumps(token))
+    client = tmp_path / "client_secret.json"
+    client.write_text(json.dumps(google_client("http://127.0.0.1:9")))
+    run("config", "gmail", "--client-secrets", str(client))
+    client.unlink()
+    run("config", "microsoft", "--client-id", "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "--client-secret", input=MS_SECRET + "\n")  # fmt: skip
+    run("config", "file")
+
+    # A careless SMTP server that echoes the login it was given, then one that accepts it.
+    server = smtp_server_factory(tls="starttls", users={"jd@agency.test": SMTP_PASSCODE})
+    server.fail_auth = f"535 5.7.8 bad credentials {SMTP_PASSCODE}"
+    env.update(server.env())
+    env["CPMAIL_MAIL_TRANSPORT"] = "smtp"
+    for args in (("staff", "test", "JD"), ("-v", "staff", "test", "JD")):
+        run(*args, ok=False)
+    server.fail_auth = None
+    run("staff", "test", "JD")
+    run("message", "manager", "Lunch?")
+    assert server.messages and server.auth_attempts[-1].ok, run.texts[-8:]
+    env["CPMAIL_MAIL_TRANSPORT"] = "file"
+    run("message", "bug", "The totals are off")
+    run("check", "--json")
+    for args in (
+        ("config", "show"),
+        ("config", "show", "--json"),
+        ("config", "get", "source.url"),
+        ("config", "get", "alerts.urls"),
+        ("config", "get", "mail.gmail.client_secrets"),
+        ("log",),
+        ("log", "--json"),
+        ("staff", "list", "--json"),
+    ):
+        run(*args)
+    run("outbox", "--json", ok=False)
+    texts = [*run.texts, *mail_texts(home), *(rec.getMessage() for rec in caplog.records)]
+    secrets = [
+        SMTP_PASSCODE,
+        GMAIL_TOKEN,
+        GMAIL_REFRESH,
+        GOOGLE_CLIENT_SECRET,
+        MS_SECRET,
+        SOURCE_PASSWORD,
+        urllib.parse.quote(SOURCE_PASSWORD),
+        *ALERT_SECRETS,
+    ]
+    assert leaks(secrets, texts) == []
+    # Collected for real: the refusal, the bug report, the masked values.
+    everything = "\n".join(texts)
+    assert "535" in everything and "---- diagnostics ----" in everything
+    assert f"agency:{MASK}@src.test/ag" in everything
+    assert "alerts.urls = ••••" in everything and "source.url = " in everything
+    assert len(server.messages) >= 2
+
+
+def test_secret_setting_is_masked_by_get_set_and_show(initialised: Cli) -> None:
+    r = initialised("config", "set", "alerts.urls", ALERT_URLS[1])
+    assert r.exit_code == 0 and r.stdout.strip() == f"alerts.urls = {MASK}"
+    assert initialised("config", "get", "alerts.urls").stdout.strip() == MASK
+    r = initialised("config", "set", "alerts.urls", "")
+    assert initialised("config", "get", "alerts.urls").stdout.strip() == ""
