@@ -382,6 +382,7 @@ def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 
 @dataclass(frozen=True)
 class _Entry:
+    fresh: bool  # entered since the task was last checked
     at: dt.datetime
     amount: Decimal
     source: str  # "an order", "a job cost", "a time entry"
@@ -390,12 +391,16 @@ class _Entry:
 
 
 def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
-    """A task's job costs and time entries with amounts, oldest first."""
+    """A task's job costs and time entries with amounts, in the order they counted.
+
+    Those already checked by an earlier run came first; then the new ones, by date.
+    """
     who = staff.alias("who")
     c = job_costs.c
     t = time_entries.c
     out = [
         _Entry(
+            bool(r.fresh),
             r.entered_at,
             Decimal(r.amount),
             "an order" if r.kind == "order" else "a job cost",
@@ -403,13 +408,21 @@ def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
             r.name,
         )
         for r in conn.execute(
-            sa.select(c.entered_at, c.amount, c.kind, c.entered_by, who.c.name)
+            sa.select(
+                c.entered_at,
+                c.amount,
+                c.kind,
+                c.entered_by,
+                who.c.name,
+                _unchecked(job_costs).label("fresh"),
+            )
             .select_from(job_costs.outerjoin(who, who.c.id == c.entered_by))
             .where(c.task_id == task_id, c.amount.is_not(None))
         )
     ]
     out += [
         _Entry(
+            bool(r.fresh),
             dt.datetime.combine(r.work_date, dt.time()),
             Decimal(r.amount),
             "a time entry",
@@ -417,12 +430,18 @@ def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
             r.name,
         )
         for r in conn.execute(
-            sa.select(t.work_date, t.amount, t.staff_id, who.c.name)
+            sa.select(
+                t.work_date,
+                t.amount,
+                t.staff_id,
+                who.c.name,
+                _unchecked(time_entries).label("fresh"),
+            )
             .select_from(time_entries.outerjoin(who, who.c.id == t.staff_id))
             .where(t.task_id == task_id, t.amount.is_not(None))
         )
     ]
-    out.sort(key=lambda e: e.at)
+    out.sort(key=lambda e: (e.fresh, e.at))
     return out
 
 
