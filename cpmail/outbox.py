@@ -41,6 +41,7 @@ from cpmail.errors import (
     Unreachable,
 )
 from cpmail.settings import Settings
+from cpmail.sizes import size_text
 from cpmail.store import clock, utcnow
 from cpmail.store.schema import ledger, messages, runs
 from cpmail.transports.base import Envelope, Outcome, Transport
@@ -138,8 +139,8 @@ def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False)
     """Refuse a message larger than the transport takes (a suppressed one is never sent)."""
     if max_bytes is not None and len(draft.raw) > max_bytes and not suppressed:
         raise InputError(
-            f"the message {draft.subject!r} is {len(draft.raw) / 1e6:.1f} MB; "
-            f"the transport takes at most {max_bytes / 1e6:.1f} MB."
+            f"the message {draft.subject!r} is {size_text(len(draft.raw))}; "
+            f"the transport takes at most {size_text(max_bytes)}."
         )
 
 
@@ -572,9 +573,7 @@ class _Recorder:
             if _clean(outcome) or outcome.accepted:
                 self.held.keep.add(outcome.id)
             if self.thread is None:
-                self.thread = threading.Thread(
-                    target=self._run, name="cpmail-outbox", daemon=True
-                )
+                self.thread = threading.Thread(target=self._run, name="cpmail-outbox", daemon=True)
                 self.thread.start()
             if len(self.pending) in (1, FLUSH_EVERY):
                 self.cond.notify_all()

@@ -25,13 +25,14 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
 import aiosmtplib
 
+from cpmail import interrupt
 from cpmail.errors import (
     AuthError,
     ConfigError,
@@ -41,6 +42,7 @@ from cpmail.errors import (
     Unreachable,
 )
 from cpmail.secrets import Secret, passcode_name
+from cpmail.sizes import size_text
 from cpmail.transports.base import SHARED, Envelope, Outcome, Report, Transport
 
 if TYPE_CHECKING:
@@ -59,6 +61,9 @@ _MICROSOFT_CODES = ("5.7.30", "5.7.139", "5.7.57", "5.7.3 ")
 # link would otherwise turn a 20 MB attachment into a false timeout.
 _BYTES_PER_SECOND = 100_000
 _MESSAGES_PER_EXTRA_CONNECTION = 4
+# Consecutive messages without an answer in time after which the server counts as
+# stalled: the run ends and the rest stay queued, instead of each waiting its timeout.
+_STALLED_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ class _Group:
     pending: deque[Envelope] = field(default_factory=deque)
     workers: int = 0
     proven: bool = False
+    delivered: bool = False  # the server accepted a message of this group
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -330,9 +336,9 @@ class _Connection:
             )
             raise AuthError(
                 f"the SMTP server {cfg.address} does not offer a login (AUTH PLAIN or LOGIN) "
-                f"but a passcode is set for {_who(login.account)}{hint}; remove the passcode "
-                f"with `cpmail staff passcode {_account_flag(login.account)}` to send "
-                "without logging in."
+                f"but a passcode is set for {_who(login.account)}{hint}; to send without "
+                "logging in, forget the passcode with "
+                f"`cpmail staff passcode {_account_flag(login.account)} --delete`."
             )
         auth = {
             "plain": smtp.auth_plain,
@@ -383,6 +389,12 @@ class _Connection:
         tls_error = cause if isinstance(cause, ssl.SSLError) else e
         if isinstance(tls_error, ssl.SSLCertVerificationError):
             reason = tls_error.verify_message or tls_error.reason or "not trusted"
+            if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
+                return Unreachable(
+                    f"the certificate of the SMTP server {where} is not for the name "
+                    f"{self.cfg.host!r} ({reason}); set mail.smtp.host to a name the "
+                    "certificate covers (`cpmail config set mail.smtp.host NAME`)."
+                )
             return Unreachable(
                 f"the certificate of the SMTP server {where} could not be verified "
                 f"({reason}); set mail.smtp.ca_file to the PEM file of the CA that signed "
@@ -479,8 +491,8 @@ class _Connection:
             return Outcome(
                 env.id,
                 error=PermanentFailure(
-                    f"the message is {_mb(wire_size)}, larger than the {_mb(self.size_limit)} "
-                    f"the SMTP server {where} accepts."
+                    f"the message is {size_text(wire_size)}, larger than the "
+                    f"{size_text(self.size_limit)} the SMTP server {where} accepts"
                 ),
             )
         addresses = (env.mail_from, *env.rcpt_to)
@@ -518,18 +530,9 @@ class _Connection:
             if e.code == 421:
                 raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
             provider = provider_of(self.cfg.host, words)
-            if e.code == 530 or (provider == "microsoft" and "5.7.30" in words):
+            if account_refusal(e.code, words) or (provider == "microsoft" and "5.7.30" in words):
                 # Every message would meet the same answer: stop the run and say why.
-                advice = (
-                    sign_in_advice(provider, env.account)
-                    if provider is not None
-                    else "set a passcode with `cpmail staff passcode "
-                    f"{_account_flag(env.account or 'ID')}`"
-                )
-                raise AuthError(
-                    f"the SMTP server {where} will not send mail from {env.mail_from} "
-                    f"without a login: {words}; {advice}."
-                ) from None
+                raise self._refused_account(env, words) from None
             await self._rset()
             return Outcome(env.id, error=_failure(e.code, f"refused the sender: {words}", where))
         except aiosmtplib.SMTPServerDisconnected:
@@ -557,6 +560,16 @@ class _Connection:
                 return Outcome(env.id, error=_timed_out(where, timeout, "RCPT TO"))
         if not accepted:
             await self._rset()
+            if (
+                refused
+                and not deferred
+                and not self.group.delivered
+                and all(account_refusal(int(w[:3]), w) for w in refused.values() if w[:3].isdigit())
+            ):
+                # Nothing from this account got through yet and the server refuses
+                # it for reasons of who sends (relay denied, login required): the
+                # mail stays queued and the run says how to fix the account.
+                raise self._refused_account(env, next(iter(refused.values())))
             return Outcome(env.id, deferred=deferred, refused=refused)
 
         # DATA: from here on the server may have the message even if we never
@@ -579,6 +592,34 @@ class _Connection:
             return Outcome(env.id, error=_timed_out(where, timeout, "the message"))
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
 
+    def _refused_account(self, env: Envelope, words: str) -> AuthError:
+        """The sentence for a refusal that concerns the sending account; its fix named."""
+        where = self.cfg.address
+        provider = provider_of(self.cfg.host, words)
+        who = _account_flag(env.account or "ID")
+        if self.group.login is None:
+            advice = (
+                sign_in_advice(provider, env.account)
+                if provider is not None
+                else f"set a passcode with `cpmail staff passcode {who}` (or ask the "
+                "server's administrator to relay mail from this machine)"
+            )
+            return AuthError(
+                f"the SMTP server {where} will not send mail from {env.mail_from} without a "
+                f"login: {words}; {advice}. The mail stays in the outbox."
+            )
+        advice = (
+            sign_in_advice(provider, env.account)
+            if provider is not None
+            else f"check that {self.group.login.user} may send as {env.mail_from} on this "
+            f"server, or fix the passcode with `cpmail staff passcode {who}`"
+        )
+        return AuthError(
+            f"the SMTP server {where} refused mail from {env.mail_from} ({_who(env.account)}) "
+            f"for a reason that concerns the sender, not the recipient: {words}; {advice}. "
+            "The mail stays in the outbox."
+        )
+
     async def _rset(self) -> None:
         """Clear a half-done transaction so the connection can carry the next message."""
         if self.smtp is None or not self.smtp.is_connected:
@@ -599,11 +640,31 @@ def _failure(code: int, what: str, where: str) -> TemporaryFailure | PermanentFa
     return TemporaryFailure(text) if 400 <= code < 500 else PermanentFailure(text)
 
 
+class _NoAnswer(TemporaryFailure):
+    """The server did not answer in time (counted: a few in a row end the run)."""
+
+
 def _timed_out(where: str, timeout: float, after: str) -> TemporaryFailure:
-    return TemporaryFailure(
+    return _NoAnswer(
         f"the SMTP server {where} did not answer {after} within {timeout:g} s; "
         "it will be sent again."
     )
+
+
+# Answers that concern the sending account or this machine, not a recipient:
+# every message from the account would meet them.
+_ACCOUNT_REFUSAL = re.compile(
+    r"relay(ing)?\b.{0,20}(denied|not permitted|prohibited|not allowed)|"
+    r"authenticat\w* (is )?required|must (authenticate|log ?in)|not authenticated|"
+    r"sender address rejected|not owned by|not (authorized|allowed|permitted) to send|"
+    r"client host rejected|access denied|\b5\.7\.0\b|\b5\.7\.57\b",
+    re.IGNORECASE,
+)
+
+
+def account_refusal(code: int, words: str) -> bool:
+    """True when a permanent refusal is about who sends, not to whom."""
+    return code == 530 or (500 <= code < 600 and bool(_ACCOUNT_REFUSAL.search(words)))
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
@@ -613,10 +674,6 @@ def _wire_size(raw: bytes) -> int:
     """Size as sent in DATA (CRLF line ends), which is what SIZE limits count."""
     size = len(_LINE_ENDS.sub(b"\r\n", raw))
     return size if raw.endswith((b"\r\n", b"\n", b"\r")) else size + 2
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1_000_000:.1f} MB"
 
 
 def _unsafe_address(address: str) -> bool:
@@ -632,32 +689,70 @@ class SMTPTransport(Transport):
     name = "smtp"
 
     def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
-        """Send every envelope and report each outcome; raise Unreachable or AuthError to stop."""
-        batch = list(envelopes)
-        if not batch:
+        """Send every envelope and report each outcome; raise Unreachable or AuthError to stop.
+
+        Envelopes are taken from ``envelopes`` a few at a time, as connections
+        are ready for them: the outbox claims them just before they are sent,
+        and a stop signal leaves the rest unclaimed.
+        """
+        source = iter(envelopes)
+        first = next(source, None)
+        if first is None:
             return
         cfg = SMTPConfig.from_settings(self.settings)
         tls = cfg.tls_context()
-        groups = self._group(batch)
-        run = _Run(cfg, tls, groups, report)
-        asyncio.run(run.go(min(cfg.connections, len(batch))))
+        run = _Run(cfg, tls, _Intake(self, first, source), report)
+        asyncio.run(run.go(cfg.connections))
 
-    def _group(self, batch: list[Envelope]) -> list[_Group]:
-        """Sort envelopes by how they log in; look each passcode up once."""
-        passcodes: dict[str, Secret | None] = {}
-        groups: dict[tuple[str, str] | None, _Group] = {}
-        for env in batch:
-            if env.account and env.account not in passcodes:
-                secret = self.secrets.get(passcode_name(env.account))
-                passcodes[env.account] = secret if secret and secret.reveal() else None
-            passcode = passcodes.get(env.account) if env.account else None
-            key = (env.account, env.mail_from) if passcode else None
-            group = groups.get(key)
-            if group is None:
-                login = _Login(env.account, env.mail_from, passcode) if passcode else None
-                group = groups[key] = _Group(login)
-            group.pending.append(env)
-        return list(groups.values())
+    def login_for(self, env: Envelope, cache: dict[str, Secret | None]) -> _Login | None:
+        """How ``env`` logs in: its account's passcode as its sender, or not at all."""
+        if not env.account:
+            return None
+        if env.account not in cache:
+            secret = self.secrets.get(passcode_name(env.account))
+            cache[env.account] = secret if secret and secret.reveal() else None
+        passcode = cache[env.account]
+        return _Login(env.account, env.mail_from, passcode) if passcode else None
+
+
+class _Intake:
+    """Sorts envelopes into groups that log in the same way, taking more only when needed."""
+
+    def __init__(self, transport: SMTPTransport, first: Envelope, source: Iterator[Envelope]):
+        self.transport = transport
+        self.source: Iterator[Envelope] | None = source
+        self.passcodes: dict[str, Secret | None] = {}
+        self.groups: dict[tuple[str, str] | None, _Group] = {}
+        self._add(first)
+
+    def _add(self, env: Envelope) -> None:
+        login = self.transport.login_for(env, self.passcodes)
+        key = (login.account, login.user) if login else None
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(login)
+        group.pending.append(env)
+
+    def fill(self, want: int) -> None:
+        """Take envelopes until ``want`` are waiting (or there are no more)."""
+        while self.source is not None and self.waiting < want:
+            env = next(self.source, None)
+            if env is None:
+                self.source = None
+                return
+            self._add(env)
+
+    def stop(self) -> None:
+        """Take no more envelopes: what is not taken stays in the outbox."""
+        self.source = None
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(g.pending) for g in self.groups.values())
+
+    @property
+    def exhausted(self) -> bool:
+        return self.source is None
 
 
 class _Run:
@@ -667,31 +762,66 @@ class _Run:
         self,
         cfg: SMTPConfig,
         tls: ssl.SSLContext | None,
-        groups: list[_Group],
+        intake: _Intake,
         report: Report,
     ) -> None:
         self.cfg = cfg
         self.tls = tls
-        self.groups = groups
+        self.intake = intake
         self.report = report
         self.fatal: BaseException | None = None
         self.live = 0  # connections open right now, across workers
         self.resent: set[int] = set()
         self.local_hostname = "localhost"
+        self.timeouts = 0  # consecutive messages the server did not answer in time
+        self.delivered = 0  # messages the server accepted in this call
+
+    @property
+    def groups(self) -> list[_Group]:
+        return list(self.intake.groups.values())
+
+    def _want(self) -> int:
+        # Enough for every connection to have a few in hand, no more: the rest
+        # stay in the outbox, unclaimed, until a connection is ready for them.
+        return self.cfg.connections * _MESSAGES_PER_EXTRA_CONNECTION * 2
+
+    def _stopping(self) -> bool:
+        if interrupt.requested() is not None or getattr(self.report, "blocked", False):
+            self.intake.stop()
+            return True
+        return False
 
     async def go(self, workers: int) -> None:
         self.local_hostname = await asyncio.to_thread(_local_hostname)
+        self.intake.fill(self._want())
         while True:
+            workers = max(1, min(self.cfg.connections, self.intake.waiting))
             await asyncio.gather(*(self._worker(n) for n in range(workers)))
             if self.fatal is not None:
                 raise self.fatal
-            left = sum(len(g.pending) for g in self.groups)
-            if not left:
+            if self._stopping():
+                return
+            self.intake.fill(self._want())
+            if not self.intake.waiting:
                 return
             # A worker that was turned away left mail behind just as the others
             # finished: start again. With no connection open, the next refusal
             # is fatal, so this cannot go round for ever.
-            workers = min(self.cfg.connections, left)
+
+    def _note(self, outcome: Outcome) -> None:
+        """Count answers: a server that stops answering ends the run (the rest stay queued)."""
+        if not isinstance(outcome.error, _NoAnswer):
+            self.timeouts = 0
+            if outcome.accepted:
+                self.delivered += 1
+            return
+        self.timeouts += 1
+        if self.timeouts >= _STALLED_AFTER and self.fatal is None:
+            self.fatal = Unreachable(
+                f"the SMTP server {self.cfg.address} stopped answering ({self.timeouts} "
+                f"messages in a row got no answer within {self.cfg.timeout:g} s); the rest "
+                "stay in the outbox for the next run."
+            )
 
     def _pick(self, current: _Group | None) -> _Group | None:
         """Stay with the current group while it has mail; else join the neediest one."""
@@ -711,7 +841,8 @@ class _Run:
         conn: _Connection | None = None
         current: _Group | None = None
         try:
-            while self.fatal is None:
+            while self.fatal is None and not self._stopping():
+                self.intake.fill(self._want())
                 group = self._pick(current)
                 if group is not current:
                     if conn is not None:
@@ -743,7 +874,13 @@ class _Run:
                         self.resent.add(env.id)
                         group.pending.appendleft(env)
                         continue
+                except AuthError:
+                    group.pending.appendleft(env)  # not sent: it stays in the outbox
+                    raise
                 self.report(outcome)
+                self._note(outcome)
+                if outcome.accepted:
+                    group.delivered = True
         except BaseException as e:
             if self.fatal is None:
                 self.fatal = e
