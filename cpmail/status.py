@@ -361,25 +361,24 @@ def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, An
         ).scalars():
             out.setdefault(account, {})
         rows = conn.execute(
-            sa.select(m.account, m.last_error, m.attempts, m.next_attempt_at)
-            .where(m.status.in_(waiting), m.last_error.is_not(None))
-            .order_by(sa.func.coalesce(m.next_attempt_at, m.queued_at).desc(), m.id.desc())
+            sa.select(m.account, m.last_error, m.next_attempt_at, m.queued_at).where(
+                m.last_error.is_not(None),
+                sa.or_(
+                    m.status.in_(waiting),
+                    sa.and_(m.status == "failed", m.queued_at >= now - dt.timedelta(days=7)),
+                ),
+            )
         ).all()
+    newest: dict[str, tuple[dt.datetime, str]] = {}
     for r in rows:
-        info = out.setdefault(r.account, {})
-        if "last_error" not in info:
-            info["last_error"] = r.last_error
-            info["error_at"] = _attempted_at(r.attempts, r.next_attempt_at)
+        # When it was refused, at the latest: its next try is set just after (a failed
+        # one was refused after it was queued, usually at once).
+        at = r.next_attempt_at or r.queued_at
+        if r.account not in newest or at > newest[r.account][0]:
+            newest[r.account] = (at, r.last_error)
+    for account, (at, error) in newest.items():
+        out.setdefault(account, {}).update(last_error=error, error_at=at)
     return out
-
-
-def _attempted_at(attempts: int, next_attempt_at: dt.datetime | None) -> dt.datetime | None:
-    """When a deferred message was last tried: its next try minus the back-off it was given."""
-    if next_attempt_at is None:
-        return None
-    from cpmail.outbox import backoff
-
-    return next_attempt_at - backoff(attempts)
 
 
 # ------------------------------------------------------------------ the rest
@@ -533,7 +532,7 @@ def _accounts(
         else:
             _credentials(settings, secrets, acct, transport)
         err, at = acct.last_error, info.get("error_at")
-        refused = bool(err and _REFUSAL.search(err) and acct.waiting)
+        refused = bool(err and _REFUSAL.search(err))
         if refused and at is not None and acct.last_sent is not None and acct.last_sent > at:
             refused = False  # it sent since
         if refused and acct.problem is None:

@@ -1,0 +1,514 @@
+"""Alerts through Apprise, received by a real local HTTP server (json://127.0.0.1:PORT).
+
+Each condition is alerted once, never again while it lasts, and "resolved" once
+when it clears: a revoked Google sign-in (the fake token endpoint answers
+invalid_grant), an SMTP relay that refuses, a database that is down, mail that
+waits too long, mail that failed for good, a sign-in about to lapse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail import oauth
+from cpmail.alerts import after_check, evaluate
+from cpmail.secrets import SecretStore
+from cpmail.settings import Settings
+from cpmail.store import connect, utcnow
+from cpmail.store.schema import messages
+from tests.agency import D, at, base_agency, insert
+from tests.conftest import Cli
+from tests.fakeapi import GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, FakeAPI, google_client
+from tests.smtpserver import SMTPTestServer
+from tests.test_delivery import setup_smtp
+
+
+class Receiver:
+    """An HTTP server that keeps every JSON body Apprise posts to it."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.status = status
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                receiver.posts.append(json.loads(body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"json://127.0.0.1:{self.port}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def take(self) -> list[dict[str, Any]]:
+        """The posts received since the last call."""
+        got, self.posts = self.posts, []
+        return got
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def set_urls(cli: Cli, *urls: str) -> None:
+    r = cli("config", "set", "alerts.urls", json.dumps(list(urls)))
+    assert r.exit_code == 0, r.output
+
+
+def one_alert(receiver: Receiver) -> dict[str, Any]:
+    posts = receiver.take()
+    assert len(posts) == 1, posts
+    return posts[0]
+
+
+def agency(home: Path) -> None:
+    engine = connect(Settings.load(home).db_url, where="test")
+    base_agency(engine)
+    engine.dispose()
+
+
+def new_job(home: Path, job: str) -> None:
+    """A job opened on D: the next check notifies its team (three messages)."""
+    engine = connect(Settings.load(home).db_url, where="test")
+    insert(engine, "jobs", [dict(id=job, client_id="C1", title="Spring launch", opened_at=at(D))])
+    engine.dispose()
+
+
+def check(cli: Cli) -> int:
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code in (0, 1, 3), r.output
+    return r.exit_code
+
+
+def status_json(cli: Cli, *args: str) -> tuple[int, dict[str, Any]]:
+    r = cli("status", "--json", *args)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    assert doc["exit_code"] == r.exit_code
+    return r.exit_code, doc
+
+
+# ---------------------------------------------------------------- a revoked Google sign-in
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAPI]:
+    with FakeAPI() as f:
+        yield f
+
+
+def store_google_signin(
+    home: Path, fake: FakeAPI, account: str, address: str, *, expiry: dt.datetime
+) -> None:
+    at, rt = fake.issue("google", address)
+    creds = {
+        "token": at,
+        "refresh_token": rt,
+        "token_uri": f"{fake.base}/token",
+        "client_id": GOOGLE_CLIENT_ID,
+        "client_secret": GOOGLE_CLIENT_SECRET,
+        "scopes": list(oauth.GOOGLE_SCOPES),
+        "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    oauth.save_token(SecretStore(home), "gmail", account, oauth.StoredToken(address, creds))
+
+
+def setup_gmail(cli: Cli, home: Path, fake: FakeAPI) -> None:
+    assert cli("init").exit_code == 0
+    settings = Settings.load(home)
+    settings.set("mail.transport", "gmail")
+    settings.set("mail.gmail.client_secrets", oauth.STORED_CLIENT)
+    settings.set("mail.gmail.api_base", fake.base)
+    settings.set("user.staff", "JD")
+    settings.save()
+    SecretStore(home).set(oauth.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+
+
+def test_revoked_google_signin_alerts_once_then_resolves(
+    cli: Cli, home: Path, fake: FakeAPI, receiver: Receiver
+) -> None:
+    setup_gmail(cli, home, fake)
+    now = dt.datetime.now(dt.UTC)
+    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
+    set_urls(cli, receiver.url)
+    agency(home)
+    new_job(home, "J1")
+    assert check(cli) == 0
+    after_check(home, 0)
+    assert receiver.take() == []  # healthy: nothing to say
+    assert status_json(cli)[0] == 0
+
+    # Google revokes the sign-in; the access token has run out, so cpmail must renew it.
+    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=now - dt.timedelta(hours=1))
+    fake.revoke_refresh_tokens()
+    new_job(home, "J2")
+    assert check(cli) == 3
+    after_check(home, 3)
+    alert = one_alert(receiver)
+    assert alert["type"] == "failure"
+    assert "cpmail check ended with exit 3" in alert["message"]
+    assert "Account JD (jd@agency.example) cannot send" in alert["message"]
+    assert "invalid_grant" in alert["message"]
+    assert "cpmail staff signin JD" in alert["message"]
+    assert "1//refresh" not in alert["message"] and "ya29" not in alert["message"]
+    assert GOOGLE_CLIENT_SECRET not in json.dumps(alert)
+
+    for _ in range(3):  # the next cron runs: the same trouble, nothing repeated
+        after_check(home, 3)
+    assert receiver.take() == []
+
+    code, doc = status_json(cli)
+    assert code == 3
+    jd = doc["accounts"][0]
+    assert jd["account"] == "JD" and jd["signed_in"] is True
+    assert "invalid_grant" in jd["problem"]
+    assert doc["outbox"]["waiting"] == 3
+    human = cli("status")
+    assert human.exit_code == 3
+    assert "CANNOT SEND" in human.stdout and "Account JD" in human.stdout
+
+    # --probe asks Google itself: still refused
+    code, doc = status_json(cli, "--probe")
+    assert code == 3 and doc["accounts"][0]["probe"] != "ok"
+
+    # The manager signs in again; the next check sends what waited.
+    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
+    code, doc = status_json(cli, "--probe")
+    assert doc["accounts"][0]["probe"] == "ok" and doc["accounts"][0]["problem"] is None
+    assert code == 1  # the messages still wait
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert check(cli) == 0
+    after_check(home, 0)
+    alert = one_alert(receiver)
+    assert alert["type"] == "success"
+    assert alert["message"].count("RESOLVED") == 2 and "PROBLEM" not in alert["message"]
+    after_check(home, 0)
+    assert receiver.take() == []
+    assert status_json(cli)[0] == 0
+
+
+def test_signin_about_to_lapse_alerts_once(
+    cli: Cli, home: Path, fake: FakeAPI, receiver: Receiver
+) -> None:
+    setup_gmail(cli, home, fake)
+    set_urls(cli, receiver.url)
+    # Last renewed almost six months ago: Google ends a sign-in unused that long.
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=179)
+    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=long_ago)
+    code, doc = status_json(cli)
+    assert code == 0
+    lapses = dt.datetime.fromisoformat(doc["accounts"][0]["signin_lapses"])
+    assert dt.timedelta(days=2) < lapses - dt.datetime.now(dt.UTC) < dt.timedelta(days=4)
+    assert cli("config", "set", "alerts.token_days", "1").exit_code == 0
+    after_check(home, 0)
+    assert receiver.take() == []
+    assert cli("config", "set", "alerts.token_days", "7").exit_code == 0
+    after_check(home, 0)
+    alert = one_alert(receiver)
+    assert "The sign-in of account JD (jd@agency.example) ends on" in alert["message"]
+    after_check(home, 0)
+    assert receiver.take() == []
+    # Sending renews the sign-in: the condition clears.
+    assert cli("staff", "test", "JD").exit_code == 0
+    after_check(home, 0)
+    assert "RESOLVED" in one_alert(receiver)["message"]
+
+
+# ---------------------------------------------------------------- an SMTP relay that refuses
+
+
+def test_relay_refusing_alerts_once_then_resolves(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, receiver: Receiver
+) -> None:
+    setup_smtp(cli, smtp_server)
+    set_urls(cli, receiver.url)
+    agency(home)
+    smtp_server.require_auth = True  # "530 authentication required": this machine may not relay
+    new_job(home, "J1")
+    assert check(cli) == 3
+    after_check(home, 3)
+    alert = one_alert(receiver)
+    assert "Account JD (jd@agency.test) cannot send" in alert["message"]
+    assert "without a login" in alert["message"]
+    after_check(home, 3)
+    assert receiver.take() == []
+
+    code, doc = status_json(cli)
+    assert code == 3
+    assert doc["accounts"][0]["login"] == "no login (relay)"
+    code, doc = status_json(cli, "--probe")
+    assert code == 3 and "530" in doc["accounts"][0]["probe"]
+    assert smtp_server.messages == []  # the probe sent nothing
+
+    smtp_server.require_auth = False
+    code, doc = status_json(cli, "--probe")
+    assert code == 1 and doc["accounts"][0]["probe"] == "ok"
+    assert smtp_server.messages == []
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert check(cli) == 0
+    assert len(smtp_server.messages) == 3
+    after_check(home, 0)
+    assert one_alert(receiver)["message"].count("RESOLVED") == 2
+    after_check(home, 0)
+    assert receiver.take() == []
+
+
+# ---------------------------------------------------------------- the database down
+
+
+def test_database_down_alerts_once_without_its_password(
+    cli: Cli, home: Path, receiver: Receiver, closed_port: int
+) -> None:
+    assert cli("init").exit_code == 0
+    set_urls(cli, receiver.url)
+    url = f"postgresql+psycopg://cpmail:Pa55word-x9@127.0.0.1:{closed_port}/cpmail"
+    assert cli("config", "set", "database.url", url).exit_code == 0
+    started = time.monotonic()
+    after_check(home, 3)
+    assert time.monotonic() - started < 15
+    alert = one_alert(receiver)
+    assert "The database cannot be used" in alert["message"]
+    assert "Pa55word-x9" not in json.dumps(alert)
+    after_check(home, 3)
+    after_check(home, 3)
+    assert receiver.take() == []
+
+    code, doc = status_json(cli)
+    assert code == 3
+    assert doc["database"]["reachable"] is False and doc["outbox"] is None
+    human = cli("status")
+    assert human.exit_code == 3 and "CANNOT BE USED" in human.stdout
+    assert "Pa55word-x9" not in human.output + json.dumps(doc)
+
+    assert cli("config", "set", "database.url", "").exit_code == 0
+    after_check(home, 0)
+    alert = one_alert(receiver)
+    assert (
+        alert["type"] == "success" and "RESOLVED: The database cannot be used" in alert["message"]
+    )
+    after_check(home, 0)
+    assert receiver.take() == []
+
+
+def test_damaged_database_file_is_exit_3(cli: Cli, home: Path) -> None:
+    assert cli("init").exit_code == 0
+    db = home / "cpmail.db"
+    for extra in ("-wal", "-shm"):
+        Path(str(db) + extra).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    code, doc = status_json(cli)
+    assert code == 3 and doc["database"]["usable"] is False
+
+
+# ---------------------------------------------------------------- mail waiting, mail failed
+
+
+def _queue(home: Path, *, status: str, hours_ago: float, error: str | None = None) -> int:
+    engine = connect(Settings.load(home).db_url, where="test")
+    now = utcnow()
+    queued = now - dt.timedelta(hours=hours_ago)
+    with engine.begin() as conn:
+        id_ = conn.execute(
+            messages.insert().values(
+                event="job-opened",
+                account="JD",
+                from_addr="jd@agency.test",
+                to_addrs="pat@agency.test",
+                pending_rcpts="pat@agency.test",
+                subject="[C&P] Job 1234 opened",
+                message_id="<x@agency.test>",
+                raw=b"Subject: secret body text\r\n\r\nconfidential words\r\n",
+                status=status,
+                attempts=2,
+                created_at=queued,
+                queued_at=queued,
+                next_attempt_at=now + dt.timedelta(minutes=30) if status == "deferred" else None,
+                last_error=error,
+            )
+        ).inserted_primary_key[0]
+    engine.dispose()
+    return int(id_)
+
+
+def _set(home: Path, id_: int, **values: Any) -> None:
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(messages.update().where(messages.c.id == id_).values(**values))
+    engine.dispose()
+
+
+def test_mail_waiting_past_the_limit_alerts_once(
+    initialised: Cli, home: Path, receiver: Receiver
+) -> None:
+    cli = initialised
+    set_urls(cli, receiver.url)
+    id_ = _queue(home, status="deferred", hours_ago=1, error="451 4.3.0 try again later")
+    code, doc = status_json(cli)
+    assert code == 1
+    assert doc["outbox"]["waiting"] == 1 and doc["outbox"]["next_try"]
+    after_check(home, 0)
+    assert receiver.take() == []  # one hour: within waiting_hours
+
+    _set(home, id_, queued_at=utcnow() - dt.timedelta(hours=5))
+    after_check(home, 0)
+    alert = one_alert(receiver)
+    assert "1 message(s) waiting in the outbox" in alert["message"]
+    assert "over 4 hours" in alert["message"]
+    assert "confidential" not in json.dumps(alert) and "secret body" not in json.dumps(alert)
+    _set(home, id_, queued_at=utcnow() - dt.timedelta(hours=9))
+    after_check(home, 0)
+    assert receiver.take() == []
+
+    _set(home, id_, status="sent", sent_at=utcnow(), next_attempt_at=None, last_error=None)
+    after_check(home, 0)
+    assert "RESOLVED: 1 message(s) waiting" in one_alert(receiver)["message"]
+    after_check(home, 0)
+    assert receiver.take() == []
+    assert status_json(cli)[0] == 0
+
+
+def test_waiting_for_the_send_window_is_not_news(initialised: Cli, home: Path) -> None:
+    cli = initialised
+    now = dt.datetime.now()
+    closed = f"{(now + dt.timedelta(hours=2)):%H}:00-{(now + dt.timedelta(hours=3)):%H}:00"
+    assert cli("config", "set", "mail.send_window", closed).exit_code == 0
+    _queue(home, status="queued", hours_ago=10)
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(messages.update().values(attempts=0))
+    engine.dispose()
+    code, doc = status_json(cli)
+    assert code == 0, doc
+    assert doc["outbox"]["held_by_window"] == 1 and doc["mail"]["window_open"] is False
+    assert "(closed now)" in cli("status").stdout
+
+
+def test_mail_failed_for_good_alerts_once(initialised: Cli, home: Path, receiver: Receiver) -> None:
+    cli = initialised
+    set_urls(cli, receiver.url)
+    id_ = _queue(home, status="failed", hours_ago=2, error="550 5.1.1 no such user")
+    code, doc = status_json(cli)
+    assert code == 1 and doc["outbox"]["failed_7_days"] == 1
+    after_check(home, 1)
+    alert = one_alert(receiver)
+    assert "1 message(s) failed for good" in alert["message"]
+    assert "cpmail check ended with exit 1" in alert["message"]
+    after_check(home, 1)
+    assert receiver.take() == []
+    # exit 1 -> 3 is news; 3 -> 3 is not
+    after_check(home, 3)
+    assert "ended with exit 3" in one_alert(receiver)["message"]
+    after_check(home, 3)
+    assert receiver.take() == []
+    assert cli("outbox", "drop", str(id_)).exit_code == 0
+    after_check(home, 0)
+    alert = one_alert(receiver)
+    assert alert["message"].count("RESOLVED") == 2
+    assert status_json(cli)[0] == 0
+
+
+# ---------------------------------------------------------------- never in the check's way
+
+
+def test_an_alert_url_that_is_down_is_tried_again_later(
+    initialised: Cli, home: Path, receiver: Receiver, closed_port: int, capsys: Any
+) -> None:
+    cli = initialised
+    set_urls(cli, f"json://127.0.0.1:{closed_port}/down")
+    _queue(home, status="failed", hours_ago=1, error="550 no")
+    started = time.monotonic()
+    after_check(home, 1)
+    assert time.monotonic() - started < 15
+    assert "alerts:" in capsys.readouterr().err
+    set_urls(cli, receiver.url)
+    after_check(home, 1)  # nobody heard it the first time: it is sent now
+    assert "failed for good" in one_alert(receiver)["message"]
+
+
+def test_after_check_never_raises(home: Path, receiver: Receiver, capsys: Any) -> None:
+    home.mkdir(parents=True)
+    (home / "cpmail.toml").write_text("[mail\nbroken = ", encoding="utf-8")
+    after_check(home, 3)  # a broken settings file: one line on stderr, no exception
+    assert "alerts:" in capsys.readouterr().err
+    after_check(home / "nowhere", 3)  # no home at all: nothing configured, nothing to do
+
+
+def test_no_urls_means_nothing_is_evaluated(initialised: Cli, home: Path) -> None:
+    _queue(home, status="failed", hours_ago=1, error="550 no")
+    assert evaluate(home, 1) == []
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alert_state")).scalar_one() == 0
+    engine.dispose()
+
+
+# ---------------------------------------------------------------- cpmail alerts test
+
+
+def test_alerts_test_says_which_url_worked(
+    initialised: Cli, receiver: Receiver, closed_port: int
+) -> None:
+    cli = initialised
+    r = cli("alerts", "test")
+    assert r.exit_code == 2 and "no alert URLs" in r.stderr
+    set_urls(cli, receiver.url)
+    r = cli("alerts", "test")
+    assert r.exit_code == 0, r.output
+    assert "1 of 1" in r.stdout
+    assert one_alert(receiver)["title"].endswith("test alert")
+    secret_url = f"json://alice:S3cr3t-token@127.0.0.1:{closed_port}/hook"
+    set_urls(cli, receiver.url, secret_url)
+    r = cli("alerts", "test")
+    assert r.exit_code == 1
+    assert "1 of 2" in r.stdout and "FAILED" in r.stdout
+    assert "S3cr3t-token" not in r.output
+    assert len(receiver.take()) == 1
+    r = cli("alerts", "test", "--json")
+    assert r.exit_code == 1
+    assert [x["ok"] for x in json.loads(r.stdout)] == [True, False]
+
+
+def test_help_does_not_import_apprise_or_the_status_code() -> None:
+    code = (
+        "import sys\n"
+        "from cpmail.cli.app import app\n"
+        "for args in (['--help'], ['status', '--help'], ['alerts', 'test', '--help']):\n"
+        "    try:\n"
+        "        app(args, prog_name='cpmail')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "names = ('apprise', 'cpmail.alerts', 'cpmail.status')\n"
+        "print('HEAVY', [m for m in names if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout
