@@ -88,7 +88,6 @@ class Run:
 
 # ---------------------------------------------------------------- the database URL
 
-# name -> (URL of the test server holding the password, the secret text in it)
 _SLASH = "Kv8s/Tr4Pq1"
 _SPACE = "Kv8s Tr4Pq2"
 _ENCODED_AT = "Kv8s%40Tr4Pq3"
@@ -98,19 +97,20 @@ _QUERY_AMP = "Qr9x&Tr4Pq6"
 
 
 def pg_url(password: str = "", query: str = "", *, port: str = "") -> str:
+    """The test server's URL with this password in its user part and this query."""
     userinfo = f"{PG.username}:{password}" if password else PG.username or ""
     host = f"{PG.hostname}:{port or PG.port or 5432}"
-    sep = "&" if query else ""
-    return f"postgresql+psycopg://{userinfo}@{host}{PG.path}?{query}{sep}"
+    return f"postgresql+psycopg://{userinfo}@{host}{PG.path}" + (f"?{query}" if query else "")
 
 
-DB_FORMS = {
-    "slash": (lambda q: pg_url(_SLASH, q), _SLASH),
-    "space": (lambda q: pg_url(_SPACE, q), _SPACE),
-    "encoded-at": (lambda q: pg_url(_ENCODED_AT, q), _ENCODED_AT),
-    "mixed": (lambda q: pg_url(_MIXED, q), _MIXED),
-    "query": (lambda q: pg_url("", f"password={_QUERY}&{q}"), _QUERY),
-    "query-amp": (lambda q: pg_url("", f"password={_QUERY_AMP}&{q}"), _QUERY_AMP),
+# name -> (password in the user part, extra query, the secret text)
+DB_FORMS: dict[str, tuple[str, str, str]] = {
+    "slash": (_SLASH, "", _SLASH),
+    "space": (_SPACE, "", _SPACE),
+    "encoded-at": (_ENCODED_AT, "", _ENCODED_AT),
+    "mixed": (_MIXED, "", _MIXED),
+    "query": ("", f"password={_QUERY}&", _QUERY),
+    "query-amp": ("", f"password={_QUERY_AMP}&", _QUERY_AMP),
 }
 
 
@@ -136,8 +136,8 @@ def schema() -> Iterator[str]:
 def test_database_password_never_shown_or_mailed(
     cli: Cli, home: Path, schema: str, form: str, where: str
 ) -> None:
-    make, secret = DB_FORMS[form]
-    url = make(schema).rstrip("&")
+    password, query, secret = DB_FORMS[form]
+    url = pg_url(password, query + schema)
     run = Run(cli, {"CPMAIL_DATABASE_URL": url} if where == "env" else {})
     if where == "file":
         run("config", "set", "database.url", url)
@@ -161,7 +161,7 @@ def test_database_password_never_shown_or_mailed(
     run("db", "upgrade")
     run("data", "tables")
     # The same URL with a port where nothing listens: the error, and -v's traceback.
-    down = Run(cli, {"CPMAIL_DATABASE_URL": make(schema).replace(PG_HOST, f"{PG.hostname}:1")})
+    down = Run(cli, {"CPMAIL_DATABASE_URL": pg_url(password, query + schema, port="1")})
     for args in (("staff", "list"), ("-v", "staff", "list"), ("-v", "check", "--json")):
         assert down.cli(*args, env=down.env).exit_code != 0
         down(*args, ok=False)
@@ -184,10 +184,11 @@ def test_database_password_with_a_bare_at_is_refused_without_showing_it(
 ) -> None:
     # SQLAlchemy would read "Kv8s" as the password and "Tr4Pq7@127.0.0.1" as the host.
     secret = "Kv8s@Tr4Pq7"
-    url = pg_url(secret).rstrip("?")
+    url = pg_url(secret)
     run = Run(cli, {"CPMAIL_DATABASE_URL": url} if where == "env" else {})
     if where == "file":
         run("config", "set", "database.url", url)
+    args: tuple[str, ...]
     for args in (("init",), ("-v", "init"), ("staff", "list"), ("-v", "db", "upgrade")):
         r = cli(*args, env=run.env)
         assert r.exit_code == 2, r.output
@@ -217,7 +218,8 @@ def test_database_password_with_a_bare_at_is_refused_without_showing_it(
 def test_a_bad_database_url_is_refused_without_echoing_it(
     initialised: Cli, home: Path, value: str, secret: str
 ) -> None:
-    texts = []
+    texts: list[str] = []
+    args: tuple[str, ...]
     for args, env in (
         (("config", "set", "database.url", value), {}),
         (("-v", "staff", "list"), {"CPMAIL_DATABASE_URL": value}),
@@ -266,6 +268,7 @@ def test_no_secret_in_any_output_log_mail_or_traceback(
     source_raw = f"postgresql+psycopg://agency:{SOURCE_PASSWORD}@src.test/ag"
     env: dict[str, str] = {}
     run = Run(initialised, env)
+    args: tuple[str, ...]
     if where == "file":
         run("config", "set", "source.url", source_raw)
         run("config", "set", "alerts.urls", ",".join(ALERT_URLS))
