@@ -1,0 +1,240 @@
+"""`cpmail status [--probe] [--json]`: what it shows and its exit code (0, 1, 3) in each state.
+
+More states (a revoked sign-in, a refusing relay, the database down, mail
+waiting or failed) are run through in tests/test_alerts.py together with
+their alerts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpmail import oauth
+from cpmail.secrets import SecretStore
+from cpmail.settings import Settings
+from cpmail.store import connect, utcnow
+from cpmail.store.schema import runs
+from tests.conftest import Cli
+from tests.fakeapi import MS_CLIENT_ID, FakeAPI
+from tests.smtpserver import SMTPTestServer
+from tests.test_delivery import setup_smtp
+
+Factory = Callable[..., SMTPTestServer]
+
+
+def status(cli: Cli, *args: str) -> tuple[int, dict[str, Any]]:
+    r = cli("status", "--json", *args)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    assert doc["exit_code"] == r.exit_code, r.output
+    return r.exit_code, doc
+
+
+def add_run(home: Path, **values: Any) -> None:
+    engine = connect(Settings.load(home).db_url, where="test")
+    now = utcnow()
+    row = {
+        "id": f"run-{time.monotonic_ns()}",
+        "command": "check",
+        "host": "cron-box",
+        "pid": 4242,
+        "started_at": now - dt.timedelta(minutes=2),
+        "heartbeat_at": now - dt.timedelta(minutes=1),
+        **values,
+    }
+    with engine.begin() as conn:
+        conn.execute(runs.insert().values(**row))
+    engine.dispose()
+
+
+def test_a_fresh_home_is_healthy(initialised: Cli, home: Path) -> None:
+    code, doc = status(initialised)
+    assert code == 0
+    assert doc["status"] == "healthy" and doc["problems"] == [] and doc["warnings"] == []
+    assert set(doc) >= {"transport", "accounts", "last_check", "outbox", "database", "mail"}
+    assert doc["transport"]["name"] == "file"
+    assert doc["last_check"] is None
+    assert doc["outbox"] == {
+        "waiting": 0,
+        "oldest_waiting_since": None,
+        "next_try": None,
+        "held_by_window": 0,
+        "failed_7_days": 0,
+        "overdue_since": None,
+    }
+    assert doc["database"]["usable"] and doc["database"]["revision"] == "0002"
+    assert doc["mail"] == {"enabled": True, "send_window": "", "window_open": True}
+    r = initialised("status")
+    assert r.exit_code == 0
+    for label in ("Status", "Transport", "Last check", "Outbox", "Database", "Sending"):
+        assert any(line.startswith(label) for line in r.stdout.splitlines()), label
+
+
+def test_no_home_is_exit_3_naming_init(cli: Cli) -> None:
+    code, doc = status(cli)
+    assert code == 3
+    assert "cpmail init" in doc["database"]["error"]
+
+
+def test_last_check_is_shown_with_its_counts(initialised: Cli, home: Path) -> None:
+    now = utcnow()
+    counts = {"found": 4, "sent": 3, "deferred": 1, "failed": 0, "skipped": 0, "suppressed": 0}
+    add_run(
+        home,
+        started_at=now - dt.timedelta(hours=1),
+        heartbeat_at=now - dt.timedelta(hours=1),
+        ended_at=now - dt.timedelta(minutes=59),
+        run_date=dt.date(2026, 11, 24),
+        exit_code=0,
+        counts=json.dumps(counts),
+    )
+    code, doc = status(initialised)
+    assert code == 0
+    lc = doc["last_check"]
+    assert lc["state"] == "finished" and lc["exit_code"] == 0 and lc["host"] == "cron-box"
+    assert lc["run_date"] == "2026-11-24" and lc["counts"] == counts
+    text = initialised("status").stdout
+    assert "for 2026-11-24" in text and "exit 0" in text and "3 sent" in text
+
+
+def test_a_check_that_died_is_said(initialised: Cli, home: Path) -> None:
+    now = utcnow()
+    add_run(home, started_at=now - dt.timedelta(hours=3), heartbeat_at=now - dt.timedelta(hours=3))
+    doc = status(initialised)[1]
+    assert doc["last_check"]["state"] == "did not finish"
+    assert "DID NOT FINISH" in initialised("status").stdout
+    add_run(home, started_at=now, heartbeat_at=now)
+    assert status(initialised)[1]["last_check"]["state"] == "running"
+
+
+def test_a_last_check_that_could_not_send_is_exit_3(initialised: Cli, home: Path) -> None:
+    now = utcnow()
+    add_run(home, ended_at=now, exit_code=3, note="the SMTP server refused the connection")
+    code, doc = status(initialised)
+    assert code == 3
+    assert "the last check could not send" in doc["problems"][0]
+    assert "refused the connection" in doc["problems"][0]
+    add_run(home, started_at=now + dt.timedelta(seconds=1), ended_at=now, exit_code=0)
+    assert status(initialised)[0] == 0
+
+
+def test_switch_and_send_window(initialised: Cli) -> None:
+    cli = initialised
+    assert cli("config", "set", "mail.enabled", "false").exit_code == 0
+    assert cli("config", "set", "mail.send_window", "00:00-24:00").exit_code == 0
+    code, doc = status(cli)
+    assert code == 0
+    assert doc["mail"] == {"enabled": False, "send_window": "00:00-24:00", "window_open": True}
+    text = cli("status").stdout
+    assert "OFF" in text and "00:00-24:00 (open now)" in text
+
+
+def test_status_uses_no_network_without_probe(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, closed_port: int
+) -> None:
+    setup_smtp(cli, smtp_server)
+    assert cli("config", "set", "mail.smtp.port", str(closed_port)).exit_code == 0
+    started = time.monotonic()
+    code, doc = status(cli)
+    assert time.monotonic() - started < 5
+    assert code == 0 and doc["probed"] is False
+    assert doc["accounts"][0]["account"] == "JD" and doc["accounts"][0]["probe"] is None
+    code, doc = status(cli, "--probe")
+    assert code == 3
+    assert "refused the connection" in doc["accounts"][0]["probe"]
+
+
+def test_smtp_without_a_server_is_exit_3(initialised: Cli) -> None:
+    assert initialised("config", "set", "mail.transport", "smtp").exit_code == 0
+    code, doc = status(initialised)
+    assert code == 3 and "mail.smtp.host" in doc["transport"]["problem"]
+
+
+def test_probe_logs_in_without_sending(cli: Cli, home: Path, smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(tls="starttls", users={"jd@agency.test": "right"})
+    setup_smtp(cli, server)
+    assert cli("staff", "passcode", "JD", "--stdin", input="wrong-one\n").exit_code == 0
+    code, doc = status(cli, "--probe")
+    assert code == 3
+    jd = doc["accounts"][0]
+    assert jd["login"] == "passcode" and "refused the login" in jd["probe"]
+    assert "wrong-one" not in json.dumps(doc)
+    assert cli("staff", "passcode", "JD", "--stdin", input="right\n").exit_code == 0
+    code, doc = status(cli, "--probe")
+    assert code == 0 and doc["accounts"][0]["probe"] == "ok"
+    assert [a.ok for a in server.auth_attempts] == [False, True]
+    assert server.messages == []
+    assert "login test ok" in cli("status", "--probe").stdout
+
+
+# ---------------------------------------------------------------- Gmail and Microsoft sign-ins
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAPI]:
+    with FakeAPI() as f:
+        yield f
+
+
+def test_an_account_not_signed_in_is_exit_3(initialised: Cli, home: Path) -> None:
+    cli = initialised
+    assert cli("config", "set", "mail.transport", "gmail").exit_code == 0
+    assert cli("config", "set", "mail.gmail.client_secrets", "client.json").exit_code == 0
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
+    assert r.exit_code == 0, r.output
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    code, doc = status(cli)
+    assert code == 3
+    jd = doc["accounts"][0]
+    assert jd["signed_in"] is False and "cpmail staff signin JD" in jd["problem"]
+
+
+@pytest.fixture
+def ms_cli(initialised: Cli, home: Path, fake: FakeAPI) -> Cli:
+    settings = Settings.load(home)
+    settings.set("mail.transport", "microsoft")
+    settings.set("mail.microsoft.client_id", MS_CLIENT_ID)
+    settings.set("mail.microsoft.authority_base", fake.base)
+    settings.set("mail.microsoft.api_base", fake.base)
+    settings.set("user.staff", "JD")
+    settings.save()
+    oauth.microsoft_sign_in(
+        Settings.load(home),
+        SecretStore(home),
+        "JD",
+        device_code=True,
+        open_browser=False,
+        say=lambda _: None,
+    )
+    return initialised
+
+
+def test_microsoft_sign_in_dates_and_revocation(ms_cli: Cli, fake: FakeAPI) -> None:
+    code, doc = status(ms_cli)
+    assert code == 0
+    jd = doc["accounts"][0]
+    assert jd["signed_in"] is True and jd["address"] == "jd@agency.example"
+    assert jd["login"] == "Microsoft sign-in"
+    now = dt.datetime.now(dt.UTC)
+    token = dt.datetime.fromisoformat(jd["token_expires"])
+    lapses = dt.datetime.fromisoformat(jd["signin_lapses"])
+    assert dt.timedelta(minutes=50) < token - now < dt.timedelta(minutes=70)
+    assert dt.timedelta(days=89) < lapses - now < dt.timedelta(days=91)
+
+    code, doc = status(ms_cli, "--probe")
+    assert code == 0 and doc["accounts"][0]["probe"] == "ok"
+    assert fake.sent == []
+
+    fake.revoke_refresh_tokens()  # the token endpoint now answers invalid_grant
+    assert status(ms_cli)[0] == 0  # nothing local shows it yet
+    code, doc = status(ms_cli, "--probe")
+    assert code == 3
+    assert "invalid_grant" in doc["accounts"][0]["probe"]
+    assert "cpmail staff signin JD" in doc["accounts"][0]["problem"]
+    assert not any(t in json.dumps(doc) for t in fake.issued)
