@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from cpmail.secrets import SecretStore
@@ -148,3 +151,123 @@ def test_schema_revision_constant_is_alembics_head() -> None:
     from cpmail.store import SCHEMA_REVISION, head_revision
 
     assert head_revision() == SCHEMA_REVISION
+
+
+# ---------------------------------------------------------------- private files
+
+
+def _cpmail(home: Path, *args: str, input: str | None = None) -> None:
+    """Run `cpmail` in a process of its own whose umask is 000."""
+    r = subprocess.run(
+        [sys.executable, "-m", "cpmail", "--home", str(home), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        umask=0,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CPMAIL_")},
+    )
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+
+
+def test_everything_cpmail_writes_is_private_under_umask_000(tmp_path: Path) -> None:
+    home = tmp_path / "new" / "home"
+    _cpmail(home, "init")
+    _cpmail(home, "staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
+    _cpmail(home, "staff", "passcode", "JD", "--stdin", input="pw\n")
+    _cpmail(home, "config", "set", "user.staff", "JD")
+    _cpmail(home, "config", "manager", "--name", "Pat", "--email", "pat@agency.test")
+    _cpmail(home, "message", "manager", "Lunch?")
+    _cpmail(home, "config", "set", "mail.file.dir", "out/eml")
+    _cpmail(home, "staff", "test", "JD")
+    eml = [*home.rglob("*.eml")]
+    assert len(eml) == 2 and {p.parent for p in eml} == {home / "mail", home / "out" / "eml"}
+    modes = {
+        str(p.relative_to(home)): stat.S_IMODE(p.stat().st_mode) for p in [home, *home.rglob("*")]
+    }
+    assert modes["."] == 0o700
+    assert modes["cpmail.toml"] == 0o600
+    assert modes["cpmail.db"] == 0o600
+    assert modes["mail"] == modes["out"] == modes["out/eml"] == modes["secrets"] == 0o700
+    assert modes["secrets/passcode.JD"] == 0o600
+    assert {m for p, m in modes.items() if p.endswith(".eml")} == {0o600}
+    assert {p: m for p, m in modes.items() if m & 0o077} == {}
+
+
+def test_settings_file_is_made_0600_by_every_write(initialised: Cli, home: Path) -> None:
+    path = home / "cpmail.toml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for args in (
+        ("config", "set", "agency.name", "Northwind"),
+        ("config", "smtp", "--host", "mail.agency.test"),
+        ("config", "disable"),
+        ("init",),
+    ):
+        path.chmod(0o644)
+        assert initialised(*args).exit_code == 0
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, args
+    mail = home / "mail"
+    mail.chmod(0o755)
+    assert initialised("init").exit_code == 0
+    assert stat.S_IMODE(mail.stat().st_mode) == 0o700
+
+
+# ---------------------------------------------------------------- config wording
+
+
+def test_config_set_prints_the_key_as_typed(initialised: Cli) -> None:
+    initialised("staff", "add", "AL", "--name", "Al Lee", "--work-email", "al@agency.test")
+    r = initialised("config", "set", "user.staff", "AL")
+    assert r.exit_code == 0 and r.stdout == "user.staff = AL\n"
+    assert initialised("config", "set", "mail.digest", "yes").stdout == "mail.digest = true\n"
+
+
+def test_a_staff_id_that_does_not_exist_is_refused(initialised: Cli, home: Path) -> None:
+    initialised("staff", "add", "AL", "--name", "Al Lee", "--work-email", "al@agency.test")
+    before = (home / "cpmail.toml").read_text()
+    for key, value in (
+        ("user.staff", "ZZ"),
+        ("reports.cash-flow.to", "AL,ZZ"),
+        ("events.job-opened.notify", "team,staff:ZZ"),
+    ):
+        r = initialised("config", "set", key, value)
+        assert r.exit_code == 2, r.output
+        assert "'ZZ'" in r.stderr and key in r.stderr and "cpmail staff add ZZ" in r.stderr
+    assert (home / "cpmail.toml").read_text() == before
+    # The command the error names makes the same `config set` work.
+    r = initialised("staff", "add", "ZZ", "--name", "Zoe Z", "--work-email", "z@agency.test")
+    assert r.exit_code == 0
+    assert initialised("config", "set", "user.staff", "ZZ").exit_code == 0
+    assert initialised("config", "set", "reports.cash-flow.to", "AL,ZZ").exit_code == 0
+    assert initialised("config", "set", "user.staff", "").exit_code == 0  # unset: no check
+
+
+def test_config_smtp_leaves_a_blank_line_before_the_next_table(
+    initialised: Cli, home: Path
+) -> None:
+    path = home / "cpmail.toml"
+    assert initialised("config", "smtp", "--host", "mail.agency.test").exit_code == 0
+    text = path.read_text()
+    assert "verify = true\n\n[check]" in text
+    for line_no, line in enumerate(text.splitlines()):
+        if line.startswith("[") and line_no:
+            assert text.splitlines()[line_no - 1] == "", line
+    # A second write keeps it so and adds no blank lines inside the table.
+    assert initialised("config", "set", "mail.smtp.connections", "2").exit_code == 0
+    assert "verify = true\nconnections = 2\n\n[check]" in path.read_text()
+    assert not path.read_text().endswith("\n\n")
+
+
+def test_docs_show_what_config_smtp_writes(initialised: Cli, home: Path) -> None:
+    import tomllib
+
+    doc = (Path(__file__).parent.parent / "docs" / "smtp.md").read_text()
+    command = re.search(r"^cpmail config smtp (.*)$", doc, re.M)
+    block = re.search(r"`config smtp` writes.*?```toml\n(.*?)```", doc, re.S)
+    assert command and block
+    r = initialised("config", "smtp", *command.group(1).split())
+    assert r.exit_code == 0, r.output
+    written = tomllib.loads((home / "cpmail.toml").read_text())
+    shown = tomllib.loads(block.group(1))
+    assert shown["mail"]["smtp"] == written["mail"]["smtp"]
+    assert shown["mail"]["transport"] == written["mail"]["transport"]
