@@ -184,7 +184,12 @@ def get_table(name: str) -> sa.Table:
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What an import did: rows read, rows new and updated, job status changes recorded."""
+    """What an import did (or, in a dry run, would do) to one table.
+
+    ``new`` rows were inserted, ``updated`` existing rows changed, ``unchanged``
+    rows were already as given, ``deleted`` rows were missing from a whole-table
+    import (``--replace``); ``status_changes`` job status history rows were added.
+    """
 
     table: str
     source: str
@@ -192,23 +197,37 @@ class ImportResult:
     new: int
     updated: int
     status_changes: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    replace: bool = False
+    dry_run: bool = False
+    origin: str = "file"  # "file", "query" (data pull) or "rows"
 
     def summary(self) -> str:
         """One line for people, e.g. ``jobs: 30 rows (28 new, 2 updated, 1 status change)``."""
         parts = [f"{self.new} new", f"{self.updated} updated"]
+        if self.unchanged:
+            parts.append(f"{self.unchanged} unchanged")
+        if self.replace or self.deleted:
+            parts.append(f"{self.deleted} deleted")
         if self.table == "jobs":
             parts.append(_plural(self.status_changes, "status change"))
         return f"{self.table}: {_plural(self.rows, 'row')} ({', '.join(parts)})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "table": self.table,
-            "file": self.source,
+            "query" if self.origin == "query" else "file": self.source,
             "rows": self.rows,
             "new": self.new,
             "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
             "status_changes": self.status_changes,
         }
+        if self.dry_run:
+            out["dry_run"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -910,6 +929,7 @@ class _Importer:
             raise ConfigError(f"data import supports SQLite and PostgreSQL, not {dialect.name}.")
         self.sqlite = dialect.name == "sqlite"
         self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self.distinct = "IS NOT" if self.sqlite else "IS DISTINCT FROM"
         self.q = dialect.identifier_preparer.quote
         self.tz = settings.tz()
         self.changed_by = str(settings["user.staff"]) or None
@@ -922,7 +942,10 @@ class _Importer:
         # value -> (position, key text, column).
         self.pending: dict[Any, tuple[int, str, str]] = {}
         self.rows = 0
+        self.changed = 0  # rows inserted or changed (the database's row counts)
         self.status_changes = 0
+        # --replace: temporary tables of the keys this run gave, per table being replaced.
+        self.seen: dict[str, str] = {}
 
     # ---- messages
 
@@ -1032,10 +1055,19 @@ class _Importer:
         cols = ", ".join(q(n) for n in names)
         marks = ", ".join([self.mark] * len(names))
         conflict = ", ".join(q(k) for k in self.keys)
-        sets = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in names if n not in self.keys)
+        others = [q(n) for n in names if n not in self.keys]
+        sets = ", ".join(f"{n} = excluded.{n}" for n in others)
         if sets and CHECKED in self.table.c:  # changed: the state triggers look again
             sets += f", {q(CHECKED)} = NULL"
-        action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+        if sets:
+            # Only a row that differs is written (and counted): unchanged rows stay as they
+            # were, their state-trigger mark included.
+            t = q(self.table.name)
+            old = ", ".join(f"{t}.{n}" for n in others)
+            new = ", ".join(f"excluded.{n}" for n in others)
+            action = f"DO UPDATE SET {sets} WHERE ({old}) {self.distinct} ({new})"
+        else:
+            action = "DO NOTHING"
         return (
             f"INSERT INTO {q(self.table.name)} ({cols}) VALUES ({marks}) "
             f"ON CONFLICT ({conflict}) {action}"
@@ -1051,7 +1083,10 @@ class _Importer:
         if CHECKED in self.table.c:
             sets += f", {q(CHECKED)} = NULL"
         where = " AND ".join(f"{q(names[i])} = {self.mark}" for i in keys)
-        return f"UPDATE {q(self.table.name)} SET {sets} WHERE {where}", others + keys
+        old = ", ".join(q(names[i]) for i in others)
+        new = ", ".join([self.mark] * len(others))
+        where += f" AND ({old}) {self.distinct} ({new})"
+        return f"UPDATE {q(self.table.name)} SET {sets} WHERE {where}", others + keys + others
 
     # ---- the loop
 
@@ -1121,10 +1156,23 @@ class _Importer:
         if history:
             self._write_history(history)
         self._check_refs(plan, batch, positions)
+        seen = self.seen.get(self.table.name)
+        if seen is not None:
+            ki = plan.key_index
+            self._remember(seen, self.keys, [tuple([v[i] for i in ki]) for v in batch])
+
+    def _remember(self, seen: str, keys: Sequence[str], values: list[tuple[Any, ...]]) -> None:
+        """Add keys to a --replace run's table of keys given."""
+        sql = (
+            f"INSERT INTO {self.q(seen)} ({', '.join(self.q(k) for k in keys)}) "
+            f"VALUES ({', '.join([self.mark] * len(keys))})"
+        )
+        self.conn.exec_driver_sql(sql, values)
 
     def _execute(self, sql: str, batch: list[tuple[Any, ...]], positions: list[int]) -> None:
         try:
-            self.conn.exec_driver_sql(sql, batch)
+            result = self.conn.exec_driver_sql(sql, batch)
+            self.changed += max(result.rowcount, 0)
         except sa.exc.DBAPIError as e:
             raise InputError(
                 f"{self.src}: the database refused the rows of {self.unit}s {positions[0]} to "
@@ -1207,6 +1255,9 @@ class _Importer:
         )
         self.conn.exec_driver_sql(sql, rows)
         self.status_changes += len(rows)
+        seen = self.seen.get("job_status_history")
+        if seen is not None:  # history rows written by this run stay when that table is replaced
+            self._remember(seen, ("id",), [(r[0],) for r in rows])
 
     def _check_refs(self, plan: _Plan, batch: list[tuple[Any, ...]], positions: list[int]) -> None:
         """Every foreign key must name a row in the database (this batch is written by now)."""
@@ -1273,6 +1324,64 @@ class _Importer:
     def count(self) -> int:
         sql = f"SELECT count(*) FROM {self.q(self.table.name)}"
         return int(self.conn.exec_driver_sql(sql).scalar_one())
+
+    # ---- --replace
+
+    def delete_missing(self, gone: str) -> int:
+        """Delete the rows this run did not give; refuse when a row that stays refers to one.
+
+        Tables that refer to this one have had their own deletions done by now
+        (children come first), so every row left in them stays.
+        """
+        q = self.q
+        t = q(self.table.name)
+        seen = q(self.seen[self.table.name])
+        own = self.table.name
+        for child, column, tcol, by, kind in _referrers(own):
+            c = q(child.name)
+            ckeys = key_columns(child)
+            conds = [
+                f"c.{q(column)} IS NOT NULL",
+                f"EXISTS (SELECT 1 FROM {t} p WHERE p.{q(tcol)} = c.{q(column)})",
+                f"NOT EXISTS (SELECT 1 FROM {seen} s WHERE s.{q(tcol)} = c.{q(column)})",
+            ]
+            params: tuple[Any, ...] = ()
+            if by is not None:
+                conds.append(f"c.{q(by)} = {self.mark}")
+                params = (kind,)
+            if child.name == own:  # a row of this table that stays
+                match = " AND ".join(f"s2.{q(k)} = c.{q(k)}" for k in ckeys)
+                conds.append(f"EXISTS (SELECT 1 FROM {seen} s2 WHERE {match})")
+            sql = (
+                f"SELECT {', '.join(f'c.{q(k)}' for k in ckeys)}, c.{q(column)} FROM {c} c "
+                f"WHERE {' AND '.join(conds)} ORDER BY {', '.join(f'c.{q(k)}' for k in ckeys)} "
+                "LIMIT 1"
+            )
+            row = self.conn.exec_driver_sql(sql, params).first()
+            if row is not None:
+                ckey = ", ".join(f"{k} {_clip(str(v))}" for k, v in zip(ckeys, row, strict=False))
+                value = row[-1]
+                raise InputError(
+                    f"{self.src}: the {own} row with {tcol} {_clip(str(value))} {gone}, so it "
+                    f"would be deleted, but the {child.name} row ({ckey}) still refers to it "
+                    f"in its column {column}; nothing was changed. Keep that {own} row, or "
+                    f"remove or change the {child.name} row as well."
+                )
+        keys = key_columns(self.table)
+        missing = (
+            f"NOT EXISTS (SELECT 1 FROM {seen} s WHERE "
+            + " AND ".join(f"s.{q(k)} = {t}.{q(k)}" for k in keys)
+            + ")"
+        )
+        for child_name, column in CASCADE:
+            (fk,) = get_table(child_name).c[column].foreign_keys
+            if fk.column.table.name == own:
+                self.conn.exec_driver_sql(
+                    f"DELETE FROM {q(child_name)} WHERE {q(column)} IN "
+                    f"(SELECT {q(fk.column.name)} FROM {t} WHERE {missing})"
+                )
+        result = self.conn.exec_driver_sql(f"DELETE FROM {t} WHERE {missing}")
+        return max(result.rowcount, 0)
 
 
 _history_lock = threading.Lock()
@@ -1344,6 +1453,83 @@ def check_readable(path: Path) -> None:
         raise InputError(f"cannot read {path}: {e.strerror}.") from None
 
 
+@dataclass(frozen=True)
+class ImportSource:
+    """One table's rows for :func:`import_sources`: where they come from and how to read them.
+
+    ``records`` is called when the table's turn comes (files are opened, queries
+    run, in foreign-key order). ``gone`` says, for --replace errors, why a row
+    would be deleted ("is not in the file").
+    """
+
+    table: sa.Table
+    records: Callable[[], Iterator[_Record]]
+    source: str
+    unit: str
+    replace: bool = False
+    origin: str = "file"
+    gone: str = "is not in the file"
+
+
+def file_source(
+    path: str | os.PathLike[str],
+    table: str | None = None,
+    fmt: str | None = None,
+    *,
+    replace: bool = False,
+) -> ImportSource:
+    """The rows of one CSV, JSON or NDJSON file (table and format as :func:`resolve_import`)."""
+    t, form = resolve_import(path, table, fmt)
+    src = str(path)
+    p = Path(path)
+    reader = {"csv": _csv_records, "json": _json_records, "ndjson": _ndjson_records}[form]
+    return ImportSource(
+        table=t,
+        records=lambda: reader(p, src),
+        source=src,
+        unit="item" if form == "json" else "line",
+        replace=replace,
+    )
+
+
+def folder_sources(path: str | os.PathLike[str], *, replace: bool = False) -> list[ImportSource]:
+    """Every file of a folder (an export of the agency system), in foreign-key order.
+
+    Each file must be named after a table (``jobs.csv``, ``jobs.2026-11-27.json``);
+    files whose names start with a dot are left alone. Raise InputError naming
+    a file that is not named after a table, or a table given twice.
+    """
+    folder = Path(path)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise InputError(f"cannot read the folder {folder}: {e.strerror}.") from None
+    by_table: dict[str, ImportSource] = {}
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            raise InputError(
+                f"{p} is a folder; a folder to import holds only files named after tables."
+            )
+        stem = p.name.split(".", 1)[0]
+        if stem not in schema.AGENCY_TABLE_NAMES:
+            raise InputError(
+                f"{p}: not named after a table, so it cannot be imported with its folder; "
+                f"move it away or rename it after one of {', '.join(table_names())}."
+            )
+        source = file_source(p, replace=replace)
+        if stem in by_table:
+            raise InputError(
+                f"{folder}: two files for the table {stem}: {Path(by_table[stem].source).name} "
+                f"and {p.name}; keep one."
+            )
+        by_table[stem] = source
+    if not by_table:
+        raise InputError(f"{folder} holds no file to import; the files are named after tables.")
+    return [by_table[n] for n in schema.AGENCY_TABLE_NAMES if n in by_table]
+
+
 def import_file(
     engine: sa.Engine,
     settings: Settings,
@@ -1352,24 +1538,34 @@ def import_file(
     fmt: str | None = None,
     *,
     changed_at: dt.datetime | None = None,
+    replace: bool = False,
+    dry_run: bool = False,
 ) -> ImportResult:
     """Upsert the rows of one CSV, JSON or NDJSON file into one table, in one transaction.
 
     The table is ``table`` or the file's stem; the format ``fmt`` or the
     extension. Raise InputError (nothing written) on the first bad row.
     ``changed_at`` (naive, agency time) stamps job status history rows;
-    default: now.
+    default: now. ``replace``: the file is the whole table (rows not in it are
+    deleted); ``dry_run``: count, then change nothing.
     """
-    t, form = resolve_import(path, table, fmt)
-    src = str(path)
-    p = Path(path)
-    if form == "csv":
-        records, unit = _csv_records(p, src), "line"
-    elif form == "json":
-        records, unit = _json_records(p, src), "item"
-    else:
-        records, unit = _ndjson_records(p, src), "line"
-    return _import(engine, settings, t, records, src, unit, changed_at)
+    source = file_source(path, table, fmt, replace=replace)
+    (result,) = import_sources(engine, settings, [source], changed_at=changed_at, dry_run=dry_run)
+    return result
+
+
+def import_folder(
+    engine: sa.Engine,
+    settings: Settings,
+    path: str | os.PathLike[str],
+    *,
+    changed_at: dt.datetime | None = None,
+    replace: bool = False,
+    dry_run: bool = False,
+) -> list[ImportResult]:
+    """Import every file of a folder, in foreign-key order, in one transaction."""
+    sources = folder_sources(path, replace=replace)
+    return import_sources(engine, settings, sources, changed_at=changed_at, dry_run=dry_run)
 
 
 def import_rows(
@@ -1387,52 +1583,128 @@ def import_rows(
     float, bool, date, datetime, a list for list columns, None). Errors name
     ``source`` and the 1-based row number.
     """
-    return _import(
-        engine,
-        settings,
-        get_table(table),
-        _mapping_records(rows, source),
-        source,
-        "row",
-        changed_at,
+    src = ImportSource(
+        table=get_table(table),
+        records=lambda: _mapping_records(rows, source),
+        source=source,
+        unit="row",
+        origin="rows",
     )
+    (result,) = import_sources(engine, settings, [src], changed_at=changed_at)
+    return result
 
 
-def _import(
+def import_sources(
     engine: sa.Engine,
     settings: Settings,
-    table: sa.Table,
-    records: Iterator[_Record],
-    src: str,
-    unit: str,
-    changed_at: dt.datetime | None,
-) -> ImportResult:
+    sources: Sequence[ImportSource],
+    *,
+    changed_at: dt.datetime | None = None,
+    dry_run: bool = False,
+) -> list[ImportResult]:
+    """Import several tables in one transaction, in the order given (parents first).
+
+    Tables whose source has ``replace`` then lose the rows their source did not
+    give, children before parents; a row still referred to by a row that stays
+    stops the whole import. With ``dry_run`` everything is done and counted,
+    then rolled back. Raise InputError (nothing changed) on the first bad row.
+    """
+    names = [s.table.name for s in sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise InputError(f"the table {name} is given twice; give each table once.")
     with engine.connect() as conn:
         restore = _sqlite_import_mode(conn) if conn.dialect.name == "sqlite" else None
         try:
-            with conn.begin():
-                imp = _Importer(conn, settings, table, src, unit, changed_at)
-                before = imp.count()
-                imp.run(records)
-                new = imp.count() - before
+            with conn.begin() as tx:
+                results = _run_sources(conn, settings, sources, changed_at, dry_run)
+                if dry_run:
+                    tx.rollback()
         except (sa.exc.IntegrityError, sa.exc.DataError) as e:
             # The checks above name the row at fault; this is the database's last word
             # (a row deleted by someone else meanwhile, a constraint added by hand).
+            where = sources[0].source if len(sources) == 1 else "the import"
             raise InputError(
-                f"{src}: the database refused the import ({_first_line(e.orig)}); "
+                f"{where}: the database refused the import ({_first_line(e.orig)}); "
                 "nothing was imported."
             ) from None
         finally:
             if restore is not None:
                 restore()
-    return ImportResult(
-        table=table.name,
-        source=src,
-        rows=imp.rows,
-        new=new,
-        updated=imp.rows - new,
-        status_changes=imp.status_changes,
+    return results
+
+
+def _run_sources(
+    conn: sa.Connection,
+    settings: Settings,
+    sources: Sequence[ImportSource],
+    changed_at: dt.datetime | None,
+    dry_run: bool,
+) -> list[ImportResult]:
+    seen: dict[str, str] = {}
+    for src in sources:
+        if src.replace:
+            seen[src.table.name] = _seen_table(conn, src.table)
+    done: list[tuple[ImportSource, _Importer, int]] = []
+    for src in sources:
+        imp = _Importer(conn, settings, src.table, src.source, src.unit, changed_at)
+        imp.seen = seen
+        before = imp.count()
+        imp.run(src.records())
+        done.append((src, imp, imp.count() - before))
+    deleted: dict[str, int] = {}
+    for src, imp, _new in reversed(done):
+        if src.replace:
+            deleted[src.table.name] = imp.delete_missing(src.gone)
+    for name in seen.values():
+        conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}")
+    return [
+        ImportResult(
+            table=src.table.name,
+            source=src.source,
+            rows=imp.rows,
+            new=new,
+            updated=imp.changed - new,
+            unchanged=imp.rows - imp.changed,
+            deleted=deleted.get(src.table.name, 0),
+            status_changes=imp.status_changes,
+            replace=src.replace,
+            dry_run=dry_run,
+            origin=src.origin,
+        )
+        for src, imp, new in done
+    ]
+
+
+def _seen_table(conn: sa.Connection, table: sa.Table) -> str:
+    """A temporary table for the keys a --replace import gives ``table``."""
+    q = conn.dialect.identifier_preparer.quote
+    name = f"cpmail_seen_{table.name}"
+    keys = ", ".join(q(k) for k in key_columns(table))
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE {q(name)} AS SELECT {keys} FROM {q(table.name)} WHERE 1 = 0"
     )
+    conn.exec_driver_sql(f"CREATE INDEX {q(name + '_key')} ON {q(name)} ({keys})")
+    return name
+
+
+# Rows that go with the row they refer to when --replace deletes it (job status history).
+CASCADE = frozenset({("job_status_history", "job_id")})
+
+
+def _referrers(target: str) -> list[tuple[sa.Table, str, str, str | None, str | None]]:
+    """What refers to rows of ``target``: (table, column, target column, kind column, kind)."""
+    out: list[tuple[sa.Table, str, str, str | None, str | None]] = []
+    for t in schema.AGENCY_TABLES:
+        for spec in columns_of(t):
+            refs = spec.references
+            if refs is not None and refs[0] == target and (t.name, spec.name) not in CASCADE:
+                out.append((t, spec.name, refs[1], None, None))
+    for (pt, pc), (by, targets) in POLYMORPHIC.items():
+        for kind, (tt, tc) in targets.items():
+            if tt == target:
+                out.append((get_table(pt), pc, tc, by, kind))
+    return out
 
 
 def _first_line(e: BaseException | None) -> str:

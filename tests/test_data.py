@@ -508,6 +508,8 @@ def test_import_every_table_and_read_it_back(
             "rows": 2,
             "new": 2,
             "updated": 0,
+            "unchanged": 0,
+            "deleted": 0,
             "status_changes": 0,
         }
     engine = engine_of(home)
@@ -547,7 +549,10 @@ def test_second_import_updates_without_duplicates(
     assert r.stdout.strip() == "clients: 2 rows (1 new, 1 updated)"
     r = initialised("data", "import", str(path), "--json")
     assert json.loads(r.stdout)["new"] == 0
-    assert json.loads(r.stdout)["updated"] == 2
+    assert json.loads(r.stdout)["updated"] == 0
+    assert json.loads(r.stdout)["unchanged"] == 2
+    r = initialised("data", "import", str(path))
+    assert r.stdout.strip() == "clients: 2 rows (0 new, 0 updated, 2 unchanged)"
     assert table_rows(engine_of(home), "clients") == [
         {"id": "C1", "name": "Acme Corp", "billing_email": "billing@acme.test"},
         {"id": "C2", "name": 'Béta "Quoted" Ltd', "billing_email": None},
@@ -592,6 +597,8 @@ def test_the_same_key_twice_in_a_file_keeps_the_last(
         "rows": 2,
         "new": 1,
         "updated": 1,
+        "unchanged": 0,
+        "deleted": 0,
         "status_changes": 0,
     }
     assert table_rows(engine_of(home), "clients") == [
@@ -619,7 +626,7 @@ def test_link_tables_upsert_by_their_key_columns(
     path = tmp_path / "time_off.csv"
     path.write_text("staff_id,date\nJD,2026-12-24\nJD,2026-12-28\n", encoding="utf-8")
     r = initialised("data", "import", str(path))
-    assert r.stdout.strip() == "time_off: 2 rows (1 new, 1 updated)"
+    assert r.stdout.strip() == "time_off: 2 rows (1 new, 0 updated, 1 unchanged)"
     assert [(r["staff_id"], r["date"]) for r in table_rows(engine_of(home), "time_off")] == [
         ("BOSS", d(2026, 12, 31)),
         ("JD", d(2026, 12, 24)),

@@ -69,7 +69,9 @@ def test_upsert_and_status_history_on_postgres(
         "file": "",
         "rows": 3,
         "new": 0,
-        "updated": 3,
+        "updated": 2,
+        "unchanged": 1,
+        "deleted": 0,
         "status_changes": 2,
     }
     history = table_rows(pg_engine, "job_status_history")
@@ -86,7 +88,7 @@ def test_upsert_and_status_history_on_postgres(
     assert pg("data", "import", str(staff)).exit_code == 0
     path.write_text("staff_id,date\nJD,2026-12-24\nJD,2026-12-24\nBOSS,2026-12-24\n")
     r = pg("data", "import", str(path))
-    assert r.stdout.strip() == "time_off: 3 rows (2 new, 1 updated)"
+    assert r.stdout.strip() == "time_off: 3 rows (2 new, 0 updated, 1 unchanged)"
 
 
 def test_bad_rows_write_nothing_on_postgres(pg: Cli, pg_engine: sa.Engine, tmp_path: Path) -> None:

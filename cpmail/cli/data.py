@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from cpmail.cli.common import ctx_of, emit_json, print_table
+from cpmail.cli.common import Ctx, ctx_of, emit_json, print_table
+
+if TYPE_CHECKING:
+    from cpmail.dataio import ImportResult
 
 app = typer.Typer(help="Import and export the agency's data.", no_args_is_help=True)
 
@@ -14,25 +19,55 @@ app = typer.Typer(help="Import and export the agency's data.", no_args_is_help=T
 @app.command("import")
 def import_(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., metavar="FILE", help="A .csv, .json or .ndjson file."),
+    path: Path = typer.Argument(
+        ...,
+        metavar="PATH",
+        help="A .csv, .json or .ndjson file, or a folder of them named after their tables.",
+    ),
     table: str | None = typer.Option(
         None, "--table", help="Table to import into (default: the file's name, jobs.csv → jobs)."
     ),
     fmt: str | None = typer.Option(
         None, "--format", help="csv, json or ndjson (default: from the extension)."
     ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Each file is the whole table: rows not in it are deleted."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Count what would be new, updated, deleted; change nothing."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
-    """Upsert the rows of one file into one table; a bad row changes nothing."""
+    """Upsert the rows of a file, or of every file in a folder; a bad row changes nothing."""
     from cpmail import dataio
+    from cpmail.errors import InputError
 
     c = ctx_of(ctx)
-    t, form = dataio.resolve_import(file, table, fmt)
-    result = dataio.import_file(c.engine(), c.settings, file, t.name, form)
-    if as_json:
-        emit_json(result.as_dict())
+    if path.is_dir():
+        if table or fmt:
+            raise InputError(
+                f"{path} is a folder: its files are imported into the tables they are named "
+                "after; --table and --format are for one file."
+            )
+        sources = dataio.folder_sources(path, replace=replace)
     else:
-        c.say(result.summary())
+        sources = [dataio.file_source(path, table, fmt, replace=replace)]
+    results = dataio.import_sources(c.engine(), c.settings, sources, dry_run=dry_run)
+    if as_json:
+        if path.is_dir():
+            emit_json([r.as_dict() for r in results])
+        else:
+            emit_json(results[0].as_dict())
+        return
+    report(c, results, dry_run=dry_run)
+
+
+def report(c: Ctx, results: Sequence[ImportResult], *, dry_run: bool) -> None:
+    """One line per table; a dry run says that nothing was changed."""
+    for r in results:
+        c.say(r.summary())
+    if dry_run:
+        c.note("Dry run: nothing was changed.")
 
 
 @app.command("export")
