@@ -1,8 +1,20 @@
-"""Addresses and header text from agency data: parse strictly, never let data add a header."""
+"""Addresses and header text from agency data: parse strictly, never let data add a header.
+
+An address is accepted only when it is one mailbox written the plain way a
+person types it: ``local@domain``, international addresses included
+(``üser@agency.test``, ``user@bücher.example``, ``user@xn--bcher-kva.example``).
+Everything else is refused with the place it came from: a list
+(``a@b,c@d``), a quoted local part (``"a@b"@x``), a name with angle brackets
+(``Name <a@b>``), spaces, comments, a bracketed IP address, a local part over
+64 characters or an address over 254, and text that a mail program would read
+as an RFC 2047 encoded-word (``=?utf-8?q?a=40b?=@agency.test``), which could
+name a different mailbox than the one stored.
+"""
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from cpmail.errors import InputError
 
@@ -10,6 +22,7 @@ from cpmail.errors import InputError
 # (\v \f \x1c-\x1e \x85 \u2028 \u2029) and the remaining C0 controls.
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _ALLOWED_SPECIAL = ("local", "localhost", "test")
+_SPACE = re.compile(r"\s")
 
 
 def clean_header_text(text: str) -> str:
@@ -18,7 +31,53 @@ def clean_header_text(text: str) -> str:
 
 
 def check_address(address: str, *, where: str = "") -> str:
-    """Return ``address`` normalised, or raise InputError naming it (and ``where``)."""
+    """Return ``address`` normalised, or raise InputError naming it (and ``where``).
+
+    The normal form keeps the local part as typed (Unicode NFC) and the domain
+    in lower case, in the form it was given: a punycode domain stays ASCII,
+    a Unicode domain stays Unicode.
+    """
+    problem, normal = _examine(address)
+    if problem is not None:
+        label = f"{where}: " if where else ""
+        raise InputError(f"{label}{address!r} {problem}")
+    return normal
+
+
+def valid_address(address: str) -> bool:
+    """True when ``check_address`` accepts ``address`` (cached: cheap to ask per message)."""
+    return _examine(address)[0] is None
+
+
+def looks_like_address(text: str) -> bool:
+    """True when ``text`` is meant as an address (has an @), not a staff ID."""
+    return "@" in text
+
+
+@lru_cache(maxsize=8192)
+def _examine(address: str) -> tuple[str | None, str]:
+    """(what is wrong or None, the normal form)."""
+    text = address.strip()
+    if not text:
+        return "is empty; give one e-mail address such as jd@agency.test.", ""
+    if _UNSAFE.search(text):
+        return "holds a line break or a control character; give one e-mail address.", ""
+    if "<" in text or ">" in text:
+        return "is not one plain address: give it without a name or <…>, e.g. jd@agency.test.", ""
+    if '"' in text:
+        return "has a quoted part; cpmail accepts only addresses written without quotes.", ""
+    if "," in text or ";" in text or text.count("@") > 1:
+        return "is not one e-mail address: give one address, not a list.", ""
+    if _SPACE.search(text):
+        return "contains a space; an e-mail address has none.", ""
+    if "=?" in text:
+        return (
+            "looks like an encoded word (=?…?=), not an address as a person types it; "
+            "give the address itself.",
+            "",
+        )
+    if "@" not in text:
+        return "is not an e-mail address (it has no @).", ""
     import email_validator
     from email_validator import EmailNotValidError, validate_email
 
@@ -27,18 +86,26 @@ def check_address(address: str, *, where: str = "") -> str:
     for name in _ALLOWED_SPECIAL:
         if name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
             email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(name)
-    label = f"{where}: " if where else ""
-    if _UNSAFE.search(address) or "," in address or "<" in address or ">" in address:
-        raise InputError(f"{label}{address!r} is not one e-mail address.")
     try:
         info = validate_email(
-            address.strip(), check_deliverability=False, globally_deliverable=False
+            text,
+            allow_smtputf8=True,
+            allow_empty_local=False,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            allow_display_name=False,
+            strict=True,
+            check_deliverability=False,
+            globally_deliverable=False,
         )
     except EmailNotValidError as e:
-        raise InputError(f"{label}{address!r} is not a valid e-mail address: {e}") from None
-    return str(info.normalized)
-
-
-def looks_like_address(text: str) -> bool:
-    """True when ``text`` is meant as an address (has an @), not a staff ID."""
-    return "@" in text
+        return f"is not a valid e-mail address: {e}", ""
+    if info.ascii_domain.rpartition(".")[2].isdigit():
+        return (
+            "is not a valid e-mail address: the part after the @-sign is a number, "
+            "not a domain name.",
+            "",
+        )
+    typed_domain = text.rpartition("@")[2]
+    domain = info.ascii_domain if typed_domain.isascii() else info.domain
+    return None, f"{info.local_part}@{domain}"

@@ -1,35 +1,56 @@
 """Build e-mail messages: text + HTML alternatives, attachments, and the headers of SPEC §7.
 
-Header values are built with the standard library's ``email`` package (policy
-SMTP). Text from agency data that goes into a header has CR, LF and NUL
-replaced by spaces; addresses are parsed strictly, so nothing from data can
-add a header or a recipient.
+Nothing from data can add a header or a recipient, on any Python version:
+
+- cpmail writes every header of its own (From, To, Reply-To, Subject, Date,
+  Message-ID, References, In-Reply-To, X-Cpmail-Event, …) and each
+  attachment's Content-Disposition itself; the ``email`` package never
+  parses a value that came from data, so it cannot decode data as an RFC 2047
+  encoded-word (some patch releases decode ``=?utf-8?q?=0D=0ABcc:…?=`` into a
+  line break and write it out raw).
+- Text (a subject, a display name) has CR, LF, NUL and other line breaks
+  replaced by spaces. A word that is not plain printable ASCII, or that holds
+  ``=?``, is written as encoded-words of the literal text, so a mail program
+  shows exactly what was typed; an attachment's file name is then written as
+  an RFC 2231 parameter (``filename*=utf-8''…``).
+- Addresses are checked (``cpmail.addresses.check_address``) and written as
+  stored, in UTF-8 when they are international (RFC 6532): never an
+  encoded-word inside an address. The message then needs SMTPUTF8, which the
+  envelope's international address asks for.
+- Header lines fold at 76 characters (a very long address is the exception,
+  still far below RFC 5322's 998); base64 and quoted-printable body lines are
+  at most 76 characters (RFC 2045), attachments included.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import datetime as dt
 import hashlib
 import random
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from cpmail.addresses import check_address, clean_header_text
 from cpmail.errors import InputError
 
-# CRLF line endings. Headers fold only past RFC 5322's hard limit of 998: folding
-# at 78 makes the stdlib break a long subject straight after "Subject:".
-_MAX_LINE = 998
-POLICY = policy.SMTP.clone(max_line_length=_MAX_LINE)
+# RFC 2045's limit for base64 and quoted-printable lines; header lines fold
+# within it too (RFC 2047 asks that for lines holding encoded-words).
+_LINE = 76
+POLICY = policy.SMTP.clone(max_line_length=_LINE)
+# For a message with an international address in its headers (RFC 6532).
+POLICY_UTF8 = POLICY.clone(utf8=True)
+_CRLF = b"\r\n"
 
 
 @dataclass(frozen=True)
@@ -39,25 +60,14 @@ class Mailbox:
     address: str
     name: str = ""
 
-    def header(self) -> Address:
-        addr = _checked(self.address)
-        local, _, domain = addr.rpartition("@")
-        try:
-            return Address(
-                display_name=clean_header_text(self.name).strip(), username=local, domain=domain
-            )
-        except (ValueError, IndexError) as e:
-            raise InputError(f"{self.address!r} cannot be used as an address: {e}.") from None
-
-
-@lru_cache(maxsize=4096)
-def _checked(address: str) -> str:
-    # The same few senders appear on every message of a run: validate each once.
-    return check_address(address)
-
 
 @dataclass(frozen=True)
 class Attachment:
+    """A file attached to a message.
+
+    ``mime_type`` may carry parameters: ``text/calendar; method=REQUEST``.
+    """
+
     filename: str
     content: bytes
     mime_type: str = "application/octet-stream"
@@ -76,7 +86,282 @@ def thread_id_for(thread: str, domain: str) -> str:
 
 
 def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower() or "cpmail.invalid"
+    """The sender's domain for Message-IDs, in ASCII (punycode for an international one)."""
+    domain = address.strip().rpartition("@")[2].lower()
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            domain = ""
+    return domain or "cpmail.invalid"
+
+
+# ---------------------------------------------------------------- header values
+#
+# A header is a list of tokens joined by single spaces; folding puts a line
+# break before any of those spaces, so unfolding gives the same text back.
+
+# An encoded-word at most this long keeps "X-Cpmail-Event: " + one word within 76.
+_EW_MAX = 60
+_EW_ROOM = _EW_MAX - len("=?utf-8?q??=")
+_B64_BYTES = _EW_ROOM // 4 * 3
+_SPACES = ("_", b" ")  # a space, Q-encoded or as a byte
+_P = TypeVar("_P", str, bytes)
+# RFC 2047 5(3): in a phrase, Q-encoded text may keep only these characters.
+_Q_LITERAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+# A word of unstructured text written as it is: printable ASCII, short.
+_PLAIN_WORD = re.compile(r"[!-~]{1,60}\Z")
+# An atom of a display name (RFC 5322 atext).
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,60}\Z")
+# A display name written as one quoted-string: printable ASCII, single spaces.
+_QUOTABLE = re.compile(r"[!-~]+(?: [!-~]+)*\Z")
+
+
+def _q_char(ch: str) -> str:
+    if ch == " ":
+        return "_"
+    if ch in _Q_LITERAL:
+        return ch
+    return "".join(f"={b:02X}" for b in ch.encode("utf-8"))
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as RFC 2047 encoded-words (UTF-8), none splitting a character.
+
+    Where the text must go in several words, each break comes after a space
+    (kept at the end of the word before it) when one is near: a reader that
+    wrongly shows the blank between two encoded-words then shows only an
+    extra space, never one inside a word.
+    """
+    data = text.encode("utf-8")
+    q = [_q_char(ch) for ch in text]
+    if sum(map(len, q)) <= 4 * -(-len(data) // 3):
+        return [f"=?utf-8?q?{''.join(w)}?=" for w in _split(q, len, _EW_ROOM)]
+    pieces = [ch.encode("utf-8") for ch in text]
+    return [
+        f"=?utf-8?b?{base64.b64encode(b''.join(w)).decode('ascii')}?="
+        for w in _split(pieces, len, _B64_BYTES)
+    ]
+
+
+def _split(pieces: list[_P], size: Callable[[_P], int], room: int) -> list[list[_P]]:
+    """Cut ``pieces`` into runs of at most ``room``, preferably just after a space."""
+    runs: list[list[_P]] = []
+    run: list[_P] = []
+    used = 0
+    for piece in pieces:
+        n = size(piece)
+        if run and used + n > room:
+            cut = max((i + 1 for i, p in enumerate(run) if p in _SPACES), default=len(run))
+            if sum(map(size, run[cut:])) + n > room:  # one word longer than a whole run
+                cut = len(run)
+            runs.append(run[:cut])
+            run = run[cut:]
+            used = sum(map(size, run))
+        run.append(piece)
+        used += n
+    runs.append(run)
+    return runs
+
+
+def _text_tokens(text: str, plain: re.Pattern[str] = _PLAIN_WORD) -> list[str]:
+    """Text as tokens that read back as exactly ``text``.
+
+    Words that match ``plain`` (and hold no ``=?``) stay as they are; every
+    run of other words (non-ASCII, holding ``=?``, long, or next to extra
+    spaces) becomes encoded-words of its literal text, spaces included.
+    """
+    if not text:
+        return []
+    pieces = text.split(" ")
+    encode = [plain.match(p) is None or "=?" in p for p in pieces]
+    for i, p in enumerate(pieces):
+        if not p:  # a space next to another space, or at an end: keep it inside a word
+            encode[i + 1 if i + 1 < len(pieces) else max(i - 1, 0)] = True
+    tokens: list[str] = []
+    i = 0
+    while i < len(pieces):
+        if not encode[i]:
+            tokens.append(pieces[i])
+            i += 1
+            continue
+        j = i
+        while j < len(pieces) and encode[j]:
+            j += 1
+        tokens.extend(_encoded_words(" ".join(pieces[i:j])))
+        i = j
+    return tokens
+
+
+def _phrase_tokens(name: str) -> list[str]:
+    """A display name: atoms, one quoted-string, or atoms and encoded-words of the rest."""
+    if "=?" not in name and len(name) <= _EW_MAX - 2 and _QUOTABLE.match(name):
+        if all(_ATOM.match(p) for p in name.split(" ")):
+            return name.split(" ")
+        return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    return _text_tokens(name, _ATOM)
+
+
+def _fold(name: str, tokens: Sequence[str]) -> str:
+    """``Name: tok tok …`` with CRLF, folded before a token that would pass 76 characters."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for n, tok in enumerate(tokens):
+        if n and len(line) + 1 + len(tok) > _LINE:
+            lines.append(line)
+            line = " " + tok
+        else:
+            line += " " + tok
+    lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+class _Written(str):
+    """A header value cpmail wrote itself.
+
+    Stored in an EmailMessage, it is written out exactly as folded here (the
+    email package folds an object with a ``name`` by calling its ``fold``);
+    ``str()`` is the value a reader sees, ``addresses`` the mailboxes of an
+    address header.
+    """
+
+    name: str
+    folded: str
+    addresses: tuple[Address, ...]
+    defects: tuple[()] = ()
+
+    def __new__(
+        cls, name: str, value: str, folded: str, addresses: tuple[Address, ...] = ()
+    ) -> _Written:
+        self = super().__new__(cls, value)
+        self.name = name
+        self.folded = folded
+        self.addresses = addresses
+        return self
+
+    def fold(self, *, policy: Policy) -> str:
+        return self.folded.replace("\r\n", policy.linesep)
+
+
+def _text_header(name: str, text: str) -> _Written:
+    return _Written(name, text, _fold(name, _text_tokens(text)))
+
+
+def _plain_header(name: str, value: str) -> _Written:
+    return _Written(name, value, _fold(name, value.split(" ")))
+
+
+@lru_cache(maxsize=4096)
+def _mailbox(address: str, name: str) -> tuple[tuple[str, ...], Address]:
+    """The tokens of one mailbox (``phrase <addr>`` or ``addr``) and its Address."""
+    addr = address.strip()
+    check_address(addr)
+    local, _, domain = addr.rpartition("@")
+    display = clean_header_text(name).strip()
+    try:
+        parsed = Address(display_name=display, username=local, domain=domain)
+    except (ValueError, IndexError) as e:
+        raise InputError(f"{address!r} cannot be used as an address: {e}.") from None
+    if not display:
+        return (addr,), parsed
+    return (*_phrase_tokens(display), f"<{addr}>"), parsed
+
+
+def _address_header(name: str, boxes: Sequence[Mailbox]) -> _Written:
+    tokens: list[str] = []
+    addresses: list[Address] = []
+    for i, box in enumerate(boxes):
+        toks, parsed = _mailbox(box.address, box.name)
+        if i:
+            tokens[-1] += ","
+        tokens.extend(toks)
+        addresses.append(parsed)
+    value = ", ".join(str(a) for a in addresses)
+    return _Written(name, value, _fold(name, tokens), tuple(addresses))
+
+
+def _headers(
+    *,
+    sender: Mailbox,
+    to: Sequence[Mailbox],
+    subject: str,
+    event: str,
+    key: str,
+    thread: str | None,
+    date: dt.datetime | None,
+    auto_generated: bool,
+    reply_to: Mailbox | None,
+) -> list[_Written]:
+    """The message's own headers, in order, each written and folded by cpmail."""
+    if not to:
+        raise InputError("a message needs at least one recipient.")
+    domain = _domain(sender.address)
+    head = [_address_header("From", [sender]), _address_header("To", _dedupe(to))]
+    if reply_to is not None:
+        head.append(_address_header("Reply-To", [reply_to]))
+    head.append(_text_header("Subject", clean_header_text(subject).strip()))
+    head.append(_plain_header("Date", format_datetime(date or dt.datetime.now().astimezone())))
+    head.append(_plain_header("Message-ID", message_id_for(key, domain)))
+    if thread:
+        root = thread_id_for(thread, domain)
+        head.append(_plain_header("References", root))
+        head.append(_plain_header("In-Reply-To", root))
+    if auto_generated:
+        head.append(_plain_header("Auto-Submitted", "auto-generated"))
+        head.append(_plain_header("X-Auto-Response-Suppress", "All"))
+    head.append(_text_header("X-Cpmail-Event", clean_header_text(event).strip()))
+    return head
+
+
+def _needs_utf8(head: Sequence[_Written]) -> bool:
+    return not all(h.folded.isascii() for h in head)
+
+
+# RFC 2231 attr-char: what a parameter value may hold without percent-encoding.
+_ATTR_CHAR = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~"
+)
+# A file name written as a quoted-string: printable ASCII, single spaces, no quote or backslash.
+_PLAIN_FILENAME = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*\Z")
+
+
+def _disposition(filename: str) -> _Written:
+    """``Content-Disposition: attachment; filename=…``, the name exactly as given."""
+    name = clean_header_text(filename).strip()
+    tokens = ["attachment"]
+    if name and "=?" not in name and len(name) <= 50 and _PLAIN_FILENAME.match(name):
+        tokens = ["attachment;", f'filename="{name}"']
+    elif name:
+        escaped = [chr(b) if b in _ATTR_CHAR else f"%{b:02X}" for b in name.encode("utf-8")]
+        chunks, cur = [], ""
+        for piece in escaped:
+            if cur and len(cur) + len(piece) > 50:
+                chunks.append(cur)
+                cur = ""
+            cur += piece
+        chunks.append(cur)
+        if len(chunks) == 1:
+            tokens = ["attachment;", f"filename*=utf-8''{chunks[0]}"]
+        else:
+            tokens = ["attachment;"]
+            for i, chunk in enumerate(chunks):
+                prefix = "utf-8''" if i == 0 else ""
+                end = ";" if i < len(chunks) - 1 else ""
+                tokens.append(f"filename*{i}*={prefix}{chunk}{end}")
+    folded = _fold("Content-Disposition", tokens)
+    return _Written("Content-Disposition", " ".join(tokens), folded)
+
+
+def _mime_type(text: str) -> tuple[str, str, dict[str, str]]:
+    """``type/subtype; key=value …`` -> (type, subtype, parameters)."""
+    kind, *rest = (p.strip() for p in text.split(";"))
+    maintype, _, subtype = kind.partition("/")
+    params = {}
+    for p in rest:
+        k, _, v = p.partition("=")
+        if k.strip():
+            params[k.strip()] = v.strip().strip('"')
+    return maintype or "application", subtype or "octet-stream", params
 
 
 def build_message(
@@ -102,36 +387,36 @@ def build_message(
     Auto-Submitted and X-Auto-Response-Suppress (notifications, not reports a
     person sends).
     """
-    if not to:
-        raise InputError("a message needs at least one recipient.")
-    msg = EmailMessage(policy=POLICY)
-    msg["From"] = sender.header()
-    msg["To"] = [m.header() for m in _dedupe(to)]
-    if reply_to is not None:
-        msg["Reply-To"] = reply_to.header()
-    msg["Subject"] = clean_header_text(subject).strip()
-    msg["Date"] = format_datetime(date or dt.datetime.now().astimezone())
-    domain = _domain(sender.address)
-    msg["Message-ID"] = message_id_for(key, domain)
-    if thread:
-        root = thread_id_for(thread, domain)
-        msg["References"] = root
-        msg["In-Reply-To"] = root
-    if auto_generated:
-        msg["Auto-Submitted"] = "auto-generated"
-        msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Cpmail-Event"] = clean_header_text(event)
+    head = _headers(
+        sender=sender,
+        to=to,
+        subject=subject,
+        event=event,
+        key=key,
+        thread=thread,
+        date=date,
+        auto_generated=auto_generated,
+        reply_to=reply_to,
+    )
+    msg = EmailMessage(policy=POLICY_UTF8 if _needs_utf8(head) else POLICY)
+    for h in head:
+        msg[h.name] = h
     msg.set_content(text if text.endswith("\n") else text + "\n", cte="quoted-printable")
     if html is not None:
         msg.add_alternative(html, subtype="html", cte="quoted-printable")
     for att in attachments:
-        maintype, _, subtype = att.mime_type.partition("/")
+        maintype, subtype, params = _mime_type(att.mime_type)
         msg.add_attachment(
             att.content,
             maintype=maintype,
-            subtype=subtype or "octet-stream",
-            filename=clean_header_text(att.filename),
+            subtype=subtype,
+            disposition="attachment",
+            params=params or None,
         )
+        parts = msg.get_payload()
+        assert isinstance(parts, list) and isinstance(parts[-1], EmailMessage)
+        part = parts[-1]
+        part.replace_header("Content-Disposition", _disposition(att.filename))
     return msg
 
 
@@ -147,8 +432,8 @@ def _dedupe(boxes: Sequence[Mailbox]) -> list[Mailbox]:
 
 
 def to_bytes(msg: EmailMessage) -> bytes:
-    """The message as sent on the wire (CRLF)."""
-    return msg.as_bytes(policy=POLICY)
+    """The message as sent on the wire (CRLF; UTF-8 headers when an address needs them)."""
+    return msg.as_bytes(policy=POLICY_UTF8 if getattr(msg.policy, "utf8", False) else POLICY)
 
 
 # ---------------------------------------------------------------- the bulk path
@@ -160,49 +445,6 @@ class Composed(NamedTuple):
     raw: bytes
     subject: str
     message_id: str
-
-
-# A header value that the email package would write back unchanged: printable
-# ASCII, no encoded-word marker, no runs or edges of white space. Anything else
-# (non-ASCII names, long subjects) is built and folded by the email package.
-_PLAIN_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*\Z")
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\Z")
-_CRLF = b"\r\n"
-
-
-def _header(name: str, value: object) -> bytes:
-    """One header line (folded if need be) exactly as the email package writes it."""
-    if isinstance(value, str) and _plain(name, value):
-        return f"{name}: {value}\r\n".encode("ascii")
-    return POLICY.fold_binary(name, POLICY.header_factory(name, value))
-
-
-def _plain(name: str, value: str) -> bool:
-    return (
-        _PLAIN_VALUE.match(value) is not None
-        and "=?" not in value
-        and len(name) + len(value) + 2 <= _MAX_LINE
-    )
-
-
-def _address_header(name: str, boxes: Sequence[Mailbox]) -> bytes:
-    heads = [b.header() for b in boxes]
-    if all(_plain_address(a) for a in heads):
-        value = ", ".join(str(a) for a in heads)
-        if len(name) + len(value) + 2 <= _MAX_LINE:
-            return f"{name}: {value}\r\n".encode("ascii")
-    return POLICY.fold_binary(name, POLICY.header_factory(name, heads))
-
-
-def _plain_address(a: Address) -> bool:
-    return (not a.display_name or _PLAIN_NAME.match(a.display_name) is not None) and (
-        _PLAIN_ADDRESS.match(a.addr_spec) is not None
-        and ".." not in a.username
-        and not a.username.startswith(".")
-        and not a.username.endswith(".")
-        and "=?" not in a.display_name
-    )
 
 
 def _qp(text: str) -> bytes:
@@ -247,10 +489,10 @@ def compose(
 
     For ``cpmail check``, which writes thousands of messages a run: building and
     flattening an EmailMessage costs 2-3 ms, nearly all of it parsing every
-    header into a tree and folding it again. Here the headers, MIME structure
-    and quoted-printable bodies are written directly; a header value that is
-    not plain ASCII (or is long) is still built and folded by the email
-    package, and a message with attachments is built by ``build_message``.
+    header into a tree and folding it again. Here the same headers as
+    ``build_message`` writes, the MIME structure and the quoted-printable
+    bodies are joined directly; a message with attachments is built by
+    ``build_message``.
     """
     if attachments:
         msg = build_message(
@@ -268,38 +510,32 @@ def compose(
             reply_to=reply_to,
         )
         return Composed(to_bytes(msg), str(msg["Subject"]), str(msg["Message-ID"]))
-    if not to:
-        raise InputError("a message needs at least one recipient.")
-    subject = clean_header_text(subject).strip()
-    domain = _domain(sender.address)
-    message_id = message_id_for(key, domain)
-    head = [_address_header("From", [sender]), _address_header("To", _dedupe(to))]
-    if reply_to is not None:
-        head.append(_address_header("Reply-To", [reply_to]))
-    if _plain("Subject", subject):
-        head.append(f"Subject: {subject}\r\n".encode("ascii"))
-    else:
-        folded = POLICY.header_factory("Subject", subject)
-        subject = str(folded)
-        head.append(POLICY.fold_binary("Subject", folded))
-    head.append(_header("Date", format_datetime(date or dt.datetime.now().astimezone())))
-    head.append(_header("Message-ID", message_id))
-    if thread:
-        root = thread_id_for(thread, domain)
-        head.append(_header("References", root))
-        head.append(_header("In-Reply-To", root))
-    if auto_generated:
-        head.append(b"Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n")
-    head.append(_header("X-Cpmail-Event", clean_header_text(event)))
+    written = _headers(
+        sender=sender,
+        to=to,
+        subject=subject,
+        event=event,
+        key=key,
+        thread=thread,
+        date=date,
+        auto_generated=auto_generated,
+        reply_to=reply_to,
+    )
+    charset = "utf-8" if _needs_utf8(written) else "ascii"
+    head = [h.folded.encode(charset) for h in written]
+    subject_text = next(str(h) for h in written if h.name == "Subject")
+    message_id = next(str(h) for h in written if h.name == "Message-ID")
     if html is None:
         body = _text_part("plain", text, mime_version=True)
-        return Composed(b"".join(head + body), subject, message_id)
+        return Composed(b"".join(head + body), subject_text, message_id)
     plain = b"".join(_text_part("plain", text, mime_version=False))
     rich = b"".join(_text_part("html", html, mime_version=True))
     boundary = _boundary((plain, rich))
     delimiter = f"--{boundary}\r\n".encode("ascii")
     head.append(b"MIME-Version: 1.0\r\n")
-    head.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode("ascii"))
+    head.append(
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode("ascii")
+    )
     parts = [_CRLF, delimiter, plain, _CRLF, delimiter, rich, _CRLF]
     parts.append(f"--{boundary}--\r\n".encode("ascii"))
-    return Composed(b"".join(head + parts), subject, message_id)
+    return Composed(b"".join(head + parts), subject_text, message_id)

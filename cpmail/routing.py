@@ -5,8 +5,10 @@ Rules (SPEC §5): ``staff``, ``supervisor``, ``assignee``, ``entered-by``,
 ``team:ROLE``, ``staff:ID``, ``email:ADDRESS``, and ``listed`` (the entry's
 own notify/attendees cell, whose items are staff IDs, staff names or rules).
 
-A recipient with no address, inactive, or who opted out of the event is
-skipped and counted, never an error. Addresses are deduplicated.
+A recipient with no address, inactive, who opted out of the event, or whose
+stored address is not one valid address (``bad address (JD)``, naming the
+staff ID) is skipped and counted, never an error: everyone else still gets
+their mail. Addresses are deduplicated.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cpmail.addresses import valid_address
 from cpmail.settings import PERSON_RULES, Settings, is_rule
 from cpmail.store.schema import client_team, staff, staff_opt_out
 from cpmail.triggers import DEFAULT_RULES, Notification, split_cell
@@ -24,6 +27,12 @@ from cpmail.triggers import DEFAULT_RULES, Notification, split_cell
 SKIP_NO_ADDRESS = "no address"
 SKIP_INACTIVE = "inactive"
 SKIP_OPTED_OUT = "opted out"
+SKIP_BAD_ADDRESS = "bad address"
+
+
+def bad_address(who: str) -> str:
+    """The skip reason for a recipient whose stored address does not validate."""
+    return f"{SKIP_BAD_ADDRESS} ({who})"
 
 
 @dataclass(frozen=True)
@@ -77,15 +86,19 @@ class Directory:
                 skipped[SKIP_INACTIVE] += 1
             elif (sid, n.event) in self.opted_out:
                 skipped[SKIP_OPTED_OUT] += 1
-            elif not row.work_email:
+            elif not (row.work_email or "").strip():
                 skipped[SKIP_NO_ADDRESS] += 1
-            elif row.work_email.lower() not in seen:
-                seen.add(row.work_email.lower())
-                people.append(Person(row.work_email, row.name, sid))
+            elif not valid_address(row.work_email):
+                skipped[bad_address(sid)] += 1
+            elif row.work_email.strip().lower() not in seen:
+                seen.add(row.work_email.strip().lower())
+                people.append(Person(row.work_email.strip(), row.name or "", sid))
         for addr in outside:
-            if addr.lower() not in seen:
-                seen.add(addr.lower())
-                people.append(Person(addr, ""))
+            if not valid_address(addr):
+                skipped[bad_address(repr(addr.strip()[:40]))] += 1
+            elif addr.strip().lower() not in seen:
+                seen.add(addr.strip().lower())
+                people.append(Person(addr.strip(), ""))
         return Routed(people, skipped)
 
     def _expand(
