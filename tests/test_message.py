@@ -134,6 +134,14 @@ def test_redaction_rules() -> None:
     assert redact("mail.microsoft.api_base", "https://x.test/?token=abc123&v=1") == (
         f'"https://x.test/?token={MASK}&v=1"'
     )
+    for password in ("Se/cret", "Se cret", "p@ss", "a?b#c:d"):
+        assert redact("source.url", f"postgresql+psycopg://cp:{password}@db.local/cp") == (
+            f'"postgresql+psycopg://cp:{MASK}@db.local/cp"'
+        )
+    assert redact("database.url", "postgresql+psycopg://cp@db.local/cp?password=a b&x=1") == (
+        f'"postgresql+psycopg://cp@db.local/cp?password={MASK}&x=1"'
+    )
+    assert redact("alerts.urls", ["tgram://123:AAbot/456"]) == MASK
     assert redact("agency.timezone", "America/New_York") == '"America/New_York"'
     assert redact("mail.gmail.client_secrets", "") == '""'
     assert redact("check.extra_holidays", ["2026-12-24"]) == '["2026-12-24"]'

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cpmail.secrets import SecretStore
 from tests.conftest import Cli
 
@@ -271,3 +273,32 @@ def test_docs_show_what_config_smtp_writes(initialised: Cli, home: Path) -> None
     shown = tomllib.loads(block.group(1))
     assert shown["mail"]["smtp"] == written["mail"]["smtp"]
     assert shown["mail"]["transport"] == written["mail"]["transport"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://cp:Se/cret@db:5432/cp", "postgresql+psycopg://cp:••••@db:5432/cp"),
+        ("postgresql+psycopg://cp:Se cret@db/cp", "postgresql+psycopg://cp:••••@db/cp"),
+        ("postgresql+psycopg://cp:p@ss@db/cp", "postgresql+psycopg://cp:••••@db/cp"),
+        ("postgresql+psycopg://cp:p%40ss@db/cp", "postgresql+psycopg://cp:••••@db/cp"),
+        ("postgresql+psycopg://cp:a?b#c:d@db/cp", "postgresql+psycopg://cp:••••@db/cp"),
+        ("postgresql+psycopg://cp:p@ss/x@db/cp", "postgresql+psycopg://cp:••••@db/cp"),
+        (
+            "postgresql+psycopg://cp@db/cp?password=s3/c r&sslmode=require",
+            "postgresql+psycopg://cp@db/cp?password=••••&sslmode=require",
+        ),
+        (
+            "postgresql://cp@db/cp?sslmode=require&PassWord=a&b",
+            "postgresql://cp@db/cp?sslmode=require&PassWord=••••",
+        ),
+        ("sqlite:////srv/a@b/cpmail.db", "sqlite:////srv/a@b/cpmail.db"),
+        ("https://graph.microsoft.com", "https://graph.microsoft.com"),
+        ("postgresql://db/cp?application_name=a@b", "postgresql://••••@b"),
+    ],
+)
+def test_redact_url_hides_the_password_whatever_it_holds(url: str, shown: str) -> None:
+    from cpmail.settings import redact, redact_url
+
+    assert redact_url(url) == shown
+    assert redact(f"cannot open {url}") == f"cannot open {shown}"
