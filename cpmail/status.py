@@ -609,7 +609,7 @@ def _probe_smtp(settings: Settings, secrets: SecretStore, acct: Account) -> None
     group = smtp._Group(login)
 
     async def go() -> None:
-        conn = smtp._Connection(cfg, tls, group, socket.getfqdn() or "localhost")
+        conn = smtp._Connection(cfg, tls, group, smtp._local_hostname())
         await conn.open()
         try:
             if login is None and acct.address and conn.smtp is not None:

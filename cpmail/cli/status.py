@@ -113,7 +113,11 @@ def _outbox(c: Ctx, h: Health) -> str:
 def _print(c: Ctx, h: Health) -> None:
     if c.quiet:
         return
-    _line(c, "Status", f"{h.verdict.upper()} (exit {h.exit_code}) · {_when(c, h.checked_at)}")
+    # A monitor (Nagios, Icinga) shows the first line only: it says what is wrong first.
+    first = (h.problems or h.warnings or [""])[0]
+    more = len(h.problems) + len(h.warnings) - 1
+    why = f": {_short(first)}" + (f" (+{more} more)" if more > 0 else "") if first else ""
+    _line(c, "Status", f"{h.verdict.upper()} (exit {h.exit_code}){why} · {_when(c, h.checked_at)}")
     _line(c, "Transport", f"{h.transport}: {h.transport_detail}")
     if not h.accounts:
         _line(c, "Accounts", "none found (set [user] staff or mail.sender)")
@@ -136,6 +140,10 @@ def _print(c: Ctx, h: Health) -> None:
         _line(c, "Problem", p)
     for w in h.warnings:
         _line(c, "Warning", w)
+
+
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def register(app: typer.Typer) -> None:
