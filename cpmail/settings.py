@@ -326,6 +326,45 @@ for _ev in EVENTS:
     KEYS[f"events.{_ev}.enabled"] = Key(_bool, True, f"send {_ev} notifications")
     KEYS[f"events.{_ev}.notify"] = Key(_rules, [], "recipient rules; [] = the default")
 
+# `data pull`: per agency table, the query that gives its rows and whether those are the
+# whole table. The names are cpmail.store.schema.AGENCY_TABLE_NAMES (a test holds them
+# equal), listed here so that reading the settings does not load SQLAlchemy.
+SOURCE_TABLES: tuple[str, ...] = (
+    "staff",
+    "time_off",
+    "staff_opt_out",
+    "clients",
+    "vendors",
+    "client_team",
+    "job_status_codes",
+    "jobs",
+    "job_status_history",
+    "tasks",
+    "time_entries",
+    "job_costs",
+    "budget_alerts",
+    "billings",
+    "billing_lines",
+    "payments",
+    "estimates",
+    "estimate_lines",
+    "purchase_orders",
+    "po_lines",
+    "vendor_invoices",
+    "bank_accounts",
+    "diary_entries",
+    "homebase_entries",
+    "change_orders",
+    "calendar_entries",
+)
+for _t in SOURCE_TABLES:
+    KEYS[f"source.tables.{_t}.query"] = Key(
+        _str, "", f"SELECT giving the {_t} rows for `data pull`; '' = not pulled"
+    )
+    KEYS[f"source.tables.{_t}.replace"] = Key(
+        _bool, False, f"`data pull` deletes {_t} rows the query no longer gives"
+    )
+
 
 MASK = "••••"
 
