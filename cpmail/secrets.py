@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from cpmail.errors import ConfigError
-from cpmail.settings import write_atomic
+from cpmail.settings import PRIVATE_DIR, PRIVATE_FILE, private_dir, write_atomic
 
 MASK = "••••"
 KEYRING_SERVICE = "cpmail"
@@ -64,9 +64,9 @@ class SecretStore:
             raise ConfigError(f"secret name {name!r} has characters cpmail does not allow.")
 
     def ensure_dir(self) -> None:
-        """Create the folder 0700 (or tighten it)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        """Create the folder 0700 (or tighten it); a missing home is made 0700 too."""
+        private_dir(self.dir)
+        os.chmod(self.dir, PRIVATE_DIR)
 
     def _checked_path(self, name: str) -> Path:
         self._check_name(name)
@@ -119,7 +119,7 @@ class SecretStore:
             return
         self.ensure_dir()
         path = self._checked_path(name)
-        write_atomic(path, value.encode("utf-8"), mode=0o600)
+        write_atomic(path, value.encode("utf-8"), mode=PRIVATE_FILE)
 
     def delete(self, name: str) -> bool:
         if self.backend == "keyring":
