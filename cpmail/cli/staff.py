@@ -6,13 +6,16 @@ import sys
 
 import typer
 
+from cpmail.addresses import check_address
 from cpmail.cli.common import ctx_of, emit_json, print_table, split_list
 from cpmail.errors import InputError
 
 app = typer.Typer(help="Staff members: addresses, passcodes, opt-outs.", no_args_is_help=True)
 
 _NAME = typer.Option(None, "--name", help="Full name.")
-_WORK = typer.Option(None, "--work-email", help="Where this person receives mail.")
+_WORK = typer.Option(
+    None, "--work-email", help="Where this person receives mail (one address, e.g. jd@agency.test)."
+)
 _USER = typer.Option(
     None,
     "--username",
@@ -30,7 +33,11 @@ def add(
     ctx: typer.Context,
     staff_id: str = typer.Argument(..., metavar="ID", help="Staff code, e.g. initials (JD)."),
     name: str = typer.Option(..., "--name", help="Full name."),
-    work_email: str = typer.Option(..., "--work-email", help="Where this person receives mail."),
+    work_email: str = typer.Option(
+        ...,
+        "--work-email",
+        help="Where this person receives mail (one address, e.g. jd@agency.test).",
+    ),
     username: str | None = _USER,
     supervisor: str | None = _SUP,
     planned_hours: float = typer.Option(8, "--planned-hours", help="Hours per workday."),
@@ -42,6 +49,9 @@ def add(
     from cpmail import people
 
     c = ctx_of(ctx)
+    work_email = check_address(work_email, where="--work-email")
+    if username:
+        username = check_address(username, where="--username")
     people.add(
         c.engine(),
         staff_id,
@@ -77,6 +87,10 @@ def edit(
     from cpmail import people
 
     c = ctx_of(ctx)
+    if work_email:
+        work_email = check_address(work_email, where="--work-email")
+    if username:
+        username = check_address(username, where="--username")
     people.edit(
         c.engine(),
         staff_id,
