@@ -307,6 +307,9 @@ KEYS: dict[str, Key] = {
         _int(0, 10_000_000), 0, "messages a day per sending account; 0 = no limit"
     ),
     "database.url": Key(_url, "", "SQLAlchemy URL; '' = cpmail.db in the home"),
+    "database.busy_seconds": Key(
+        _float(0.1, 3600), 60.0, "seconds to wait for another process's lock on SQLite"
+    ),
     "source.url": Key(_url, "", "SQLAlchemy URL of the agency system's database, for `data pull`"),
     "reports.cash-flow.days": Key(
         _weekdays, [], 'weekdays `check` sends the cash-flow PDF, e.g. ["mon"]'

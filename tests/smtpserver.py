@@ -59,6 +59,10 @@ Trouble, set on the object at any time (it applies to the next command):
   number ``n`` for the next ``n`` messages.
 - ``stall_data``: like ``drop_during_data`` but never answer and never hang up
   (for read timeouts).
+- ``stall_after = n``: accept the next ``n`` messages, then stall every later
+  DATA like ``stall_data`` (a server that accepts, then stops answering).
+- ``accept_delay = seconds``: wait this long before accepting each message
+  (a slow or tarpitting server).
 
 Any answer starting with ``421`` also closes the connection, as real servers do.
 """
@@ -244,10 +248,15 @@ class _Handler:
         with owner._lock:
             drop, owner.drop_during_data = _take(owner.drop_during_data)
             stall, owner.stall_data = _take(owner.stall_data)
+            if owner.stall_after is not None:
+                stall = stall or owner.stall_after <= 0
+                owner.stall_after -= 1
         if drop and server.transport is not None:
             server.transport.close()
         if drop or stall:
             await asyncio.Event().wait()  # cancelled when the connection goes
+        if owner.accept_delay:
+            await asyncio.sleep(owner.accept_delay)
         answer = owner._next_answer("fail_data")
         if answer is not None:
             return answer
@@ -319,6 +328,8 @@ class SMTPTestServer:
         self.fail_rcpt: dict[str, str] = {}
         self.drop_during_data: Trouble = False
         self.stall_data: Trouble = False
+        self.stall_after: int | None = None
+        self.accept_delay = 0.0
 
         self._lock = threading.Lock()
         self._open = 0  # sessions past EHLO

@@ -107,8 +107,7 @@ def _waiting_line(c: Any, result: Any) -> str | None:
     if w.orphaned:
         free = f" at {_when(c, w.orphans_free_at)}" if w.orphans_free_at else ""
         parts.append(
-            f"{w.orphaned} message(s) are held by a run that stopped; they are taken up "
-            f"again{free}"
+            f"{w.orphaned} message(s) are held by a run that stopped; they are taken up again{free}"
         )
     return "; ".join(parts) + "."
 
@@ -258,7 +257,7 @@ def _print_summary(c: Any, result: Any) -> None:
             f"From the outbox (earlier runs): {e['sent']} sent, {e['deferred']} deferred, "
             f"{e['failed']} failed."
         )
-    line = _waiting_line(c, result)
+    line = None if interrupt.requested() is not None else _waiting_line(c, result)
     if line:
         c.note(line)
     if result.sender is not None and c.settings["mail.transport"] == "file" and totals["sent"]:

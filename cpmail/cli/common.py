@@ -51,7 +51,11 @@ class Ctx:
         if self._engine is None:
             from cpmail.store import connect
 
-            self._engine = connect(self.settings.db_url, where=self.db_where)
+            self._engine = connect(
+                self.settings.db_url,
+                where=self.db_where,
+                busy_seconds=float(self.settings["database.busy_seconds"]),
+            )
         engine: sa.Engine = self._engine
         return engine
 

@@ -22,7 +22,7 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
     """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and BEGIN IMMEDIATE.
 
     BEGIN IMMEDIATE takes the write lock when a transaction starts, so two
@@ -33,7 +33,7 @@ def make_engine(url: str) -> sa.Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        engine = sa.create_engine(url, connect_args={"timeout": busy_seconds})
 
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -42,7 +42,7 @@ def make_engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
             cur.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -137,7 +137,7 @@ def describe(url: str) -> str:
     return f"{u.get_backend_name()} {u.database or ''!s} on {host}{port}".replace("  ", " ")
 
 
-def connect(url: str, *, where: str) -> sa.Engine:
+def connect(url: str, *, where: str, busy_seconds: float = 60.0) -> sa.Engine:
     """Open the database and make sure it holds cpmail's schema at the newest revision.
 
     A database that exists but cannot be used (down, locked, read-only,
@@ -147,7 +147,7 @@ def connect(url: str, *, where: str) -> sa.Engine:
     sqlite = url.startswith("sqlite")
     if sqlite and not Path(url.split("///", 1)[-1]).exists():
         raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
-    engine = make_engine(url)
+    engine = make_engine(url, busy_seconds=busy_seconds)
     try:
         rev = current_revision(engine)
     except sa.exc.SQLAlchemyError as e:

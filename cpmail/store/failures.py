@@ -17,7 +17,7 @@ from cpmail.errors import CpmailError, Unavailable
 _SQLITE = (
     (
         r"database is locked|database table is locked",
-        "is locked by another process past the 60 s wait",
+        "is locked by another process past the wait (database.busy_seconds)",
         "try again when the other cpmail command (a long `data import`, say) has finished",
     ),
     (
@@ -57,8 +57,7 @@ _SERVER = (
         r"connection refused|could not connect|connection timed out|"
         r"name or service not known|could not translate host name|no route to host",
         "cannot be reached",
-        "check that the database server is running and that database.url names its "
-        "host and port",
+        "check that the database server is running and that database.url names its host and port",
     ),
     (
         r"server closed the connection|terminating connection|connection .* (lost|closed)|"
@@ -90,6 +89,10 @@ def explain_database(exc: BaseException, where: str, *, sqlite: bool) -> Unavail
     """Turn a driver's OperationalError (or similar) into one sentence; None if unknown."""
     said = _first_line(exc)
     low = said.lower()
+    if sqlite and re.search(r"readonly|read-only|unable to open", low):
+        folder_said = _folder_problem(where)
+        if folder_said:
+            return Unavailable(f"the database {where} {folder_said} ({_shown(said)}).")
     table = _SQLITE if sqlite else _SERVER
     for pattern, what, todo in table:
         if re.search(pattern, low):
@@ -100,6 +103,30 @@ def explain_database(exc: BaseException, where: str, *, sqlite: bool) -> Unavail
             f"the database {where} failed ({_shown(said)}); check that it is reachable and "
             "has space, then run the command again."
         )
+    return None
+
+
+def _folder_problem(where: str) -> str | None:
+    """Why an SQLite file cannot be opened or written, read off its folder."""
+    import os
+    from pathlib import Path
+
+    path = Path(where)
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return (
+                f"cannot be written: {folder} is on a read-only file system; mount it "
+                "read-write, or point --home at a writable folder"
+            )
+    except OSError:
+        return f"cannot be opened: its folder {folder} cannot be read"
+    for target in (folder, path):
+        if target.exists() and not os.access(target, os.W_OK):
+            return (
+                f"cannot be written: {target} is not writable by this user; fix its owner "
+                "or mode (cpmail writes its database and folder)"
+            )
     return None
 
 
