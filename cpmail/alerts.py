@@ -127,6 +127,7 @@ def conditions(
         who = f"{a.account} ({a.address})" if a.address else a.account
         if a.problem:
             out.append(Condition(f"signin:{a.account}", f"Account {who} cannot send: {a.problem}."))
+            unjudged.add(f"expiry:{a.account}")  # the refusal says more; keep the expiry as is
         elif a.signin_lapses is not None and a.signin_lapses - now <= dt.timedelta(days=days):
             when = _local(a.signin_lapses, settings)
             verb = "ended" if a.signin_lapses <= now else "ends"

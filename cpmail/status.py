@@ -82,6 +82,7 @@ class Outbox:
     oldest_waiting_since: dt.datetime | None = None
     next_try: dt.datetime | None = None
     held_by_window: int = 0  # never tried, waiting for the send window to open
+    sending_now: int = 0  # claimed by a run that is alive: on its way, not waiting
     failed_7_days: int = 0
     overdue_since: dt.datetime | None = None  # waiting counted from the send window's opening
 
@@ -465,7 +466,12 @@ def window_opened(settings: Settings, now_utc: dt.datetime) -> tuple[bool, dt.da
     return True, opened.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def _outbox(engine: sa.Engine, now: dt.datetime, window: tuple[bool, dt.datetime | None]) -> Outbox:
+def _outbox(
+    engine: sa.Engine,
+    now: dt.datetime,
+    window: tuple[bool, dt.datetime | None],
+    stale_minutes: float,
+) -> Outbox:
     import sqlalchemy as sa
 
     from cpmail.store.schema import messages
@@ -487,6 +493,12 @@ def _outbox(engine: sa.Engine, now: dt.datetime, window: tuple[bool, dt.datetime
                 m.status == "failed", m.queued_at >= now - dt.timedelta(days=FAILED_DAYS)
             )
         ).scalar_one()
+        live = conn.execute(
+            sa.select(sa.func.count()).where(
+                m.status == "sending",
+                m.claimed_at >= now - dt.timedelta(minutes=stale_minutes),
+            )
+        ).scalar_one()
     open_now, opened = window
     box = Outbox(
         waiting=int(n),
@@ -494,6 +506,7 @@ def _outbox(engine: sa.Engine, now: dt.datetime, window: tuple[bool, dt.datetime
         next_try=next_try,
         held_by_window=0 if open_now else int(fresh),
         failed_7_days=int(failed),
+        sending_now=int(live),
     )
     if oldest is not None and open_now:
         box.overdue_since = max(oldest, opened) if opened else oldest
@@ -684,7 +697,7 @@ def gather(
         if engine is not None:
             stale = float(settings["outbox.stale_claim_minutes"])
             last_check = _last_check(engine, stale, now)
-            outbox = _outbox(engine, now, window)
+            outbox = _outbox(engine, now, window, stale)
         accounts = _accounts(settings, secrets, engine, now)
     except Exception as e:  # the database went away half-way
         import sqlalchemy as sa
@@ -738,7 +751,7 @@ def _judge(h: Health, settings: Settings) -> None:
         )
     box = h.outbox
     if box is not None:
-        counted = box.waiting - box.held_by_window
+        counted = box.waiting - box.held_by_window - box.sending_now
         if counted > 0:
             h.warnings.append(f"{counted} message(s) waiting in the outbox")
         if box.failed_7_days:

@@ -66,6 +66,7 @@ def test_a_fresh_home_is_healthy(initialised: Cli, home: Path) -> None:
         "next_try": None,
         "held_by_window": 0,
         "failed_7_days": 0,
+        "sending_now": 0,
         "overdue_since": None,
     }
     assert doc["database"]["usable"] and doc["database"]["revision"] == "0002"
@@ -238,3 +239,16 @@ def test_microsoft_sign_in_dates_and_revocation(ms_cli: Cli, fake: FakeAPI) -> N
     assert "invalid_grant" in doc["accounts"][0]["probe"]
     assert "cpmail staff signin JD" in doc["accounts"][0]["problem"]
     assert not any(t in json.dumps(doc) for t in fake.issued)
+
+
+def test_mail_being_sent_by_a_live_run_is_not_waiting(initialised: Cli, home: Path) -> None:
+    from tests.test_alerts import _queue, _set
+
+    id_ = _queue(home, status="sending", hours_ago=0.1)
+    _set(home, id_, claimed_at=utcnow(), claimed_by="run-alive")
+    code, doc = status(initialised)
+    assert code == 0 and doc["outbox"]["sending_now"] == 1 and doc["outbox"]["waiting"] == 1
+    assert "1 being sent now" in initialised("status").stdout
+    _set(home, id_, claimed_at=utcnow() - dt.timedelta(hours=2))  # its run died
+    code, doc = status(initialised)
+    assert code == 1 and doc["outbox"]["sending_now"] == 0

@@ -101,6 +101,8 @@ def _outbox(c: Ctx, h: Health) -> str:
         parts = ["nothing waiting"]
     else:
         parts = [f"{box.waiting} waiting since {_when(c, box.oldest_waiting_since)}"]
+        if box.sending_now:
+            parts.append(f"{box.sending_now} being sent now")
         if box.held_by_window:
             parts.append(f"{box.held_by_window} held until the send window opens")
         parts.append(
