@@ -22,8 +22,8 @@ pytest_plugins = ["tests.smtpserver"]
 @pytest.fixture
 def agency(initialised: Cli, home: Path) -> Cli:
     """An agency whose machine acts as JD (who has cash-flow access)."""
-    set_agency(initialised, **{"user.staff": "JD"})
     seed(home)
+    set_agency(initialised, **{"user.staff": "JD"})
     return initialised
 
 
@@ -78,7 +78,7 @@ def test_a_file_is_attached_byte_for_byte_with_its_name(
     assert msg["To"].addresses[0].addr_spec == "ap@northwind.test"
     assert msg["To"].addresses[1].addr_spec == "kl@agency.test"  # staff ID -> work e-mail
     assert msg["From"].addresses[0].addr_spec == "jd@agency.test"
-    assert msg["Subject"] == f"[C&P] Northwind March.pdf from {AGENCY}"
+    assert msg["Subject"] == f"Northwind March.pdf from {AGENCY}"
     assert msg["Auto-Submitted"] is None  # a person sends this, not a robot
     assert msg["X-Cpmail-Event"] == "report"
     body = msg.get_body(("plain",))
@@ -94,7 +94,8 @@ def test_invoice_goes_to_the_clients_billing_address_by_default(agency: Cli, hom
     [msg] = sent(home)
     assert [a.addr_spec for a in msg["To"].addresses] == ["ap@northwind.test"]
     assert msg["To"].addresses[0].display_name == "Northwind Coffee Co."
-    assert msg["Subject"] == f"[C&P] Invoice 10234 from {AGENCY}"
+    # to a client: no internal prefix; the document and the agency
+    assert msg["Subject"] == f"Invoice 10234 from {AGENCY}"
     name, ctype, data = pdf_attachment(msg)
     assert (name, ctype) == ("invoice-10234.pdf", "application/pdf")
     assert data.startswith(b"%PDF-")
@@ -163,7 +164,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
         (("{ok}", "--report", "invoice", "--id", "B1"), "not both"),
         ((), "FILE.pdf or --report"),
         (("{ok}", "--id", "B1", "--to", "a@b.test"), "--id"),
-        (("--report", "invoice", "--id", "NOPE"), "'NOPE'"),
+        (("--report", "invoice", "--id", "NOPE"), "no billing with id or number 'NOPE'"),
         (("--report", "invoice", "--id", "B2"), "client C2 (Blue Harbor Bank) has no billing"),
         (("--report", "cash-flow"), "no default recipient"),
         (("--report", "memo", "--to", "a@b.test"), "'memo'"),
@@ -327,3 +328,60 @@ def test_exit_1_when_the_server_refuses_and_3_when_it_cannot_be_reached(
     r = agency("send-report", str(tmp_path / "i.pdf"), "--to", "ap@northwind.test")
     assert r.exit_code == 3, r.output
     assert [tuple(r)[:2] for r in rows(home)][-1] == ("report", "deferred")
+
+
+# ---------------------------------------------------------------- outside mail
+
+
+def test_a_client_invoice_by_its_number_through_smtp(
+    agency: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """ "Billing 10234" in a notification is what a person types: the number works as the id."""
+    use_smtp(agency, smtp_server)
+    r = agency("send-report", "--report", "invoice", "--id", "10234", "--as-of", "2026-03-31")
+    assert r.exit_code == 0, r.output
+    [got] = smtp_server.messages
+    assert got.rcpt_tos == ("ap@northwind.test",)
+    msg = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert msg["Subject"] == f"Invoice 10234 from {AGENCY}"
+    assert "[C&P]" not in got.data.decode("ascii", "replace")
+    name, _, data = pdf_attachment(msg)
+    assert name == "invoice-10234.pdf" and data.startswith(b"%PDF-")
+
+
+def test_outside_and_inside_subjects(agency: Cli, home: Path, tmp_path: Path) -> None:
+    make_pdf(agency, tmp_path / "po.pdf", "purchase-order", "PO-501")
+    # to a vendor
+    assert agency("send-report", "--report", "purchase-order", "--id", "PO-501").exit_code == 0
+    # to a staff member only: the agency's own mail keeps its prefix
+    assert agency("send-report", "--report", "invoice", "--id", "B1", "--to", "KL").exit_code == 0
+    # a client and a staff member: it goes outside
+    r = agency("send-report", str(tmp_path / "po.pdf"), "--to", "KL,orders@lakeside.test")
+    assert r.exit_code == 0, r.output
+    subjects = [m["Subject"] for m in sent(home)]
+    assert subjects == [
+        f"Purchase order PO-501 from {AGENCY}",
+        f"[C&P] Invoice 10234 from {AGENCY}",
+        f"po.pdf from {AGENCY}",
+    ]
+
+
+def test_without_an_agency_name_the_subject_names_the_sender(agency: Cli, home: Path) -> None:
+    assert agency("config", "set", "agency.name", "").exit_code == 0
+    r = agency("send-report", "--report", "invoice", "--id", "10234")
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert msg["Subject"] == "Invoice 10234 from Jane Doe"
+
+
+def test_report_invoice_takes_the_number_too(agency: Cli, tmp_path: Path) -> None:
+    by_number = make_pdf(agency, tmp_path / "n.pdf", "invoice", "10234", "--as-of", "2026-03-31")
+    by_id = make_pdf(agency, tmp_path / "i.pdf", "invoice", "B1", "--as-of", "2026-03-31")
+    assert len(by_number) > 1000
+    from pypdf import PdfReader
+
+    assert PdfReader(tmp_path / "n.pdf").pages[0].extract_text() == (
+        PdfReader(tmp_path / "i.pdf").pages[0].extract_text()
+    )
+    assert by_id.startswith(b"%PDF-")

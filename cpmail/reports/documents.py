@@ -141,11 +141,37 @@ def _client(conn: sa.Connection, client_id: str) -> Party:
     return Party(r.id, r.name, (r.billing_email or "").strip())
 
 
+def find_billing(conn: sa.Connection, ref: str) -> Any:
+    """The billing whose id is ``ref``, else the one whose number is; InputError if none."""
+    b = conn.execute(sa.select(billings).where(billings.c.id == ref)).first()
+    if b is not None:
+        return b
+    found = conn.execute(
+        sa.select(billings).where(sa.func.trim(billings.c.number) == ref.strip()).limit(2)
+    ).all()
+    if len(found) == 1:
+        return found[0]
+    if found:
+        ids = conn.execute(
+            sa.select(billings.c.id)
+            .where(sa.func.trim(billings.c.number) == ref.strip())
+            .order_by(billings.c.id)
+        ).scalars()
+        raise InputError(
+            f"billing number {ref!r} belongs to several billings ({', '.join(ids)}); "
+            "give the billing's id instead."
+        )
+    raise InputError(f"no billing with id or number {ref!r} in the agency's data.")
+
+
 def load_invoice(conn: sa.Connection, billing_id: str, *, as_of: dt.date) -> Invoice:
-    """The billing ``billing_id`` as an invoice; payments count up to ``as_of``."""
-    b = conn.execute(sa.select(billings).where(billings.c.id == billing_id)).first()
-    if b is None:
-        raise InputError(f"no billing with id {billing_id!r} in the agency's data.")
+    """The billing ``billing_id`` as an invoice; payments count up to ``as_of``.
+
+    ``billing_id`` is a billing's id or, when no id matches, its number (what
+    people and the mail call it: "Billing 10234").
+    """
+    b = find_billing(conn, billing_id)
+    billing_id = b.id
     lines = _lines(conn, billing_lines, billing_lines.c.billing_id, billing_id)
     received = [
         to_decimal(p.amount)

@@ -159,12 +159,18 @@ def check_cash_flow(
         raise InputError(f"{rule}: {' and '.join(lacking)} {verb} not have cash-flow access.")
 
 
-def default_subject(settings: Settings, label: str) -> str:
-    """``[C&P] Invoice 10234 from Acme Agency`` (prefix and agency as configured)."""
-    agency = str(settings["agency.name"]).strip()
-    prefix = str(settings["mail.subject_prefix"]).strip()
+def default_subject(
+    settings: Settings, label: str, *, outside: bool = False, sender: Sender | None = None
+) -> str:
+    """``Invoice 10234 from Acme Agency``: the document and who it is from.
+
+    Mail within the agency starts with ``[mail] subject_prefix``; mail that
+    goes outside (a client, a vendor) does not: the prefix means nothing there.
+    """
+    agency = str(settings["agency.name"]).strip() or (sender.name.strip() if sender else "")
     text = f"{label} from {agency}" if agency else label
-    return f"{prefix} {text}" if prefix else text
+    prefix = str(settings["mail.subject_prefix"]).strip()
+    return f"{prefix} {text}" if prefix and not outside else text
 
 
 def default_text(report: Report | None, filename: str, sender: Sender, settings: Settings) -> str:
@@ -239,7 +245,13 @@ def send_report(
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(r.address, r.name) for r in recipients],
-        subject=subject or default_subject(settings, report.label if report else filename),
+        subject=subject
+        or default_subject(
+            settings,
+            report.label if report else filename,
+            outside=any(r.staff_id is None for r in recipients),
+            sender=sender,
+        ),
         text=text if text and text.strip() else default_text(report, filename, sender, settings),
         event=EVENT,
         key=f"report:{uuid.uuid4().hex}",
