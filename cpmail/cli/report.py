@@ -17,7 +17,9 @@ def report(
     ctx: typer.Context,
     kind: str = typer.Argument(..., metavar="KIND", help=f"Which report: {_KINDS}."),
     id: str | None = typer.Argument(
-        None, metavar="[ID]", help="Billing, estimate or purchase-order id (none for cash-flow)."
+        None,
+        metavar="[ID]",
+        help="Billing id or number, estimate or purchase-order id (none for cash-flow).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The PDF file to write."),
     as_of: str | None = typer.Option(
@@ -42,7 +44,9 @@ def send_report(
     kind: str | None = typer.Option(
         None, "--report", metavar="KIND", help=f"Render this report now and send it: {_KINDS}."
     ),
-    id: str | None = typer.Option(None, "--id", help="The id of the report to render."),
+    id: str | None = typer.Option(
+        None, "--id", help="The id of the report to render (for an invoice: or its number)."
+    ),
     as_of: str | None = typer.Option(
         None, "--as-of", help="Date a rendered report looks at, YYYY-MM-DD (default: today)."
     ),
