@@ -404,10 +404,15 @@ def evaluate(home: Path, exit_code: int | None, *, now: dt.datetime | None = Non
         if not everything:
             return []
         title, body, kind = message(everything, health.host)
-        results = send(urls, title, body, kind)
-        if not any(r.ok for r in results):
-            for store, won, old in pending:
-                store.undo(won, old, now)
+        try:
+            results = send(urls, title, body, kind)
+        except BaseException:
+            results = []
+            raise
+        finally:
+            if not any(r.ok for r in results):  # nobody heard it: the next run tries again
+                for store, won, old in pending:
+                    store.undo(won, old, now)
         return results
     finally:
         if engine is not None:
