@@ -4,7 +4,9 @@ Each event has ``email/<event>.txt`` (blocks ``subject`` and ``body``) and
 ``email/<event>.html`` (block ``content``); both extend a base layout. Every
 template sees ``items`` (what the message is about: one, or a list for task
 reminders), ``item`` (the first), ``recipient``, ``agency``, ``run_date``
-and ``event``. Templates are compiled once per process.
+and ``event``. A digest renders each notification with its event's
+templates, one at a time (task lists whole), so that none is left out.
+Templates are compiled once per process.
 """
 
 from __future__ import annotations
