@@ -70,6 +70,25 @@ def report(c: Ctx, results: Sequence[ImportResult], *, dry_run: bool) -> None:
         c.note("Dry run: nothing was changed.")
 
 
+@app.command("pull")
+def pull(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Count what would be new, updated, deleted; change nothing."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as a JSON array."),
+) -> None:
+    """Read the agency system's database ([source] url, queries per table) and import it."""
+    from cpmail.pull import pull as pull_source
+
+    c = ctx_of(ctx)
+    results = pull_source(c.engine(), c.settings, dry_run=dry_run)
+    if as_json:
+        emit_json([r.as_dict() for r in results])
+        return
+    report(c, results, dry_run=dry_run)
+
+
 @app.command("export")
 def export(
     ctx: typer.Context,

@@ -1,0 +1,330 @@
+"""`cpmail data pull`: a real second database stands in for the agency system.
+
+It has its own table and column names (examples/source/schema.sql) and is
+mapped by the queries of examples/source/cpmail.toml, on PostgreSQL (a
+schema of its own) and on SQLite (a file).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail import settings as settings_module
+from cpmail.store import schema
+from tests.conftest import Cli
+from tests.pg import SERVER
+from tests.test_data import engine_of, snapshot, table_rows
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "source"
+TODAY = dt.date.today()
+
+
+def day(offset: int) -> str:
+    return (TODAY + dt.timedelta(days=offset)).isoformat()
+
+
+class Source:
+    """The agency system's database: run SQL in it, and the URL cpmail reads it by."""
+
+    def __init__(self, url: str, engine: sa.Engine) -> None:
+        self.url = url
+        self.engine = engine
+
+    def run(self, *statements: str) -> None:
+        with self.engine.begin() as conn:
+            for sql in statements:
+                conn.exec_driver_sql(sql)
+
+
+def _statements(path: Path) -> list[str]:
+    text = "\n".join(
+        line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("--")
+    )
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
+    if request.param == "sqlite":
+        path = tmp_path / "studio.db"
+        sqlite3.connect(path).close()
+        engine = sa.create_engine(f"sqlite:///{path}")
+        src = Source(f"sqlite:///{path}", engine)
+        src.run(*_statements(EXAMPLE / "schema.sql"))
+        yield src
+        engine.dispose()
+        return
+    name = f"src_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    url = f"{SERVER}?options=-csearch_path%3D{name}"
+    engine = sa.create_engine(url)
+    src = Source(url, engine)
+    try:
+        src.run(*_statements(EXAMPLE / "schema.sql"))
+        yield src
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+        admin.dispose()
+
+
+def first_day(src: Source) -> None:
+    """The agency system's data on the first day, dated around today."""
+    src.run(
+        "INSERT INTO employees VALUES ('AM', 'Ana Morales', 'am@studio.test', NULL, 0, 'ae', TRUE)",
+        "INSERT INTO employees VALUES ('RP', 'Rita Patel', 'rp@studio.test', 'AM', 0, 'creative',"
+        " TRUE)",
+        "INSERT INTO customers VALUES (101, 'Acme Foods', 'ap@acme.test')",
+        "INSERT INTO account_team VALUES (101, 'AM', 'ae')",
+        "INSERT INTO account_team VALUES (101, 'RP', 'creative')",
+        "INSERT INTO project_statuses VALUES ('WIP', 'P', 'In production', NULL)",
+        "INSERT INTO project_statuses VALUES ('PROOF', 'P', 'Proof to client', 'AM')",
+        f"INSERT INTO projects VALUES (5001, 101, 'Spring catalog', '{day(-30)} 09:15:00',"
+        " 'WIP', NULL)",
+        f"INSERT INTO project_tasks VALUES (9001, 5001, 'Layout', 'RP', '{day(-3)}', NULL,"
+        " 1500, 12)",
+        f"INSERT INTO project_tasks VALUES (9002, 5001, 'Copy', 'AM', '{day(-2)}', NULL, 800, 6)",
+        f"INSERT INTO project_tasks VALUES (9003, 5001, 'Proofs', 'RP', '{day(0)}', NULL, NULL,"
+        " NULL)",
+        f"INSERT INTO timesheet VALUES (1, 'RP', 5001, 9001, '{day(-4)}', 6, 540.50)",
+    )
+
+
+def next_day(src: Source) -> None:
+    """What changed in the agency system overnight."""
+    src.run(
+        "DELETE FROM project_tasks WHERE task_no = 9002",
+        "UPDATE project_tasks SET task_title = 'Layout, second round' WHERE task_no = 9001",
+        f"INSERT INTO project_tasks VALUES (9004, 5001, 'Print', 'AM', '{day(-1)}', NULL, NULL,"
+        " NULL)",
+        "UPDATE projects SET prod_status = 'PROOF' WHERE proj_no = 5001",
+        f"INSERT INTO timesheet VALUES (2, 'AM', 5001, 9004, '{day(-1)}', 1.25, NULL)",
+    )
+
+
+def example_settings(url: str) -> str:
+    text = (EXAMPLE / "cpmail.toml").read_text(encoding="utf-8")
+    lines = [f'url = "{url}"' if line.startswith("url = ") else line for line in text.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def home_for(initialised: Cli) -> Any:
+    def setup(src: Source) -> Cli:
+        path = initialised.home / "cpmail.toml"
+        with path.open("a", encoding="utf-8") as f:
+            f.write("\n" + example_settings(src.url))
+        assert initialised("config", "set", "check.holidays", "").exit_code == 0
+        return initialised
+
+    return setup
+
+
+def ledger(cli: Cli) -> set[str]:
+    engine = engine_of(cli.home)
+    with engine.connect() as conn:
+        keys = set(conn.execute(sa.select(schema.ledger.c.key)).scalars())
+    engine.dispose()
+    return keys
+
+
+def pull(cli: Cli, *args: str) -> list[dict[str, Any]]:
+    r = cli("data", "pull", "--json", *args)
+    assert r.exit_code == 0, r.output
+    out: list[dict[str, Any]] = json.loads(r.stdout)
+    return out
+
+
+def counts(results: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+    keys = ("new", "updated", "unchanged", "deleted")
+    return {x["table"]: tuple(x[k] for k in keys) for x in results}
+
+
+EVENTS = "task-overdue,task-due-today,status-changed"
+
+
+def test_the_source_tables_are_the_agency_tables() -> None:
+    assert settings_module.SOURCE_TABLES == schema.AGENCY_TABLE_NAMES
+
+
+def test_pull_first_then_the_changes_and_check_fires_for_exactly_those(
+    source: Source, home_for: Any
+) -> None:
+    first_day(source)
+    cli = home_for(source)
+    results = pull(cli)
+    assert [x["table"] for x in results] == [
+        "staff",
+        "clients",
+        "client_team",
+        "job_status_codes",
+        "jobs",
+        "tasks",
+        "time_entries",
+    ]
+    assert results[0]["query"] == "source.tables.staff.query"
+    assert counts(results)["tasks"] == (3, 0, 0, 0)
+    engine = engine_of(cli.home)
+    tasks = {t["id"]: t for t in table_rows(engine, "tasks")}
+    assert tasks["9001"]["due_date"] == TODAY - dt.timedelta(days=3)
+    assert str(tasks["9001"]["budget_amount"]) == "1500.00"
+    (entry,) = table_rows(engine, "time_entries")
+    assert (entry["staff_id"], str(entry["amount"])) == ("RP", "540.50")
+    assert cli("config", "set", "user.staff", "AM").exit_code == 0
+
+    r = cli("check", "--date", day(0), "--only", EVENTS)
+    assert r.exit_code == 0, r.output
+    first = ledger(cli)
+    assert first == {
+        f"task-overdue:9001:{day(0)}",
+        f"task-overdue:9002:{day(0)}",
+        f"task-due-today:9003:{day(0)}",
+    }
+
+    next_day(source)
+    before = snapshot(engine)
+    dry = pull(cli, "--dry-run")
+    assert snapshot(engine) == before
+    real = pull(cli)
+    assert [x | {"dry_run": True} for x in real] == dry
+    assert counts(real)["tasks"] == (1, 1, 1, 1)  # 9004 new, 9001 renamed, 9002 deleted
+    assert counts(real)["time_entries"] == (1, 0, 1, 0)
+    assert counts(real)["jobs"] == (0, 1, 0, 0)
+    assert [x["status_changes"] for x in real if x["table"] == "jobs"] == [1]
+    assert set(t["id"] for t in table_rows(engine, "tasks")) == {"9001", "9003", "9004"}
+    again = pull(cli)
+    assert all(x["new"] == x["updated"] == x["deleted"] == 0 for x in again)
+    assert [x["status_changes"] for x in again if x["table"] == "jobs"] == [0]
+    history = table_rows(engine, "job_status_history")
+    assert [(h["job_id"], h["old_value"], h["new_value"]) for h in history] == [
+        ("5001", "WIP", "PROOF")
+    ]
+    engine.dispose()
+
+    r = cli("check", "--date", day(1), "--only", EVENTS)
+    assert r.exit_code == 0, r.output
+    assert ledger(cli) - first == {
+        f"task-overdue:9001:{day(1)}",
+        f"task-overdue:9003:{day(1)}",
+        f"task-overdue:9004:{day(1)}",
+        f"status-changed:{history[0]['id']}",
+    }  # nothing for the deleted task 9002
+
+
+def test_a_bad_row_from_the_source_changes_nothing(source: Source, home_for: Any) -> None:
+    first_day(source)
+    cli = home_for(source)
+    pull(cli)
+    next_day(source)
+    source.run("UPDATE employees SET email = 'rita at studio' WHERE emp_code = 'RP'")
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    msg = r.stderr.removeprefix("cpmail: ").strip()
+    assert msg.startswith("source.tables.staff.query, row 2 (id RP), column work_email: ")
+    assert "'rita at studio'" in msg
+    assert snapshot(engine) == before
+    # A row that refers to nothing, in the last table.
+    source.run(
+        "UPDATE employees SET email = 'rp@studio.test' WHERE emp_code = 'RP'",
+        f"INSERT INTO timesheet VALUES (3, 'ZZ', 5001, 9001, '{day(0)}', 1, NULL)",
+    )
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert r.stderr == (
+        "cpmail: source.tables.time_entries.query, row 3 (id 3), column staff_id: there is no "
+        "staff row with id 'ZZ'; import staff first.\n"
+    )
+    assert snapshot(engine) == before
+    engine.dispose()
+
+
+def test_a_query_the_source_refuses_is_a_setting_to_fix(source: Source, home_for: Any) -> None:
+    first_day(source)
+    cli = home_for(source)
+    r = cli("config", "set", "source.tables.vendors.query", "SELECT * FROM suppliers")
+    assert r.exit_code == 0, r.output
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(
+        "cpmail: source.tables.vendors.query: the agency system's database refused the query ("
+    )
+    assert "suppliers" in r.stderr
+    assert snapshot(engine) == before
+    engine.dispose()
+
+
+def test_a_source_that_is_down_changes_nothing_and_keeps_its_password(
+    home_for: Any, tmp_path: Path
+) -> None:
+    down = Source(
+        "postgresql+psycopg://reader:Se/cr%20et@127.0.0.1:1/studio", sa.create_engine("sqlite://")
+    )
+    cli = home_for(down)
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    r = cli("data", "pull")
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith(
+        "cpmail: cannot connect to the agency system's database "
+        "postgresql+psycopg://reader:••••@127.0.0.1:1/studio ("
+    )
+    assert "check that it is running and that source.url is right" in r.stderr
+    assert "Se/cr" not in r.output and "cr%20et" not in r.output
+    assert snapshot(engine) == before
+    missing = tmp_path / "gone.db"
+    assert cli("config", "set", "source.url", f"sqlite:///{missing}").exit_code == 0
+    r = cli("data", "pull")
+    assert r.exit_code == 3, r.output
+    assert r.stderr == (
+        f"cpmail: the agency system's database {missing} does not exist; check source.url. "
+        "Nothing was changed.\n"
+    )
+    engine.dispose()
+
+
+def test_pull_needs_a_source_and_a_query(initialised: Cli) -> None:
+    r = initialised("data", "pull")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("cpmail: source.url is not set")
+    assert initialised("config", "set", "source.url", "sqlite:////nowhere.db").exit_code == 0
+    r = initialised("data", "pull")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("cpmail: no table to pull")
+
+
+@pytest.mark.postgres
+def test_pull_into_a_postgres_home(source: Source, cli: Cli, home: Path, pg_url: str) -> None:
+    from cpmail.settings import Settings
+
+    home.mkdir(parents=True)
+    s = Settings.load(home)
+    s.set("database.url", pg_url)
+    s.save()
+    assert cli("init").exit_code == 0
+    first_day(source)
+    with (home / "cpmail.toml").open("a", encoding="utf-8") as f:
+        f.write("\n" + example_settings(source.url))
+    first = pull(cli)
+    assert counts(first)["tasks"] == (3, 0, 0, 0)
+    next_day(source)
+    assert counts(pull(cli))["tasks"] == (1, 1, 1, 1)
+    engine = engine_of(home)
+    assert {t["id"] for t in table_rows(engine, "tasks")} == {"9001", "9003", "9004"}
+    assert len(table_rows(engine, "job_status_history")) == 1
+    engine.dispose()
