@@ -234,10 +234,26 @@ def _percentages(v: Any) -> list[int]:
     return sorted(set(out))
 
 
+# How SQLAlchemy splits a URL: user up to ":" or "/", password up to the first "@",
+# host up to "/", ":" or "?", the rest up to "?".
+_URL_PARTS = re.compile(
+    r"^[\w+.\-]+://(?:[^:/]*(?::[^@]*)?@)?(?P<host>\[[^\]]*\]|[^/:?]*)(?::[^/?]*)?(?P<path>[^?]*)"
+)
+
+
 def _url(raw: Any) -> str:
     v = _str(raw).strip()
     if v and "://" not in v:
         raise ValueError("expected a URL such as 'https://…' or 'postgresql+psycopg://…'")
+    m = _URL_PARTS.match(v)
+    path_may_hold_at = v.lower().startswith(("http://", "https://", "sqlite"))
+    if m and ("@" in m["host"] or (not path_may_hold_at and "@" in m["path"])):
+        # The password held an "@": the rest of it would be taken for the host name, and
+        # shown in the database driver's errors. Refused before anything connects.
+        raise ValueError(
+            "the URL has an '@' after its user:password part; write an @ in the password "
+            "as %40 (and /, : or a space as %2F, %3A, %20)"
+        )
     return v
 
 
