@@ -139,7 +139,7 @@ def _query_records(
     names = tuple(str(k).lower() for k in keys)
     n = 0
     try:
-        for partition in result.partitions():
+        for partition in result.partitions(FETCH_ROWS):
             for row in partition:
                 n += 1
                 yield n, names, row
