@@ -279,7 +279,8 @@ def test_no_secret_in_any_output_log_mail_or_traceback(
     caplog: pytest.LogCaptureFixture,
     where: str,
 ) -> None:
-    source_raw = f"postgresql+psycopg://agency:{SOURCE_PASSWORD}@src.test/ag"
+    # The agency system's database: nothing listens there, so `data pull` fails to connect.
+    source_raw = f"postgresql+psycopg://agency:{SOURCE_PASSWORD}@127.0.0.1:1/ag"
     env: dict[str, str] = {}
     run = Run(initialised, env)
     args: tuple[str, ...]
@@ -334,6 +335,9 @@ def test_no_secret_in_any_output_log_mail_or_traceback(
     ):
         run(*args)
     run("outbox", "--json", ok=False)
+    env["CPMAIL_SOURCE_TABLES_JOBS_QUERY"] = "SELECT job_no AS id FROM jobs"
+    for args in (("data", "pull", "--dry-run"), ("-v", "data", "pull", "--json")):
+        run(*args, ok=False)
     texts = [*run.texts, *mail_texts(home), *(rec.getMessage() for rec in caplog.records)]
     secrets = [
         SMTP_PASSCODE,
@@ -348,7 +352,8 @@ def test_no_secret_in_any_output_log_mail_or_traceback(
     # Collected for real: the refusal, the bug report, the masked values.
     everything = "\n".join(texts)
     assert "535" in everything and "---- diagnostics ----" in everything
-    assert f"agency:{MASK}@src.test/ag" in everything
+    assert f"agency:{MASK}@127.0.0.1:1/ag" in everything
+    assert "cannot connect to the agency system's database" in everything
     assert "alerts.urls = ••••" in everything and "source.url = " in everything
     assert len(server.messages) >= 2
 
