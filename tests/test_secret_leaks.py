@@ -16,6 +16,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 import re
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -281,6 +282,7 @@ def test_no_secret_in_any_output_log_mail_or_traceback(
 ) -> None:
     # The agency system's database: nothing listens there, so `data pull` fails to connect.
     source_raw = f"postgresql+psycopg://agency:{SOURCE_PASSWORD}@127.0.0.1:1/ag"
+    caplog.set_level(logging.DEBUG)  # every library's records, debug included
     env: dict[str, str] = {}
     run = Run(initialised, env)
     args: tuple[str, ...]
