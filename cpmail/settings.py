@@ -409,6 +409,8 @@ def redact_url(url: str) -> str:
     if m is None:
         return url
     head, rest = url[: m.end()], url[m.end() :]
+    if "@" not in rest:  # no user part, so no password in it (and no need to parse)
+        return head + _QUERY_SECRET.sub(rf"\g<1>{MASK}", rest)
     trusted, password = _parse_url(url) if m.start() == 0 else (False, None)
     if trusted and password is not None:
         # Trusted parse with a password: it follows the user name's ":" and ends at the
@@ -419,7 +421,7 @@ def redact_url(url: str) -> str:
             return head + MASK
         userinfo = rest[: colon + 1] + MASK
         tail = rest[at:]
-    elif trusted or "@" not in rest:
+    elif trusted:
         userinfo, tail = "", rest
     else:
         at = rest.rfind("@")
