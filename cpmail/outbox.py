@@ -49,8 +49,6 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 200
-FLUSH_EVERY = 20
-FLUSH_SECONDS = 0.1
 # Outcomes accepted but not yet written, past which sending waits for the database.
 BACKLOG = 200
 # How long the end of a run keeps trying to record outcomes the server accepted.
@@ -540,9 +538,10 @@ def _retryable(e: BaseException) -> bool:
 class _Recorder:
     """Collects outcomes and writes them in batches, on a thread of its own, while sending goes on.
 
-    A batch is written at most FLUSH_SECONDS after its first outcome arrived
-    (a timer, not the next answer: a server that accepts and then stalls
-    leaves nothing unrecorded), or as soon as FLUSH_EVERY are waiting. A write
+    An outcome is written as soon as the writer is free (group commit: what
+    arrives during one write goes into the next), not when the next answer
+    comes: a server that accepts and then stalls leaves nothing unrecorded,
+    and a transport can wait until a message is on record (``settled``). A write
     that fails (the database restarting, locked, its disk full) is tried again
     with the same outcomes, reconnecting, for as long as the process lives;
     meanwhile sending waits. The end of a run waits up to RECORD_PATIENCE for
@@ -565,6 +564,14 @@ class _Recorder:
         self.fatal: BaseException | None = None  # a write that will not succeed
         self.closing_since: float | None = None
         self.thread: threading.Thread | None = None
+        # Called (on the writer's thread) after each write: a transport waiting for
+        # ``settled`` wakes up. See SMTPTransport: a connection sends the next
+        # message only once the last one it delivered is on record.
+        self.listeners: list[Callable[[], None]] = []
+
+    def settled(self, id_: int) -> bool:
+        """True once the outcome of message ``id_`` is written (or can no longer be)."""
+        return id_ not in self.held.keep or self.fatal is not None
 
     def __call__(self, outcome: Outcome) -> None:
         with self.cond:
@@ -575,7 +582,7 @@ class _Recorder:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="cpmail-outbox", daemon=True)
                 self.thread.start()
-            if len(self.pending) in (1, FLUSH_EVERY):
+            if len(self.pending) == 1:
                 self.cond.notify_all()
             # While the database cannot take outcomes, send nothing more.
             while (
@@ -597,17 +604,17 @@ class _Recorder:
                     self.cond.wait()
                 if not self.pending:
                     return
-                self.cond.wait_for(
-                    lambda: len(self.pending) >= FLUSH_EVERY or self.closing_since is not None,
-                    timeout=FLUSH_SECONDS,
-                )
+                # Group commit: whatever arrived while the last batch was written
+                # goes in the next one, at once; under load batches grow by themselves.
                 batch, self.pending = self.pending, []
             ok = self._write_until_done(batch)
             with self.cond:
                 self.unwritten -= len(batch)
                 self.cond.notify_all()
-                if not ok:
-                    return
+            for listener in list(self.listeners):
+                listener()
+            if not ok:
+                return
 
     def _write_until_done(self, batch: list[Outcome]) -> bool:
         delay = 0.05
@@ -624,7 +631,8 @@ class _Recorder:
                 if closing is not None and time.monotonic() - closing > RECORD_PATIENCE:
                     self.fatal = e
                     return False
-                log.info("recording outcomes failed (%s); trying again", e)
+                said = str(getattr(e, "orig", None) or e).splitlines()[0]
+                log.info("recording outcomes failed (%s); trying again", said)
                 if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
                     self.engine.dispose()
                 time.sleep(delay)

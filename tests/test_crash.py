@@ -97,7 +97,7 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
     twice = len(delivered) - len(set(delivered))
     # Only a message accepted in the instant before the kill, not yet recorded, can go twice.
     assert twice <= in_flight
-    assert twice <= 25
+    assert twice <= 3  # one per open connection at most
     with engine.connect() as conn:
         statuses = {s for (s,) in conn.execute(sa.select(messages.c.status).distinct())}
     assert statuses == {"sent"}

@@ -185,8 +185,9 @@ def test_sigkill_then_check_reports_the_mail_held_by_the_dead_run(
     assert r.exit_code == 0, r.output
     got = received(smtp_server)
     assert set(got) == ids
-    # only what was accepted in the instant before the kill, not yet recorded, may go twice
-    assert sum(got.values()) - len(got) <= 20
+    # a connection sends the next message only once the last is on record: at most one
+    # accepted, unrecorded message per open connection (3) can go twice
+    assert sum(got.values()) - len(got) <= 3
 
 
 # ------------------------------------------------------------------ servers that stall
@@ -311,7 +312,10 @@ def test_disk_full_while_recording_loses_nothing_and_sends_nothing_twice(
         proc = spawn(cli.home)
         wait_for(lambda: len(smtp_server.messages) >= 20)
         filler = fill(disk)
+        at_full = len(smtp_server.messages)
         time.sleep(1.5)
+        # outcomes cannot be written: sending waits (only what was in flight goes on)
+        assert len(smtp_server.messages) - at_full <= 6
         filler.unlink()
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err

@@ -103,6 +103,10 @@ def _root(
 ) -> None:
     """E-mail for the agency: notifications, reports and messages."""
     ctx.obj = Ctx(home=home_dir(home), quiet=quiet, verbose=verbose)
+    if verbose:  # what cpmail does while it waits or retries, on stderr
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="cpmail: %(message)s")
 
 
 setup.register(app)

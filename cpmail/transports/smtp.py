@@ -25,7 +25,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -262,6 +262,8 @@ class _Connection:
         self.scrub = _Scrubber(login.user, login.passcode) if login else _Scrubber("", None)
         self.smtp: aiosmtplib.SMTP | None = None
         self.size_limit = 0
+        self.previous: int | None = None  # the last message this connection delivered
+        self.settle: Callable[[int], Awaitable[None]] | None = None
 
     @property
     def connected(self) -> bool:
@@ -572,6 +574,11 @@ class _Connection:
                 raise self._refused_account(env, next(iter(refused.values())))
             return Outcome(env.id, deferred=deferred, refused=refused)
 
+        # Hand over the message only once the last one delivered on this
+        # connection is on record: a hard kill can then leave at most one
+        # accepted message per connection unrecorded (and sent again later).
+        if self.previous is not None and self.settle is not None:
+            await self.settle(self.previous)
         # DATA: from here on the server may have the message even if we never
         # hear back, so a lost line is a temporary failure (sent again later).
         try:
@@ -590,6 +597,7 @@ class _Connection:
             )
         except aiosmtplib.SMTPTimeoutError:
             return Outcome(env.id, error=_timed_out(where, timeout, "the message"))
+        self.previous = env.id
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
 
     def _refused_account(self, env: Envelope, words: str) -> AuthError:
@@ -775,6 +783,8 @@ class _Run:
         self.local_hostname = "localhost"
         self.timeouts = 0  # consecutive messages the server did not answer in time
         self.delivered = 0  # messages the server accepted in this call
+        self.settled: Callable[[int], bool] | None = getattr(report, "settled", None)
+        self.written: asyncio.Event | None = None
 
     @property
     def groups(self) -> list[_Group]:
@@ -793,6 +803,34 @@ class _Run:
 
     async def go(self, workers: int) -> None:
         self.local_hostname = await asyncio.to_thread(_local_hostname)
+        listeners: list[Callable[[], None]] | None = getattr(self.report, "listeners", None)
+        wake: Callable[[], None] | None = None
+        if self.settled is not None and listeners is not None:
+            loop = asyncio.get_running_loop()
+            written = self.written = asyncio.Event()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(written.set)
+
+            listeners.append(wake)
+        try:
+            await self._go(workers)
+        finally:
+            if listeners is not None and wake is not None:
+                listeners.remove(wake)
+
+    async def settle(self, message_id: int) -> None:
+        """Wait until the outcome of ``message_id`` is on record."""
+        settled, written = self.settled, self.written
+        if settled is None or written is None:
+            return
+        while True:
+            written.clear()
+            if settled(message_id):
+                return
+            await written.wait()
+
+    async def _go(self, workers: int) -> None:
         self.intake.fill(self._want())
         while True:
             workers = max(1, min(self.cfg.connections, self.intake.waiting))
@@ -908,6 +946,7 @@ class _Run:
 
     async def _open(self, group: _Group) -> _Connection | None:
         conn = _Connection(self.cfg, self.tls, group, self.local_hostname)
+        conn.settle = self.settle
         try:
             await conn.open()
         except Unreachable:
