@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from tests.conftest import Cli  # noqa: E402
-from tests.smtpserver import SMTPTestServer  # noqa: E402
-from tests.test_faults import (  # noqa: E402
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
+from tests.test_faults import (
     DATE,
     fill,
     prepare,
@@ -225,7 +225,7 @@ def main() -> None:
             for _ in range(args.trials):
                 db, drop = pg_schema() if spec.get("pg") else ("", lambda: None)
                 try:
-                    l, t, code = trial(
+                    lost_now, t, code = trial(
                         Path(tmp),
                         args.n,
                         spec["harm"],
@@ -236,7 +236,7 @@ def main() -> None:
                     )
                 finally:
                     drop()
-                lost += l
+                lost += lost_now
                 twice += t
                 worst = max(worst, t)
                 codes[code] += 1
