@@ -33,7 +33,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpmail.settings import Settings, redact, write_atomic
 
@@ -184,77 +184,60 @@ class _Changes:
 
 
 class _DatabaseState:
-    """Conditions in the ``alert_state`` table; claims are atomic across machines."""
+    """Conditions in the ``alert_state`` table, shared by every machine on the database.
+
+    Reading and writing happen in one transaction that no other alerting run
+    can interleave with (SQLite: BEGIN IMMEDIATE; PostgreSQL: a lock on the
+    table), so of several machines judging at once, one sends the alert and
+    the others find it already recorded.
+    """
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def load(self) -> dict[str, _Raised]:
+    def claim(
+        self, holds: list[Condition], unjudged: set[str], now: dt.datetime
+    ) -> tuple[_Changes, dict[str, _Raised]]:
+        """Record the changes against the stored state; return them and the state before."""
         import sqlalchemy as sa
 
         from cpmail.store.schema import alert_state
 
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(alert_state.c.condition, alert_state.c.detail)).all()
-        return {
-            r.condition: _decode(r.condition, r.detail) for r in rows if r.condition != "database"
-        }
-
-    def claim(self, changes: _Changes, old: dict[str, _Raised], now: dt.datetime) -> _Changes:
-        """Write the changes; return those this process won (another may have been first)."""
-        import sqlalchemy as sa
-
-        from cpmail.store.schema import alert_state
-
-        won = _Changes([], [])
         t = alert_state.c
-        for c in changes.raised:
-            try:
-                with self.engine.begin() as conn:
-                    if c.key in old:
-                        n = conn.execute(
-                            alert_state.update()
-                            .where(t.condition == c.key, t.detail == old[c.key].raw)
-                            .values(raised_at=now, detail=_encode(c))
-                        ).rowcount
-                    else:
-                        conn.execute(
-                            alert_state.insert().values(
-                                condition=c.key, raised_at=now, detail=_encode(c)
-                            )
-                        )
-                        n = 1
-            except sa.exc.IntegrityError:
-                n = 0
-            if n == 1:
-                won.raised.append(c)
-        for r in changes.resolved:
-            with self.engine.begin() as conn:
-                n = conn.execute(
-                    alert_state.delete().where(t.condition == r.key, t.detail == r.raw)
-                ).rowcount
-            if n == 1:
-                won.resolved.append(r)
-        return won
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("LOCK TABLE alert_state IN EXCLUSIVE MODE"))
+            rows = conn.execute(sa.select(t.condition, t.detail)).all()
+            old = {
+                r.condition: _decode(r.condition, r.detail)
+                for r in rows
+                if r.condition != "database"
+            }
+            changes = _diff([c for c in holds if c.key != "database"], unjudged, old, None)
+            for c in changes.raised:
+                conn.execute(alert_state.delete().where(t.condition == c.key))
+                conn.execute(
+                    alert_state.insert().values(condition=c.key, raised_at=now, detail=_encode(c))
+                )
+            for r in changes.resolved:
+                conn.execute(alert_state.delete().where(t.condition == r.key))
+        return changes, old
 
     def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
         """Nobody was told: put the state back so that the next run tries again."""
         from cpmail.store.schema import alert_state
 
         t = alert_state.c
+        keys = [c.key for c in won.raised] + [r.key for r in won.resolved]
         with self.engine.begin() as conn:
-            for c in won.raised:
-                conn.execute(alert_state.delete().where(t.condition == c.key))
-                if c.key in old:
+            conn.execute(alert_state.delete().where(t.condition.in_(keys)))
+            for key in keys:
+                if key in old:
                     conn.execute(
                         alert_state.insert().values(
-                            condition=c.key, raised_at=now, detail=old[c.key].raw
+                            condition=key, raised_at=now, detail=old[key].raw
                         )
                     )
-            for r in won.resolved:
-                conn.execute(
-                    alert_state.insert().values(condition=r.key, raised_at=now, detail=r.raw)
-                )
 
 
 class _FileState:
@@ -279,14 +262,19 @@ class _FileState:
         doc = {k: r.raw for k, r in state.items()}
         write_atomic(self.path, json.dumps(doc, ensure_ascii=False).encode("utf-8"), mode=0o600)
 
-    def claim(self, changes: _Changes, old: dict[str, _Raised], now: dt.datetime) -> _Changes:
+    def claim(
+        self, holds: list[Condition], unjudged: set[str], now: dt.datetime
+    ) -> tuple[_Changes, dict[str, _Raised]]:
+        old = self.load()
+        changes = _diff(holds, set(), old, {"database"})
         state = dict(old)
         for c in changes.raised:
             state[c.key] = _Raised(c.key, c.sig, c.text, _encode(c))
         for r in changes.resolved:
             state.pop(r.key, None)
-        self.save(state)
-        return changes
+        if changes:
+            self.save(state)
+        return changes, old
 
     def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
         self.save(old)
@@ -378,23 +366,20 @@ def evaluate(home: Path, exit_code: int | None, *, now: dt.datetime | None = Non
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     health = gather(settings, secrets, now=now)
     holds, unjudged = conditions(health, settings, exit_code, now)
-    files = _FileState(home)
-    stores: list[tuple[Any, set[str] | None]] = [(files, {"database"})]
+    stores: list[_FileState | _DatabaseState] = [_FileState(home)]
     engine = None
     if health.database.usable:
         from cpmail.status import open_database
 
         engine, _ = open_database(settings)
     if engine is not None:
-        stores.append((_DatabaseState(engine), None))
+        stores.append(_DatabaseState(engine))
     try:
-        pending: list[tuple[Any, _Changes, dict[str, _Raised]]] = []
-        for store, keys in stores:
-            old = store.load()
-            # The file holds only the database condition, judged on every run; the table
-            # holds the rest, judged only while the database can be read.
-            changes = _diff(holds, unjudged if keys is None else set(), old, keys)
-            won = store.claim(changes, old, now) if changes else changes
+        # The file holds only the database condition, judged on every run; the table
+        # holds the rest, judged only while the database can be read.
+        pending: list[tuple[_FileState | _DatabaseState, _Changes, dict[str, _Raised]]] = []
+        for store in stores:
+            won, old = store.claim(holds, unjudged, now)
             if won:
                 pending.append((store, won, old))
         everything = _Changes(

@@ -512,3 +512,43 @@ def test_help_does_not_import_apprise_or_the_status_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- several machines, one database
+
+
+@pytest.mark.postgres
+def test_two_machines_on_one_database_alert_once(
+    cli: Cli, home: Path, tmp_path: Path, pg_url: str, receiver: Receiver
+) -> None:
+    other = Cli(tmp_path / "other-machine")
+    for c in (cli, other):
+        assert c("config", "set", "database.url", pg_url).exit_code == 0
+        assert c("init").exit_code == 0
+        set_urls(c, receiver.url)
+    _queue(home, status="failed", hours_ago=1, error="550 5.1.1 no such user")
+    assert status_json(other)[1]["outbox"]["failed_7_days"] == 1
+    threads = [threading.Thread(target=after_check, args=(h, 1)) for h in (home, other.home) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "failed for good" in one_alert(receiver)["message"]
+    engine = connect(pg_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(messages.delete())
+    engine.dispose()
+    after_check(other.home, 0)
+    after_check(home, 0)
+    assert one_alert(receiver)["message"].count("RESOLVED") == 2
+
+
+def test_runs_at_the_same_time_alert_once(initialised: Cli, home: Path, receiver: Receiver) -> None:
+    set_urls(initialised, receiver.url)
+    _queue(home, status="failed", hours_ago=1, error="550 5.1.1 no such user")
+    threads = [threading.Thread(target=after_check, args=(home, 1)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "failed for good" in one_alert(receiver)["message"]
