@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -52,8 +53,40 @@ def _statements(path: Path) -> list[str]:
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+MARIADB = os.environ.get("CPMAIL_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def _mariadb_source() -> Iterator[Source]:
+    """A database of its own on the MariaDB server (skipped without PyMySQL or the server)."""
+    pytest.importorskip("pymysql", reason="PyMySQL is cpmail[mysql]'s driver")
+    admin = sa.create_engine(MARIADB)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.OperationalError:
+        admin.dispose()
+        pytest.skip(f"no MariaDB server at {MARIADB}")
+    name = f"src_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    url = str(sa.engine.make_url(MARIADB).set(database=name).render_as_string(False))
+    engine = sa.create_engine(url)
+    try:
+        src = Source(url, engine)
+        src.run(*_statements(EXAMPLE / "schema.sql"))
+        yield src
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE `{name}`")
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "mariadb"])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
+    if request.param == "mariadb":
+        yield from _mariadb_source()
+        return
     if request.param == "sqlite":
         path = tmp_path / "studio.db"
         sqlite3.connect(path).close()
