@@ -50,13 +50,13 @@ def _line(c: Ctx, label: str, text: str) -> None:
     c.out.print(f"{label:<13} {text}", markup=False, highlight=False)
 
 
-def _account(c: Ctx, a: Account) -> str:
+def _account(c: Ctx, a: Account, *, db: bool) -> str:
     parts = [a.address or "(no address)", a.login]
     if a.signed_in and a.signin_lapses is not None:
         parts.append(f"sign-in good until {_when(c, a.signin_lapses)} unless renewed")
     elif a.token_expires is not None:
         parts.append(f"token expires {_when(c, a.token_expires)}")
-    parts.append(f"last sent {_when(c, a.last_sent)}")
+    parts.append(f"last sent {_when(c, a.last_sent)}" if db else "last sent unknown (no database)")
     if a.waiting:
         parts.append(f"{a.waiting} waiting")
     if a.probe is not None:
@@ -124,7 +124,7 @@ def _print(c: Ctx, h: Health) -> None:
     if not h.accounts:
         _line(c, "Accounts", "none found (set [user] staff or mail.sender)")
     for a in h.accounts:
-        _line(c, f"Account {a.account}", _account(c, a))
+        _line(c, f"Account {a.account}", _account(c, a, db=h.outbox is not None))
     _line(c, "Last check", _check(c, h))
     _line(c, "Outbox", _outbox(c, h))
     db = h.database
