@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 from tests.conftest import Cli
+from tests.pg import SERVER
 
 STAFF, JOBS, TASKS_PER_JOB = 20, 200, 10
 
@@ -82,5 +87,71 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
         assert stdout.strip() == f"time_entries: {rows} rows ({rows} new, 0 updated)"
     small, large = peaks[20_000] / 1024, peaks[200_000] / 1024
     print(f"peak RSS: 20k rows {small:.0f} MiB, 200k rows {large:.0f} MiB")
+    assert large < 200
+    assert large - small < 30, f"20k rows: {small:.0f} MiB, 200k rows: {large:.0f} MiB"
+
+
+def peak_rss_of_pull(home: Path) -> tuple[int, str]:
+    """Run `cpmail data pull` in a child process; return its peak RSS in KiB and stdout."""
+    peak = home / "pull.hwm"
+    code = (
+        "import atexit\n"
+        "def report():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        f"            open({str(peak)!r}, 'w').write(line.split()[1])\n"
+        "atexit.register(report)\n"
+        "from cpmail.cli.app import main\n"
+        "main()\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "--home", str(home), "data", "pull"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    return int(peak.read_text()), p.stdout
+
+
+@pytest.mark.postgres
+def test_peak_memory_of_a_pull_does_not_grow_with_the_table(tmp_path: Path) -> None:
+    """Rows come from a PostgreSQL table through a server-side cursor, 5,000 at a time."""
+    name = f"src_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    query = (
+        "SELECT 'T' || lpad(g::text, 8, '0') AS id, "
+        f"'S' || lpad((g % {STAFF})::text, 2, '0') AS staff_id, "
+        f"'J' || lpad((g % {JOBS})::text, 4, '0') AS job_id, "
+        f"'K' || lpad((g % {JOBS})::text, 4, '0') || (g % {TASKS_PER_JOB}) AS task_id, "
+        "DATE '2026-01-01' + (g % 300) AS work_date, 1 + (g % 32) / 4.0 AS hours, "
+        "(g % 100000) / 100.0 AS amount FROM big"
+    )
+    try:
+        peaks = {}
+        for rows in (20_000, 200_000):
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    f'CREATE TABLE "{name}".big AS SELECT g FROM generate_series(1, {rows}) g'
+                    if rows == 20_000
+                    else f'INSERT INTO "{name}".big SELECT g FROM generate_series(20001, {rows}) g'
+                )
+            home = tmp_path / f"home{rows}"
+            make_home(home, tmp_path / f"in{rows}")
+            with (home / "cpmail.toml").open("a", encoding="utf-8") as f:
+                f.write(
+                    f'\n[source]\nurl = "{SERVER}?options=-csearch_path%3D{name}"\n'
+                    f'[source.tables.time_entries]\nquery = "{query}"\n'
+                )
+            peaks[rows], stdout = peak_rss_of_pull(home)
+            assert stdout.strip() == f"time_entries: {rows} rows ({rows} new, 0 updated)"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+        admin.dispose()
+    small, large = peaks[20_000] / 1024, peaks[200_000] / 1024
+    print(f"peak RSS of a pull: 20k rows {small:.0f} MiB, 200k rows {large:.0f} MiB")
     assert large < 200
     assert large - small < 30, f"20k rows: {small:.0f} MiB, 200k rows: {large:.0f} MiB"
