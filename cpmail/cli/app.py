@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import typer
@@ -34,9 +35,29 @@ from cpmail.cli.common import Ctx
 from cpmail.errors import CpmailError
 from cpmail.settings import home_dir
 
+_ANYWHERE = ("-q", "--quiet", "-v", "--verbose")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Let -q/-v come after the subcommand too (`cpmail check -q`, as cron lines are written)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        i += 2 if args[i] == "--home" else 1
+    if i >= len(args):
+        return args
+    head, rest = args[: i + 1], args[i + 1 :]
+    end = rest.index("--") if "--" in rest else len(rest)
+    moved = [a for a in rest[:end] if a in _ANYWHERE]
+    kept = [a for a in rest[:end] if a not in _ANYWHERE] + rest[end:]
+    return args[:i] + moved + head[i:] + kept
+
 
 class _Root(TyperGroup):
     """Turns CpmailError into one line on stderr and its exit code, for every command."""
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().main(hoist_global_flags(argv), *rest, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:

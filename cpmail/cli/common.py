@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,9 @@ class Ctx:
         from rich.console import Console
 
         # Piped into a file or `less`, tables get room instead of rich's default 80 columns.
-        width = None if sys.stdout.isatty() else 160
+        # $COLUMNS wins, as for other tools; without it a terminal's own width.
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() else None if sys.stdout.isatty() else 160
         return Console(highlight=False, soft_wrap=True, width=width)
 
     @cached_property
@@ -122,23 +125,63 @@ def print_table(
     *,
     title: str | None = None,
     empty: str = "Nothing to show.",
+    drop: Sequence[str] = (),
+    free: Sequence[str] = (),
+    wrap: Sequence[str] = (),
 ) -> None:
-    """Print rows as a rich table (or ``empty`` when there are none)."""
+    """Print rows as a rich table (or ``empty`` when there are none).
+
+    The table fits the terminal without breaking a word. ``free`` names the
+    columns of running text (subjects, errors; by default any column wider
+    than 20) that give up room first: their text ends in "…" where it is cut
+    (``--json`` has it whole). ``wrap`` columns give up room by wrapping at
+    spaces instead. When even that is not enough, the columns in ``drop`` are
+    left out, in that order (empty ones first).
+    """
     if not rows:
         c.say(empty)
         return
     from rich.table import Table
 
+    cells = [{col: _short(_cell(row.get(col))) for col in columns} for row in rows]
+    full = {col: max([len(col), *(len(r[col]) for r in cells)]) for col in columns}
+    loose_cols = set(free) | set(wrap) or {col for col in columns if full[col] > 20}
+
+    def least(col: str) -> int:
+        if col in wrap:
+            return max([len(col), 8, *(len(w) for r in cells for w in r[col].split())])
+        return min(full[col], 16) if col in loose_cols else full[col]
+
+    shown = list(columns)
+    width = c.out.width
+    blank = [col for col in drop if not any(r[col] for r in cells)]
+    for col in [*blank, *(x for x in drop if x not in blank)]:
+        if sum(least(x) + 3 for x in shown) + 1 <= width:
+            break
+        shown.remove(col)
+    # Fixed columns get what they need; running text shares what is left.
+    widths = {col: full[col] for col in shown if col not in loose_cols}
+    loose = sorted((col for col in shown if col in loose_cols), key=lambda x: full[x])
+    share = width - 1 - 3 * len(shown) - sum(widths.values())
+    for n, col in enumerate(loose):
+        fair = share // (len(loose) - n)
+        widths[col] = max(min(full[col], fair), least(col) if col in wrap else min(8, full[col]))
+        share -= widths[col]
     table = Table(title=title, show_lines=False, header_style="bold")
-    for col in columns:
-        table.add_column(col.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(*(_short(_cell(row.get(col))) for col in columns))
+    for col in shown:
+        table.add_column(col.replace("_", " "), no_wrap=col not in wrap, width=widths[col])
+    for row in cells:
+        table.add_row(*(row[col] if col in wrap else _fit(row[col], widths[col]) for col in shown))
     c.out.print(table)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def _short(text: str, limit: int = 72) -> str:
     """Long cells (errors, subjects) are cut in tables; --json has them whole."""
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -142,4 +142,5 @@ def tables(
             for i in infos
         ],
         ["table", "key", "columns", "rows"],
+        wrap=("key", "columns"),
     )

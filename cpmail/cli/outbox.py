@@ -48,7 +48,14 @@ def outbox(
     if json:
         emit_json(rows)
         return
-    print_table(c, rows, LIST_COLUMNS, empty="The outbox is empty.")
+    print_table(
+        c,
+        rows,
+        LIST_COLUMNS,
+        empty="The outbox is empty.",
+        free=("to", "subject", "last_error"),
+        drop=("last_error", "next_attempt_at", "attempts", "event"),
+    )
 
 
 @outbox_app.command("retry")
@@ -106,10 +113,13 @@ def log(
     status: str | None = typer.Option(
         None, "--status", help="sent, deferred, failed, suppressed, queued, dropped (a,b for more)."
     ),
-    limit: int | None = typer.Option(None, "--limit", help="Only the newest N."),
+    limit: int = typer.Option(
+        50, "--limit", metavar="N", min=1, help="Only the newest N (default 50)."
+    ),
+    all_: bool = typer.Option(False, "--all", help="Every message, however many."),
     json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
-    """Every message cpmail sent, deferred, failed or suppressed."""
+    """The newest messages cpmail sent, deferred, failed or suppressed (50 unless --all)."""
     import datetime as dt
 
     from cpmail.outbox import list_messages
@@ -130,12 +140,21 @@ def log(
         since=since_utc,
         event=event,
         to=_addresses(c, to) if to else None,
-        limit=limit,
+        limit=None if all_ else limit,
     )
     if json:
         emit_json(rows)
         return
-    print_table(c, rows, LOG_COLUMNS, empty="No messages match.")
+    print_table(
+        c,
+        rows,
+        LOG_COLUMNS,
+        empty="No messages match.",
+        free=("to", "subject", "last_error", "from"),
+        drop=("message_id", "from", "attempts", "last_error", "event"),
+    )
+    if not all_ and len(rows) == limit:
+        c.note(f"The newest {limit} shown; `cpmail log --all` or `--limit N` for more.")
 
 
 def _addresses(c: Ctx, to: str) -> list[str]:

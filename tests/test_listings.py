@@ -1,0 +1,72 @@
+"""Listings fit an 80-column terminal without breaking a word; -q/-v go anywhere; log's limit."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+
+
+@pytest.fixture
+def demo(cli: Cli) -> Cli:
+    r = cli("demo", "--date", "2026-11-24")
+    assert r.exit_code == 0, r.output
+    return cli
+
+
+def words_of(text: str) -> set[str]:
+    return set(re.findall(r"[\w@.\-]+", text))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("log", "--all"), ("outbox",), ("staff", "list"), ("data", "tables"), ("config", "show")],
+)
+def test_listings_fit_80_columns_without_splitting_words(
+    demo: Cli, command: tuple[str, ...]
+) -> None:
+    narrow = demo(*command, env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    assert lines and max(len(x) for x in lines) <= 80, max(lines, key=len)
+    # every word shown is a word of the full listing, whole, or cut with "…"
+    full = demo(*command, "--json") if command[0] != "config" else demo("config", "show", "--json")
+    assert full.exit_code == 0
+    known = words_of(json.dumps(json.loads(full.stdout), ensure_ascii=False, default=str))
+    known |= words_of(demo(*command, env={"COLUMNS": "400"}).stdout)
+    for line in lines:
+        for cell in line.split("│")[1:-1]:
+            for word in cell.split():
+                if word.endswith("…"):
+                    continue
+                for part in words_of(word):
+                    assert part in known, f"{part!r} is not a word of the listing: {line}"
+
+
+def test_log_shows_the_newest_50_unless_asked(demo: Cli) -> None:
+    everything = json.loads(demo("log", "--json", "--all").stdout)
+    assert len(everything) > 50
+    newest = json.loads(demo("log", "--json").stdout)
+    assert [r["id"] for r in newest] == [r["id"] for r in everything[-50:]]
+    assert len(json.loads(demo("log", "--json", "--limit", "3").stdout)) == 3
+    r = demo("log")
+    assert "cpmail log --all" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["-q", "--quiet"])
+def test_quiet_after_the_subcommand(demo: Cli, home: Path, flag: str) -> None:
+    before = demo("check", "--date", "2026-11-24")
+    assert before.exit_code == 0 and before.stdout.strip()
+    after = demo("check", flag, "--date", "2026-11-24")
+    assert after.exit_code == 0, after.output
+    assert after.stdout == ""
+    assert demo("check", "--date", "2026-11-24", flag).stdout == ""
+
+
+def test_verbose_after_the_subcommand_is_accepted(demo: Cli) -> None:
+    assert demo("outbox", "-v").exit_code == 0
+    assert demo("log", "--limit", "1", "--verbose").exit_code == 0
