@@ -165,8 +165,13 @@ def _source_engine(url: str) -> sa.Engine:
     """An engine for the source; an SQLite file is opened read-only and must exist."""
     try:
         u = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise ConfigError("source.url is not a database URL (see docs/data.md).") from None
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError(
+            "source.url is not a database URL such as postgresql+psycopg://user@host/dbname "
+            "(see docs/data.md); check its port and punctuation."
+        ) from None
+    if u.port is not None and not 1 <= u.port <= 65535:
+        raise ConfigError(f"source.url: the port {u.port} is not a port (1 to 65535).")
     backend = u.get_backend_name()
     if backend == "sqlite":
         import sqlite3

@@ -361,3 +361,23 @@ def test_pull_into_a_postgres_home(source: Source, cli: Cli, home: Path, pg_url:
     assert {t["id"] for t in table_rows(engine, "tasks")} == {"9001", "9003", "9004"}
     assert len(table_rows(engine, "job_status_history")) == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+psycopg://reader:pw@db:abc/studio", "source.url is not a database URL"),
+        ("postgresql+psycopg://reader:pw@db:99999/studio", "source.url: the port 99999 is not"),
+        ("nosuchdb://reader:pw@db/studio", "source.url: cpmail does not know the database kind"),
+    ],
+)
+def test_a_source_url_that_cannot_be_right_is_a_setting_to_fix(
+    initialised: Cli, url: str, expected: str
+) -> None:
+    path = initialised.home / "cpmail.toml"
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f'\n[source]\nurl = "{url}"\n[source.tables.clients]\nquery = "SELECT 1"\n')
+    r = initialised("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"cpmail: {expected}")
+    assert "pw" not in r.stderr
