@@ -12,6 +12,8 @@ import datetime as dt
 import io
 import json
 import re
+import shutil
+import subprocess
 from decimal import Decimal
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -529,3 +531,44 @@ def test_cash_flow_sent_by_check_on_its_day_only(agency: Agency) -> None:
     summary = {s["event"]: s for s in json.loads(r.stdout)["summary"]}
     assert summary["cash-flow"]["skipped"] == 1
     assert "CR (Carl Reed)" in json.dumps(summary["cash-flow"]["skip_reasons"])
+
+
+@pytest.mark.skipif(
+    shutil.which("calcurse") is None, reason="calcurse is not installed (apt-get install calcurse)"
+)
+def test_a_calendar_program_imports_the_invitation(
+    agency: Agency, home: Path, tmp_path: Path
+) -> None:
+    """calcurse (Debian's text calendar) reads the .ics as one appointment, nothing skipped."""
+    agency.add(
+        "calendar_entries",
+        dict(
+            id="CAL1",
+            title="Client review; “round 2”",
+            starts_at=at(D + DAY, 14),
+            ends_at=at(D + DAY, 15),
+            remind_at=at(D, 8),
+            location="Room B",
+            notes="Bring proofs.",
+            attendees="AE,CR",
+        ),
+    )
+    with agency.engine.connect() as conn:
+        (n,) = calendar_reminder(conn, _run(home, D, at(D, 9)))
+    ics = tmp_path / n.attachments[0][0]
+    ics.write_bytes(n.attachments[0][1])
+    r = subprocess.run(
+        ["calcurse", "-D", str(tmp_path / "calcurse"), "-i", str(ics)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 app / 0 events / 0 todos / 0 skipped" in r.stdout
+    r = subprocess.run(
+        ["calcurse", "-D", str(tmp_path / "calcurse"), "-Q", "--from", "11/25/2026"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Client review" in r.stdout, r.stdout + r.stderr
