@@ -360,6 +360,7 @@ def test_reminder_ics_is_an_invitation(agency: Agency, home: Path) -> None:
     for m in msgs:
         (att,) = list(m.iter_attachments())
         assert att.get_content_type() == "text/calendar"
+        assert att.get_param("method") == "REQUEST"  # what makes Outlook show it as one
         assert att.get_filename() == "client-review-round-2.ics"
         cal = icalendar.Calendar.from_ical(att.get_content())
         assert str(cal["METHOD"]) == "REQUEST" and str(cal["VERSION"]) == "2.0"

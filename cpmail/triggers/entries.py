@@ -147,7 +147,9 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
                 }
             },
             listed=listed,
-            attachments=[(f"{_slug(r.title)}.ics", ics, "text/calendar")],
+            attachments=[
+                (f"{_slug(r.title)}.ics", ics, "text/calendar; method=REQUEST; charset=utf-8")
+            ],
         )
 
 
