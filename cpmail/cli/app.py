@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -65,8 +64,6 @@ class _Root(TyperGroup):
         except CpmailError as e:
             typer.echo(f"cpmail: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
         except Exception as e:
             # The database or the disk failing is not a bug: say what failed (exit 3).
             err = _outside_failure(e, ctx)
@@ -77,6 +74,9 @@ class _Root(TyperGroup):
 
 
 def _outside_failure(e: Exception, ctx: typer.Context) -> CpmailError | None:
+    drivers = ("sqlalchemy", "sqlite3", "psycopg", "pymysql")
+    if not (type(e).__module__.startswith(drivers) or isinstance(e, OSError)):
+        return None  # typer's own exits and usage errors pass through untouched
     from cpmail.store.failures import explain
 
     obj = ctx.obj

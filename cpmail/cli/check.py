@@ -10,7 +10,7 @@ import typer
 
 from cpmail import interrupt
 from cpmail.cli.common import ctx_of, emit_json, parse_date, print_table, split_list
-from cpmail.errors import InputError, NotDelivered
+from cpmail.errors import CpmailError, InputError, NotDelivered
 
 
 def check(
@@ -34,11 +34,41 @@ def check(
     json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Tell the right people what they must know, once: evaluate triggers, queue, send."""
+    c = ctx_of(ctx)
+    code = 70
+    try:
+        _check(c, today, date, only, skip, dry_run, as_staff, json)
+        code = 0
+    except (CpmailError, interrupt.Stopped, typer.Exit) as e:
+        code = int(getattr(e, "exit_code", 70))
+        raise
+    except Exception as e:
+        # The database or the disk failing (said by cpmail.cli.app) is exit 3.
+        outside = type(e).__module__.startswith(("sqlalchemy", "sqlite3", "psycopg"))
+        code = 3 if outside or isinstance(e, OSError) else 70
+        raise
+    finally:
+        # A second channel hears when mail itself is failing ([alerts] urls).
+        if not dry_run and not 128 < code < 160:
+            from cpmail.alerts import after_check
+
+            after_check(c.home, code)
+
+
+def _check(
+    c: Any,
+    today: bool,
+    date: str | None,
+    only: list[str] | None,
+    skip: list[str] | None,
+    dry_run: bool,
+    as_staff: str | None,
+    json: bool,
+) -> None:
     import datetime as dt
 
     from cpmail.check import run_check
 
-    c = ctx_of(ctx)
     if today and date:
         raise InputError("give --today or --date, not both.")
     s = c.settings
