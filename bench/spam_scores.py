@@ -69,6 +69,7 @@ def collect(work: Path) -> dict[str, list[bytes]]:
     kinds: dict[str, list[bytes]] = defaultdict(list)
     demo = work / "demo"
     cpmail(demo, "init")
+    cpmail(demo, "config", "set", "events.budget-alert.thresholds", "80,100")
     cpmail(demo, "demo", "--date", DATE.isoformat())
     cpmail(demo, "config", "test", "--to", "kate.morgan@northwind.example")
     cpmail(demo, "send-report", "--report", "invoice", "--id", "10234")
@@ -123,7 +124,7 @@ def score(raw: bytes, spamassassin: str) -> tuple[float, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-kind", type=int, default=3, help="messages scored per kind")
+    ap.add_argument("--per-kind", type=int, default=4, help="messages scored per kind")
     ap.add_argument("--keep", type=Path, help="copy the scored .eml files here")
     args = ap.parse_args()
     sa = need("spamassassin")
