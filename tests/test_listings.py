@@ -70,3 +70,19 @@ def test_quiet_after_the_subcommand(demo: Cli, home: Path, flag: str) -> None:
 def test_verbose_after_the_subcommand_is_accepted(demo: Cli) -> None:
     assert demo("outbox", "-v").exit_code == 0
     assert demo("log", "--limit", "1", "--verbose").exit_code == 0
+
+
+def test_usage_lines_write_arguments_as_unix_tools_do() -> None:
+    from typer.testing import CliRunner
+
+    from cpmail.cli.app import app
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    usages = [line for line in text.splitlines() if line.startswith("Usage: cpmail")]
+    assert len(usages) > 30
+    for line in usages:
+        assert "[[" not in line and "]]" not in line, line
+        braces = re.findall(r"\{([^}]*)\}", line)
+        assert all("|" in b for b in braces), line  # braces only around choices
+    r = CliRunner().invoke(app, ["staff", "test", "--help"])
+    assert "Usage: cpmail staff test [OPTIONS] ID\n" in r.output

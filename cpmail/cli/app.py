@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from cpmail import __version__, interrupt
 from cpmail.cli import (
@@ -33,6 +33,21 @@ from cpmail.cli import (
 from cpmail.cli.common import Ctx
 from cpmail.errors import CpmailError
 from cpmail.settings import home_dir
+
+
+def _usage_name(self: TyperArgument) -> str:
+    """Arguments in usage lines as Unix tools write them: ID, [ID], ID... ({a|b} for choices)."""
+    name = str(self.display_name_raw)
+    if not self.required:
+        name = f"[{name}]"
+    elif "|" in name:
+        name = f"{{{name}}}"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+# typer writes a required argument as {ID}, which reads like a set of choices.
+if hasattr(TyperArgument, "_usage_display_name"):
+    TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 
 _ANYWHERE = ("-q", "--quiet", "-v", "--verbose")
 

@@ -159,8 +159,10 @@ def helpdesk(
 @app.command("set")
 def set_(
     ctx: typer.Context,
-    key: str = typer.Argument(..., help="Dotted key, e.g. mail.digest."),
-    value: str = typer.Argument(..., help="The value (lists: a,b or a TOML array)."),
+    key: str = typer.Argument(..., metavar="KEY", help="Dotted key, e.g. mail.digest."),
+    value: str = typer.Argument(
+        ..., metavar="VALUE", help="The value (lists: a,b or a TOML array)."
+    ),
 ) -> None:
     """Set one setting by its dotted key (validated)."""
     c = ctx_of(ctx)
@@ -169,7 +171,9 @@ def set_(
 
 
 @app.command("get")
-def get(ctx: typer.Context, key: str = typer.Argument(..., help="Dotted key.")) -> None:
+def get(
+    ctx: typer.Context, key: str = typer.Argument(..., metavar="KEY", help="Dotted key.")
+) -> None:
     """Print one setting's effective value."""
     c = ctx_of(ctx)
     typer.echo(_show(shown(key, c.settings.get(key))))

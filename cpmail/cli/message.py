@@ -133,7 +133,7 @@ def _author(c: Ctx, sender: Sender, as_staff: str | None) -> tuple[str, str]:
 def message(
     ctx: typer.Context,
     kind: str = typer.Argument(..., metavar="manager|helpdesk|bug|wish", help="Who to write to."),
-    text: str | None = typer.Argument(None, help="What to say (or use --stdin)."),
+    text: str | None = typer.Argument(None, metavar="TEXT", help="What to say (or use --stdin)."),
     subject: str | None = typer.Option(None, "--subject", help="Subject line."),
     stdin: bool = typer.Option(False, "--stdin", help="Read the text from standard input."),
     as_staff: str | None = typer.Option(None, "--as", help="Send as this staff member."),

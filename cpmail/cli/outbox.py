@@ -61,7 +61,7 @@ def outbox(
 @outbox_app.command("retry")
 def retry(
     ctx: typer.Context,
-    ids: list[int] | None = typer.Argument(None, metavar="[ID…]", help="Message ids."),
+    ids: list[int] | None = typer.Argument(None, metavar="ID", help="Message ids."),
     all_: bool = typer.Option(False, "--all", help="Every failed or deferred message."),
 ) -> None:
     """Send failed or deferred messages again now."""
@@ -95,7 +95,7 @@ def retry(
 @outbox_app.command("drop")
 def drop(
     ctx: typer.Context,
-    ids: list[int] = typer.Argument(..., metavar="ID…", help="Message ids."),
+    ids: list[int] = typer.Argument(..., metavar="ID", help="Message ids."),
 ) -> None:
     """Take messages out of the outbox for good (the log keeps them as dropped)."""
     from cpmail.outbox import drop as drop_messages

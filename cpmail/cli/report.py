@@ -18,7 +18,7 @@ def report(
     kind: str = typer.Argument(..., metavar="KIND", help=f"Which report: {_KINDS}."),
     id: str | None = typer.Argument(
         None,
-        metavar="[ID]",
+        metavar="ID",
         help="Billing id or number, estimate or purchase-order id (none for cash-flow).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The PDF file to write."),
@@ -39,7 +39,7 @@ def report(
 def send_report(
     ctx: typer.Context,
     file: Path | None = typer.Argument(
-        None, metavar="[FILE.pdf]", help="The PDF to send (or use --report)."
+        None, metavar="FILE.pdf", help="The PDF to send (or use --report)."
     ),
     kind: str | None = typer.Option(
         None, "--report", metavar="KIND", help=f"Render this report now and send it: {_KINDS}."

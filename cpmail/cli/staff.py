@@ -202,7 +202,9 @@ def passcode(
 def mute(
     ctx: typer.Context,
     staff_id: str = typer.Argument(..., metavar="ID", help="Staff code."),
-    events: list[str] = typer.Argument(..., metavar="EVENT[,EVENT…]", help="Events to opt out of."),
+    events: list[str] = typer.Argument(
+        ..., metavar="EVENT", help="Events to opt out of (a,b or several)."
+    ),
 ) -> None:
     """Stop sending a staff member these events."""
     from cpmail import people
@@ -217,7 +219,7 @@ def mute(
 def unmute(
     ctx: typer.Context,
     staff_id: str = typer.Argument(..., metavar="ID", help="Staff code."),
-    events: list[str] = typer.Argument(..., metavar="EVENT…", help="Events to receive again."),
+    events: list[str] = typer.Argument(..., metavar="EVENT", help="Events to receive again."),
 ) -> None:
     """Send a staff member these events again."""
     from cpmail import people

@@ -62,7 +62,9 @@ def export(
 @app.command("preview")
 def preview(
     ctx: typer.Context,
-    event: str = typer.Argument(..., help="The event, e.g. job-opened, or digest."),
+    event: str = typer.Argument(
+        ..., metavar="EVENT", help="The event, e.g. job-opened, or digest."
+    ),
     html: bool = typer.Option(False, "--html", help="Print the HTML part instead of the text."),
 ) -> None:
     """Render one event's message with the demo agency's data."""
