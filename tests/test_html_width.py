@@ -190,9 +190,7 @@ def test_every_html_message_fits_375_and_600_px(cli: Cli, home: Path, tmp_path: 
     assert built_in - {"base"} <= events, f"not looked at: {built_in - {'base'} - events}"
     widths = _measure(pages, tmp_path)
     assert set(widths) == set(pages)
-    too_wide = {
-        name: {w: s for w, s in ws.items() if s > w} for name, ws in widths.items()
-    }
+    too_wide = {name: {w: s for w, s in ws.items() if s > w} for name, ws in widths.items()}
     too_wide = {k: v for k, v in too_wide.items() if v}
     assert not too_wide, f"scroll width larger than the frame: {too_wide}"
 

@@ -43,8 +43,7 @@ class Agency:
         r = self.cli("check", "--date", date.isoformat(), *args)
         assert r.exit_code == code, r.output
         return [
-            message_from_bytes(m.data, policy=policy.default)
-            for m in self.server.messages[before:]
+            message_from_bytes(m.data, policy=policy.default) for m in self.server.messages[before:]
         ]
 
 
