@@ -143,8 +143,8 @@ window.addEventListener("load", function () {
   document.body.appendChild(pre);
 });
 </script>"""
-    page = tmp / "widths.html"
-    page.write_text(
+    doc = tmp / "widths.html"
+    doc.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body style='margin:0'>"
         + "".join(frames)
         + script
@@ -162,7 +162,7 @@ window.addEventListener("load", function () {
             "--window-size=1200,900",
             "--virtual-time-budget=10000",
             "--dump-dom",
-            page.as_uri(),
+            doc.as_uri(),
         ],
         capture_output=True,
         text=True,
