@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail import interrupt
+from cpmail import interrupt, pace
 from cpmail.compose import to_bytes
 from cpmail.errors import (
     AuthError,
@@ -382,6 +382,7 @@ class Delivery:
     errors: dict[int, str] = field(default_factory=dict)
     waiting: int = 0  # left for later (outside the send window)
     released: int = 0  # claimed but not sent (the run was stopped): back in the queue
+    notes: list[str] = field(default_factory=list)  # what a person should know (paced mail)
     stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
 
     def count(self, status: str) -> int:
@@ -568,12 +569,18 @@ class _Recorder:
         # ``settled`` wakes up. See SMTPTransport: a connection sends the next
         # message only once the last one it delivered is on record.
         self.listeners: list[Callable[[], None]] = []
+        self.observers: list[Callable[[Outcome], None]] = []  # see each outcome as it comes
+        # True while the account is paced: a transport then takes one message at a
+        # time, just before it sends it (see cpmail.pace).
+        self.pacing: Callable[[], bool] = lambda: False
 
     def settled(self, id_: int) -> bool:
         """True once the outcome of message ``id_`` is written (or can no longer be)."""
         return id_ not in self.held.keep or self.fatal is not None
 
     def __call__(self, outcome: Outcome) -> None:
+        for observe in self.observers:
+            observe(outcome)
         with self.cond:
             self.pending.append(outcome)
             self.unwritten += 1
@@ -801,12 +808,42 @@ def deliver(
             _wait_for_window(engine, run_id, ids, ready, stale, result)
             return result
         recorder = _Recorder(engine, settings, result, held)
+        per_minute, per_day = pace.limits(settings)
+        current: list[pace.Pace | None] = [None]
+
+        def stop() -> bool:
+            return interrupt.requested() is not None or recorder.blocked
+
+        def admit() -> bool:
+            paced = current[0]
+            return paced is None or paced.admit(stop)
+
+        def observe(outcome: Outcome) -> None:
+            paced = current[0]
+            if paced is None and not (per_minute or per_day):
+                return
+            words = " ".join(
+                [str(outcome.error or ""), *outcome.deferred.values(), *outcome.refused.values()]
+            )
+            if not words.strip():
+                return
+            if paced is None:
+                paced = current[0] = pace.Pace(per_minute, per_day)
+            if pace.daily_limit(words):
+                paced.stop_for_today()
+            elif pace.throttled(words):
+                paced.slow_down()
+
+        recorder.observers.append(observe)
+        recorder.pacing = lambda: current[0] is not None
 
         def envelopes(account: str) -> Iterator[Envelope]:
             for env, event in ready:
-                if interrupt.requested() is not None or recorder.blocked:
+                if stop():
                     return
                 if env.account == account:
+                    if not admit():
+                        return
                     recorder.events[env.id] = event
                     if on_progress:
                         on_progress(1)
@@ -824,7 +861,7 @@ def deliver(
                 if not batch:
                     return
                 for env in batch:
-                    if interrupt.requested() is not None or recorder.blocked:
+                    if stop() or not admit():
                         return
                     if on_progress:
                         on_progress(1)
@@ -834,12 +871,17 @@ def deliver(
             for account in _accounts(engine, ids, ready, stale):
                 if interrupt.requested() is not None:
                     break
+                current[0] = _pace_for(engine, settings, account, per_minute, per_day)
                 try:
                     transport.deliver(envelopes(account), recorder)
                 except AuthError as e:
                     result.stopped = result.stopped or e
                     recorder.flush()
                     _release(engine, run_id, result, reason=str(e), account=account, keep=held.keep)
+                paced = current[0]
+                if paced is not None and paced.day_full and interrupt.requested() is None:
+                    recorder.flush()
+                    _wait_for_tomorrow(engine, settings, run_id, result, account, held.keep, paced)
         except Unreachable as e:
             result.stopped = e
         finally:
@@ -856,6 +898,54 @@ def deliver(
                 "comes back first; free the disk or restart the database."
             ) from None
     return result
+
+
+def _pace_for(
+    engine: sa.Engine, settings: Settings, account: str, per_minute: int, per_day: int
+) -> pace.Pace | None:
+    """The account's pace for this run, counting what the log says it sent lately."""
+    if not (per_minute or per_day):
+        return None
+    m = messages.c
+    midnight = pace.next_day_start(settings.tz()) - dt.timedelta(days=1)
+    with engine.connect() as conn:
+        now = clock(conn)
+        row = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.count(sa.case((m.sent_at >= now - dt.timedelta(minutes=1), 1))),
+            ).where(m.account == account, m.status == "sent", m.sent_at >= min(midnight, now))
+        ).one()
+    return pace.Pace(per_minute, per_day, sent_today=int(row[0]), sent_last_minute=int(row[1]))
+
+
+def _wait_for_tomorrow(
+    engine: sa.Engine,
+    settings: Settings,
+    run_id: str,
+    result: Delivery,
+    account: str,
+    keep: set[int],
+    paced: pace.Pace,
+) -> None:
+    """The account's daily limit is reached: its mail waits for the next day."""
+    tomorrow = pace.next_day_start(settings.tz())
+    who = "the shared account" if account == "shared" else f"account {account or '(none)'}"
+    limit = f"{paced.per_day} messages" if paced.per_day else "the provider's limit"
+    reason = f"{who} reached its daily sending limit ({limit}); it waits for tomorrow"
+    before = result.released
+    _release(engine, run_id, result, reason=reason, account=account, keep=keep, not_before=tomorrow)
+    m = messages.c
+    with engine.begin() as conn:
+        waiting = conn.execute(
+            messages.update()
+            .where(m.account == account, m.status.in_(("queued", "deferred")))
+            .where(sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at < tomorrow))
+            .values(status="deferred", next_attempt_at=tomorrow, last_error=reason)
+        ).rowcount
+    n = int(waiting or 0) + result.released - before
+    if n:
+        result.notes.append(f"{n} message(s) of {who} wait for tomorrow: {reason}.")
 
 
 def _wait_for_window(
@@ -906,6 +996,7 @@ def _release(
     reason: str | None = None,
     account: str | None = None,
     keep: set[int] | frozenset[int] = frozenset(),
+    not_before: dt.datetime | None = None,
 ) -> None:
     """Claimed rows the transport never reported (of one account) go back to the queue.
 
@@ -926,7 +1017,11 @@ def _release(
         if not rows:
             return
         now = clock(conn)
-        values: dict[str, Any] = {"claimed_at": None, "claimed_by": None, "next_attempt_at": now}
+        values: dict[str, Any] = {
+            "claimed_at": None,
+            "claimed_by": None,
+            "next_attempt_at": not_before or now,
+        }
         if reason is not None:
             values.update(status="deferred", last_error=reason)
         else:

@@ -63,6 +63,9 @@ Trouble, set on the object at any time (it applies to the next command):
   DATA like ``stall_data`` (a server that accepts, then stops answering).
 - ``accept_delay = seconds``: wait this long before accepting each message
   (a slow or tarpitting server).
+- ``rate_limit = (n, seconds)``: like Exchange Online, answer MAIL with
+  ``452 4.3.2 … STOREDRV.ClientSubmit`` once ``n`` messages were accepted in
+  the last ``seconds``; ``server.throttled`` counts those answers.
 
 Any answer starting with ``421`` also closes the connection, as real servers do.
 """
@@ -74,6 +77,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +225,17 @@ class _Handler:
         owner = self.owner
         if owner.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if owner.rate_limit is not None:
+            n, window = owner.rate_limit
+            with owner._lock:
+                now = time.monotonic()
+                recent = sum(1 for t in owner._accepted_at if now - t < window)
+                if recent >= n:
+                    owner.throttled += 1
+                    return (
+                        "452 4.3.2 Submission quota exceeded. "
+                        "STOREDRV.ClientSubmit; sender thread limit exceeded"
+                    )
         answer = owner._next_answer("fail_mail")
         if answer is not None:
             return answer
@@ -274,6 +289,7 @@ class _Handler:
         )
         with owner._lock:
             owner.messages.append(received)
+            owner._accepted_at.append(time.monotonic())
         return "250 2.0.0 OK queued"
 
 
@@ -330,6 +346,9 @@ class SMTPTestServer:
         self.stall_data: Trouble = False
         self.stall_after: int | None = None
         self.accept_delay = 0.0
+        self.rate_limit: tuple[int, float] | None = None
+        self.throttled = 0  # MAIL commands refused by rate_limit
+        self._accepted_at: list[float] = []
 
         self._lock = threading.Lock()
         self._open = 0  # sessions past EHLO

@@ -281,6 +281,9 @@ def _print_summary(c: Any, result: Any) -> None:
         )
     for line in result.notice:
         c.note(line)
+    if result.delivery is not None:
+        for line in result.delivery.notes:
+            c.note(line)
     if result.earlier:
         e = result.earlier
         c.say(

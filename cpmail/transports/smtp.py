@@ -793,6 +793,10 @@ class _Run:
     def _want(self) -> int:
         # Enough for every connection to have a few in hand, no more: the rest
         # stay in the outbox, unclaimed, until a connection is ready for them.
+        # A paced account takes one at a time: the pace is kept when it is sent.
+        pacing = getattr(self.report, "pacing", None)
+        if pacing is not None and pacing():
+            return 1
         return self.cfg.connections * _MESSAGES_PER_EXTRA_CONNECTION * 2
 
     def _stopping(self) -> bool:

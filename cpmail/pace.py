@@ -1,0 +1,148 @@
+"""Send at the provider's pace: so many messages a minute and a day per sending account.
+
+Gmail and Microsoft 365 limit each mailbox. Sending faster only earns
+refusals that turn into deferrals and backoff, so mail dribbles out over
+hours; keeping to the pace sends it all in the least time. The limits are
+``[mail.pace] per_minute`` and ``per_day``; left unset, the provider's
+published limits apply (``PRESETS``); set to 0, there is no limit.
+
+Sources of the presets:
+
+- Exchange Online (Microsoft 365, by Graph or smtp.office365.com): "Message
+  rate limit: 30 messages per minute" and "Recipient rate limit: 10,000
+  recipients per day" (Exchange Online limits, sending limits).
+- Gmail API: 15,000 quota units per user per minute, ``messages.send`` costs
+  100 (150 a minute); Google Workspace sends at most 2,000 messages a day
+  per user ("Gmail sending limits in Google Workspace"); a free account 500.
+- smtp.gmail.com: the same 2,000 a day; Google states no rate a minute, so
+  the API's 150 is used.
+
+A throttling answer (Exchange ``4.3.2``/``STOREDRV.ClientSubmit``, Gmail
+``4.7.28``) halves the account's pace for the rest of the run; a daily limit
+answer (Gmail ``5.4.5``, "daily user sending limit exceeded") stops the
+account until the next day. Other accounts keep going.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PRESETS: dict[str, tuple[int, int]] = {  # name -> (per_minute, per_day)
+    "microsoft": (30, 10_000),
+    "gmail": (150, 2_000),
+    "smtp.office365.com": (30, 10_000),
+    "smtp-mail.outlook.com": (30, 10_000),
+    "smtp.gmail.com": (150, 2_000),
+}
+
+_THROTTLED = re.compile(
+    r"\b4\.3\.2\b|storedrv\.clientsubmit|\b4\.7\.28\b|rate.?limit|too many (messages|requests)|"
+    r"\b429\b|"
+    r"try again later.{0,40}(rate|limit)|throttl",
+    re.IGNORECASE,
+)
+_DAILY = re.compile(
+    r"\b5\.4\.5\b|daily (user )?sending (quota|limit)|daily limit|sending limit exceeded|"
+    r"\b5\.2\.0\b.{0,40}(quota|limit)",
+    re.IGNORECASE,
+)
+
+
+def limits(settings: object) -> tuple[int, int]:
+    """(per_minute, per_day) for this home: the settings, else the provider's preset."""
+    from cpmail.settings import Settings
+
+    assert isinstance(settings, Settings)
+    transport = str(settings["mail.transport"])
+    key = transport if transport in ("gmail", "microsoft") else ""
+    if transport == "smtp":
+        key = str(settings["mail.smtp.host"]).strip().lower()
+    preset = PRESETS.get(key, (0, 0))
+    per_minute = (
+        preset[0]
+        if settings.source("mail.pace.per_minute") == "default"
+        else int(settings["mail.pace.per_minute"])
+    )
+    per_day = (
+        preset[1]
+        if settings.source("mail.pace.per_day") == "default"
+        else int(settings["mail.pace.per_day"])
+    )
+    return per_minute, per_day
+
+
+def throttled(words: str) -> bool:
+    """True for an answer that says: slower, please."""
+    return bool(_THROTTLED.search(words))
+
+
+def daily_limit(words: str) -> bool:
+    """True for an answer that says: no more today."""
+    return bool(_DAILY.search(words))
+
+
+@dataclass
+class Pace:
+    """One sending account's pace in one run.
+
+    ``sent_today`` and ``sent_last_minute`` come from the log, so runs that
+    follow each other (or run side by side) share the account's limits.
+    """
+
+    per_minute: int
+    per_day: int
+    sent_today: int = 0
+    sent_last_minute: int = 0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    stopped_for_today: bool = False
+    _next: float = 0.0
+    _interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._interval = 60.0 / self.per_minute if self.per_minute else 0.0
+        # A minute already used up (by an earlier run) is waited out first.
+        used = min(self.sent_last_minute, self.per_minute)
+        self._next = self.clock() + max(0.0, self._interval * (used + 1) - 60.0)
+
+    @property
+    def day_full(self) -> bool:
+        return self.stopped_for_today or (0 < self.per_day <= self.sent_today)
+
+    def admit(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until the next message may go; False when none may go today (or ``stop``)."""
+        if self.day_full:
+            return False
+        while self._interval:
+            wait = self._next - self.clock()
+            if wait <= 0:
+                break
+            if stop():
+                return False
+            self.sleep(min(wait, 0.25))
+        now = self.clock()
+        self._next = max(self._next, now - self._interval) + self._interval
+        self.sent_today += 1
+        return True
+
+    def slow_down(self) -> None:
+        """The provider said too fast: half the pace for the rest of the run."""
+        if self._interval:
+            self._interval *= 2
+        else:
+            self._interval = 2.0  # no limit was set: one message every 2 s
+        self._next = self.clock() + self._interval
+
+    def stop_for_today(self) -> None:
+        self.stopped_for_today = True
+
+
+def next_day_start(tz: dt.tzinfo, now: dt.datetime | None = None) -> dt.datetime:
+    """The next local midnight, as naive UTC (when a day's limit starts again)."""
+    local = (now or dt.datetime.now(dt.UTC)).astimezone(tz)
+    midnight = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tz)
+    return midnight.astimezone(dt.UTC).replace(tzinfo=None)
