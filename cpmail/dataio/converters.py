@@ -66,6 +66,13 @@ def _shown(v: Any) -> str:
     return _clip(str(v))
 
 
+def _show_number(raw: Any) -> str:
+    """A number as given: text quoted, a float as Python writes it, cut when long."""
+    if isinstance(raw, str):
+        return _r(raw)
+    return repr(raw) if type(raw) is float else _clip(str(raw))
+
+
 def _native_error(v: Any, what: str) -> _Bad:
     if isinstance(v, _TooDeep):
         return _Bad(f"a value nested this deeply is not allowed here; give {what}")
@@ -74,6 +81,10 @@ def _native_error(v: Any, what: str) -> _Bad:
     if isinstance(v, list):
         return _Bad(f"a list is not allowed here; give {what}")
     return _Bad(f"{_shown(v)} is not {what}")
+
+
+def _same(v: Any) -> Any:
+    return v
 
 
 def _sqlite_ts(v: dt.datetime) -> str:
@@ -174,29 +185,32 @@ def _make_converter(
         exp = Decimal(1).scaleb(-spec.scale)
         whole = (spec.precision or 28) - spec.scale
 
-        def finish_dec(d: Decimal, shown: str) -> Any:
+        def finish_dec(d: Decimal, raw: Any) -> Any:
+            # ``raw`` is what was given, shown only in an error (making the text costs).
             if not d.is_finite():
-                raise _Bad(f"{shown} is not {_MONEY_HELP}")
+                raise _Bad(f"{_show_number(raw)} is not {_MONEY_HELP}")
             if d and d.adjusted() >= whole:
-                raise _Bad(f"{shown} is too large (at most {whole} digits before the point)")
+                raise _Bad(
+                    f"{_show_number(raw)} is too large (at most {whole} digits before the point)"
+                )
             try:
                 q = d.quantize(exp, ROUND_HALF_UP)
             except InvalidOperation:
-                raise _Bad(f"{shown} is too large") from None
+                raise _Bad(f"{_show_number(raw)} is too large") from None
             return float(q) if sqlite else q
 
         def parse_str(s: str) -> Any:
             if not _NUM_RE.match(s):
                 raise _Bad(f"{_r(s)} is not {_MONEY_HELP}")
-            return finish_dec(Decimal(s), _r(s))
+            return finish_dec(Decimal(s), s)
 
         def parse_native(v: Any) -> Any:
             if isinstance(v, Decimal):
-                return finish_dec(v, _clip(str(v)))
+                return finish_dec(v, v)
             if type(v) is int:
-                return finish_dec(Decimal(v), _clip(str(v)))
+                return finish_dec(Decimal(v), v)
             if type(v) is float:
-                return finish_dec(Decimal(repr(v)), repr(v))
+                return finish_dec(Decimal(repr(v)), v)
             raise _native_error(v, "a number")
 
     elif kind == "integer":
@@ -281,16 +295,32 @@ def _make_converter(
                 if v:
                     return plain(v) if fits(v) else parse_str(v)
                 return on_empty()
+            if type(v) is Decimal and v.is_finite() and (not v or v.adjusted() < whole):
+                # A database's numeric value (data pull): round to the column, no more.
+                q = v.quantize(exp, ROUND_HALF_UP)
+                return float(q) if sqlite else q
             return other(v)
 
     else:
+        # Values a database gives (data pull) that need no more than a check of their type.
+        native: dict[type, Callable[[Any], Any]] = {}
+        if kind == "date":
+            native[dt.date] = dt.date.isoformat if sqlite else _same
+        elif kind == "timestamp":
+            native[dt.datetime] = finish
+        elif kind == "integer":
+            native[int] = lambda n: n if -_INT_MAX <= n <= _INT_MAX else parse_native(n)
+        elif kind == "boolean":
+            native[bool] = lambda b: true if b else false
+        fast = native.get
 
         def convert(v: Any) -> Any:
             if type(v) is str:
                 if strip:
                     v = v.strip()
                 return parse_str(v) if v else on_empty()
-            return other(v)
+            f = fast(type(v))
+            return f(v) if f is not None else other(v)
 
     if (table, spec.name) in ADDRESS_COLUMNS:
         return _address_converter(convert, on_empty)
