@@ -101,10 +101,13 @@ def _domain(address: str) -> str:
 # A header is a list of tokens joined by single spaces; folding puts a line
 # break before any of those spaces, so unfolding gives the same text back.
 
-# An encoded-word at most this long keeps "X-Cpmail-Event: " + one word within 76.
+# In unstructured text an encoded-word at most this long keeps "X-Cpmail-Event: "
+# and one word within 76. In a display name a word may take RFC 2047's 75: the
+# email package's reader shows a space between two encoded-words of a phrase
+# (RFC 2047 says to ignore it), so a long name is best cut in few pieces.
 _EW_MAX = 60
-_EW_ROOM = _EW_MAX - len("=?utf-8?q??=")
-_B64_BYTES = _EW_ROOM // 4 * 3
+_EW_PHRASE = 75
+_EW_WRAP = len("=?utf-8?q??=")
 _SPACES = ("_", b" ")  # a space, Q-encoded or as a byte
 _P = TypeVar("_P", str, bytes)
 # RFC 2047 5(3): in a phrase, Q-encoded text may keep only these characters.
@@ -125,7 +128,7 @@ def _q_char(ch: str) -> str:
     return "".join(f"={b:02X}" for b in ch.encode("utf-8"))
 
 
-def _encoded_words(text: str) -> list[str]:
+def _encoded_words(text: str, size: int = _EW_MAX) -> list[str]:
     """``text`` as RFC 2047 encoded-words (UTF-8), none splitting a character.
 
     Where the text must go in several words, each break comes after a space
@@ -133,14 +136,15 @@ def _encoded_words(text: str) -> list[str]:
     wrongly shows the blank between two encoded-words then shows only an
     extra space, never one inside a word.
     """
+    room = size - _EW_WRAP
     data = text.encode("utf-8")
     q = [_q_char(ch) for ch in text]
     if sum(map(len, q)) <= 4 * -(-len(data) // 3):
-        return [f"=?utf-8?q?{''.join(w)}?=" for w in _split(q, len, _EW_ROOM)]
+        return [f"=?utf-8?q?{''.join(w)}?=" for w in _split(q, len, room)]
     pieces = [ch.encode("utf-8") for ch in text]
     return [
         f"=?utf-8?b?{base64.b64encode(b''.join(w)).decode('ascii')}?="
-        for w in _split(pieces, len, _B64_BYTES)
+        for w in _split(pieces, len, room // 4 * 3)
     ]
 
 
@@ -164,7 +168,7 @@ def _split(pieces: list[_P], size: Callable[[_P], int], room: int) -> list[list[
     return runs
 
 
-def _text_tokens(text: str, plain: re.Pattern[str] = _PLAIN_WORD) -> list[str]:
+def _text_tokens(text: str, plain: re.Pattern[str] = _PLAIN_WORD, size: int = _EW_MAX) -> list[str]:
     """Text as tokens that read back as exactly ``text``.
 
     Words that match ``plain`` (and hold no ``=?``) stay as they are; every
@@ -188,7 +192,7 @@ def _text_tokens(text: str, plain: re.Pattern[str] = _PLAIN_WORD) -> list[str]:
         j = i
         while j < len(pieces) and encode[j]:
             j += 1
-        tokens.extend(_encoded_words(" ".join(pieces[i:j])))
+        tokens.extend(_encoded_words(" ".join(pieces[i:j]), size))
         i = j
     return tokens
 
@@ -199,15 +203,19 @@ def _phrase_tokens(name: str) -> list[str]:
         if all(_ATOM.match(p) for p in name.split(" ")):
             return name.split(" ")
         return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
-    return _text_tokens(name, _ATOM)
+    return _text_tokens(name, _ATOM, _EW_PHRASE)
 
 
-def _fold(name: str, tokens: Sequence[str]) -> str:
-    """``Name: tok tok …`` with CRLF, folded before a token that would pass 76 characters."""
+def _fold(name: str, tokens: Sequence[str], *, wrap_first: bool = False) -> str:
+    """``Name: tok tok …`` with CRLF, folded before a token that would pass 76 characters.
+
+    The first token stays on the line of the name unless ``wrap_first`` (for
+    address headers, where white space may start the value).
+    """
     lines: list[str] = []
     line = f"{name}:"
     for n, tok in enumerate(tokens):
-        if n and len(line) + 1 + len(tok) > _LINE:
+        if (n or wrap_first) and len(line) + 1 + len(tok) > _LINE:
             lines.append(line)
             line = " " + tok
         else:
@@ -277,7 +285,7 @@ def _address_header(name: str, boxes: Sequence[Mailbox]) -> _Written:
         tokens.extend(toks)
         addresses.append(parsed)
     value = ", ".join(str(a) for a in addresses)
-    return _Written(name, value, _fold(name, tokens), tuple(addresses))
+    return _Written(name, value, _fold(name, tokens, wrap_first=True), tuple(addresses))
 
 
 def _headers(
@@ -447,10 +455,35 @@ class Composed(NamedTuple):
     message_id: str
 
 
+# binascii.b2a_qp can leave a line of 77 characters (white space it encodes at a
+# line end); such lines are cut again, between whole characters and =XX escapes.
+_QP_LONG = re.compile(rb"^[^\n]{77,}$", re.M)
+_QP_TOKEN = re.compile(rb"=[0-9A-F]{2}|[^\n]", re.S)
+
+
 def _qp(text: str) -> bytes:
     """Quoted-printable body with CRLF line ends, lines of at most 76 characters (RFC 2045)."""
     data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
-    return binascii.b2a_qp(data, istext=True).replace(b"\n", _CRLF)
+    encoded = binascii.b2a_qp(data, istext=True)
+    if _QP_LONG.search(encoded):
+        encoded = _QP_LONG.sub(lambda m: _rewrap(m.group(0)), encoded)
+    return encoded.replace(b"\n", _CRLF)
+
+
+def _rewrap(line: bytes) -> bytes:
+    """One over-long quoted-printable line as lines of at most 76, joined by soft breaks."""
+    tokens = _QP_TOKEN.findall(line)
+    soft = tokens[-1] == b"="  # a lone '=' at the end: the line already ends in a soft break
+    if soft:
+        tokens.pop()
+    lines, cur = [], b""
+    for tok in tokens:
+        if len(cur) + len(tok) > 75:
+            lines.append(cur + b"=")
+            cur = b""
+        cur += tok
+    lines.append(cur + (b"=" if soft else b""))
+    return b"\n".join(lines)
 
 
 def _text_part(subtype: str, text: str, *, mime_version: bool) -> list[bytes]:
