@@ -40,7 +40,7 @@ from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
 from cpmail.store.schema import ledger, messages
 from cpmail.transports.base import Envelope, Transport, get_transport
-from cpmail.triggers import LIST_EVENTS, Notification, Run, finders
+from cpmail.triggers import LIST_EVENTS, Notification, Run, finders, scheduled
 from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows
 from cpmail.workdays import WorkCalendar
 
@@ -209,6 +209,11 @@ def _run_check(
     run = Run(date=date, settings=settings, calendar=WorkCalendar.from_settings(settings), tz=tz)
     summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
     state = {"task-over-budget", "hours-exceeded"}
+    if settings["events.budget-alert.thresholds"]:
+        state.add("budget-alert")  # its thresholds read the same rows
+    extra = {} if only else scheduled()  # reports sent on a schedule (cash-flow)
+    for name in extra:
+        summary[name] = EventSummary()
     incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)
     if incremental:  # else the state triggers look without marking what they looked at
         stamp_state_rows(engine, run_id)
@@ -221,9 +226,15 @@ def _run_check(
             if not summary[ev].enabled:
                 continue
             found.extend(table[ev](conn, run))
+        for find in extra.values():
+            found.extend(find(conn, run))
         found = _unrecorded(conn, found)
     for n in found:
         summary[n.event].found += 1
+    for ev, reasons in run.skipped.items():  # left out by a finder itself
+        if ev in summary:
+            summary[ev].skipped += sum(reasons.values())
+            summary[ev].skip_reasons.update(reasons)
 
     renderer = Renderer(
         home,
@@ -366,9 +377,11 @@ def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) 
     if len(by_event) == 1:
         event = events[0]
         subject, text, html = renderer.message(event, by_event[event], recipient)
+        if len(group) > 1 and event not in LIST_EVENTS:
+            event = DIGEST  # several notifications of one kind, each a section of a digest
     else:
         event = DIGEST
-        ordered = sorted(by_event.items(), key=lambda kv: EVENTS.index(kv[0]))
+        ordered = sorted(by_event.items(), key=lambda kv: _order(kv[0]))
         subject, text, html = renderer.digest(ordered, recipient)
     prefix = str(settings["mail.subject_prefix"])
     subject = f"{prefix} {subject}".strip() if prefix else subject
@@ -402,6 +415,10 @@ def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) 
         raw=msg.raw,
         message_id=msg.message_id,
     )
+
+
+def _order(event: str) -> int:
+    return EVENTS.index(event) if event in EVENTS else len(EVENTS)
 
 
 def _draft(p: Planned, sender: Sender) -> Draft:

@@ -221,6 +221,8 @@ def _weekdays(v: Any) -> list[str]:
 
 
 def _percentages(v: Any) -> list[int]:
+    if isinstance(v, str) and v.strip().startswith("["):
+        v = _env_value(v)  # a TOML array such as [80, 100]
     items = v if isinstance(v, list) else _list_of_str(v)
     out = []
     for x in items:

@@ -125,7 +125,7 @@ def test_demo_fires_every_trigger_and_refuses_a_second_time(cli: Cli, home: Path
     r = cli("demo", "--date", "2026-11-24")
     assert r.exit_code == 0, r.output
     assert "Northwind Creative" in r.stdout and str(home / "mail") in r.stdout
-    r = cli("log", "--json")
+    r = cli("log", "--json", "--all")
     events = {row["event"] for row in json.loads(r.stdout)}
     from cpmail.settings import EVENTS
 
