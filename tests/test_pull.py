@@ -381,3 +381,27 @@ def test_a_source_url_that_cannot_be_right_is_a_setting_to_fix(
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith(f"cpmail: {expected}")
     assert "pw" not in r.stderr
+
+
+def test_a_databases_own_types_are_taken_as_they_are(source: Source, home_for: Any) -> None:
+    """PostgreSQL: a uuid as an id, a timestamp with a time zone, an array for a list column."""
+    if not source.url.startswith("postgresql"):
+        pytest.skip("uuid, timestamptz and arrays are PostgreSQL's")
+    first_day(source)
+    source.run(
+        "CREATE TABLE notes (uid UUID PRIMARY KEY, title TEXT, at TIMESTAMPTZ, tell TEXT[])",
+        "INSERT INTO notes VALUES ('6f1c2a4e-1d2b-4c3d-9e8f-0a1b2c3d4e5f', 'Office closed', "
+        "'2026-11-27 09:30:00+00', ARRAY['AM', 'RP'])",
+    )
+    cli = home_for(source)
+    assert cli("config", "set", "agency.timezone", "America/New_York").exit_code == 0
+    query = "SELECT uid AS id, title AS subject, at AS entered_at, tell AS notify FROM notes"
+    assert cli("config", "set", "source.tables.homebase_entries.query", query).exit_code == 0
+    results = pull(cli)
+    assert counts(results)["homebase_entries"] == (1, 0, 0, 0)
+    engine = engine_of(cli.home)
+    (note,) = table_rows(engine, "homebase_entries")
+    engine.dispose()
+    assert note["id"] == "6f1c2a4e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
+    assert note["entered_at"] == dt.datetime(2026, 11, 27, 4, 30)  # New York time
+    assert note["notify"] == "AM,RP"

@@ -167,9 +167,9 @@ class ImportResult:
     def summary(self) -> str:
         """One line for people, e.g. ``jobs: 30 rows (28 new, 2 updated, 1 status change)``."""
         parts = [f"{self.new} new", f"{self.updated} updated"]
-        if self.unchanged:
+        if self.unchanged or self.dry_run:
             parts.append(f"{self.unchanged} unchanged")
-        if self.replace or self.deleted:
+        if self.replace or self.deleted or self.dry_run:
             parts.append(f"{self.deleted} deleted")
         if self.table == "jobs":
             parts.append(_plural(self.status_changes, "status change"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -118,7 +119,7 @@ def _make_converter(
             return s
 
         def parse_native(v: Any) -> Any:
-            if type(v) is int or isinstance(v, Decimal):
+            if type(v) is int or isinstance(v, Decimal | uuid.UUID):  # ids from a database
                 return parse_str(str(v))
             raise _native_error(v, "text")
 
