@@ -18,7 +18,7 @@ Sources of the presets:
   the API's 150 is used.
 
 A throttling answer (Exchange ``4.3.2``/``STOREDRV.ClientSubmit``, Gmail
-``4.7.28``) halves the account's pace for the rest of the run; a daily limit
+``4.7.28``) pauses the account and slows it by a quarter; a daily limit
 answer (Gmail ``5.4.5``, "daily user sending limit exceeded") stops the
 account until the next day. Other accounts keep going.
 """
@@ -104,7 +104,9 @@ class Pace:
     _interval: float = 0.0
 
     def __post_init__(self) -> None:
-        self._interval = 60.0 / self.per_minute if self.per_minute else 0.0
+        # 1 % under the limit: a message is counted by the server when it is
+        # accepted, a moment after it was let go here.
+        self._interval = 60.0 / self.per_minute * 1.01 if self.per_minute else 0.0
         # A minute already used up (by an earlier run) is waited out first.
         used = min(self.sent_last_minute, self.per_minute)
         self._next = self.clock() + max(0.0, self._interval * (used + 1) - 60.0)
@@ -124,18 +126,18 @@ class Pace:
             if stop():
                 return False
             self.sleep(min(wait, 0.25))
-        now = self.clock()
-        self._next = max(self._next, now - self._interval) + self._interval
+        # Never catch up after a pause: two at once could make one minute hold too many.
+        self._next = max(self._next, self.clock()) + self._interval
         self.sent_today += 1
         return True
 
     def slow_down(self) -> None:
-        """The provider said too fast: half the pace for the rest of the run."""
+        """The provider said too fast: pause a moment, then go on a quarter slower."""
         if self._interval:
-            self._interval *= 2
+            self._interval *= 1.25
         else:
-            self._interval = 2.0  # no limit was set: one message every 2 s
-        self._next = self.clock() + self._interval
+            self._interval = 1.0  # no limit was set: one message a second from now on
+        self._next = self.clock() + max(self._interval, 2.0)
 
     def stop_for_today(self) -> None:
         self.stopped_for_today = True

@@ -388,8 +388,9 @@ def test_a_locked_database_is_exit_3_naming_the_lock(cli: Cli, home: Path) -> No
     ],
 )
 def test_postgres_down_or_misnamed_is_exit_3(
-    cli: Cli, closed_port: int, url: str, words: str
+    cli: Cli, closed_port: int, url: str, words: str, pg_url: str
 ) -> None:
+    # (pg_url: the server itself must be up for "does not exist" to be its answer)
     r = cli("outbox", env={"CPMAIL_DATABASE_URL": url.format(closed=closed_port)})
     assert r.exit_code == 3, r.output
     assert words in r.stderr
