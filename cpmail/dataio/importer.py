@@ -33,6 +33,7 @@ from cpmail.dataio.converters import (
     _Bad,
     _clip,
     _make_converter,
+    _r,
     _sqlite_ts,
 )
 from cpmail.dataio.readers import (
@@ -147,7 +148,7 @@ class _Importer:
             if not name:
                 raise InputError(f"{where}: column {i + 1} has no name; name every column.")
             if name in seen:
-                raise InputError(f"{where}: column {name!r} appears twice; keep one of them.")
+                raise InputError(f"{where}: column {_r(name)} appears twice; keep one of them.")
             seen.add(name)
         unknown = [n for n in names if n not in self.specs]
         if unknown:
@@ -157,7 +158,7 @@ class _Importer:
             elif not seen & set(self.specs):
                 hint = " (is the header line missing? the first line must name the columns)"
             raise InputError(
-                f"{where}: unknown column {unknown[0]!r}{hint}; the {t} columns are "
+                f"{where}: unknown column {_r(unknown[0])}{hint}; the {t} columns are "
                 f"{', '.join(self.specs)}."
             )
         missing_keys = [k for k in self.keys if k not in seen]
@@ -293,7 +294,7 @@ class _Importer:
             target = self.table.name
             raise InputError(
                 f"{self._where(pos, key)}, column {column}: there is no {target} row with "
-                f"{self.keys[0]} {value!r}, neither in the database nor in this file."
+                f"{self.keys[0]} {_r(str(value))}, neither in the database nor in this file."
             )
 
     def _cell_error(self, plan: _Plan, pos: int, cells: Sequence[Any]) -> InputError:
@@ -484,7 +485,7 @@ class _Importer:
             hint = f"; import {t} first" if t != own else ""
             raise InputError(
                 f"{self._where(positions[row], self._key_text(plan, v))}, column {column}: "
-                f"there is no {t} row with {c} {value!r}{hint}."
+                f"there is no {t} row with {c} {_r(str(value))}{hint}."
             )
 
     def count(self) -> int:
