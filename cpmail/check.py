@@ -247,7 +247,7 @@ def _run_check(
     result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
     groups = _route(found, directory, settings, summary)
     if dry_run:
-        result.planned = [_plan(g, renderer, settings, sender) for g in groups]
+        result.planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
         return result
 
     max_bytes = transport.max_message_bytes if transport else None
@@ -260,7 +260,7 @@ def _run_check(
         if len(fresh) < len(found):
             # A concurrent run queued some of these first: send only the rest.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
-        planned = [_plan(g, renderer, settings, sender) for g in groups]
+        planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
         drafts = [_draft(p, sender) for p in planned]
         mids = queue_many(
             conn,
@@ -367,7 +367,45 @@ def _route(
     return list(groups.values())
 
 
-def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) -> Planned:
+def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox | None:
+    """Where a reply should go: the job's account executive, else the system manager.
+
+    A reply must reach a person, not the sending mailbox (which nobody reads).
+    """
+    person = group[0][1].address.lower()
+    candidates: list[Mailbox] = []
+    threads = {n.thread for n, _ in group}
+    clients = {n.client_id for n, _ in group}
+    if len(threads) == 1 and len(clients) == 1:
+        (thread,), (client,) = threads, clients
+        if thread and thread.startswith("job:") and client:
+            for sid, role, _events in directory.teams.get(client, []):
+                row = directory.staff.get(sid)
+                if role.lower() == "ae" and row is not None and row.active and row.work_email:
+                    candidates.append(Mailbox(row.work_email, row.name or ""))
+    manager = str(settings["manager.email"])
+    if manager:
+        candidates.append(Mailbox(manager, str(settings["manager.name"])))
+    for box in candidates:
+        # Replying to oneself helps nobody; an address that does not parse is no help.
+        if box.address.lower() != person and _usable(box.address):
+            return box
+    return None
+
+
+def _usable(address: str) -> bool:
+    from cpmail.addresses import check_address
+
+    try:
+        check_address(address)
+    except InputError:
+        return False
+    return True
+
+
+def _plan(
+    group: Group, renderer: Renderer, settings: Settings, sender: Sender, directory: Directory
+) -> Planned:
     person = group[0][1]
     recipient = {"name": person.name, "staff_id": person.staff_id, "address": person.address}
     by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -391,6 +429,7 @@ def _plan(group: Group, renderer: Renderer, settings: Settings, sender: Sender) 
     attachments = [Attachment(*a) for n, _ in group for a in n.attachments]
     msg_key = hashlib.sha256(("|".join(keys) + "|" + person.address.lower()).encode()).hexdigest()
     msg = compose(
+        reply_to=reply_to(group, directory, settings),
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(person.address, person.name)],
         subject=subject,
