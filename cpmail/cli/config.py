@@ -198,7 +198,7 @@ def show(
     rows = [
         {"key": k, "value": shown(k, v), "source": s.source(k)}
         for k, v in s.items()
-        if not (k.startswith("events.") and s.source(k) == "default")
+        if not (k.startswith(("events.", "source.tables.")) and s.source(k) == "default")
     ]
     stored = _stored_secrets(c)
     if json:
