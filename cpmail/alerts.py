@@ -28,12 +28,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cpmail.settings import Settings, redact, write_atomic
 
@@ -321,31 +322,47 @@ def send(urls: Sequence[str], title: str, body: str, kind: str = "info") -> list
     import apprise
 
     results: list[Result] = []
-    with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
-        for url in urls:
-            plugin = apprise.Apprise.instantiate(url)
-            if plugin is None:
-                shown = url.split("://", 1)[0] + "://…" if "://" in url else "(not a URL)"
-                results.append(Result(shown, False, "Apprise does not understand this URL"))
-                continue
-            plugin.socket_connect_timeout = CONNECT_TIMEOUT
-            plugin.socket_read_timeout = READ_TIMEOUT
-            shown = str(plugin.url(privacy=True)).split("?", 1)[0]  # type: ignore[no-untyped-call]
-            start = len(captured.getvalue())
-            try:
-                ok = bool(
-                    plugin.notify(body=body, title=title, notify_type=apprise.NotifyType(kind))
-                )
-            except Exception as e:  # a plugin's bug must not hide the other URLs
-                ok = False
-                results.append(Result(shown, ok, type(e).__name__))
-                continue
-            reason = ""
-            if not ok:
-                said = [ln for ln in captured.getvalue()[start:].splitlines() if " - " in ln]
-                reason = said[-1].split(" - ", 2)[-1].strip() if said else "not accepted"
-            results.append(Result(shown, ok, redact(reason)[:300]))
+    # Apprise logs the URLs it posts to, tokens and all: keep its records to
+    # itself (LogCapture still reads them) and mask the URLs' parts in reasons.
+    apprise_log = logging.getLogger("apprise")
+    propagate, apprise_log.propagate = apprise_log.propagate, False
+    try:
+        with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
+            for url in urls:
+                results.append(_send_one(apprise, captured, url, title, body, kind))
+    finally:
+        apprise_log.propagate = propagate
     return results
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of an Apprise URL that may be tokens (everything but the scheme)."""
+    rest = url.split("://", 1)[-1]
+    parts = re.split(r"[/:@?&=#]+", rest)
+    return sorted((p for p in parts if len(p) >= 6), key=len, reverse=True)
+
+
+def _send_one(apprise: Any, captured: Any, url: str, title: str, body: str, kind: str) -> Result:
+    """Send to one URL; the outcome, with the reason Apprise logged when it failed."""
+    plugin = apprise.Apprise.instantiate(url)
+    if plugin is None:
+        shown = url.split("://", 1)[0] + "://…" if "://" in url else "(not a URL)"
+        return Result(shown, False, "Apprise does not understand this URL")
+    plugin.socket_connect_timeout = CONNECT_TIMEOUT
+    plugin.socket_read_timeout = READ_TIMEOUT
+    shown = str(plugin.url(privacy=True)).split("?", 1)[0]
+    start = len(captured.getvalue())
+    try:
+        ok = bool(plugin.notify(body=body, title=title, notify_type=apprise.NotifyType(kind)))
+    except Exception as e:  # a plugin's bug must not hide the other URLs
+        return Result(shown, False, type(e).__name__)
+    reason = ""
+    if not ok:
+        said = [ln for ln in captured.getvalue()[start:].splitlines() if " - " in ln]
+        reason = said[-1].split(" - ", 2)[-1].strip() if said else "not accepted"
+        for secret in _url_secrets(url):
+            reason = reason.replace(secret, "••••")
+    return Result(shown, ok, redact(reason)[:300])
 
 
 # ------------------------------------------------------------------ the entry points

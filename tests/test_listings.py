@@ -48,6 +48,8 @@ def test_listings_fit_80_columns_without_splitting_words(
 
 
 def test_log_shows_the_newest_50_unless_asked(demo: Cli) -> None:
+    for day in ("2026-11-25", "2026-11-26"):  # more than 50 messages in the log
+        assert demo("check", "--date", day).exit_code == 0
     everything = json.loads(demo("log", "--json", "--all").stdout)
     assert len(everything) > 50
     newest = json.loads(demo("log", "--json").stdout)
