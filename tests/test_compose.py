@@ -172,3 +172,60 @@ def test_compose_means_what_build_message_means(
         if not p.is_multipart()
     ]
     assert fast_parts == slow_parts
+
+
+# ---- line lengths (RFC 2045 for bodies, folded headers)
+
+# binascii.b2a_qp writes a line of 77 characters for this text (white space it
+# encodes at a line end); the fast composer cuts it again.
+QP_77 = (
+    "xé\tx\x7f\t\t\x7f日é aa\té\x1b\t日.\x1b\x7f\t= \x7fa \x7f\x1b\x1b\x7f\x1bx\tx\x7f \t日é \té.xx"
+    "\x1b日\x7f日\x1b.\tx \x7f日\x1b\x1b\x1b====é日  xéé日 "
+)
+
+
+def _body_lines(raw: bytes) -> list[bytes]:
+    return raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_body_line_is_at_most_76(fast: bool) -> None:
+    from cpmail.compose import compose
+
+    long_line = "Agenda: " + "the winter catalog layout, the print run and the budget " * 30
+    args: dict[str, object] = dict(
+        sender=Mailbox("jd@agency.test", "Agency"),
+        to=[Mailbox("ae@agency.test", "Alice")],
+        subject="Reminder",
+        text=f"{long_line}\n{QP_77}\n" + "é" * 500,
+        html=f"<p>{long_line}</p><p>{QP_77}</p>",
+        event="calendar-reminder",
+        key="k",
+        attachments=[
+            Attachment(
+                "review.ics", ("DESCRIPTION:" + long_line + "\r\n").encode(), "text/calendar"
+            ),
+            Attachment("invoice.pdf", bytes(range(256)) * 200, "application/pdf"),
+        ]
+        if not fast
+        else [],
+    )
+    raw = compose(**args).raw if fast else to_bytes(build_message(**args))  # type: ignore[arg-type]
+    assert max(len(x) for x in _body_lines(raw)) <= 76
+    msg = message_from_bytes(raw, policy=policy.default)
+    plain, rich = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert plain is not None and rich is not None
+    text, html = (str(p.get_content()).replace("\r\n", "\n") for p in (plain, rich))
+    assert text == f"{long_line}\n{QP_77}\n" + "é" * 500 + "\n"
+    assert html.rstrip("\n") == f"<p>{long_line}</p><p>{QP_77}</p>"
+
+
+def test_a_long_subject_and_name_fold_within_76() -> None:
+    subject = "Job J100 opened: " + "Winter catalog with a very long title indeed " * 8
+    name = "Maria-Theresia Walburga Amalia Christina von Habsburg-Lothringen " * 2
+    raw = make(subject=subject, name=name)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert max(len(x) for x in head.split(b"\r\n")) <= 76
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert str(msg["Subject"]) == subject.strip()
+    assert msg["To"].addresses[0].display_name == name.strip()
