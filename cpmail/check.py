@@ -38,7 +38,7 @@ from cpmail.render import Renderer
 from cpmail.routing import Directory, Person
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
-from cpmail.store.schema import ledger, messages
+from cpmail.store.schema import ledger, messages, staff_prefs
 from cpmail.transports.base import Envelope, Transport, get_transport
 from cpmail.triggers import LIST_EVENTS, Notification, Run, finders, scheduled
 from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows
@@ -245,7 +245,7 @@ def _run_check(
         },
     )
     result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
-    groups = _route(found, directory, settings, summary)
+    groups = _route(found, directory, settings, summary, digest_choices(engine))
     if dry_run:
         result.planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
         return result
@@ -316,6 +316,17 @@ def _run_check(
     return result
 
 
+def digest_choices(engine: sa.Engine) -> dict[str, bool]:
+    """Staff who chose one digest a run (True) or none (False), over ``[mail] digest``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(staff_prefs.c.staff_id, staff_prefs.c.digest).where(
+                staff_prefs.c.digest.is_not(None)
+            )
+        )
+        return {r.staff_id: bool(r.digest) for r in rows}
+
+
 def _now() -> dt.datetime:
     from cpmail.store import utcnow
 
@@ -347,9 +358,14 @@ def _route(
     directory: Directory,
     settings: Settings,
     summary: dict[str, EventSummary],
+    digests: dict[str, bool],
 ) -> list[Group]:
-    """Who gets each notification, grouped into messages (one person per message)."""
-    digest = bool(settings["mail.digest"])
+    """Who gets each notification, grouped into messages (one person per message).
+
+    ``digests`` holds the staff members' own choice (`staff edit --digest`) over
+    ``[mail] digest``.
+    """
+    default = bool(settings["mail.digest"])
     groups: dict[tuple[str, str], Group] = defaultdict(list)
     for n in found:
         routed = directory.route(n, directory.rules_for(n, settings))
@@ -357,6 +373,7 @@ def _route(
         s.skipped += sum(routed.skipped.values())
         s.skip_reasons.update(routed.skipped)
         for person in routed.people:
+            digest = digests.get(person.staff_id or "", default)
             if digest:
                 bucket = "digest"
             elif n.event in LIST_EVENTS:

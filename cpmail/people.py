@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from cpmail.addresses import check_address
 from cpmail.errors import ConfigError, InputError
 from cpmail.settings import EVENTS, Settings
-from cpmail.store.schema import staff, staff_opt_out, time_off
+from cpmail.store.schema import staff, staff_opt_out, staff_prefs, time_off
 from cpmail.transports.base import SHARED
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -86,14 +86,23 @@ def add(engine: sa.Engine, staff_id: str, **opts: Any) -> None:
         conn.execute(staff.insert().values(id=staff_id, **values))
 
 
-def edit(engine: sa.Engine, staff_id: str, **opts: Any) -> None:
+_UNSET = object()
+
+
+def edit(engine: sa.Engine, staff_id: str, *, digest: Any = _UNSET, **opts: Any) -> None:
+    """Change the options given; ``digest`` True/False is the person's choice, None the default."""
     values = _values(**opts)
-    if not values:
+    if not values and digest is _UNSET:
         raise InputError("nothing to change: give at least one option, e.g. --work-email.")
     with engine.begin() as conn:
         get(conn, staff_id)
         _check_supervisor(conn, staff_id, values.get("supervisor_id"))
-        conn.execute(staff.update().where(staff.c.id == staff_id).values(**values))
+        if values:
+            conn.execute(staff.update().where(staff.c.id == staff_id).values(**values))
+        if digest is not _UNSET:
+            conn.execute(staff_prefs.delete().where(staff_prefs.c.staff_id == staff_id))
+            if digest is not None:
+                conn.execute(staff_prefs.insert().values(staff_id=staff_id, digest=bool(digest)))
 
 
 def _check_supervisor(conn: sa.Connection, staff_id: str, sup: str | None) -> None:
@@ -111,6 +120,7 @@ def remove(engine: sa.Engine, staff_id: str) -> None:
         with engine.begin() as conn:
             get(conn, staff_id)
             conn.execute(staff_opt_out.delete().where(staff_opt_out.c.staff_id == staff_id))
+            conn.execute(staff_prefs.delete().where(staff_prefs.c.staff_id == staff_id))
             conn.execute(time_off.delete().where(time_off.c.staff_id == staff_id))
             conn.execute(staff.delete().where(staff.c.id == staff_id))
     except sa.exc.IntegrityError:
@@ -126,11 +136,16 @@ def listing(engine: sa.Engine) -> list[dict[str, Any]]:
         muted: dict[str, list[str]] = {}
         for r in conn.execute(sa.select(staff_opt_out).order_by(staff_opt_out.c.event)):
             muted.setdefault(r.staff_id, []).append(r.event)
+        digest = {
+            r.staff_id: ("on" if r.digest else "off")
+            for r in conn.execute(sa.select(staff_prefs).where(staff_prefs.c.digest.is_not(None)))
+        }
     out = []
     for m in rows:
         d = dict(m)
         d["planned_hours"] = float(d["planned_hours"]) if d["planned_hours"] is not None else None
         d["muted"] = muted.get(d["id"], [])
+        d["digest"] = digest.get(d["id"], "default")
         out.append(d)
     return out
 

@@ -82,11 +82,21 @@ def edit(
     active: bool | None = typer.Option(
         None, "--active/--inactive", help="Inactive staff get no mail and need no time."
     ),
+    digest: str | None = typer.Option(
+        None,
+        "--digest",
+        metavar="on|off|default",
+        help="One message a run with all their notifications (on), one per notification "
+        "(off), or as [mail] digest says (default).",
+    ),
 ) -> None:
     """Change a staff member (only the options given)."""
     from cpmail import people
 
     c = ctx_of(ctx)
+    choices: dict[str, bool | None] = {"on": True, "off": False, "default": None}
+    if digest is not None and digest.lower() not in choices:
+        raise InputError(f"--digest: {digest!r} is not one of on, off, default.")
     if work_email:
         work_email = check_address(work_email, where="--work-email")
     if username:
@@ -103,6 +113,7 @@ def edit(
         role=role,
         access=access,
         active=active,
+        **({"digest": choices[digest.lower()]} if digest is not None else {}),
     )
     c.say(f"Updated {staff_id}.")
 
@@ -136,6 +147,7 @@ COLUMNS = [
     "access",
     "active",
     "muted",
+    "digest",
 ]
 
 

@@ -429,6 +429,15 @@ runs = sa.Table(
     sa.Column("note", sa.Text),
 )
 
+# A staff member's own choices about the mail cpmail sends them (cpmail's, not
+# the agency system's): digest NULL = as [mail] digest says.
+staff_prefs = sa.Table(
+    "staff_prefs",
+    metadata,
+    sa.Column("staff_id", sa.Text, primary_key=True),
+    sa.Column("digest", sa.Boolean),
+)
+
 # Conditions an alert was sent for (cpmail status / [alerts]): one row per
 # condition while it lasts, so that it is alerted once, then once resolved.
 alert_state = sa.Table(

@@ -1,4 +1,4 @@
-"""runs (claims' heartbeats, the last check) and alert state
+"""runs (claims' heartbeats, the last check), alert state, staff preferences
 
 Revision ID: 0002
 Revises: 0001
@@ -33,6 +33,12 @@ def upgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_runs_started_at"), ["started_at"], unique=False)
     op.create_table(
+        "staff_prefs",
+        sa.Column("staff_id", sa.Text(), nullable=False),
+        sa.Column("digest", sa.Boolean(), nullable=True),
+        sa.PrimaryKeyConstraint("staff_id"),
+    )
+    op.create_table(
         "alert_state",
         sa.Column("condition", sa.Text(), nullable=False),
         sa.Column("raised_at", sa.DateTime(), nullable=False),
@@ -43,6 +49,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("alert_state")
+    op.drop_table("staff_prefs")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_runs_started_at"))
     op.drop_table("runs")
