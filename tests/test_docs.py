@@ -258,3 +258,33 @@ def test_import_from_spreadsheet(tmp_path: Path) -> None:
     r = run(sys.executable, script, str(bad), "--home", str(home), "--cpmail", cpmail)
     assert r.returncode == 2
     assert "line 2: client 'Nobody Inc'" in r.stderr
+
+
+def test_every_hint_in_the_program_names_a_real_command() -> None:
+    """Each `cpmail …` an error or note advises exists, with the options it names."""
+    import typer.main
+
+    from cpmail.cli.app import app
+
+    root = typer.main.get_command(app)
+    problems, count = [], 0
+    for path in sorted((ROOT / "cpmail").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        # f-string joins ("…`cpmail staff " f"passcode {x}`") are read as one string
+        joined = re.sub(r"\"\s*\n\s*f?\"", "", source)
+        for hint in re.findall(r"`cpmail ([^`]+)`", joined):
+            words = re.sub(r"\{[^}]*\}", "X", hint).replace("…", "").split()
+            count += 1
+            command, rest, name = resolve(root, words)
+            if hasattr(command, "get_command") and rest and not rest[0].startswith("-"):
+                if rest[0].isupper() or rest[0] == "X" or "|" in rest[0] or "[" in rest[0]:
+                    continue  # a placeholder (ID) or usage syntax (a|b) stands for the rest
+                problems.append(f"{path.name}: `{name} {rest[0]}` is not a command")
+                continue
+            known = option_names(command) | {"-h", "--help"} | option_names(root)
+            for word in rest:
+                opt = word.split("=", 1)[0].rstrip(".,;)")
+                if opt.startswith("--") and opt not in known and "|" not in opt:
+                    problems.append(f"{path.name}: `{name}` has no option {opt} ({hint})")
+    assert count > 40
+    assert not problems, "\n".join(problems)
