@@ -255,12 +255,16 @@ def _run_check(
     send_now = enabled and transport is not None and in_send_window(settings)
     # One transaction: a template or address that fails anywhere leaves
     # nothing queued and nothing sent (exit 2).
+    # Rendered before the transaction: on SQLite it holds the database's write
+    # lock, which every other cpmail process waits for.
+    planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
         if len(fresh) < len(found):
-            # A concurrent run queued some of these first: send only the rest.
+            # A concurrent run queued some of these first: send only the rest, composed
+            # again without the notifications already taken.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
-        planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
+            planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
         drafts = [_draft(p, sender) for p in planned]
         mids = queue_many(
             conn,
