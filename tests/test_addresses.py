@@ -269,7 +269,7 @@ def test_a_bad_stored_address_skips_only_that_person(
     insert(engine, "jobs", [dict(id="J200", client_id="C1", title="Spring", opened_at=at(D))])
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
     assert r.exit_code == 0, r.output
-    # Two jobs (J100 was opened earlier, J200 today) reach the good team members.
+    # The job opened on D reaches the good team members, one message each.
     rcpts = sorted(rc for m in smtp_server.messages for rc in m.rcpt_tos)
     assert rcpts == ["alice@agency.test", "carl@agency.test", "pia@agency.test"]
     for m in smtp_server.messages:
@@ -285,3 +285,29 @@ def test_a_bad_stored_address_skips_only_that_person(
     assert r.exit_code == 0, r.output
     assert "bad address (B1)" in r.stdout and "bad address (B6)" in r.stdout
     assert len(smtp_server.messages) == 3
+
+
+def test_a_server_without_smtputf8_fails_only_the_international_mail(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    # aiosmtpd offers SMTPUTF8 unless told not to; each new connection reads this.
+    smtp_server._controller.SMTP_kwargs["enable_SMTPUTF8"] = False
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    engine = _engine(home)
+    base_agency(engine)
+    insert(
+        engine,
+        "staff",
+        [dict(id="UE", name="Ünal", work_email="üser@agency.test", planned_hours=Decimal(0))],
+    )
+    insert(engine, "client_team", [dict(client_id="C1", staff_id="UE", role="ae")])
+    insert(engine, "jobs", [dict(id="J200", client_id="C1", title="Spring", opened_at=at(D))])
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 1, r.output
+    rcpts = sorted(rc for m in smtp_server.messages for rc in m.rcpt_tos)
+    # Everyone else got both jobs; the manager hears of the failure.
+    assert rcpts == ["alice@agency.test", "carl@agency.test", "max@agency.test", "pia@agency.test"]
+    [failed] = json.loads(cli("outbox", "--json").stdout)
+    assert (failed["status"], failed["to"]) == ("failed", ["üser@agency.test"])
+    assert "no SMTPUTF8" in failed["last_error"]
