@@ -38,6 +38,7 @@ from cpmail.render import Renderer
 from cpmail.routing import Directory, Person
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
+from cpmail.statuses import Status
 from cpmail.store.schema import ledger, messages, staff_prefs
 from cpmail.transports.base import Envelope, Transport, get_transport
 from cpmail.triggers import LIST_EVENTS, Notification, Run, finders, scheduled
@@ -59,6 +60,15 @@ class EventSummary:
     suppressed: int = 0
     enabled: bool = True
     skip_reasons: Counter[str] = field(default_factory=Counter)
+
+    def count_message(self, status: Status) -> None:
+        """One message of this event ended ``sent``, ``deferred`` or ``failed`` in the run."""
+        if status is Status.SENT:
+            self.sent += 1
+        elif status is Status.DEFERRED:
+            self.deferred += 1
+        elif status is Status.FAILED:
+            self.failed += 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -303,14 +313,14 @@ def _run_check(
         if mid not in ids:  # left in the outbox by an earlier run
             result.earlier[status] += 1
             continue
-        if status not in ("sent", "deferred", "failed"):
+        if status not in (Status.SENT, Status.DEFERRED, Status.FAILED):
             continue
         # Messages, not notifications: a list of 7 tasks in one message is 1 sent.
         row = ids[mid].event
         if row == DIGEST:
             summary.setdefault(DIGEST, EventSummary())
         if row in summary:
-            setattr(summary[row], status, getattr(summary[row], status) + 1)
+            summary[row].count_message(Status(status))
     if delivery.waiting:
         result.notice.append(
             f"{delivery.waiting} message(s) wait in the outbox for the send window "
@@ -504,7 +514,7 @@ def _tell_manager(
     run_id: str,
 ) -> None:
     """One summary message to the system manager when mail failed for good in this run."""
-    failed = [i for i, s in delivery.status.items() if s == "failed"]
+    failed = [i for i, s in delivery.status.items() if s == Status.FAILED]
     manager = settings["manager.email"]
     if not failed or not manager or delivery.stopped is not None:
         return

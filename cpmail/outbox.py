@@ -42,6 +42,7 @@ from cpmail.errors import (
 )
 from cpmail.settings import Settings
 from cpmail.sizes import size_text
+from cpmail.statuses import Status
 from cpmail.store import clock, utcnow
 from cpmail.store.schema import ledger, messages, runs
 from cpmail.transports.base import Envelope, Outcome, Transport
@@ -53,7 +54,6 @@ CLAIM_BATCH = 200
 BACKLOG = 200
 # How long the end of a run keeps trying to record outcomes the server accepted.
 RECORD_PATIENCE = 300.0
-OPEN = ("queued", "sending", "deferred", "failed")  # what `cpmail outbox` lists
 
 
 def new_run_id() -> str:
@@ -150,7 +150,7 @@ def _row(
     now: dt.datetime,
     claimed: bool = False,
 ) -> dict[str, Any]:
-    status = "suppressed" if suppressed else "sending" if claimed else "queued"
+    status = Status.SUPPRESSED if suppressed else Status.SENDING if claimed else Status.QUEUED
     return {
         "ledger_key": ledger_key,
         "event": draft.event,
@@ -167,8 +167,8 @@ def _row(
         "created_at": now,
         "queued_at": now,
         "run_id": run_id,
-        "claimed_at": now if status == "sending" else None,
-        "claimed_by": run_id if status == "sending" else None,
+        "claimed_at": now if status == Status.SENDING else None,
+        "claimed_by": run_id if status == Status.SENDING else None,
     }
 
 
@@ -306,12 +306,12 @@ class Lease:
         m = messages.c
         with self.engine.begin() as conn:
             now = clock(conn)
-            q = messages.update().where(m.claimed_by == self.run_id, m.status == "sending")
+            q = messages.update().where(m.claimed_by == self.run_id, m.status == Status.SENDING)
             if self.keep:
                 q = q.where(m.id.not_in(sorted(self.keep)))
             conn.execute(
                 q.values(
-                    status=sa.case((m.attempts > 0, "deferred"), else_="queued"),
+                    status=sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED),
                     claimed_at=None,
                     claimed_by=None,
                     next_attempt_at=now,
@@ -390,7 +390,7 @@ class Delivery:
 
     @property
     def undelivered(self) -> int:
-        return self.count("deferred") + self.count("failed")
+        return self.count(Status.DEFERRED) + self.count(Status.FAILED)
 
 
 def backoff(attempts: int) -> dt.timedelta:
@@ -427,11 +427,12 @@ def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
     m = messages.c
     cutoff = now - stale
     return sa.or_(
-        m.status == "queued",
+        m.status == Status.QUEUED,
         sa.and_(
-            m.status == "deferred", sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)
+            m.status == Status.DEFERRED,
+            sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
         ),
-        sa.and_(m.status == "sending", m.claimed_at < cutoff, ~_live_run(cutoff)),
+        sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~_live_run(cutoff)),
     )
 
 
@@ -470,7 +471,7 @@ def claim(
         conn.execute(
             messages.update()
             .where(m.id.in_(picked))
-            .values(status="sending", claimed_at=now, claimed_by=run_id)
+            .values(status=Status.SENDING, claimed_at=now, claimed_by=run_id)
         )
         rows = conn.execute(
             sa.select(m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.raw)
@@ -498,9 +499,9 @@ def _expire(engine: sa.Engine, settings: Settings) -> None:
     with engine.begin() as conn:
         conn.execute(
             messages.update()
-            .where(m.status.in_(("queued", "deferred")), m.queued_at < limit)
+            .where(m.status.in_((Status.QUEUED, Status.DEFERRED)), m.queued_at < limit)
             .values(
-                status="failed",
+                status=Status.FAILED,
                 last_error=sa.func.coalesce(m.last_error + "; ", "")
                 + f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
             )
@@ -512,7 +513,7 @@ _MARK_SENT = (
     messages.update()
     .where(messages.c.id.in_(sa.bindparam("ids", expanding=True)))
     .values(
-        status="sent",
+        status=Status.SENT,
         attempts=messages.c.attempts + 1,
         claimed_at=None,
         claimed_by=None,
@@ -672,7 +673,7 @@ class _Recorder:
         with self.engine.begin() as conn:
             if sent:
                 conn.execute(_MARK_SENT, {"ids": sent, "now": now})
-                notes.extend((i, self.events[i], "sent", None) for i in sent)
+                notes.extend((i, self.events[i], Status.SENT, None) for i in sent)
             if others:
                 self._write(conn, others, now, notes)
         for note in notes:  # only once the transaction is committed
@@ -697,7 +698,7 @@ class _Recorder:
         updates = [self._update(o, info[o.id], now, notes) for o in batch if o.id in info]
         if updates:
             conn.execute(messages.update().where(m.id == sa.bindparam("b_id")), updates)
-            sent = [u["b_id"] for u in updates if u["status"] == "sent"]
+            sent = [u["b_id"] for u in updates if u["status"] == Status.SENT]
             if sent:  # the bytes are not needed once the server has them
                 conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))
 
@@ -732,18 +733,18 @@ class _Recorder:
                 o.deferred if temporary and not give_up else [*o.deferred, *o.refused]
             )
         else:
-            values.update(status="sent", pending_rcpts="", last_error=None)
-            notes.append((o.id, row.event, "sent", None))
+            values.update(status=Status.SENT, pending_rcpts="", last_error=None)
+            notes.append((o.id, row.event, Status.SENT, None))
             return values
         if temporary and not give_up:
             delay = backoff(attempts)
             if o.retry_after:
                 delay = max(delay, dt.timedelta(seconds=o.retry_after))
-            values.update(status="deferred", next_attempt_at=now + delay)
+            values.update(status=Status.DEFERRED, next_attempt_at=now + delay)
         else:
             if temporary:
                 error += f" (gave up after {attempts} attempts)"
-            values["status"] = "failed"
+            values["status"] = Status.FAILED
         values["last_error"] = error
         notes.append((o.id, row.event, values["status"], error))
         return values
@@ -914,7 +915,7 @@ def _pace_for(
             sa.select(
                 sa.func.count(),
                 sa.func.count(sa.case((m.sent_at >= now - dt.timedelta(minutes=1), 1))),
-            ).where(m.account == account, m.status == "sent", m.sent_at >= min(midnight, now))
+            ).where(m.account == account, m.status == Status.SENT, m.sent_at >= min(midnight, now))
         ).one()
     return pace.Pace(per_minute, per_day, sent_today=int(row[0]), sent_last_minute=int(row[1]))
 
@@ -939,9 +940,9 @@ def _wait_for_tomorrow(
     with engine.begin() as conn:
         waiting = conn.execute(
             messages.update()
-            .where(m.account == account, m.status.in_(("queued", "deferred")))
+            .where(m.account == account, m.status.in_((Status.QUEUED, Status.DEFERRED)))
             .where(sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at < tomorrow))
-            .values(status="deferred", next_attempt_at=tomorrow, last_error=reason)
+            .values(status=Status.DEFERRED, next_attempt_at=tomorrow, last_error=reason)
         ).rowcount
     n = int(waiting or 0) + result.released - before
     if n:
@@ -962,8 +963,8 @@ def _wait_for_window(
         with engine.begin() as conn:
             conn.execute(
                 messages.update()
-                .where(m.claimed_by == run_id, m.status == "sending")
-                .values(status="queued", claimed_at=None, claimed_by=None)
+                .where(m.claimed_by == run_id, m.status == Status.SENDING)
+                .values(status=Status.QUEUED, claimed_at=None, claimed_by=None)
             )
     with engine.connect() as conn:
         q = sa.select(sa.func.count()).select_from(messages).where(_due(clock(conn), stale))
@@ -1008,7 +1009,7 @@ def _release(
     with engine.begin() as conn:
         q = sa.select(m.id, m.event, m.attempts).where(
             m.claimed_by == run_id,
-            m.status == "sending",
+            m.status == Status.SENDING,
             sa.true() if account is None else m.account == account,
         )
         if keep:
@@ -1023,9 +1024,9 @@ def _release(
             "next_attempt_at": not_before or now,
         }
         if reason is not None:
-            values.update(status="deferred", last_error=reason)
+            values.update(status=Status.DEFERRED, last_error=reason)
         else:
-            values["status"] = sa.case((m.attempts > 0, "deferred"), else_="queued")
+            values["status"] = sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED)
         conn.execute(messages.update().where(m.id.in_([r.id for r in rows])).values(**values))
     why = reason or (
         "not sent: the run was stopped"
@@ -1035,7 +1036,7 @@ def _release(
         else "not sent: the run ended early"
     )
     for r in rows:
-        result.status[r.id] = "deferred"
+        result.status[r.id] = Status.DEFERRED
         result.events[r.id] = r.event
         result.errors[r.id] = why
     result.released += len(rows)
@@ -1069,16 +1070,16 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         row = conn.execute(
             sa.select(
                 sa.func.count(),
-                sa.func.count(sa.case((m.status == "deferred", 1))),
+                sa.func.count(sa.case((m.status == Status.DEFERRED, 1))),
                 sa.func.min(m.queued_at),
-                sa.func.min(sa.case((m.status == "deferred", m.next_attempt_at))),
-            ).where(m.status.in_(("queued", "deferred")))
+                sa.func.min(sa.case((m.status == Status.DEFERRED, m.next_attempt_at))),
+            ).where(m.status.in_((Status.QUEUED, Status.DEFERRED)))
         ).one()
         # A live run renews its heartbeat every renew_every() seconds; three missed
         # beats and its claims are counted as waiting (taken up after the stale limit).
         quiet = now - dt.timedelta(seconds=3 * renew_every(settings))
         q = sa.select(sa.func.count(), sa.func.min(m.claimed_at)).where(
-            m.status == "sending", ~_live_run(quiet)
+            m.status == Status.SENDING, ~_live_run(quiet)
         )
         if exclude_run is not None:
             q = q.where(sa.or_(m.claimed_by.is_(None), m.claimed_by != exclude_run))
@@ -1152,9 +1153,11 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str) -> int:
     with engine.begin() as conn:
         n = conn.execute(
             messages.update()
-            .where(m.id.in_(list(ids)), m.status.in_(("queued", "deferred", "sending")))
+            .where(
+                m.id.in_(list(ids)), m.status.in_((Status.QUEUED, Status.DEFERRED, Status.SENDING))
+            )
             .values(
-                status="failed",
+                status=Status.FAILED,
                 raw=None,
                 claimed_at=None,
                 claimed_by=None,
@@ -1168,13 +1171,13 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str) -> int:
 def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
     """Put failed or deferred messages back in the queue now (all when ``ids`` is None)."""
     m = messages.c
-    q = messages.update().where(m.status.in_(("failed", "deferred")), m.raw.is_not(None))
+    q = messages.update().where(m.status.in_((Status.FAILED, Status.DEFERRED)), m.raw.is_not(None))
     if ids is not None:
         _check_ids(engine, ids)
         q = q.where(m.id.in_(list(ids)))
     with engine.begin() as conn:
         n = conn.execute(
-            q.values(status="queued", attempts=0, next_attempt_at=None, queued_at=utcnow())
+            q.values(status=Status.QUEUED, attempts=0, next_attempt_at=None, queued_at=utcnow())
         ).rowcount
     return int(n)
 
@@ -1186,8 +1189,10 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> int:
     with engine.begin() as conn:
         n = conn.execute(
             messages.update()
-            .where(m.id.in_(list(ids)), m.status.in_(("queued", "deferred", "failed")))
-            .values(status="dropped", raw=None, next_attempt_at=None)
+            .where(
+                m.id.in_(list(ids)), m.status.in_((Status.QUEUED, Status.DEFERRED, Status.FAILED))
+            )
+            .values(status=Status.DROPPED, raw=None, next_attempt_at=None)
         ).rowcount
     return int(n)
 

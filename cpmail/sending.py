@@ -10,6 +10,7 @@ from cpmail.errors import ConfigError, CpmailError, NotDelivered
 from cpmail.outbox import Delivery, Draft, deliver, give_up, new_run_id, queue
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
+from cpmail.statuses import Status
 from cpmail.transports.base import get_transport
 
 
@@ -50,8 +51,8 @@ def send_now(
     finally:
         give_up(engine, ids, "a test message is sent at once or not at all")
     for i in ids:
-        if result.status.get(i, "deferred") != "sent":
-            result.status[i] = "failed"
+        if result.status.get(i, Status.DEFERRED) != Status.SENT:
+            result.status[i] = Status.FAILED
     return ids, result
 
 
@@ -63,8 +64,8 @@ def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailErro
         return NotDelivered(
             f"{what} waits in the outbox until the send window ([mail] send_window) opens."
         )
-    failed = [i for i, s in result.status.items() if s == "failed"]
-    deferred = [i for i, s in result.status.items() if s == "deferred"]
+    failed = [i for i, s in result.status.items() if s == Status.FAILED]
+    deferred = [i for i, s in result.status.items() if s == Status.DEFERRED]
     if failed:
         i = failed[0]
         return NotDelivered(

@@ -11,6 +11,7 @@ import typer
 from cpmail import interrupt
 from cpmail.cli.common import ctx_of, emit_json, parse_date, print_table, split_list
 from cpmail.errors import CpmailError, InputError, NotDelivered
+from cpmail.statuses import Status
 
 
 def check(
@@ -212,9 +213,9 @@ def _json(result: Any, dry_run: bool) -> dict[str, Any]:
         d = result.delivery
         out["outbox"] = (
             {
-                "sent": d.count("sent"),
-                "deferred": d.count("deferred"),
-                "failed": d.count("failed"),
+                "sent": d.count(Status.SENT),
+                "deferred": d.count(Status.DEFERRED),
+                "failed": d.count(Status.FAILED),
                 "outside_window": d.waiting,
                 "earlier": dict(result.earlier),
             }

@@ -41,7 +41,8 @@ def outbox(
     """List queued, deferred and failed messages."""
     if ctx.invoked_subcommand is not None:
         return
-    from cpmail.outbox import OPEN, list_messages
+    from cpmail.outbox import list_messages
+    from cpmail.statuses import OPEN
 
     c = ctx_of(ctx)
     rows = list_messages(c.engine(), c.settings.tz(), statuses=OPEN)
