@@ -383,6 +383,7 @@ class Fields:
     subject: str
     number: str
     calendar: str
+    vendor: str
 
 
 def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...]], bytes]:
@@ -408,6 +409,11 @@ def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...
     entry = dict(subject=f.subject, body="b", entered_by="JD", entered_at=at(D), notify="AE")
     insert(o.engine, "homebase_entries", [dict(id=f"H{n}", **entry)])
     insert(o.engine, "diary_entries", [dict(id=f"Y{n}", kind="client", party_id="C1", **entry)])
+    o.update("vendors", "V1", name=f.vendor)
+    vendor_entry = {**entry, "notify": "PR"}
+    insert(
+        o.engine, "diary_entries", [dict(id=f"Z{n}", kind="vendor", party_id="V1", **vendor_entry)]
+    )
     insert(
         o.engine,
         "billings",
@@ -448,29 +454,34 @@ def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...
     return out
 
 
-# The data text each event's subject shows.
-SUBJECT_FIELDS: dict[str, Callable[[Fields], list[str]]] = {
-    "job-opened": lambda f: [f.title, f.client],
-    "task-due-today": lambda f: [f.task],
-    "homebase-entry": lambda f: [f.subject],
-    "diary-entry": lambda f: [f.client, f.subject],
-    "billing-created": lambda f: [f.number, f.client],
-    "calendar-reminder": lambda f: [f.calendar],
+# The data text each event's subject shows (a vendor's diary goes to PR, a client's to AE).
+SUBJECT_FIELDS: dict[str, Callable[[Fields, tuple[str, ...]], list[str]]] = {
+    "job-opened": lambda f, to: [f.title, f.client],
+    "task-due-today": lambda f, to: [f.task],
+    "homebase-entry": lambda f, to: [f.subject],
+    "diary-entry": lambda f, to: [
+        f.vendor if to == ("pia@agency.test",) else f.client,
+        f.subject,
+    ],
+    "billing-created": lambda f, to: [f.number, f.client],
+    "calendar-reminder": lambda f, to: [f.calendar],
 }
 
 
 def test_check_data_shows_as_typed_and_adds_nothing(office: Office) -> None:
     base_agency(office.engine)
+    insert(office.engine, "vendors", [dict(id="V1", name="Print Co", email="print@vendor.test")])
     counter = itertools.count(1)
     plain = Fields(*(plain_label(0, w) for w in Fields.__dataclass_fields__))
     baseline = _check_round(office, next(counter), plain)
     assert {e for e, _ in baseline} == set(SUBJECT_FIELDS)
+    assert ("diary-entry", ("pia@agency.test",)) in baseline  # the vendor's
     shapes = {k: shape(v) for k, v in baseline.items()}
 
     ran: list[int] = []
 
     @CLI_SETTINGS
-    @given(texts=st.lists(NASTY, min_size=8, max_size=8))
+    @given(texts=st.lists(NASTY, min_size=9, max_size=9))
     def run(texts: list[str]) -> None:
         ran.append(1)
         f = Fields(*texts)
@@ -479,7 +490,7 @@ def test_check_data_shows_as_typed_and_adds_nothing(office: Office) -> None:
         for (event, to), raw in got.items():
             assert shape(raw) == shapes[(event, to)]
             subject = str(read(raw)["Subject"])
-            for text in SUBJECT_FIELDS[event](f):
+            for text in SUBJECT_FIELDS[event](f, to):
                 assert in_subject(text) in subject
             check_name(raw, "From", f.sender)
             if to == ("alice@agency.test",):
