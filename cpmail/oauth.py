@@ -45,8 +45,7 @@ from cpmail.errors import (
     TemporaryFailure,
     Unreachable,
 )
-from cpmail.secrets import SecretStore, token_name
-from cpmail.transports.base import SHARED
+from cpmail.secrets import SHARED, SecretStore, token_name
 
 if TYPE_CHECKING:
     import httpx

@@ -11,26 +11,12 @@ import sqlalchemy as sa
 
 from cpmail.addresses import check_address
 from cpmail.errors import ConfigError, InputError
+from cpmail.secrets import SHARED
 from cpmail.settings import EVENTS, Settings
 from cpmail.store.schema import staff, staff_opt_out, staff_prefs, time_off
-from cpmail.transports.base import SHARED
+from cpmail.workdays import parse_workdays
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-
-
-def parse_workdays(text: str) -> frozenset[int]:
-    """'mon-fri', 'mon,wed,fri', 'mon-thu,sat' -> weekday numbers (Monday = 0)."""
-    days: set[int] = set()
-    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
-        a, _, b = part.partition("-")
-        if a[:3] not in DAYS or (b and b[:3] not in DAYS):
-            raise InputError(
-                f"workdays {text!r}: use day names such as 'mon-fri' or 'mon,wed,fri'."
-            )
-        i, j = DAYS.index(a[:3]), DAYS.index((b or a)[:3])
-        days.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
-    return frozenset(days)
 
 
 def check_staff_id(staff_id: str) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 from cpmail.errors import ConfigError
 from cpmail.settings import PRIVATE_DIR, PRIVATE_FILE, private_dir, write_atomic
 
+SHARED = "shared"  # the account name of the one-account sender (`--shared`)
+
 MASK = "••••"
 KEYRING_SERVICE = "cpmail"
 _NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,200}$")

@@ -305,8 +305,7 @@ def _stored_accounts(secrets: SecretStore, transport: str) -> list[str]:
 def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transport: str) -> None:
     """Fill in how ``acct`` signs in, from the secrets store only (no network)."""
     from cpmail import oauth
-    from cpmail.secrets import passcode_name
-    from cpmail.transports.base import SHARED
+    from cpmail.secrets import SHARED, passcode_name
 
     try:
         if transport == "smtp":
@@ -519,7 +518,7 @@ def _accounts(
     engine: sa.Engine | None,
     now: dt.datetime,
 ) -> list[Account]:
-    from cpmail.transports.base import SHARED
+    from cpmail.secrets import SHARED
 
     transport = str(settings["mail.transport"])
     rows = _account_rows(engine, now) if engine is not None else {}
@@ -659,7 +658,7 @@ def _probe_gmail(settings: Settings, secrets: SecretStore, acct: Account) -> Non
 
 def _probe_microsoft(settings: Settings, secrets: SecretStore, acct: Account) -> None:
     from cpmail import oauth
-    from cpmail.transports.base import SHARED
+    from cpmail.secrets import SHARED
 
     app_secret = secrets.get(oauth.MICROSOFT_APP_SECRET) if acct.account == SHARED else None
     session: oauth.MicrosoftSession | oauth.MicrosoftAppSession

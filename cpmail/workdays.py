@@ -6,7 +6,25 @@ import datetime as dt
 from collections.abc import Collection
 from functools import cache
 
+from cpmail.errors import InputError
 from cpmail.settings import Settings
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_workdays(text: str) -> frozenset[int]:
+    """'mon-fri', 'mon,wed,fri', 'mon-thu,sat' -> weekday numbers (Monday = 0)."""
+    days: set[int] = set()
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        a, _, b = part.partition("-")
+        if a[:3] not in DAYS or (b and b[:3] not in DAYS):
+            raise InputError(
+                f"workdays {text!r}: use day names such as 'mon-fri' or 'mon,wed,fri'."
+            )
+        i, j = DAYS.index(a[:3]), DAYS.index((b or a)[:3])
+        days.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+    return frozenset(days)
+
 
 WEEKDAYS = frozenset(range(5))
 _MAX_STEPS = 400  # a staff member with no workdays at all must not loop forever

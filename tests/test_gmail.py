@@ -21,9 +21,9 @@ import pytest
 
 from cpmail import oauth
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure, Unreachable
-from cpmail.secrets import SecretStore, token_name
+from cpmail.secrets import SHARED, SecretStore, token_name
 from cpmail.settings import Settings
-from cpmail.transports.base import SHARED, Envelope, Outcome, get_transport
+from cpmail.transports.base import Envelope, Outcome, get_transport
 from cpmail.transports.gmail import GmailTransport
 from tests.conftest import Cli
 from tests.fakeapi import (
@@ -238,7 +238,6 @@ def test_token_endpoint_server_error_defers_that_account(gmail_home: Path, fake:
 
 def test_check_account(gmail_home: Path, fake: FakeAPI) -> None:
     t = transport(gmail_home)
-    assert t.needs_account() is True
     with pytest.raises(ConfigError, match=r"JD is not signed in.*run `cpmail staff signin JD`"):
         t.check_account("JD")
     with pytest.raises(ConfigError, match=r"run `cpmail staff signin --shared`"):

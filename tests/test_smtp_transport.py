@@ -20,9 +20,9 @@ from cpmail.errors import (
     TemporaryFailure,
     Unreachable,
 )
-from cpmail.secrets import SecretStore, passcode_name
+from cpmail.secrets import SHARED, SecretStore, passcode_name
 from cpmail.settings import Settings
-from cpmail.transports.base import SHARED, Envelope, Outcome
+from cpmail.transports.base import Envelope, Outcome
 from cpmail.transports.smtp import SMTPTransport, auth_failure_message
 from tests.smtpserver import (
     SMTPTestServer,

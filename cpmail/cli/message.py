@@ -118,7 +118,7 @@ def _subject(settings: Settings, kind: str, given: str | None, text: str, who: s
 def _author(c: Ctx, sender: Sender, as_staff: str | None) -> tuple[str, str]:
     """(name, address to reply to) of the person writing; in one-account mode, ``--as``."""
     from cpmail.people import get
-    from cpmail.transports.base import SHARED
+    from cpmail.secrets import SHARED
 
     if sender.account != SHARED:
         return sender.name, sender.address

@@ -141,7 +141,7 @@ def staff_signin(
 ) -> None:
     """Sign in with Google or Microsoft (per the transport) so cpmail can send as this account."""
     from cpmail import oauth
-    from cpmail.transports.base import SHARED
+    from cpmail.secrets import SHARED
 
     c = ctx_of(ctx)
     transport = str(c.settings["mail.transport"])

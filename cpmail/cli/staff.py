@@ -178,8 +178,7 @@ def passcode(
     delete: bool = typer.Option(False, "--delete", help="Forget the stored passcode."),
 ) -> None:
     """Store the passcode a staff member (or --shared) logs in to SMTP with."""
-    from cpmail.secrets import passcode_name
-    from cpmail.transports.base import SHARED
+    from cpmail.secrets import SHARED, passcode_name
 
     c = ctx_of(ctx)
     if shared == (staff_id is not None):

@@ -22,11 +22,11 @@ from cpmail.errors import ConfigError, InputError
 from cpmail.outbox import Delivery, Draft
 from cpmail.people import Sender, resolve_sender
 from cpmail.reports import Report, kind_of_pdf, load, render, write
-from cpmail.secrets import SecretStore
+from cpmail.secrets import SHARED, SecretStore
 from cpmail.sending import send_now
 from cpmail.settings import Settings
 from cpmail.store.schema import staff
-from cpmail.transports.base import SHARED, get_transport
+from cpmail.transports.base import get_transport
 
 EVENT = "report"
 CASH_FLOW_ACCESS = "cash-flow"

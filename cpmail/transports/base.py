@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from cpmail.errors import ConfigError, PermanentFailure, TemporaryFailure
@@ -23,8 +22,6 @@ from cpmail.errors import ConfigError, PermanentFailure, TemporaryFailure
 if TYPE_CHECKING:
     from cpmail.secrets import SecretStore
     from cpmail.settings import Settings
-
-SHARED = "shared"  # the account name of the one-account sender
 
 
 @dataclass(frozen=True)
@@ -77,10 +74,6 @@ class Transport(abc.ABC):
     def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
         """Send every envelope and call ``report`` once for each, as soon as it is known."""
 
-    def needs_account(self) -> bool:
-        """True when every message needs a signed-in account (API transports)."""
-        return False
-
     def check_account(self, account: str) -> None:
         """Raise ConfigError when ``account`` cannot send (no sign-in, say)."""
         return None
@@ -102,7 +95,3 @@ def get_transport(settings: Settings, secrets: SecretStore) -> Transport:
     module, cls_name = modules[name]
     cls: type[Transport] = getattr(importlib.import_module(module), cls_name)
     return cls(settings, secrets)
-
-
-def mail_dir(settings: Settings) -> Path:
-    return settings.mail_dir

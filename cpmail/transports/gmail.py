@@ -37,9 +37,6 @@ class GmailTransport(Transport):
     name = "gmail"
     max_message_bytes = 35 * 1024 * 1024
 
-    def needs_account(self) -> bool:
-        return True
-
     def check_account(self, account: str) -> None:
         oauth.check_signed_in(self.secrets, "gmail", account)
 

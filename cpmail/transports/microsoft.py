@@ -24,7 +24,8 @@ import httpx
 
 from cpmail import oauth
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure
-from cpmail.transports.base import SHARED, Envelope, Outcome, Report, Transport
+from cpmail.secrets import SHARED
+from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 SERVICE = "Microsoft Graph"
@@ -39,9 +40,6 @@ class MicrosoftTransport(Transport):
 
     name = "microsoft"
     max_message_bytes = 3 * 1024 * 1024
-
-    def needs_account(self) -> bool:
-        return True
 
     def app_secret(self) -> str | None:
         """The stored client secret for app-only sending, if any."""

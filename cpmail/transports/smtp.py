@@ -41,9 +41,9 @@ from cpmail.errors import (
     TemporaryFailure,
     Unreachable,
 )
-from cpmail.secrets import Secret, passcode_name
+from cpmail.secrets import SHARED, Secret, passcode_name
 from cpmail.sizes import size_text
-from cpmail.transports.base import SHARED, Envelope, Outcome, Report, Transport
+from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
 if TYPE_CHECKING:
     from cpmail.settings import Settings

@@ -16,9 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.people import parse_workdays
 from cpmail.settings import EVENTS, Settings
-from cpmail.workdays import WorkCalendar
+from cpmail.workdays import WorkCalendar, parse_workdays
 
 # The default recipient rules of SPEC §5 ("listed" = the entry's own notify/attendees list).
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
