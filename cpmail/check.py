@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from cpmail.compose import Attachment, Mailbox, build_message, compose, message_id_for
 from cpmail.errors import ConfigError, InputError
+from cpmail.events import LIST_EVENTS, STATE_EVENTS, check_names
 from cpmail.outbox import (
     Delivery,
     Draft,
@@ -41,7 +42,7 @@ from cpmail.settings import EVENTS, Settings
 from cpmail.statuses import Status
 from cpmail.store.schema import ledger, messages, staff_prefs
 from cpmail.transports.base import Envelope, Transport, get_transport
-from cpmail.triggers import LIST_EVENTS, Notification, Run, finders, scheduled
+from cpmail.triggers import Notification, Run, finders, scheduled
 from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows
 from cpmail.workdays import WorkCalendar
 
@@ -132,11 +133,8 @@ class CheckResult:
 
 
 def select_events(only: Sequence[str], skip: Sequence[str]) -> list[str]:
-    for ev in [*only, *skip]:
-        if ev not in EVENTS:
-            raise InputError(f"unknown event {ev!r}; the events are: {', '.join(EVENTS)}.")
-    chosen = [e for e in EVENTS if (not only or e in only) and e not in skip]
-    return chosen
+    check_names([*only, *skip])
+    return [e for e in EVENTS if (not only or e in only) and e not in skip]
 
 
 def _sender(settings: Settings, engine: sa.Engine, as_staff: str | None) -> Sender:
@@ -218,7 +216,7 @@ def _run_check(
     tz = settings.tz()
     run = Run(date=date, settings=settings, calendar=WorkCalendar.from_settings(settings), tz=tz)
     summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
-    state = {"task-over-budget", "hours-exceeded"}
+    state = set(STATE_EVENTS)
     if settings["events.budget-alert.thresholds"]:
         state.add("budget-alert")  # its thresholds read the same rows
     extra = {} if only else scheduled()  # reports sent on a schedule (cash-flow)

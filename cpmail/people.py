@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from cpmail.addresses import check_address
 from cpmail.errors import ConfigError, InputError
+from cpmail.events import check_names
 from cpmail.secrets import SHARED
-from cpmail.settings import EVENTS, Settings
+from cpmail.settings import Settings
 from cpmail.store.schema import staff, staff_opt_out, staff_prefs, time_off
 from cpmail.workdays import parse_workdays
 
@@ -137,10 +138,7 @@ def listing(engine: sa.Engine) -> list[dict[str, Any]]:
 
 
 def check_events(events: list[str]) -> list[str]:
-    for ev in events:
-        if ev not in EVENTS:
-            raise InputError(f"unknown event {ev!r}; the events are: {', '.join(EVENTS)}.")
-    return events
+    return check_names(events)
 
 
 def mute(engine: sa.Engine, staff_id: str, events: list[str], *, on: bool) -> None:

@@ -16,26 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from cpmail.errors import ConfigError
+from cpmail.events import NAMES
 
 SETTINGS_FILE = "cpmail.toml"
 
-EVENTS: tuple[str, ...] = (
-    "missing-time",
-    "job-opened",
-    "billing-created",
-    "payment-received",
-    "status-changed",
-    "task-due-today",
-    "task-due-tomorrow",
-    "task-overdue",
-    "task-over-budget",
-    "budget-alert",
-    "hours-exceeded",
-    "diary-entry",
-    "homebase-entry",
-    "change-order",
-    "calendar-reminder",
-)
+EVENTS: tuple[str, ...] = NAMES  # every event, in the order of SPEC §5 (cpmail.events)
 
 TRANSPORTS = ("file", "smtp", "gmail", "microsoft")
 

@@ -73,13 +73,14 @@ def preview(
     from cpmail import demo as demo_data
     from cpmail.check import run_check
     from cpmail.cli.setup import DEMO_SETTINGS
+    from cpmail.events import check_names
     from cpmail.secrets import SecretStore
-    from cpmail.settings import EVENTS, Settings
+    from cpmail.settings import Settings
     from cpmail.store import make_engine, upgrade
 
     c = ctx_of(ctx)
-    if event not in (*EVENTS, "digest"):
-        raise InputError(f"unknown event {event!r}; the events are: {', '.join(EVENTS)}, digest.")
+    if event != "digest":
+        check_names([event])
     with tempfile.TemporaryDirectory(prefix="cpmail-preview-") as tmp:
         home = Path(tmp)
         s = Settings.load(home)

@@ -16,30 +16,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.settings import EVENTS, Settings
+from cpmail import events
+from cpmail.settings import Settings
 from cpmail.workdays import WorkCalendar, parse_workdays
 
 # The default recipient rules of SPEC §5 ("listed" = the entry's own notify/attendees list).
-DEFAULT_RULES: dict[str, tuple[str, ...]] = {
-    "missing-time": ("staff", "supervisor"),
-    "job-opened": ("team",),
-    "billing-created": ("team",),
-    "payment-received": ("team",),
-    "status-changed": ("team",),  # the new status code's notify list wins when it has one
-    "task-due-today": ("assignee",),
-    "task-due-tomorrow": ("assignee",),
-    "task-overdue": ("assignee",),
-    "task-over-budget": ("team:ae",),
-    "budget-alert": ("team:ae", "entered-by"),
-    "hours-exceeded": ("team:ae", "assignee"),
-    "diary-entry": ("listed",),
-    "homebase-entry": ("listed",),
-    "change-order": ("team:ae", "team:production"),
-    "calendar-reminder": ("listed",),
-}
-
-# Events whose notifications reach each person as one list per run.
-LIST_EVENTS = frozenset({"task-due-today", "task-due-tomorrow", "task-overdue"})
+# Who hears of each event by default, and which events come as one list per
+# person: both live in the one table of events (cpmail.events).
+DEFAULT_RULES = events.DEFAULT_RULES
+LIST_EVENTS = events.LIST_EVENTS
 
 
 @dataclass
@@ -137,27 +122,13 @@ Finder = Callable[[sa.Connection, Run], Iterable[Notification]]
 
 
 def finders() -> dict[str, Finder]:
-    """Every event's finder, in the order of SPEC §5."""
-    from cpmail.triggers import billing, entries, jobs, tasks, timecards
+    """Every event's finder, in the order of SPEC §5 (named in cpmail.events)."""
+    import importlib
 
-    table: dict[str, Finder] = {
-        "missing-time": timecards.missing_time,
-        "job-opened": jobs.job_opened,
-        "billing-created": billing.billing_created,
-        "payment-received": billing.payment_received,
-        "status-changed": jobs.status_changed,
-        "task-due-today": tasks.due_today,
-        "task-due-tomorrow": tasks.due_tomorrow,
-        "task-overdue": tasks.overdue,
-        "task-over-budget": tasks.over_budget,
-        "budget-alert": tasks.budget_alert,
-        "hours-exceeded": tasks.hours_exceeded,
-        "diary-entry": entries.diary_entry,
-        "homebase-entry": entries.homebase_entry,
-        "change-order": jobs.change_order,
-        "calendar-reminder": entries.calendar_reminder,
-    }
-    assert tuple(table) == EVENTS
+    table: dict[str, Finder] = {}
+    for event in events.EVENT_TABLE:
+        module, function = event.finder.split(":")
+        table[event.name] = getattr(importlib.import_module(f"cpmail.triggers.{module}"), function)
     return table
 
 
