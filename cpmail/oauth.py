@@ -899,10 +899,14 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
     strip Bcc), not to an SMTP-style envelope; a message whose headers already
     name every recipient is returned unchanged, byte for byte.
     """
-    from email.parser import BytesHeaderParser
+    from email.parser import HeaderParser
     from email.policy import compat32
 
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    # The header block as UTF-8 text: international addresses are written
+    # there as they are (RFC 6532), and must be found as written.
+    end = raw.find(b"\r\n\r\n")
+    block = raw[: end if end >= 0 else len(raw)].decode("utf-8", "replace")
+    headers = HeaderParser(policy=compat32).parsestr(block, headersonly=True)
     named = {
         addr.lower()
         for field in ("to", "cc", "bcc")

@@ -56,7 +56,7 @@ def check_kind(kind: str) -> str:
 def safe_filename(text: str) -> str:
     """A file name made of ``text`` that every mail client and file system accepts."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return name or "report"
+    return name[:100].rstrip("-.") or "report"  # file systems take 255 bytes at most
 
 
 def today(settings: Settings) -> dt.date:

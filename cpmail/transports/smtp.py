@@ -507,7 +507,13 @@ class _Connection:
         options: list[str] = []
         if smtp.supports_extension("size"):
             options.append(f"SIZE={wire_size}")
-        international = not all(a.isascii() for a in addresses)
+        # UTF-8 in an address or in the headers (an international Reply-To, say:
+        # RFC 6532) needs SMTPUTF8; UTF-8 only in the body needs 8BITMIME.
+        head_end = env.raw.find(b"\r\n\r\n")
+        international = (
+            not all(a.isascii() for a in addresses)
+            or not env.raw[: head_end if head_end >= 0 else len(env.raw)].isascii()
+        )
         if international:
             if not smtp.supports_extension("smtputf8"):
                 return Outcome(
