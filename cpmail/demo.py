@@ -48,11 +48,14 @@ def resolve(text: str, day: dt.date, calendar: WorkCalendar) -> str:
 
 def write_resolved(folder: Path, day: dt.date, calendar: WorkCalendar) -> list[Path]:
     """Write the demo CSVs with their dates resolved for ``day`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from cpmail.settings import private_dir, write_atomic
+
+    private_dir(folder)
     out = []
     for src in demo_files():
         dst = folder / src.name
-        dst.write_text(resolve(src.read_text(encoding="utf-8"), day, calendar), encoding="utf-8")
+        text = resolve(src.read_text(encoding="utf-8"), day, calendar)
+        write_atomic(dst, text.encode("utf-8"))
         out.append(dst)
     return out
 

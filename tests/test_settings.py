@@ -302,3 +302,19 @@ def test_redact_url_hides_the_password_whatever_it_holds(url: str, shown: str) -
 
     assert redact_url(url) == shown
     assert redact(f"cannot open {url}") == f"cannot open {shown}"
+
+
+def test_exports_reports_and_templates_are_private_under_umask_000(tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    _cpmail(home, "demo", "--date", "2026-11-24")
+    out = tmp_path / "out"
+    out.mkdir()
+    _cpmail(home, "data", "export", "billings", "--out", str(out / "billings.csv"))
+    _cpmail(home, "report", "cash-flow", "--out", str(out / "cash-flow.pdf"))
+    _cpmail(home, "templates", "export", str(out / "templates"))
+    written = [p for p in out.rglob("*")]
+    assert len(written) > 10
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in written}
+    assert {p: m for p, m in modes.items() if m & 0o077} == {}
+    demo_data = [p for p in home.rglob("*.csv")]
+    assert all(not stat.S_IMODE(p.stat().st_mode) & 0o077 for p in demo_data)

@@ -41,7 +41,6 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite files that exist."),
 ) -> None:
     """Copy the built-in templates to DIR to edit (use <home>/templates to make them live)."""
-    import shutil
 
     from cpmail.render import BUILTIN, template_names
 
@@ -50,10 +49,11 @@ def export(
     clashes = [n for n in names if (folder / n).exists()]
     if clashes and not force:
         raise InputError(f"{folder / clashes[0]} exists; use --force to overwrite.")
+    from cpmail.settings import write_atomic
+
     for name in names:
-        dst = folder / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(BUILTIN / name, dst)
+        # 0600 in 0700 folders, as everything cpmail writes, whatever the umask
+        write_atomic(folder / name, (BUILTIN / name).read_bytes())
     c.say(f"Copied {len(names)} templates to {folder}.")
     if folder.resolve() != (c.home / "templates").resolve():
         c.say(f"To use your edits, put them in {c.home / 'templates'} (same file names).")

@@ -123,9 +123,7 @@ def export_file(
     except OSError as e:
         raise InputError(f"cannot write {p}: {e.strerror}.") from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o600)  # agency data: private, whatever the umask
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             n = export_table(engine, table, f, form)
             f.flush()

@@ -169,7 +169,7 @@ def render(report: Report, settings: Settings) -> bytes:
 def write(pdf: bytes, out: Path) -> None:
     """Write ``pdf`` to ``out`` atomically (a reader never sees half a file)."""
     try:
-        write_atomic(out, pdf, mode=0o644)
+        write_atomic(out, pdf)  # 0600: invoices and cash flow are private
     except OSError as e:
         raise InputError(f"cannot write {out}: {e.strerror}.") from None
 

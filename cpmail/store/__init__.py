@@ -32,7 +32,9 @@ def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            from cpmail.settings import private_dir
+
+            private_dir(Path(path).parent)
         engine = sa.create_engine(url, connect_args={"timeout": busy_seconds})
 
         @sa.event.listens_for(engine, "connect")
