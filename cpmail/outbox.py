@@ -41,7 +41,7 @@ from cpmail.errors import (
     Unreachable,
 )
 from cpmail.settings import Settings
-from cpmail.sizes import size_text
+from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store import clock, utcnow
 from cpmail.store.schema import ledger, messages, runs
@@ -137,8 +137,9 @@ def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False)
     """Refuse a message larger than the transport takes (a suppressed one is never sent)."""
     if max_bytes is not None and len(draft.raw) > max_bytes and not suppressed:
         raise InputError(
-            f"the message {draft.subject!r} is {size_text(len(draft.raw))}; "
-            f"the transport takes at most {size_text(max_bytes)}."
+            "the message {!r} is {}; the transport takes at most {}.".format(
+                draft.subject, *size_pair(len(draft.raw), max_bytes)
+            )
         )
 
 

@@ -385,3 +385,17 @@ def test_report_invoice_takes_the_number_too(agency: Cli, tmp_path: Path) -> Non
         PdfReader(tmp_path / "i.pdf").pages[0].extract_text()
     )
     assert by_id.startswith(b"%PDF-")
+
+
+def test_sizes_in_a_refusal_tell_file_and_limit_apart(agency: Cli, tmp_path: Path) -> None:
+    agency("config", "set", "mail.max_attachment_mb", "1")
+    just_over = tmp_path / "just-over.pdf"
+    just_over.write_bytes(b"%PDF-1.7\n" + b"0" * (1_000_050 - 9))
+    r = agency("send-report", str(just_over), "--to", "a@b.test")
+    assert r.exit_code == 2
+    assert "is 1,000,050 bytes, more than the 1,000,000 bytes" in r.stderr
+    well_over = tmp_path / "well-over.pdf"
+    well_over.write_bytes(b"%PDF-1.7\n" + b"0" * 2_500_000)
+    r = agency("send-report", str(well_over), "--to", "a@b.test")
+    assert "is 2.50 MB, more than the 1.00 MB" in r.stderr
+    assert ".;" not in r.stderr and "0.0 MB" not in r.stderr

@@ -25,12 +25,13 @@ from cpmail.reports import Report, kind_of_pdf, load, render, write
 from cpmail.secrets import SHARED, SecretStore
 from cpmail.sending import send_now
 from cpmail.settings import Settings
+from cpmail.sizes import size_pair
 from cpmail.store.schema import staff
 from cpmail.transports.base import get_transport
 
 EVENT = "report"
 CASH_FLOW_ACCESS = "cash-flow"
-MB = 1024 * 1024
+MB = 1_000_000  # [mail] max_attachment_mb counts in MB of a million bytes, as size_text does
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,10 @@ def check_pdf(path: Path, *, max_bytes: int) -> bytes:
     if size == 0:
         raise InputError(f"{path} is empty; render the report again.")
     if size > max_bytes:
+        shown, most = size_pair(size, max_bytes)
         raise InputError(
-            f"{path} is {size / MB:.1f} MB, more than the {max_bytes / MB:.0f} MB "
-            "an attachment may be ([mail] max_attachment_mb)."
+            f"{path} is {shown}, more than the {most} an attachment may be "
+            "([mail] max_attachment_mb)."
         )
     try:
         data = path.read_bytes()
@@ -263,9 +265,10 @@ def send_report(
     )
     limit = get_transport(settings, secrets).max_message_bytes
     if len(draft.raw) > limit:
+        shown, most = size_pair(len(draft.raw), limit)
         raise InputError(
-            f"{filename} makes a message of {len(draft.raw) / MB:.1f} MB; the "
-            f"{settings['mail.transport']} transport takes at most {limit / MB:.1f} MB."
+            f"{filename} makes a message of {shown}; the "
+            f"{settings['mail.transport']} transport takes at most {most}."
         )
     _, delivery = send_now(engine, settings, secrets, [draft])
     return Outcome(filename, recipients, sender, delivery)

@@ -42,7 +42,7 @@ from cpmail.errors import (
     Unreachable,
 )
 from cpmail.secrets import SHARED, Secret, passcode_name
-from cpmail.sizes import size_text
+from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
 if TYPE_CHECKING:
@@ -493,8 +493,9 @@ class _Connection:
             return Outcome(
                 env.id,
                 error=PermanentFailure(
-                    f"the message is {size_text(wire_size)}, larger than the "
-                    f"{size_text(self.size_limit)} the SMTP server {where} accepts"
+                    "the message is {}, larger than the {} the SMTP server {} accepts".format(
+                        *size_pair(wire_size, self.size_limit), where
+                    )
                 ),
             )
         addresses = (env.mail_from, *env.rcpt_to)
