@@ -493,6 +493,11 @@ def claim(
     ]
 
 
+def _joined(column: Any, more: str) -> Any:
+    """``column; more`` in SQL, without a sentence's full stop before the semicolon."""
+    return sa.case((column.is_(None), more), else_=sa.func.rtrim(column, ".") + "; " + more)
+
+
 def _expire(engine: sa.Engine, settings: Settings) -> None:
     """Messages waiting past max_age_hours fail for good."""
     m = messages.c
@@ -503,8 +508,10 @@ def _expire(engine: sa.Engine, settings: Settings) -> None:
             .where(m.status.in_((Status.QUEUED, Status.DEFERRED)), m.queued_at < limit)
             .values(
                 status=Status.FAILED,
-                last_error=sa.func.coalesce(m.last_error + "; ", "")
-                + f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
+                last_error=_joined(
+                    m.last_error,
+                    f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
+                ),
             )
         )
 
@@ -1163,7 +1170,7 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str) -> int:
                 claimed_at=None,
                 claimed_by=None,
                 next_attempt_at=None,
-                last_error=sa.func.coalesce(m.last_error + "; ", "") + why,
+                last_error=_joined(m.last_error, why),
             )
         ).rowcount
     return int(n)
