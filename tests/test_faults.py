@@ -385,6 +385,7 @@ def test_a_locked_database_is_exit_3_naming_the_lock(cli: Cli, home: Path) -> No
     [
         ("postgresql+psycopg://postgres@127.0.0.1:{closed}/test", "cannot be reached"),
         ("postgresql+psycopg://postgres@127.0.0.1:5432/no_such_db_here", "does not exist"),
+        ("postgresql+psycopg://no_such_role@127.0.0.1:5432/test", "refused the login"),
     ],
 )
 def test_postgres_down_or_misnamed_is_exit_3(

@@ -44,14 +44,15 @@ _SQLITE = (
 )
 _SERVER = (
     (
-        r"does not exist",
-        "names a database that does not exist on the server",
-        "create it (`createdb NAME`) or correct the database name in database.url",
-    ),
-    (
-        r"password authentication failed|authentication failed|access denied",
+        r"password authentication failed|authentication failed|access denied|"
+        r"role \S+ does not exist|no pg_hba.conf entry",
         "refused the login",
         "check the user and password in database.url",
+    ),
+    (
+        r"database \S+ does not exist|unknown database",
+        "names a database that does not exist on the server",
+        "create it (`createdb NAME`) or correct the database name in database.url",
     ),
     (
         r"connection refused|could not connect|connection timed out|"
