@@ -416,8 +416,9 @@ def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox 
     if manager:
         candidates.append(Mailbox(manager, str(settings["manager.name"])))
     for box in candidates:
-        # Replying to oneself helps nobody; an address that does not parse is no help.
-        if box.address.lower() != person and _usable(box.address):
+        # Replying to oneself helps nobody; an address that does not parse is no help;
+        # an international one would make every message need SMTPUTF8 of the server.
+        if box.address.lower() != person and box.address.isascii() and _usable(box.address):
             return box
     return None
 

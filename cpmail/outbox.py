@@ -812,101 +812,139 @@ def deliver(
     result = Delivery()
     with lease(engine, settings, run_id, command) as held, interrupt.graceful():
         _expire(engine, settings)
-        stale = stale_after(settings)
         if not in_send_window(settings):
-            _wait_for_window(engine, run_id, ids, ready, stale, result)
+            _wait_for_window(engine, run_id, ids, ready, stale_after(settings), result)
             return result
-        recorder = _Recorder(engine, settings, result, held)
-        per_minute, per_day = pace.limits(settings)
-        current: list[pace.Pace | None] = [None]
+        _Pass(engine, transport, settings, held, result, ids, ready, on_progress).run()
+    return result
 
-        def stop() -> bool:
-            return interrupt.requested() is not None or recorder.blocked
 
-        def admit() -> bool:
-            paced = current[0]
-            return paced is None or paced.admit(stop)
+class _Pass:
+    """One delivery pass: account after account, each at its pace, outcomes recorded."""
 
-        def observe(outcome: Outcome) -> None:
-            paced = current[0]
-            if paced is None and not (per_minute or per_day):
-                return
-            words = " ".join(
-                [str(outcome.error or ""), *outcome.deferred.values(), *outcome.refused.values()]
-            )
-            if not words.strip():
-                return
-            if paced is None:
-                paced = current[0] = pace.Pace(per_minute, per_day)
-            if pace.daily_limit(words):
-                paced.stop_for_today()
-            elif pace.throttled(words):
-                paced.slow_down()
+    def __init__(
+        self,
+        engine: sa.Engine,
+        transport: Transport,
+        settings: Settings,
+        held: Lease,
+        result: Delivery,
+        ids: Sequence[int] | None,
+        ready: Sequence[tuple[Envelope, str]],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.settings = settings
+        self.held = held
+        self.run_id = held.run_id
+        self.result = result
+        self.ids = ids
+        self.ready = ready
+        self.on_progress = on_progress
+        self.stale = stale_after(settings)
+        self.recorder = _Recorder(engine, settings, result, held)
+        self.per_minute, self.per_day = pace.limits(settings)
+        self.pace: pace.Pace | None = None  # the current account's
+        self.recorder.observers.append(self._observe)
+        self.recorder.pacing = lambda: self.pace is not None
 
-        recorder.observers.append(observe)
-        recorder.pacing = lambda: current[0] is not None
-
-        def envelopes(account: str) -> Iterator[Envelope]:
-            for env, event in ready:
-                if stop():
-                    return
-                if env.account == account:
-                    if not admit():
-                        return
-                    recorder.events[env.id] = event
-                    if on_progress:
-                        on_progress(1)
-                    yield env
-            while True:
-                batch = _claim_patiently(
-                    engine,
-                    recorder,
-                    run_id=run_id,
-                    ids=ids,
-                    events=recorder.events,
-                    account=account,
-                    stale=stale,
-                )
-                if not batch:
-                    return
-                for env in batch:
-                    if stop() or not admit():
-                        return
-                    if on_progress:
-                        on_progress(1)
-                    yield env
-
+    def run(self) -> None:
         try:
-            for account in _accounts(engine, ids, ready, stale):
+            for account in _accounts(self.engine, self.ids, self.ready, self.stale):
                 if interrupt.requested() is not None:
                     break
-                current[0] = _pace_for(engine, settings, account, per_minute, per_day)
-                try:
-                    transport.deliver(envelopes(account), recorder)
-                except AuthError as e:
-                    result.stopped = result.stopped or e
-                    recorder.flush()
-                    _release(engine, run_id, result, reason=str(e), account=account, keep=held.keep)
-                paced = current[0]
-                if paced is not None and paced.day_full and interrupt.requested() is None:
-                    recorder.flush()
-                    _wait_for_tomorrow(engine, settings, run_id, result, account, held.keep, paced)
+                self._account(account)
         except Unreachable as e:
-            result.stopped = e
+            self.result.stopped = e
         finally:
-            recorder.flush()
-            if recorder.fatal is None:
-                reason = str(result.stopped) if result.stopped is not None else None
-                _release(engine, run_id, result, reason=reason, keep=held.keep)
-        if recorder.fatal is not None:
-            unrecorded = len(held.keep)
+            self.recorder.flush()
+            if self.recorder.fatal is None:
+                stopped = self.result.stopped
+                reason = str(stopped) if stopped is not None else None
+                _release(self.engine, self.run_id, self.result, reason=reason, keep=self.held.keep)
+        if self.recorder.fatal is not None:
             raise Unavailable(
-                f"{unrecorded} message(s) the server accepted could not be recorded as sent "
-                f"({recorder.fatal}); they stay claimed by this run and are sent again after "
-                f"{settings['outbox.stale_claim_minutes']:g} minutes unless the database "
-                "comes back first; free the disk or restart the database."
+                f"{len(self.held.keep)} message(s) the server accepted could not be recorded "
+                f"as sent ({self.recorder.fatal}); they stay claimed by this run and are sent "
+                f"again after {self.settings['outbox.stale_claim_minutes']:g} minutes unless "
+                "the database comes back first; free the disk or restart the database."
             ) from None
-    return result
+
+    def _account(self, account: str) -> None:
+        """Send one account's due mail; a refused sign-in holds back only this account's."""
+        self.pace = _pace_for(self.engine, self.settings, account, self.per_minute, self.per_day)
+        try:
+            self.transport.deliver(self._envelopes(account), self.recorder)
+        except AuthError as e:
+            self.result.stopped = self.result.stopped or e
+            self.recorder.flush()
+            _release(
+                self.engine,
+                self.run_id,
+                self.result,
+                reason=str(e),
+                account=account,
+                keep=self.held.keep,
+            )
+        paced = self.pace
+        if paced is not None and paced.day_full and interrupt.requested() is None:
+            self.recorder.flush()
+            _wait_for_tomorrow(
+                self.engine, self.settings, self.run_id, self.result, account, self.held.keep, paced
+            )
+
+    def _stop(self) -> bool:
+        return interrupt.requested() is not None or self.recorder.blocked
+
+    def _admit(self) -> bool:
+        return self.pace is None or self.pace.admit(self._stop)
+
+    def _envelopes(self, account: str) -> Iterator[Envelope]:
+        """The account's messages, claimed a batch at a time, each let go at the account's pace."""
+        for env, event in self.ready:
+            if self._stop():
+                return
+            if env.account == account:
+                if not self._admit():
+                    return
+                self.recorder.events[env.id] = event
+                if self.on_progress:
+                    self.on_progress(1)
+                yield env
+        while True:
+            batch = _claim_patiently(
+                self.engine,
+                self.recorder,
+                run_id=self.run_id,
+                ids=self.ids,
+                events=self.recorder.events,
+                account=account,
+                stale=self.stale,
+            )
+            if not batch:
+                return
+            for env in batch:
+                if self._stop() or not self._admit():
+                    return
+                if self.on_progress:
+                    self.on_progress(1)
+                yield env
+
+    def _observe(self, outcome: Outcome) -> None:
+        """A provider's answer that says "slower" or "no more today" sets the account's pace."""
+        words = " ".join(
+            [str(outcome.error or ""), *outcome.deferred.values(), *outcome.refused.values()]
+        )
+        daily = pace.daily_limit(words)
+        if not (daily or pace.throttled(words)):
+            return
+        if self.pace is None:
+            self.pace = pace.Pace(self.per_minute, self.per_day)
+        if daily:
+            self.pace.stop_for_today()
+        else:
+            self.pace.slow_down()
 
 
 def _pace_for(
