@@ -135,7 +135,8 @@ def print_table(
     columns of running text (subjects, errors; by default any column wider
     than 20) that give up room first: their text ends in "…" where it is cut
     (``--json`` has it whole). ``wrap`` columns give up room by wrapping at
-    spaces instead. When even that is not enough, the columns in ``drop`` are
+    spaces instead (a word longer than the column is folded, not cut). When even
+    that is not enough, the columns in ``drop`` are
     left out, in that order (empty ones first).
     """
     if not rows:
@@ -143,13 +144,19 @@ def print_table(
         return
     from rich.table import Table
 
-    cells = [{col: _short(_cell(row.get(col))) for col in columns} for row in rows]
+    cells = [
+        {
+            col: _cell(row.get(col)) if col in wrap else _short(_cell(row.get(col)))
+            for col in columns
+        }
+        for row in rows
+    ]
     full = {col: max([len(col), *(len(r[col]) for r in cells)]) for col in columns}
     loose_cols = set(free) | set(wrap) or {col for col in columns if full[col] > 20}
 
     def least(col: str) -> int:
         if col in wrap:
-            return max([len(col), 8, *(len(w) for r in cells for w in r[col].split())])
+            return min(24, max([len(col), 8, *(len(w) for r in cells for w in r[col].split())]))
         return min(full[col], 16) if col in loose_cols else full[col]
 
     shown = list(columns)
@@ -169,7 +176,12 @@ def print_table(
         share -= widths[col]
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in shown:
-        table.add_column(col.replace("_", " "), no_wrap=col not in wrap, width=widths[col])
+        # wrap columns break lines at spaces; only a word longer than the whole
+        # column (a long URL) is folded, so that nothing of it is lost
+        overflow = "fold" if col in wrap else "ellipsis"
+        table.add_column(
+            col.replace("_", " "), no_wrap=col not in wrap, width=widths[col], overflow=overflow
+        )
     for row in cells:
         table.add_row(*(row[col] if col in wrap else _fit(row[col], widths[col]) for col in shown))
     c.out.print(table)

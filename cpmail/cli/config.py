@@ -205,7 +205,13 @@ def show(
         emit_json({"home": str(c.home), "settings": rows, "secrets": stored})
         return
     c.say(f"Home: {c.home}")
-    print_table(c, [{**r, "value": _show(r["value"])} for r in rows], ["key", "value", "source"])
+    print_table(
+        c,
+        [{**r, "value": _show(r["value"])} for r in rows],
+        ["key", "value", "source"],
+        wrap=("value",),
+        drop=("source",),
+    )
     if stored:
         c.say("Secrets: " + ", ".join(f"{k} = ••••" for k in stored))
 
