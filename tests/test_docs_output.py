@@ -83,7 +83,7 @@ def _said(fragment: str, program: str) -> bool:
             if len(words) - n < 2:
                 continue
             pattern = r"\s".join(
-                r"(?:\{[^}]*\}|\S+)" if i in spots else re.escape(w) for i, w in enumerate(words)
+                r"\{[^}]*\}" if i in spots else re.escape(w) for i, w in enumerate(words)
             )
             if re.search(pattern, program):
                 return True
