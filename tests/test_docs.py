@@ -288,3 +288,11 @@ def test_every_hint_in_the_program_names_a_real_command() -> None:
                     problems.append(f"{path.name}: `{name}` has no option {opt} ({hint})")
     assert count > 40
     assert not problems, "\n".join(problems)
+
+
+def test_every_module_the_architecture_page_names_exists() -> None:
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(cpmail/[\w/]+(?:\.py)?/?)`", text))
+    assert len(named) > 20
+    missing = [n for n in sorted(named) if not (ROOT / n).exists()]
+    assert not missing, f"docs/architecture.md names what is not there: {missing}"
