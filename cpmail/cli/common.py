@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
@@ -178,7 +178,7 @@ def print_table(
     for col in shown:
         # wrap columns break lines at spaces; only a word longer than the whole
         # column (a long URL) is folded, so that nothing of it is lost
-        overflow = "fold" if col in wrap else "ellipsis"
+        overflow: Literal["fold", "ellipsis"] = "fold" if col in wrap else "ellipsis"
         table.add_column(
             col.replace("_", " "), no_wrap=col not in wrap, width=widths[col], overflow=overflow
         )
