@@ -522,24 +522,25 @@ def _tell_manager(
         rows = conn.execute(
             sa.select(m.subject, m.to_addrs, m.last_error).where(m.id.in_(failed))
         ).all()
-    ctx = {
-        **renderer.context,
-        "event": "failure-summary",
-        "count": len(rows),
-        "host": socket.gethostname(),
-        "failures": [{"subject": r.subject, "to": r.to_addrs, "error": r.last_error} for r in rows],
-        "recipient": {"name": settings["manager.name"], "address": manager},
-    }
-    txt = renderer._get("email/failure-summary.txt")
-    html = renderer._get("email/failure-summary.html")
-    subject = " ".join(renderer._block(txt, "subject", ctx).split())
+    subject, text, html = renderer.render(
+        "failure-summary",
+        {
+            "event": "failure-summary",
+            "count": len(rows),
+            "host": socket.gethostname(),
+            "failures": [
+                {"subject": r.subject, "to": r.to_addrs, "error": r.last_error} for r in rows
+            ],
+            "recipient": {"name": settings["manager.name"], "address": manager},
+        },
+    )
     prefix = str(settings["mail.subject_prefix"])
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(manager, str(settings["manager.name"]))],
         subject=f"{prefix} {subject}".strip(),
-        text=renderer._full(txt, ctx),
-        html=renderer._full(html, ctx),
+        text=text,
+        html=html,
         event="failure-summary",
         key=f"failure-summary:{run_id}",
     )

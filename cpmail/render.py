@@ -142,6 +142,17 @@ class Renderer:
             "recipient": recipient,
         }
 
+    def render(self, name: str, ctx: dict[str, Any]) -> tuple[str, str, str]:
+        """Return (subject without prefix, text, html) of the pair ``email/<name>.txt|html``.
+
+        ``ctx`` is added to the run's shared context (agency, run date …).
+        """
+        full = {**self.context, **ctx}
+        txt = self._get(f"email/{name}.txt")
+        html = self._get(f"email/{name}.html")
+        subject = " ".join(self._block(txt, "subject", full).split())
+        return subject, tidy(self._full(txt, full)), self._full(html, full)
+
     def message(
         self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]
     ) -> tuple[str, str, str]:
@@ -153,11 +164,7 @@ class Renderer:
         """
         if len(items) > 1 and event not in LIST_EVENTS:
             return self.digest([(event, items)], recipient)
-        ctx = self._ctx(event, items, recipient)
-        txt = self._get(f"email/{event}.txt")
-        html = self._get(f"email/{event}.html")
-        subject = " ".join(self._block(txt, "subject", ctx).split())
-        return subject, tidy(self._full(txt, ctx)), self._full(html, ctx)
+        return self.render(event, self._ctx(event, items, recipient))
 
     def sections(
         self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]

@@ -93,18 +93,16 @@ def _rendered(home: Path) -> dict[str, str]:
         }
     ]
     out = {}
-    tmpl = r._get("email/failure-summary.html")
-    out["failure-summary#0"] = r._full(
-        tmpl,
+    out["failure-summary#0"] = r.render(
+        "failure-summary",
         {
-            **r.context,
             "event": "failure-summary",
             "count": 1,
             "host": "a-rather-long-host-name.northwind.example",
             "failures": failures,
             "recipient": me,
         },
-    )
+    )[2]
     report = {
         "label": "Cash flow report as of 2026-11-24",
         "as_of": dt.date(2026, 11, 24),
