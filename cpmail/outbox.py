@@ -50,6 +50,7 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 200
+RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
 # Outcomes accepted but not yet written, past which sending waits for the database.
 BACKLOG = 200
 # How long the end of a run keeps trying to record outcomes the server accepted.
@@ -273,6 +274,12 @@ class Lease:
     def start(self) -> None:
         with self.engine.begin() as conn:
             now = clock(conn)
+            # Runs that ended long ago tell nothing any more (status reads the last check).
+            conn.execute(
+                runs.delete().where(
+                    runs.c.ended_at.is_not(None), runs.c.started_at < now - RUNS_KEPT
+                )
+            )
             conn.execute(
                 runs.insert().values(
                     id=self.run_id,
