@@ -355,9 +355,10 @@ def _queue(home: Path, *, status: str, hours_ago: float, error: str | None = Non
                 next_attempt_at=now + dt.timedelta(minutes=30) if status == "deferred" else None,
                 last_error=error,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
     engine.dispose()
-    return int(id_)
+    assert id_ is not None
+    return int(id_[0])
 
 
 def _set(home: Path, id_: int, **values: Any) -> None:

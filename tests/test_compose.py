@@ -122,8 +122,8 @@ def test_data_cannot_add_headers_or_recipients(subject: str, name: str) -> None:
 
 # ``compose`` writes the bytes of the common message directly (cpmail check sends
 # thousands); it must mean exactly what ``build_message`` means.
-_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
-_NAME = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300)
+_NAME = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 
 
 @settings(max_examples=300, deadline=None)

@@ -68,11 +68,12 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
     assert 0 < killed_at < N, "the process must die in the middle of the batch"
 
     with engine.connect() as conn:
-        by_status = dict(
-            conn.execute(
+        by_status: dict[str, int] = {
+            s: n
+            for s, n in conn.execute(
                 sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status)
             ).all()
-        )
+        }
     in_flight = by_status.get("sending", 0)
     assert by_status.get("sent", 0) <= killed_at
     # A dead run's claims are taken up again once its heartbeat is older than

@@ -24,7 +24,7 @@ Factory = Callable[..., SMTPTestServer]
 
 
 def setup_smtp(
-    cli: Cli, server: SMTPTestServer, security: str | None = None, db: str = "", **extra: Any
+    cli: Cli, server: SMTPTestServer, *, security: str | None = None, db: str = "", **extra: Any
 ) -> None:
     """A home that sends through ``server`` as JD, on SQLite or the database URL ``db``."""
     if db:
@@ -115,7 +115,7 @@ def test_office365_basic_auth_refusal_points_to_microsoft(
 def test_connection_refused_is_exit_3(
     cli: Cli, smtp_server: SMTPTestServer, closed_port: int
 ) -> None:
-    setup_smtp(cli, smtp_server, **{"mail.smtp.port": closed_port})
+    setup_smtp(cli, smtp_server, **{"mail.smtp.port": str(closed_port)})
     r = send_one(cli)
     assert r.exit_code == 3
     assert f"127.0.0.1:{closed_port}" in r.stderr
@@ -226,7 +226,7 @@ def test_one_of_two_recipients_refused(cli: Cli, home: Any, smtp_server: SMTPTes
 
 
 def test_server_that_never_answers_times_out(cli: Cli, smtp_server: SMTPTestServer) -> None:
-    setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": 1})
+    setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": "1"})
     smtp_server.silent = True
     r = send_one(cli)
     assert r.exit_code == 3
@@ -294,7 +294,7 @@ def test_one_senders_wrong_passcode_holds_back_only_their_mail(
 def test_a_failed_test_message_is_never_sent_later(
     cli: Cli, smtp_server: SMTPTestServer, closed_port: int
 ) -> None:
-    setup_smtp(cli, smtp_server, **{"mail.smtp.port": closed_port})
+    setup_smtp(cli, smtp_server, **{"mail.smtp.port": str(closed_port)})
     for command in (("staff", "test", "JD"), ("config", "test")):
         r = cli(*command)
         assert r.exit_code == 3

@@ -34,7 +34,7 @@ from tests.test_delivery import setup_smtp
 DATE = "2026-11-24"
 
 
-def prepare(cli: Cli, server: SMTPTestServer, db: str = "", **settings: object) -> None:
+def prepare(cli: Cli, server: SMTPTestServer, *, db: str = "", **settings: str) -> None:
     setup_smtp(cli, server, db=db, **settings)
     # No agency data and no planned hours: only the queued messages go out.
     assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
@@ -147,7 +147,7 @@ def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
             break
         before = len(smtp_server.messages)
         proc = spawn(home)
-        wait_for(lambda b=before: len(smtp_server.messages) > b)  # type: ignore[misc]
+        wait_for(lambda b=before: len(smtp_server.messages) > b)
         time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
@@ -224,7 +224,7 @@ def test_a_server_that_stops_answering_ends_the_run_early(
 def test_mail_server_down_then_up_every_run_tells_the_truth(
     cli: Cli, home: Path, smtp_server: SMTPTestServer, closed_port: int
 ) -> None:
-    prepare(cli, smtp_server, **{"mail.smtp.port": closed_port})
+    prepare(cli, smtp_server, **{"mail.smtp.port": str(closed_port)})
     ids = queue_messages(home, 20)
     for _ in range(2):  # cron, twice, while the server is down
         r = cli("check", "--date", DATE)

@@ -99,7 +99,8 @@ def env(
 
 
 def stored(home: Path, account: str = "JD") -> dict[str, Any]:
-    return json.loads((home / "secrets" / token_name("gmail", account)).read_text())
+    data: dict[str, Any] = json.loads((home / "secrets" / token_name("gmail", account)).read_text())
+    return data
 
 
 # ---------------------------------------------------------------- sending
