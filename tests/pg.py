@@ -15,16 +15,18 @@ import pytest
 import sqlalchemy as sa
 
 SERVER = os.environ.get("CPMAIL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Read once, at collection: the `home` fixture clears CPMAIL_* variables for each test.
+REQUIRED = os.environ.get("CPMAIL_REQUIRE_PG") == "1"
 
 
-def _server_or_skip(admin: sa.Engine) -> None:
+def server_or_skip(admin: sa.Engine) -> None:
     """Skip (with the reason) when PostgreSQL is not there, unless CPMAIL_REQUIRE_PG=1."""
     try:
         with admin.connect():
             pass
     except sa.exc.OperationalError as e:
         reason = f"PostgreSQL is not reachable at {SERVER.split('@')[-1]}: {e.orig}"
-        if os.environ.get("CPMAIL_REQUIRE_PG") == "1":
+        if REQUIRED:
             pytest.fail(reason + " (CPMAIL_REQUIRE_PG=1)")
         pytest.skip(reason)
 
@@ -33,7 +35,7 @@ def _server_or_skip(admin: sa.Engine) -> None:
 def pg_url() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
-    _server_or_skip(admin)
+    server_or_skip(admin)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:

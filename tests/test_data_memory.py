@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Cli
-from tests.pg import SERVER
+from tests.pg import SERVER, server_or_skip
 
 STAFF, JOBS, TASKS_PER_JOB = 20, 200, 10
 
@@ -119,6 +119,7 @@ def test_peak_memory_of_a_pull_does_not_grow_with_the_table(tmp_path: Path) -> N
     """Rows come from a PostgreSQL table through a server-side cursor, 5,000 at a time."""
     name = f"src_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    server_or_skip(admin)
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
     query = (

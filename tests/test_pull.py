@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from cpmail import settings as settings_module
 from cpmail.store import schema
 from tests.conftest import Cli
-from tests.pg import SERVER
+from tests.pg import SERVER, server_or_skip
 from tests.test_data import engine_of, snapshot, table_rows
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "source"
@@ -98,6 +98,7 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
         return
     name = f"src_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    server_or_skip(admin)
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
     url = f"{SERVER}?options=-csearch_path%3D{name}"

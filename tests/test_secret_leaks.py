@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from cpmail.secrets import SecretStore
 from tests.conftest import Cli
 from tests.fakeapi import GOOGLE_CLIENT_SECRET, google_client
-from tests.pg import SERVER
+from tests.pg import SERVER, server_or_skip
 from tests.smtpserver import SMTPTestServer
 
 MASK = "••••"
@@ -118,6 +118,7 @@ def schema() -> Iterator[str]:
     """A schema of its own on the test server; the URL option that selects it."""
     name = "t_" + re.sub(r"[^a-z0-9]", "", str(id(object())))[-10:]
     admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    server_or_skip(admin)
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
