@@ -264,6 +264,11 @@ class Lease:
         self.command = command
         self.run_date = run_date
         self.interval = renew_every(settings)
+        # A claim is safe while its last renewal is younger than the stale limit; keep
+        # a margin, since another run may be looking at the very same moment.
+        self.safe_for = stale_after(settings).total_seconds() * 0.8
+        self.renewed = _elapsed()
+        self.lost = False
         self.keep: set[int] = set()
         self.exit_code: int | None = None
         self.counts: dict[str, Any] | None = None
@@ -296,6 +301,8 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
+            if self.expired():
+                return  # too late to renew: another run may hold these messages by now
             try:
                 with self.engine.begin() as conn:
                     conn.execute(
@@ -303,8 +310,20 @@ class Lease:
                         .where(runs.c.id == self.run_id)
                         .values(heartbeat_at=clock(conn))
                     )
+                self.renewed = _elapsed()
             except Exception as e:  # the database is away for now: the next beat tries again
                 log.info("could not renew the claims of run %s: %s", self.run_id, e)
+
+    def expired(self) -> bool:
+        """True once the claim may have lapsed (the process was stopped, the machine slept).
+
+        From then on this run sends nothing more: another run may have taken up
+        its messages. It stays expired.
+        """
+        if not self.lost and _elapsed() - self.renewed > self.safe_for:
+            self.lost = True
+            log.info("run %s was not heard of for too long; it sends nothing more", self.run_id)
+        return self.lost
 
     def end(self, exit_code: int | None) -> None:
         """Stop the heartbeat, give back what is still claimed, and record how the run ended."""
@@ -337,6 +356,14 @@ class Lease:
                     note=self.note,
                 )
             )
+
+
+def _elapsed() -> float:
+    """Seconds on a clock that also runs while the process is stopped or the machine sleeps."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.time()
 
 
 _LEASES: dict[str, Lease] = {}
@@ -617,8 +644,8 @@ class _Recorder:
 
     @property
     def blocked(self) -> bool:
-        """True while outcomes cannot be written: take no new message."""
-        return self.failing is not None or self.fatal is not None
+        """True while outcomes cannot be written, or once the run's claim lapsed: send no more."""
+        return self.failing is not None or self.fatal is not None or self.held.expired()
 
     def _run(self) -> None:
         while True:
@@ -866,6 +893,12 @@ class _Pass:
             self.result.stopped = e
         finally:
             self.recorder.flush()
+            if self.held.lost:
+                self.result.notes.append(
+                    "this run was stopped or asleep for longer than "
+                    f"{self.settings['outbox.stale_claim_minutes']:g} minutes "
+                    "(outbox.stale_claim_minutes), so it left its messages to other runs."
+                )
             if self.recorder.fatal is None:
                 stopped = self.result.stopped
                 reason = str(stopped) if stopped is not None else None

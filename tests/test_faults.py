@@ -432,3 +432,51 @@ def test_database_connections_lost_mid_run_lose_nothing(
     if r.exit_code == 1:
         assert cli("outbox", "retry", "--all").exit_code == 0
     assert_each_once(smtp_server, ids)
+
+
+def _locked(db: Path) -> bool:
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=0.05, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
+
+
+def test_a_run_paused_past_the_stale_limit_sends_nothing_more(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """SIGSTOP (or a machine asleep) past the limit: another run takes over; no duplicates."""
+    prepare(cli, smtp_server, **{"outbox.stale_claim_minutes": "0.05"})  # 3 s
+    ids = queue_messages(home, 150)
+    smtp_server.accept_delay = 0.02
+    first = spawn(home)
+    wait_for(lambda: len(smtp_server.messages) >= 10)
+    # Stopped outside a write: SQLite's lock held by a stopped process would (rightly)
+    # keep every other run waiting, which is another test's matter.
+    for _ in range(100):
+        first.send_signal(signal.SIGSTOP)
+        if not _locked(home / "cpmail.db"):
+            break
+        first.send_signal(signal.SIGCONT)
+        time.sleep(0.003)
+    time.sleep(0.5)  # what was in flight is answered while it sleeps
+    time.sleep(3.5)  # past the stale limit: its claims are taken up
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 0, r.output
+    after_takeover = len(smtp_server.messages)
+    first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=60)
+    assert "internal error" not in err
+    assert "left its messages to other runs" in err, out + err
+    # the woken run sent at most what it had in hand at the moment it was stopped
+    assert len(smtp_server.messages) - after_takeover <= 3
+    got = received(smtp_server)
+    assert set(got) == ids
+    assert sum(got.values()) - len(got) <= 3
+    assert statuses(home)["sending"] == 0
