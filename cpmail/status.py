@@ -616,11 +616,12 @@ def _probe_smtp(settings: Settings, secrets: SecretStore, acct: Account) -> None
 
     from cpmail.secrets import passcode_name
     from cpmail.transports import smtp
+    from cpmail.transports.smtp_words import Login
 
     cfg = smtp.SMTPConfig.from_settings(settings)
     tls = cfg.tls_context()
     secret = secrets.get(passcode_name(acct.account))
-    login = smtp._Login(acct.account, acct.address, secret) if secret and secret.reveal() else None
+    login = Login(acct.account, acct.address, secret) if secret and secret.reveal() else None
     group = smtp._Group(login)
 
     async def go() -> None:

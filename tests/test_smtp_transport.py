@@ -23,7 +23,8 @@ from cpmail.errors import (
 from cpmail.secrets import SHARED, SecretStore, passcode_name
 from cpmail.settings import Settings
 from cpmail.transports.base import Envelope, Outcome
-from cpmail.transports.smtp import SMTPTransport, auth_failure_message
+from cpmail.transports.smtp import SMTPTransport
+from cpmail.transports.smtp_words import auth_failure_message
 from tests.smtpserver import (
     SMTPTestServer,
     closed_port,

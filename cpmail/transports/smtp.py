@@ -41,9 +41,23 @@ from cpmail.errors import (
     TemporaryFailure,
     Unreachable,
 )
-from cpmail.secrets import SHARED, Secret, passcode_name
+from cpmail.secrets import Secret, passcode_name
 from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
+from cpmail.transports.smtp_words import (
+    Login,
+    NoAnswer,
+    account_flag,
+    account_refusal,
+    auth_failure_message,
+    failure,
+    provider_of,
+    refused_account,
+    timed_out,
+    unreachable,
+    who,
+    words_of,
+)
 
 if TYPE_CHECKING:
     from cpmail.settings import Settings
@@ -51,11 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Security = Literal["starttls", "ssl", "none"]
-Provider = Literal["google", "microsoft"]
 
-_GOOGLE_HOSTS = ("gmail", "googlemail", "google.com")
-_MICROSOFT_HOSTS = ("office365", "outlook", "hotmail", "live.com", "microsoft")
-_MICROSOFT_CODES = ("5.7.30", "5.7.139", "5.7.57", "5.7.3 ")
 # Upload speed assumed when giving the server time to answer after a large
 # message: the read timeout only starts once everything is buffered, so a slow
 # link would otherwise turn a 20 MB attachment into a false timeout.
@@ -133,70 +143,6 @@ class SMTPConfig:
         return context
 
 
-# ---- what the user reads when something goes wrong
-
-
-def provider_of(host: str, answer: str = "") -> Provider | None:
-    """Guess whether ``host`` (or the server's ``answer``) is Gmail or Microsoft 365."""
-    name = host.lower()
-    if any(part in name for part in _GOOGLE_HOSTS):
-        return "google"
-    if any(part in name for part in _MICROSOFT_HOSTS):
-        return "microsoft"
-    text = answer.lower() + " "
-    if any(code in text for code in _MICROSOFT_CODES) or "outlook" in text:
-        return "microsoft"
-    if "google" in text or "gmail" in text:
-        return "google"
-    return None
-
-
-def _account_flag(account: str) -> str:
-    return "--shared" if account == SHARED else account
-
-
-def sign_in_advice(provider: Provider, account: str) -> str:
-    """Say which sign-in this provider needs and the commands that set it up."""
-    signin = f"`cpmail staff signin {_account_flag(account or 'ID')}`"
-    if provider == "google":
-        return (
-            'Gmail takes no ordinary passwords over SMTP and needs "Sign in with Google" '
-            f"(or an app password): run `cpmail config gmail --client-secrets FILE`, "
-            f"then {signin}"
-        )
-    return (
-        "Microsoft 365 turns passcode logins over SMTP off and needs "
-        f'"Sign in with Microsoft": run `cpmail config microsoft --client-id ID`, '
-        f"then {signin}"
-    )
-
-
-def auth_failure_message(
-    address: str, host: str, account: str, user: str, code: int | None, answer: str
-) -> str:
-    """Explain a refused login in one sentence: who, what the server said, what to do."""
-    said = f"{code} {answer}" if code else answer
-    head = f"the SMTP server {address} refused the login of {user} ({_who(account)}): {said}"
-    provider = provider_of(host, said)
-    if provider is not None:
-        return f"{head}; {sign_in_advice(provider, account)}."
-    if code is not None and 400 <= code < 500:
-        return f"{head}; the server is busy, try again later."
-    hint = f"check the passcode with `cpmail staff passcode {_account_flag(account)}`"
-    if "5.7.8" in said:
-        hint += (
-            '; if this is Gmail or Microsoft 365, it needs "Sign in with Google/Microsoft": '
-            "see `cpmail config gmail` or `cpmail config microsoft`"
-        )
-    return f"{head}; {hint}."
-
-
-def _words(code: int, message: str) -> str:
-    """The server's answer on one line, as it goes into the log."""
-    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    return f"{code} {text}".strip()
-
-
 class _Scrubber:
     """Mask a passcode (and its base64 forms) wherever a server might echo it."""
 
@@ -226,17 +172,10 @@ class _Resend(Exception):
 
 
 @dataclass
-class _Login:
-    account: str
-    user: str
-    passcode: Secret
-
-
-@dataclass
 class _Group:
     """Envelopes that log in the same way (or not at all), so may share a connection."""
 
-    login: _Login | None
+    login: Login | None
     pending: deque[Envelope] = field(default_factory=deque)
     workers: int = 0
     proven: bool = False
@@ -324,7 +263,7 @@ class _Connection:
                 raise
             await smtp.helo()
 
-    async def _login(self, smtp: aiosmtplib.SMTP, login: _Login) -> None:
+    async def _login(self, smtp: aiosmtplib.SMTP, login: Login) -> None:
         cfg = self.cfg
         methods = smtp.server_auth_methods
         # Try one mechanism only: every failed attempt counts towards the
@@ -338,9 +277,9 @@ class _Connection:
             )
             raise AuthError(
                 f"the SMTP server {cfg.address} does not offer a login (AUTH PLAIN or LOGIN) "
-                f"but a passcode is set for {_who(login.account)}{hint}; to send without "
+                f"but a passcode is set for {who(login.account)}{hint}; to send without "
                 "logging in, forget the passcode with "
-                f"`cpmail staff passcode {_account_flag(login.account)} --delete`."
+                f"`cpmail staff passcode {account_flag(login.account)} --delete`."
             )
         auth = {
             "plain": smtp.auth_plain,
@@ -362,94 +301,7 @@ class _Connection:
             ) from None
 
     def _unreachable(self, e: BaseException, stage: str) -> Unreachable:
-        """Turn a failure while opening the connection into one sentence for the user."""
-        where = self.cfg.address
-        timeout = f"{self.cfg.timeout:g}"
-        cause = e.__cause__ if isinstance(e, aiosmtplib.SMTPConnectError) else None
-        if isinstance(e, aiosmtplib.SMTPConnectResponseError):
-            advice = (
-                "try again later"
-                if 400 <= e.code < 500
-                else "check mail.smtp.host and mail.smtp.port, or ask its administrator "
-                "to accept mail from this machine"
-            )
-            return Unreachable(
-                f"the SMTP server {where} turned the connection away: "
-                f"{self.scrub(_words(e.code, e.message))}; {advice}."
-            )
-        if isinstance(e, aiosmtplib.SMTPConnectTimeoutError):
-            tls_hint = (
-                ""
-                if self.cfg.security == "ssl"
-                else ", and if this port expects TLS from the start (usually 465) run "
-                "`cpmail config set mail.smtp.security ssl`"
-            )
-            return Unreachable(
-                f"no answer from the SMTP server {where} within {timeout} s; check "
-                f"mail.smtp.host, mail.smtp.port and any firewall{tls_hint}."
-            )
-        tls_error = cause if isinstance(cause, ssl.SSLError) else e
-        if isinstance(tls_error, ssl.SSLCertVerificationError):
-            reason = tls_error.verify_message or tls_error.reason or "not trusted"
-            if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
-                return Unreachable(
-                    f"the certificate of the SMTP server {where} is not for the name "
-                    f"{self.cfg.host!r} ({reason}); set mail.smtp.host to a name the "
-                    "certificate covers (`cpmail config set mail.smtp.host NAME`)."
-                )
-            return Unreachable(
-                f"the certificate of the SMTP server {where} could not be verified "
-                f"({reason}); set mail.smtp.ca_file to the PEM file of the CA that signed "
-                "it, or, only on a network you trust, run "
-                "`cpmail config set mail.smtp.verify false`."
-            )
-        if isinstance(tls_error, ssl.SSLError):
-            other = "starttls" if self.cfg.security == "ssl" else "ssl"
-            return Unreachable(
-                f"the TLS handshake with the SMTP server {where} failed "
-                f"({tls_error.reason or tls_error}); check mail.smtp.port and "
-                f"mail.smtp.security (try `cpmail config set mail.smtp.security {other}`)."
-            )
-        if isinstance(cause, socket.gaierror):
-            return Unreachable(
-                f"the SMTP server name {self.cfg.host!r} could not be found; check "
-                "mail.smtp.host and this machine's DNS."
-            )
-        if isinstance(cause, ConnectionRefusedError) or (
-            isinstance(cause, OSError) and "connection refused" in str(cause).lower()
-        ):
-            return Unreachable(
-                f"the SMTP server {where} refused the connection; check mail.smtp.host and "
-                "mail.smtp.port, and that the server is running."
-            )
-        if isinstance(cause, OSError):
-            return Unreachable(
-                f"cannot connect to the SMTP server {where} "
-                f"({cause.strerror or cause}); check mail.smtp.host, mail.smtp.port and "
-                "the network."
-            )
-        if isinstance(e, aiosmtplib.SMTPTimeoutError):
-            return Unreachable(
-                f"the SMTP server {where} did not answer {stage} within {timeout} s; "
-                "try again later, or raise mail.smtp.timeout."
-            )
-        if isinstance(e, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPConnectError):
-            return Unreachable(
-                f"the SMTP server {where} closed the connection during {stage}; check "
-                "mail.smtp.security and mail.smtp.port (465 is usually ssl, 587 starttls)."
-            )
-        if isinstance(e, aiosmtplib.SMTPResponseException):
-            return Unreachable(
-                f"the SMTP server {where} refused {stage}: "
-                f"{self.scrub(_words(e.code, e.message))}; check mail.smtp.security."
-            )
-        if isinstance(e, OSError):
-            return Unreachable(
-                f"cannot talk to the SMTP server {where} ({e.strerror or e}); check the "
-                "network and try again."
-            )
-        detail = getattr(e, "message", None) or str(e) or type(e).__name__
-        return Unreachable(f"cannot use the SMTP server {where}: {self.scrub(str(detail))}.")
+        return unreachable(e, stage, self.cfg, self.scrub)
 
     async def close(self) -> None:
         """Say QUIT if the connection is still there; never raise."""
@@ -537,7 +389,7 @@ class _Connection:
         try:
             await smtp.mail(env.mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as e:
-            words = self.scrub(_words(e.code, e.message))
+            words = self.scrub(words_of(e.code, e.message))
             if e.code == 421:
                 raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
             provider = provider_of(self.cfg.host, words)
@@ -545,11 +397,11 @@ class _Connection:
                 # Every message would meet the same answer: stop the run and say why.
                 raise self._refused_account(env, words) from None
             await self._rset()
-            return Outcome(env.id, error=_failure(e.code, f"refused the sender: {words}", where))
+            return Outcome(env.id, error=failure(e.code, f"refused the sender: {words}", where))
         except aiosmtplib.SMTPServerDisconnected:
             raise _Resend(f"the SMTP server {where} closed the connection") from None
         except aiosmtplib.SMTPTimeoutError:
-            return Outcome(env.id, error=_timed_out(where, timeout, "MAIL FROM"))
+            return Outcome(env.id, error=timed_out(where, timeout, "MAIL FROM"))
 
         accepted: list[str] = []
         deferred: dict[str, str] = {}
@@ -559,7 +411,7 @@ class _Connection:
                 await smtp.rcpt(rcpt, encoding=encoding)
                 accepted.append(rcpt)
             except aiosmtplib.SMTPRecipientRefused as e:
-                words = self.scrub(_words(e.code, e.message))
+                words = self.scrub(words_of(e.code, e.message))
                 if e.code == 421:
                     raise _Resend(
                         f"the SMTP server {where} closed the connection: {words}"
@@ -568,7 +420,7 @@ class _Connection:
             except aiosmtplib.SMTPServerDisconnected:
                 raise _Resend(f"the SMTP server {where} closed the connection") from None
             except aiosmtplib.SMTPTimeoutError:
-                return Outcome(env.id, error=_timed_out(where, timeout, "RCPT TO"))
+                return Outcome(env.id, error=timed_out(where, timeout, "RCPT TO"))
         if not accepted:
             await self._rset()
             if (
@@ -593,9 +445,9 @@ class _Connection:
         try:
             await smtp.data(env.raw, timeout=timeout + len(env.raw) / _BYTES_PER_SECOND)
         except aiosmtplib.SMTPDataError as e:
-            words = self.scrub(_words(e.code, e.message))
+            words = self.scrub(words_of(e.code, e.message))
             await self._rset()
-            return Outcome(env.id, error=_failure(e.code, f"refused the message: {words}", where))
+            return Outcome(env.id, error=failure(e.code, f"refused the message: {words}", where))
         except aiosmtplib.SMTPServerDisconnected:
             return Outcome(
                 env.id,
@@ -605,37 +457,12 @@ class _Connection:
                 ),
             )
         except aiosmtplib.SMTPTimeoutError:
-            return Outcome(env.id, error=_timed_out(where, timeout, "the message"))
+            return Outcome(env.id, error=timed_out(where, timeout, "the message"))
         self.previous = env.id
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
 
     def _refused_account(self, env: Envelope, words: str) -> AuthError:
-        """The sentence for a refusal that concerns the sending account; its fix named."""
-        where = self.cfg.address
-        provider = provider_of(self.cfg.host, words)
-        who = _account_flag(env.account or "ID")
-        if self.group.login is None:
-            advice = (
-                sign_in_advice(provider, env.account)
-                if provider is not None
-                else f"set a passcode with `cpmail staff passcode {who}` (or ask the "
-                "server's administrator to relay mail from this machine)"
-            )
-            return AuthError(
-                f"the SMTP server {where} will not send mail from {env.mail_from} without a "
-                f"login: {words}; {advice}. The mail stays in the outbox."
-            )
-        advice = (
-            sign_in_advice(provider, env.account)
-            if provider is not None
-            else f"check that {self.group.login.user} may send as {env.mail_from} on this "
-            f"server, or fix the passcode with `cpmail staff passcode {who}`"
-        )
-        return AuthError(
-            f"the SMTP server {where} refused mail from {env.mail_from} ({_who(env.account)}) "
-            f"for a reason that concerns the sender, not the recipient: {words}; {advice}. "
-            "The mail stays in the outbox."
-        )
+        return refused_account(env, words, self.cfg, self.group.login)
 
     async def _rset(self) -> None:
         """Clear a half-done transaction so the connection can carry the next message."""
@@ -646,42 +473,6 @@ class _Connection:
         except (aiosmtplib.SMTPException, OSError):
             # The next message notices the broken connection and opens a new one.
             self.smtp.close()
-
-
-def _who(account: str) -> str:
-    return "the shared account" if account == SHARED else f"staff {account}"
-
-
-def _failure(code: int, what: str, where: str) -> TemporaryFailure | PermanentFailure:
-    text = f"the SMTP server {where} {what}"
-    return TemporaryFailure(text) if 400 <= code < 500 else PermanentFailure(text)
-
-
-class _NoAnswer(TemporaryFailure):
-    """The server did not answer in time (counted: a few in a row end the run)."""
-
-
-def _timed_out(where: str, timeout: float, after: str) -> TemporaryFailure:
-    return _NoAnswer(
-        f"the SMTP server {where} did not answer {after} within {timeout:g} s; "
-        "it will be sent again."
-    )
-
-
-# Answers that concern the sending account or this machine, not a recipient:
-# every message from the account would meet them.
-_ACCOUNT_REFUSAL = re.compile(
-    r"relay(ing)?\b.{0,20}(denied|not permitted|prohibited|not allowed)|"
-    r"authenticat\w* (is )?required|must (authenticate|log ?in)|not authenticated|"
-    r"sender address rejected|not owned by|not (authorized|allowed|permitted) to send|"
-    r"client host rejected|access denied|\b5\.7\.0\b|\b5\.7\.57\b",
-    re.IGNORECASE,
-)
-
-
-def account_refusal(code: int, words: str) -> bool:
-    """True when a permanent refusal is about who sends, not to whom."""
-    return code == 530 or (500 <= code < 600 and bool(_ACCOUNT_REFUSAL.search(words)))
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
@@ -721,7 +512,7 @@ class SMTPTransport(Transport):
         run = _Run(cfg, tls, _Intake(self, first, source), report)
         asyncio.run(run.go(cfg.connections))
 
-    def login_for(self, env: Envelope, cache: dict[str, Secret | None]) -> _Login | None:
+    def login_for(self, env: Envelope, cache: dict[str, Secret | None]) -> Login | None:
         """How ``env`` logs in: its account's passcode as its sender, or not at all."""
         if not env.account:
             return None
@@ -729,7 +520,7 @@ class SMTPTransport(Transport):
             secret = self.secrets.get(passcode_name(env.account))
             cache[env.account] = secret if secret and secret.reveal() else None
         passcode = cache[env.account]
-        return _Login(env.account, env.mail_from, passcode) if passcode else None
+        return Login(env.account, env.mail_from, passcode) if passcode else None
 
 
 class _Intake:
@@ -861,7 +652,7 @@ class _Run:
 
     def _note(self, outcome: Outcome) -> None:
         """Count answers: a server that stops answering ends the run (the rest stay queued)."""
-        if not isinstance(outcome.error, _NoAnswer):
+        if not isinstance(outcome.error, NoAnswer):
             self.timeouts = 0
             if outcome.accepted:
                 self.delivered += 1
