@@ -336,9 +336,22 @@ class _Connection:
                 ),
             )
 
-    # Complexity above 15 on purpose: one SMTP transaction in protocol order: MAIL, RCPT, DATA and
-    # what each answer means.
-    async def _transact(self, env: Envelope) -> Outcome:  # noqa: C901
+    async def _transact(self, env: Envelope) -> Outcome:
+        """One mail transaction: the checks, MAIL, RCPT, then DATA; an Outcome at any step."""
+        checked = self._options(env)
+        if isinstance(checked, Outcome):
+            return checked
+        options, encoding = checked
+        refused_sender = await self._mail(env, options, encoding)
+        if refused_sender is not None:
+            return refused_sender
+        rcpts = await self._rcpt(env, encoding)
+        if isinstance(rcpts, Outcome):
+            return rcpts
+        return await self._data(env, *rcpts)
+
+    def _options(self, env: Envelope) -> Outcome | tuple[list[str], str]:
+        """MAIL's options and the encoding of the commands, or why the message cannot go."""
         smtp = self.smtp
         assert smtp is not None
         where = self.cfg.address
@@ -381,11 +394,17 @@ class _Connection:
             options.append("SMTPUTF8")
         if not env.raw.isascii() and smtp.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
-        encoding = "utf-8" if international else "ascii"
-        timeout = self.cfg.timeout
+        return options, "utf-8" if international else "ascii"
 
-        # MAIL and RCPT: nothing of the message is sent yet, so a lost line
-        # means "send it again on a new connection", never a duplicate.
+    async def _mail(self, env: Envelope, options: list[str], encoding: str) -> Outcome | None:
+        """MAIL FROM; None when the server took the sender.
+
+        Nothing of the message is sent yet, so a lost line means "send it again
+        on a new connection" (_Resend), never a duplicate.
+        """
+        smtp = self.smtp
+        assert smtp is not None
+        where = self.cfg.address
         try:
             await smtp.mail(env.mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as e:
@@ -401,8 +420,16 @@ class _Connection:
         except aiosmtplib.SMTPServerDisconnected:
             raise _Resend(f"the SMTP server {where} closed the connection") from None
         except aiosmtplib.SMTPTimeoutError:
-            return Outcome(env.id, error=timed_out(where, timeout, "MAIL FROM"))
+            return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "MAIL FROM"))
+        return None
 
+    async def _rcpt(
+        self, env: Envelope, encoding: str
+    ) -> Outcome | tuple[list[str], dict[str, str], dict[str, str]]:
+        """RCPT TO for each recipient: (accepted, deferred, refused), or the Outcome when none."""
+        smtp = self.smtp
+        assert smtp is not None
+        where = self.cfg.address
         accepted: list[str] = []
         deferred: dict[str, str] = {}
         refused: dict[str, str] = {}
@@ -420,28 +447,40 @@ class _Connection:
             except aiosmtplib.SMTPServerDisconnected:
                 raise _Resend(f"the SMTP server {where} closed the connection") from None
             except aiosmtplib.SMTPTimeoutError:
-                return Outcome(env.id, error=timed_out(where, timeout, "RCPT TO"))
-        if not accepted:
-            await self._rset()
-            if (
-                refused
-                and not deferred
-                and not self.group.delivered
-                and all(account_refusal(int(w[:3]), w) for w in refused.values() if w[:3].isdigit())
-            ):
-                # Nothing from this account got through yet and the server refuses
-                # it for reasons of who sends (relay denied, login required): the
-                # mail stays queued and the run says how to fix the account.
-                raise self._refused_account(env, next(iter(refused.values())))
-            return Outcome(env.id, deferred=deferred, refused=refused)
+                return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "RCPT TO"))
+        if accepted:
+            return accepted, deferred, refused
+        await self._rset()
+        if (
+            refused
+            and not deferred
+            and not self.group.delivered
+            and all(account_refusal(int(w[:3]), w) for w in refused.values() if w[:3].isdigit())
+        ):
+            # Nothing from this account got through yet and the server refuses
+            # it for reasons of who sends (relay denied, login required): the
+            # mail stays queued and the run says how to fix the account.
+            raise self._refused_account(env, next(iter(refused.values())))
+        return Outcome(env.id, deferred=deferred, refused=refused)
 
+    async def _data(
+        self,
+        env: Envelope,
+        accepted: list[str],
+        deferred: dict[str, str],
+        refused: dict[str, str],
+    ) -> Outcome:
+        """DATA: from here the server may have the message even if we never hear back."""
+        smtp = self.smtp
+        assert smtp is not None
+        where = self.cfg.address
+        timeout = self.cfg.timeout
         # Hand over the message only once the last one delivered on this
         # connection is on record: a hard kill can then leave at most one
         # accepted message per connection unrecorded (and sent again later).
         if self.previous is not None and self.settle is not None:
             await self.settle(self.previous)
-        # DATA: from here on the server may have the message even if we never
-        # hear back, so a lost line is a temporary failure (sent again later).
+        # A lost line now is a temporary failure (sent again later).
         try:
             await smtp.data(env.raw, timeout=timeout + len(env.raw) / _BYTES_PER_SECOND)
         except aiosmtplib.SMTPDataError as e:
