@@ -43,6 +43,10 @@ class TemporaryFailure(TransportError):
     """Try again later: 4xx, a lost connection, a timeout, HTTP 429 or 5xx."""
 
 
+class NoAnswer(TemporaryFailure):
+    """The server did not answer in time; a few in a row end the run (it stopped answering)."""
+
+
 class PermanentFailure(TransportError):
     """Do not try again: the server refused this message or recipient for good."""
 

@@ -42,6 +42,7 @@ from cpmail.errors import (
     AuthError,
     ConfigError,
     InputError,
+    NoAnswer,
     TemporaryFailure,
     Unreachable,
 )
@@ -930,6 +931,10 @@ def api_post(http: httpx.Client, url: str, *, service: str, **kwargs: Any) -> ht
     except (httpx.ConnectError, httpx.ConnectTimeout) as e:
         raise Unreachable(
             f"cannot reach {service} at {host} ({type(e).__name__}); check the network."
+        ) from None
+    except httpx.TimeoutException as e:
+        raise NoAnswer(
+            f"{service} did not answer in time ({type(e).__name__}); it will be sent again."
         ) from None
     except httpx.TransportError as e:
         raise TemporaryFailure(

@@ -35,6 +35,7 @@ from cpmail.compose import to_bytes
 from cpmail.errors import (
     AuthError,
     InputError,
+    NoAnswer,
     TemporaryFailure,
     TransportError,
     Unavailable,
@@ -50,6 +51,7 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 200
+STALLED_AFTER = 3  # messages in a row without an answer in time: the server stopped answering
 RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
 # Outcomes accepted but not yet written, past which sending waits for the database.
 BACKLOG = 200
@@ -880,15 +882,19 @@ class _Pass:
         self.recorder = _Recorder(engine, settings, result, held)
         self.per_minute, self.per_day = pace.limits(settings)
         self.pace: pace.Pace | None = None  # the current account's
+        self.silent = 0  # messages in a row the server did not answer in time
+        self.stalled: Unreachable | None = None
         self.recorder.observers.append(self._observe)
         self.recorder.pacing = lambda: self.pace is not None
 
     def run(self) -> None:
         try:
             for account in _accounts(self.engine, self.ids, self.ready, self.stale):
-                if interrupt.requested() is not None:
+                if interrupt.requested() is not None or self.stalled is not None:
                     break
                 self._account(account)
+            if self.stalled is not None and self.result.stopped is None:
+                self.result.stopped = self.stalled
         except Unreachable as e:
             self.result.stopped = e
         finally:
@@ -935,7 +941,9 @@ class _Pass:
             )
 
     def _stop(self) -> bool:
-        return interrupt.requested() is not None or self.recorder.blocked
+        return (
+            interrupt.requested() is not None or self.recorder.blocked or self.stalled is not None
+        )
 
     def _admit(self) -> bool:
         return self.pace is None or self.pace.admit(self._stop)
@@ -972,7 +980,17 @@ class _Pass:
                 yield env
 
     def _observe(self, outcome: Outcome) -> None:
-        """A provider's answer that says "slower" or "no more today" sets the account's pace."""
+        """Answers that say "slower", "no more today" or nothing at all, as they come."""
+        if isinstance(outcome.error, NoAnswer):
+            self.silent += 1
+            if self.silent >= STALLED_AFTER and self.stalled is None:
+                self.stalled = Unreachable(
+                    f"the mail server stopped answering ({self.silent} messages in a row got "
+                    f"no answer in time: {outcome.error}); the rest stay in the outbox for "
+                    "the next run."
+                )
+        else:
+            self.silent = 0
         words = " ".join(
             [str(outcome.error or ""), *outcome.deferred.values(), *outcome.refused.values()]
         )

@@ -281,10 +281,14 @@ KEYS: dict[str, Key] = {
     "mail.gmail.client_secrets": Key(
         _str, "", "'secret:gmail-client' (set by `config gmail`) or an OAuth client file's path"
     ),
+    "mail.gmail.timeout": Key(_float(1, 600), 60.0, "seconds to wait for the Gmail API"),
     "mail.gmail.api_base": Key(_url, "https://gmail.googleapis.com", "Gmail API address"),
     "mail.gmail.token_uri": Key(_url, "", "token endpoint; '' = the client file's"),
     "mail.microsoft.client_id": Key(_str, "", "application (client) ID of the Entra app"),
     "mail.microsoft.tenant": Key(_str, "organizations", "organizations, common or a tenant ID"),
+    "mail.microsoft.timeout": Key(
+        _float(1, 600), 60.0, "seconds to wait for Microsoft Graph"
+    ),
     "mail.microsoft.api_base": Key(_url, "https://graph.microsoft.com", "Graph API address"),
     "mail.microsoft.authority_base": Key(
         _url, "https://login.microsoftonline.com", "sign-in authority address"

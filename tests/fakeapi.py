@@ -88,6 +88,7 @@ class FakeAPI:
     """The fake server. Use as a context manager or call ``start``/``stop``."""
 
     def __init__(self) -> None:
+        self.stall = 0.0  # seconds a send request waits before it is answered
         self.requests: list[Request] = []
         self.sent: list[Sent] = []
         self.issued: list[str] = []  # every access and refresh token ever handed out
@@ -198,6 +199,9 @@ class FakeAPI:
                     fake.requests.append(req)
                     script = fake._scripts.get(url.path)
                     reply = script.popleft() if script else None
+                    stall = fake.stall if url.path.endswith(("/send", "/sendMail")) else 0.0
+                if stall:
+                    time.sleep(stall)  # a server that takes the request and does not answer
                 if reply is None:
                     reply = fake._route(req)
                 self._reply(reply)

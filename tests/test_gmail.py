@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from cpmail import oauth
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure, Unreachable
@@ -636,3 +637,48 @@ def test_no_token_or_client_secret_in_any_output(
     assert len(fake.issued) >= 2
     leaked = [s for s in secrets if s in everything]
     assert leaked == []
+
+
+def test_an_api_that_stops_answering_ends_the_run_early(gmail_home: Path, fake: FakeAPI) -> None:
+    """Three messages in a row without an answer: the pass ends, the rest stay queued."""
+    import time
+
+    from cpmail.compose import Mailbox, build_message
+    from cpmail.errors import Unreachable
+    from cpmail.outbox import Draft, deliver, new_run_id, queue
+    from cpmail.store import connect
+    from cpmail.store.schema import messages
+    from tests.conftest import Cli
+
+    assert Cli(gmail_home)("init").exit_code == 0
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.timeout", "1")
+    settings.save()
+    settings = Settings.load(gmail_home)
+    engine = connect(settings.db_url, where="test")
+    with engine.begin() as conn:
+        for i in range(12):
+            msg = build_message(
+                sender=Mailbox("jd@agency.example"),
+                to=[Mailbox(f"p{i}@agency.example")],
+                subject=f"Message {i}",
+                text="hello",
+                event="test",
+                key=f"stall:{i}",
+            )
+            draft = Draft.from_message(
+                msg, event="test", key=None, account="JD", envelope_from="jd@agency.example"
+            )
+            assert queue(conn, draft, run_id="q") is not None
+    fake.stall = 3.0
+    started = time.monotonic()
+    result = deliver(engine, transport(gmail_home), settings, run_id=new_run_id())
+    elapsed = time.monotonic() - started
+    assert isinstance(result.stopped, Unreachable)
+    assert "stopped answering" in str(result.stopped)
+    assert elapsed < 8, f"{elapsed:.1f} s: every message waited out its timeout"
+    with engine.connect() as conn:
+        statuses = [s for (s,) in conn.execute(sa.select(messages.c.status))]
+    assert statuses.count("sending") == 0 and statuses.count("failed") == 0
+    assert statuses.count("deferred") + statuses.count("queued") == 12

@@ -26,7 +26,6 @@ DAILY_REASONS = frozenset({"dailyLimitExceeded", "quotaExceeded"})
 SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
 DISABLED_REASONS = frozenset({"accessNotConfigured", "SERVICE_DISABLED"})
 QUOTA_TIMEZONE = "America/Los_Angeles"  # Google's daily quotas restart at midnight Pacific
-TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 SERVICE = "the Gmail API"
 _RETRY_AT = re.compile(r"Retry after (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)")
 
@@ -46,7 +45,8 @@ class GmailTransport(Transport):
             str(self.settings["mail.gmail.api_base"]), "mail.gmail.api_base"
         )
         sessions: dict[str, oauth.GoogleSession] = {}
-        with httpx.Client(timeout=TIMEOUT) as http:
+        timeout = httpx.Timeout(float(self.settings["mail.gmail.timeout"]), connect=15.0)
+        with httpx.Client(timeout=timeout) as http:
             for env in envelopes:
                 report(self._send(http, base, env, sessions))
 

@@ -27,7 +27,6 @@ from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFai
 from cpmail.secrets import SHARED
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
-TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 SERVICE = "Microsoft Graph"
 #: Graph error codes that mean the account or app may not send at all (not this message).
 ACCESS_CODES = frozenset({"ErrorAccessDenied", "Authorization_RequestDenied", "AccessDenied"})
@@ -64,7 +63,8 @@ class MicrosoftTransport(Transport):
         sessions: dict[str, Session | TemporaryFailure] = {}
         http_cache: dict[str, Any] = {}  # msal's discovery answers, shared by the accounts
         try:
-            with httpx.Client(timeout=TIMEOUT) as http:
+            timeout = httpx.Timeout(float(self.settings["mail.microsoft.timeout"]), connect=15.0)
+            with httpx.Client(timeout=timeout) as http:
                 for env in envelopes:
                     report(self._send(http, base, env, sessions, http_cache))
         finally:

@@ -37,6 +37,7 @@ from cpmail.errors import (
     AuthError,
     ConfigError,
     CpmailError,
+    NoAnswer,
     PermanentFailure,
     TemporaryFailure,
     Unreachable,
@@ -46,7 +47,6 @@ from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 from cpmail.transports.smtp_words import (
     Login,
-    NoAnswer,
     account_flag,
     account_refusal,
     auth_failure_message,

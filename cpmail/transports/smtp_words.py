@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import aiosmtplib
 
-from cpmail.errors import AuthError, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
 from cpmail.secrets import SHARED, Secret
 from cpmail.transports.base import Envelope
 
@@ -106,10 +106,6 @@ def who(account: str) -> str:
 def failure(code: int, what: str, where: str) -> TemporaryFailure | PermanentFailure:
     text = f"the SMTP server {where} {what}"
     return TemporaryFailure(text) if 400 <= code < 500 else PermanentFailure(text)
-
-
-class NoAnswer(TemporaryFailure):
-    """The server did not answer in time (counted: a few in a row end the run)."""
 
 
 def timed_out(where: str, timeout: float, after: str) -> TemporaryFailure:
