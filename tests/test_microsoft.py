@@ -224,7 +224,7 @@ def test_message_over_the_graph_limit_is_refused(ms_home: Path, fake: FakeAPI) -
     assert len(base64.b64encode(b"x" * t.max_message_bytes)) == 4 * 1024 * 1024
     [outcome] = deliver(ms_home, env(raw=b"x" * (t.max_message_bytes + 1)))
     assert isinstance(outcome.error, PermanentFailure)
-    assert "Microsoft Graph accepts at most 3.1 MB" in str(outcome.error)
+    assert "3,145,729 bytes; Microsoft Graph accepts at most 3,145,728 bytes" in str(outcome.error)
     assert fake.sent == []
 
 

@@ -17,6 +17,7 @@ import httpx
 
 from cpmail import oauth
 from cpmail.errors import AuthError, PermanentFailure, TemporaryFailure
+from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
 #: Above this, the message goes through the upload endpoint instead of JSON.
@@ -61,8 +62,9 @@ class GmailTransport(Transport):
             return Outcome(
                 env.id,
                 error=PermanentFailure(
-                    f"the message is {len(env.raw) / 1e6:.1f} MB; Gmail accepts at most "
-                    f"{self.max_message_bytes / 1e6:.0f} MB."
+                    "the message is {}; Gmail accepts at most {}.".format(
+                        *size_pair(len(env.raw), self.max_message_bytes)
+                    )
                 ),
             )
         session = sessions.get(env.account)

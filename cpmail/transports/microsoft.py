@@ -25,6 +25,7 @@ import httpx
 from cpmail import oauth
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure
 from cpmail.secrets import SHARED
+from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
 SERVICE = "Microsoft Graph"
@@ -90,9 +91,10 @@ class MicrosoftTransport(Transport):
             return Outcome(
                 env.id,
                 error=PermanentFailure(
-                    f"the message is {len(env.raw) / 1e6:.1f} MB; Microsoft Graph accepts at "
-                    f"most {self.max_message_bytes / 1e6:.1f} MB in one message. Make the "
-                    "attachment smaller or send it through SMTP."
+                    "the message is {}; Microsoft Graph accepts at most {} in one message. "
+                    "Make the attachment smaller or send it through SMTP.".format(
+                        *size_pair(len(env.raw), self.max_message_bytes)
+                    )
                 ),
             )
         session = sessions.get(env.account)
