@@ -191,9 +191,7 @@ def run_check(
     return result
 
 
-# Complexity above 15 on purpose: the main job read top to bottom: each step is one call, in the
-# order they run.
-def _run_check(  # noqa: C901
+def _run_check(
     engine: sa.Engine,
     settings: Settings,
     secrets: SecretStore,
@@ -208,44 +206,16 @@ def _run_check(  # noqa: C901
     on_progress: Callable[[int], None] | None,
     transport: Transport | None,
 ) -> CheckResult:
-    events = select_events(only, skip)
+    """The phases of a check, in order: find, route, render and queue, deliver, count."""
     enabled = bool(settings["mail.enabled"])
     sender = _sender(settings, engine, as_staff)
     if transport is None and not dry_run and enabled:
         transport = get_transport(settings, secrets)
     if transport is not None:
         transport.check_account(sender.account)
-    tz = settings.tz()
-    run = Run(date=date, settings=settings, calendar=WorkCalendar.from_settings(settings), tz=tz)
-    summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
-    state = set(STATE_EVENTS)
-    if settings["events.budget-alert.thresholds"]:
-        state.add("budget-alert")  # its thresholds read the same rows
-    extra = {} if only else scheduled()  # reports sent on a schedule (cash-flow)
-    for name in extra:
-        summary[name] = EventSummary()
-    incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)
-    if incremental:  # else the state triggers look without marking what they looked at
-        stamp_state_rows(engine, run_id)
-
-    with engine.connect() as conn:
-        directory = Directory(conn)
-        found: list[Notification] = []
-        table = finders()
-        for ev in events:
-            if not summary[ev].enabled:
-                continue
-            found.extend(table[ev](conn, run))
-        for find in extra.values():
-            found.extend(find(conn, run))
-        found = _unrecorded(conn, found)
-    for n in found:
-        summary[n.event].found += 1
-    for ev, reasons in run.skipped.items():  # left out by a finder itself
-        if ev in summary:
-            summary[ev].skipped += sum(reasons.values())
-            summary[ev].skip_reasons.update(reasons)
-
+    found, summary, directory, incremental = _find(
+        engine, settings, date, only, skip, run_id, dry_run
+    )
     renderer = Renderer(
         home,
         {
@@ -259,14 +229,103 @@ def _run_check(  # noqa: C901
     if dry_run:
         result.planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
         return result
-
-    max_bytes = transport.max_message_bytes if transport else None
-    ids: dict[int, Planned] = {}
     send_now = enabled and transport is not None and in_send_window(settings)
-    # One transaction: a template or address that fails anywhere leaves
-    # nothing queued and nothing sent (exit 2).
-    # Rendered before the transaction: on SQLite it holds the database's write
-    # lock, which every other cpmail process waits for.
+    ids, ready = _queue_all(
+        engine, settings, found, groups, renderer, sender, directory, run_id, transport, send_now
+    )
+    if incremental:
+        settle_state_rows(engine, run_id)
+    result.planned = list(ids.values())
+    if not enabled:
+        for p in result.planned:
+            for ev in p.events:
+                summary[ev].suppressed += 1
+        return result
+    assert transport is not None
+    delivery = deliver(
+        engine,
+        transport,
+        settings,
+        run_id=run_id,
+        on_progress=on_progress,
+        ready=ready if send_now else (),
+    )
+    result.delivery = delivery
+    _count(result, ids, delivery)
+    if delivery.waiting:
+        result.notice.append(
+            f"{delivery.waiting} message(s) wait in the outbox for the send window "
+            f"({settings['mail.send_window']})."
+        )
+    _tell_manager(engine, settings, transport, sender, delivery, renderer, run_id)
+    return result
+
+
+def _find(
+    engine: sa.Engine,
+    settings: Settings,
+    date: dt.date,
+    only: Sequence[str],
+    skip: Sequence[str],
+    run_id: str,
+    dry_run: bool,
+) -> tuple[list[Notification], dict[str, EventSummary], Directory, bool]:
+    """Every enabled trigger for the date: the new notifications, counted per event."""
+    events = select_events(only, skip)
+    run = Run(
+        date=date,
+        settings=settings,
+        calendar=WorkCalendar.from_settings(settings),
+        tz=settings.tz(),
+    )
+    summary = {ev: EventSummary(enabled=settings.event_enabled(ev)) for ev in events}
+    state = set(STATE_EVENTS)
+    if settings["events.budget-alert.thresholds"]:
+        state.add("budget-alert")  # its thresholds read the same rows
+    extra = {} if only else scheduled()  # reports sent on a schedule (cash-flow)
+    for name in extra:
+        summary[name] = EventSummary()
+    incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)
+    if incremental:  # else the state triggers look without marking what they looked at
+        stamp_state_rows(engine, run_id)
+    with engine.connect() as conn:
+        directory = Directory(conn)
+        found: list[Notification] = []
+        table = finders()
+        for ev in events:
+            if summary[ev].enabled:
+                found.extend(table[ev](conn, run))
+        for find in extra.values():
+            found.extend(find(conn, run))
+        found = _unrecorded(conn, found)
+    for n in found:
+        summary[n.event].found += 1
+    for ev, reasons in run.skipped.items():  # left out by a finder itself
+        if ev in summary:
+            summary[ev].skipped += sum(reasons.values())
+            summary[ev].skip_reasons.update(reasons)
+    return found, summary, directory, incremental
+
+
+def _queue_all(
+    engine: sa.Engine,
+    settings: Settings,
+    found: list[Notification],
+    groups: list[Group],
+    renderer: Renderer,
+    sender: Sender,
+    directory: Directory,
+    run_id: str,
+    transport: Transport | None,
+    send_now: bool,
+) -> tuple[dict[int, Planned], list[tuple[Envelope, str]]]:
+    """Render every message, then record the ledger keys and queue them in one transaction.
+
+    A template or address that fails anywhere leaves nothing queued (exit 2).
+    Rendering comes before the transaction: on SQLite it holds the database's
+    write lock, which every other cpmail process waits for. With ``send_now``
+    the rows start out claimed and are returned ready to send from memory.
+    """
     planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
@@ -281,34 +340,20 @@ def _run_check(  # noqa: C901
             drafts,
             run_id=run_id,
             ledger_keys=[",".join(p.keys)[:2000] for p in planned],
-            suppressed=not enabled,
-            max_bytes=max_bytes,
+            suppressed=not bool(settings["mail.enabled"]),
+            max_bytes=transport.max_message_bytes if transport else None,
             claimed=send_now,
         )
-        ids = dict(zip(mids, planned, strict=True))
-    # Sent straight from memory: no claim to write, no bytes to read back.
     ready = [
         (Envelope(mid, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
         for mid, d in zip(mids, drafts, strict=True)
     ]
-    if incremental:
-        settle_state_rows(engine, run_id)
-    result.planned = planned
-    if not enabled:
-        for p in planned:
-            for ev in p.events:
-                summary[ev].suppressed += 1
-        return result
-    assert transport is not None
-    delivery = deliver(
-        engine,
-        transport,
-        settings,
-        run_id=run_id,
-        on_progress=on_progress,
-        ready=ready if send_now else (),
-    )
-    result.delivery = delivery
+    return dict(zip(mids, planned, strict=True)), ready
+
+
+def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> None:
+    """This run's messages per event row; earlier runs' mail apart."""
+    summary = result.summary
     for mid, status in delivery.status.items():
         if mid not in ids:  # left in the outbox by an earlier run
             result.earlier[status] += 1
@@ -321,13 +366,6 @@ def _run_check(  # noqa: C901
             summary.setdefault(DIGEST, EventSummary())
         if row in summary:
             summary[row].count_message(Status(status))
-    if delivery.waiting:
-        result.notice.append(
-            f"{delivery.waiting} message(s) wait in the outbox for the send window "
-            f"({settings['mail.send_window']})."
-        )
-    _tell_manager(engine, settings, transport, sender, delivery, renderer, run_id)
-    return result
 
 
 def digest_choices(engine: sa.Engine) -> dict[str, bool]:
