@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from email.message import EmailMessage
 
 import sqlalchemy as sa
 
@@ -54,6 +55,34 @@ def send_now(
         if result.status.get(i, Status.DEFERRED) != Status.SENT:
             result.status[i] = Status.FAILED
     return ids, result
+
+
+def send_message(
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    msg: EmailMessage,
+    *,
+    event: str,
+    account: str,
+    envelope_from: str,
+    what: str,
+    once: bool = False,
+) -> Draft:
+    """Send one built message now; raise the error the command should end with, if any.
+
+    The one sequence behind `staff test`, `config test` and `message`: draft,
+    queue, deliver, say what became of it. With ``once`` (test messages) what
+    is not sent now is never sent later.
+    """
+    draft = Draft.from_message(
+        msg, event=event, key=None, account=account, envelope_from=envelope_from
+    )
+    _, result = send_now(engine, settings, secrets, [draft], once=once)
+    err = delivery_error(result, what=what)
+    if err is not None:
+        raise err
+    return draft
 
 
 def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailError | None:

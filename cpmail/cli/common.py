@@ -233,9 +233,9 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
     from cpmail import __version__
     from cpmail.addresses import check_address
     from cpmail.compose import Mailbox, build_message
-    from cpmail.outbox import Draft, new_run_id
+    from cpmail.outbox import new_run_id
     from cpmail.people import resolve_sender
-    from cpmail.sending import delivery_error, send_now
+    from cpmail.sending import send_message
 
     s = c.settings
     engine = c.engine()
@@ -256,12 +256,16 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
         event="test",
         key=f"test:{new_run_id()}",
     )
-    draft = Draft.from_message(
-        msg, event="test", key=None, account=sender.account, envelope_from=sender.address
+    send_message(
+        engine,
+        s,
+        c.secrets,
+        msg,
+        event="test",
+        account=sender.account,
+        envelope_from=sender.address,
+        what=f"the test message to {rcpt}",
+        once=True,
     )
-    _, result = send_now(engine, s, c.secrets, [draft], once=True)
-    err = delivery_error(result, what=f"the test message to {rcpt}")
-    if err is not None:
-        raise err
     where = f" (written to {s.mail_dir})" if transport == "file" else ""
     c.say(f"Sent a test message from {sender.address} to {rcpt} via {transport}{where}.")

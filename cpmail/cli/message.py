@@ -140,9 +140,8 @@ def message(
 ) -> None:
     """Write to the system manager or the help desk, or report a bug or a wish."""
     from cpmail.compose import Mailbox, build_message
-    from cpmail.outbox import Draft
     from cpmail.people import resolve_sender
-    from cpmail.sending import delivery_error, send_now
+    from cpmail.sending import send_message
 
     c = ctx_of(ctx)
     if kind not in KINDS:
@@ -173,13 +172,16 @@ def message(
         key=f"{EVENT}:{uuid.uuid4().hex}",
         auto_generated=False,
     )
-    draft = Draft.from_message(
-        msg, event=EVENT, key=None, account=sender.account, envelope_from=sender.address
+    draft = send_message(
+        engine,
+        s,
+        c.secrets,
+        msg,
+        event=EVENT,
+        account=sender.account,
+        envelope_from=sender.address,
+        what=f"the message to {address}",
     )
-    _, result = send_now(engine, s, c.secrets, [draft])
-    err = delivery_error(result, what=f"the message to {address}")
-    if err is not None:
-        raise err
     transport = s["mail.transport"]
     where = f" (written to {s.mail_dir})" if transport == "file" else ""
     c.say(f"Sent {draft.subject!r} to {address} from {sender.address} via {transport}{where}.")
