@@ -612,41 +612,13 @@ def probe_accounts(settings: Settings, secrets: SecretStore, accounts: list[Acco
 
 
 def _probe_smtp(settings: Settings, secrets: SecretStore, acct: Account) -> None:
-    import asyncio
-
     from cpmail.secrets import passcode_name
-    from cpmail.transports import smtp
+    from cpmail.transports.smtp import probe
     from cpmail.transports.smtp_words import Login
 
-    cfg = smtp.SMTPConfig.from_settings(settings)
-    tls = cfg.tls_context()
     secret = secrets.get(passcode_name(acct.account))
     login = Login(acct.account, acct.address, secret) if secret and secret.reveal() else None
-    group = smtp._Group(login)
-
-    async def go() -> None:
-        conn = smtp._Connection(cfg, tls, group, smtp._local_hostname())
-        await conn.open()
-        try:
-            if login is None and acct.address and conn.smtp is not None:
-                # A relay: ask whether it takes mail from this sender, then take it back.
-                import aiosmtplib
-
-                try:
-                    await conn.smtp.mail(acct.address)
-                except aiosmtplib.SMTPSenderRefused as e:
-                    from cpmail.errors import AuthError
-
-                    said = " ".join(str(e.message).split())
-                    raise AuthError(
-                        f"the SMTP server {cfg.address} refuses mail from {acct.address}: "
-                        f"{e.code} {said}"
-                    ) from None
-                await conn.smtp.rset()
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    probe(settings, login, acct.address)
 
 
 def _probe_gmail(settings: Settings, secrets: SecretStore, acct: Account) -> None:

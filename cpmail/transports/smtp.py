@@ -810,6 +810,35 @@ class _Run:
         await conn.close()
 
 
+def probe(settings: Settings, login: Login | None, address: str) -> None:
+    """Connect, say hello, upgrade to TLS and log in as ``login``, sending nothing.
+
+    Without a login (a relay), ask with MAIL FROM whether the server takes mail
+    from ``address``, then take it back (RSET). Raise Unreachable or AuthError
+    with the sentence a person reads, as a real delivery would.
+    """
+    cfg = SMTPConfig.from_settings(settings)
+    tls = cfg.tls_context()
+
+    async def go() -> None:
+        conn = _Connection(cfg, tls, _Group(login), _local_hostname())
+        await conn.open()
+        try:
+            if login is None and address and conn.smtp is not None:
+                try:
+                    await conn.smtp.mail(address)
+                except aiosmtplib.SMTPSenderRefused as e:
+                    raise AuthError(
+                        f"the SMTP server {cfg.address} refuses mail from {address}: "
+                        f"{words_of(e.code, e.message)}"
+                    ) from None
+                await conn.smtp.rset()
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
 def _local_hostname() -> str:
     """The name to give in EHLO: this machine's FQDN when it is usable."""
     name = socket.getfqdn().strip()
