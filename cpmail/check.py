@@ -18,8 +18,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cpmail.addresses import valid_address
 from cpmail.compose import Attachment, Mailbox, build_message, compose, message_id_for
-from cpmail.errors import ConfigError, InputError
+from cpmail.errors import ConfigError
 from cpmail.events import LIST_EVENTS, STATE_EVENTS, check_names
 from cpmail.outbox import (
     Delivery,
@@ -108,7 +109,6 @@ class CheckResult:
     notice: list[str] = field(default_factory=list)
     earlier: Counter[str] = field(default_factory=Counter)  # earlier runs' mail, by status
     waiting: Waiting | None = None  # what waits in the outbox after the run
-    run_id: str = ""
 
     def totals(self) -> dict[str, int]:
         """found, skipped, suppressed count notifications; sent, deferred, failed messages."""
@@ -183,7 +183,6 @@ def run_check(
     run_id = new_run_id()
     with lease(engine, settings, run_id, "check", run_date=date) as held:
         result = _run_check(engine, settings, secrets, home, run_id=run_id, **kwargs)
-        result.run_id = run_id
         if result.delivery is not None or not result.enabled:
             result.waiting = waiting(engine, settings, exclude_run=run_id)
         held.counts = result.totals()
@@ -458,19 +457,9 @@ def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox 
     for box in candidates:
         # Replying to oneself helps nobody; an address that does not parse is no help;
         # an international one would make every message need SMTPUTF8 of the server.
-        if box.address.lower() != person and box.address.isascii() and _usable(box.address):
+        if box.address.lower() != person and box.address.isascii() and valid_address(box.address):
             return box
     return None
-
-
-def _usable(address: str) -> bool:
-    from cpmail.addresses import check_address
-
-    try:
-        check_address(address)
-    except InputError:
-        return False
-    return True
 
 
 def _plan(

@@ -63,12 +63,6 @@ def requested() -> int | None:
     return _requested
 
 
-def reset() -> None:
-    """Forget a stop request (for a process that runs several commands, like a test)."""
-    global _requested
-    _requested = None
-
-
 @contextmanager
 def graceful() -> Iterator[None]:
     """Inside this block a first signal only sets ``requested()``; the code looks at it."""

@@ -274,7 +274,6 @@ class Lease:
         self.keep: set[int] = set()
         self.exit_code: int | None = None
         self.counts: dict[str, Any] | None = None
-        self.note: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -332,20 +331,9 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        m = messages.c
         with self.engine.begin() as conn:
+            _give_back(conn, self.run_id, keep=self.keep)
             now = clock(conn)
-            q = messages.update().where(m.claimed_by == self.run_id, m.status == Status.SENDING)
-            if self.keep:
-                q = q.where(m.id.not_in(sorted(self.keep)))
-            conn.execute(
-                q.values(
-                    status=sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED),
-                    claimed_at=None,
-                    claimed_by=None,
-                    next_attempt_at=now,
-                )
-            )
             code = exit_code if exit_code is not None else self.exit_code
             conn.execute(
                 runs.update()
@@ -355,7 +343,6 @@ class Lease:
                     heartbeat_at=now,
                     exit_code=code,
                     counts=None if self.counts is None else json.dumps(self.counts),
-                    note=self.note,
                 )
             )
 
@@ -1093,6 +1080,43 @@ def _accounts(
     return list(dict.fromkeys([*(env.account for env, _ in ready), *due]))
 
 
+def _give_back(
+    conn: sa.Connection,
+    run_id: str,
+    *,
+    keep: set[int] | frozenset[int] = frozenset(),
+    account: str | None = None,
+    reason: str | None = None,
+    not_before: dt.datetime | None = None,
+) -> list[Any]:
+    """Put this run's claimed rows (not ``keep``, of ``account``) back in the queue.
+
+    They were not tried, so their attempts do not count: with a ``reason``
+    they wait as ``deferred`` with it, else as ``queued`` (``deferred`` when
+    tried before), due at ``not_before`` or now. Return the rows (id, event).
+    """
+    m = messages.c
+    q = sa.select(m.id, m.event).where(m.claimed_by == run_id, m.status == Status.SENDING)
+    if account is not None:
+        q = q.where(m.account == account)
+    if keep:
+        q = q.where(m.id.not_in(sorted(keep)))
+    rows = list(conn.execute(q).all())
+    if not rows:
+        return rows
+    values: dict[str, Any] = {
+        "claimed_at": None,
+        "claimed_by": None,
+        "next_attempt_at": not_before or clock(conn),
+    }
+    if reason is not None:
+        values.update(status=Status.DEFERRED, last_error=reason)
+    else:
+        values["status"] = sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED)
+    conn.execute(messages.update().where(m.id.in_([r.id for r in rows])).values(**values))
+    return rows
+
+
 def _release(
     engine: sa.Engine,
     run_id: str,
@@ -1105,33 +1129,15 @@ def _release(
 ) -> None:
     """Claimed rows the transport never reported (of one account) go back to the queue.
 
-    They were not tried, so their attempts do not count: with a ``reason``
-    (the account or server was refused) they wait as ``deferred`` with it,
-    due at the next run; without one (the run was stopped) as ``queued``.
+    With a ``reason`` (the account or server was refused) they wait as
+    ``deferred`` with it; without one (the run was stopped) as ``queued``.
     """
-    m = messages.c
     with engine.begin() as conn:
-        q = sa.select(m.id, m.event, m.attempts).where(
-            m.claimed_by == run_id,
-            m.status == Status.SENDING,
-            sa.true() if account is None else m.account == account,
+        rows = _give_back(
+            conn, run_id, keep=keep, account=account, reason=reason, not_before=not_before
         )
-        if keep:
-            q = q.where(m.id.not_in(sorted(keep)))
-        rows = conn.execute(q).all()
-        if not rows:
-            return
-        now = clock(conn)
-        values: dict[str, Any] = {
-            "claimed_at": None,
-            "claimed_by": None,
-            "next_attempt_at": not_before or now,
-        }
-        if reason is not None:
-            values.update(status=Status.DEFERRED, last_error=reason)
-        else:
-            values["status"] = sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED)
-        conn.execute(messages.update().where(m.id.in_([r.id for r in rows])).values(**values))
+    if not rows:
+        return
     why = reason or (
         "not sent: the run was stopped"
         if interrupt.requested() is not None

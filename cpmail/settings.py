@@ -286,9 +286,7 @@ KEYS: dict[str, Key] = {
     "mail.gmail.token_uri": Key(_url, "", "token endpoint; '' = the client file's"),
     "mail.microsoft.client_id": Key(_str, "", "application (client) ID of the Entra app"),
     "mail.microsoft.tenant": Key(_str, "organizations", "organizations, common or a tenant ID"),
-    "mail.microsoft.timeout": Key(
-        _float(1, 600), 60.0, "seconds to wait for Microsoft Graph"
-    ),
+    "mail.microsoft.timeout": Key(_float(1, 600), 60.0, "seconds to wait for Microsoft Graph"),
     "mail.microsoft.api_base": Key(_url, "https://graph.microsoft.com", "Graph API address"),
     "mail.microsoft.authority_base": Key(
         _url, "https://login.microsoftonline.com", "sign-in authority address"

@@ -31,9 +31,10 @@ from cpmail.store import connect, utcnow
 from cpmail.store.schema import messages
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
-from tests.fakeapi import GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, FakeAPI, google_client
+from tests.fakeapi import GOOGLE_CLIENT_SECRET, FakeAPI, google_client
 from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
+from tests.test_gmail import store_signin
 
 
 class Receiver:
@@ -126,22 +127,6 @@ def fake() -> Iterator[FakeAPI]:
         yield f
 
 
-def store_google_signin(
-    home: Path, fake: FakeAPI, account: str, address: str, *, expiry: dt.datetime
-) -> None:
-    at, rt = fake.issue("google", address)
-    creds = {
-        "token": at,
-        "refresh_token": rt,
-        "token_uri": f"{fake.base}/token",
-        "client_id": GOOGLE_CLIENT_ID,
-        "client_secret": GOOGLE_CLIENT_SECRET,
-        "scopes": list(oauth.GOOGLE_SCOPES),
-        "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    oauth.save_token(SecretStore(home), "gmail", account, oauth.StoredToken(address, creds))
-
-
 def setup_gmail(cli: Cli, home: Path, fake: FakeAPI) -> None:
     assert cli("init").exit_code == 0
     settings = Settings.load(home)
@@ -160,7 +145,7 @@ def test_revoked_google_signin_alerts_once_then_resolves(
 ) -> None:
     setup_gmail(cli, home, fake)
     now = dt.datetime.now(dt.UTC)
-    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
+    store_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
     set_urls(cli, receiver.url)
     agency(home)
     new_job(home, "J1")
@@ -170,7 +155,7 @@ def test_revoked_google_signin_alerts_once_then_resolves(
     assert status_json(cli)[0] == 0
 
     # Google revokes the sign-in; the access token has run out, so cpmail must renew it.
-    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=now - dt.timedelta(hours=1))
+    store_signin(home, fake, "JD", "jd@agency.example", expiry=now - dt.timedelta(hours=1))
     fake.revoke_refresh_tokens()
     new_job(home, "J2")
     assert check(cli) == 3
@@ -203,7 +188,7 @@ def test_revoked_google_signin_alerts_once_then_resolves(
     assert code == 3 and doc["accounts"][0]["probe"] != "ok"
 
     # The manager signs in again; the next check sends what waited.
-    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
+    store_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
     code, doc = status_json(cli, "--probe")
     assert doc["accounts"][0]["probe"] == "ok" and doc["accounts"][0]["problem"] is None
     assert code == 1  # the messages still wait
@@ -225,7 +210,7 @@ def test_signin_about_to_lapse_alerts_once(
     set_urls(cli, receiver.url)
     # Last renewed almost six months ago: Google ends a sign-in unused that long.
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=179)
-    store_google_signin(home, fake, "JD", "jd@agency.example", expiry=long_ago)
+    store_signin(home, fake, "JD", "jd@agency.example", expiry=long_ago)
     code, doc = status_json(cli)
     assert code == 0
     lapses = dt.datetime.fromisoformat(doc["accounts"][0]["signin_lapses"])

@@ -62,11 +62,18 @@ def gmail_home(home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 
 def store_signin(
-    home: Path, fake: FakeAPI, account: str, address: str, *, expired: bool = False
+    home: Path,
+    fake: FakeAPI,
+    account: str,
+    address: str,
+    *,
+    expired: bool = False,
+    expiry: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Put a sign-in in the secrets as `staff signin` leaves it, with tokens the fake issued."""
     at, rt = fake.issue("google", address)
-    expiry = dt.datetime.now(dt.UTC) + dt.timedelta(hours=-1 if expired else 1)
+    if expiry is None:
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(hours=-1 if expired else 1)
     creds = {
         "token": at,
         "refresh_token": rt,

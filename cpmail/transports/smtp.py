@@ -597,10 +597,6 @@ class _Intake:
     def waiting(self) -> int:
         return sum(len(g.pending) for g in self.groups.values())
 
-    @property
-    def exhausted(self) -> bool:
-        return self.source is None
-
 
 class _Run:
     """One ``deliver`` call: a few workers, each holding one connection at a time."""
