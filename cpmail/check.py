@@ -19,12 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import valid_address
-from cpmail.compose import Attachment, Mailbox, build_message, compose, message_id_for
+from cpmail.compose import Attachment, Draft, Mailbox, build_message, compose, message_id_for
 from cpmail.errors import ConfigError
 from cpmail.events import LIST_EVENTS, STATE_EVENTS, check_names
 from cpmail.outbox import (
     Delivery,
-    Draft,
     Waiting,
     deliver,
     in_send_window,

@@ -444,6 +444,36 @@ def to_bytes(msg: EmailMessage) -> bytes:
     return msg.as_bytes(policy=POLICY_UTF8 if getattr(msg.policy, "utf8", False) else POLICY)
 
 
+@dataclass
+class Draft:
+    """A composed message, ready to queue."""
+
+    event: str
+    key: str | None  # ledger key; None for one-off messages (reports, tests)
+    account: str  # whose credentials send it: staff ID, "shared" or ""
+    from_addr: str
+    to: list[str]
+    subject: str
+    message_id: str
+    raw: bytes
+
+    @classmethod
+    def from_message(
+        cls, msg: EmailMessage, *, event: str, key: str | None, account: str, envelope_from: str
+    ) -> Draft:
+        to = [a.addr_spec for a in msg["To"].addresses]
+        return cls(
+            event=event,
+            key=key,
+            account=account,
+            from_addr=envelope_from,
+            to=to,
+            subject=str(msg["Subject"]),
+            message_id=str(msg["Message-ID"]),
+            raw=to_bytes(msg),
+        )
+
+
 # ---------------------------------------------------------------- the bulk path
 
 

@@ -25,13 +25,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from cpmail import interrupt, pace
-from cpmail.compose import to_bytes
 from cpmail.errors import (
     AuthError,
     InputError,
@@ -63,9 +61,8 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-@dataclass
-class Draft:
-    """A composed message, ready to queue."""
+class Queueable(Protocol):
+    """What the outbox takes of a composed message (a ``Draft``): its headers and bytes."""
 
     event: str
     key: str | None  # ledger key; None for one-off messages (reports, tests)
@@ -75,22 +72,6 @@ class Draft:
     subject: str
     message_id: str
     raw: bytes
-
-    @classmethod
-    def from_message(
-        cls, msg: EmailMessage, *, event: str, key: str | None, account: str, envelope_from: str
-    ) -> Draft:
-        to = [a.addr_spec for a in msg["To"].addresses]
-        return cls(
-            event=event,
-            key=key,
-            account=account,
-            from_addr=envelope_from,
-            to=to,
-            subject=str(msg["Subject"]),
-            message_id=str(msg["Message-ID"]),
-            raw=to_bytes(msg),
-        )
 
 
 def _insert_ledger(conn: sa.Connection, key: str, event: str, now: dt.datetime) -> bool:
@@ -136,7 +117,7 @@ def record_keys(conn: sa.Connection, keys: Sequence[str], now: dt.datetime) -> s
     return set(conn.execute(stmt, rows).scalars())
 
 
-def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False) -> None:
+def check_size(draft: Queueable, max_bytes: int | None, *, suppressed: bool = False) -> None:
     """Refuse a message larger than the transport takes (a suppressed one is never sent)."""
     if max_bytes is not None and len(draft.raw) > max_bytes and not suppressed:
         raise InputError(
@@ -147,7 +128,7 @@ def check_size(draft: Draft, max_bytes: int | None, *, suppressed: bool = False)
 
 
 def _row(
-    draft: Draft,
+    draft: Queueable,
     ledger_key: str | None,
     run_id: str,
     suppressed: bool,
@@ -178,7 +159,7 @@ def _row(
 
 def queue(
     conn: sa.Connection,
-    draft: Draft,
+    draft: Queueable,
     *,
     run_id: str,
     suppressed: bool = False,
@@ -199,7 +180,7 @@ def queue(
 
 def queue_many(
     conn: sa.Connection,
-    drafts: Sequence[Draft],
+    drafts: Sequence[Queueable],
     *,
     run_id: str,
     ledger_keys: Sequence[str | None],

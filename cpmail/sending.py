@@ -7,8 +7,9 @@ from email.message import EmailMessage
 
 import sqlalchemy as sa
 
+from cpmail.compose import Draft
 from cpmail.errors import ConfigError, CpmailError, NotDelivered
-from cpmail.outbox import Delivery, Draft, deliver, give_up, new_run_id, queue
+from cpmail.outbox import Delivery, deliver, give_up, new_run_id, queue
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.statuses import Status

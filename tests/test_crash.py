@@ -13,8 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cpmail.compose import Mailbox, build_message
-from cpmail.outbox import Draft, new_run_id, queue
+from cpmail.compose import Draft, Mailbox, build_message
+from cpmail.outbox import new_run_id, queue
 from cpmail.settings import Settings
 from cpmail.store import connect
 from cpmail.store.schema import messages, runs

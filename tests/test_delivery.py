@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cpmail.compose import Mailbox, build_message
-from cpmail.outbox import Draft
+from cpmail.compose import Draft, Mailbox, build_message
 from cpmail.secrets import SecretStore
 from cpmail.sending import send_now
 from cpmail.settings import Settings

@@ -651,9 +651,9 @@ def test_an_api_that_stops_answering_ends_the_run_early(gmail_home: Path, fake: 
     """Three messages in a row without an answer: the pass ends, the rest stay queued."""
     import time
 
-    from cpmail.compose import Mailbox, build_message
+    from cpmail.compose import Draft, Mailbox, build_message
     from cpmail.errors import Unreachable
-    from cpmail.outbox import Draft, deliver, new_run_id, queue
+    from cpmail.outbox import deliver, new_run_id, queue
     from cpmail.store import connect
     from cpmail.store.schema import messages
     from tests.conftest import Cli

@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import check_address, looks_like_address
-from cpmail.compose import Attachment, Mailbox, build_message
+from cpmail.compose import Attachment, Draft, Mailbox, build_message
 from cpmail.errors import ConfigError, InputError
-from cpmail.outbox import Delivery, Draft
+from cpmail.outbox import Delivery
 from cpmail.people import Sender, resolve_sender
 from cpmail.reports import Report, kind_of_pdf, load, render, write
 from cpmail.secrets import SHARED, SecretStore
