@@ -79,7 +79,7 @@ def conditions(
     health: Health, settings: Settings, exit_code: int | None, now: dt.datetime
 ) -> tuple[list[Condition], set[str]]:
     """The conditions that hold now, and the keys that cannot be judged now (kept as they are)."""
-    from cpmail import oauth
+    from cpmail.oauth.tokens import signin_command
 
     if not health.database.usable:
         text = f"The database cannot be used: {health.database.error}."
@@ -136,7 +136,7 @@ def conditions(
                 Condition(
                     f"expiry:{a.account}",
                     f"The sign-in of account {who} {verb} on {when} unless it is renewed; "
-                    f"run `{oauth.signin_command(a.account)}`.",
+                    f"run `{signin_command(a.account)}`.",
                 )
             )
     return [_clean(c) for c in out], unjudged

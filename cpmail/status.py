@@ -304,7 +304,8 @@ def _stored_accounts(secrets: SecretStore, transport: str) -> list[str]:
 
 def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transport: str) -> None:
     """Fill in how ``acct`` signs in, from the secrets store only (no network)."""
-    from cpmail import oauth
+    from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET
+    from cpmail.oauth.tokens import PROVIDER, load_token, signin_command
     from cpmail.secrets import SHARED, passcode_name
 
     try:
@@ -313,12 +314,12 @@ def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transp
             acct.login = "passcode" if secret and secret.reveal() else "no login (relay)"
             return
         app_only = transport == "microsoft" and acct.account == SHARED
-        if app_only and secrets.has(oauth.MICROSOFT_APP_SECRET):
+        if app_only and secrets.has(MICROSOFT_APP_SECRET):
             acct.login, acct.signed_in = "Microsoft app-only (client secret)", True
             acct.address = acct.address or str(settings["mail.sender"])
             return
-        acct.login = f"{oauth.PROVIDER[transport]} sign-in"
-        stored = oauth.load_token(secrets, transport, acct.account)
+        acct.login = f"{PROVIDER[transport]} sign-in"
+        stored = load_token(secrets, transport, acct.account)
     except CpmailError as e:
         acct.signed_in = False
         acct.problem = str(e)
@@ -326,8 +327,8 @@ def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transp
     if stored is None:
         acct.signed_in = False
         acct.problem = (
-            f"not signed in with {oauth.PROVIDER[transport]}; "
-            f"run `{oauth.signin_command(acct.account)}`"
+            f"not signed in with {PROVIDER[transport]}; "
+            f"run `{signin_command(acct.account)}`"
         )
         return
     acct.signed_in = True
@@ -622,31 +623,33 @@ def _probe_smtp(settings: Settings, secrets: SecretStore, acct: Account) -> None
 
 
 def _probe_gmail(settings: Settings, secrets: SecretStore, acct: Account) -> None:
-    from cpmail import oauth
+    from cpmail.oauth.google import GoogleSession, google_client
+    from cpmail.oauth.tokens import load_token
 
-    oauth.google_client(settings, secrets)  # a missing client is named before the network
-    session = oauth.GoogleSession(settings, secrets, acct.account)
+    google_client(settings, secrets)  # a missing client is named before the network
+    session = GoogleSession(settings, secrets, acct.account)
     session.refresh()
-    stored = oauth.load_token(secrets, "gmail", acct.account)
+    stored = load_token(secrets, "gmail", acct.account)
     if stored is not None:
         acct.token_expires, acct.signin_lapses = token_dates("gmail", stored.data)
 
 
 def _probe_microsoft(settings: Settings, secrets: SecretStore, acct: Account) -> None:
-    from cpmail import oauth
+    from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET, MicrosoftAppSession, MicrosoftSession
+    from cpmail.oauth.tokens import load_token
     from cpmail.secrets import SHARED
 
-    app_secret = secrets.get(oauth.MICROSOFT_APP_SECRET) if acct.account == SHARED else None
-    session: oauth.MicrosoftSession | oauth.MicrosoftAppSession
+    app_secret = secrets.get(MICROSOFT_APP_SECRET) if acct.account == SHARED else None
+    session: MicrosoftSession | MicrosoftAppSession
     if app_secret is not None:
-        session = oauth.MicrosoftAppSession(settings, app_secret.reveal())
+        session = MicrosoftAppSession(settings, app_secret.reveal())
     else:
-        session = oauth.MicrosoftSession(settings, secrets, acct.account)
+        session = MicrosoftSession(settings, secrets, acct.account)
     try:
         session.access_token(force_refresh=True)
     finally:
         session.close()
-    stored = oauth.load_token(secrets, "microsoft", acct.account)
+    stored = load_token(secrets, "microsoft", acct.account)
     if stored is not None:
         acct.token_expires, acct.signin_lapses = token_dates("microsoft", stored.data)
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cpmail import oauth
 from cpmail.alerts import after_check, evaluate
+from cpmail.oauth import google
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.store import connect, utcnow
@@ -131,11 +131,11 @@ def setup_gmail(cli: Cli, home: Path, fake: FakeAPI) -> None:
     assert cli("init").exit_code == 0
     settings = Settings.load(home)
     settings.set("mail.transport", "gmail")
-    settings.set("mail.gmail.client_secrets", oauth.STORED_CLIENT)
+    settings.set("mail.gmail.client_secrets", google.STORED_CLIENT)
     settings.set("mail.gmail.api_base", fake.base)
     settings.set("user.staff", "JD")
     settings.save()
-    SecretStore(home).set(oauth.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
+    SecretStore(home).set(google.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
     r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
     assert r.exit_code == 0, r.output
 

@@ -20,12 +20,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from cpmail import oauth
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.oauth import google
+from cpmail.oauth.tokens import StoredToken, save_token, signed_in_address
 from cpmail.secrets import SHARED, SecretStore, token_name
 from cpmail.settings import Settings
 from cpmail.transports.base import Envelope, Outcome, get_transport
-from cpmail.transports.gmail import GmailTransport
+from cpmail.transports.gmail import GmailTransport, seconds_until_midnight
 from tests.conftest import Cli
 from tests.fakeapi import (
     GOOGLE_CLIENT_ID,
@@ -53,11 +54,11 @@ def gmail_home(home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> Pa
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     settings = Settings.load(home)
     settings.set("mail.transport", "gmail")
-    settings.set("mail.gmail.client_secrets", oauth.STORED_CLIENT)
+    settings.set("mail.gmail.client_secrets", google.STORED_CLIENT)
     settings.set("mail.gmail.api_base", fake.base)
     settings.set("mail.sender", "office@agency.example")
     settings.save()
-    SecretStore(home).set(oauth.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
+    SecretStore(home).set(google.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
     return home
 
 
@@ -80,10 +81,10 @@ def store_signin(
         "token_uri": f"{fake.base}/token",
         "client_id": GOOGLE_CLIENT_ID,
         "client_secret": GOOGLE_CLIENT_SECRET,
-        "scopes": list(oauth.GOOGLE_SCOPES),
+        "scopes": list(google.GOOGLE_SCOPES),
         "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    oauth.save_token(SecretStore(home), "gmail", account, oauth.StoredToken(address, creds))
+    save_token(SecretStore(home), "gmail", account, StoredToken(address, creds))
     return creds
 
 
@@ -254,7 +255,7 @@ def test_check_account(gmail_home: Path, fake: FakeAPI) -> None:
         t.check_account(SHARED)
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     t.check_account("JD")
-    assert oauth.signed_in_address(t.secrets, "gmail", "JD") == "jd@agency.example"
+    assert signed_in_address(t.secrets, "gmail", "JD") == "jd@agency.example"
 
 
 # ---------------------------------------------------------------- errors -> outcomes
@@ -291,7 +292,7 @@ def test_daily_limit_waits_until_tomorrow(gmail_home: Path, fake: FakeAPI) -> No
     fake.script(SEND, Reply(403, gmail_error(403, "Daily Limit Exceeded", "dailyLimitExceeded")))
     [outcome] = deliver(gmail_home, env())
     assert isinstance(outcome.error, TemporaryFailure)
-    expected = oauth.seconds_until_midnight("America/Los_Angeles")
+    expected = seconds_until_midnight("America/Los_Angeles")
     assert outcome.retry_after is not None and abs(outcome.retry_after - expected) < 60
     assert "daily sending limit" in str(outcome.error)
 
@@ -373,7 +374,7 @@ def sign_in_in_thread(
 
     def run() -> None:
         try:
-            result["address"] = oauth.google_sign_in(
+            result["address"] = google.google_sign_in(
                 settings, SecretStore(home), "JD", open_browser=False, say=shown.put, **kw
             )
         except Exception as e:
@@ -391,7 +392,7 @@ def test_loopback_sign_in_stores_the_token_and_the_address(gmail_home: Path, fak
     assert text.startswith("Open this address in a browser to sign in:")
     url = text.splitlines()[-1]
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-    assert query["scope"][0].split() == list(oauth.GOOGLE_SCOPES)
+    assert query["scope"][0].split() == list(google.GOOGLE_SCOPES)
     assert query["login_hint"] == ["jd@agency.example"]
     assert query["access_type"] == ["offline"] and query["code_challenge_method"] == ["S256"]
     redirect = query["redirect_uri"][0]
@@ -415,7 +416,7 @@ def test_loopback_sign_in_stores_the_token_and_the_address(gmail_home: Path, fak
 def test_sign_in_uses_the_token_uri_setting(gmail_home: Path, fake: FakeAPI) -> None:
     client = google_client("https://accounts.google.invalid")
     client["installed"]["auth_uri"] = f"{fake.base}/o/oauth2/auth"
-    SecretStore(gmail_home).set(oauth.GOOGLE_CLIENT_SECRET, json.dumps(client))
+    SecretStore(gmail_home).set(google.GOOGLE_CLIENT_SECRET, json.dumps(client))
     settings = Settings.load(gmail_home)
     settings.set("mail.gmail.token_uri", f"{fake.base}/token")
     settings.save()
@@ -509,7 +510,7 @@ def test_staff_signin_command_prints_the_address_and_signs_in(
     if not browser:  # with a browser that fails to start, the address is printed just the same
         assert "Open this address in a browser to sign in:" in err
     assert out.strip() == "Signed in JD (Jane Doe) as jd@agency.example with Google."
-    assert oauth.signed_in_address(SecretStore(gmail_home), "gmail", "JD") == "jd@agency.example"
+    assert signed_in_address(SecretStore(gmail_home), "gmail", "JD") == "jd@agency.example"
     # The whole way round: `staff test` sends through the Gmail API as JD.
     r = cli("staff", "test", "JD")
     assert r.exit_code == 0, r.output
@@ -553,15 +554,15 @@ def test_config_gmail_keeps_a_0600_copy_and_sets_the_transport(
     assert r.exit_code == 0, r.output
     assert GOOGLE_CLIENT_SECRET not in r.output
     assert GOOGLE_CLIENT_ID in r.stdout
-    copy = home / "secrets" / oauth.GOOGLE_CLIENT_SECRET
+    copy = home / "secrets" / google.GOOGLE_CLIENT_SECRET
     assert copy.read_text() == src.read_text()
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     src.unlink()  # the original may go
     settings = Settings.load(home)
     assert settings["mail.transport"] == "gmail"
-    assert settings["mail.gmail.client_secrets"] == oauth.STORED_CLIENT
+    assert settings["mail.gmail.client_secrets"] == google.STORED_CLIENT
     assert (
-        oauth.google_client(settings, SecretStore(home))["installed"]["client_id"]
+        google.google_client(settings, SecretStore(home))["installed"]["client_id"]
         == GOOGLE_CLIENT_ID
     )
     r = cli("config", "show")
@@ -601,7 +602,7 @@ def test_config_gmail_refuses_a_bad_client_file(
     r = cli("config", "gmail", "--client-secrets", str(src))
     assert r.exit_code == 2
     assert str(src) in r.stderr and message in r.stderr
-    assert not (home / "secrets" / oauth.GOOGLE_CLIENT_SECRET).exists()
+    assert not (home / "secrets" / google.GOOGLE_CLIENT_SECRET).exists()
     assert Settings.load(home)["mail.transport"] == "file"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpmail.compose import Mailbox, build_message, to_bytes
-from cpmail.oauth import with_missing_bcc
+from cpmail.transports.api import with_missing_bcc
 from cpmail.transports.base import Envelope
 from tests.smtpserver import SMTPTestServer
 from tests.test_smtp_transport import deliver, transport

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cpmail import oauth
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET, microsoft_sign_in
+from cpmail.oauth.tokens import signed_in_address
 from cpmail.secrets import SHARED, SecretStore, token_name
 from cpmail.settings import Settings
 from cpmail.transports.base import Envelope, Outcome, get_transport
@@ -55,7 +56,7 @@ def ms_home(home: Path, fake: FakeAPI) -> Path:
 def sign_in(home: Path, account: str = "JD", **kw: Any) -> tuple[str, list[str]]:
     """The real device-code sign-in against the fake; return the address and what it showed."""
     shown: list[str] = []
-    address = oauth.microsoft_sign_in(
+    address = microsoft_sign_in(
         Settings.load(home),
         SecretStore(home),
         account,
@@ -110,7 +111,7 @@ def test_device_code_sign_in_stores_the_cache_and_address(ms_home: Path, fake: F
     cache = json.loads(doc["cache"])
     [acct] = cache["Account"].values()
     assert acct["username"] == "jd@agency.example"
-    assert oauth.signed_in_address(SecretStore(ms_home), "microsoft", "JD") == "jd@agency.example"
+    assert signed_in_address(SecretStore(ms_home), "microsoft", "JD") == "jd@agency.example"
 
 
 def test_public_client_flows_off_is_explained(ms_home: Path, fake: FakeAPI) -> None:
@@ -132,7 +133,7 @@ def test_interactive_sign_in_on_a_loopback_redirect(ms_home: Path, fake: FakeAPI
 
     def run() -> None:
         try:
-            result["address"] = oauth.microsoft_sign_in(
+            result["address"] = microsoft_sign_in(
                 settings,
                 SecretStore(ms_home),
                 "JD",
@@ -359,7 +360,7 @@ def test_app_only_sends_as_the_shared_sender(cli: Cli, ms_home: Path, fake: Fake
     assert r.exit_code == 0, r.output
     assert MS_APP_SECRET not in r.output
     assert "app-only" in r.stdout
-    path = ms_home / "secrets" / oauth.MICROSOFT_APP_SECRET
+    path = ms_home / "secrets" / MICROSOFT_APP_SECRET
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     t = transport(ms_home)
     t.check_account(SHARED)  # no sign-in needed
@@ -379,7 +380,7 @@ def test_app_only_sends_as_the_shared_sender(cli: Cli, ms_home: Path, fake: Fake
 
 
 def test_app_only_needs_a_tenant_id(ms_home: Path, fake: FakeAPI) -> None:
-    SecretStore(ms_home).set(oauth.MICROSOFT_APP_SECRET, MS_APP_SECRET)
+    SecretStore(ms_home).set(MICROSOFT_APP_SECRET, MS_APP_SECRET)
     with pytest.raises(ConfigError, match="needs your tenant ID"):
         deliver(ms_home, env(account=SHARED))
 
@@ -388,7 +389,7 @@ def test_app_only_wrong_secret(ms_home: Path, fake: FakeAPI) -> None:
     settings = Settings.load(ms_home)
     settings.set("mail.microsoft.tenant", MS_TENANT_ID)
     settings.save()
-    SecretStore(ms_home).set(oauth.MICROSOFT_APP_SECRET, "not-the-secret")
+    SecretStore(ms_home).set(MICROSOFT_APP_SECRET, "not-the-secret")
     with pytest.raises(AuthError, match="client secret is wrong or expired"):
         deliver(ms_home, env(account=SHARED))
 
@@ -455,7 +456,7 @@ def test_no_token_or_secret_in_any_output(
         "--client-secret", input=MS_APP_SECRET + "\n",
     )  # fmt: skip
     texts += [r.stdout, r.stderr]
-    SecretStore(ms_home).set(oauth.MICROSOFT_APP_SECRET, "wrong" + MS_APP_SECRET)
+    SecretStore(ms_home).set(MICROSOFT_APP_SECRET, "wrong" + MS_APP_SECRET)
     with pytest.raises(AuthError) as info:
         deliver(ms_home, env(account=SHARED))
     texts += [str(info.value), repr(info.value)]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cpmail import oauth
+from cpmail.oauth.microsoft import microsoft_sign_in
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.store import connect, utcnow
@@ -205,7 +205,7 @@ def ms_cli(initialised: Cli, home: Path, fake: FakeAPI) -> Cli:
     settings.set("mail.microsoft.api_base", fake.base)
     settings.set("user.staff", "JD")
     settings.save()
-    oauth.microsoft_sign_in(
+    microsoft_sign_in(
         Settings.load(home),
         SecretStore(home),
         "JD",

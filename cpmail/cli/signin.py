@@ -26,14 +26,14 @@ def config_gmail(
     ),
 ) -> None:
     """Send through the Gmail API, with this Google OAuth client (type "installed")."""
-    from cpmail import oauth
+    from cpmail.oauth.google import GOOGLE_CLIENT_SECRET, STORED_CLIENT, read_google_client_file
 
     c = ctx_of(ctx)
-    text, client = oauth.read_google_client_file(client_secrets)
+    text, client = read_google_client_file(client_secrets)
     settings = c.settings
-    c.secrets.set(oauth.GOOGLE_CLIENT_SECRET, text)
+    c.secrets.set(GOOGLE_CLIENT_SECRET, text)
     settings.set("mail.transport", "gmail")
-    settings.set("mail.gmail.client_secrets", oauth.STORED_CLIENT)
+    settings.set("mail.gmail.client_secrets", STORED_CLIENT)
     settings.save()
     where = "the OS keyring" if c.secrets.backend == "keyring" else str(c.secrets.dir)
     c.say(f"Transport: gmail, with OAuth client {client['installed']['client_id']}.")
@@ -65,7 +65,7 @@ def config_microsoft(
     ),
 ) -> None:
     """Send through Microsoft 365 (Graph), with this Entra app registration."""
-    from cpmail import oauth
+    from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET
 
     c = ctx_of(ctx)
     client_id = client_id.strip()
@@ -101,9 +101,9 @@ def config_microsoft(
     if tenant is not None:
         settings.set("mail.microsoft.tenant", tenant)
     if secret:
-        c.secrets.set(oauth.MICROSOFT_APP_SECRET, secret)
+        c.secrets.set(MICROSOFT_APP_SECRET, secret)
     elif no_client_secret:
-        c.secrets.delete(oauth.MICROSOFT_APP_SECRET)
+        c.secrets.delete(MICROSOFT_APP_SECRET)
     settings.save()
     c.say(
         f"Transport: microsoft, with app {client_id} in tenant {settings['mail.microsoft.tenant']}."
@@ -140,7 +140,10 @@ def staff_signin(
     ),
 ) -> None:
     """Sign in with Google or Microsoft (per the transport) so cpmail can send as this account."""
-    from cpmail import oauth
+    from cpmail.oauth.google import google_sign_in
+    from cpmail.oauth.loopback import can_open_browser
+    from cpmail.oauth.microsoft import microsoft_sign_in
+    from cpmail.oauth.tokens import PROVIDER
     from cpmail.secrets import SHARED
 
     c = ctx_of(ctx)
@@ -172,11 +175,11 @@ def staff_signin(
     def show(text: str) -> None:  # shown even with --quiet: the person must act on it
         c.err.print(text, markup=False, highlight=False)
 
-    provider = oauth.PROVIDER[transport]
+    provider = PROVIDER[transport]
     show(f"Signing in {label} as {address} with {provider}.")
-    open_browser = not no_browser and oauth.can_open_browser()
+    open_browser = not no_browser and can_open_browser()
     if transport == "gmail":
-        signed_in = oauth.google_sign_in(
+        signed_in = google_sign_in(
             c.settings,
             c.secrets,
             account,
@@ -185,7 +188,7 @@ def staff_signin(
             login_hint=address,
         )
     else:
-        signed_in = oauth.microsoft_sign_in(
+        signed_in = microsoft_sign_in(
             c.settings,
             c.secrets,
             account,

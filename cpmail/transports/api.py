@@ -1,0 +1,236 @@
+"""What the Gmail and Microsoft Graph transports share: one HTTPS POST per message.
+
+``ApiTransport`` holds the mechanism: the size check, one session per
+account for the whole delivery (a sign-in service that failed for now is
+remembered, so the account's later messages are deferred at once), one
+renewal of the token when the API answers 401, and 429 and 5xx as temporary
+(after ``Retry-After`` when given). Each provider's module says where and how
+a message is posted and what the rest of its refusals mean.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import email.utils
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import httpx
+
+from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.oauth.tokens import check_endpoint, signin_command
+from cpmail.sizes import size_pair
+from cpmail.transports.base import Envelope, Outcome, Report, Transport
+
+
+class Session(Protocol):
+    """One account's sign-in, as a transport uses it."""
+
+    def access_token(self, *, force_refresh: bool = False) -> str: ...
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Session)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer other than 2xx: its status, what its error body says, and its Retry-After."""
+
+    status: int
+    code: str
+    message: str
+    reasons: tuple[str, ...]
+    retry_after: float | None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Refusal:
+        """Read a Google or Graph error body, as far as it goes."""
+        wait = retry_after(response.headers.get("Retry-After"))
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if not isinstance(error, dict):
+            text = response.text.strip().splitlines()[0][:300] if response.text.strip() else ""
+            return cls(response.status_code, "", text or response.reason_phrase, (), wait)
+        reasons = tuple(
+            str(e.get("reason", ""))
+            for e in error.get("errors") or []
+            if isinstance(e, dict) and e.get("reason")
+        )
+        code = str(error.get("code", ""))
+        message = str(error.get("message", "")).strip() or response.reason_phrase
+        return cls(response.status_code, code, message, reasons, wait)
+
+    def said(self, *, with_code: bool) -> str:
+        """The answer in a few words: ``HTTP 403 ErrorAccessDenied: message``."""
+        code = f" {self.code}" if with_code and self.code else ""
+        return f"HTTP {self.status}{code}: {self.message}"
+
+
+class ApiTransport(Transport, Generic[S]):
+    """A transport that posts each message to an HTTP API with its account's token.
+
+    Settings ``mail.<name>.api_base`` and ``mail.<name>.timeout`` say where
+    and how long to wait.
+    """
+
+    #: The API as sentences name it: "Gmail", "Microsoft Graph".
+    brand: ClassVar[str]
+    #: The API as network errors name it.
+    service: ClassVar[str]
+    #: The refusal of a message that is too big, with ``{}`` for its size and the limit.
+    too_big: ClassVar[str]
+
+    def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
+        """Send each envelope as its account; report each outcome as soon as it is known."""
+        key = f"mail.{self.name}.api_base"
+        base = check_endpoint(str(self.settings[key]), key)
+        sessions: dict[str, S | TemporaryFailure] = {}
+        try:
+            timeout = httpx.Timeout(float(self.settings[f"mail.{self.name}.timeout"]), connect=15.0)
+            with httpx.Client(timeout=timeout) as http:
+                for env in envelopes:
+                    report(self._send(http, base, env, sessions))
+        finally:
+            for session in sessions.values():
+                if not isinstance(session, TemporaryFailure):
+                    session.close()
+
+    @abc.abstractmethod
+    def _session(self, account: str) -> S:
+        """Open the sign-in of ``account``."""
+
+    @abc.abstractmethod
+    def _post(
+        self, http: httpx.Client, base: str, session: S, token: str, raw: bytes
+    ) -> httpx.Response:
+        """Post the message ``raw`` with ``token`` (through ``api_post``)."""
+
+    @abc.abstractmethod
+    def _failure(
+        self, env: Envelope, session: S, refusal: Refusal
+    ) -> TemporaryFailure | PermanentFailure:
+        """What a refusal means for this message; AuthError when no message can be sent."""
+
+    def _send(
+        self,
+        http: httpx.Client,
+        base: str,
+        env: Envelope,
+        sessions: dict[str, S | TemporaryFailure],
+    ) -> Outcome:
+        if len(env.raw) > self.max_message_bytes:
+            sizes = size_pair(len(env.raw), self.max_message_bytes)
+            return Outcome(env.id, error=PermanentFailure(self.too_big.format(*sizes)))
+        session = sessions.get(env.account)
+        if session is None:
+            try:
+                session = self._session(env.account)
+            except TemporaryFailure as e:
+                session = e
+            sessions[env.account] = session
+        if isinstance(session, TemporaryFailure):
+            return Outcome(env.id, error=session)
+        raw = with_missing_bcc(env.raw, env.rcpt_to)
+        try:
+            response = self._post(http, base, session, session.access_token(), raw)
+            if response.status_code == 401:  # revoked early or clock skew: renew once
+                token = session.access_token(force_refresh=True)
+                response = self._post(http, base, session, token, raw)
+                if response.status_code == 401:
+                    raise AuthError(
+                        f"{self.brand} refused the renewed sign-in of {env.account}; "
+                        f"run `{signin_command(env.account)}`."
+                    )
+        except TemporaryFailure as e:
+            return Outcome(env.id, error=e)
+        if 200 <= response.status_code < 300:
+            return Outcome(env.id, accepted=env.rcpt_to)
+        return Outcome(env.id, error=self._failure(env, session, Refusal.of(response)))
+
+    def _temporary(
+        self, refusal: Refusal, said: str, wait: float | None, *, rate_limited: bool = False
+    ) -> TemporaryFailure | None:
+        """429 (or another answer that says the rate is limited) and 5xx: try again later."""
+        if refusal.status == 429 or rate_limited:
+            text = f"{self.brand} is limiting the rate ({said})."
+        elif refusal.status >= 500:
+            text = f"{self.brand} had a server error ({said})."
+        else:
+            return None
+        return TemporaryFailure(text, retry_after=wait)
+
+    def _refused(self, said: str) -> PermanentFailure:
+        return PermanentFailure(f"{self.brand} refused the message ({said}).")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
+    """Return ``raw`` with a Bcc header for envelope recipients its headers do not name.
+
+    The Gmail and Graph APIs deliver to the addresses in To, Cc and Bcc (and
+    strip Bcc), not to an SMTP-style envelope; a message whose headers already
+    name every recipient is returned unchanged, byte for byte.
+    """
+    from email.parser import HeaderParser
+    from email.policy import compat32
+
+    # The header block as UTF-8 text: international addresses are written
+    # there as they are (RFC 6532), and must be found as written.
+    end = raw.find(b"\r\n\r\n")
+    block = raw[: end if end >= 0 else len(raw)].decode("utf-8", "replace")
+    headers = HeaderParser(policy=compat32).parsestr(block, headersonly=True)
+    named = {
+        addr.lower()
+        for field in ("to", "cc", "bcc")
+        for _, addr in email.utils.getaddresses([str(v) for v in headers.get_all(field, [])])
+        if addr
+    }
+    missing = [r for r in rcpt_to if r.lower() not in named]
+    if not missing:
+        return raw
+    newline = b"\r\n" if b"\r\n" in raw[: raw.find(b"\n") + 1 or len(raw)] else b"\n"
+    return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
+
+
+def api_post(http: httpx.Client, url: str, *, service: str, **kwargs: Any) -> httpx.Response:
+    """POST through ``http``: Unreachable when nothing answers, TemporaryFailure when cut off."""
+    host = urllib.parse.urlsplit(url).netloc
+    try:
+        return http.post(url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        raise Unreachable(
+            f"cannot reach {service} at {host} ({type(e).__name__}); check the network."
+        ) from None
+    except httpx.TimeoutException as e:
+        raise NoAnswer(
+            f"{service} did not answer in time ({type(e).__name__}); it will be sent again."
+        ) from None
+    except httpx.TransportError as e:
+        raise TemporaryFailure(
+            f"{service} did not answer properly ({type(e).__name__}); trying again later."
+        ) from None
