@@ -1,17 +1,20 @@
-"""Send one-off messages now (tests, reports, messages to the manager) through the outbox."""
+"""Send now through the outbox: one-off messages (tests, reports, messages) and retried ones."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 
 import sqlalchemy as sa
 
 from cpmail.compose import Draft
-from cpmail.errors import ConfigError, CpmailError, NotDelivered
+from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered
 from cpmail.outbox import Delivery, deliver, give_up, new_run_id, queue
+from cpmail.outbox import retry as requeue
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
+from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.transports.base import get_transport
 
@@ -69,21 +72,70 @@ def send_message(
     envelope_from: str,
     what: str,
     once: bool = False,
-) -> Draft:
+    attachment: str | None = None,
+) -> tuple[Draft, Delivery]:
     """Send one built message now; raise the error the command should end with, if any.
 
-    The one sequence behind `staff test`, `config test` and `message`: draft,
-    queue, deliver, say what became of it. With ``once`` (test messages) what
-    is not sent now is never sent later.
+    The one sequence behind `staff test`, `config test`, `message` and
+    `send-report`: draft, queue, deliver, say what became of it. With ``once``
+    (test messages) what is not sent now is never sent later. ``attachment``
+    names the file the message carries: a message larger than the transport
+    takes is refused naming it, before anything is queued.
     """
     draft = Draft.from_message(
         msg, event=event, key=None, account=account, envelope_from=envelope_from
     )
+    if attachment is not None:
+        _check_size(draft, settings, secrets, attachment)
     _, result = send_now(engine, settings, secrets, [draft], once=once)
     err = delivery_error(result, what=what)
     if err is not None:
         raise err
-    return draft
+    return draft, result
+
+
+def _check_size(draft: Draft, settings: Settings, secrets: SecretStore, attachment: str) -> None:
+    limit = get_transport(settings, secrets).max_message_bytes
+    if len(draft.raw) > limit:
+        shown, most = size_pair(len(draft.raw), limit)
+        raise InputError(
+            f"{attachment} makes a message of {shown}; the "
+            f"{settings['mail.transport']} transport takes at most {most}."
+        )
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What `outbox retry` did: how many messages went back in the queue, and their delivery."""
+
+    queued: int
+    delivery: Delivery | None  # None when none was queued or mail is switched off
+
+    @property
+    def error(self) -> CpmailError | None:
+        """The error the command should end with (None when all went out)."""
+        return None if self.delivery is None else delivery_error(self.delivery, what="some mail")
+
+
+def retry(
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    ids: Sequence[int] | None,
+    *,
+    queued: Callable[[int], None] = lambda n: None,
+) -> Retried:
+    """Queue failed or deferred messages again (``ids``, or all when None) and send them now.
+
+    ``queued`` hears how many went back in the queue before sending starts.
+    With mail switched off they wait in the outbox.
+    """
+    n = requeue(engine, ids)
+    queued(n)
+    if not n or not settings["mail.enabled"]:
+        return Retried(n, None)
+    transport = get_transport(settings, secrets)
+    return Retried(n, deliver(engine, transport, settings, run_id=new_run_id(), ids=ids))
 
 
 def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailError | None:

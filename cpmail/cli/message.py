@@ -172,7 +172,7 @@ def message(
         key=f"{EVENT}:{uuid.uuid4().hex}",
         auto_generated=False,
     )
-    draft = send_message(
+    draft, _ = send_message(
         engine,
         s,
         c.secrets,

@@ -66,31 +66,29 @@ def retry(
     all_: bool = typer.Option(False, "--all", help="Every failed or deferred message."),
 ) -> None:
     """Send failed or deferred messages again now."""
-    from cpmail.outbox import deliver, new_run_id
-    from cpmail.outbox import retry as requeue
-    from cpmail.sending import delivery_error
-    from cpmail.transports.base import get_transport
+    from cpmail.sending import retry as send_again
 
     c = ctx_of(ctx)
     if bool(ids) == all_:
         raise InputError("give message ids or --all (see `cpmail outbox`).")
-    engine = c.engine()
-    n = requeue(engine, None if all_ else ids)
-    c.say(f"Queued {n} message(s) again.")
-    if not n or not c.settings["mail.enabled"]:
-        if n:
+    done = send_again(
+        c.engine(),
+        c.settings,
+        c.secrets,
+        None if all_ else ids,
+        queued=lambda n: c.say(f"Queued {n} message(s) again."),
+    )
+    if done.delivery is None:
+        if done.queued:
             c.note("Sending is off (`cpmail config enable`); they wait in the outbox.")
         return
-    result = deliver(
-        engine, get_transport(c.settings, c.secrets), c.settings, run_id=new_run_id(), ids=ids
-    )
+    result = done.delivery
     c.say(
         f"Sent {result.count('sent')}, deferred {result.count('deferred')}, "
         f"failed {result.count('failed')}."
     )
-    err = delivery_error(result, what="some mail")
-    if err is not None:
-        raise err
+    if done.error is not None:
+        raise done.error
 
 
 @outbox_app.command("drop")

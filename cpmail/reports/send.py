@@ -17,17 +17,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import check_address, looks_like_address
-from cpmail.compose import Attachment, Draft, Mailbox, build_message
+from cpmail.compose import Attachment, Mailbox, build_message
 from cpmail.errors import ConfigError, InputError
 from cpmail.outbox import Delivery
 from cpmail.people import Sender, resolve_sender
 from cpmail.reports import Report, kind_of_pdf, load, render, write
 from cpmail.secrets import SHARED, SecretStore
-from cpmail.sending import send_now
+from cpmail.sending import send_message
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.store.schema import staff
-from cpmail.transports.base import get_transport
 
 EVENT = "report"
 CASH_FLOW_ACCESS = "cash-flow"
@@ -260,15 +259,15 @@ def send_report(
         attachments=[Attachment(filename, data, "application/pdf")],
         auto_generated=False,
     )
-    draft = Draft.from_message(
-        msg, event=EVENT, key=None, account=sender.account, envelope_from=sender.address
+    _, delivery = send_message(
+        engine,
+        settings,
+        secrets,
+        msg,
+        event=EVENT,
+        account=sender.account,
+        envelope_from=sender.address,
+        what=f"{filename} to {', '.join(r.address for r in recipients)}",
+        attachment=filename,
     )
-    limit = get_transport(settings, secrets).max_message_bytes
-    if len(draft.raw) > limit:
-        shown, most = size_pair(len(draft.raw), limit)
-        raise InputError(
-            f"{filename} makes a message of {shown}; the "
-            f"{settings['mail.transport']} transport takes at most {most}."
-        )
-    _, delivery = send_now(engine, settings, secrets, [draft])
     return Outcome(filename, recipients, sender, delivery)
