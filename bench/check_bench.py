@@ -238,9 +238,8 @@ def bare_sql(db: Path, days: list[str]) -> int:
 
 def prior_workdays(home: Path) -> list[str]:
     """The distinct prior workdays missing-time asks about (as cpmail works them out)."""
-    from cpmail.people import parse_workdays
     from cpmail.settings import Settings
-    from cpmail.workdays import WorkCalendar
+    from cpmail.workdays import WorkCalendar, parse_workdays
 
     cal = WorkCalendar.from_settings(Settings.load(home))
     conn = sqlite3.connect(home / "cpmail.db")
@@ -328,18 +327,37 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
 PARTS = ("bare SQL", "triggers", "dry run", "check")
 
 
+def preparers(
+    cpmail: Cpmail, home: Path, fresh: Path, prior: list[str]
+) -> dict[str, Callable[[], Callable[[], Any]]]:
+    """For each part, what readies its timed call (outside the clock)."""
+    return {
+        "bare SQL": lambda: lambda: bare_sql(home / "cpmail.db", prior),
+        "triggers": lambda: cpmail.triggers(home),
+        "dry run": lambda: cpmail.check(home, dry_run=True),
+        "check": lambda: cpmail.check(fresh),
+    }
+
+
 def split(home: Path, work: Path, scale: float) -> None:
     """Run one check in this process on a fresh copy; print the time inside each part."""
+    import sqlalchemy as sa
+
     import cpmail.check as check
+    from cpmail.triggers import Finder, Notification, Run, finders
 
-    spent: collections.Counter[str] = collections.Counter()
-    saved: list[tuple[Any, str, Any]] = []
+    spent: dict[str, float] = collections.defaultdict(float)
+    saved: list[tuple[object, str, object]] = []
 
-    def clock(owner: Any, name: str, label: str) -> None:
+    def swap(owner: object, name: str, value: object) -> None:
+        """Put ``value`` in the place of ``owner.name`` until the check has run."""
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    def clock(owner: object, name: str, label: str) -> None:
         inner = getattr(owner, name, None)
         if inner is None:  # not a part of this version of run_check
             return
-        saved.append((owner, name, inner))
 
         def timed_call(*a: Any, **k: Any) -> Any:
             t = time.perf_counter()
@@ -348,21 +366,21 @@ def split(home: Path, work: Path, scale: float) -> None:
             finally:
                 spent[label] += time.perf_counter() - t
 
-        setattr(owner, name, timed_call)
+        swap(owner, name, timed_call)
 
-    table = check.finders()
+    table = finders()
 
-    def finder(fn: Any) -> Any:
-        def run_to_end(*a: Any, **k: Any) -> list[Any]:
+    def finder(fn: Finder) -> Finder:
+        def run_to_end(conn: sa.Connection, run: Run) -> list[Notification]:
             t = time.perf_counter()
-            out = list(fn(*a, **k))
+            out = list(fn(conn, run))
             spent["triggers"] += time.perf_counter() - t
             return out
 
         return run_to_end
 
-    saved.append((check, "finders", check.finders))
-    check.finders = lambda: {ev: finder(fn) for ev, fn in table.items()}  # type: ignore[assignment]
+    # run_check calls the finders through its own module's name for them.
+    swap(check, "finders", lambda: {ev: finder(fn) for ev, fn in table.items()})
     clock(check, "stamp_state_rows", "claim the state rows")
     clock(check, "Directory", "staff, teams, opt-outs")
     clock(check, "_unrecorded", "triggers")
@@ -383,7 +401,7 @@ def split(home: Path, work: Path, scale: float) -> None:
             setattr(owner, name, inner)
         shutil.rmtree(fresh, ignore_errors=True)
     print(f"\nscale {scale:g}, one check in this process: {total:.2f} s, {messages} messages")
-    for label, t in spent.most_common():
+    for label, t in sorted(spent.items(), key=lambda item: item[1], reverse=True):
         print(f"  {label:<36} {t:6.2f} s  {1e6 * t / messages:6.0f} us/message")
     rest = total - sum(spent.values())
     print(f"  {'the rest (commits, summary…)':<36} {rest:6.2f} s")
@@ -483,12 +501,7 @@ def main() -> None:  # noqa: C901
             for scale in scales:
                 home = days[scale]
                 fresh = copy_home(home, work / "check") if "check" in parts else home
-                prepare: dict[str, Callable[[], Callable[[], Any]]] = {
-                    "bare SQL": lambda h=home, s=scale: lambda: bare_sql(h / "cpmail.db", prior[s]),
-                    "triggers": lambda h=home: cpmail.triggers(h),
-                    "dry run": lambda h=home: cpmail.check(h, dry_run=True),
-                    "check": lambda h=fresh: cpmail.check(h),
-                }
+                prepare = preparers(cpmail, home, fresh, prior[scale])
                 order = parts if r % 2 else parts[::-1]
                 for part in order:
                     took, out = clock(prepare[part]())

@@ -58,6 +58,7 @@ CURRENT_JOBS = 300
 TASKS_PER_JOB = 10
 ENTRIES_PER_DAY = 4  # time entries per staff member per workday
 ROLES = ("ae", "creative", "production", "media", "creative")
+Row = tuple[str | int | float | None, ...]  # one row for ``Db.insert``
 TEAM = 5  # client c's team: staff 5c … 5c+4 (modulo the staff count)
 PRODUCTION = ("open", "in-progress", "on-hold", "review", "done")
 BILLING = ("unbilled", "partial", "billed", "paid")
@@ -207,7 +208,9 @@ def base_rows(db: Db, n_staff: int, n_clients: int, n_vendors: int) -> None:
         ("client_id", "staff_id", "role", "events"),
         [(f"C{c:03d}", *m) for c in range(n_clients) for m in team_of(c, n_staff)],
     )
-    codes = [(c, "production", c.replace("-", " ").title(), None) for c in PRODUCTION]
+    codes: list[tuple[str, str, str, str | None]] = [
+        (c, "production", c.replace("-", " ").title(), None) for c in PRODUCTION
+    ]
     codes[2] = ("on-hold", "production", "On hold", "team:ae,team:production")
     codes += [(c, "billing", c.title(), None) for c in BILLING]
     db.insert("job_status_codes", ("code", "kind", "description", "notify"), codes)
@@ -670,7 +673,7 @@ def events(
     def member(c: int, k: int | None = None) -> str:
         return team_of(c, n_staff)[rng.randrange(TEAM) if k is None else k][0]
 
-    rows = []
+    rows: list[Row] = []
     for n in range(counts["job_costs"]):
         tid, jid, c, *_ = tasks[rng.randrange(len(tasks))]
         amount = float(100 + 50 * rng.randrange(40))
@@ -681,7 +684,7 @@ def events(
         rows,
     )
     rows = []
-    status = {}
+    status: dict[tuple[str, str], str] = {}
     for n in range(counts["job_status_history"]):
         jid, c, _ = jobs[rng.randrange(len(jobs))]
         if n % 4 == 3:
@@ -786,7 +789,7 @@ def events(
         c = rng.randrange(SHARED_CLIENTS)
         day = remind[n % len(remind)] if remind else dates[rng.randrange(len(dates))]
         start = day + dt.timedelta(days=rng.randrange(3))
-        who = ",".join(dict.fromkeys(member(c) for _ in range(2 + rng.randrange(3))))
+        attendees = ",".join(dict.fromkeys(member(c) for _ in range(2 + rng.randrange(3))))
         rows.append(
             (
                 f"E{tag}{n:05d}",
@@ -796,7 +799,7 @@ def events(
                 ts(day, 8 + rng.randrange(4)),
                 "Room 1",
                 "Bring the boards.",
-                who,
+                attendees,
             )
         )
     db.insert(
@@ -881,6 +884,7 @@ def day(db: Db, seed: int, date: dt.date) -> dict[str, int]:
         ],
     )
     for n, t in enumerate(changed):
+        value: str | float
         if n < 200:
             sql, value = "completed_at = ?", ts(prior, 17)
         elif n < 350:
