@@ -68,47 +68,11 @@ def preview(
     html: bool = typer.Option(False, "--html", help="Print the HTML part instead of the text."),
 ) -> None:
     """Render one event's message with the demo agency's data."""
-    import tempfile
-
-    from cpmail import demo as demo_data
-    from cpmail.check import run_check
     from cpmail.cli.setup import DEMO_SETTINGS
-    from cpmail.events import check_names
-    from cpmail.secrets import SecretStore
-    from cpmail.settings import Settings
-    from cpmail.store import make_engine, upgrade
+    from cpmail.preview import preview as render_preview
 
     c = ctx_of(ctx)
-    if event != "digest":
-        check_names([event])
-    with tempfile.TemporaryDirectory(prefix="cpmail-preview-") as tmp:
-        home = Path(tmp)
-        s = Settings.load(home)
-        for key, value in DEMO_SETTINGS.items():
-            s.set(key, value)
-        s.set("mail.subject_prefix", c.settings["mail.subject_prefix"])
-        s.set("check.holidays", c.settings["check.holidays"])
-        if event == "digest":
-            s.set("mail.digest", True)
-        s.save()
-        s = Settings.load(home)
-        engine = make_engine(s.db_url)
-        upgrade(engine)
-        demo_data.load(engine, s, demo_data.EXAMPLE_DATE)
-        result = run_check(
-            engine,
-            s,
-            SecretStore(home),
-            c.home,
-            date=demo_data.EXAMPLE_DATE,
-            only=() if event == "digest" else (event,),
-            dry_run=True,
-        )
-        engine.dispose()
-    planned = [p for p in result.planned if p.event == event]
-    if not planned:
-        raise InputError(f"the demo data has no {event} message to preview.")
-    p = planned[0]
+    p = render_preview(c.settings, c.home, event, demo_settings=DEMO_SETTINGS)
     if html:
         typer.echo(p.html)
         return

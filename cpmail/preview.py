@@ -1,0 +1,65 @@
+"""`templates preview`: one event's message rendered with the demo agency's data.
+
+The demo agency is loaded into a home of its own, made for the preview and
+removed after it, so the agency's data and outbox are never touched; the
+message is rendered with the templates of the home that asks, and with its
+subject prefix and holidays.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cpmail import demo
+from cpmail.check import Planned, run_check
+from cpmail.errors import InputError
+from cpmail.events import check_names
+from cpmail.secrets import SecretStore
+from cpmail.settings import Settings
+from cpmail.store import make_engine, upgrade
+
+# What the preview keeps of the settings of the home that asks.
+_KEPT = ("mail.subject_prefix", "check.holidays")
+
+
+def preview(
+    settings: Settings, home: Path, event: str, *, demo_settings: Mapping[str, Any]
+) -> Planned:
+    """The message ``event`` (an event's name, or ``digest``) makes from the demo data.
+
+    ``home`` holds the templates to render with; ``demo_settings`` are the
+    demo agency's own (its name, its manager).
+    """
+    if event != "digest":
+        check_names([event])
+    with tempfile.TemporaryDirectory(prefix="cpmail-preview-") as tmp:
+        where = Path(tmp)
+        s = Settings.load(where)
+        for key, value in demo_settings.items():
+            s.set(key, value)
+        for key in _KEPT:
+            s.set(key, settings[key])
+        if event == "digest":
+            s.set("mail.digest", True)
+        s.save()
+        s = Settings.load(where)
+        engine = make_engine(s.db_url)
+        upgrade(engine)
+        demo.load(engine, s, demo.EXAMPLE_DATE)
+        result = run_check(
+            engine,
+            s,
+            SecretStore(where),
+            home,
+            date=demo.EXAMPLE_DATE,
+            only=() if event == "digest" else (event,),
+            dry_run=True,
+        )
+        engine.dispose()
+    planned = [p for p in result.planned if p.event == event]
+    if not planned:
+        raise InputError(f"the demo data has no {event} message to preview.")
+    return planned[0]
