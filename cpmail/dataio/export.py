@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +24,7 @@ from cpmail.dataio.columns import (
     key_columns,
 )
 from cpmail.errors import InputError
+from cpmail.files import atomic_open
 from cpmail.store import schema
 
 # ------------------------------------------------------------------ export
@@ -116,23 +117,15 @@ def export_file(
     get_table(table)
     if p.is_dir():
         raise InputError(f"{p} is a folder; give a file name to write to.")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent or ".", prefix=f".{p.name}.", suffix=".tmp")
-    except FileNotFoundError:
-        raise InputError(f"cannot write {p}: the folder {p.parent} does not exist.") from None
-    except OSError as e:
-        raise InputError(f"cannot write {p}: {e.strerror}.") from None
-    try:
-        os.fchmod(fd, 0o600)  # agency data: private, whatever the umask
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            n = export_table(engine, table, f, form)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    with contextlib.ExitStack() as stack:
+        try:
+            # Agency data: private (0600), whatever the umask.
+            f = stack.enter_context(atomic_open(p, mode=0o600, encoding="utf-8", newline=""))
+        except FileNotFoundError:
+            raise InputError(f"cannot write {p}: the folder {p.parent} does not exist.") from None
+        except OSError as e:
+            raise InputError(f"cannot write {p}: {e.strerror}.") from None
+        return export_table(engine, table, f, form)
 
 
 def export_stdout(engine: sa.Engine, table: str, fmt: str = "csv") -> int:

@@ -1,0 +1,59 @@
+"""Files written whole or not at all.
+
+The data goes to a temporary file in the target's folder, which is fsync'ed
+and then renamed over the target (``os.replace``): a reader sees the old file
+or the new one, never half of one. If writing fails, the temporary file is
+removed and the target is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, Any, BinaryIO, TextIO, overload
+
+
+@overload
+def atomic_open(
+    path: Path, *, mode: int, encoding: None = None, newline: None = None
+) -> AbstractContextManager[BinaryIO]: ...
+
+
+@overload
+def atomic_open(
+    path: Path, *, mode: int, encoding: str, newline: str | None = None
+) -> AbstractContextManager[TextIO]: ...
+
+
+def atomic_open(
+    path: Path, *, mode: int, encoding: str | None = None, newline: str | None = None
+) -> AbstractContextManager[IO[Any]]:
+    """Open a temporary file that replaces ``path`` when the ``with`` block ends.
+
+    The file gets permission ``mode`` exactly, whatever the umask; it is binary
+    unless an ``encoding`` is given. The folder must exist: an ``OSError`` from
+    making the temporary file (``FileNotFoundError`` when the folder is missing)
+    comes out of entering the block, before anything is written.
+    """
+    return _replacing(path, mode, encoding, newline)
+
+
+@contextlib.contextmanager
+def _replacing(
+    path: Path, mode: int, encoding: str | None, newline: str | None
+) -> Iterator[IO[Any]]:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w" if encoding else "wb", encoding=encoding, newline=newline) as f:
+            os.fchmod(f.fileno(), mode)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
