@@ -43,6 +43,7 @@ from typing import NamedTuple, TypeVar
 
 from cpmail.addresses import check_address, clean_header_text
 from cpmail.errors import InputError
+from cpmail.settings import Settings
 
 # RFC 2045's limit for base64 and quoted-printable lines; header lines fold
 # within it too (RFC 2047 asks that for lines holding encoded-words).
@@ -71,6 +72,12 @@ class Attachment:
     filename: str
     content: bytes
     mime_type: str = "application/octet-stream"
+
+
+def subject_line(settings: Settings, subject: str) -> str:
+    """``[C&P] Subject``: ``subject`` after ``[mail] subject_prefix`` (alone when that is blank)."""
+    prefix = str(settings["mail.subject_prefix"]).strip()
+    return f"{prefix} {subject}" if prefix else subject
 
 
 def message_id_for(key: str, domain: str) -> str:

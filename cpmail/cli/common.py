@@ -232,7 +232,7 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
 
     from cpmail import __version__
     from cpmail.addresses import check_address
-    from cpmail.compose import Mailbox, build_message
+    from cpmail.compose import Mailbox, build_message, subject_line
     from cpmail.outbox import new_run_id
     from cpmail.people import resolve_sender
     from cpmail.sending import send_message
@@ -251,7 +251,7 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(rcpt, to_name)],
-        subject=f"{s['mail.subject_prefix']} Test message from cpmail".strip(),
+        subject=subject_line(s, "Test message from cpmail"),
         text=text,
         event="test",
         key=f"test:{new_run_id()}",

@@ -103,6 +103,8 @@ def _first_line(text: str) -> str:
 
 
 def _subject(settings: Settings, kind: str, given: str | None, text: str, who: str) -> str:
+    from cpmail.compose import subject_line
+
     if kind == "bug":
         return f"[Bug] {given or _first_line(text)}"
     if kind == "wish":
@@ -110,9 +112,7 @@ def _subject(settings: Settings, kind: str, given: str | None, text: str, who: s
     agency = str(settings["agency.name"]).strip()
     at = f" at {agency}" if agency else ""
     default = f"Message from {who}{at}" if kind == "manager" else f"Help request from {who}{at}"
-    prefix = str(settings["mail.subject_prefix"]).strip()
-    subject = given or default
-    return f"{prefix} {subject}" if prefix else subject
+    return subject_line(settings, given or default)
 
 
 def _author(c: Ctx, sender: Sender, as_staff: str | None) -> tuple[str, str]:

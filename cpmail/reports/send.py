@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import check_address, looks_like_address
-from cpmail.compose import Attachment, Mailbox, build_message
+from cpmail.compose import Attachment, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.outbox import Delivery
 from cpmail.people import Sender, resolve_sender
@@ -170,8 +170,7 @@ def default_subject(
     """
     agency = str(settings["agency.name"]).strip() or (sender.name.strip() if sender else "")
     text = f"{label} from {agency}" if agency else label
-    prefix = str(settings["mail.subject_prefix"]).strip()
-    return f"{prefix} {text}" if prefix and not outside else text
+    return text if outside else subject_line(settings, text)
 
 
 def default_text(report: Report | None, filename: str, sender: Sender, settings: Settings) -> str:
