@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -46,6 +45,8 @@ def atomic_open(
 def _replacing(
     path: Path, mode: int, encoding: str | None, newline: str | None
 ) -> Iterator[IO[Any]]:
+    import tempfile  # here: not on the `cpmail --help` path
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w" if encoding else "wb", encoding=encoding, newline=newline) as f:
