@@ -41,6 +41,14 @@ JD = "jd@agency.test"
 PASSCODE = "correct-horse-battery-9"
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["pipelining", "one-by-one"])
+def pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test here twice: the server offers PIPELINING (as most do), then it does not."""
+    offered: bool = request.param
+    monkeypatch.setattr(SMTPTestServer, "offer_pipelining", offered)
+    return offered
+
+
 def message(n: int, sender: str = JD, to: tuple[str, ...] = ("ann@agency.test",)) -> bytes:
     """A real RFC 5322 message, with lines that test dot-stuffing and 8-bit text."""
     msg = EmailMessage(policy=SMTP_POLICY)

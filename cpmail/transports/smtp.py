@@ -45,6 +45,7 @@ from cpmail.errors import (
 from cpmail.secrets import Secret, passcode_name
 from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
+from cpmail.transports.smtp_wire import Answer, Wire
 from cpmail.transports.smtp_words import (
     Login,
     account_flag,
@@ -199,14 +200,17 @@ class _Connection:
         self.local_hostname = local_hostname
         login = group.login
         self.scrub = _Scrubber(login.user, login.passcode) if login else _Scrubber("", None)
-        self.smtp: aiosmtplib.SMTP | None = None
+        self.smtp: aiosmtplib.SMTP | None = None  # opened the connection: greeting, TLS, login
+        self.wire: Wire | None = None  # carries the mail transactions once it is open
+        self.extensions: frozenset[str] = frozenset()
+        self.pipelining = False
         self.size_limit = 0
         self.previous: int | None = None  # the last message this connection delivered
         self.settle: Callable[[int], Awaitable[None]] | None = None
 
     @property
     def connected(self) -> bool:
-        return self.smtp is not None and self.smtp.is_connected
+        return self.wire is not None and self.wire.open
 
     async def open(self) -> None:
         """Connect, say hello, upgrade to TLS, log in; raise Unreachable or AuthError."""
@@ -242,12 +246,17 @@ class _Connection:
             if self.group.login is not None:
                 stage = "the login"
                 await self._login(smtp, self.group.login)
+            if smtp.transport is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         except BaseException as e:
             smtp.close()
             if isinstance(e, CpmailError) or not isinstance(e, Exception):
                 raise
             raise self._unreachable(e, stage) from None
         self.smtp = smtp
+        self.wire = Wire.take(smtp.transport)
+        self.extensions = frozenset(smtp.esmtp_extensions)
+        self.pipelining = "pipelining" in self.extensions
         size = smtp.esmtp_extensions.get("size", "").strip()
         self.size_limit = int(size) if size.isdigit() else 0
 
@@ -305,28 +314,26 @@ class _Connection:
 
     async def close(self) -> None:
         """Say QUIT if the connection is still there; never raise."""
+        wire, self.wire = self.wire, None
         smtp, self.smtp = self.smtp, None
-        if smtp is None:
-            return
-        if smtp.is_connected:
+        if wire is not None:
             # The messages are already sent; a rude goodbye does no harm.
             with contextlib.suppress(Exception):
-                await smtp.quit(timeout=min(self.cfg.timeout, 5.0))
-        smtp.close()
+                await wire.quit(min(self.cfg.timeout, 5.0))
+        if smtp is not None:
+            smtp.close()
 
     async def send(self, env: Envelope) -> Outcome:
         """Run one mail transaction; raise _Resend when nothing was sent and the line is gone."""
         try:
             return await self._transact(env)
-        except ValueError as e:
-            # aiosmtplib refuses an address it cannot put on a command line.
-            await self._rset()
+        except UnicodeEncodeError as e:
+            # Nothing was written: the commands are encoded before they go.
             return Outcome(env.id, error=PermanentFailure(f"cannot send this message: {e}."))
         except (aiosmtplib.SMTPException, OSError) as e:
             # An answer that makes no sense leaves the session in an unknown
             # state: give it up; the next message opens a fresh connection.
-            if self.smtp is not None:
-                self.smtp.close()
+            self._hang_up()
             detail = self.scrub(" ".join(str(getattr(e, "message", e)).split()))
             return Outcome(
                 env.id,
@@ -337,31 +344,42 @@ class _Connection:
             )
 
     async def _transact(self, env: Envelope) -> Outcome:
-        """One mail transaction: the checks, MAIL, RCPT, then DATA; an Outcome at any step."""
+        """One mail transaction: the checks, MAIL, RCPT, then DATA; an Outcome at any step.
+
+        Under PIPELINING the MAIL, RCPT and DATA commands go out in one write
+        and their answers are read in order; otherwise each waits for the
+        answer to the one before.
+        """
         checked = self._options(env)
         if isinstance(checked, Outcome):
             return checked
-        options, encoding = checked
-        refused_sender = await self._mail(env, options, encoding)
+        options, encoding, body = checked
+        wire = self.wire
+        assert wire is not None
+        mail = f"MAIL FROM:<{env.mail_from}>{options}\r\n".encode(encoding)
+        rcpts = [f"RCPT TO:<{r}>\r\n".encode(encoding) for r in env.rcpt_to]
+        if self.pipelining:
+            wire.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+        else:
+            wire.write(mail)
+        refused_sender = await self._mail(env)
         if refused_sender is not None:
             return refused_sender
-        rcpts = await self._rcpt(env, encoding)
-        if isinstance(rcpts, Outcome):
-            return rcpts
-        return await self._data(env, *rcpts)
+        answered = await self._rcpt(env, rcpts)
+        if isinstance(answered, Outcome):
+            return answered
+        return await self._data(env, body, *answered)
 
-    def _options(self, env: Envelope) -> Outcome | tuple[list[str], str]:
-        """MAIL's options and the encoding of the commands, or why the message cannot go."""
-        smtp = self.smtp
-        assert smtp is not None
+    def _options(self, env: Envelope) -> Outcome | tuple[str, str, bytes]:
+        """MAIL's options, the encoding of the commands and the body as sent, or why not."""
         where = self.cfg.address
-        wire_size = _wire_size(env.raw)
-        if self.size_limit and wire_size > self.size_limit:
+        size, body = _as_sent(env.raw)
+        if self.size_limit and size > self.size_limit:
             return Outcome(
                 env.id,
                 error=PermanentFailure(
                     "the message is {}, larger than the {} the SMTP server {} accepts".format(
-                        *size_pair(wire_size, self.size_limit), where
+                        *size_pair(size, self.size_limit), where
                     )
                 ),
             )
@@ -372,9 +390,9 @@ class _Connection:
                 env.id,
                 error=PermanentFailure(f"the address {bad!r} cannot be used in SMTP."),
             )
-        options: list[str] = []
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={wire_size}")
+        options = ""
+        if "size" in self.extensions:
+            options += f" SIZE={size}"
         # UTF-8 in an address or in the headers (an international Reply-To, say:
         # RFC 6532) needs SMTPUTF8; UTF-8 only in the body needs 8BITMIME.
         head_end = env.raw.find(b"\r\n\r\n")
@@ -383,7 +401,7 @@ class _Connection:
             or not env.raw[: head_end if head_end >= 0 else len(env.raw)].isascii()
         )
         if international:
-            if not smtp.supports_extension("smtputf8"):
+            if "smtputf8" not in self.extensions:
                 return Outcome(
                     env.id,
                     error=PermanentFailure(
@@ -391,66 +409,89 @@ class _Connection:
                         "(no SMTPUTF8)."
                     ),
                 )
-            options.append("SMTPUTF8")
-        if not env.raw.isascii() and smtp.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
-        return options, "utf-8" if international else "ascii"
+            options += " SMTPUTF8"
+        if not env.raw.isascii() and "8bitmime" in self.extensions:
+            options += " BODY=8BITMIME"
+        return options, "utf-8" if international else "ascii", body
 
-    async def _mail(self, env: Envelope, options: list[str], encoding: str) -> Outcome | None:
-        """MAIL FROM; None when the server took the sender.
+    async def _answer(self, env: Envelope, step: str) -> Answer | Outcome:
+        """The next answer, or the Outcome when none came in time (the line is then closed)."""
+        assert self.wire is not None
+        try:
+            return await self.wire.answer(self.cfg.timeout)
+        except aiosmtplib.SMTPTimeoutError:
+            self._hang_up()
+            return Outcome(env.id, error=timed_out(self.cfg.address, self.cfg.timeout, step))
+
+    async def _skip(self, count: int) -> None:
+        """Read the answers to commands already sent that no longer matter, then RSET."""
+        wire = self.wire
+        assert wire is not None
+        if self.pipelining:
+            try:
+                for _ in range(count):
+                    if (await wire.answer(self.cfg.timeout)).code == 354:
+                        # The server took DATA with no recipient: end the empty message.
+                        wire.write(b".\r\n")
+                        await wire.answer(self.cfg.timeout)
+            except (aiosmtplib.SMTPException, OSError):
+                self._hang_up()
+        await self._rset()
+
+    async def _mail(self, env: Envelope) -> Outcome | None:
+        """MAIL FROM's answer; None when the server took the sender.
 
         Nothing of the message is sent yet, so a lost line means "send it again
         on a new connection" (_Resend), never a duplicate.
         """
-        smtp = self.smtp
-        assert smtp is not None
         where = self.cfg.address
         try:
-            await smtp.mail(env.mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as e:
-            words = self.scrub(words_of(e.code, e.message))
-            if e.code == 421:
-                raise _Resend(f"the SMTP server {where} closed the connection: {words}") from None
-            provider = provider_of(self.cfg.host, words)
-            if account_refusal(e.code, words) or (provider == "microsoft" and "5.7.30" in words):
-                # Every message would meet the same answer: stop the run and say why.
-                raise self._refused_account(env, words) from None
-            await self._rset()
-            return Outcome(env.id, error=failure(e.code, f"refused the sender: {words}", where))
+            answer = await self._answer(env, "MAIL FROM")
         except aiosmtplib.SMTPServerDisconnected:
             raise _Resend(f"the SMTP server {where} closed the connection") from None
-        except aiosmtplib.SMTPTimeoutError:
-            return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "MAIL FROM"))
-        return None
+        if isinstance(answer, Outcome) or answer.code == 250:
+            return answer if isinstance(answer, Outcome) else None
+        words = self.scrub(words_of(*answer))
+        if answer.code == 421:
+            self._hang_up()
+            raise _Resend(f"the SMTP server {where} closed the connection: {words}")
+        provider = provider_of(self.cfg.host, words)
+        if account_refusal(answer.code, words) or (provider == "microsoft" and "5.7.30" in words):
+            # Every message would meet the same answer: stop the run and say why.
+            raise self._refused_account(env, words)
+        await self._skip(len(env.rcpt_to) + 1)
+        return Outcome(env.id, error=failure(answer.code, f"refused the sender: {words}", where))
 
     async def _rcpt(
-        self, env: Envelope, encoding: str
+        self, env: Envelope, commands: list[bytes]
     ) -> Outcome | tuple[list[str], dict[str, str], dict[str, str]]:
-        """RCPT TO for each recipient: (accepted, deferred, refused), or the Outcome when none."""
-        smtp = self.smtp
-        assert smtp is not None
+        """RCPT TO's answers: (accepted, deferred, refused), or the Outcome when none."""
+        wire = self.wire
+        assert wire is not None
         where = self.cfg.address
         accepted: list[str] = []
         deferred: dict[str, str] = {}
         refused: dict[str, str] = {}
-        for rcpt in env.rcpt_to:
+        for rcpt, command in zip(env.rcpt_to, commands, strict=True):
             try:
-                await smtp.rcpt(rcpt, encoding=encoding)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPRecipientRefused as e:
-                words = self.scrub(words_of(e.code, e.message))
-                if e.code == 421:
-                    raise _Resend(
-                        f"the SMTP server {where} closed the connection: {words}"
-                    ) from None
-                (deferred if 400 <= e.code < 500 else refused)[rcpt] = words
+                if not self.pipelining:
+                    wire.write(command)
+                answer = await self._answer(env, "RCPT TO")
             except aiosmtplib.SMTPServerDisconnected:
                 raise _Resend(f"the SMTP server {where} closed the connection") from None
-            except aiosmtplib.SMTPTimeoutError:
-                return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "RCPT TO"))
+            if isinstance(answer, Outcome):
+                return answer
+            if answer.code in (250, 251):
+                accepted.append(rcpt)
+                continue
+            words = self.scrub(words_of(*answer))
+            if answer.code == 421:
+                self._hang_up()
+                raise _Resend(f"the SMTP server {where} closed the connection: {words}")
+            (deferred if 400 <= answer.code < 500 else refused)[rcpt] = words
         if accepted:
             return accepted, deferred, refused
-        await self._rset()
+        await self._skip(1)  # DATA, when it went with the rest
         if (
             refused
             and not deferred
@@ -466,28 +507,40 @@ class _Connection:
     async def _data(
         self,
         env: Envelope,
+        body: bytes,
         accepted: list[str],
         deferred: dict[str, str],
         refused: dict[str, str],
     ) -> Outcome:
-        """DATA: from here the server may have the message even if we never hear back."""
-        smtp = self.smtp
-        assert smtp is not None
+        """DATA, then the message: from then on the server may have it even if we never hear."""
+        wire = self.wire
+        assert wire is not None
         where = self.cfg.address
-        timeout = self.cfg.timeout
-        # Hand over the message only once the last one delivered on this
-        # connection is on record: a hard kill can then leave at most one
-        # accepted message per connection unrecorded (and sent again later).
-        if self.previous is not None and self.settle is not None:
-            await self.settle(self.previous)
-        # A lost line now is a temporary failure (sent again later).
         try:
-            await smtp.data(env.raw, timeout=timeout + len(env.raw) / _BYTES_PER_SECOND)
-        except aiosmtplib.SMTPDataError as e:
-            words = self.scrub(words_of(e.code, e.message))
-            await self._rset()
-            return Outcome(env.id, error=failure(e.code, f"refused the message: {words}", where))
+            if not self.pipelining:
+                wire.write(b"DATA\r\n")
+            answer = await self._answer(env, "the message")
+            if isinstance(answer, Outcome):
+                return answer
+            if answer.code != 354:
+                words = self.scrub(words_of(*answer))
+                await self._rset()
+                return Outcome(
+                    env.id, error=failure(answer.code, f"refused the message: {words}", where)
+                )
+            # Hand over the message only once the last one delivered on this
+            # connection is on record: a hard kill can then leave at most one
+            # accepted message per connection unrecorded (and sent again later).
+            if self.previous is not None and self.settle is not None:
+                await self.settle(self.previous)
+            wire.write(body)
+            try:
+                answer = await wire.answer(self.cfg.timeout + len(body) / _BYTES_PER_SECOND)
+            except aiosmtplib.SMTPTimeoutError:
+                self._hang_up()
+                return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "the message"))
         except aiosmtplib.SMTPServerDisconnected:
+            # A lost line now is a temporary failure (sent again later).
             return Outcome(
                 env.id,
                 error=TemporaryFailure(
@@ -495,36 +548,57 @@ class _Connection:
                     "being sent; it will be sent again."
                 ),
             )
-        except aiosmtplib.SMTPTimeoutError:
-            return Outcome(env.id, error=timed_out(where, timeout, "the message"))
+        if answer.code != 250:
+            words = self.scrub(words_of(*answer))
+            await self._rset()
+            return Outcome(
+                env.id, error=failure(answer.code, f"refused the message: {words}", where)
+            )
         self.previous = env.id
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
 
     def _refused_account(self, env: Envelope, words: str) -> AuthError:
         return refused_account(env, words, self.cfg, self.group.login)
 
+    def _hang_up(self) -> None:
+        """End the line without a word: the next message opens a fresh connection."""
+        if self.wire is not None:
+            self.wire.close()
+
     async def _rset(self) -> None:
         """Clear a half-done transaction so the connection can carry the next message."""
-        if self.smtp is None or not self.smtp.is_connected:
+        if not self.connected:
             return
+        assert self.wire is not None
         try:
-            await self.smtp.rset()
+            await self.wire.command(b"RSET\r\n", self.cfg.timeout)
         except (aiosmtplib.SMTPException, OSError):
             # The next message notices the broken connection and opens a new one.
-            self.smtp.close()
+            self._hang_up()
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
-def _wire_size(raw: bytes) -> int:
-    """Size as sent in DATA (CRLF line ends), which is what SIZE limits count."""
-    size = len(_LINE_ENDS.sub(b"\r\n", raw))
-    return size if raw.endswith((b"\r\n", b"\n", b"\r")) else size + 2
+def _as_sent(raw: bytes) -> tuple[int, bytes]:
+    """The size SIZE counts (CRLF line ends) and the message as DATA carries it.
+
+    DATA's form has CRLF line ends, a dot doubled at the start of a line, and
+    the final dot line.
+    """
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        raw = _LINE_ENDS.sub(b"\r\n", raw)
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    size = len(raw)
+    if raw.startswith(b"."):
+        raw = b"." + raw
+    return size, raw.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 def _unsafe_address(address: str) -> bool:
-    return not address or any(c.isspace() or c in '<>"\0' for c in address)
+    return not address or any(c.isspace() or c in '<>"\x7f' or c < " " for c in address)
 
 
 # ---- the transport
@@ -820,15 +894,14 @@ def probe(settings: Settings, login: Login | None, address: str) -> None:
         conn = _Connection(cfg, tls, _Group(login), _local_hostname())
         await conn.open()
         try:
-            if login is None and address and conn.smtp is not None:
-                try:
-                    await conn.smtp.mail(address)
-                except aiosmtplib.SMTPSenderRefused as e:
+            if login is None and address and conn.wire is not None:
+                answer = await conn.wire.command(f"MAIL FROM:<{address}>\r\n".encode(), cfg.timeout)
+                if answer.code != 250:
                     raise AuthError(
                         f"the SMTP server {cfg.address} refuses mail from {address}: "
-                        f"{words_of(e.code, e.message)}"
-                    ) from None
-                await conn.smtp.rset()
+                        f"{words_of(*answer)}"
+                    )
+                await conn.wire.command(b"RSET\r\n", cfg.timeout)
         finally:
             await conn.close()
 

@@ -1,0 +1,155 @@
+"""The mail transactions of one SMTP connection, once aiosmtplib has opened it.
+
+aiosmtplib connects, greets, upgrades to TLS and logs in; then the connection's
+transport is handed to a ``Wire`` (asyncio's ``set_protocol``), which speaks
+MAIL, RCPT, DATA, RSET and QUIT. It reads answers in order however they
+arrive, so when the server offers PIPELINING (RFC 2920) a message's MAIL, RCPT
+and DATA commands go out in one write and their answers are read back
+together: one round trip instead of three. aiosmtplib's own reader expects one
+answer per command written and drops the rest, so it cannot do this.
+
+Failures use aiosmtplib's exceptions, so the connection reports them in one
+way whichever layer met them: ``SMTPServerDisconnected`` when the line is
+gone, ``SMTPReadTimeoutError`` when an answer did not come in time (the
+connection is closed then: a late answer would be paired with the wrong
+command), ``SMTPResponseException`` for an answer that is not SMTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import NamedTuple
+
+from aiosmtplib import SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
+
+# An answer line longer than this, or a buffer this full without a line end, is
+# not an SMTP server talking (RFC 5321 allows 512 octets a reply line).
+_MAX_LINE = 8192
+
+
+class Answer(NamedTuple):
+    """One reply: its code and its text (the lines of a multi-line reply joined by "\\n")."""
+
+    code: int
+    message: str
+
+
+class Wire(asyncio.Protocol):
+    """Commands out, answers in, in order; the connection's only reader once it has it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []  # the lines so far of a multi-line reply
+        self._answers: deque[Answer] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._failure: Exception | None = None
+
+    @classmethod
+    def take(cls, transport: asyncio.BaseTransport) -> Wire:
+        """Become the protocol of ``transport``, which must be between commands."""
+        wire = cls(transport)  # type: ignore[arg-type]
+        transport.set_protocol(wire)
+        return wire
+
+    # ---- asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > _MAX_LINE:
+                    self._fail(SMTPResponseException(-1, "Response too long"))
+                break
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            if len(line) > _MAX_LINE or not line[:3].isdigit():
+                text = line.decode("utf-8", "replace").strip()
+                self._fail(SMTPResponseException(-1, f"Malformed SMTP response line: {text}"))
+                return
+            self._lines.append(line)
+            if line[3:4] != b"-":
+                lines, self._lines = self._lines, []
+                said = b"\n".join(x[4:].strip(b" \t\r\n") for x in lines)
+                code = int(lines[-1][:3])
+                self._answers.append(Answer(code, said.decode("utf-8", "surrogateescape")))
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(SMTPServerDisconnected("Unexpected EOF received"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = SMTPServerDisconnected("Connection lost")
+        error.__cause__ = exc
+        self._fail(error)
+
+    # ---- use
+
+    @property
+    def open(self) -> bool:
+        return self._failure is None and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self.open:
+            raise self._failure or SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)
+
+    async def answer(self, timeout: float) -> Answer:
+        """The next answer; raise if the line is gone or it did not come within ``timeout``."""
+        if self._answers:
+            return self._answers.popleft()
+        if self._failure is not None:
+            raise self._failure
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, self._expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if self._answers:
+            return self._answers.popleft()
+        raise self._failure or SMTPServerDisconnected("Connection lost")
+
+    async def command(self, line: bytes, timeout: float) -> Answer:
+        self.write(line)
+        return await self.answer(timeout)
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+        if self._failure is None:
+            self._failure = SMTPServerDisconnected("Connection closed")
+
+    async def quit(self, timeout: float) -> None:
+        """Say QUIT and close; a server that does not answer is left anyway."""
+        if self.open:
+            with contextlib.suppress(SMTPResponseException, SMTPServerDisconnected, OSError):
+                await self.command(b"QUIT\r\n", timeout)
+        self.close()
+
+    # ---- inside
+
+    def _expire(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            # A late answer would be taken for the next command's: end the line.
+            self._failure = SMTPReadTimeoutError("Timed out waiting for server response")
+            self.transport.close()
+            waiter.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        if self._failure is None:
+            self._failure = error
+        if isinstance(error, SMTPResponseException) and not self.transport.is_closing():
+            self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
