@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ClassVar
 
 from cpmail.dataio.columns import (
     ADDRESS_COLUMNS,
@@ -74,18 +74,10 @@ def _show_number(raw: Any) -> str:
     return repr(raw) if type(raw) is float else _clip(str(raw))
 
 
-def _native_error(v: Any, what: str) -> _Bad:
-    if isinstance(v, _TooDeep):
-        return _Bad(f"a value nested this deeply is not allowed here; give {what}")
-    if isinstance(v, _Obj):
-        return _Bad(f"a nested object is not allowed here; give {what}")
-    if isinstance(v, list):
-        return _Bad(f"a list is not allowed here; give {what}")
-    return _Bad(f"{_shown(v)} is not {what}")
-
-
-def _same(v: Any) -> Any:
-    return v
+def _check_int(n: int, shown: str) -> int:
+    if abs(n) > _INT_MAX:
+        raise _Bad(f"{shown} is too large for a whole number here")
+    return n
 
 
 def _sqlite_ts(v: dt.datetime) -> str:
@@ -93,260 +85,376 @@ def _sqlite_ts(v: dt.datetime) -> str:
     return v.isoformat(" ", "microseconds")
 
 
-# Complexity above 15 on purpose: one branch per column kind with three fast paths
-# (bench/import_bench.py measures them).
-def _make_converter(  # noqa: C901
-    spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo
-) -> Callable[[Any], Any]:
-    """Return a function: raw cell (text or JSON value) -> the value the database stores."""
-    kind = spec.kind
-    strip = spec.key or spec.references is not None or kind != "text"
-    required = spec.required
-    if spec.key:
-        empty = f"the key is empty; every {table} row needs its {spec.name}"
-    else:
-        empty = "is empty, but this column needs a value"
+# ------------------------------------------------------------------ column kinds
+#
+# ``convert`` runs once per cell of files with millions of rows: the common case
+# (a well-formed text cell, or a value of the column's own Python type from a
+# database) takes one call and no more; the rest goes through ``parse_str`` (text
+# from CSV, or a JSON string) and ``parse_native`` (any other JSON or database value).
 
-    parse_str: Callable[[str], Any]
-    parse_native: Callable[[Any], Any]
 
-    if kind == "text":
-        choices = spec.choices
+class _Column:
+    """One column kind: a raw cell (text or a JSON/database value) -> the value stored."""
 
-        def parse_str(s: str) -> Any:
-            if "\x00" in s:
-                raise _Bad("contains a NUL character")
-            if choices and s not in choices:
-                raise _Bad(f"{_r(s)} is not one of {', '.join(choices)}")
-            return s
+    __slots__ = ("empty", "exact", "required", "sqlite")
 
-        def parse_native(v: Any) -> Any:
-            if type(v) is int or isinstance(v, Decimal | uuid.UUID):  # ids from a database
-                return parse_str(str(v))
-            raise _native_error(v, "text")
+    what: ClassVar[str] = "a value"  # what a value must be: "… is not <what>"
+    # The Python type of a database value that needs no more than ``quick`` (data pull).
+    quick_type: ClassVar[type | None] = None
 
-    elif kind == "list":
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        self.required = spec.required
+        self.sqlite = sqlite
+        self.exact = self.quick_type  # an instance's slot is read faster than a class's
+        if spec.key:
+            self.empty = f"the key is empty; every {table} row needs its {spec.name}"
+        else:
+            self.empty = "is empty, but this column needs a value"
 
-        def parse_str(s: str) -> Any:
-            if "\x00" in s:
-                raise _Bad("contains a NUL character")
-            items = [p.strip() for p in s.split(",")]
-            return ",".join(p for p in items if p) or None
+    def convert(self, v: Any) -> Any:
+        """Return the value stored for the cell ``v``; raise _Bad if it does not fit."""
+        if type(v) is str:
+            v = v.strip()
+            return self.parse_str(v) if v else self.on_empty()
+        if type(v) is self.exact:
+            return self.quick(v)
+        return self.other(v)
 
-        def parse_native(v: Any) -> Any:
-            if isinstance(v, list) and not isinstance(v, _Obj):
-                if not all(isinstance(x, str) for x in v):
-                    raise _Bad('a list here may hold only text, e.g. ["JD", "AB"]')
-                return parse_str(",".join(v))
-            raise _native_error(v, "comma-separated text or a list of text")
+    def parse_str(self, s: str) -> Any:
+        """Convert non-empty text (stripped, when the column strips)."""
+        raise NotImplementedError
 
-    elif kind == "date":
+    def parse_native(self, v: Any) -> Any:
+        """Convert a value that is neither text nor null; by default, refuse it."""
+        raise self.refused(v)
 
-        def parse_str(s: str) -> Any:
-            if _DATE_RE.match(s):
-                try:
-                    d = dt.date.fromisoformat(s)
-                except ValueError:
-                    pass
-                else:
-                    return s if sqlite else d
-            raise _Bad(f"{_r(s)} is not a date as YYYY-MM-DD")
+    def quick(self, v: Any) -> Any:
+        """Convert a value of type ``quick_type``."""
+        return self.parse_native(v)
 
-        def parse_native(v: Any) -> Any:
-            if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
-                return v.isoformat() if sqlite else v
-            raise _native_error(v, "a date as YYYY-MM-DD")
+    def other(self, v: Any) -> Any:
+        return self.on_empty() if v is None else self.parse_native(v)
 
-    elif kind == "timestamp":
-
-        def finish(d: dt.datetime) -> Any:
-            if d.tzinfo is not None:
-                d = d.astimezone(tz).replace(tzinfo=None)
-            return _sqlite_ts(d) if sqlite else d
-
-        def parse_str(s: str) -> Any:
-            if _TS_RE.match(s):
-                try:
-                    d = dt.datetime.fromisoformat(s)
-                except ValueError:
-                    pass
-                else:
-                    return finish(d)
-            raise _Bad(
-                f"{_r(s)} is not a date as YYYY-MM-DD or a timestamp as YYYY-MM-DDTHH:MM[:SS] "
-                "(ISO 8601; an offset such as +01:00 is allowed)"
-            )
-
-        def parse_native(v: Any) -> Any:
-            if isinstance(v, dt.datetime):
-                return finish(v)
-            if isinstance(v, dt.date):
-                return finish(dt.datetime.combine(v, dt.time()))
-            raise _native_error(v, "a timestamp as YYYY-MM-DDTHH:MM[:SS]")
-
-    elif kind == "decimal":
-        exp = Decimal(1).scaleb(-spec.scale)
-        whole = (spec.precision or 28) - spec.scale
-
-        def finish_dec(d: Decimal, raw: Any) -> Any:
-            # ``raw`` is what was given, shown only in an error (making the text costs).
-            if not d.is_finite():
-                raise _Bad(f"{_show_number(raw)} is not {_MONEY_HELP}")
-            if d and d.adjusted() >= whole:
-                raise _Bad(
-                    f"{_show_number(raw)} is too large (at most {whole} digits before the point)"
-                )
-            try:
-                q = d.quantize(exp, ROUND_HALF_UP)
-            except InvalidOperation:
-                raise _Bad(f"{_show_number(raw)} is too large") from None
-            return float(q) if sqlite else q
-
-        def parse_str(s: str) -> Any:
-            if not _NUM_RE.match(s):
-                raise _Bad(f"{_r(s)} is not {_MONEY_HELP}")
-            return finish_dec(Decimal(s), s)
-
-        def parse_native(v: Any) -> Any:
-            if isinstance(v, Decimal):
-                return finish_dec(v, v)
-            if type(v) is int:
-                return finish_dec(Decimal(v), v)
-            if type(v) is float:
-                return finish_dec(Decimal(repr(v)), v)
-            raise _native_error(v, "a number")
-
-    elif kind == "integer":
-
-        def check_int(n: int, shown: str) -> int:
-            if abs(n) > _INT_MAX:
-                raise _Bad(f"{shown} is too large for a whole number here")
-            return n
-
-        def parse_str(s: str) -> Any:
-            if not _INT_RE.match(s):
-                raise _Bad(f"{_r(s)} is not a whole number")
-            if len(s) > 20:  # before int(): Python limits the digits it converts
-                raise _Bad(f"{_r(s)} is too large for a whole number here")
-            return check_int(int(s), _r(s))
-
-        def parse_native(v: Any) -> Any:
-            if type(v) is int:
-                return check_int(v, str(v))
-            if isinstance(v, Decimal) and v.is_finite() and v == v.to_integral_value():
-                if v.adjusted() > 20:
-                    raise _Bad(f"{_clip(str(v))} is too large for a whole number here")
-                return check_int(int(v), str(v))
-            raise _native_error(v, "a whole number")
-
-    elif kind == "boolean":
-        true: Any = 1 if sqlite else True
-        false: Any = 0 if sqlite else False
-
-        def parse_str(s: str) -> Any:
-            b = _BOOLS.get(s.lower())
-            if b is None:
-                raise _Bad(f"{_r(s)} is not true or false (or yes/no, 1/0)")
-            return true if b else false
-
-        def parse_native(v: Any) -> Any:
-            if type(v) is bool or (type(v) is int and v in (0, 1)):
-                return true if v else false
-            raise _native_error(v, "true or false")
-
-    else:  # pragma: no cover - every column kind is handled above
-        raise AssertionError(kind)
-
-    def on_empty() -> Any:
-        if required:
-            raise _Bad(empty)
+    def on_empty(self) -> Any:
+        if self.required:
+            raise _Bad(self.empty)
         return None
 
-    def other(v: Any) -> Any:
-        return on_empty() if v is None else parse_native(v)
+    def refused(self, v: Any) -> _Bad:
+        """The error for a value of the wrong type."""
+        what = self.what
+        if isinstance(v, _TooDeep):
+            return _Bad(f"a value nested this deeply is not allowed here; give {what}")
+        if isinstance(v, _Obj):
+            return _Bad(f"a nested object is not allowed here; give {what}")
+        if isinstance(v, list):
+            return _Bad(f"a list is not allowed here; give {what}")
+        return _Bad(f"{_shown(v)} is not {what}")
 
-    # The converters below run once per cell of files with millions of rows:
-    # the common case (a well-formed text cell) takes one call and no more.
-    if kind == "text" and not spec.choices and strip:
 
-        def convert(v: Any) -> Any:
-            if type(v) is str:
+class _Text(_Column):
+    """Free text, kept as given (spaces included)."""
+
+    __slots__ = ()
+    what = "text"
+
+    def convert(self, v: Any) -> Any:
+        if type(v) is str:
+            if v and "\x00" not in v:
+                return v
+            return self.parse_str(v) if v else self.on_empty()
+        return self.other(v)
+
+    def parse_str(self, s: str) -> Any:
+        if "\x00" in s:
+            raise _Bad("contains a NUL character")
+        return s
+
+    def parse_native(self, v: Any) -> Any:
+        if type(v) is int or isinstance(v, Decimal | uuid.UUID):  # ids from a database
+            return self.parse_str(str(v))
+        raise self.refused(v)
+
+
+class _TrimmedText(_Text):
+    """Text stripped of surrounding spaces: a key or a reference to another table's key."""
+
+    __slots__ = ()
+
+    def convert(self, v: Any) -> Any:
+        if type(v) is str:
+            v = v.strip()
+            if v and "\x00" not in v:
+                return v
+            return self.parse_str(v) if v else self.on_empty()
+        return self.other(v)
+
+
+class _Choice(_Text):
+    """Text that must be one of a fixed set of words."""
+
+    __slots__ = ("choices", "strip")
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        self.choices = spec.choices
+        self.strip = spec.key or spec.references is not None
+
+    def convert(self, v: Any) -> Any:
+        if type(v) is str:
+            if self.strip:
                 v = v.strip()
-                if v and "\x00" not in v:
-                    return v
-                return parse_str(v) if v else on_empty()
-            return other(v)
+            return self.parse_str(v) if v else self.on_empty()
+        return self.other(v)
 
-    elif kind == "text" and not spec.choices:
-
-        def convert(v: Any) -> Any:
-            if type(v) is str:
-                if v and "\x00" not in v:
-                    return v
-                return parse_str(v) if v else on_empty()
-            return other(v)
-
-    elif kind == "decimal":
-        # Most cells already fit the column: no rounding or range check needed.
-        whole = (spec.precision or 28) - spec.scale
-        fits = re.compile(rf"[+-]?\d{{1,{whole}}}(?:\.\d{{0,{spec.scale}}})?\Z").match
-        plain: Callable[[str], Any] = float if sqlite else Decimal
-
-        def convert(v: Any) -> Any:
-            if type(v) is str:
-                v = v.strip()
-                if v:
-                    return plain(v) if fits(v) else parse_str(v)
-                return on_empty()
-            if type(v) is Decimal and v.is_finite() and (not v or v.adjusted() < whole):
-                # A database's numeric value (data pull): round to the column, no more.
-                q = v.quantize(exp, ROUND_HALF_UP)
-                return float(q) if sqlite else q
-            return other(v)
-
-    else:
-        # Values a database gives (data pull) that need no more than a check of their type.
-        native: dict[type, Callable[[Any], Any]] = {}
-        if kind == "date":
-            native[dt.date] = dt.date.isoformat if sqlite else _same
-        elif kind == "timestamp":
-            native[dt.datetime] = finish
-        elif kind == "integer":
-            native[int] = lambda n: n if -_INT_MAX <= n <= _INT_MAX else parse_native(n)
-        elif kind == "boolean":
-            native[bool] = lambda b: true if b else false
-        fast = native.get
-
-        def convert(v: Any) -> Any:
-            if type(v) is str:
-                if strip:
-                    v = v.strip()
-                return parse_str(v) if v else on_empty()
-            f = fast(type(v))
-            return f(v) if f is not None else other(v)
-
-    if (table, spec.name) in ADDRESS_COLUMNS:
-        return _address_converter(convert, on_empty)
-    return convert
+    def parse_str(self, s: str) -> Any:
+        s = super().parse_str(s)
+        if s not in self.choices:
+            raise _Bad(f"{_r(s)} is not one of {', '.join(self.choices)}")
+        return s
 
 
-def _address_converter(
-    convert: Callable[[Any], Any], on_empty: Callable[[], Any]
-) -> Callable[[Any], Any]:
+class _Address(_TrimmedText):
     """One e-mail address, checked, stored as given (trimmed of spaces)."""
-    from cpmail.addresses import check_address
 
-    def address(v: Any) -> Any:
-        text = convert(v)
+    __slots__ = ("check",)
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        from cpmail.addresses import check_address
+
+        self.check = check_address
+
+    def convert(self, v: Any) -> Any:
+        text = super().convert(v)
         if text is None:
             return None
-        text = text.strip()
-        if not text:
-            return on_empty()
         try:
-            check_address(text)
+            self.check(text)
         except InputError as e:
             raise _Bad(str(e).rstrip(".")) from None
         return text
 
-    return address
+
+class _List(_Column):
+    """Comma-separated words (or a JSON list of text), stored as one comma-joined text."""
+
+    __slots__ = ()
+    what = "comma-separated text or a list of text"
+
+    def parse_str(self, s: str) -> Any:
+        if "\x00" in s:
+            raise _Bad("contains a NUL character")
+        items = [p.strip() for p in s.split(",")]
+        return ",".join(p for p in items if p) or None
+
+    def parse_native(self, v: Any) -> Any:
+        if isinstance(v, list) and not isinstance(v, _Obj):
+            if not all(isinstance(x, str) for x in v):
+                raise _Bad('a list here may hold only text, e.g. ["JD", "AB"]')
+            return self.parse_str(",".join(v))
+        raise self.refused(v)
+
+
+class _Date(_Column):
+    """A date as YYYY-MM-DD."""
+
+    __slots__ = ()
+    what = "a date as YYYY-MM-DD"
+    quick_type = dt.date
+
+    def parse_str(self, s: str) -> Any:
+        if _DATE_RE.match(s):
+            try:
+                d = dt.date.fromisoformat(s)
+            except ValueError:
+                pass
+            else:
+                return s if self.sqlite else d
+        raise _Bad(f"{_r(s)} is not a date as YYYY-MM-DD")
+
+    def quick(self, v: Any) -> Any:
+        return v.isoformat() if self.sqlite else v
+
+    def parse_native(self, v: Any) -> Any:
+        if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+            return self.quick(v)
+        raise self.refused(v)
+
+
+class _Timestamp(_Column):
+    """A date and time (ISO 8601), stored without offset in the configured time zone."""
+
+    __slots__ = ("tz",)
+    what = "a timestamp as YYYY-MM-DDTHH:MM[:SS]"
+    quick_type = dt.datetime
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        self.tz = tz
+
+    def quick(self, v: Any) -> Any:
+        d: dt.datetime = v
+        if d.tzinfo is not None:
+            d = d.astimezone(self.tz).replace(tzinfo=None)
+        return _sqlite_ts(d) if self.sqlite else d
+
+    def parse_str(self, s: str) -> Any:
+        if _TS_RE.match(s):
+            try:
+                d = dt.datetime.fromisoformat(s)
+            except ValueError:
+                pass
+            else:
+                return self.quick(d)
+        raise _Bad(
+            f"{_r(s)} is not a date as YYYY-MM-DD or a timestamp as YYYY-MM-DDTHH:MM[:SS] "
+            "(ISO 8601; an offset such as +01:00 is allowed)"
+        )
+
+    def parse_native(self, v: Any) -> Any:
+        if isinstance(v, dt.datetime):
+            return self.quick(v)
+        if isinstance(v, dt.date):
+            return self.quick(dt.datetime.combine(v, dt.time()))
+        raise self.refused(v)
+
+
+class _Decimal(_Column):
+    """A number with the column's scale (money, hours), rounded half up."""
+
+    __slots__ = ("exp", "fits", "plain", "whole")
+    what = "a number"
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        self.exp = Decimal(1).scaleb(-spec.scale)
+        self.whole = (spec.precision or 28) - spec.scale
+        # Most cells already fit the column: no rounding or range check needed.
+        self.fits = re.compile(rf"[+-]?\d{{1,{self.whole}}}(?:\.\d{{0,{spec.scale}}})?\Z").match
+        self.plain: Callable[[str], Any] = float if sqlite else Decimal
+
+    def convert(self, v: Any) -> Any:
+        if type(v) is str:
+            v = v.strip()
+            if v:
+                # Loaded as attributes: Python 3.11 calls an instance's own callable
+                # faster that way than straight through ``self.fits(v)``.
+                fits, plain = self.fits, self.plain
+                return plain(v) if fits(v) else self.parse_str(v)
+            return self.on_empty()
+        if type(v) is Decimal and v.is_finite() and (not v or v.adjusted() < self.whole):
+            # A database's numeric value (data pull): round to the column, no more.
+            q = v.quantize(self.exp, ROUND_HALF_UP)
+            return float(q) if self.sqlite else q
+        return self.other(v)
+
+    def finish(self, d: Decimal, raw: Any) -> Any:
+        # ``raw`` is what was given, shown only in an error (making the text costs).
+        if not d.is_finite():
+            raise _Bad(f"{_show_number(raw)} is not {_MONEY_HELP}")
+        if d and d.adjusted() >= self.whole:
+            raise _Bad(
+                f"{_show_number(raw)} is too large (at most {self.whole} digits before the point)"
+            )
+        try:
+            q = d.quantize(self.exp, ROUND_HALF_UP)
+        except InvalidOperation:
+            raise _Bad(f"{_show_number(raw)} is too large") from None
+        return float(q) if self.sqlite else q
+
+    def parse_str(self, s: str) -> Any:
+        if not _NUM_RE.match(s):
+            raise _Bad(f"{_r(s)} is not {_MONEY_HELP}")
+        return self.finish(Decimal(s), s)
+
+    def parse_native(self, v: Any) -> Any:
+        if isinstance(v, Decimal):
+            return self.finish(v, v)
+        if type(v) is int:
+            return self.finish(Decimal(v), v)
+        if type(v) is float:
+            return self.finish(Decimal(repr(v)), v)
+        raise self.refused(v)
+
+
+class _Integer(_Column):
+    """A whole number that fits a 32-bit column."""
+
+    __slots__ = ()
+    what = "a whole number"
+    quick_type = int
+
+    def quick(self, v: Any) -> Any:
+        return v if -_INT_MAX <= v <= _INT_MAX else self.parse_native(v)
+
+    def parse_str(self, s: str) -> Any:
+        if not _INT_RE.match(s):
+            raise _Bad(f"{_r(s)} is not a whole number")
+        if len(s) > 20:  # before int(): Python limits the digits it converts
+            raise _Bad(f"{_r(s)} is too large for a whole number here")
+        return _check_int(int(s), _r(s))
+
+    def parse_native(self, v: Any) -> Any:
+        if type(v) is int:
+            return _check_int(v, str(v))
+        if isinstance(v, Decimal) and v.is_finite() and v == v.to_integral_value():
+            if v.adjusted() > 20:
+                raise _Bad(f"{_clip(str(v))} is too large for a whole number here")
+            return _check_int(int(v), str(v))
+        raise self.refused(v)
+
+
+class _Boolean(_Column):
+    """True or false (also yes/no, 1/0); SQLite stores 1 and 0."""
+
+    __slots__ = ("false", "true")
+    what = "true or false"
+    quick_type = bool
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        self.true: Any = 1 if sqlite else True
+        self.false: Any = 0 if sqlite else False
+
+    def quick(self, v: Any) -> Any:
+        return self.true if v else self.false
+
+    def parse_str(self, s: str) -> Any:
+        b = _BOOLS.get(s.lower())
+        if b is None:
+            raise _Bad(f"{_r(s)} is not true or false (or yes/no, 1/0)")
+        return self.true if b else self.false
+
+    def parse_native(self, v: Any) -> Any:
+        if type(v) is bool or (type(v) is int and v in (0, 1)):
+            return self.quick(v)
+        raise self.refused(v)
+
+
+_KINDS: dict[str, type[_Column]] = {
+    "list": _List,
+    "date": _Date,
+    "timestamp": _Timestamp,
+    "decimal": _Decimal,
+    "integer": _Integer,
+    "boolean": _Boolean,
+}
+
+
+def _column_kind(spec: ColumnSpec, table: str) -> type[_Column]:
+    """The class that converts the cells of ``spec``."""
+    if (table, spec.name) in ADDRESS_COLUMNS:
+        return _Address
+    if spec.kind != "text":
+        return _KINDS[spec.kind]
+    if spec.choices:
+        return _Choice
+    return _TrimmedText if spec.key or spec.references is not None else _Text
+
+
+def _make_converter(
+    spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo
+) -> Callable[[Any], Any]:
+    """Return a function: raw cell (text or JSON value) -> the value the database stores."""
+    return _column_kind(spec, table)(spec, table, sqlite=sqlite, tz=tz).convert
