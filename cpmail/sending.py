@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import platform
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 
 import sqlalchemy as sa
 
-from cpmail.compose import Draft
+from cpmail import __version__
+from cpmail.addresses import check_address
+from cpmail.compose import Draft, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered
 from cpmail.outbox import Delivery, deliver, give_up, new_run_id, queue
 from cpmail.outbox import retry as requeue
+from cpmail.people import resolve_sender
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
@@ -136,6 +141,50 @@ def retry(
         return Retried(n, None)
     transport = get_transport(settings, secrets)
     return Retried(n, deliver(engine, transport, settings, run_id=new_run_id(), ids=ids))
+
+
+def send_test_message(
+    engine: sa.Engine,
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    as_staff: str | None,
+    to: str | None,
+    to_name: str = "",
+) -> tuple[str, str]:
+    """Send one test message from the account cpmail would use; return its sender and recipient.
+
+    It goes to ``to``, else to the sender itself, now or never.
+    """
+    sender = resolve_sender(settings, engine, as_staff)
+    rcpt = check_address(to, where="--to") if to else sender.address
+    text = (
+        f"This is a test message from cpmail {__version__} on {socket.gethostname()}.\n\n"
+        f"Transport: {settings['mail.transport']}\n"
+        f"Sent from: {sender.address} (account {sender.account or '-'})\n"
+        f"Python {platform.python_version()} on {platform.system()}\n\n"
+        "If you can read this, mail from cpmail reaches you.\n"
+    )
+    msg = build_message(
+        sender=Mailbox(sender.address, sender.name),
+        to=[Mailbox(rcpt, to_name)],
+        subject=subject_line(settings, "Test message from cpmail"),
+        text=text,
+        event="test",
+        key=f"test:{new_run_id()}",
+    )
+    send_message(
+        engine,
+        settings,
+        secrets,
+        msg,
+        event="test",
+        account=sender.account,
+        envelope_from=sender.address,
+        what=f"the test message to {rcpt}",
+        once=True,
+    )
+    return sender.address, rcpt
 
 
 def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailError | None:

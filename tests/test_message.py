@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cpmail import __version__
-from cpmail.cli.message import MASK, redact
+from cpmail.message import MASK, redact
 from cpmail.secrets import SecretStore
 from tests.conftest import Cli
 

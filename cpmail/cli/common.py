@@ -227,45 +227,12 @@ def split_list(values: Iterable[str] | None) -> list[str]:
 
 def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = "") -> None:
     """Send one test message from the account cpmail would use; print what happened."""
-    import platform
-    import socket
-
-    from cpmail import __version__
-    from cpmail.addresses import check_address
-    from cpmail.compose import Mailbox, build_message, subject_line
-    from cpmail.outbox import new_run_id
-    from cpmail.people import resolve_sender
-    from cpmail.sending import send_message
+    from cpmail.sending import send_test_message
 
     s = c.settings
-    engine = c.engine()
-    sender = resolve_sender(s, engine, as_staff)
-    rcpt = check_address(to, where="--to") if to else sender.address
+    sender, rcpt = send_test_message(
+        c.engine(), s, c.secrets, as_staff=as_staff, to=to, to_name=to_name
+    )
     transport = s["mail.transport"]
-    text = (
-        f"This is a test message from cpmail {__version__} on {socket.gethostname()}.\n\n"
-        f"Transport: {transport}\nSent from: {sender.address} (account {sender.account or '-'})\n"
-        f"Python {platform.python_version()} on {platform.system()}\n\n"
-        "If you can read this, mail from cpmail reaches you.\n"
-    )
-    msg = build_message(
-        sender=Mailbox(sender.address, sender.name),
-        to=[Mailbox(rcpt, to_name)],
-        subject=subject_line(s, "Test message from cpmail"),
-        text=text,
-        event="test",
-        key=f"test:{new_run_id()}",
-    )
-    send_message(
-        engine,
-        s,
-        c.secrets,
-        msg,
-        event="test",
-        account=sender.account,
-        envelope_from=sender.address,
-        what=f"the test message to {rcpt}",
-        once=True,
-    )
     where = f" (written to {s.mail_dir})" if transport == "file" else ""
-    c.say(f"Sent a test message from {sender.address} to {rcpt} via {transport}{where}.")
+    c.say(f"Sent a test message from {sender} to {rcpt} via {transport}{where}.")
