@@ -13,6 +13,7 @@ import socket
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from cpmail.outbox import (
     record_keys,
     waiting,
 )
+from cpmail.parallel import halves
 from cpmail.people import Sender, resolve_sender
 from cpmail.render import Renderer
 from cpmail.routing import Directory, Person
@@ -225,7 +227,7 @@ def _run_check(
     result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
     groups = _route(found, directory, settings, summary, digest_choices(engine))
     if dry_run:
-        result.planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
+        result.planned = halves(_planner(renderer, settings, sender, directory), groups)
         return result
     send_now = enabled and transport is not None and in_send_window(settings)
     ids, ready = _queue_all(
@@ -324,14 +326,15 @@ def _queue_all(
     write lock, which every other cpmail process waits for. With ``send_now``
     the rows start out claimed and are returned ready to send from memory.
     """
-    planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
+    plan = _planner(renderer, settings, sender, directory)
+    planned = halves(plan, groups)
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
         if len(fresh) < len(found):
             # A concurrent run queued some of these first: send only the rest, composed
             # again without the notifications already taken.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
-            planned = [_plan(g, renderer, settings, sender, directory) for g in groups]
+            planned = halves(plan, groups)
         drafts = [_draft(p, sender) for p in planned]
         mids = queue_many(
             conn,
@@ -461,8 +464,15 @@ def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox 
     return None
 
 
+def _planner(
+    renderer: Renderer, settings: Settings, sender: Sender, directory: Directory
+) -> Callable[[Group], Planned]:
+    """``_plan`` for each group: big runs render and compose on both cores (cpmail.parallel)."""
+    return partial(_plan, renderer=renderer, settings=settings, sender=sender, directory=directory)
+
+
 def _plan(
-    group: Group, renderer: Renderer, settings: Settings, sender: Sender, directory: Directory
+    group: Group, *, renderer: Renderer, settings: Settings, sender: Sender, directory: Directory
 ) -> Planned:
     person = group[0][1]
     recipient = {"name": person.name, "staff_id": person.staff_id, "address": person.address}
