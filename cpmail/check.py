@@ -20,7 +20,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import valid_address
-from cpmail.compose import Attachment, Draft, Mailbox, build_message, compose, message_id_for
+from cpmail.compose import (
+    Attachment,
+    Draft,
+    Mailbox,
+    build_message,
+    compose,
+    message_id_for,
+    subject_line,
+)
 from cpmail.errors import ConfigError
 from cpmail.events import LIST_EVENTS, STATE_EVENTS, check_names
 from cpmail.outbox import (
@@ -489,8 +497,7 @@ def _plan(
         event = DIGEST
         ordered = sorted(by_event.items(), key=lambda kv: _order(kv[0]))
         subject, text, html = renderer.digest(ordered, recipient)
-    prefix = str(settings["mail.subject_prefix"])
-    subject = f"{prefix} {subject}".strip() if prefix else subject
+    subject = subject_line(settings, subject)
     threads = {n.thread for n, _ in group}
     thread = threads.pop() if len(threads) == 1 else None
     keys = sorted(n.key for n, _ in group)
@@ -572,11 +579,10 @@ def _tell_manager(
             "recipient": {"name": settings["manager.name"], "address": manager},
         },
     )
-    prefix = str(settings["mail.subject_prefix"])
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(manager, str(settings["manager.name"]))],
-        subject=f"{prefix} {subject}".strip(),
+        subject=subject_line(settings, subject),
         text=text,
         html=html,
         event="failure-summary",

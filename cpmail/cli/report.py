@@ -65,7 +65,6 @@ def send_report(
 ) -> None:
     """E-mail a report as a PDF attachment."""
     from cpmail.reports.send import send_report as send
-    from cpmail.sending import delivery_error
 
     c = ctx_of(ctx)
     if message is not None and message_file is not None:
@@ -88,9 +87,6 @@ def send_report(
         as_staff=as_staff,
     )
     who = ", ".join(r.address for r in outcome.recipients)
-    err = delivery_error(outcome.delivery, what=f"{outcome.filename} to {who}")
-    if err is not None:
-        raise err
     transport = s["mail.transport"]
     where = f" (written to {s.mail_dir})" if transport == "file" else ""
     c.say(f"Sent {outcome.filename} to {who} from {outcome.sender.address} via {transport}{where}.")

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from cpmail.addresses import check_address, looks_like_address
 from cpmail.compose import Attachment, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, InputError
-from cpmail.outbox import Delivery
 from cpmail.people import Sender, resolve_sender
 from cpmail.reports import Report, kind_of_pdf, load, render, write
 from cpmail.secrets import SHARED, SecretStore
@@ -42,12 +41,11 @@ class Recipient:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What `send-report` did: the file sent, to whom, from whom, and the delivery."""
+    """What `send-report` sent: the file, to whom, from whom (a failure raises instead)."""
 
     filename: str
     recipients: Sequence[Recipient]
     sender: Sender
-    delivery: Delivery
 
 
 def check_pdf(path: Path, *, max_bytes: int) -> bytes:
@@ -258,7 +256,7 @@ def send_report(
         attachments=[Attachment(filename, data, "application/pdf")],
         auto_generated=False,
     )
-    _, delivery = send_message(
+    send_message(
         engine,
         settings,
         secrets,
@@ -269,4 +267,4 @@ def send_report(
         what=f"{filename} to {', '.join(r.address for r in recipients)}",
         attachment=filename,
     )
-    return Outcome(filename, recipients, sender, delivery)
+    return Outcome(filename, recipients, sender)
