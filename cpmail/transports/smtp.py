@@ -534,13 +534,16 @@ class _Connection:
             if self.previous is not None and self.settle is not None:
                 await self.settle(self.previous)
             wire.write(body)
-            try:
-                answer = await wire.answer(self.cfg.timeout + len(body) / _BYTES_PER_SECOND)
-            except aiosmtplib.SMTPTimeoutError:
-                self._hang_up()
-                return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "the message"))
         except aiosmtplib.SMTPServerDisconnected:
-            # A lost line now is a temporary failure (sent again later).
+            # Gone before any of the text went: send it again on a new connection.
+            raise _Resend(f"the SMTP server {where} closed the connection") from None
+        try:
+            answer = await wire.answer(self.cfg.timeout + len(body) / _BYTES_PER_SECOND)
+        except aiosmtplib.SMTPTimeoutError:
+            self._hang_up()
+            return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "the message"))
+        except aiosmtplib.SMTPServerDisconnected:
+            # The server may or may not have the message: a temporary failure (sent again later).
             return Outcome(
                 env.id,
                 error=TemporaryFailure(
