@@ -235,7 +235,8 @@ def _run_check(
     result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
     groups = _route(found, directory, settings, summary, digest_choices(engine))
     if dry_run:
-        result.planned = halves(_planner(renderer, settings, sender, directory), groups)
+        plan = _planner(renderer, settings, sender, directory, keep_text=True)
+        result.planned = halves(plan, groups)
         return result
     send_now = enabled and transport is not None and in_send_window(settings)
     ids, ready = _queue_all(
@@ -473,14 +474,35 @@ def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox 
 
 
 def _planner(
-    renderer: Renderer, settings: Settings, sender: Sender, directory: Directory
+    renderer: Renderer,
+    settings: Settings,
+    sender: Sender,
+    directory: Directory,
+    *,
+    keep_text: bool = False,
 ) -> Callable[[Group], Planned]:
-    """``_plan`` for each group: big runs render and compose on both cores (cpmail.parallel)."""
-    return partial(_plan, renderer=renderer, settings=settings, sender=sender, directory=directory)
+    """``_plan`` for each group: big runs render and compose on both cores (cpmail.parallel).
+
+    Only a dry run shows the text and HTML; a real run keeps just the message's bytes.
+    """
+    return partial(
+        _plan,
+        renderer=renderer,
+        settings=settings,
+        sender=sender,
+        directory=directory,
+        keep_text=keep_text,
+    )
 
 
 def _plan(
-    group: Group, *, renderer: Renderer, settings: Settings, sender: Sender, directory: Directory
+    group: Group,
+    *,
+    renderer: Renderer,
+    settings: Settings,
+    sender: Sender,
+    directory: Directory,
+    keep_text: bool,
 ) -> Planned:
     person = group[0][1]
     recipient = {"name": person.name, "staff_id": person.staff_id, "address": person.address}
@@ -522,8 +544,8 @@ def _plan(
         keys=keys,
         to=person,
         subject=msg.subject,
-        text=text,
-        html=html,
+        text=text if keep_text else "",
+        html=html if keep_text else "",
         attachments=attachments,
         thread=thread,
         raw=msg.raw,
