@@ -11,22 +11,21 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from cpmail import demo
 from cpmail.check import Planned, run_check
 from cpmail.errors import InputError
 from cpmail.events import check_names
 from cpmail.secrets import SecretStore
-from cpmail.settings import Settings
+from cpmail.settings import Settings, StrKey
 from cpmail.store import make_engine, upgrade
 
 # What the preview keeps of the settings of the home that asks.
-_KEPT = ("mail.subject_prefix", "check.holidays")
+_KEPT: tuple[StrKey, ...] = ("mail.subject_prefix", "check.holidays")
 
 
 def preview(
-    settings: Settings, home: Path, event: str, *, demo_settings: Mapping[str, Any]
+    settings: Settings, home: Path, event: str, *, demo_settings: Mapping[StrKey, str]
 ) -> Planned:
     """The message ``event`` (an event's name, or ``digest``) makes from the demo data.
 

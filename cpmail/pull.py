@@ -42,9 +42,9 @@ def configured(settings: Settings) -> list[tuple[str, str, bool]]:
     """The tables ``data pull`` reads: (table, query, replace), in foreign-key order."""
     out = []
     for name in SOURCE_TABLES:
-        query = str(settings[f"source.tables.{name}.query"]).strip()
+        query = str(settings.get(f"source.tables.{name}.query")).strip()
         if query:
-            out.append((name, query, bool(settings[f"source.tables.{name}.replace"])))
+            out.append((name, query, bool(settings.get(f"source.tables.{name}.replace"))))
     return out
 
 

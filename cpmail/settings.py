@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from cpmail.errors import ConfigError
 from cpmail.events import NAMES
@@ -374,6 +374,66 @@ for _t in SOURCE_TABLES:
     )
 
 
+# The keys written out in the code, by the type of their value: `settings["mail.smtp.port"]`
+# is an int to the type checker, and a key missing here is refused. The keys the loops above
+# make are read with `Settings.get`, `event_enabled` and `event_notify`.
+# tests/test_settings_types.py holds these equal to KEYS.
+StrKey = Literal[
+    "agency.name",
+    "agency.address",
+    "agency.logo",
+    "agency.timezone",
+    "agency.paper",
+    "user.staff",
+    "mail.transport",
+    "mail.sender",
+    "mail.send_window",
+    "mail.subject_prefix",
+    "mail.smtp.host",
+    "mail.smtp.security",
+    "mail.smtp.ca_file",
+    "mail.gmail.client_secrets",
+    "mail.gmail.api_base",
+    "mail.gmail.token_uri",
+    "mail.microsoft.client_id",
+    "mail.microsoft.tenant",
+    "mail.microsoft.api_base",
+    "mail.microsoft.authority_base",
+    "mail.file.dir",
+    "manager.name",
+    "manager.email",
+    "helpdesk.email",
+    "check.holidays",
+    "database.url",
+    "source.url",
+    "secrets.backend",
+]
+BoolKey = Literal["mail.enabled", "mail.one_account", "mail.digest", "mail.smtp.verify"]
+IntKey = Literal[
+    "mail.max_attachment_mb",
+    "mail.smtp.port",
+    "mail.smtp.connections",
+    "mail.pace.per_minute",
+    "mail.pace.per_day",
+    "check.lookback_days",
+    "outbox.max_attempts",
+    "outbox.max_age_hours",
+    "alerts.token_days",
+]
+FloatKey = Literal[
+    "mail.smtp.timeout",
+    "mail.gmail.timeout",
+    "mail.microsoft.timeout",
+    "outbox.stale_claim_minutes",
+    "database.busy_seconds",
+    "alerts.waiting_hours",
+]
+StrListKey = Literal[
+    "check.extra_holidays", "reports.cash-flow.days", "reports.cash-flow.to", "alerts.urls"
+]
+IntListKey = Literal["events.budget-alert.thresholds"]
+
+
 MASK = "••••"
 
 _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
@@ -574,11 +634,24 @@ class Settings:
             raise ConfigError(f"{where}: {e} (got {redact(str(plain))!r}).") from None
 
     # ---- reading
-    def __getitem__(self, key: str) -> Any:
+    @overload
+    def __getitem__(self, key: StrKey) -> str: ...
+    @overload
+    def __getitem__(self, key: BoolKey) -> bool: ...
+    @overload
+    def __getitem__(self, key: IntKey) -> int: ...
+    @overload
+    def __getitem__(self, key: FloatKey) -> float: ...
+    @overload
+    def __getitem__(self, key: StrListKey) -> list[str]: ...
+    @overload
+    def __getitem__(self, key: IntListKey) -> list[int]: ...
+    def __getitem__(self, key: str) -> object:
         return self._values[key]
 
-    def get(self, key: str) -> Any:
-        """Return the effective value of a dotted key; ConfigError for an unknown key."""
+    def get(self, key: str) -> object:
+        """Return the effective value of a dotted key made at run time; ConfigError for an
+        unknown key. A key written out in the code is read as ``settings[key]``, typed."""
         if key not in KEYS:
             raise ConfigError(f"unknown setting {key!r}; see `cpmail config show`.")
         return self._values[key]
@@ -592,17 +665,17 @@ class Settings:
 
     @property
     def db_url(self) -> str:
-        return str(self["database.url"]) or f"sqlite:///{self.home / 'cpmail.db'}"
+        return self["database.url"] or f"sqlite:///{self.home / 'cpmail.db'}"
 
     @property
     def mail_dir(self) -> Path:
-        return self.home / str(self["mail.file.dir"])
+        return self.home / self["mail.file.dir"]
 
     def event_enabled(self, event: str) -> bool:
-        return bool(self[f"events.{event}.enabled"])
+        return bool(self._values[f"events.{event}.enabled"])
 
     def event_notify(self, event: str) -> list[str]:
-        return list(self[f"events.{event}.notify"])
+        return list(self._values[f"events.{event}.notify"])
 
     def tz(self) -> dt.tzinfo:
         """The agency's time zone (this machine's when unset)."""

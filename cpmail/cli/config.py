@@ -167,7 +167,7 @@ def set_(
     """Set one setting by its dotted key (validated)."""
     c = ctx_of(ctx)
     _save(c, {key: value})
-    c.say(f"{key} = {_show(shown(key, c.settings[key]))}")
+    c.say(f"{key} = {_show(shown(key, c.settings.get(key)))}")
 
 
 @app.command("get")

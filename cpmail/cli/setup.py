@@ -14,6 +14,7 @@ from cpmail.settings import (
     PRIVATE_FILE,
     SETTINGS_FILE,
     Settings,
+    StrKey,
     private_dir,
     redact,
     write_atomic,
@@ -81,7 +82,7 @@ def init(
     c.say("Next: `cpmail staff add ID --name N --work-email E`, then `cpmail check --dry-run`.")
 
 
-DEMO_SETTINGS = {
+DEMO_SETTINGS: dict[StrKey, str] = {
     "agency.name": "Northwind Creative",
     "agency.address": "200 Harbor Street, Suite 4, Portland, ME 04101",
     "user.staff": "KM",

@@ -91,10 +91,12 @@ class ApiTransport(Transport, Generic[S]):
     def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
         """Send each envelope as its account; report each outcome as soon as it is known."""
         key = f"mail.{self.name}.api_base"
-        base = check_endpoint(str(self.settings[key]), key)
+        base = check_endpoint(str(self.settings.get(key)), key)
+        seconds = self.settings.get(f"mail.{self.name}.timeout")
+        assert isinstance(seconds, float)  # the key's check made it one
         sessions: dict[str, S | TemporaryFailure] = {}
         try:
-            timeout = httpx.Timeout(float(self.settings[f"mail.{self.name}.timeout"]), connect=15.0)
+            timeout = httpx.Timeout(seconds, connect=15.0)
             with httpx.Client(timeout=timeout) as http:
                 for env in envelopes:
                     report(self._send(http, base, env, sessions))
