@@ -600,8 +600,13 @@ def _as_sent(raw: bytes) -> tuple[int, bytes]:
     return size, raw.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
+# What cannot stand in a command's <address>: spaces of any kind, angle brackets,
+# quotes, control characters.
+_UNSAFE = re.compile(r'[\s<>"\x00-\x1f\x7f]')
+
+
 def _unsafe_address(address: str) -> bool:
-    return not address or any(c.isspace() or c in '<>"\x7f' or c < " " for c in address)
+    return not address or _UNSAFE.search(address) is not None
 
 
 # ---- the transport
