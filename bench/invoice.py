@@ -50,7 +50,7 @@ def split(home: Path, out: Path) -> None:
     mark("cpmail.reports imported")
     rep = reports.load(engine, settings, "invoice", id=INVOICE)
     mark("invoice read from the database")
-    agency = {"name": str(settings["agency.name"]), "address": "", "logo": None}
+    agency = {"name": settings["agency.name"], "address": "", "logo": None}
     html = render_html(settings, rep.template, {**rep.context, "agency": agency})
     mark("HTML rendered (Jinja2)")
     import weasyprint

@@ -112,7 +112,7 @@ def conditions(
                 "`cpmail outbox drop`.",
             )
         )
-    hours = float(settings["alerts.waiting_hours"])
+    hours = settings["alerts.waiting_hours"]
     overdue = box.overdue_since if box is not None else None
     if box is not None and overdue is not None and now - overdue > dt.timedelta(hours=hours):
         since = _local(overdue, settings)
@@ -123,7 +123,7 @@ def conditions(
                 f"(over {hours:g} hours); see `cpmail outbox` and `cpmail status`.",
             )
         )
-    days = int(settings["alerts.token_days"])
+    days = settings["alerts.token_days"]
     for a in health.accounts:
         who = f"{a.account} ({a.address})" if a.address else a.account
         if a.problem:

@@ -76,7 +76,7 @@ class Attachment:
 
 def subject_line(settings: Settings, subject: str) -> str:
     """``[C&P] Subject``: ``subject`` after ``[mail] subject_prefix`` (alone when that is blank)."""
-    prefix = str(settings["mail.subject_prefix"]).strip()
+    prefix = settings["mail.subject_prefix"].strip()
     return f"{prefix} {subject}" if prefix else subject
 
 

@@ -86,14 +86,14 @@ def diagnostics(settings: Settings) -> str:
 
 def _recipient(settings: Settings, kind: str) -> tuple[str, str]:
     if kind == "manager":
-        address = str(settings["manager.email"]).strip()
+        address = settings["manager.email"].strip()
         if not address:
             raise ConfigError(
                 "no system manager address is set; run "
                 "`cpmail config manager --name NAME --email ADDRESS`."
             )
-        return address, str(settings["manager.name"]).strip()
-    address = str(settings["helpdesk.email"]).strip()
+        return address, settings["manager.name"].strip()
+    address = settings["helpdesk.email"].strip()
     if not address:
         raise ConfigError(
             "no help desk address is set; run `cpmail config helpdesk --email ADDRESS`."
@@ -111,7 +111,7 @@ def _subject(settings: Settings, kind: str, given: str | None, text: str, who: s
         return f"[Bug] {given or _first_line(text)}"
     if kind == "wish":
         return f"[Wish list] {given or _first_line(text)}"
-    agency = str(settings["agency.name"]).strip()
+    agency = settings["agency.name"].strip()
     at = f" at {agency}" if agency else ""
     default = f"Message from {who}{at}" if kind == "manager" else f"Help request from {who}{at}"
     return subject_line(settings, given or default)
@@ -123,7 +123,7 @@ def _author(
     """(name, address to reply to) of the person writing; in one-account mode, ``--as``."""
     if sender.account != SHARED:
         return sender.name, sender.address
-    staff_id = as_staff or str(settings["user.staff"])
+    staff_id = as_staff or settings["user.staff"]
     if not staff_id:
         return sender.name or sender.address, sender.address
     with engine.connect() as conn:
@@ -167,7 +167,7 @@ def write(
     db = engine()
     sender = resolve_sender(settings, db, as_staff)
     author, reply_to = _author(settings, db, sender, as_staff)
-    agency = str(settings["agency.name"]).strip()
+    agency = settings["agency.name"].strip()
     signature = "\n".join(x for x in (author, reply_to, agency) if x)
     full = f"{body.rstrip()}\n\n-- \n{signature}\n"
     if kind == "bug":

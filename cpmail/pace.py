@@ -57,20 +57,20 @@ def limits(settings: object) -> tuple[int, int]:
     from cpmail.settings import Settings
 
     assert isinstance(settings, Settings)
-    transport = str(settings["mail.transport"])
+    transport = settings["mail.transport"]
     key = transport if transport in ("gmail", "microsoft") else ""
     if transport == "smtp":
-        key = str(settings["mail.smtp.host"]).strip().lower()
+        key = settings["mail.smtp.host"].strip().lower()
     preset = PRESETS.get(key, (0, 0))
     per_minute = (
         preset[0]
         if settings.source("mail.pace.per_minute") == "default"
-        else int(settings["mail.pace.per_minute"])
+        else settings["mail.pace.per_minute"]
     )
     per_day = (
         preset[1]
         if settings.source("mail.pace.per_day") == "default"
-        else int(settings["mail.pace.per_day"])
+        else settings["mail.pace.per_day"]
     )
     return per_minute, per_day
 

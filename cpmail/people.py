@@ -173,7 +173,7 @@ def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) 
                 "mail.one_account is on but mail.sender is empty; "
                 "run `cpmail config one-account --sender ADDRESS`."
             )
-        return Sender(SHARED, sender, str(settings["agency.name"]))
+        return Sender(SHARED, sender, settings["agency.name"])
     staff_id = as_staff or settings["user.staff"]
     if not staff_id:
         raise ConfigError(

@@ -61,7 +61,7 @@ def pull(
     InputError (nothing changed) for a bad row, SourceUnavailable when the
     source cannot be reached or fails while it is read.
     """
-    url = str(settings["source.url"]).strip()
+    url = settings["source.url"].strip()
     if not url:
         raise ConfigError(
             "source.url is not set: give the agency system's database, e.g. "

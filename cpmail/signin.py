@@ -134,7 +134,7 @@ def signer(
 
     ``engine`` gives the database, read only for a staff member.
     """
-    transport = str(settings["mail.transport"])
+    transport = settings["mail.transport"]
     if transport not in PROVIDER:
         raise ConfigError(
             f"mail.transport is {transport!r}; signing in is for the gmail and microsoft "
@@ -150,7 +150,7 @@ def signer(
             "a browser that can reach this machine (for example through `ssh -L`)."
         )
     if shared:
-        address = str(settings["mail.sender"])
+        address = settings["mail.sender"]
         if not address:
             raise ConfigError(
                 "there is no shared sender; run `cpmail config one-account --sender ADDRESS` first."

@@ -185,7 +185,7 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     where = (
         str(settings.home / "cpmail.db")
         if not settings["database.url"]
-        else redact(str(settings["database.url"]))
+        else redact(settings["database.url"])
     )
     db = Database(where=where, expected_revision=SCHEMA_REVISION)
     if url.startswith("sqlite"):
@@ -316,7 +316,7 @@ def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transp
         app_only = transport == "microsoft" and acct.account == SHARED
         if app_only and secrets.has(MICROSOFT_APP_SECRET):
             acct.login, acct.signed_in = "Microsoft app-only (client secret)", True
-            acct.address = acct.address or str(settings["mail.sender"])
+            acct.address = acct.address or settings["mail.sender"]
             return
         acct.login = f"{PROVIDER[transport]} sign-in"
         stored = load_token(secrets, transport, acct.account)
@@ -386,11 +386,11 @@ def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, An
 
 
 def _transport_detail(settings: Settings) -> tuple[str, str | None]:
-    name = str(settings["mail.transport"])
+    name = settings["mail.transport"]
     if name == "file":
         return f"writes .eml files to {settings.mail_dir}", None
     if name == "smtp":
-        host = str(settings["mail.smtp.host"]).strip()
+        host = settings["mail.smtp.host"].strip()
         if not host:
             return "no server set", "mail.smtp.host is not set; run `cpmail config smtp`"
         return (
@@ -450,7 +450,7 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
 
 def window_opened(settings: Settings, now_utc: dt.datetime) -> tuple[bool, dt.datetime | None]:
     """Is the send window open now, and since when (naive UTC; None without a window)."""
-    window = str(settings["mail.send_window"])
+    window = settings["mail.send_window"]
     if not window:
         return True, None
     from cpmail.outbox import in_send_window
@@ -524,13 +524,13 @@ def _accounts(
 ) -> list[Account]:
     from cpmail.secrets import SHARED
 
-    transport = str(settings["mail.transport"])
+    transport = settings["mail.transport"]
     rows = _account_rows(engine, now) if engine is not None else {}
     names: list[str] = []
     if settings["mail.one_account"]:
         names.append(SHARED)
     elif settings["user.staff"]:
-        names.append(str(settings["user.staff"]))
+        names.append(settings["user.staff"])
     if transport != "file":
         names += _stored_accounts(secrets, transport)
     names += [a for a in rows if a]
@@ -538,7 +538,7 @@ def _accounts(
     for name in dict.fromkeys(names):
         acct = Account(account=name)
         if name == SHARED:
-            acct.address = str(settings["mail.sender"])
+            acct.address = settings["mail.sender"]
         info = rows.get(name, {})
         acct.last_sent = info.get("last_sent")
         acct.waiting = int(info.get("waiting", 0))
@@ -585,7 +585,7 @@ def _addresses(engine: sa.Engine, accounts: list[Account]) -> None:
 
 def probe_accounts(settings: Settings, secrets: SecretStore, accounts: list[Account]) -> None:
     """Sign each account in without sending; set ``probe`` (and ``problem`` when refused)."""
-    transport = str(settings["mail.transport"])
+    transport = settings["mail.transport"]
     for acct in accounts:
         if transport == "file":
             acct.probe = "ok"
@@ -666,14 +666,14 @@ def gather(
 ) -> Health:
     """Look at everything (network only with ``probe``) and judge: see ``Health.exit_code``."""
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    transport = str(settings["mail.transport"])
+    transport = settings["mail.transport"]
     detail, transport_problem = _transport_detail(settings)
     engine, db = open_database(settings)
     window = window_opened(settings, now)
     try:
         last_check = outbox = None
         if engine is not None:
-            stale = float(settings["outbox.stale_claim_minutes"])
+            stale = settings["outbox.stale_claim_minutes"]
             last_check = _last_check(engine, stale, now)
             outbox = _outbox(engine, now, window, stale)
         accounts = _accounts(settings, secrets, engine, now)
@@ -700,8 +700,8 @@ def gather(
         last_check=last_check,
         outbox=outbox,
         database=db,
-        enabled=bool(settings["mail.enabled"]),
-        send_window=str(settings["mail.send_window"]),
+        enabled=settings["mail.enabled"],
+        send_window=settings["mail.send_window"],
         window_open=window[0],
         probed=probe,
     )

@@ -39,7 +39,7 @@ class WorkCalendar:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkCalendar:
-        return cls(str(settings["check.holidays"]), list(settings["check.extra_holidays"]))
+        return cls(settings["check.holidays"], settings["check.extra_holidays"])
 
     def is_holiday(self, day: dt.date) -> bool:
         return day in self.extra or day in _holidays(self.country, day.year)

@@ -55,7 +55,7 @@ class Ctx:
             self._engine = connect(
                 self.settings.db_url,
                 where=self.db_where,
-                busy_seconds=float(self.settings["database.busy_seconds"]),
+                busy_seconds=self.settings["database.busy_seconds"],
             )
         engine: sa.Engine = self._engine
         return engine

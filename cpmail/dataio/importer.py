@@ -99,7 +99,7 @@ class _Importer:
         self.distinct = "IS NOT" if self.sqlite else "IS DISTINCT FROM"
         self.q = dialect.identifier_preparer.quote
         self.tz = settings.tz()
-        self.changed_by = str(settings["user.staff"]) or None
+        self.changed_by = settings["user.staff"] or None
         self.changed_at = changed_at
         self.specs = {s.name: s for s in columns_of(table)}
         self.keys = key_columns(table)

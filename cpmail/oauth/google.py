@@ -94,7 +94,7 @@ def read_google_client_file(path: Path) -> tuple[str, dict[str, Any]]:
 
 def google_client(settings: Settings, secrets: SecretStore) -> dict[str, Any]:
     """The configured Google OAuth client (``{"installed": {...}}``)."""
-    value = str(settings["mail.gmail.client_secrets"])
+    value = settings["mail.gmail.client_secrets"]
     if not value:
         raise ConfigError(
             "mail.gmail.client_secrets is not set; run `cpmail config gmail --client-secrets FILE`."
@@ -121,7 +121,7 @@ def google_client(settings: Settings, secrets: SecretStore) -> dict[str, Any]:
 
 
 def _google_token_uri(settings: Settings, fallback: str) -> str:
-    uri = str(settings["mail.gmail.token_uri"]) or fallback or GOOGLE_TOKEN_URI
+    uri = settings["mail.gmail.token_uri"] or fallback or GOOGLE_TOKEN_URI
     key = "mail.gmail.token_uri" if settings["mail.gmail.token_uri"] else "the client's token_uri"
     return check_endpoint(uri, key)
 

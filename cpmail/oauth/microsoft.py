@@ -103,9 +103,9 @@ class MsalHttpClient:
 
 def microsoft_authority(settings: Settings) -> tuple[str, MsalHttpClient]:
     """The authority URL for msal and the HTTP client that reaches it."""
-    tenant = str(settings["mail.microsoft.tenant"]) or "organizations"
+    tenant = settings["mail.microsoft.tenant"] or "organizations"
     base = check_endpoint(
-        str(settings["mail.microsoft.authority_base"]), "mail.microsoft.authority_base"
+        settings["mail.microsoft.authority_base"], "mail.microsoft.authority_base"
     )
     if base.startswith("https://"):
         return f"{base}/{tenant}", MsalHttpClient()
@@ -113,7 +113,7 @@ def microsoft_authority(settings: Settings) -> tuple[str, MsalHttpClient]:
 
 
 def _client_id(settings: Settings) -> str:
-    client_id = str(settings["mail.microsoft.client_id"])
+    client_id = settings["mail.microsoft.client_id"]
     if not client_id:
         raise ConfigError(
             "mail.microsoft.client_id is not set; run `cpmail config microsoft --client-id ID`."
@@ -372,7 +372,7 @@ class MicrosoftAppSession:
     def __init__(
         self, settings: Settings, secret: str, http_cache: dict[str, Any] | None = None
     ) -> None:
-        tenant = str(settings["mail.microsoft.tenant"])
+        tenant = settings["mail.microsoft.tenant"]
         if tenant in ("", "organizations", "common", "consumers"):
             raise ConfigError(
                 "app-only sending needs your tenant ID in mail.microsoft.tenant, not "

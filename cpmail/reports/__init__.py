@@ -158,12 +158,12 @@ def _why_none(what: str, party: documents.Party, column: str) -> str:
 def render(report: Report, settings: Settings) -> bytes:
     """The report as PDF bytes."""
     agency = {
-        "name": str(settings["agency.name"]).strip(),
-        "address": str(settings["agency.address"]).strip(),
+        "name": settings["agency.name"].strip(),
+        "address": settings["agency.address"].strip(),
         "logo": logo_uri(settings),
     }
     html = render_html(settings, report.template, {**report.context, "agency": agency})
-    return html_to_pdf(html, paper=str(settings["agency.paper"]), base_url=settings.home)
+    return html_to_pdf(html, paper=settings["agency.paper"], base_url=settings.home)
 
 
 def write(pdf: bytes, out: Path) -> None:

@@ -68,7 +68,7 @@ def long_date(value: dt.date | None) -> str:
 
 def logo_uri(settings: Settings) -> str:
     """The ``file://`` address of ``[agency] logo`` ('' when unset); ConfigError when unusable."""
-    raw = str(settings["agency.logo"]).strip()
+    raw = settings["agency.logo"].strip()
     if not raw:
         return ""
     path = Path(raw).expanduser()

@@ -126,7 +126,7 @@ def check_cash_flow(
     """Refuse unless the person sending and every recipient are staff with cash-flow access."""
     rule = "the cash-flow report goes only to staff with cash-flow access, sent by staff with it"
     if sender.account == SHARED:
-        asker = as_staff or str(settings["user.staff"])
+        asker = as_staff or settings["user.staff"]
         if not asker:
             raise ConfigError(
                 "with one-account mode on, say who is sending the cash-flow report: "
@@ -166,7 +166,7 @@ def default_subject(
     Mail within the agency starts with ``[mail] subject_prefix``; mail that
     goes outside (a client, a vendor) does not: the prefix means nothing there.
     """
-    agency = str(settings["agency.name"]).strip() or (sender.name.strip() if sender else "")
+    agency = settings["agency.name"].strip() or (sender.name.strip() if sender else "")
     text = f"{label} from {agency}" if agency else label
     return text if outside else subject_line(settings, text)
 
@@ -183,7 +183,7 @@ def default_text(report: Report | None, filename: str, sender: Sender, settings:
     else:
         about = f" for {report.about}" if report.about else ""
         body = f"Please find {report.label[0].lower()}{report.label[1:]}{about} attached."
-    agency = str(settings["agency.name"]).strip()
+    agency = settings["agency.name"].strip()
     sign = "\n".join(x for x in dict.fromkeys([sender.name.strip(), agency]) if x)
     return f"Hello,\n\n{body}\n\nBest regards,\n{sign}\n" if sign else f"Hello,\n\n{body}\n"
 
@@ -207,7 +207,7 @@ def send_report(
         raise InputError("give either a FILE.pdf or --report KIND, not both and not neither.")
     if file is not None and (id is not None or as_of is not None):
         raise InputError("--id and --as-of go with --report KIND, not with a FILE.")
-    max_bytes = int(settings["mail.max_attachment_mb"]) * MB
+    max_bytes = settings["mail.max_attachment_mb"] * MB
     sender = resolve_sender(settings, engine, as_staff)
 
     report: Report | None = None

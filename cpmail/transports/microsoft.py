@@ -76,7 +76,7 @@ class MicrosoftTransport(ApiTransport[GraphSession]):
         self, http: httpx.Client, base: str, session: GraphSession, token: str, raw: bytes
     ) -> httpx.Response:
         if isinstance(session, MicrosoftAppSession):
-            sender = str(self.settings["mail.sender"])
+            sender = self.settings["mail.sender"]
             url = f"{base}/v1.0/users/{urllib.parse.quote(sender, safe='@')}/sendMail"
         else:
             url = f"{base}/v1.0/me/sendMail"

@@ -60,7 +60,7 @@ class Run:
 
     @property
     def lookback_days(self) -> int:
-        return int(self.settings["check.lookback_days"])
+        return self.settings["check.lookback_days"]
 
     @property
     def moment(self) -> dt.datetime:

@@ -27,7 +27,7 @@ def is_report_day(run: Run) -> bool:
 
 def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """One notification per listed staff member with access, on the report's days."""
-    listed = list(dict.fromkeys(str(x) for x in run.settings["reports.cash-flow.to"]))
+    listed = list(dict.fromkeys(run.settings["reports.cash-flow.to"]))
     if not listed or not is_report_day(run):
         return
     rows = {r.id: r for r in conn.execute(sa.select(staff).where(staff.c.id.in_(listed)))}

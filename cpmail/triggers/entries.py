@@ -168,10 +168,10 @@ class _Attendees:
         # account this machine sends from.
         settings = run.settings
         if settings["manager.email"]:
-            return str(settings["manager.email"]), str(settings["manager.name"])
+            return settings["manager.email"], settings["manager.name"]
         if settings["mail.one_account"] and settings["mail.sender"]:
-            return str(settings["mail.sender"]), str(settings["agency.name"])
-        row = self.by_id.get(str(settings["user.staff"] or ""))
+            return settings["mail.sender"], settings["agency.name"]
+        row = self.by_id.get(settings["user.staff"])
         if row is not None and (row.username or row.work_email):
             return str(row.username or row.work_email), str(row.name or "")
         return None

@@ -307,7 +307,7 @@ def thresholds(run: Run) -> list[int]:
     """``[events.budget-alert] thresholds``: percentages of a task's budget (sorted)."""
     if not run.settings.event_enabled("budget-alert"):
         return []
-    return sorted(int(p) for p in run.settings["events.budget-alert.thresholds"])
+    return sorted(run.settings["events.budget-alert.thresholds"])
 
 
 def budget_alert(conn: sa.Connection, run: Run) -> Iterator[Notification]:
