@@ -1221,7 +1221,8 @@ def list_messages(
 ) -> list[dict[str, Any]]:
     """Rows of the log (newest last), filtered."""
     m = messages.c
-    q = sa.select(messages).order_by(m.id)
+    # Every column but the message itself: a long log must not load every message.
+    q = sa.select(*(c for c in messages.c if c.name != "raw")).order_by(m.id)
     if statuses:
         q = q.where(m.status.in_(list(statuses)))
     if since is not None:

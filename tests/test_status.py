@@ -69,7 +69,7 @@ def test_a_fresh_home_is_healthy(initialised: Cli, home: Path) -> None:
         "sending_now": 0,
         "overdue_since": None,
     }
-    assert doc["database"]["usable"] and doc["database"]["revision"] == "0002"
+    assert doc["database"]["usable"] and doc["database"]["revision"] == "0003"
     assert doc["mail"] == {"enabled": True, "send_window": "", "window_open": True}
     r = initialised("status")
     assert r.exit_code == 0

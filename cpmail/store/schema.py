@@ -386,7 +386,8 @@ messages = sa.Table(
     "messages",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ledger_key", sa.Text, index=True),
+    # the notifications it carries (comma-separated ledger keys; a digest has several)
+    sa.Column("ledger_key", sa.Text),
     sa.Column("event", sa.Text, nullable=False),
     sa.Column("account", sa.Text, nullable=False, server_default=""),
     sa.Column("from_addr", sa.Text, nullable=False),
