@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from cpmail.settings import EVENTS, KEYS, SOURCE_TABLES, Settings
 
@@ -23,6 +23,8 @@ def _groups() -> list[tuple[tuple[str, ...], Any]]:
     out = []
     for fn in typing.get_overloads(Settings.__getitem__):
         hints = get_type_hints(fn)
+        # no catch-all `str` overload: a key that is not in a group is a type error
+        assert get_origin(hints["key"]) is Literal, hints["key"]
         out.append((get_args(hints["key"]), hints["return"]))
     return out
 
