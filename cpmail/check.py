@@ -154,7 +154,7 @@ def _sender(settings: Settings, engine: sa.Engine, as_staff: str | None) -> Send
         if settings["mail.transport"] != "file" or as_staff:
             raise
     address = settings["manager.email"] or "cpmail@localhost"
-    return Sender("", address, str(settings["agency.name"] or "cpmail"))
+    return Sender("", address, settings["agency.name"] or "cpmail")
 
 
 def run_check(
@@ -215,7 +215,7 @@ def _run_check(
     transport: Transport | None,
 ) -> CheckResult:
     """The phases of a check, in order: find, route, render and queue, deliver, count."""
-    enabled = bool(settings["mail.enabled"])
+    enabled = settings["mail.enabled"]
     sender = _sender(settings, engine, as_staff)
     if transport is None and not dry_run and enabled:
         transport = get_transport(settings, secrets)
@@ -350,7 +350,7 @@ def _queue_all(
             drafts,
             run_id=run_id,
             ledger_keys=[",".join(p.keys)[:2000] for p in planned],
-            suppressed=not bool(settings["mail.enabled"]),
+            suppressed=not settings["mail.enabled"],
             max_bytes=transport.max_message_bytes if transport else None,
             claimed=send_now,
         )
@@ -427,7 +427,7 @@ def _route(
     ``digests`` holds the staff members' own choice (`staff edit --digest`) over
     ``[mail] digest``.
     """
-    default = bool(settings["mail.digest"])
+    default = settings["mail.digest"]
     groups: dict[tuple[str, str], Group] = defaultdict(list)
     for n in found:
         routed = directory.route(n, directory.rules_for(n, settings))
@@ -462,9 +462,9 @@ def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox 
                 row = directory.staff.get(sid)
                 if role.lower() == "ae" and row is not None and row.active and row.work_email:
                     candidates.append(Mailbox(row.work_email, row.name or ""))
-    manager = str(settings["manager.email"])
+    manager = settings["manager.email"]
     if manager:
-        candidates.append(Mailbox(manager, str(settings["manager.name"])))
+        candidates.append(Mailbox(manager, settings["manager.name"]))
     for box in candidates:
         # Replying to oneself helps nobody; an address that does not parse is no help;
         # an international one would make every message need SMTPUTF8 of the server.
@@ -603,7 +603,7 @@ def _tell_manager(
     )
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
-        to=[Mailbox(manager, str(settings["manager.name"]))],
+        to=[Mailbox(manager, settings["manager.name"])],
         subject=subject_line(settings, subject),
         text=text,
         html=html,

@@ -215,7 +215,7 @@ def queue_many(
 
 def stale_after(settings: Settings) -> dt.timedelta:
     """How long a dead run's claims are kept before they are taken up again."""
-    return dt.timedelta(minutes=float(settings["outbox.stale_claim_minutes"]))
+    return dt.timedelta(minutes=settings["outbox.stale_claim_minutes"])
 
 
 def renew_every(settings: Settings) -> float:
@@ -404,7 +404,7 @@ def backoff(attempts: int) -> dt.timedelta:
 
 
 def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> bool:
-    window = str(settings["mail.send_window"])
+    window = settings["mail.send_window"]
     if not window:
         return True
     start_s, end_s = window.split("-")
@@ -505,7 +505,7 @@ def _joined(column: Any, more: str) -> Any:
 def _expire(engine: sa.Engine, settings: Settings) -> None:
     """Messages waiting past max_age_hours fail for good."""
     m = messages.c
-    limit = utcnow() - dt.timedelta(hours=int(settings["outbox.max_age_hours"]))
+    limit = utcnow() - dt.timedelta(hours=settings["outbox.max_age_hours"])
     with engine.begin() as conn:
         conn.execute(
             messages.update()
@@ -566,8 +566,8 @@ class _Recorder:
         self, engine: sa.Engine, settings: Settings, result: Delivery, held: Lease
     ) -> None:
         self.engine = engine
-        self.max_attempts = int(settings["outbox.max_attempts"])
-        self.max_age = dt.timedelta(hours=int(settings["outbox.max_age_hours"]))
+        self.max_attempts = settings["outbox.max_attempts"]
+        self.max_age = dt.timedelta(hours=settings["outbox.max_age_hours"])
         self.result = result
         self.held = held
         self.events: dict[int, str] = {}  # id -> event, from the claims

@@ -92,16 +92,16 @@ class SMTPConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> SMTPConfig:
         """Read and check ``mail.smtp.*``; raise ConfigError naming the key to fix."""
-        host = str(settings["mail.smtp.host"]).strip()
+        host = settings["mail.smtp.host"].strip()
         if not host:
             raise ConfigError(
                 "mail.smtp.host is not set; run `cpmail config smtp --host HOST --port PORT "
                 "--security starttls|ssl|none`."
             )
-        security = str(settings["mail.smtp.security"])
+        security = settings["mail.smtp.security"]
         if security not in ("starttls", "ssl", "none"):  # pragma: no cover - settings checks it
             raise ConfigError(f"mail.smtp.security: unknown mode {security!r}.")
-        ca_file = str(settings["mail.smtp.ca_file"]).strip()
+        ca_file = settings["mail.smtp.ca_file"].strip()
         if ca_file:
             path = Path(ca_file).expanduser()
             if not path.is_absolute():
@@ -114,11 +114,11 @@ class SMTPConfig:
             ca_file = str(path)
         return cls(
             host=host,
-            port=int(settings["mail.smtp.port"]),
+            port=settings["mail.smtp.port"],
             security=cast(Security, security),
-            timeout=float(settings["mail.smtp.timeout"]),
-            verify=bool(settings["mail.smtp.verify"]),
-            connections=int(settings["mail.smtp.connections"]),
+            timeout=settings["mail.smtp.timeout"],
+            verify=settings["mail.smtp.verify"],
+            connections=settings["mail.smtp.connections"],
             ca_file=ca_file,
         )
 
