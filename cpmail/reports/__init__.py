@@ -64,12 +64,6 @@ def today(settings: Settings) -> dt.date:
     return dt.datetime.now(settings.tz()).date()
 
 
-def _job_words(job: documents.Job | None) -> str:
-    if job is None:
-        return ""
-    return f"job {job.id} {job.title}".strip()
-
-
 def load(
     engine: sa.Engine,
     settings: Settings,
@@ -85,74 +79,68 @@ def load(
     if kind == "cash-flow" and id:
         raise InputError("the cash-flow report takes no id; give --as-of DATE instead.")
     as_of = as_of or today(settings)
-    base: dict[str, Any] = {"kind": kind, "marker": MARKER + kind, "version": __version__}
     with engine.connect() as conn:
         if kind == "invoice":
             assert id is not None
             inv = documents.load_invoice(conn, id, as_of=as_of)
-            return Report(
-                kind,
-                inv.id,
-                f"Invoice {inv.number}",
-                f"invoice-{safe_filename(inv.number)}.pdf",
-                {**base, "title": f"Invoice {inv.number}", "doc": inv},
-                _one(inv.client),
-                _job_words(inv.job),
-                _why_none("client", inv.client, "billing e-mail"),
-            )
+            return _document(kind, "Invoice", inv, inv.number, inv.client, "client")
         if kind == "estimate":
             assert id is not None
             est = documents.load_estimate(conn, id)
-            return Report(
-                kind,
-                est.id,
-                f"Estimate {est.id}",
-                f"estimate-{safe_filename(est.id)}.pdf",
-                {**base, "title": f"Estimate {est.id}", "doc": est},
-                _one(est.client),
-                _job_words(est.job),
-                _why_none("client", est.client, "billing e-mail"),
-            )
+            return _document(kind, "Estimate", est, est.id, est.client, "client")
         if kind == "purchase-order":
             assert id is not None
             po = documents.load_purchase_order(conn, id)
-            return Report(
-                kind,
-                po.id,
-                f"Purchase order {po.id}",
-                f"purchase-order-{safe_filename(po.id)}.pdf",
-                {**base, "title": f"Purchase order {po.id}", "doc": po},
-                _one(po.vendor),
-                _job_words(po.job),
-                _why_none("vendor", po.vendor, "e-mail"),
-            )
+            return _document(kind, "Purchase order", po, po.id, po.vendor, "vendor")
         return cash_flow_report(conn, as_of)
+
+
+def _context(kind: str, title: str, doc: Any, **more: Any) -> dict[str, Any]:
+    """What the report's template is given (besides the agency)."""
+    return {
+        "kind": kind,
+        "marker": MARKER + kind,
+        "version": __version__,
+        "title": title,
+        "doc": doc,
+        **more,
+    }
+
+
+def _document(
+    kind: str,
+    name: str,
+    doc: documents.Invoice | documents.Estimate | documents.PurchaseOrder,
+    number: str,
+    party: documents.Party,
+    what: str,
+) -> Report:
+    """Invoice, estimate or purchase order ``number``, to ``party``, a client or a vendor."""
+    label = f"{name} {number}"
+    column = "billing e-mail" if what == "client" else "e-mail"
+    return Report(
+        kind,
+        doc.id,
+        label,
+        f"{kind}-{safe_filename(number)}.pdf",
+        _context(kind, label, doc),
+        ((party.email, party.name),) if party.email else (),
+        f"job {doc.job.id} {doc.job.title}".strip() if doc.job is not None else "",
+        f"{what} {party.id} ({party.name}) has no {column}",
+    )
 
 
 def cash_flow_report(conn: sa.Connection, as_of: dt.date) -> Report:
     """The cash-flow report as of the end of ``as_of``, read on ``conn``."""
     cf = cashflow.load_cash_flow(conn, as_of)
-    base: dict[str, Any] = {
-        "kind": "cash-flow",
-        "marker": MARKER + "cash-flow",
-        "version": __version__,
-    }
     return Report(
         "cash-flow",
         None,
         f"Cash flow report as of {as_of.isoformat()}",
         f"cash-flow-{as_of.isoformat()}.pdf",
-        {**base, "title": "Cash flow", "doc": cf, "buckets": [b[0] for b in cashflow.BUCKETS]},
+        _context("cash-flow", "Cash flow", cf, buckets=[b[0] for b in cashflow.BUCKETS]),
         no_recipient="the cash-flow report has no default recipient (name staff with access)",
     )
-
-
-def _one(party: documents.Party) -> tuple[tuple[str, str], ...]:
-    return ((party.email, party.name),) if party.email else ()
-
-
-def _why_none(what: str, party: documents.Party, column: str) -> str:
-    return f"{what} {party.id} ({party.name}) has no {column}"
 
 
 def render(report: Report, settings: Settings) -> bytes:
