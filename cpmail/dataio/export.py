@@ -49,15 +49,9 @@ def _csv_cell(v: Any) -> str:
 def _json_value(v: Any) -> str:
     if v is None:
         return "null"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, Decimal):
-        return format(v, "f")  # a JSON number, exactly as stored
-    if isinstance(v, int):
-        return str(v)
-    return json.dumps(_csv_cell(v), ensure_ascii=False)
+    cell = _csv_cell(v)
+    # true, false, an integer, or a decimal exactly as stored: a JSON literal as CSV writes it
+    return cell if isinstance(v, int | Decimal) else json.dumps(cell, ensure_ascii=False)
 
 
 def _rows(engine: sa.Engine, table: sa.Table) -> Iterator[Sequence[Any]]:
