@@ -24,8 +24,9 @@ from cpmail.oauth.loopback import (
 from cpmail.oauth.tokens import (
     StoredToken,
     check_endpoint,
-    load_token,
+    damaged,
     save_token,
+    signed_in,
     signin_command,
     who,
 )
@@ -218,20 +219,13 @@ class GoogleSession:
 
         self.account = account
         self._secrets = secrets
-        stored = load_token(secrets, "gmail", account)
-        if stored is None:
-            raise AuthError(
-                f"{who(account)} is not signed in with Google; run `{signin_command(account)}`."
-            )
+        stored = signed_in(secrets, "gmail", account)
         self.address = stored.address
         info = stored.data
         try:
             creds = Credentials.from_authorized_user_info(info)  # type: ignore[no-untyped-call]
         except (ValueError, TypeError):
-            raise ConfigError(
-                f"the stored Google sign-in of {who(account)} is damaged; "
-                f"run `{signin_command(account)}`."
-            ) from None
+            raise damaged("gmail", account) from None
         # from_authorized_user_info always sets Google's token_uri, and
         # with_token_uri makes a copy that forgets the expiry: put both back.
         expiry = creds.expiry

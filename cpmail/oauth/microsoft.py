@@ -26,8 +26,9 @@ from cpmail.oauth.loopback import (
 from cpmail.oauth.tokens import (
     StoredToken,
     check_endpoint,
-    load_token,
+    damaged,
     save_token,
+    signed_in,
     signin_command,
     who,
 )
@@ -303,20 +304,13 @@ class MicrosoftSession:
 
         self.account = account
         self._secrets = secrets
-        stored = load_token(secrets, "microsoft", account)
-        if stored is None:
-            raise AuthError(
-                f"{who(account)} is not signed in with Microsoft; run `{signin_command(account)}`."
-            )
+        stored = signed_in(secrets, "microsoft", account)
         self.address = stored.address
         self._cache = msal.SerializableTokenCache()
         try:
             self._cache.deserialize(stored.data)
         except (ValueError, TypeError):
-            raise ConfigError(
-                f"the stored Microsoft sign-in of {who(account)} is damaged; "
-                f"run `{signin_command(account)}`."
-            ) from None
+            raise damaged("microsoft", account) from None
         self._app, self._http = _msal_app(settings, http_cache, token_cache=self._cache)
         self._down: TemporaryFailure | None = None
 

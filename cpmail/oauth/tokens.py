@@ -22,7 +22,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpmail.errors import ConfigError
+from cpmail.errors import AuthError, ConfigError
 from cpmail.secrets import SHARED, SecretStore, token_name
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -88,6 +88,25 @@ def load_token(secrets: SecretStore, transport: str, account: str) -> StoredToke
         raise ConfigError(
             f"the stored sign-in {name} is damaged; run `{signin_command(account)}` again."
         ) from None
+
+
+def signed_in(secrets: SecretStore, transport: str, account: str) -> StoredToken:
+    """The stored sign-in of ``account``; AuthError naming the command when there is none."""
+    stored = load_token(secrets, transport, account)
+    if stored is None:
+        raise AuthError(
+            f"{who(account)} is not signed in with {PROVIDER[transport]}; "
+            f"run `{signin_command(account)}`."
+        )
+    return stored
+
+
+def damaged(transport: str, account: str) -> ConfigError:
+    """The error for a stored sign-in the provider's library cannot read."""
+    return ConfigError(
+        f"the stored {PROVIDER[transport]} sign-in of {who(account)} is damaged; "
+        f"run `{signin_command(account)}`."
+    )
 
 
 def save_token(secrets: SecretStore, transport: str, account: str, token: StoredToken) -> None:
