@@ -133,9 +133,11 @@ class _Column:
         return self.parse_native(v)
 
     def other(self, v: Any) -> Any:
+        """Convert a cell that is not text: null (an empty cell) or a value."""
         return self.on_empty() if v is None else self.parse_native(v)
 
     def on_empty(self) -> Any:
+        """An empty cell: null, unless the column needs a value."""
         if self.required:
             raise _Bad(self.empty)
         return None
