@@ -1,4 +1,21 @@
-"""Fixtures every test may use: a fresh home and a way to run the CLI in it."""
+"""Fixtures every test may use: a fresh home and a way to run the CLI in it.
+
+Migrating a new SQLite database takes most of `cpmail init`'s time, and most
+tests start with `cpmail init`. So the schema is migrated once per test run
+(per worker with pytest-xdist), by Alembic, into an empty file made as `init`
+makes it; after that, migrating another empty SQLite file in this process
+writes that file's bytes into it instead (``_fast_sqlite_upgrade``). The
+resulting database is the same: same schema, same revision, WAL mode, same
+mode bits (the file `init` made keeps its inode and its 0600).
+Everything else `init` does (settings file, secrets and mail folders, what
+it prints) runs as it is. Databases that are not empty, not files, or not
+SQLite (PostgreSQL) are migrated by Alembic as always, and so is any `cpmail`
+run in a process of its own.
+
+Likewise typer builds the click command tree of `cpmail` anew for each
+``CliRunner.invoke`` (a tenth of a second); here it is built once per app, as
+a `cpmail` process builds it once (``_one_command_tree``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +25,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+import typer
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
+import cpmail.store
 from cpmail.cli.app import app
+from cpmail.settings import PRIVATE_FILE
 
 # Real servers every test module may ask for: SMTP (aiosmtpd) and PostgreSQL schemas.
 pytest_plugins = ["tests.smtpserver", "tests.pg"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``--dist loadgroup``), the tests using Postfix share one worker.
+
+    So one Postfix is started (tests/postfix.py), not one per worker. Tests
+    marked ``serial`` are not this hook's matter: the test command runs them
+    in a pytest of their own, after the others (see README.md).
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "postfix" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("postfix"))
 
 
 @dataclass
@@ -45,6 +82,76 @@ class Cli:
             catch_exceptions=False,
         )
         return Result(r.exit_code, r.stdout, r.stderr)
+
+
+_real_upgrade = cpmail.store.upgrade
+
+
+def _sqlite_file(engine: sa.Engine) -> Path | None:
+    """The database file of an SQLite engine; None for anything else."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _migrate_once(folder: Path) -> bytes:
+    """The bytes of an SQLite file that Alembic migrated to the newest revision."""
+    path = folder / "cpmail.db"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    engine = cpmail.store.make_engine(f"sqlite:///{path}")
+    try:
+        _real_upgrade(engine)
+    finally:
+        engine.dispose()  # the last connection closes: the WAL goes into the file
+    assert not path.with_name(path.name + "-wal").exists()
+    engine = cpmail.store.make_engine(f"sqlite:///{path}")
+    try:
+        assert cpmail.store.current_revision(engine) == cpmail.store.head_revision()
+    finally:
+        engine.dispose()
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_sqlite_upgrade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Migrate an empty SQLite file by copying a migrated one (see the module docstring)."""
+    migrated: list[bytes] = []  # made on first use
+
+    def upgrade(engine: sa.Engine) -> None:
+        path = _sqlite_file(engine)
+        if (
+            path is None
+            or not path.is_file()
+            or path.stat().st_size != 0
+            or any(path.with_name(path.name + x).exists() for x in ("-wal", "-journal"))
+        ):
+            _real_upgrade(engine)
+            return
+        if not migrated:
+            migrated.append(_migrate_once(tmp_path_factory.mktemp("migrated")))
+        with path.open("r+b") as f:  # the same file: its inode and mode stay
+            f.write(migrated[0])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpmail.store, "upgrade", upgrade)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_command_tree() -> Iterator[None]:
+    """``CliRunner.invoke`` reuses the click command it built for an app."""
+    build = typer.main.get_command
+    built: dict[int, tuple[typer.Typer, object]] = {}
+
+    def get_command(typer_app: typer.Typer) -> object:
+        if id(typer_app) not in built:
+            built[id(typer_app)] = (typer_app, build(typer_app))
+        return built[id(typer_app)][1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.testing, "_get_command", get_command)
+        yield
 
 
 @pytest.fixture

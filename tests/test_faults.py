@@ -113,6 +113,7 @@ def assert_each_once(server: SMTPTestServer, ids: set[str]) -> None:
 # ------------------------------------------------------------------ long runs
 
 
+@pytest.mark.serial
 def test_a_run_longer_than_the_stale_limit_keeps_its_claims(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
@@ -134,6 +135,7 @@ def test_a_run_longer_than_the_stale_limit_keeps_its_claims(
 # ------------------------------------------------------------------ signals
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
     cli: Cli, home: Path, smtp_server: SMTPTestServer, sig: signal.Signals
@@ -163,6 +165,7 @@ def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
     assert_each_once(smtp_server, ids)
 
 
+@pytest.mark.serial
 def test_sigkill_then_check_reports_the_mail_held_by_the_dead_run(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
@@ -193,6 +196,7 @@ def test_sigkill_then_check_reports_the_mail_held_by_the_dead_run(
 # ------------------------------------------------------------------ servers that stall
 
 
+@pytest.mark.serial
 def test_a_server_that_stops_answering_ends_the_run_early(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
@@ -300,6 +304,7 @@ def fill(path: Path) -> Path:
     return filler
 
 
+@pytest.mark.serial
 def test_disk_full_while_recording_loses_nothing_and_sends_nothing_twice(
     cli: Cli, home: Path, smtp_server: SMTPTestServer, tmp_path: Path
 ) -> None:
@@ -400,6 +405,7 @@ def test_postgres_down_or_misnamed_is_exit_3(
     assert "cpmail init" not in r.stderr
 
 
+@pytest.mark.serial
 @pytest.mark.postgres
 def test_database_connections_lost_mid_run_lose_nothing(
     cli: Cli, home: Path, smtp_server: SMTPTestServer, pg_url: str
@@ -450,6 +456,7 @@ def _locked(db: Path) -> bool:
         conn.close()
 
 
+@pytest.mark.serial
 def test_a_run_paused_past_the_stale_limit_sends_nothing_more(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from cpmail.pace import Pace, daily_limit, throttled
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_faults import DATE, prepare, queue_messages, received, statuses
 
 
+@pytest.mark.serial
 def test_a_paced_account_is_never_refused_and_loses_no_time(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
@@ -27,6 +30,7 @@ def test_a_paced_account_is_never_refused_and_loses_no_time(
     assert last - first <= 1.05 * allowed + 0.75, f"{last - first:.2f} s for {allowed:.2f} s"
 
 
+@pytest.mark.serial
 def test_without_a_pace_a_throttling_answer_slows_the_account(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
