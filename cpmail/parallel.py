@@ -20,6 +20,7 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -40,10 +41,14 @@ def halves(fn: Callable[[T], R], items: Sequence[T], *, min_items: int = MIN_ITE
         return [fn(x) for x in items]
     cut = len(items) // 2
     read_end, write_end = os.pipe()
+    # Objects alive now are left out of garbage collection in both processes: the
+    # child's collector would otherwise touch, and so copy, every page it shares.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read_end)
         _child(fn, items[cut:], write_end)
+    gc.unfreeze()
     os.close(write_end)
     try:
         first = [fn(x) for x in items[:cut]]
@@ -69,6 +74,7 @@ def _can_fork() -> bool:
 
 def _child(fn: Callable[[T], R], items: Sequence[T], fd: int) -> None:
     code = 1
+    gc.disable()  # short-lived: what it allocates goes when it ends
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
