@@ -1,16 +1,21 @@
 """Fixtures every test may use: a fresh home and a way to run the CLI in it.
 
-Migrating a new SQLite database takes most of `cpmail init`'s time, and most
-tests start with `cpmail init`. So the schema is migrated once per test run
-(per worker with pytest-xdist), by Alembic, into an empty file made as `init`
-makes it; after that, migrating another empty SQLite file in this process
-writes that file's bytes into it instead (``_fast_sqlite_upgrade``). The
-resulting database is the same: same schema, same revision, WAL mode, same
-mode bits (the file `init` made keeps its inode and its 0600).
+Migrating a new database takes most of `cpmail init`'s time, and most tests
+start with `cpmail init`. So each kind is migrated by Alembic once per test
+run (per worker with pytest-xdist), and after that a new one is given the
+result (``_fast_upgrade``):
+
+- an empty SQLite file (as `init` makes it) gets the bytes of a file Alembic
+  migrated: same schema, same revision, WAL mode; the file keeps its inode
+  and its 0600;
+- an empty PostgreSQL schema (the first of the search_path) gets the
+  statements that wrote when Alembic migrated one, in the same order, in one
+  transaction, as Alembic sends them.
+
 Everything else `init` does (settings file, secrets and mail folders, what
-it prints) runs as it is. Databases that are not empty, not files, or not
-SQLite (PostgreSQL) are migrated by Alembic as always, and so is any `cpmail`
-run in a process of its own.
+it prints) runs as it is. A database that is not empty is migrated by
+Alembic as always, and so is any `cpmail` run in a process of its own.
+tests/test_fast_migration.py checks that both give what Alembic gives.
 
 Likewise typer builds the click command tree of `cpmail` anew for each
 ``CliRunner.invoke`` (a tenth of a second); here it is built once per app, as
@@ -20,9 +25,11 @@ a `cpmail` process builds it once (``_one_command_tree``).
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -113,25 +120,95 @@ def _migrate_once(folder: Path) -> bytes:
     return path.read_bytes()
 
 
+_WRITES = ("CREATE", "ALTER", "DROP", "COMMENT", "INSERT", "UPDATE", "DELETE")
+Statement = tuple[str, Any]
+
+
+def _pg_migration(url: str) -> list[Statement]:
+    """What Alembic sends PostgreSQL to migrate an empty schema: the statements that write.
+
+    Recorded while migrating a schema made for it (then dropped); its reads
+    (Alembic looking at what is there) are left out.
+    """
+    schema = f"cpmail_migrated_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(sa.engine.make_url(url).set(query={}), isolation_level="AUTOCOMMIT")
+    sent: list[Statement] = []
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        engine = cpmail.store.make_engine(
+            admin.url.render_as_string(hide_password=False) + f"?options=-csearch_path%3D{schema}"
+        )
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def record(
+            conn: object, cursor: object, statement: str, params: Any, *rest: object
+        ) -> None:
+            if statement.lstrip().split(None, 1)[0].upper() in _WRITES:
+                sent.append((statement, params))
+
+        try:
+            _real_upgrade(engine)
+        finally:
+            engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+    return sent
+
+
+def _pg_schema_is_empty(conn: sa.Connection) -> bool:
+    """Whether the schema new tables go to (the first of search_path) exists and is empty."""
+    empty = conn.execute(
+        sa.text(
+            "SELECT current_schema() IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c"
+            "   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            "   WHERE n.nspname = current_schema())"
+            " AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t"
+            "   JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace"
+            "   WHERE n.nspname = current_schema())"
+        )
+    ).scalar()
+    return bool(empty)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _fast_sqlite_upgrade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Migrate an empty SQLite file by copying a migrated one (see the module docstring)."""
+def _fast_upgrade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Migrate an empty database the quick way (see the module docstring)."""
     migrated: list[bytes] = []  # made on first use
+    pg_statements: list[list[Statement]] = []
+
+    def sqlite_empty(path: Path) -> bool:
+        return (
+            path.is_file()
+            and path.stat().st_size == 0
+            and not any(path.with_name(path.name + x).exists() for x in ("-wal", "-journal"))
+        )
 
     def upgrade(engine: sa.Engine) -> None:
+        backend = engine.url.get_backend_name()
         path = _sqlite_file(engine)
-        if (
-            path is None
-            or not path.is_file()
-            or path.stat().st_size != 0
-            or any(path.with_name(path.name + x).exists() for x in ("-wal", "-journal"))
-        ):
-            _real_upgrade(engine)
+        if path is not None and sqlite_empty(path):
+            if not migrated:
+                migrated.append(_migrate_once(tmp_path_factory.mktemp("migrated")))
+            with path.open("r+b") as f:  # the same file: its inode and mode stay
+                f.write(migrated[0])
             return
-        if not migrated:
-            migrated.append(_migrate_once(tmp_path_factory.mktemp("migrated")))
-        with path.open("r+b") as f:  # the same file: its inode and mode stay
-            f.write(migrated[0])
+        if backend == "postgresql":
+            with engine.begin() as conn:
+                if _pg_schema_is_empty(conn):
+                    if not pg_statements:
+                        pg_statements.append(
+                            _pg_migration(engine.url.render_as_string(hide_password=False))
+                        )
+                    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    for statement, params in pg_statements[0]:
+                        cursor.execute(statement, params)
+                    cursor.close()
+                    return
+        _real_upgrade(engine)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpmail.store, "upgrade", upgrade)

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 import cpmail.store
 from tests.conftest import Cli, _real_upgrade
 
@@ -57,3 +60,53 @@ def test_init_here_leaves_the_home_a_real_init_leaves(cli: Cli, home: Path, tmp_
     assert done.returncode == 0, done.stderr
     assert _state(home) == _state(real)
     assert r.stdout.replace(str(home), "HOME") == done.stdout.replace(str(real), "HOME")
+
+
+def _catalog(url: str) -> dict[str, object]:
+    """What a PostgreSQL schema holds: columns, constraints, indexes, types, the revision."""
+    engine = sa.create_engine(url)
+    queries = {
+        "columns": "SELECT table_name, column_name, ordinal_position, data_type, "
+        "character_maximum_length, numeric_precision, numeric_scale, is_nullable, "
+        "column_default FROM information_schema.columns WHERE table_schema = current_schema()",
+        "constraints": "SELECT c.conrelid::regclass::text, c.conname, "
+        "pg_get_constraintdef(c.oid) FROM pg_constraint c "
+        "JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = current_schema()",
+        "indexes": "SELECT tablename, indexname, replace(indexdef, current_schema(), 'S') "
+        "FROM pg_indexes WHERE schemaname = current_schema()",
+        "relations": "SELECT c.relname, c.relkind FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()",
+        "types": "SELECT t.typname, t.typtype FROM pg_type t "
+        "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = current_schema()",
+        "revision": "SELECT version_num FROM alembic_version",
+    }
+    try:
+        with engine.connect() as conn:
+            return {k: sorted(map(tuple, conn.execute(sa.text(q)))) for k, q in queries.items()}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgres_schema_gets_what_alembic_gives(pg_url: str) -> None:
+    import uuid
+
+    here = cpmail.store.make_engine(pg_url)
+    cpmail.store.upgrade(here)  # the recorded statements, sent again
+    here.dispose()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    server = pg_url.split("?")[0]
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    real_url = f"{server}?options=-csearch_path%3D{schema}"
+    try:
+        real = cpmail.store.make_engine(real_url)
+        _real_upgrade(real)  # Alembic itself
+        real.dispose()
+        ours, theirs = _catalog(pg_url), _catalog(real_url)
+        assert ours["relations"] and ours == theirs
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
