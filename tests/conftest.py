@@ -47,17 +47,21 @@ pytest_plugins = ["tests.smtpserver", "tests.pg"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist (``--dist loadgroup``), the tests using Postfix share one worker.
+    """With pytest-xdist (``--dist loadgroup``), some tests share one worker.
 
-    So one Postfix is started (tests/postfix.py), not one per worker. Tests
-    marked ``serial`` are not this hook's matter: the test command runs them
-    in a pytest of their own, after the others (see README.md).
+    Those using Postfix, so that one Postfix is started (tests/postfix.py), not
+    one per worker; those using PostgreSQL, so that the connections open at
+    once stay as many as when the suite runs on one process (the server takes
+    100). Tests marked ``serial`` are not this hook's matter: the test command
+    runs them in a pytest of their own, after the others (see README.md).
     """
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if "postfix" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("postfix"))
+        elif item.get_closest_marker("postgres") is not None:
+            item.add_marker(pytest.mark.xdist_group("postgres"))
 
 
 @dataclass

@@ -7,6 +7,7 @@ a fixture parametrised over both databases cpmail supports.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,20 @@ def server_or_skip(admin: sa.Engine) -> None:
         if REQUIRED:
             pytest.fail(reason + " (CPMAIL_REQUIRE_PG=1)")
         pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _close_lost_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a PostgreSQL test, close the connections of the engines it left behind.
+
+    Each command makes an engine; one nobody disposed of keeps its pooled
+    connections open until the garbage collector gets to it, and a suite on
+    two workers (or two suites at once) would reach the server's
+    max_connections.
+    """
+    yield
+    if request.node.get_closest_marker("postgres") is not None:
+        gc.collect()
 
 
 @pytest.fixture
