@@ -139,6 +139,7 @@ def _root(
 ) -> None:
     """E-mail for the agency: notifications, reports and messages."""
     ctx.obj = Ctx(home=home_dir(home), quiet=quiet, verbose=verbose)
+    ctx.call_on_close(ctx.obj.close)
     if verbose:  # what cpmail does while it waits or retries, on stderr
         import logging
 

@@ -60,6 +60,12 @@ class Ctx:
         engine: sa.Engine = self._engine
         return engine
 
+    def close(self) -> None:
+        """Close the database connections this command opened (called when it ends)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
+
     @property
     def db_where(self) -> str:
         """The database named for a person: its file, or engine, host and name."""
