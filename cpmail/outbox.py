@@ -586,6 +586,9 @@ class _Recorder:
         # True while the account is paced: a transport then takes one message at a
         # time, just before it sends it (see cpmail.pace).
         self.pacing: Callable[[], bool] = lambda: False
+        # Wait for the account's next slot (False once the run stops): for a message
+        # a transport took before the account became paced.
+        self.admit: Callable[[], bool] = lambda: True
 
     def settled(self, id_: int) -> bool:
         """True once the outcome of message ``id_`` is written (or can no longer be)."""
@@ -854,6 +857,7 @@ class _Pass:
         self.stalled: Unreachable | None = None
         self.recorder.observers.append(self._observe)
         self.recorder.pacing = lambda: self.pace is not None
+        self.recorder.admit = self._admit
 
     def run(self) -> None:
         try:

@@ -630,7 +630,9 @@ class SMTPTransport(Transport):
             return
         cfg = SMTPConfig.from_settings(self.settings)
         tls = cfg.tls_context()
-        run = _Run(cfg, tls, _Intake(self, first, source), report)
+        pacing = getattr(report, "pacing", None)
+        intake = _Intake(self, first, source, pacing)
+        run = _Run(cfg, tls, intake, report)
         asyncio.run(run.go(cfg.connections))
 
     def login_for(self, env: Envelope, cache: dict[str, Secret | None]) -> Login | None:
@@ -647,11 +649,21 @@ class SMTPTransport(Transport):
 class _Intake:
     """Sorts envelopes into groups that log in the same way, taking more only when needed."""
 
-    def __init__(self, transport: SMTPTransport, first: Envelope, source: Iterator[Envelope]):
+    def __init__(
+        self,
+        transport: SMTPTransport,
+        first: Envelope,
+        source: Iterator[Envelope],
+        pacing: Callable[[], bool] | None = None,
+    ) -> None:
         self.transport = transport
         self.source: Iterator[Envelope] | None = source
         self.passcodes: dict[str, Secret | None] = {}
         self.groups: dict[tuple[str, str] | None, _Group] = {}
+        # Taken while the account was not paced: if it becomes paced (a throttling
+        # answer), these wait for their slot before they go.
+        self.unpaced: set[int] = set()
+        self.pacing: Callable[[], bool] = pacing or (lambda: False)
         self._add(first)
 
     def _add(self, env: Envelope) -> None:
@@ -661,6 +673,8 @@ class _Intake:
         if group is None:
             group = self.groups[key] = _Group(login)
         group.pending.append(env)
+        if not self.pacing():
+            self.unpaced.add(env.id)
 
     def fill(self, want: int) -> None:
         """Take envelopes until ``want`` are waiting (or there are no more)."""
@@ -715,6 +729,17 @@ class _Run:
         if pacing is not None and pacing():
             return 1
         return self.cfg.connections * _MESSAGES_PER_EXTRA_CONNECTION * 2
+
+    def _admitted(self, env: Envelope) -> bool:
+        """A message taken before its account became paced waits for its slot now."""
+        if env.id not in self.intake.unpaced:
+            return True
+        self.intake.unpaced.discard(env.id)
+        pacing = getattr(self.report, "pacing", None)
+        admit = getattr(self.report, "admit", None)
+        if pacing is None or admit is None or not pacing():
+            return True
+        return bool(admit())
 
     def _stopping(self) -> bool:
         if interrupt.requested() is not None or getattr(self.report, "blocked", False):
@@ -825,6 +850,9 @@ class _Run:
                 if not group.pending:
                     continue
                 env = group.pending.popleft()
+                if not self._admitted(env):
+                    group.pending.appendleft(env)  # the run stops: it stays in the outbox
+                    continue
                 try:
                     outcome = await conn.send(env)
                 except _Resend as e:
