@@ -713,7 +713,6 @@ class _Run:
         self.resent: set[int] = set()
         self.local_hostname = "localhost"
         self.timeouts = 0  # consecutive messages the server did not answer in time
-        self.delivered = 0  # messages the server accepted in this call
         self.settled: Callable[[int], bool] | None = getattr(report, "settled", None)
         self.written: asyncio.Event | None = None
 
@@ -796,8 +795,6 @@ class _Run:
         """Count answers: a server that stops answering ends the run (the rest stay queued)."""
         if not isinstance(outcome.error, NoAnswer):
             self.timeouts = 0
-            if outcome.accepted:
-                self.delivered += 1
             return
         self.timeouts += 1
         if self.timeouts >= _STALLED_AFTER and self.fatal is None:
