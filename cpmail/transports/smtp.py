@@ -207,6 +207,7 @@ class _Connection:
         self.size_limit = 0
         self.previous: int | None = None  # the last message this connection delivered
         self.settle: Callable[[int], Awaitable[None]] | None = None
+        self.blocked: Callable[[], bool] = lambda: False
 
     @property
     def connected(self) -> bool:
@@ -533,6 +534,11 @@ class _Connection:
             # accepted message per connection unrecorded (and sent again later).
             if self.previous is not None and self.settle is not None:
                 await self.settle(self.previous)
+            if self.blocked():
+                # While it waited, the run's claim lapsed (or outcomes cannot be
+                # written): the text stays here; the message stays in the outbox.
+                self._hang_up()
+                raise _Resend("the run may no longer send")
             wire.write(body)
         except aiosmtplib.SMTPServerDisconnected:
             # Gone before any of the text went: send it again on a new connection.
@@ -895,6 +901,7 @@ class _Run:
     async def _open(self, group: _Group) -> _Connection | None:
         conn = _Connection(self.cfg, self.tls, group, self.local_hostname)
         conn.settle = self.settle
+        conn.blocked = lambda: bool(getattr(self.report, "blocked", False))
         try:
             await conn.open()
         except Unreachable:
