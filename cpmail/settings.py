@@ -568,10 +568,14 @@ max_age_hours = 72
 class Settings:
     """Effective settings: defaults < ``cpmail.toml`` < environment."""
 
-    def __init__(self, home: Path, doc: Any, path: Path) -> None:
+    def __init__(self, home: Path, doc: Any, path: Path, text: str = "") -> None:
         self.home = home
         self.path = path
-        self._doc = doc  # tomlkit document, or {} when there is no file
+        # What the file holds: plain values read by the standard library's TOML
+        # reader (quick), or the tomlkit document that keeps comments and order,
+        # made from ``_text`` only when a setting is written; {} with no file.
+        self._doc = doc
+        self._text = text
         self._new_tables: list[Any] = []  # tables `set` added, for `save` to space out
         self._values: dict[str, Any] = {}
         self._source: dict[str, str] = {}
@@ -583,9 +587,9 @@ class Settings:
         """Read ``<home>/cpmail.toml`` (if any); raise ConfigError naming file and line."""
         path = home / SETTINGS_FILE
         doc: Any = {}
+        text = ""
         if path.exists():
-            import tomlkit
-            from tomlkit.exceptions import ParseError
+            import tomllib
 
             try:
                 text = path.read_text(encoding="utf-8")
@@ -594,13 +598,10 @@ class Settings:
             except OSError as e:
                 raise ConfigError(f"cannot read {path}: {e.strerror}.") from None
             try:
-                doc = tomlkit.parse(text)
-            except ParseError as e:
-                raise ConfigError(
-                    f"{path}, line {e.line}, column {e.col}: {_parse_reason(e)}; "
-                    "fix the file or run `cpmail init --force`."
-                ) from None
-        return cls(home, doc, path)
+                doc = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                doc = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
+        return cls(home, doc, path, text)
 
     def _resolve(self) -> None:
         flat = dict(_flatten(self._doc))
@@ -696,9 +697,10 @@ class Settings:
             raise ConfigError(f"unknown setting {key!r}; see `cpmail config show` for the keys.")
         typed = self._check(key, spec, value, key)
         import tomlkit
+        from tomlkit.toml_document import TOMLDocument
 
-        if not self._doc:
-            self._doc = tomlkit.document()
+        if not isinstance(self._doc, TOMLDocument):
+            self._doc = _edit_document(self.path, self._text)
         parts = key.split(".")
         table = self._doc
         for part in parts[:-1]:
@@ -729,7 +731,8 @@ class Settings:
         text = tomlkit.dumps(self._doc)
         text = text.rstrip("\n") + "\n" if text.strip() else text
         write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
-        self._doc = tomlkit.parse(text)
+        self._doc = _edit_document(self.path, text)
+        self._text = text
 
 
 PRIVATE_FILE = 0o600
@@ -766,6 +769,27 @@ def write_atomic(path: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> None:
         f.write(data)
 
 
+def _edit_document(path: Path, text: str, error: Exception | None = None) -> Any:
+    """``text`` as a tomlkit document (comments and order kept, for writing);
+    ConfigError naming the file, line and column where it is not TOML.
+
+    ``error`` is the standard library's complaint about the same text, whose
+    position serves where tomlkit's error gives none (a key twice in a table).
+    """
+    import tomlkit
+    from tomlkit.exceptions import ParseError, TOMLKitError
+
+    try:
+        return tomlkit.parse(text)
+    except ParseError as e:
+        where, reason = f", line {e.line}, column {e.col}", _parse_reason(e)
+    except TOMLKitError as e:
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(error or ""))
+        where = f", line {found[1]}, column {found[2]}" if found else ""
+        reason = _parse_reason(e)
+    raise ConfigError(f"{path}{where}: {reason}; fix the file or run `cpmail init --force`.")
+
+
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for k, v in doc.items():
         key = f"{prefix}{k}"
@@ -796,4 +820,4 @@ def _env_value(text: str) -> Any:
 
 def _parse_reason(e: Exception) -> str:
     msg = str(e)
-    return re.sub(r"\s*at line \d+ col \d+\s*$", "", msg) or "not valid TOML"
+    return re.sub(r"\s*at line \d+ col \d+\s*$", "", msg).rstrip(". ") or "not valid TOML"

@@ -49,15 +49,29 @@ def test_bad_value_names_the_key_and_changes_nothing(initialised: Cli, home: Pat
     assert (home / "cpmail.toml").read_text() == before
 
 
-def test_broken_file_names_file_and_line(initialised: Cli, home: Path) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    ["name = = broken", 'name = "no end', "lookback_days = 7", 'name = "\\q"', "[broken"],
+    ids=["two-equals", "unterminated", "duplicate-key", "bad-escape", "open-table"],
+)
+def test_broken_file_names_file_and_line(initialised: Cli, home: Path, bad: str) -> None:
     path = home / "cpmail.toml"
     lines = path.read_text().splitlines()
-    lines.insert(4, "name = = broken")
-    path.write_text("\n".join(lines) + "\n")
-    r = initialised("config", "show")
-    assert r.exit_code == 2
-    assert str(path) in r.stderr and "line 5" in r.stderr
-    assert "Traceback" not in r.output
+    lines.insert(4, bad)
+    if bad == "lookback_days = 7":  # a key the [check] table has already
+        lines.insert(lines.index("lookback_days = 7") + 1, bad)
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    line = text[: text.index(bad, 0 if bad != "lookback_days = 7" else text.index(bad) + 1)]
+    line_no = line.count("\n") + 1
+    for command in (("config", "show"), ("config", "set", "check.lookback_days", "3")):
+        r = initialised(*command)
+        assert r.exit_code == 2
+        assert r.stderr.startswith(f"cpmail: {path}, line {line_no}, column "), r.stderr
+        assert r.stderr.rstrip().endswith("fix the file or run `cpmail init --force`.")
+        assert r.stderr.count("\n") == 1 and ".;" not in r.stderr
+        assert "Traceback" not in r.output
+        assert path.read_text() == text
 
 
 def test_wrong_type_in_file_names_the_key(initialised: Cli, home: Path) -> None:
