@@ -6,7 +6,8 @@ template sees ``items`` (what the message is about: one, or a list for task
 reminders), ``item`` (the first), ``recipient``, ``agency``, ``run_date``
 and ``event``. A digest renders each notification with its event's
 templates, one at a time (task lists whole), so that none is left out.
-Templates are compiled once per process.
+Templates are compiled once per process, and once per process whatever the
+number of homes (`CompiledTemplates`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,31 @@ from cpmail.errors import ConfigError
 from cpmail.triggers import LIST_EVENTS
 
 BUILTIN = Path(__file__).parent / "templates"
+
+
+class CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled templates kept in memory for the life of the process.
+
+    An environment made for another home (or a new set of overrides) loads a
+    template it has not seen from here instead of compiling it again; Jinja
+    keys each entry on the template's file and checks the checksum of its
+    source, so an edited template is compiled anew. One instance per kind of
+    environment: the compiled code depends on the environment's options.
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_COMPILED = CompiledTemplates()
 
 
 def environment(home: Path | None) -> jinja2.Environment:
@@ -61,6 +87,7 @@ def _environment(home: Path | None, overrides: tuple[str, ...]) -> jinja2.Enviro
         keep_trailing_newline=True,
         undefined=jinja2.ChainableUndefined,
         auto_reload=False,  # see environment()
+        bytecode_cache=_COMPILED,
     )
     env.filters["day"] = _day
     env.filters["when"] = _when

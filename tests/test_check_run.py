@@ -119,6 +119,11 @@ def test_templates_list_export_and_override(cli: Cli, home: Path, tmp_path: Path
     (custom / "job-opened.txt").write_text("{% block subject %}{{ oops( }}{% endblock %}")
     r = cli("templates", "preview", "job-opened")
     assert r.exit_code == 2 and "job-opened.txt" in r.stderr and "line 1" in r.stderr
+    # Compiled templates are kept for the process: an edit is still seen, each time.
+    for words in ("FRESH WORK for", "NEW WORK for"):
+        (custom / "job-opened.txt").write_text(text.replace("A new job was opened", words))
+        r = cli("templates", "preview", "job-opened")
+        assert r.exit_code == 0 and words in r.stdout, r.output
 
 
 def test_demo_fires_every_trigger_and_refuses_a_second_time(cli: Cli, home: Path) -> None:

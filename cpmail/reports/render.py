@@ -15,10 +15,12 @@ from typing import Any
 import jinja2
 
 from cpmail.errors import ConfigError
+from cpmail.render import CompiledTemplates
 from cpmail.reports.money import money, quantity
 from cpmail.settings import Settings
 
 BUILTIN = Path(__file__).resolve().parent.parent / "templates" / "reports"
+_COMPILED = CompiledTemplates()
 
 # Magic numbers of the image formats weasyprint draws.
 _IMAGE_MAGIC: tuple[bytes, ...] = (
@@ -48,6 +50,7 @@ def environment(settings: Settings) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        bytecode_cache=_COMPILED,
     )
     env.filters["money"] = _money_filter
     env.filters["qty"] = quantity
