@@ -327,8 +327,7 @@ def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transp
     if stored is None:
         acct.signed_in = False
         acct.problem = (
-            f"not signed in with {PROVIDER[transport]}; "
-            f"run `{signin_command(acct.account)}`"
+            f"not signed in with {PROVIDER[transport]}; run `{signin_command(acct.account)}`"
         )
         return
     acct.signed_in = True

@@ -24,6 +24,7 @@ a `cpmail` process builds it once (``_one_command_tree``).
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -62,6 +63,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("postfix"))
         elif item.get_closest_marker("postgres") is not None:
             item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What exists once the tests are collected (modules, fixtures' code) lives for
+    the whole run: the garbage collector's full passes skip it from now on, which
+    makes them several times shorter."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
