@@ -731,8 +731,7 @@ class Settings:
         text = tomlkit.dumps(self._doc)
         text = text.rstrip("\n") + "\n" if text.strip() else text
         write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
-        self._doc = _edit_document(self.path, text)
-        self._text = text
+        self._doc, self._text = None, text  # parsed again only if another `set` follows
 
 
 PRIVATE_FILE = 0o600
