@@ -27,6 +27,7 @@ from cpmail.oauth.tokens import (
     StoredToken,
     check_endpoint,
     damaged,
+    https_context,
     save_token,
     signed_in,
     signin_command,
@@ -58,7 +59,7 @@ class MsalHttpClient:
     def __init__(self, rewrite: tuple[str, str] | None = None) -> None:
         import httpx
 
-        self._http = httpx.Client(timeout=HTTP_TIMEOUT)
+        self._http = httpx.Client(timeout=HTTP_TIMEOUT, verify=https_context())
         self._rewrite = rewrite
 
     def _url(self, url: str) -> str:

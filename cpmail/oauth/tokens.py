@@ -20,10 +20,14 @@ from __future__ import annotations
 import json
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from cpmail.errors import AuthError, ConfigError
 from cpmail.secrets import SHARED, SecretStore, token_name
+
+if TYPE_CHECKING:
+    import ssl
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PROVIDER = {"gmail": "Google", "microsoft": "Microsoft"}
@@ -51,6 +55,19 @@ def check_signed_in(secrets: SecretStore, transport: str, account: str) -> None:
             f"{who(account)} is not signed in with {PROVIDER[transport]}; "
             f"run `{signin_command(account)}`."
         )
+
+
+@cache
+def https_context() -> ssl.SSLContext:
+    """The TLS settings of every HTTPS client cpmail makes, made once per process.
+
+    httpx's default (certifi's authorities, or SSL_CERT_FILE / SSL_CERT_DIR):
+    loading the authorities takes tens of milliseconds, which each new client
+    would spend again.
+    """
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def check_endpoint(url: str, key: str) -> str:

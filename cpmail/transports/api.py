@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import httpx
 
 from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
-from cpmail.oauth.tokens import check_endpoint, signin_command
+from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
 from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
@@ -97,7 +97,7 @@ class ApiTransport(Transport, Generic[S]):
         sessions: dict[str, S | TemporaryFailure] = {}
         try:
             timeout = httpx.Timeout(seconds, connect=15.0)
-            with httpx.Client(timeout=timeout) as http:
+            with httpx.Client(timeout=timeout, verify=https_context()) as http:
                 for env in envelopes:
                     report(self._send(http, base, env, sessions))
         finally:
