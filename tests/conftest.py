@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     one per worker; those using PostgreSQL, so that the connections open at
     once stay as many as when the suite runs on one process (the server takes
     100). Tests marked ``serial`` are not this hook's matter: the test command
-    runs them in a pytest of their own, after the others (see README.md).
+    runs them in a pytest of their own, beside the others (tests/run.py).
     """
     if not config.pluginmanager.hasplugin("xdist"):
         return

@@ -296,3 +296,12 @@ def test_every_module_the_architecture_page_names_exists() -> None:
     assert len(named) > 20
     missing = [n for n in sorted(named) if not (ROOT / n).exists()]
     assert not missing, f"docs/architecture.md names what is not there: {missing}"
+
+
+def test_ci_runs_the_test_command_the_readme_gives() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Run the whole test suite:", 1)[1].split("```sh\n", 1)[1]
+    command = block.split("```", 1)[0].strip().splitlines()[-1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    assert command.replace(".venv/bin/", "") == ci[-1], (command, ci[-1])
+    assert "tests.run" in command
