@@ -27,6 +27,7 @@ from decimal import Decimal
 from email import message_from_string, policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,12 @@ def plain_label(n: int, what: str) -> str:
 HEADER = re.compile(r"[!-9;-~]+\Z")  # a field name: printable ASCII but ':'
 
 
+@lru_cache(maxsize=64)
 def read(raw: bytes) -> EmailMessage:
-    """The message as a reader of RFC 6532 (UTF-8 headers) sees it."""
+    """The message as a reader of RFC 6532 (UTF-8 headers) sees it.
+
+    Parsed once for all the checks of one message (the result is only read).
+    """
     msg = message_from_string(raw.decode("utf-8"), policy=policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
