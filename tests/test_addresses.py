@@ -16,8 +16,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cpmail.addresses import check_address, valid_address
+from cpmail.addresses import _PLAIN, _examine, _validate, check_address, valid_address
 from cpmail.compose import Mailbox, build_message, compose, to_bytes
 from cpmail.errors import InputError
 from cpmail.settings import Settings
@@ -311,3 +313,65 @@ def test_a_server_without_smtputf8_fails_only_the_international_mail(
     [failed] = json.loads(cli("outbox", "--json").stdout)
     assert (failed["status"], failed["to"]) == ("failed", ["üser@agency.test"])
     assert "no SMTPUTF8" in failed["last_error"]
+
+
+_LOCAL_CHARS = "abcXYZ019._+-"
+_LABEL_CHARS = "abcXYZ019-"
+_TLDS = [
+    "com",
+    "TEST",
+    "test",
+    "local",
+    "lan",
+    "arpa",
+    "invalid",
+    "onion",
+    "localhost",
+    "x",
+    "example",
+    "xn--p1ai",
+    "c0m",
+    "museum",
+    "a" * 63,
+    "a" * 64,
+]
+_EDGE = [1, 2, 61, 62, 63, 64, 65]  # lengths at the limits of a local part and a label
+
+
+@st.composite
+def _near_plain(draw: st.DrawFn) -> str:
+    """Addresses at and around the edges of what `_PLAIN` takes."""
+    local = draw(
+        st.text(_LOCAL_CHARS, min_size=1, max_size=12)
+        | st.builds(lambda n, c: c * n, st.sampled_from(_EDGE), st.sampled_from("aZ9"))
+    )
+    label = (
+        st.text(_LABEL_CHARS, min_size=1, max_size=8)
+        | st.builds(lambda n: "b" * n, st.sampled_from(_EDGE))
+        | st.sampled_from(["xn--bcher-kva", "a--b", "-a", "a-", "a_b"])
+    )
+    labels = draw(
+        st.lists(label, min_size=0, max_size=5)
+        # domains of 250 to 256 characters: around the limit of 253
+        | st.builds(lambda n: ["b" * 63] * 3 + ["b" * n], st.integers(55, 61))
+    )
+    tld = draw(st.sampled_from(_TLDS) | st.text(_LABEL_CHARS, min_size=1, max_size=4))
+    return f"{local}@{'.'.join([*labels, tld])}"
+
+
+def test_the_quick_path_for_plain_addresses_agrees_with_email_validator() -> None:
+    """Where `_PLAIN` matches, `_examine` answers without email-validator: the same answer."""
+    compared: list[str] = []
+
+    @settings(max_examples=1500, deadline=None, database=None)
+    @given(_near_plain() | st.text("ab.-_+@Z9", min_size=3, max_size=20))
+    def agree(address: str) -> None:
+        if _PLAIN.match(address):
+            assert _examine.__wrapped__(address) == _validate(address), address
+            compared.append(address)
+
+    agree()
+    assert len(compared) > 50, len(compared)
+    accepted = [a for a in compared if valid_address(a)]
+    assert accepted and len(accepted) < len(compared)  # both answers were compared
+    assert check_address("Jane.Doe+x@Agency.TEST") == "Jane.Doe+x@agency.test"
