@@ -14,7 +14,7 @@ name a different mailbox than the one stored.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from cpmail.errors import InputError
 
@@ -100,30 +100,29 @@ def _examine(address: str) -> tuple[str | None, str]:
 
 def _special_use(domain: str) -> bool:
     """Whether email-validator refuses ``domain`` as a special-use name (RFC 6761)."""
-    import email_validator
-
-    _allow_special()
-    return any(
-        domain == name or domain.endswith("." + name)
-        for name in email_validator.SPECIAL_USE_DOMAIN_NAMES
-    )
+    return any(domain == name or domain.endswith("." + name) for name in _special_names())
 
 
-def _allow_special() -> None:
-    """Agencies run internal mail on .local/.lan names and tests use .test
-    (RFC 6761): the library allows trimming its special-use list for that."""
+@cache
+def _special_names() -> tuple[str, ...]:
+    """email-validator's special-use names, once trimmed of those agencies use.
+
+    Agencies run internal mail on .local/.lan names and tests use .test
+    (RFC 6761): the library allows trimming its list for that.
+    """
     import email_validator
 
     for name in _ALLOWED_SPECIAL:
         if name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
             email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(name)
+    return tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _validate(text: str) -> tuple[str | None, str]:
     """``_examine`` by email-validator, for any address that is not plain."""
     from email_validator import EmailNotValidError, validate_email
 
-    _allow_special()
+    _special_names()  # the library's list trimmed before it is used
     try:
         info = validate_email(
             text,

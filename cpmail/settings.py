@@ -568,14 +568,14 @@ max_age_hours = 72
 class Settings:
     """Effective settings: defaults < ``cpmail.toml`` < environment."""
 
-    def __init__(self, home: Path, doc: Any, path: Path, text: str = "") -> None:
+    def __init__(self, home: Path, path: Path, data: Mapping[str, Any], text: str = "") -> None:
         self.home = home
         self.path = path
-        # What the file holds: plain values read by the standard library's TOML
-        # reader (quick), or the tomlkit document that keeps comments and order,
-        # made from ``_text`` only when a setting is written; {} with no file.
-        self._doc = doc
-        self._text = text
+        self._data = data  # what the file holds, as read ({} with no file)
+        self._text = text  # the file's text
+        # The file as a tomlkit document, which keeps comments and order: made
+        # from ``_text`` by the first `set` (tomlkit reads ten times slower).
+        self._edit: Any = None
         self._new_tables: list[Any] = []  # tables `set` added, for `save` to space out
         self._values: dict[str, Any] = {}
         self._source: dict[str, str] = {}
@@ -586,7 +586,7 @@ class Settings:
     def load(cls, home: Path) -> Settings:
         """Read ``<home>/cpmail.toml`` (if any); raise ConfigError naming file and line."""
         path = home / SETTINGS_FILE
-        doc: Any = {}
+        data: Mapping[str, Any] = {}
         text = ""
         if path.exists():
             import tomllib
@@ -598,13 +598,13 @@ class Settings:
             except OSError as e:
                 raise ConfigError(f"cannot read {path}: {e.strerror}.") from None
             try:
-                doc = tomllib.loads(text)
+                data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
-                doc = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
-        return cls(home, doc, path, text)
+                data = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
+        return cls(home, path, data, text)
 
     def _resolve(self) -> None:
-        flat = dict(_flatten(self._doc))
+        flat = dict(_flatten(self._data))
         for key, value in flat.items():
             spec = KEYS.get(key)
             if spec is None:
@@ -697,12 +697,9 @@ class Settings:
             raise ConfigError(f"unknown setting {key!r}; see `cpmail config show` for the keys.")
         typed = self._check(key, spec, value, key)
         import tomlkit
-        from tomlkit.toml_document import TOMLDocument
 
-        if not isinstance(self._doc, TOMLDocument):
-            self._doc = _edit_document(self.path, self._text)
         parts = key.split(".")
-        table = self._doc
+        table = self._editable()
         for part in parts[:-1]:
             if part not in table:
                 super_table = len(parts) > 2 and part == parts[0]
@@ -716,6 +713,11 @@ class Settings:
             self._source[key] = "file"
         return typed
 
+    def _editable(self) -> Any:
+        if self._edit is None:
+            self._edit = _edit_document(self.path, self._text)
+        return self._edit
+
     def save(self) -> None:
         """Write the document atomically, mode 0600: it may hold a database password."""
         import tomlkit
@@ -728,10 +730,10 @@ class Settings:
             if body and not isinstance(body[-1][1], Whitespace):
                 table.add(tomlkit.nl())
         self._new_tables.clear()
-        text = tomlkit.dumps(self._doc)
+        text = tomlkit.dumps(self._editable())
         text = text.rstrip("\n") + "\n" if text.strip() else text
         write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
-        self._doc, self._text = None, text  # parsed again only if another `set` follows
+        self._edit, self._text = None, text  # parsed again only if another `set` follows
 
 
 PRIVATE_FILE = 0o600

@@ -740,14 +740,17 @@ class _Run:
         if env.id not in self.intake.unpaced:
             return True
         self.intake.unpaced.discard(env.id)
-        pacing = getattr(self.report, "pacing", None)
         admit = getattr(self.report, "admit", None)
-        if pacing is None or admit is None or not pacing():
+        if admit is None or not self.intake.pacing():
             return True
         return bool(admit())
 
+    def _blocked(self) -> bool:
+        """The recorder says send no more (outcomes cannot be written, or the claim lapsed)."""
+        return bool(getattr(self.report, "blocked", False))
+
     def _stopping(self) -> bool:
-        if interrupt.requested() is not None or getattr(self.report, "blocked", False):
+        if interrupt.requested() is not None or self._blocked():
             self.intake.stop()
             return True
         return False
@@ -901,7 +904,7 @@ class _Run:
     async def _open(self, group: _Group) -> _Connection | None:
         conn = _Connection(self.cfg, self.tls, group, self.local_hostname)
         conn.settle = self.settle
-        conn.blocked = lambda: bool(getattr(self.report, "blocked", False))
+        conn.blocked = self._blocked
         try:
             await conn.open()
         except Unreachable:
