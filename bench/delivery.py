@@ -269,7 +269,7 @@ def split(home: Path) -> None:
     clock(check, "_plan", "compose")
     clock(check, "queue_many", "queue (outbox rows)")
     clock(check, "deliver", "deliver")
-    clock(outbox._Recorder, "flush", "record outcomes")
+    clock(outbox._Recorder, "write", "record outcomes")
     clock(smtp.SMTPTransport, "deliver", "SMTP transport")
     settings = Settings.load(home)
     engine = connect(settings.db_url, where=str(home))

@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 200
 STALLED_AFTER = 3  # messages in a row without an answer in time: the server stopped answering
 RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
-# Outcomes accepted but not yet written, past which sending waits for the database.
-BACKLOG = 200
 # How long the end of a run keeps trying to record outcomes the server accepted.
 RECORD_PATIENCE = 300.0
 
@@ -551,16 +549,15 @@ def _retryable(e: BaseException) -> bool:
 
 
 class _Recorder:
-    """Collects outcomes and writes them in batches, on a thread of its own, while sending goes on.
+    """Writes outcomes as they come, in the sending thread, before more mail is handed over.
 
-    An outcome is written as soon as the writer is free (group commit: what
-    arrives during one write goes into the next), not when the next answer
-    comes: a server that accepts and then stalls leaves nothing unrecorded,
-    and a transport can wait until a message is on record (``settled``). A write
-    that fails (the database restarting, locked, its disk full) is tried again
-    with the same outcomes, reconnecting, for as long as the process lives;
-    meanwhile sending waits. The end of a run waits up to RECORD_PATIENCE for
-    the last outcomes to be written.
+    ``record`` writes at once (one transaction). A transport that learns of
+    several outcomes together (SMTP, from several connections) may ``take``
+    each and ``write`` them in one transaction; a connection hands over its
+    next message only once its last is on record (``settled``). A write that
+    fails (the database restarting, locked, its disk full) is tried again with
+    the same outcomes, reconnecting, while sending waits; once the run is
+    stopped or ending it keeps trying for up to RECORD_PATIENCE.
     """
 
     def __init__(
@@ -572,20 +569,12 @@ class _Recorder:
         self.result = result
         self.held = held
         self.events: dict[int, str] = {}  # id -> event, from the claims
-        self.cond = threading.Condition()
-        self.pending: list[Outcome] = []
-        self.unwritten = 0  # outcomes received and not yet written
-        self.failing: BaseException | None = None  # the write error while it lasts
+        self.pending: list[Outcome] = []  # taken, not yet written
         self.fatal: BaseException | None = None  # a write that will not succeed
         self.closing_since: float | None = None
-        self.thread: threading.Thread | None = None
-        # The writer's own connection, kept for the thread's life: taking one from
-        # the pool for each batch cost a third of the time of recording one outcome.
+        # Kept for the run: taking a connection from the pool for each write cost
+        # a third of the time of recording one outcome.
         self.conn: sa.Connection | None = None
-        # Called (on the writer's thread) after each write: a transport waiting for
-        # ``settled`` wakes up. See SMTPTransport: a connection sends the next
-        # message only once the last one it delivered is on record.
-        self.listeners: list[Callable[[], None]] = []
         self.observers: list[Callable[[Outcome], None]] = []  # see each outcome as it comes
         # True while the account is paced: a transport then takes one message at a
         # time, just before it sends it (see cpmail.pace).
@@ -594,56 +583,41 @@ class _Recorder:
         # a transport took before the account became paced.
         self.admit: Callable[[], bool] = lambda: True
 
+    def __call__(self, outcome: Outcome) -> None:
+        self.take(outcome)
+        self.write()
+
+    def take(self, outcome: Outcome) -> None:
+        """Note ``outcome`` to be written by the next ``write``."""
+        for observe in self.observers:
+            observe(outcome)
+        self.pending.append(outcome)
+        if _clean(outcome) or outcome.accepted:
+            self.held.keep.add(outcome.id)
+
     def settled(self, id_: int) -> bool:
         """True once the outcome of message ``id_`` is written (or can no longer be)."""
         return id_ not in self.held.keep or self.fatal is not None
 
-    def __call__(self, outcome: Outcome) -> None:
-        for observe in self.observers:
-            observe(outcome)
-        with self.cond:
-            self.pending.append(outcome)
-            self.unwritten += 1
-            if _clean(outcome) or outcome.accepted:
-                self.held.keep.add(outcome.id)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="cpmail-outbox", daemon=True)
-                self.thread.start()
-            if len(self.pending) == 1:
-                self.cond.notify_all()
-            # While the database cannot take outcomes, send nothing more.
-            while (
-                (self.unwritten >= BACKLOG or self.failing is not None)
-                and self.fatal is None
-                and interrupt.requested() is None
-            ):
-                self.cond.wait(0.25)
-
     @property
     def blocked(self) -> bool:
-        """True while outcomes cannot be written, or once the run's claim lapsed: send no more."""
-        return self.failing is not None or self.fatal is not None or self.held.expired()
+        """True once outcomes cannot be written, or the run's claim lapsed: send no more."""
+        return self.fatal is not None or self.held.expired()
 
-    def _run(self) -> None:
+    def write(self) -> None:
+        """Write every outcome taken so far, in one transaction; return once stored or given up."""
+        if not self.pending or self.fatal is not None:
+            return
+        batch, self.pending = self.pending, []
+        self._write_until_done(batch)
+
+    def flush(self) -> None:
+        """Write what is left at the end of a run (or of an account's turn)."""
+        self.closing_since = time.monotonic()
         try:
-            while True:
-                with self.cond:
-                    while not self.pending and self.closing_since is None:
-                        self.cond.wait()
-                    if not self.pending:
-                        return
-                    # Group commit: whatever arrived while the last batch was written
-                    # goes in the next one, at once; under load batches grow by themselves.
-                    batch, self.pending = self.pending, []
-                ok = self._write_until_done(batch)
-                with self.cond:
-                    self.unwritten -= len(batch)
-                    self.cond.notify_all()
-                for listener in list(self.listeners):
-                    listener()
-                if not ok:
-                    return
+            self.write()
         finally:
+            self.closing_since = None
             self._hang_up()
 
     def _connection(self) -> sa.Connection:
@@ -657,21 +631,15 @@ class _Recorder:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _write_until_done(self, batch: list[Outcome]) -> bool:
+    def _write_until_done(self, batch: list[Outcome]) -> None:
         delay = 0.05
         while True:
             try:
                 self._store(batch)
             except Exception as e:
-                if not _retryable(e):
+                if not _retryable(e) or self._out_of_patience():
                     self.fatal = e
-                    return False
-                with self.cond:
-                    self.failing = e
-                    closing = self.closing_since
-                if closing is not None and time.monotonic() - closing > RECORD_PATIENCE:
-                    self.fatal = e
-                    return False
+                    return
                 said = str(getattr(e, "orig", None) or e).splitlines()[0]
                 log.info("recording outcomes failed (%s); trying again", said)
                 if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
@@ -679,23 +647,16 @@ class _Recorder:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            with self.cond:
-                self.failing = None
             for o in batch:
                 self.held.keep.discard(o.id)
-            return True
+            return
 
-    def flush(self) -> None:
-        """Write every outcome received so far; return once all are stored (or given up)."""
-        with self.cond:
-            if self.thread is None:
-                return
+    def _out_of_patience(self) -> bool:
+        """While the run goes on, never; once stopped or ending, after RECORD_PATIENCE."""
+        if self.closing_since is None and interrupt.requested() is not None:
             self.closing_since = time.monotonic()
-            self.cond.notify_all()
-            thread, self.thread = self.thread, None
-        thread.join()
-        with self.cond:
-            self.closing_since = None
+        since = self.closing_since
+        return since is not None and time.monotonic() - since > RECORD_PATIENCE
 
     def _store(self, batch: list[Outcome]) -> None:
         # Accepted for every recipient, the common case, needs nothing read back.
@@ -976,6 +937,9 @@ class _Pass:
 
     def _observe(self, outcome: Outcome) -> None:
         """Answers that say "slower", "no more today" or nothing at all, as they come."""
+        if _clean(outcome):
+            self.silent = 0
+            return
         if isinstance(outcome.error, NoAnswer):
             self.silent += 1
             if self.silent >= STALLED_AFTER and self.stalled is None:

@@ -72,6 +72,9 @@ Security = Literal["starttls", "ssl", "none"]
 # link would otherwise turn a 20 MB attachment into a false timeout.
 _BYTES_PER_SECOND = 100_000
 _MESSAGES_PER_EXTRA_CONNECTION = 4
+# Outcomes are written at the latest this long after they come (seconds), together
+# with any that come meanwhile; sooner when a connection needs one on record.
+_WRITE_WITHIN = 0.002
 # Consecutive messages without an answer in time after which the server counts as
 # stalled: the run ends and the rest stay queued, instead of each waiting its timeout.
 _STALLED_AFTER = 3
@@ -361,6 +364,7 @@ class _Connection:
         rcpts = [f"RCPT TO:<{r}>\r\n".encode(encoding) for r in env.rcpt_to]
         if self.pipelining:
             wire.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+            await wire.ready(len(rcpts) + 2, self.cfg.timeout)
         else:
             wire.write(mail)
         refused_sender = await self._mail(env)
@@ -720,7 +724,7 @@ class _Run:
         self.local_hostname = "localhost"
         self.timeouts = 0  # consecutive messages the server did not answer in time
         self.settled: Callable[[int], bool] | None = getattr(report, "settled", None)
-        self.written: asyncio.Event | None = None
+        self.due: asyncio.TimerHandle | None = None  # the write of outcomes taken so far
 
     @property
     def groups(self) -> list[_Group]:
@@ -757,32 +761,38 @@ class _Run:
 
     async def go(self, workers: int) -> None:
         self.local_hostname = await asyncio.to_thread(_local_hostname)
-        listeners: list[Callable[[], None]] | None = getattr(self.report, "listeners", None)
-        wake: Callable[[], None] | None = None
-        if self.settled is not None and listeners is not None:
-            loop = asyncio.get_running_loop()
-            written = self.written = asyncio.Event()
-
-            def wake() -> None:
-                loop.call_soon_threadsafe(written.set)
-
-            listeners.append(wake)
         try:
             await self._go(workers)
         finally:
-            if listeners is not None and wake is not None:
-                listeners.remove(wake)
+            self._write()  # what the last answers brought
+
+    def _report(self, outcome: Outcome) -> None:
+        """Hand ``outcome`` to the recorder; outcomes that come close together are written together.
+
+        A recorder that can take outcomes and write later (``take``/``write``)
+        writes as soon as a connection needs its last message on record to go
+        on (``settle``), and otherwise within _WRITE_WITHIN seconds.
+        """
+        take = getattr(self.report, "take", None)
+        if take is None or self.settled is None:
+            self.report(outcome)
+            return
+        take(outcome)
+        if self.due is None:
+            self.due = asyncio.get_running_loop().call_later(_WRITE_WITHIN, self._write)
+
+    def _write(self) -> None:
+        if self.due is not None:
+            self.due.cancel()
+            self.due = None
+        write = getattr(self.report, "write", None)
+        if write is not None:
+            write()
 
     async def settle(self, message_id: int) -> None:
-        """Wait until the outcome of ``message_id`` is on record."""
-        settled, written = self.settled, self.written
-        if settled is None or written is None:
-            return
-        while True:
-            written.clear()
-            if settled(message_id):
-                return
-            await written.wait()
+        """Make sure the outcome of ``message_id`` is on record."""
+        if self.settled is not None and not self.settled(message_id):
+            self._write()
 
     async def _go(self, workers: int) -> None:
         self.intake.fill(self._want())
@@ -872,7 +882,7 @@ class _Run:
                 except AuthError:
                     group.pending.appendleft(env)  # not sent: it stays in the outbox
                     raise
-                self.report(outcome)
+                self._report(outcome)
                 self._note(outcome)
                 if outcome.accepted:
                     group.delivered = True

@@ -47,6 +47,7 @@ class Wire(asyncio.Protocol):
         self._answers: deque[Answer] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._failure: Exception | None = None
+        self._wanted = 1  # answers the waiter waits for
 
     @classmethod
     def take(cls, transport: asyncio.BaseTransport) -> Wire:
@@ -116,6 +117,25 @@ class Wire(asyncio.Protocol):
             return self._answers.popleft()
         raise self._failure or SMTPServerDisconnected("Connection lost")
 
+    async def ready(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` answers are in, the line fails, or ``timeout`` passes.
+
+        For pipelined commands: one wait for all their answers instead of one
+        each. Raises nothing: ``answer`` then hands out what came and raises at
+        the first that did not (a timeout closes the line, as there).
+        """
+        if len(self._answers) >= count or self._failure is not None:
+            return
+        self._wanted = count
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, self._expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._wanted = 1
+
     async def command(self, line: bytes, timeout: float) -> Answer:
         self.write(line)
         return await self.answer(timeout)
@@ -151,5 +171,6 @@ class Wire(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        enough = len(self._answers) >= self._wanted or self._failure is not None
+        if waiter is not None and not waiter.done() and enough:
             waiter.set_result(None)
