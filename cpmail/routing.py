@@ -149,7 +149,9 @@ class Directory:
             staff_ids.append(entry)
         elif entry.strip().lower() in self.by_name:
             staff_ids.append(self.by_name[entry.strip().lower()])
-        elif is_rule(entry) and entry != "listed":
+        elif is_rule(entry) and entry != "listed" and not entry.startswith("email:"):
             self._expand(n, entry, staff_ids, outside, skipped, depth=1)
         else:
+            # Not a staff member (an outside address from data is never followed:
+            # only the settings can name one).
             skipped[SKIP_NO_ADDRESS] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -482,3 +483,34 @@ def test_a_file_without_line_breaks_is_refused_early_in_bounded_memory(
         f"{path}, line 1: item 1 is longer than 8 MB (or never closed), which no row of "
         "agency data is; check the file's brackets and quotes."
     )
+
+
+@pytest.mark.parametrize(
+    ("table", "head", "row", "column"),
+    [
+        ("diary_entries", "id,entered_at,notify", "DE9,2026-11-27T09:00", "notify"),
+        ("homebase_entries", "id,entered_at,notify", "HB9,2026-11-27T09:00", "notify"),
+        ("job_status_codes", "code,kind,notify", "done,production", "notify"),
+        (
+            "calendar_entries",
+            "id,title,starts_at,attendees",
+            "CE9,Review,2026-12-01T09:00",
+            "attendees",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "item", ["email:evil@attacker.example", "evil@attacker.example", "EMAIL:x@y.example"]
+)
+def test_a_list_of_people_refuses_an_e_mail_address(
+    loaded: Cli, tmp_path: Path, table: str, head: str, row: str, column: str, item: str
+) -> None:
+    """Data names staff; an outside recipient comes only from the settings."""
+    path = write(tmp_path, f"{table}.csv", f'{head}\n{row},"JD,{item}"\n')
+    said = refused(loaded, path)
+    assert "line 2" in said and f"column {column}: '{item}' is an e-mail address" in said, said
+    key, *cells = row.split(",")
+    record = dict(zip(head.split(","), [key, *cells, ""], strict=True))
+    record[column] = ["JD", item]
+    path = write(tmp_path, f"{table}.json", json.dumps([record]))
+    assert f"column {column}: '{item}' is an e-mail address" in refused(loaded, path)

@@ -427,6 +427,47 @@ def test_diary_and_homebase_go_to_their_notify_lists(agency: Agency) -> None:
     assert to(hb) == ["carl@agency.test"]  # NO is inactive
 
 
+def test_an_address_in_the_data_never_becomes_a_recipient(agency: Agency) -> None:
+    """Rows written into the database by other means than `data import` (which refuses them)."""
+    agency.add(
+        "diary_entries",
+        dict(
+            id="D1",
+            kind="client",
+            party_id="C1",
+            subject="Call",
+            entered_by="AE",
+            entered_at=at(D, 9),
+            notify="AE,email:evil@attacker.test",
+        ),
+    )
+    agency.add(
+        "homebase_entries",
+        dict(
+            id="HB1",
+            subject="Closed",
+            entered_by="AE",
+            entered_at=at(D, 8),
+            notify="email:evil@attacker.test,CR",
+        ),
+    )
+    agency.add(
+        "calendar_entries",
+        dict(
+            id="CE1",
+            title="Review",
+            starts_at=at(D + dt.timedelta(days=1), 10),
+            remind_at=at(D, 9),
+            attendees="CR,email:evil@attacker.test",
+        ),
+    )
+    msgs = agency.check("--only", "diary-entry,homebase-entry,calendar-reminder", date=D, code=0)
+    assert len(msgs) == 3
+    for m in msgs:
+        assert "attacker" not in m.as_string()
+    assert all("attacker" not in r for m in agency.server.messages for r in m.rcpt_tos)
+
+
 def test_change_order_to_ae_and_production(agency: Agency) -> None:
     agency.add(
         "change_orders",

@@ -35,6 +35,8 @@ JSON_CHUNK = 256 * 1024
 SQLITE_IMPORT_CACHE_KIB = 16 * 1024
 
 LIST_COLUMNS = frozenset({"notify", "attendees", "events", "access"})
+# Lists of people: staff IDs, staff names and recipient rules, never an e-mail address.
+RECIPIENT_COLUMNS = frozenset({"notify", "attendees"})
 # Columns that hold one e-mail address each.
 ADDRESS_COLUMNS = frozenset(
     {

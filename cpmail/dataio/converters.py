@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from cpmail.dataio.columns import (
     ADDRESS_COLUMNS,
+    RECIPIENT_COLUMNS,
     ColumnSpec,
 )
 from cpmail.errors import InputError
@@ -258,6 +259,29 @@ class _List(_Column):
         raise self.refused(v)
 
 
+class _Recipients(_List):
+    """A ``notify`` or ``attendees`` list: staff IDs, staff names and rules, never an address.
+
+    Data names people of the agency; an outside address comes only from the
+    settings (``email:`` in an event's ``notify``), so nothing in the data can
+    add a recipient outside the agency.
+    """
+
+    __slots__ = ()
+    what = "comma-separated staff IDs, staff names or rules"
+
+    def parse_str(self, s: str) -> Any:
+        joined = super().parse_str(s)
+        for item in (joined or "").split(","):
+            if item.lower().startswith("email:") or "@" in item:
+                raise _Bad(
+                    f"{_r(item)} is an e-mail address; this list names staff (IDs or names) "
+                    "or rules such as team:ae — an outside address belongs in the event's "
+                    "notify setting"
+                )
+        return joined
+
+
 class _Date(_Column):
     """A date as YYYY-MM-DD."""
 
@@ -448,6 +472,8 @@ def _column_kind(spec: ColumnSpec, table: str) -> type[_Column]:
     """The class that converts the cells of ``spec``."""
     if (table, spec.name) in ADDRESS_COLUMNS:
         return _Address
+    if spec.name in RECIPIENT_COLUMNS:
+        return _Recipients
     if spec.kind != "text":
         return _KINDS[spec.kind]
     if spec.choices:
