@@ -17,9 +17,12 @@ from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cpmail.settings import Settings
 from cpmail.store import connect
+from cpmail.triggers import key_of
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
@@ -375,6 +378,63 @@ def test_budget_alert_to_ae_and_who_entered_it(agency: Agency) -> None:
     msgs = agency.check("--only", "budget-alert")
     assert to(msgs) == ["alice@agency.test", "carl@agency.test"]
     assert "Time puts Layout $50 over" in msgs[0]["Subject"]
+
+
+def test_an_alert_whose_id_looks_like_a_threshold_is_sent_beside_it(agency: Agency) -> None:
+    """Ledger keys built from IDs holding ':' must not collide (one would block the other)."""
+    assert agency.cli("config", "set", "events.budget-alert.thresholds", "[50]").exit_code == 0
+    agency.add(
+        "tasks",
+        dict(id="T3", job_id="J100", name="Layout", assignee_id="CR", budget_amount=Decimal("100")),
+    )
+    agency.add(
+        "job_costs",
+        dict(
+            id="C1",
+            job_id="J100",
+            task_id="T3",
+            kind="cost",
+            amount=Decimal("60"),
+            entered_at=at(D, 9),
+        ),
+    )
+    agency.add(
+        "budget_alerts",
+        dict(
+            id="T3:50",
+            job_id="J100",
+            source="time entry",
+            message="Typed by hand",
+            entered_by="CR",
+            entered_at=at(D, 12),
+        ),
+    )
+    msgs = agency.check("--only", "budget-alert")
+    subjects = sorted({str(m["Subject"]) for m in msgs})
+    assert len(subjects) == 2, subjects
+    assert "Typed by hand" in subjects[1] and "50% of the budget reached" in subjects[0]
+    assert agency.check("--only", "budget-alert", date=D + DAY) == []
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["budget-alert", "calendar-reminder", "missing-time"]),
+            st.text(alphabet="T3:%5A0", max_size=6),  # every trigger keys on one ID
+            st.one_of(st.none(), st.sampled_from(["50", "2026-11-27", "2026-11-27T09:00"])),
+        ),
+        max_size=30,
+    )
+)
+def test_different_notifications_never_share_a_ledger_key(
+    parts: list[tuple[str, str, str | None]],
+) -> None:
+    keys: dict[str, set[tuple[str, str, str | None]]] = {}
+    for event, id_, when in parts:
+        keys.setdefault(key_of(event, id_, when=when), set()).add((event, id_, when))
+    assert all(len(v) == 1 for v in keys.values()), keys
+    assert key_of("diary-entry", "DE1") == "diary-entry:DE1"  # plain IDs keep their old keys
+    assert key_of("missing-time", "JD", when="2026-11-27") == "missing-time:JD:2026-11-27"
 
 
 # ---------------------------------------------------------------- entries

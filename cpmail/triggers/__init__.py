@@ -27,6 +27,29 @@ DEFAULT_RULES = events.DEFAULT_RULES
 LIST_EVENTS = events.LIST_EVENTS
 
 
+def key_of(event: str, *ids: str, when: str | None = None) -> str:
+    """A ledger key: ``event:ID[:ID…][:WHEN]``, the same for the same notification, never for two.
+
+    IDs come from the agency's data and may hold any character, so ``%`` and
+    ``:`` in them are written ``%25`` and ``%3A``: then a task ``T3`` with a
+    50 % threshold (``budget-alert:T3:50``) and an alert row whose id is
+    ``T3:50`` (``budget-alert:T3%3A50``) cannot share a key, and one could
+    never keep the other from being sent. ``when`` (a date or time cpmail
+    wrote) comes last as it is. Keys of IDs without ``%`` or ``:`` are as they
+    always were.
+    """
+    parts = [event, *(i.replace("%", "%25").replace(":", "%3A") for i in ids)]
+    if when is not None:
+        parts.append(when)
+    return ":".join(parts)
+
+
+def key_of_column(event: str, column: Any) -> Any:
+    """``key_of(event, column)`` in SQL, for a key looked up in the database."""
+    escaped = sa.func.replace(sa.func.replace(column, "%", "%25"), ":", "%3A")
+    return sa.literal(f"{event}:") + escaped
+
+
 @dataclass
 class Notification:
     """Something one or more people must be told, once (``key`` is its ledger key)."""

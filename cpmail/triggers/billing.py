@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 
 from cpmail.store.schema import billings, clients, jobs, payments
-from cpmail.triggers import Notification, Run, money
+from cpmail.triggers import Notification, Run, key_of, money
 
 
 def billing_created(conn: sa.Connection, run: Run) -> Iterator[Notification]:
@@ -35,7 +35,7 @@ def billing_created(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     for r in conn.execute(q):
         yield Notification(
             event="billing-created",
-            key=f"billing-created:{r.id}",
+            key=key_of("billing-created", r.id),
             item={
                 "billing": {
                     "id": r.id,
@@ -77,7 +77,7 @@ def payment_received(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     for r in conn.execute(q):
         yield Notification(
             event="payment-received",
-            key=f"payment-received:{r.id}",
+            key=key_of("payment-received", r.id),
             item={
                 "payment": {"id": r.id, "amount": money(r.amount), "received_at": r.received_at},
                 "billing": (

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 
 from cpmail.store.schema import ledger, staff
-from cpmail.triggers import Notification, Run, money, split_cell
+from cpmail.triggers import Notification, Run, key_of, money, split_cell
 
 EVENT = "cash-flow"
 ACCESS = "cash-flow"
@@ -41,7 +41,7 @@ def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]
         else:
             allowed.append(row)
     day = run.date.isoformat()
-    keys = {r.id: f"{EVENT}:{r.id}:{day}" for r in allowed}
+    keys = {r.id: key_of(EVENT, r.id, when=str(day)) for r in allowed}
     told = set(
         conn.execute(sa.select(ledger.c.key).where(ledger.c.key.in_(list(keys.values()))))
         .scalars()

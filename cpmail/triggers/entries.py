@@ -15,7 +15,7 @@ from cpmail.store.schema import (
     staff,
     vendors,
 )
-from cpmail.triggers import Notification, Run, split_cell
+from cpmail.triggers import Notification, Run, key_of, split_cell
 
 
 def diary_entry(conn: sa.Connection, run: Run) -> Iterator[Notification]:
@@ -47,7 +47,7 @@ def diary_entry(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         party = r.client_name if r.kind == "client" else r.vendor_name
         yield Notification(
             event="diary-entry",
-            key=f"diary-entry:{r.id}",
+            key=key_of("diary-entry", r.id),
             item={
                 "entry": {
                     "id": r.id,
@@ -85,7 +85,7 @@ def homebase_entry(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     for r in conn.execute(q):
         yield Notification(
             event="homebase-entry",
-            key=f"homebase-entry:{r.id}",
+            key=key_of("homebase-entry", r.id),
             item={
                 "entry": {
                     "id": r.id,
@@ -134,7 +134,7 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         )
         yield Notification(
             event="calendar-reminder",
-            key=f"calendar-reminder:{r.id}:{when}",
+            key=key_of("calendar-reminder", r.id, when=when),
             item={
                 "entry": {
                     "id": r.id,

@@ -15,7 +15,7 @@ from cpmail.store.schema import (
     jobs,
     staff,
 )
-from cpmail.triggers import Notification, Run, money, split_cell
+from cpmail.triggers import Notification, Run, key_of, money, split_cell
 
 JOB_COLUMNS = (
     jobs.c.id.label("job_id"),
@@ -81,7 +81,7 @@ def job_opened(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         item["job"]["opening_description"] = code.description if code is not None else None
         yield Notification(
             event="job-opened",
-            key=f"job-opened:{r.job_id}",
+            key=key_of("job-opened", r.job_id),
             item=item,
             client_id=r.client_id,
             listed=notify,
@@ -136,7 +136,7 @@ def status_changed(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         )
         yield Notification(
             event="status-changed",
-            key=f"status-changed:{r.hid}",
+            key=key_of("status-changed", str(r.hid)),
             item=item,
             client_id=r.client_id,
             listed=notify,
@@ -178,7 +178,7 @@ def change_order(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         }
         yield Notification(
             event="change-order",
-            key=f"change-order:{r.co_id}",
+            key=key_of("change-order", r.co_id),
             item=item,
             client_id=r.client_id,
             people={"entered-by": r.entered_by},

@@ -24,7 +24,7 @@ from cpmail.store.schema import (
     time_entries,
     time_off,
 )
-from cpmail.triggers import Notification, Run, hours, money
+from cpmail.triggers import Notification, Run, hours, key_of, key_of_column, money
 
 assignee = staff.alias("assignee")
 
@@ -92,7 +92,7 @@ def due_today(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     )
     for r in conn.execute(q):
         yield _task_notification(
-            "task-due-today", f"task-due-today:{r.task_id}:{run.date.isoformat()}", r
+            "task-due-today", key_of("task-due-today", r.task_id, when=run.date.isoformat()), r
         )
 
 
@@ -131,7 +131,9 @@ def due_tomorrow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         n = run.next_workday(r.workdays, frozenset(off.get(r.assignee_id or "", ())))
         if n is not None and r.due_date <= n:
             yield _task_notification(
-                "task-due-tomorrow", f"task-due-tomorrow:{r.task_id}:{r.due_date.isoformat()}", r
+                "task-due-tomorrow",
+                key_of("task-due-tomorrow", r.task_id, when=r.due_date.isoformat()),
+                r,
             )
 
 
@@ -154,13 +156,15 @@ def overdue(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     for r in rows:
         late = (run.date - r.due_date).days
         yield _task_notification(
-            "task-overdue", f"task-overdue:{r.task_id}:{run.date.isoformat()}", r, days_late=late
+            "task-overdue",
+            key_of("task-overdue", r.task_id, when=run.date.isoformat()),
+            r,
+            days_late=late,
         )
 
 
-def _in_ledger(prefix: str) -> Any:
-    key = sa.literal(prefix) + tasks.c.id
-    return sa.exists().where(ledger.c.key == key)
+def _in_ledger(event: str) -> Any:
+    return sa.exists().where(ledger.c.key == key_of_column(event, tasks.c.id))
 
 
 # ---------------------------------------------------------------- state triggers
@@ -249,8 +253,8 @@ def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
             over.label("over"),
             exceeded.label("exceeded"),
             reached.label("reached"),
-            _in_ledger("task-over-budget:").label("told_over"),
-            _in_ledger("hours-exceeded:").label("told_exceeded"),
+            _in_ledger("task-over-budget").label("told_over"),
+            _in_ledger("hours-exceeded").label("told_exceeded"),
         )
         .select_from(
             _from_tasks()
@@ -274,7 +278,7 @@ def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         budget = Decimal(r.budget_amount)
         yield _task_notification(
             "task-over-budget",
-            f"task-over-budget:{r.task_id}",
+            key_of("task-over-budget", r.task_id),
             r,
             budget={
                 "budget": money(budget),
@@ -293,7 +297,7 @@ def hours_exceeded(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             continue
         yield _task_notification(
             "hours-exceeded",
-            f"hours-exceeded:{r.task_id}",
+            key_of("hours-exceeded", r.task_id),
             r,
             hours={
                 "estimated": hours(r.estimated_hours),
@@ -328,7 +332,7 @@ def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     rows = [r for r in _state_rows(conn, run) if r.reached]
     if not rows:
         return
-    wanted = [f"budget-alert:{r.task_id}:{p}" for r in rows for p in pcts]
+    wanted = [key_of("budget-alert", r.task_id, when=str(p)) for r in rows for p in pcts]
     told: set[str] = set()
     for i in range(0, len(wanted), 500):
         told.update(
@@ -342,7 +346,8 @@ def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
         due = [
             p
             for p in pcts
-            if total * 100 >= budget * p and f"budget-alert:{r.task_id}:{p}" not in told
+            if total * 100 >= budget * p
+            and key_of("budget-alert", r.task_id, when=str(p)) not in told
         ]
         if not due:
             continue
@@ -372,7 +377,7 @@ def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             )
             yield Notification(
                 event="budget-alert",
-                key=f"budget-alert:{r.task_id}:{p}",
+                key=key_of("budget-alert", r.task_id, when=str(p)),
                 item=item,
                 people={"entered-by": cause.who if cause else None, "assignee": r.assignee_id},
                 client_id=r.client_id,
@@ -486,7 +491,7 @@ def _relayed_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     for r in conn.execute(q):
         yield Notification(
             event="budget-alert",
-            key=f"budget-alert:{r.id}",
+            key=key_of("budget-alert", r.id),
             item={
                 "alert": {
                     "id": r.id,

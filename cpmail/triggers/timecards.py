@@ -9,7 +9,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from cpmail.store.schema import staff, time_entries, time_off
-from cpmail.triggers import Notification, Run, hours
+from cpmail.triggers import Notification, Run, hours, key_of
 
 
 def missing_time(conn: sa.Connection, run: Run) -> Iterator[Notification]:
@@ -56,7 +56,7 @@ def missing_time(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             continue
         yield Notification(
             event="missing-time",
-            key=f"missing-time:{p.id}:{day.isoformat()}",
+            key=key_of("missing-time", p.id, when=day.isoformat()),
             item={
                 "staff": {"id": p.id, "name": p.name},
                 "date": day,
