@@ -52,11 +52,13 @@ def test_listings_fit_80_columns_without_splitting_words(
 
 
 def test_log_shows_the_newest_50_unless_asked(demo: Cli) -> None:
+    """The table stops at 50 and says so; --json lists everything unless --limit is given."""
     for day in ("2026-11-25", "2026-11-26"):  # more than 50 messages in the log
         assert demo("check", "--date", day).exit_code == 0
     everything = json.loads(demo("log", "--json", "--all").stdout)
     assert len(everything) > 50
-    newest = json.loads(demo("log", "--json").stdout)
+    assert json.loads(demo("log", "--json").stdout) == everything
+    newest = json.loads(demo("log", "--json", "--limit", "50").stdout)
     assert [r["id"] for r in newest] == [r["id"] for r in everything[-50:]]
     assert len(json.loads(demo("log", "--json", "--limit", "3").stdout)) == 3
     r = demo("log")

@@ -9,6 +9,8 @@ from cpmail.errors import InputError
 
 outbox_app = typer.Typer(help="Queued, deferred and failed messages.", invoke_without_command=True)
 
+_LOG_ROWS = 50  # rows of the table when no --limit is given
+
 LIST_COLUMNS = [
     "id",
     "status",
@@ -112,13 +114,21 @@ def log(
     status: str | None = typer.Option(
         None, "--status", help="sent, deferred, failed, suppressed, queued, dropped (a,b for more)."
     ),
-    limit: int = typer.Option(
-        50, "--limit", metavar="N", min=1, help="Only the newest N (default 50)."
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        metavar="N",
+        min=1,
+        help="Only the newest N (default 50 in the table; --json lists all unless given).",
     ),
     all_: bool = typer.Option(False, "--all", help="Every message, however many."),
     json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
-    """The newest messages cpmail sent, deferred, failed or suppressed (50 unless --all)."""
+    """The newest messages cpmail sent, deferred, failed or suppressed (50 unless --all).
+
+    With --json every matching message is listed, unless --limit is given: a
+    script reading it is never handed a silently shortened list.
+    """
     import datetime as dt
 
     from cpmail.outbox import list_messages
@@ -139,7 +149,7 @@ def log(
         since=since_utc,
         event=event,
         to=_addresses(c, to) if to else None,
-        limit=None if all_ else limit,
+        limit=None if all_ or (json and limit is None) else (limit or _LOG_ROWS),
     )
     if json:
         emit_json(rows)
@@ -152,8 +162,9 @@ def log(
         free=("to", "subject", "last_error", "from"),
         drop=("message_id", "from", "attempts", "last_error", "event"),
     )
-    if not all_ and len(rows) == limit:
-        c.note(f"The newest {limit} shown; `cpmail log --all` or `--limit N` for more.")
+    shown = limit or _LOG_ROWS
+    if not all_ and len(rows) == shown:
+        c.note(f"The newest {shown} shown; `cpmail log --all` or `--limit N` for more.")
 
 
 def _addresses(c: Ctx, to: str) -> list[str]:
