@@ -95,7 +95,7 @@ class Planned:
 
     event: str  # the event, or "digest"
     events: list[str]  # one entry per notification in it
-    keys: list[str]
+    keys: list[str]  # the ledger key of each entry of ``events``
     to: Person
     subject: str
     text: str
@@ -246,9 +246,10 @@ def _run_check(
         settle_state_rows(engine, run_id)
     result.planned = list(ids.values())
     if not enabled:
-        for p in result.planned:
-            for ev in p.events:
-                summary[ev].suppressed += 1
+        # A notification to three people is three messages but one notification.
+        told = {(ev, key) for p in result.planned for ev, key in zip(p.events, p.keys, strict=True)}
+        for ev, _key in told:
+            summary[ev].suppressed += 1
         return result
     assert transport is not None
     delivery = deliver(
@@ -522,9 +523,11 @@ def _plan(
     subject = subject_line(settings, subject)
     threads = {n.thread for n, _ in group}
     thread = threads.pop() if len(threads) == 1 else None
-    keys = sorted(n.key for n, _ in group)
+    keys = [n.key for n, _ in group]  # one per entry of ``events``, in the same order
     attachments = [Attachment(*a) for n, _ in group for a in n.attachments]
-    msg_key = hashlib.sha256(("|".join(keys) + "|" + person.address.lower()).encode()).hexdigest()
+    msg_key = hashlib.sha256(
+        ("|".join(sorted(keys)) + "|" + person.address.lower()).encode()
+    ).hexdigest()
     msg = compose(
         reply_to=reply_to(group, directory, settings),
         sender=Mailbox(sender.address, sender.name),

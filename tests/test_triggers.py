@@ -598,8 +598,12 @@ def test_switched_off_records_suppressed_and_never_sends_later(agency: Agency) -
     assert agency.cli("config", "disable").exit_code == 0
     r = agency.cli("check", "--date", D.isoformat(), "--json")
     assert r.exit_code == 0
-    totals = json.loads(r.stdout)["totals"]
+    doc = json.loads(r.stdout)
+    totals = doc["totals"]
     assert totals["suppressed"] >= 3 and totals["sent"] == 0
+    # suppressed counts notifications, like found: never more, however many people each reaches
+    assert all(e["suppressed"] <= e["found"] for e in doc["summary"]), doc["summary"]
+    assert totals["suppressed"] == totals["found"], totals  # nobody here is skipped
     assert agency.server.messages == []
     log = json.loads(agency.cli("log", "--json", "--status", "suppressed").stdout)
     assert 0 < len(log) <= totals["suppressed"]  # task lists: one message, several items
