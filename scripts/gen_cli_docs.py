@@ -51,6 +51,11 @@ Exit codes of every command: `0` success; `1` the command ran but some mail
 was not delivered (it stays in the outbox); `2` usage, configuration or input
 error (nothing was sent or changed); `3` the mail server refused to sign in or
 could not be reached.
+
+Arguments, option values and standard input are read as UTF-8 text. An
+argument holding bytes that are not UTF-8 is refused (exit 2, naming it),
+unless it names an existing file: such a file is sent with `�` in place of
+those bytes in its name. So is standard input that is not UTF-8.
 """
 
 

@@ -91,7 +91,7 @@ class Cli:
     home: Path
 
     def __call__(
-        self, *args: str, input: str | None = None, env: dict[str, str] | None = None
+        self, *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None
     ) -> Result:
         runner = CliRunner()
         r = runner.invoke(

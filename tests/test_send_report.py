@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -399,3 +400,31 @@ def test_sizes_in_a_refusal_tell_file_and_limit_apart(agency: Cli, tmp_path: Pat
     r = agency("send-report", str(well_over), "--to", "a@b.test")
     assert "is 2.50 MB, more than the 1.00 MB" in r.stderr
     assert ".;" not in r.stderr and "0.0 MB" not in r.stderr
+
+
+def test_bytes_that_are_not_utf8_are_refused_or_shown_as_such(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    """Text that is not UTF-8 is one sentence and exit 2; a file's odd name is sent readable."""
+    made = tmp_path / "made.pdf"
+    pdf = make_pdf(agency, made, "invoice", "B1")
+    odd = os.fsdecode(bytes(tmp_path) + b"/March\xff.pdf")  # a name any Unix file may have
+    Path(odd).write_bytes(pdf)
+    refusals: list[tuple[tuple[str, ...], str | None]] = [
+        (("send-report", str(made), "--to", "KL", "--subject", "caf\udce9"), None),
+        (("send-report", str(made), "--to", "KL", "--message", "\udcff"), None),
+        (("send-report", str(made), "--to", "KL", "--message-file", "-"), "x\udcff"),
+        (("message", "helpdesk", "caf\udce9"), None),
+        (("message", "helpdesk", "--stdin"), "x\udcff"),
+    ]
+    for args, stdin in refusals:
+        raw = None if stdin is None else stdin.encode("utf-8", "surrogateescape")
+        r = agency(*args, input=raw)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.stderr.startswith("cpmail: ") and r.stderr.count("\n") == 1, r.stderr
+        assert "not UTF-8" in r.stderr, r.stderr
+    assert sent(home) == []
+    r = agency("send-report", odd, "--to", "KL")
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert pdf_attachment(msg) == ("March\ufffd.pdf", "application/pdf", pdf)

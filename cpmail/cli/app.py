@@ -7,6 +7,7 @@ into messages on stderr and exit codes (2 input/config, 1 not delivered,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,32 @@ def hoist_global_flags(args: list[str]) -> list[str]:
     return args[:i] + moved + head[i:] + kept
 
 
+def not_utf8(argv: list[str]) -> str | None:
+    """Why an argument cannot be used: bytes that are not UTF-8 (file names excepted), or None.
+
+    Python hands such bytes over as lone surrogates; as a subject or a message
+    they could not be written into mail. A file's name may hold any bytes, so
+    an argument naming an existing file passes.
+    """
+    for n, arg in enumerate(argv, 1):
+        if arg.isascii() or not any("\udc80" <= ch <= "\udcff" for ch in arg):
+            continue
+        if os.path.lexists(arg):
+            continue
+        shown = arg.encode("utf-8", "surrogateescape")
+        return f"argument {n} ({shown!r}) is not UTF-8 text; cpmail reads text in UTF-8."
+    return None
+
+
 class _Root(TyperGroup):
     """Turns CpmailError into one line on stderr and its exit code, for every command."""
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        bad = not_utf8(argv)
+        if bad is not None:
+            typer.echo(f"cpmail: {bad}", err=True)
+            raise SystemExit(2)
         return super().main(hoist_global_flags(argv), *rest, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]

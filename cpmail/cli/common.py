@@ -242,3 +242,13 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
     transport = s["mail.transport"]
     where = f" (written to {s.mail_dir})" if transport == "file" else ""
     c.say(f"Sent a test message from {sender} to {rcpt} via {transport}{where}.")
+
+
+def read_stdin_text() -> str:
+    """Standard input as UTF-8 text; exit 2 when it is not."""
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"standard input is not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})."
+        ) from None

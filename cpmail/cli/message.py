@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from cpmail.cli.common import ctx_of
+from cpmail.cli.common import ctx_of, read_stdin_text
 from cpmail.errors import InputError
 
 
@@ -27,7 +25,7 @@ def message(
         raise InputError("give the TEXT or --stdin, not both.")
     if text is None and not stdin:
         raise InputError(f'say something: `cpmail message {kind} "TEXT"` or --stdin.')
-    body = sys.stdin.read() if stdin else (text or "")
+    body = read_stdin_text() if stdin else (text or "")
     s = c.settings
     sent = write(s, c.secrets, c.engine, kind, body, subject=subject, as_staff=as_staff)
     transport = s["mail.transport"]

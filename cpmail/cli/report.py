@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
-from cpmail.cli.common import ctx_of, parse_date, split_list
+from cpmail.cli.common import ctx_of, parse_date, read_stdin_text, split_list
 from cpmail.errors import InputError
 
 _KINDS = "invoice, estimate, purchase-order or cash-flow"
@@ -94,7 +93,7 @@ def send_report(
 
 def _read_text(path: Path) -> str:
     if str(path) == "-":
-        return sys.stdin.read()
+        return read_stdin_text()
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

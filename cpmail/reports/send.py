@@ -220,7 +220,8 @@ def send_report(
         assert file is not None
         data = check_pdf(file, max_bytes=max_bytes)
         doc_kind = kind_of_pdf(data)
-        filename = file.name
+        # A file's name may hold bytes that are not UTF-8: shown as U+FFFD in the mail.
+        filename = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
     with engine.connect() as conn:
         recipients = resolve_recipients(conn, to)
