@@ -19,13 +19,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.addresses import valid_address
 from cpmail.compose import (
     Attachment,
     Draft,
     Mailbox,
     build_message,
     compose,
+    first_reply_to,
     message_id_for,
     subject_line,
 )
@@ -466,12 +466,7 @@ def reply_to(group: Group, directory: Directory, settings: Settings) -> Mailbox 
     manager = settings["manager.email"]
     if manager:
         candidates.append(Mailbox(manager, settings["manager.name"]))
-    for box in candidates:
-        # Replying to oneself helps nobody; an address that does not parse is no help;
-        # an international one would make every message need SMTPUTF8 of the server.
-        if box.address.lower() != person and box.address.isascii() and valid_address(box.address):
-            return box
-    return None
+    return first_reply_to(candidates, person)
 
 
 def _planner(

@@ -41,7 +41,7 @@ from email.utils import format_datetime
 from functools import lru_cache
 from typing import NamedTuple, TypeVar
 
-from cpmail.addresses import check_address, clean_header_text
+from cpmail.addresses import check_address, clean_header_text, valid_address
 from cpmail.errors import InputError
 from cpmail.settings import Settings
 
@@ -72,6 +72,20 @@ class Attachment:
     filename: str
     content: bytes
     mime_type: str = "application/octet-stream"
+
+
+def first_reply_to(candidates: Sequence[Mailbox], sender: str) -> Mailbox | None:
+    """The first of ``candidates`` a reply can usefully go to, or None.
+
+    Replying to the sending mailbox (or to the one person it is) helps nobody;
+    an address that does not parse is no help; an international one would make
+    the message need SMTPUTF8 of every server it passes.
+    """
+    for box in candidates:
+        address = box.address
+        if address.lower() != sender.lower() and address.isascii() and valid_address(address):
+            return box
+    return None
 
 
 def subject_line(settings: Settings, subject: str) -> str:

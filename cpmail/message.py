@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail import __version__
-from cpmail.compose import Mailbox, build_message, subject_line
+from cpmail.compose import Mailbox, build_message, first_reply_to, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.people import Sender, get, resolve_sender
 from cpmail.secrets import SHARED, SecretStore
@@ -175,6 +175,8 @@ def write(
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(address, name)],
+        # From a shared mailbox, the answer must reach the person who wrote.
+        reply_to=first_reply_to([Mailbox(reply_to, author)], sender.address),
         subject=_subject(settings, kind, subject, body, author),
         text=full,
         event=EVENT,

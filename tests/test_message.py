@@ -185,3 +185,11 @@ def test_one_account_mode_signs_with_the_person_asking(office: Cli, home: Path) 
     assert msg["From"].addresses[0].addr_spec == "office@agency.test"
     assert msg["Subject"] == "[C&P] Message from Kim Lee at Hartley & Pine"
     assert "Kim Lee\nkl@agency.test" in body_of(msg)
+    # an answer reaches the person who wrote, not the shared mailbox
+    assert [a.addr_spec for a in msg["Reply-To"].addresses] == ["kl@agency.test"]
+
+
+def test_a_person_sending_as_themselves_needs_no_reply_to(office: Cli, home: Path) -> None:
+    assert office("message", "helpdesk", "Help, please.").exit_code == 0
+    [msg] = sent(home)
+    assert msg["From"].addresses[0].addr_spec == "jd@agency.test" and msg["Reply-To"] is None

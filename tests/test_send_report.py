@@ -428,3 +428,30 @@ def test_bytes_that_are_not_utf8_are_refused_or_shown_as_such(
     assert r.exit_code == 0, r.output
     [msg] = sent(home)
     assert pdf_attachment(msg) == ("March\ufffd.pdf", "application/pdf", pdf)
+
+
+def test_a_reply_reaches_the_jobs_account_executive_else_the_manager(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    """SPEC §7: Reply-To is the job's AE for anything about a job, otherwise the system manager."""
+    with engine_of(home).begin() as c:
+        c.execute(
+            sa.text("INSERT INTO client_team (client_id, staff_id, role) VALUES ('C1', 'KL', 'AE')")
+        )
+    assert (
+        agency("config", "manager", "--name", "Max Ruiz", "--email", "mr@agency.test").exit_code
+        == 0
+    )
+    r = agency("send-report", "--report", "invoice", "--id", "B1", "--as-of", "2026-03-31")
+    assert r.exit_code == 0, r.output
+    pdf = make_pdf(agency, tmp_path / "loose.pdf", "invoice", "B1")
+    assert pdf and agency("send-report", str(tmp_path / "loose.pdf"), "--to", "KL").exit_code == 0
+    about_a_job, loose_file = sent(home)
+    assert [a.addr_spec for a in about_a_job["Reply-To"].addresses] == ["kl@agency.test"]
+    assert [a.addr_spec for a in loose_file["Reply-To"].addresses] == ["mr@agency.test"]
+    # the sender is the manager: a reply to oneself helps nobody
+    assert (
+        agency("send-report", str(tmp_path / "loose.pdf"), "--to", "KL", "--as", "MR").exit_code
+        == 0
+    )
+    assert sent(home)[-1]["Reply-To"] is None

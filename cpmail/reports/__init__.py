@@ -41,6 +41,7 @@ class Report:
     recipients: tuple[tuple[str, str], ...] = ()
     about: str = ""  # what it is for, in words: "job 1234 Spring campaign"
     no_recipient: str = ""  # why ``recipients`` is empty
+    job_id: str | None = None  # the job it is about, if any (a reply goes to its AE)
 
     @property
     def template(self) -> str:
@@ -127,6 +128,7 @@ def _document(
         ((party.email, party.name),) if party.email else (),
         f"job {doc.job.id} {doc.job.title}".strip() if doc.job is not None else "",
         f"{what} {party.id} ({party.name}) has no {column}",
+        doc.job.id if doc.job is not None else None,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import check_address, looks_like_address
-from cpmail.compose import Attachment, Mailbox, build_message, subject_line
+from cpmail.compose import Attachment, Mailbox, build_message, first_reply_to, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.people import Sender, resolve_sender
 from cpmail.reports import Report, kind_of_pdf, load, render, write
@@ -25,7 +25,7 @@ from cpmail.secrets import SHARED, SecretStore
 from cpmail.sending import send_message
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
-from cpmail.store.schema import staff
+from cpmail.store.schema import client_team, jobs, staff
 
 EVENT = "report"
 CASH_FLOW_ACCESS = "cash-flow"
@@ -171,6 +171,34 @@ def default_subject(
     return text if outside else subject_line(settings, text)
 
 
+def _reply_candidates(
+    conn: sa.Connection, settings: Settings, report: Report | None
+) -> list[Mailbox]:
+    """Who answers a reply: the account executive of the report's job, else the system manager."""
+    out: list[Mailbox] = []
+    job_id = report.job_id if report is not None else None
+    if job_id:
+        q = (
+            sa.select(staff.c.work_email, staff.c.name)
+            .select_from(
+                jobs.join(client_team, client_team.c.client_id == jobs.c.client_id).join(
+                    staff, staff.c.id == client_team.c.staff_id
+                )
+            )
+            .where(
+                jobs.c.id == job_id,
+                sa.func.lower(client_team.c.role) == "ae",
+                staff.c.active.is_(True),
+                staff.c.work_email.is_not(None),
+            )
+            .order_by(staff.c.id)
+        )
+        out += [Mailbox(r.work_email, r.name or "") for r in conn.execute(q)]
+    if settings["manager.email"]:
+        out.append(Mailbox(settings["manager.email"], settings["manager.name"]))
+    return out
+
+
 def default_text(report: Report | None, filename: str, sender: Sender, settings: Settings) -> str:
     """A short covering note for the attachment."""
     if report is None:
@@ -233,6 +261,7 @@ def send_report(
             raise InputError(f"no recipient: {why}give --to ADDRESS or --to STAFF.")
         if doc_kind == "cash-flow":
             check_cash_flow(conn, settings, sender, as_staff, recipients)
+        reply_to = first_reply_to(_reply_candidates(conn, settings, report), sender.address)
 
     if report is not None:
         # Rendered to a file first, so that what is sent passed the same checks as a FILE.
@@ -244,6 +273,7 @@ def send_report(
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(r.address, r.name) for r in recipients],
+        reply_to=reply_to,
         subject=subject
         or default_subject(
             settings,
