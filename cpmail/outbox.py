@@ -447,12 +447,14 @@ def claim(
     limit: int = CLAIM_BATCH,
     ids: Sequence[int] | None = None,
     events: dict[int, str] | None = None,
+    refused: set[int] | None = None,
     account: str | None = None,
     stale: dt.timedelta = dt.timedelta(minutes=15),
 ) -> list[Envelope]:
     """Mark up to ``limit`` due messages ``sending`` for this run and return them.
 
     ``events``, when given, is filled with each claimed message's event;
+    ``refused`` with the ids of those a server refused for some recipient before;
     ``account`` limits the claim to one sender's messages. Claims are stamped
     with the database's clock (see ``cpmail.store.clock``).
     """
@@ -478,12 +480,16 @@ def claim(
             .values(status=Status.SENDING, claimed_at=now, claimed_by=run_id)
         )
         rows = conn.execute(
-            sa.select(m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.raw)
+            sa.select(
+                m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.refused_rcpts, m.raw
+            )
             .where(m.id.in_(picked))
             .order_by(m.id)
         ).all()
     if events is not None:
         events.update((r.id, r.event) for r in rows)
+    if refused is not None:
+        refused.update(r.id for r in rows if r.refused_rcpts)
     return [
         Envelope(
             id=r.id,
@@ -569,6 +575,7 @@ class _Recorder:
         self.result = result
         self.held = held
         self.events: dict[int, str] = {}  # id -> event, from the claims
+        self.refused_before: set[int] = set()  # refused for someone in an earlier attempt
         self.pending: list[Outcome] = []  # taken, not yet written
         self.fatal: BaseException | None = None  # a write that will not succeed
         self.closing_since: float | None = None
@@ -660,8 +667,11 @@ class _Recorder:
 
     def _store(self, batch: list[Outcome]) -> None:
         # Accepted for every recipient, the common case, needs nothing read back.
-        sent = [o.id for o in batch if _clean(o) and o.id in self.events]
-        others = [o for o in batch if not (_clean(o) and o.id in self.events)]
+        quick = [
+            _clean(o) and o.id in self.events and o.id not in self.refused_before for o in batch
+        ]
+        sent = [o.id for o, q in zip(batch, quick, strict=True) if q]
+        others = [o for o, q in zip(batch, quick, strict=True) if not q]
         now = utcnow()
         notes: list[tuple[int, str, str, str | None]] = []
         conn = self._connection()
@@ -689,9 +699,9 @@ class _Recorder:
         info = {
             r.id: r
             for r in conn.execute(
-                sa.select(m.id, m.event, m.attempts, m.queued_at, m.pending_rcpts).where(
-                    m.id.in_([o.id for o in batch])
-                )
+                sa.select(
+                    m.id, m.event, m.attempts, m.queued_at, m.pending_rcpts, m.refused_rcpts
+                ).where(m.id.in_([o.id for o in batch]))
             )
         }
         updates = [self._update(o, info[o.id], now, notes) for o in batch if o.id in info]
@@ -708,8 +718,16 @@ class _Recorder:
         now: dt.datetime,
         notes: list[tuple[int, str, str, str | None]],
     ) -> dict[str, Any]:
+        """The row's new values after outcome ``o``.
+
+        A recipient refused for good stays on record (``refused_rcpts``) while
+        others are deferred: when those are accepted later the message is
+        ``failed``, not ``sent``, waiting for the refused ones, saying why.
+        """
         attempts = row.attempts + 1
         give_up = now - row.queued_at > self.max_age or attempts >= self.max_attempts
+        earlier = [a for a in row.refused_rcpts.split(",") if a]
+        refused = list(dict.fromkeys([*earlier, *o.refused]))
         values: dict[str, Any] = {
             "b_id": o.id,
             "attempts": attempts,
@@ -718,19 +736,24 @@ class _Recorder:
             "next_attempt_at": None,
             "sent_at": now if o.accepted else None,
             "pending_rcpts": row.pending_rcpts,
+            "refused_rcpts": ",".join(refused),
         }
+        before = f"refused for good earlier: {', '.join(earlier)}" if earlier else ""
         words = [f"{a}: {w}" for a, w in {**o.deferred, **o.refused}.items()]
         if o.error is not None:
             temporary = isinstance(o.error, TemporaryFailure)
-            error = str(o.error)
+            error = "; ".join(x for x in (str(o.error), before) if x)
+            unserved = [a for a in row.pending_rcpts.split(",") if a]
         elif o.deferred or o.refused:
             temporary = bool(o.deferred)
-            error = "; ".join(words)
+            error = "; ".join([*words, *([before] if before else [])])
             if o.accepted:
                 error += "; accepted for " + ", ".join(o.accepted)
-            values["pending_rcpts"] = ",".join(
-                o.deferred if temporary and not give_up else [*o.deferred, *o.refused]
-            )
+            unserved = list(o.deferred)
+        elif earlier:
+            temporary = False
+            error = f"{before}; accepted for " + ", ".join(o.accepted)
+            unserved = []
         else:
             values.update(status=Status.SENT, pending_rcpts="", last_error=None)
             notes.append((o.id, row.event, Status.SENT, None))
@@ -740,10 +763,13 @@ class _Recorder:
             if o.retry_after:
                 delay = max(delay, dt.timedelta(seconds=o.retry_after))
             values.update(status=Status.DEFERRED, next_attempt_at=now + delay)
+            values["pending_rcpts"] = ",".join(unserved)
         else:
             if temporary:
                 error += f" (gave up after {attempts} attempts)"
             values["status"] = Status.FAILED
+            # Whoever has not got it yet, for `cpmail outbox retry`.
+            values["pending_rcpts"] = ",".join(dict.fromkeys([*unserved, *refused]))
         values["last_error"] = error
         notes.append((o.id, row.event, values["status"], error))
         return values
@@ -923,6 +949,7 @@ class _Pass:
                 run_id=self.run_id,
                 ids=self.ids,
                 events=self.recorder.events,
+                refused=self.recorder.refused_before,
                 account=account,
                 stale=self.stale,
             )
@@ -1260,7 +1287,15 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
         q = q.where(m.id.in_(list(ids)))
     with engine.begin() as conn:
         n = conn.execute(
-            q.values(status=Status.QUEUED, attempts=0, next_attempt_at=None, queued_at=utcnow())
+            q.values(
+                status=Status.QUEUED,
+                attempts=0,
+                next_attempt_at=None,
+                queued_at=utcnow(),
+                # A failed message is tried again for everyone it waits for, the
+                # refused included; a deferred one keeps them on record.
+                refused_rcpts=sa.case((m.status == Status.FAILED, ""), else_=m.refused_rcpts),
+            )
         ).rowcount
     return int(n)
 

@@ -224,6 +224,59 @@ def test_one_of_two_recipients_refused(cli: Cli, home: Any, smtp_server: SMTPTes
     ]
 
 
+def test_a_recipient_refused_for_good_stays_on_record_after_the_others_get_it(
+    cli: Cli, home: Any, smtp_server: SMTPTestServer
+) -> None:
+    """550 for one, 451 for another: once the deferred one is accepted the message is failed."""
+    setup_smtp(cli, smtp_server)
+    smtp_server.fail_rcpt = {
+        "bad@agency.test": "550 5.1.1 no such user",
+        "later@agency.test": "451 4.2.0 mailbox busy",
+    }
+    settings = Settings.load(home)
+    engine = connect(settings.db_url, where="test")
+    msg = build_message(
+        sender=Mailbox("jd@agency.test", "Jane Doe"),
+        to=[Mailbox("good@agency.test"), Mailbox("later@agency.test"), Mailbox("bad@agency.test")],
+        subject="Three recipients",
+        text="hello",
+        event="report",
+        key="three-recipients",
+        auto_generated=False,
+    )
+    draft = Draft.from_message(
+        msg, event="report", key=None, account="JD", envelope_from="jd@agency.test"
+    )
+    [id_], result = send_now(engine, settings, SecretStore(home), [draft])
+
+    def row() -> Any:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(messages).where(messages.c.id == id_)).one()
+
+    assert result.status[id_] == "deferred"
+    assert (row().pending_rcpts, row().refused_rcpts) == ("later@agency.test", "bad@agency.test")
+    assert "bad@agency.test: 550 5.1.1 no such user" in row().last_error
+    smtp_server.fail_rcpt = {"bad@agency.test": "550 5.1.1 no such user"}
+    r = cli("outbox", "retry", str(id_))
+    assert r.exit_code == 1, r.output  # not everyone has it: not "sent"
+    after = row()
+    assert after.status == "failed"
+    assert after.pending_rcpts == "bad@agency.test"
+    assert "refused for good earlier: bad@agency.test" in after.last_error
+    assert "accepted for later@agency.test" in after.last_error
+    failed = json.loads(cli("log", "--status", "failed", "--json").stdout)
+    assert [m["id"] for m in failed] == [id_]
+    # put back by hand, the refused address is tried again; accepted now, the message is sent
+    smtp_server.fail_rcpt = {}
+    assert cli("outbox", "retry", str(id_)).exit_code == 0
+    assert (row().status, row().refused_rcpts, row().last_error) == ("sent", "", None)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [
+        ("good@agency.test",),
+        ("later@agency.test",),
+        ("bad@agency.test",),
+    ]
+
+
 def test_server_that_never_answers_times_out(cli: Cli, smtp_server: SMTPTestServer) -> None:
     setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": "1"})
     smtp_server.silent = True

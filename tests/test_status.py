@@ -19,7 +19,7 @@ import pytest
 from cpmail.oauth.microsoft import microsoft_sign_in
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
-from cpmail.store import connect, utcnow
+from cpmail.store import SCHEMA_REVISION, connect, utcnow
 from cpmail.store.schema import runs
 from tests.conftest import Cli
 from tests.fakeapi import MS_CLIENT_ID, FakeAPI
@@ -69,7 +69,7 @@ def test_a_fresh_home_is_healthy(initialised: Cli, home: Path) -> None:
         "sending_now": 0,
         "overdue_since": None,
     }
-    assert doc["database"]["usable"] and doc["database"]["revision"] == "0003"
+    assert doc["database"]["usable"] and doc["database"]["revision"] == SCHEMA_REVISION
     assert doc["mail"] == {"enabled": True, "send_window": "", "window_open": True}
     r = initialised("status")
     assert r.exit_code == 0

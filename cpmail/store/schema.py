@@ -408,6 +408,8 @@ messages = sa.Table(
     sa.Column("sent_at", sa.DateTime),
     sa.Column("last_error", sa.Text),
     sa.Column("run_id", sa.Text),
+    # refused for good in an earlier attempt, while others were deferred (comma-separated)
+    sa.Column("refused_rcpts", sa.Text, nullable=False, server_default=""),
     sa.Index(None, "status", "next_attempt_at"),
 )
 
