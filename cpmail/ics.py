@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Sequence
 
 from cpmail import __version__
@@ -18,6 +19,26 @@ from cpmail import __version__
 def _utc(t: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     """A naive time is in ``tz`` (the agency's); the result is in UTC, whole seconds."""
     return (t if t.tzinfo else t.replace(tzinfo=tz)).astimezone(dt.UTC).replace(microsecond=0)
+
+
+# Control characters RFC 5545 allows in no TEXT value (C0 but tab and line feed, DEL,
+# C1), and the Unicode line and paragraph separators some programs break lines at.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _text(value: str) -> str:
+    """A TEXT value as a person typed it, without control characters (each a space)."""
+    return _CONTROL.sub(" ", value.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _line(value: str) -> str:
+    """One line of text, for a name or a title: line ends are spaces too."""
+    return " ".join(_text(value).split("\n")).strip()
+
+
+def _name(value: str) -> str:
+    """A CN parameter: one line, and no double quote (a parameter value cannot hold one)."""
+    return _line(value).replace('"', "'")
 
 
 def uid_for(seed: str, domain: str = "cpmail") -> str:
@@ -55,20 +76,20 @@ def event_ics(
     ev.add("dtstamp", _utc(stamp or dt.datetime.now(dt.UTC), dt.UTC))
     ev.add("sequence", 0)
     ev.add("status", "CONFIRMED")
-    ev.add("summary", title)
+    ev.add("summary", _line(title))
     start = _utc(starts_at, tz)
     end = _utc(ends_at, tz) if ends_at else start + dt.timedelta(hours=1)
     ev.add("dtstart", start)
     ev.add("dtend", max(end, start))
     if location:
-        ev.add("location", location)
+        ev.add("location", _line(location))
     if notes:
-        ev.add("description", notes)
+        ev.add("description", _text(notes))
     if organizer is not None:
         address, name = organizer
         org = icalendar.vCalAddress(f"mailto:{address}")
         if name:
-            org.params["CN"] = icalendar.vText(name)
+            org.params["CN"] = icalendar.vText(_name(name))
         ev.add("organizer", org)
     seen: set[str] = set()
     for address, name in attendees:
@@ -77,7 +98,7 @@ def event_ics(
         seen.add(address.lower())
         att = icalendar.vCalAddress(f"mailto:{address}")
         if name:
-            att.params["CN"] = icalendar.vText(name)
+            att.params["CN"] = icalendar.vText(_name(name))
         att.params["CUTYPE"] = icalendar.vText("INDIVIDUAL")
         att.params["ROLE"] = icalendar.vText("REQ-PARTICIPANT")
         att.params["PARTSTAT"] = icalendar.vText("NEEDS-ACTION")

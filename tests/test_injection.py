@@ -696,3 +696,61 @@ def test_bodies_and_attachments_keep_lines_within_76(office: Office) -> None:
         assert kinds & {"text/calendar", "application/pdf"}
         attachment = next(p for p in read(raw).walk() if p.get_content_disposition())
         assert str(attachment["Content-Transfer-Encoding"]) == "base64"
+
+
+_HOSTILE_TEXT = st.lists(
+    st.sampled_from(
+        [
+            *'ab ;:,"\\',
+            "\r",
+            "\n",
+            "\r\n",
+            "\x00",
+            "\x0b",
+            "\x0c",
+            "\x1c",
+            "\x7f",
+            "\x85",
+            "\u2028",
+            "\u2029",
+            "é",
+            "BEGIN:VEVENT",
+            "ATTENDEE:mailto:x@evil.test",
+        ]
+    ),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(title=_HOSTILE_TEXT, location=_HOSTILE_TEXT, notes=_HOSTILE_TEXT, name=_HOSTILE_TEXT)
+def test_an_invitation_holds_no_control_character_and_adds_nothing(
+    title: str, location: str, notes: str, name: str
+) -> None:
+    """RFC 5545 allows no control character in a TEXT value; data adds no property."""
+    import icalendar
+
+    from cpmail.ics import event_ics
+
+    raw = event_ics(
+        uid_seed="calendar:CE1",
+        title=title or "x",
+        starts_at=dt.datetime(2026, 12, 1, 10),
+        ends_at=None,
+        location=location or None,
+        notes=notes or None,
+        tz=dt.UTC,
+        organizer=("ops@agency.test", name),
+        attendees=[("kl@agency.test", name)],
+    ).decode("utf-8")
+    body = raw.replace("\r\n ", "").replace("\r\n", "\n")  # unfolded, one property a line
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", body.replace("\n", "")), body
+    names = [line.split(":", 1)[0].split(";", 1)[0] for line in body.splitlines() if line]
+    assert names.count("ATTENDEE") == 1 and names.count("BEGIN") == 2, names
+    event = icalendar.Calendar.from_ical(raw).walk("VEVENT")[0]
+    assert [
+        str(a)
+        for a in (
+            [event["attendee"]] if not isinstance(event["attendee"], list) else event["attendee"]
+        )
+    ] == ["mailto:kl@agency.test"]
