@@ -329,7 +329,8 @@ def _headers(
     if reply_to is not None:
         head.append(_address_header("Reply-To", [reply_to]))
     head.append(_text_header("Subject", clean_header_text(subject).strip()))
-    head.append(_plain_header("Date", format_datetime(date or dt.datetime.now().astimezone())))
+    when = (date or dt.datetime.now().astimezone()).replace(microsecond=0)
+    head.append(_plain_header("Date", _date(when)))
     head.append(_plain_header("Message-ID", message_id_for(key, domain)))
     if thread:
         root = thread_id_for(thread, domain)
@@ -340,6 +341,12 @@ def _headers(
         head.append(_plain_header("X-Auto-Response-Suppress", "All"))
     head.append(_text_header("X-Cpmail-Event", clean_header_text(event).strip()))
     return head
+
+
+@lru_cache(maxsize=16)
+def _date(when: dt.datetime) -> str:
+    """The Date header's value (RFC 5322); a run writes thousands in the same few seconds."""
+    return format_datetime(when)
 
 
 def _needs_utf8(head: Sequence[_Written]) -> bool:
