@@ -33,9 +33,6 @@ SUBJECT_WORDS = 70  # characters of the first line used as a subject
 
 # A setting whose name says it holds a secret is never shown, whatever its flag.
 _SECRET_NAME = re.compile(r"pass(word|code|wd)?|secret|token|api_?key|credential|private", re.I)
-_QUERY_SECRET = re.compile(
-    r"((?:pass(?:word|code)?|secret|token|key|sig|signature)=)[^&\s]+", re.IGNORECASE
-)
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-.+/=~]{20,}$")
 
 
@@ -61,9 +58,8 @@ def redact(key: str, value: Any) -> str:
 def _redact_text(text: str) -> str:
     if looks_like_token(text):
         return json.dumps(MASK, ensure_ascii=False)
-    text = redact_urls(text)  # a URL's password, found by parsing the URL
-    text = _QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
-    return json.dumps(text, ensure_ascii=False)
+    # a URL's password (found by parsing the URL), its secret parameters, password=…
+    return json.dumps(redact_urls(text), ensure_ascii=False)
 
 
 def diagnostics(settings: Settings) -> str:

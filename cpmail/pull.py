@@ -181,7 +181,7 @@ def _source_engine(url: str) -> sa.Engine:
         path = u.database or ""
         if not path or path == ":memory:" or not Path(path).is_file():
             raise SourceUnavailable(
-                f"the agency system's database {path or url} does not exist; "
+                f"the agency system's database {path or redact_url(url)} does not exist; "
                 "check source.url. Nothing was changed."
             )
         uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"

@@ -437,12 +437,34 @@ IntListKey = Literal["events.budget-alert.thresholds"]
 MASK = "••••"
 
 _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
-# Query parameters that carry a secret (``?password=…``, ``&sslpassword=…``, ``?token=…``).
-# A value runs to the next ``&name=`` or the end: an unencoded ``&`` or space stays hidden.
-_QUERY_SECRET = re.compile(
-    r"([?&;][\w.\-]*(?:pass|secret|token|sig|key|auth|credential)[\w.\-]*=)(.*?)(?=&[\w.\-]+=|$)",
-    re.IGNORECASE | re.DOTALL,
-)
+# A query parameter (``?name=value``, ``&name=value``); its value runs to the next
+# ``&name=`` or the end, so an unencoded ``&`` or space in it stays hidden too.
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#\s]*)=(.*?)(?=&[^=&;#\s]+=|$)", re.DOTALL)
+# Names of parameters that carry a secret (``password``, ``sslpassword``, ``token``…),
+# looked for in the name as the database driver reads it: ``pass%77ord`` is ``password``.
+_SECRET_NAME = re.compile(r"pass|secret|token|sig|key|auth|credential", re.IGNORECASE)
+
+
+def _hide_query_secrets(text: str) -> str:
+    """``text`` with the value of every secret query parameter replaced by ``••••``."""
+    from urllib.parse import unquote_plus
+
+    def one(m: re.Match[str]) -> str:
+        if _SECRET_NAME.search(unquote_plus(m.group(2))):
+            return f"{m.group(1)}{m.group(2)}={MASK}"
+        return m.group(0)
+
+    return _QUERY_PARAM.sub(one, text)
+
+
+def _hide_stray_password(rest: str) -> str:
+    """A URL without ``@``: whatever follows a ``:`` in place of a port is a password."""
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if authority.endswith("]") or ":" not in authority:  # no port, or an IPv6 host alone
+        return rest
+    host, _, port = authority.rpartition(":")
+    return rest if port.isdigit() or not port else f"{host}:{MASK}{rest[end:]}"
 
 
 def redact_url(url: str) -> str:
@@ -459,7 +481,7 @@ def redact_url(url: str) -> str:
         return url
     head, rest = url[: m.end()], url[m.end() :]
     if "@" not in rest:  # no user part, so no password in it (and no need to parse)
-        return head + _QUERY_SECRET.sub(rf"\g<1>{MASK}", rest)
+        return head + _hide_query_secrets(_hide_stray_password(rest))
     trusted, password = _parse_url(url) if m.start() == 0 else (False, None)
     if trusted and password is not None:
         # Trusted parse with a password: it follows the user name's ":" and ends at the
@@ -478,7 +500,7 @@ def redact_url(url: str) -> str:
         keep = sep and user and not any(ch in user for ch in "/ ?#@")
         userinfo = f"{user}:{MASK}" if keep else MASK
         tail = rest[at:]
-    return head + userinfo + _QUERY_SECRET.sub(rf"\g<1>{MASK}", tail)
+    return head + userinfo + _hide_query_secrets(tail)
 
 
 def _parse_url(url: str) -> tuple[bool, str | None]:
@@ -500,12 +522,24 @@ def _parse_url(url: str) -> tuple[bool, str | None]:
     return True, u.password
 
 
+# ``password=value`` in a connection string (libpq's, inside a query's dblink(…), say):
+# the value bare, in quotes, or in doubled quotes inside an SQL string ('…password=''a b''…').
+_KEYWORD_SECRET = re.compile(
+    r"""(\b[\w.\-]*(?:pass(?:word|wd|code)?|secret|token|api_?key|credential)\s*=\s*)"""
+    r"""(''(?:[^']|'(?!'))*''|'(?:[^']|'')*'|"[^"]*"|[^\s&;'"),]+)""",
+    re.IGNORECASE,
+)
+
+
 def redact(text: str) -> str:
-    """Hide the password of a URL in ``text`` (a database URL holds one); see ``redact_url``."""
+    """``text`` as cpmail may print or mail it: no URL's password, no ``password=…`` value.
+
+    See ``redact_url`` for URLs (a database URL holds a password).
+    """
     m = _SCHEME.search(text)
-    if m is None:
-        return text
-    return text[: m.start()] + redact_url(text[m.start() :])
+    if m is not None:
+        text = text[: m.start()] + redact_url(text[m.start() :])
+    return _KEYWORD_SECRET.sub(lambda k: k.group(1) + MASK, text)
 
 
 def shown(key: str, value: Any) -> Any:

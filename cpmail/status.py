@@ -202,7 +202,8 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
         args = {"connect_timeout": DB_CONNECT_TIMEOUT} if url.startswith("postgresql") else {}
         try:
             engine = sa.create_engine(url, connect_args=args, pool_pre_ping=True)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as e:
+            # (a ValueError's words may quote the URL: a password where the port goes)
             db.error = f"database.url is not a database URL cpmail can use ({type(e).__name__})"
             return None, db
     try:

@@ -691,3 +691,31 @@ def test_an_api_that_stops_answering_ends_the_run_early(gmail_home: Path, fake: 
         statuses = [s for (s,) in conn.execute(sa.select(messages.c.status))]
     assert statuses.count("sending") == 0 and statuses.count("failed") == 0
     assert statuses.count("deferred") + statuses.count("queued") == 12
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["json", "json-code", "text", "refresh"],
+)
+def test_a_server_quoting_a_token_never_gets_it_stored(
+    gmail_home: Path, fake: FakeAPI, shape: str
+) -> None:
+    """A refusal that quotes the request (the Authorization header, a token) is kept masked."""
+    creds = store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=shape == "refresh")
+    at, rt = creds["token"], creds["refresh_token"]
+    if shape == "json":
+        fake.script(SEND, Reply(400, gmail_error(400, f"Invalid header: Bearer {at}")))
+    elif shape == "json-code":
+        fake.script(SEND, Reply(503, {"error": {"code": at, "message": f"token {at} broken"}}))
+    elif shape == "text":
+        fake.script(SEND, Reply(403, f"Forbidden: Authorization: Bearer {at[:20]}\n{at[20:]}"))
+    else:
+        fake.script("/token", Reply(400, {"error": f"invalid_grant {rt} {GOOGLE_CLIENT_SECRET}"}))
+    try:
+        outcomes = deliver(gmail_home, env())
+        said = " ".join(str(o.error) for o in outcomes)
+    except AuthError as e:
+        said = str(e)
+    assert said.strip()
+    for secret in (at, rt, GOOGLE_CLIENT_SECRET, at[:20], rt[4:24]):
+        assert secret not in said, said

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cpmail.secrets import SecretStore
+from cpmail.secrets import SecretStore, passcode_name
 from tests.conftest import Cli
 from tests.fakeapi import GOOGLE_CLIENT_SECRET, google_client
 from tests.pg import SERVER, server_or_skip
@@ -110,6 +112,9 @@ DB_FORMS: dict[str, tuple[str, str, str]] = {
     "mixed": (_MIXED, "", _MIXED),
     "query": ("", f"password={_QUERY}&", _QUERY),
     "query-amp": ("", f"password={_QUERY_AMP}&", _QUERY_AMP),
+    # the driver decodes the parameter's name: these are "password" too
+    "query-encoded-name": ("", f"pass%77ord={_QUERY}&", _QUERY),
+    "query-encoded-first": ("", f"%70assword={_QUERY}&", _QUERY),
 }
 
 
@@ -367,3 +372,88 @@ def test_secret_setting_is_masked_by_get_set_and_show(initialised: Cli) -> None:
     assert initialised("config", "get", "alerts.urls").stdout.strip() == MASK
     r = initialised("config", "set", "alerts.urls", "")
     assert initialised("config", "get", "alerts.urls").stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql+psycopg://u@127.0.0.1/db?pass%77ord=S3CRETpw", "S3CRETpw"),
+        ("postgresql+psycopg://u@127.0.0.1/db?sslmode=require&%70assword=S3CRETpw", "S3CRETpw"),
+        ("postgresql+psycopg://cpmail:S3CRETpw/test", "S3CRETpw"),  # the @ left out
+        ("postgresql+psycopg://cpmail:S3CRETpw", "S3CRETpw"),
+        ("sqlite://:S3CRETpw@", "S3CRETpw"),
+        ("cannot connect to postgresql://u:S3CRETpw@h:1/db (refused)", "S3CRETpw"),
+        ("dblink('host=h user=u password=S3CRETbb dbname=x', 'select 1')", "S3CRETbb"),
+        ("dblink('host=h password=''S3CRET cc'' dbname=x', 'q')", "cc''"),
+        ("dsn \"user=u password='S3 CRET' host=h\"", "CRET"),
+        ("token=eyJhbGciOi.S3CRET.sig and api_key = K3yK3yK3y", "K3yK3yK3y"),
+    ],
+)
+def test_redaction_hides_every_form_of_a_password(text: str, secret: str) -> None:
+    from cpmail.message import redact as diagnostics_redact
+    from cpmail.settings import redact, shown
+
+    assert secret not in redact(text), redact(text)
+    assert secret not in str(shown("source.tables.staff.query", text))
+    assert secret not in diagnostics_redact("source.tables.staff.query", text)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u@127.0.0.1:5432/db?sslmode=require",
+        "postgresql+psycopg://[::1]:5432/d",
+    ],
+)
+def test_redaction_leaves_a_url_without_secrets_as_it_is(url: str) -> None:
+    from cpmail.settings import redact
+
+    assert redact(url) == url
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    passcode=st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\x7f"),
+        min_size=8,
+        max_size=40,
+    ).filter(lambda p: len("".join(p.split())) >= 8),
+    cut=st.integers(min_value=0, max_value=60),
+    how=st.sampled_from(["as-is", "spaces", "plain-b64", "login-b64", "split-b64", "no-spaces"]),
+)
+def test_an_echoed_passcode_is_masked_whole_or_in_pieces(passcode: str, cut: int, how: str) -> None:
+    """What an SMTP server might send back about a login never carries the passcode."""
+    import base64
+
+    from cpmail.scrub import login_scrubber
+    from cpmail.transports.smtp_words import words_of
+
+    user = "jd@agency.test"
+    plain = base64.b64encode(f"\0{user}\0{passcode}".encode()).decode()
+    login = base64.b64encode(passcode.encode()).decode()
+    echo = {
+        "as-is": f"Bad credentials [{user}|{passcode}]",
+        "spaces": "Bad credentials " + " ".join(passcode.split()),
+        "no-spaces": "Bad credentials " + "".join(passcode.split()),
+        "plain-b64": f"AUTH PLAIN {plain} refused",
+        "login-b64": f"got {login}",
+        "split-b64": f"AUTH PLAIN {plain[: cut % len(plain)]}\n5.7.8 {plain[cut % len(plain) :]}",
+    }[how]
+    said = login_scrubber(user, passcode)(words_of(535, echo))
+    # no eight characters in a row of the base64 forms, or of the passcode (spaces aside)
+    for secret, text in ((plain, said), (login, said), ("".join(passcode.split()), said)):
+        pieces = [secret[i : i + 8] for i in range(len(secret) - 7)]
+        assert not [p for p in pieces if p in text], (said, secret)
+    if how in ("as-is", "spaces", "no-spaces"):
+        assert "".join(passcode.split()) not in "".join(said.split())
+
+
+def test_a_passcode_that_is_not_utf8_is_refused_without_showing_it(
+    initialised: Cli, home: Path
+) -> None:
+    r = initialised("staff", "add", "JD", "--name", "Jane", "--work-email", "jd@agency.test")
+    assert r.exit_code == 0, r.output
+    r = initialised("staff", "passcode", "JD", "--stdin", input=b"S3cr\xffT-pass\n")
+    assert r.exit_code == 2, r.output
+    assert r.stderr == "cpmail: standard input is not UTF-8 text.\n"
+    assert SecretStore(home).get(passcode_name("JD")) is None

@@ -244,11 +244,14 @@ def send_test(c: Ctx, *, as_staff: str | None, to: str | None, to_name: str = ""
     c.say(f"Sent a test message from {sender} to {rcpt} via {transport}{where}.")
 
 
-def read_stdin_text() -> str:
-    """Standard input as UTF-8 text; exit 2 when it is not."""
+def read_stdin_text(*, line: bool = False, secret: bool = False) -> str:
+    """Standard input (its first line only, with ``line``) as UTF-8 text; exit 2 if it is not.
+
+    With ``secret`` the error names no byte of it.
+    """
+    raw = sys.stdin.buffer.readline() if line else sys.stdin.buffer.read()
     try:
-        return sys.stdin.buffer.read().decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(
-            f"standard input is not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})."
-        ) from None
+        where = "" if secret else f" (byte {e.start + 1} is {e.object[e.start]:#04x})"
+        raise InputError(f"standard input is not UTF-8 text{where}.") from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cpmail.cli.common import ctx_of
+from cpmail.cli.common import ctx_of, read_stdin_text
 
 
 def config_gmail(
@@ -79,7 +79,8 @@ def config_microsoft(
 def _read_client_secret() -> str:
     if sys.stdin.isatty():
         return str(typer.prompt("Client secret (the Value, not the Secret ID)", hide_input=True))
-    return sys.stdin.readline()  # piped in by a script; getpass would read the terminal instead
+    # piped in by a script; getpass would read the terminal instead
+    return read_stdin_text(line=True, secret=True)
 
 
 def _next_steps() -> str:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cpmail.addresses import check_address
-from cpmail.cli.common import ctx_of, emit_json, print_table, split_list
+from cpmail.cli.common import ctx_of, emit_json, print_table, read_stdin_text, split_list
 from cpmail.errors import InputError
 
 app = typer.Typer(help="Staff members: addresses, passcodes, opt-outs.", no_args_is_help=True)
@@ -195,7 +195,7 @@ def passcode(
         c.say(f"Forgot the passcode of {who}." if gone else f"{who} had no stored passcode.")
         return
     if stdin:
-        value = sys.stdin.readline().rstrip("\r\n")
+        value = read_stdin_text(line=True, secret=True).rstrip("\r\n")
     elif not sys.stdin.isatty():
         raise InputError(
             "there is no terminal to ask for the passcode on; pipe it in with --stdin."

@@ -30,6 +30,7 @@ from cpmail.oauth.tokens import (
     signin_command,
     who,
 )
+from cpmail.scrub import Scrubber, mask_tokens
 from cpmail.secrets import SecretStore
 
 if TYPE_CHECKING:
@@ -265,7 +266,9 @@ class GoogleSession:
                     "Google's token endpoint is not answering properly; trying again later."
                 )
                 raise self._down from None
-            error = str(data.get("error", "")) or "refused"
+            # A token endpoint may quote what it was sent: never repeat a token or the secret.
+            known = Scrubber([self._creds.refresh_token or "", self._creds.client_secret or ""])
+            error = known(mask_tokens(str(data.get("error", "")))) or "refused"
             raise AuthError(
                 f"Google refused to renew the sign-in of {who(self.account)} ({error}: it "
                 f"expired or was revoked); run `{signin_command(self.account)}`."

@@ -33,6 +33,7 @@ from cpmail.oauth.tokens import (
     signin_command,
     who,
 )
+from cpmail.scrub import mask_tokens
 from cpmail.secrets import SHARED, SecretStore
 
 if TYPE_CHECKING:
@@ -207,12 +208,12 @@ _AAD_ADVICE = {
 
 def microsoft_error(result: Mapping[str, Any], what: str) -> AuthError:
     """An AuthError that explains an msal error result in words a system manager can act on."""
-    desc = str(result.get("error_description", ""))
+    desc = mask_tokens(str(result.get("error_description", "")))
     for code, advice in _AAD_ADVICE.items():
         if code in desc:
             return AuthError(f"{what} failed: {advice}.")
     first = desc.splitlines()[0] if desc else ""
-    error = str(result.get("error", "error"))
+    error = mask_tokens(str(result.get("error", "error")))
     return AuthError(f"{what} failed: {error}{': ' + first if first else ''}.")
 
 

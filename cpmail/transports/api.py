@@ -15,13 +15,14 @@ import datetime as dt
 import email.utils
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
 
 from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
 from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
+from cpmail.scrub import Scrubber, mask_tokens
 from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
@@ -58,15 +59,22 @@ class Refusal:
         error = doc.get("error") if isinstance(doc, dict) else None
         if not isinstance(error, dict):
             text = response.text.strip().splitlines()[0][:300] if response.text.strip() else ""
-            return cls(response.status_code, "", text or response.reason_phrase, (), wait)
+            return cls(
+                response.status_code, "", mask_tokens(text or response.reason_phrase), (), wait
+            )
         reasons = tuple(
             str(e.get("reason", ""))
             for e in error.get("errors") or []
             if isinstance(e, dict) and e.get("reason")
         )
-        code = str(error.get("code", ""))
-        message = str(error.get("message", "")).strip() or response.reason_phrase
+        code = mask_tokens(str(error.get("code", "")))
+        message = mask_tokens(str(error.get("message", "")).strip() or response.reason_phrase)
         return cls(response.status_code, code, message, reasons, wait)
+
+    def without(self, *secrets: str) -> Refusal:
+        """The same refusal with ``secrets`` (the token sent, say) masked in its words."""
+        scrub = Scrubber(secrets)
+        return replace(self, code=scrub(self.code), message=scrub(self.message))
 
     def said(self, *, with_code: bool) -> str:
         """The answer in a few words: ``HTTP 403 ErrorAccessDenied: message``."""
@@ -142,7 +150,8 @@ class ApiTransport(Transport, Generic[S]):
             return Outcome(env.id, error=session)
         raw = with_missing_bcc(env.raw, env.rcpt_to)
         try:
-            response = self._post(http, base, session, session.access_token(), raw)
+            token = session.access_token()
+            response = self._post(http, base, session, token, raw)
             if response.status_code == 401:  # revoked early or clock skew: renew once
                 token = session.access_token(force_refresh=True)
                 response = self._post(http, base, session, token, raw)
@@ -155,7 +164,8 @@ class ApiTransport(Transport, Generic[S]):
             return Outcome(env.id, error=e)
         if 200 <= response.status_code < 300:
             return Outcome(env.id, accepted=env.rcpt_to)
-        return Outcome(env.id, error=self._failure(env, session, Refusal.of(response)))
+        refusal = Refusal.of(response).without(token)  # a server may quote what it was sent
+        return Outcome(env.id, error=self._failure(env, session, refusal))
 
     def _temporary(
         self, refusal: Refusal, said: str, wait: float | None, *, rate_limited: bool = False

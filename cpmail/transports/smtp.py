@@ -18,7 +18,6 @@ that cannot be reached at all raises ``Unreachable``; a refused login raises
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
@@ -42,6 +41,7 @@ from cpmail.errors import (
     TemporaryFailure,
     Unreachable,
 )
+from cpmail.scrub import Scrubber, login_scrubber
 from cpmail.secrets import Secret, passcode_name
 from cpmail.sizes import size_pair
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
@@ -147,23 +147,6 @@ class SMTPConfig:
         return context
 
 
-class _Scrubber:
-    """Mask a passcode (and its base64 forms) wherever a server might echo it."""
-
-    def __init__(self, user: str, passcode: Secret | None) -> None:
-        self._needles: list[str] = []
-        if passcode is not None and passcode.reveal():
-            p = passcode.reveal()
-            for raw in (p, f"\0{user}\0{p}", f"{user}\0{p}"):
-                self._needles.append(base64.b64encode(raw.encode("utf-8")).decode("ascii"))
-            self._needles.append(p)
-
-    def __call__(self, text: str) -> str:
-        for needle in self._needles:
-            text = text.replace(needle, "••••")
-        return text
-
-
 # ---- one connection
 
 
@@ -202,7 +185,7 @@ class _Connection:
         self.group = group
         self.local_hostname = local_hostname
         login = group.login
-        self.scrub = _Scrubber(login.user, login.passcode) if login else _Scrubber("", None)
+        self.scrub = login_scrubber(login.user, login.passcode.reveal()) if login else Scrubber(())
         self.smtp: aiosmtplib.SMTP | None = None  # opened the connection: greeting, TLS, login
         self.wire: Wire | None = None  # carries the mail transactions once it is open
         self.extensions: frozenset[str] = frozenset()
@@ -309,7 +292,7 @@ class _Connection:
                     login.account,
                     login.user,
                     e.code,
-                    self.scrub(" ".join(e.message.split())),
+                    " ".join(self.scrub(e.message).split()),
                 )
             ) from None
 
@@ -338,7 +321,7 @@ class _Connection:
             # An answer that makes no sense leaves the session in an unknown
             # state: give it up; the next message opens a fresh connection.
             self._hang_up()
-            detail = self.scrub(" ".join(str(getattr(e, "message", e)).split()))
+            detail = " ".join(self.scrub(str(getattr(e, "message", e))).split())
             return Outcome(
                 env.id,
                 error=TemporaryFailure(
