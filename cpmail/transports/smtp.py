@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -192,7 +192,7 @@ class _Connection:
         self.pipelining = False
         self.size_limit = 0
         self.previous: int | None = None  # the last message this connection delivered
-        self.settle: Callable[[int], Awaitable[None]] | None = None
+        self.settle: Callable[[int], None] | None = None
         self.blocked: Callable[[], bool] = lambda: False
 
     @property
@@ -520,10 +520,10 @@ class _Connection:
             # connection is on record: a hard kill can then leave at most one
             # accepted message per connection unrecorded (and sent again later).
             if self.previous is not None and self.settle is not None:
-                await self.settle(self.previous)
+                self.settle(self.previous)
             if self.blocked():
-                # While it waited, the run's claim lapsed (or outcomes cannot be
-                # written): the text stays here; the message stays in the outbox.
+                # The run's claim lapsed (or outcomes cannot be written): the
+                # text stays here; the message stays in the outbox.
                 self._hang_up()
                 raise _Resend("the run may no longer send")
             wire.write(body)
@@ -772,8 +772,8 @@ class _Run:
         if write is not None:
             write()
 
-    async def settle(self, message_id: int) -> None:
-        """Make sure the outcome of ``message_id`` is on record."""
+    def settle(self, message_id: int) -> None:
+        """Make sure the outcome of ``message_id`` is on record (written now if it is not)."""
         if self.settled is not None and not self.settled(message_id):
             self._write()
 
