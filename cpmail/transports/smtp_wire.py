@@ -102,17 +102,7 @@ class Wire(asyncio.Protocol):
 
     async def answer(self, timeout: float) -> Answer:
         """The next answer; raise if the line is gone or it did not come within ``timeout``."""
-        if self._answers:
-            return self._answers.popleft()
-        if self._failure is not None:
-            raise self._failure
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, self._expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+        await self.ready(1, timeout)
         if self._answers:
             return self._answers.popleft()
         raise self._failure or SMTPServerDisconnected("Connection lost")
@@ -122,7 +112,7 @@ class Wire(asyncio.Protocol):
 
         For pipelined commands: one wait for all their answers instead of one
         each. Raises nothing: ``answer`` then hands out what came and raises at
-        the first that did not (a timeout closes the line, as there).
+        the first that did not (a timeout closes the line).
         """
         if len(self._answers) >= count or self._failure is not None:
             return
