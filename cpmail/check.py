@@ -104,6 +104,8 @@ class Planned:
     thread: str | None
     raw: bytes = b""
     message_id: str = ""
+    # Not sent after this (UTC): when everything in it is a reminder, its event's start.
+    not_after: dt.datetime | None = None
 
 
 @dataclass
@@ -536,6 +538,7 @@ def _plan(
         attachments=attachments,
         date=dt.datetime.now(settings.tz()),
     )
+    limits = [n.not_after for n, _ in group if n.not_after is not None]
     return Planned(
         event=event,
         events=events,
@@ -548,6 +551,8 @@ def _plan(
         thread=thread,
         raw=msg.raw,
         message_id=msg.message_id,
+        # A digest that also carries other news is sent whatever the reminder says.
+        not_after=min(limits) if len(limits) == len(group) else None,
     )
 
 
@@ -565,6 +570,7 @@ def _draft(p: Planned, sender: Sender) -> Draft:
         subject=p.subject,
         message_id=p.message_id,
         raw=p.raw,
+        not_after=p.not_after,
     )
 
 

@@ -484,6 +484,7 @@ class Draft:
     subject: str
     message_id: str
     raw: bytes
+    not_after: dt.datetime | None = None  # (UTC, naive) not sent after this: it no longer matters
 
     @classmethod
     def from_message(

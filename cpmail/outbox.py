@@ -71,6 +71,7 @@ class Queueable(Protocol):
     subject: str
     message_id: str
     raw: bytes
+    not_after: dt.datetime | None  # (UTC, naive) not sent after this
 
 
 def _insert_ledger(conn: sa.Connection, key: str, event: str, now: dt.datetime) -> bool:
@@ -153,6 +154,7 @@ def _row(
         "run_id": run_id,
         "claimed_at": now if status == Status.SENDING else None,
         "claimed_by": run_id if status == Status.SENDING else None,
+        "not_after": draft.not_after,
     }
 
 
@@ -508,10 +510,31 @@ def _joined(column: Any, more: str) -> Any:
 
 
 def _expire(engine: sa.Engine, settings: Settings) -> None:
-    """Messages waiting past max_age_hours fail for good."""
+    """Messages waiting past max_age_hours fail for good; those past ``not_after`` are dropped.
+
+    A calendar reminder held back (by the send window, say) until its event began
+    would only confuse: it is dropped, saying why, and stays in the log.
+    """
     m = messages.c
-    limit = utcnow() - dt.timedelta(hours=settings["outbox.max_age_hours"])
+    now = utcnow()
+    limit = now - dt.timedelta(hours=settings["outbox.max_age_hours"])
     with engine.begin() as conn:
+        conn.execute(
+            messages.update()
+            .where(
+                m.status.in_((Status.QUEUED, Status.DEFERRED)),
+                m.not_after.is_not(None),
+                m.not_after <= now,
+            )
+            .values(
+                status=Status.DROPPED,
+                raw=None,
+                next_attempt_at=None,
+                last_error=_joined(
+                    m.last_error, "not sent: what it reminds of began before it could go"
+                ),
+            )
+        )
         conn.execute(
             messages.update()
             .where(m.status.in_((Status.QUEUED, Status.DEFERRED)), m.queued_at < limit)

@@ -14,7 +14,7 @@ class Status(StrEnum):
     SENT = "sent"  # the server accepted it
     FAILED = "failed"  # refused for good, or too many tries
     SUPPRESSED = "suppressed"  # recorded while sending was off; never sent
-    DROPPED = "dropped"  # taken out of the outbox by hand
+    DROPPED = "dropped"  # taken out of the outbox by hand, or too late to matter
 
 
 OPEN = (Status.QUEUED, Status.SENDING, Status.DEFERRED, Status.FAILED)  # `cpmail outbox` lists

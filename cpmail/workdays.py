@@ -28,6 +28,8 @@ def parse_workdays(text: str) -> frozenset[int]:
 
 WEEKDAYS = frozenset(range(5))
 _MAX_STEPS = 400  # a staff member with no workdays at all must not loop forever
+# How far a workday is looked for: time off that far away can matter (long leave).
+SEARCH_DAYS = _MAX_STEPS
 
 
 class WorkCalendar:

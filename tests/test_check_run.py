@@ -53,6 +53,39 @@ def test_send_window_keeps_mail_until_it_opens(
     assert json.loads(cli("outbox", "--json").stdout) == []
 
 
+def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The send window kept it; by the time it opens the meeting has begun: nobody is told."""
+    engine = _agency(cli, home, smtp_server)
+    insert(
+        engine,
+        "calendar_entries",
+        [
+            dict(
+                id="CAL1",
+                title="Client review",
+                starts_at=at(D + dt.timedelta(days=1), 7, 45),  # before the window opened
+                remind_at=at(D, 18),
+                attendees="AE",
+            )
+        ],
+    )
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "calendar-reminder,job-opened")
+    assert r.exit_code == 0, r.output
+    assert smtp_server.messages == []
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 0, r.output
+    sent = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    assert sent and all(m["X-Cpmail-Event"] == "job-opened" for m in sent)  # the rest still go
+    [dropped] = json.loads(cli("log", "--json", "--status", "dropped").stdout)
+    assert dropped["event"] == "calendar-reminder"
+    assert "began before it could go" in dropped["last_error"]
+    assert json.loads(cli("outbox", "--json").stdout) == []
+
+
 def test_manager_gets_one_summary_when_mail_fails_for_good(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:

@@ -301,6 +301,20 @@ def test_reminder_for_a_past_date_run_sees_the_whole_day(agency: Agency, home: P
     assert _reminders(agency, home, D + 2 * DAY, None) == []
 
 
+def test_a_reminder_just_before_midnight_is_not_lost_at_midnight(
+    agency: Agency, home: Path
+) -> None:
+    """With no lookback, the window starts at midnight; a reminder due at 23:58 still goes."""
+    assert agency.cli("config", "set", "check.lookback_days", "0").exit_code == 0
+    agency.add(
+        "calendar_entries",
+        dict(id="LATE", title="Night shift", starts_at=at(D + DAY, 0, 30), remind_at=at(D, 23, 58)),
+    )
+    key = "calendar-reminder:LATE:2026-11-24T23:58"
+    assert _reminders(agency, home, D + DAY, at(D + DAY, 0, 5)) == [key]
+    assert _reminders(agency, home, D + DAY, at(D + DAY, 0, 30)) == []  # begun
+
+
 def test_reminders_through_check_today_go_out_when_their_time_comes(
     agency: Agency, home: Path
 ) -> None:

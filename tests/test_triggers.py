@@ -136,6 +136,25 @@ def test_missing_time_skips_time_off_and_custom_workdays(agency: Agency) -> None
     assert "Sat Nov 21, 2026" in msgs[0]["Subject"]
 
 
+def test_a_long_leave_is_stepped_over_both_ways(agency: Agency) -> None:
+    """Time off of two months: the prior workday is before it, the next one after it."""
+    leave = [D - dt.timedelta(days=n) for n in range(1, 61)]  # the 60 days before D
+    agency.add("time_off", *[dict(staff_id="CR", date=day) for day in leave])
+    last = D - dt.timedelta(days=61)  # the day before the leave: Thursday, Sep 24
+    assert last.weekday() == 3
+    full_day(agency, "CR", last)
+    full_day(agency, "AE", D - DAY)
+    assert agency.check("--only", "missing-time") == []  # CR's prior workday was complete
+    ahead = [D + dt.timedelta(days=n) for n in range(1, 41)]  # off the next 40 days
+    agency.add("time_off", *[dict(staff_id="CR", date=day) for day in ahead])
+    agency.add(
+        "tasks",
+        dict(id="T9", job_id="J100", name="Late", assignee_id="CR", due_date=D + 30 * DAY),
+    )
+    msgs = agency.check("--only", "task-due-tomorrow")
+    assert to(msgs) == ["carl@agency.test"]  # due before CR's next workday: told now
+
+
 def test_weekend_run_and_second_run_send_nothing_new(agency: Agency) -> None:
     saturday = dt.date(2026, 11, 28)
     full_day(agency, "AE", dt.date(2026, 11, 27))

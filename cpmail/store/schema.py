@@ -410,6 +410,8 @@ messages = sa.Table(
     sa.Column("run_id", sa.Text),
     # refused for good in an earlier attempt, while others were deferred (comma-separated)
     sa.Column("refused_rcpts", sa.Text, nullable=False, server_default=""),
+    # not sent after this (UTC): a reminder whose event has begun no longer matters
+    sa.Column("not_after", sa.DateTime),
     sa.Index(None, "status", "next_attempt_at"),
 )
 

@@ -63,6 +63,7 @@ class Notification:
     rules: tuple[str, ...] | None = None  # overrides DEFAULT_RULES (status code notify)
     thread: str | None = None  # e.g. "job:J100": messages about one job thread together
     attachments: list[tuple[str, bytes, str]] = field(default_factory=list)
+    not_after: dt.datetime | None = None  # (UTC, naive) not sent after this: it no longer matters
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -104,14 +105,20 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Reminders whose time has come for events that have not begun.
 
     ``remind_at`` is at or before the run moment (now, for today's run) and no
-    earlier than the lookback window; the event starts after the run moment. An
-    event that has begun or is over is never reminded.
+    earlier than the lookback window or the day before; the event starts after
+    the run moment. An event that has begun or is over is never reminded; a
+    reminder that waited in the outbox past the event's start is dropped there
+    (``not_after``).
     """
     c = calendar_entries.c
     moment = run.moment
+    # A reminder missed (cpmail was not running) still goes while its event is ahead:
+    # set in the lookback window, or in the day before the run moment, whichever is
+    # longer (a reminder at 23:58 for a meeting at 00:30 is not lost at midnight).
+    since = min(run.window_start, moment - dt.timedelta(days=1))
     q = (
         sa.select(calendar_entries)
-        .where(c.remind_at >= run.window_start, c.remind_at <= moment, c.starts_at > moment)
+        .where(c.remind_at >= since, c.remind_at <= moment, c.starts_at > moment)
         .order_by(c.remind_at, c.id)
     )
     rows = list(conn.execute(q))
@@ -150,6 +157,8 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             attachments=[
                 (f"{_slug(r.title)}.ics", ics, "text/calendar; method=REQUEST; charset=utf-8")
             ],
+            # Held back (the send window, a server away) until the event began: not sent.
+            not_after=r.starts_at.replace(tzinfo=run.tz).astimezone(dt.UTC).replace(tzinfo=None),
         )
 
 

@@ -25,6 +25,7 @@ from cpmail.store.schema import (
     time_off,
 )
 from cpmail.triggers import Notification, Run, hours, key_of, key_of_column, money
+from cpmail.workdays import SEARCH_DAYS
 
 assignee = staff.alias("assignee")
 
@@ -98,7 +99,8 @@ def due_today(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 
 def due_tomorrow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Open tasks due after the run date, up to and including the assignee's next workday."""
-    horizon = run.date + dt.timedelta(days=21)
+    # All the time off the search for the next workday may step over (a long leave).
+    horizon = run.date + dt.timedelta(days=SEARCH_DAYS)
     off: dict[str, set[dt.date]] = {}
     for o in conn.execute(
         sa.select(time_off.c.staff_id, time_off.c.date).where(

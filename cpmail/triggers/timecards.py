@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from cpmail.store.schema import staff, time_entries, time_off
 from cpmail.triggers import Notification, Run, hours, key_of
+from cpmail.workdays import SEARCH_DAYS
 
 
 def missing_time(conn: sa.Connection, run: Run) -> Iterator[Notification]:
@@ -22,7 +23,8 @@ def missing_time(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     ).all()
     if not people:
         return
-    earliest = run.date - dt.timedelta(days=31)
+    # All the time off the search for the prior workday may step over (a long leave).
+    earliest = run.date - dt.timedelta(days=SEARCH_DAYS)
     off: dict[str, set[dt.date]] = {}
     for r in conn.execute(
         sa.select(time_off.c.staff_id, time_off.c.date).where(
