@@ -86,13 +86,14 @@ def conditions(
         return [Condition("database", text)], {"*"}
     out: list[Condition] = []
     unjudged: set[str] = set()
-    if exit_code in (1, 3):
-        what = (
-            "mail could not be sent at all (the server, an account's sign-in or the "
-            "database refused)"
-            if exit_code == 3
-            else "some mail was not delivered and waits in the outbox or failed"
-        )
+    if exit_code in (1, 2, 3, 70):
+        what = {
+            1: "some mail was not delivered and waits in the outbox or failed",
+            2: "a setting, a template or the data is wrong, so nothing was queued or sent",
+            3: "mail could not be sent at all (the server, an account's sign-in or the "
+            "database refused)",
+            70: "it met an internal error, so nothing was queued or sent",
+        }[exit_code]
         out.append(
             Condition("check", f"cpmail check ended with exit {exit_code}: {what}.", str(exit_code))
         )

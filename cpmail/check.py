@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cpmail import interrupt
 from cpmail.compose import (
     Attachment,
     Draft,
@@ -127,7 +128,13 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        """3 the transport was refused or unreachable; 1 mail waits or failed; else 0."""
+        """128 + N stopped by signal N; 3 the transport was refused or unreachable; 1 mail
+        waits or failed; else 0 (always 0 for mail waiting while sending is switched off)."""
+        stopped_by = interrupt.requested()
+        if stopped_by is not None:
+            return 128 + stopped_by
+        if not self.enabled:
+            return 0  # nothing is sent while sending is off; the summary says what waits
         d = self.delivery
         if d is not None and d.stopped is not None:
             return 3
@@ -190,7 +197,9 @@ def run_check(
         transport=transport,
     )
     if dry_run:
-        return _run_check(engine, settings, secrets, home, run_id=new_run_id(), **kwargs)
+        result = _run_check(engine, settings, secrets, home, run_id=new_run_id(), **kwargs)
+        result.waiting = waiting(engine, settings)  # a real run would send that too
+        return result
     run_id = new_run_id()
     with lease(engine, settings, run_id, "check", run_date=date) as held:
         result = _run_check(engine, settings, secrets, home, run_id=run_id, **kwargs)
@@ -269,7 +278,11 @@ def _run_check(
             f"{delivery.waiting} message(s) wait in the outbox for the send window "
             f"({settings['mail.send_window']})."
         )
-    _tell_manager(engine, settings, transport, sender, delivery, renderer, run_id)
+    manager = _tell_manager(engine, settings, transport, sender, delivery, renderer, run_id)
+    if manager is not None:  # the summary to the manager is mail of this run too: counted
+        for status in manager.status.values():
+            if status in (Status.SENT, Status.DEFERRED, Status.FAILED):
+                summary.setdefault(FAILURE_SUMMARY, EventSummary()).count_message(Status(status))
     return result
 
 
@@ -574,6 +587,9 @@ def _draft(p: Planned, sender: Sender) -> Draft:
     )
 
 
+FAILURE_SUMMARY = "failure-summary"  # the event of the message to the manager
+
+
 def _tell_manager(
     engine: sa.Engine,
     settings: Settings,
@@ -582,12 +598,15 @@ def _tell_manager(
     delivery: Delivery,
     renderer: Renderer,
     run_id: str,
-) -> None:
-    """One summary message to the system manager when mail failed for good in this run."""
+) -> Delivery | None:
+    """One summary message to the system manager when mail failed for good in this run.
+
+    Return how its delivery went (None when there was nothing to tell).
+    """
     failed = [i for i, s in delivery.status.items() if s == Status.FAILED]
     manager = settings["manager.email"]
     if not failed or not manager or delivery.stopped is not None:
-        return
+        return None
     m = messages.c
     with engine.connect() as conn:
         rows = conn.execute(
@@ -611,16 +630,17 @@ def _tell_manager(
         subject=subject_line(settings, subject),
         text=text,
         html=html,
-        event="failure-summary",
-        key=f"failure-summary:{run_id}",
+        event=FAILURE_SUMMARY,
+        key=f"{FAILURE_SUMMARY}:{run_id}",
     )
     draft = Draft.from_message(
-        msg, event="failure-summary", key=None, account=sender.account, envelope_from=sender.address
+        msg, event=FAILURE_SUMMARY, key=None, account=sender.account, envelope_from=sender.address
     )
     with engine.begin() as conn:
         mid = queue(conn, draft, run_id=run_id)
-    if mid is not None:
-        deliver(engine, transport, settings, run_id=run_id, ids=[mid])
+    if mid is None:
+        return None
+    return deliver(engine, transport, settings, run_id=run_id, ids=[mid])
 
 
 __all__ = ["CheckResult", "EventSummary", "Planned", "message_id_for", "run_check"]

@@ -10,9 +10,25 @@ from __future__ import annotations
 
 
 class CpmailError(Exception):
-    """Root of every error cpmail raises on purpose."""
+    """Root of every error cpmail raises on purpose.
+
+    Its words are one sentence: words quoted from elsewhere that end in their
+    own full stop (a template error, a server's answer) do not make it end in two.
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (_one_stop(args[0]), *args[1:])
+        super().__init__(*args)
+
+
+def _one_stop(text: str) -> str:
+    """``text`` without a doubled full stop at its end ("…line 3: bad.." -> "…line 3: bad.")."""
+    while text.endswith(("..", "!.", "?.")) and not text.endswith("..."):
+        text = text[:-1]
+    return text
 
 
 class ConfigError(CpmailError):

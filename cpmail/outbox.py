@@ -1115,10 +1115,13 @@ def _give_back(
 
     They were not tried, so their attempts do not count: with a ``reason``
     they wait as ``deferred`` with it, else as ``queued`` (``deferred`` when
-    tried before), due at ``not_before`` or now. Return the rows (id, event).
+    tried before), due at ``not_before`` or now. Return the rows (id, event,
+    attempts).
     """
     m = messages.c
-    q = sa.select(m.id, m.event).where(m.claimed_by == run_id, m.status == Status.SENDING)
+    q = sa.select(m.id, m.event, m.attempts).where(
+        m.claimed_by == run_id, m.status == Status.SENDING
+    )
     if account is not None:
         q = q.where(m.account == account)
     if keep:
@@ -1168,7 +1171,9 @@ def _release(
         else "not sent: the run ended early"
     )
     for r in rows:
-        result.status[r.id] = Status.DEFERRED
+        # As _give_back wrote it: mail never offered to the server is queued, not deferred.
+        deferred = reason is not None or r.attempts > 0
+        result.status[r.id] = Status.DEFERRED if deferred else Status.QUEUED
         result.events[r.id] = r.event
         result.errors[r.id] = why
     result.released += len(rows)
@@ -1193,6 +1198,32 @@ class Waiting:
         return self.count + self.orphaned
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (or may: not ours to look at)."""
+    if pid <= 0:
+        return True  # unknown: say alive, the heartbeat decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
+
+
+def stopped_runs(conn: sa.Connection) -> list[str]:
+    """Runs of this machine that never ended and whose process is gone (killed, crashed).
+
+    Their claims are reported as waiting at once, not after three missed
+    heartbeats; they are still taken up only after the stale limit, as
+    another machine of the same name could be running them.
+    """
+    host = socket.gethostname()[:200]
+    r = runs.c
+    rows = conn.execute(sa.select(r.id, r.pid).where(r.ended_at.is_(None), r.host == host))
+    return [row.id for row in rows if row.pid != os.getpid() and not _alive(row.pid)]
+
+
 def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = None) -> Waiting:
     """What waits in the outbox: queued, deferred, or left claimed by a run that stopped."""
     m = messages.c
@@ -1210,8 +1241,10 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         # A live run renews its heartbeat every renew_every() seconds; three missed
         # beats and its claims are counted as waiting (taken up after the stale limit).
         quiet = now - dt.timedelta(seconds=3 * renew_every(settings))
+        gone = stopped_runs(conn)
         q = sa.select(sa.func.count(), sa.func.min(m.claimed_at)).where(
-            m.status == Status.SENDING, ~_live_run(quiet)
+            m.status == Status.SENDING,
+            sa.or_(~_live_run(quiet), m.claimed_by.in_(gone)) if gone else ~_live_run(quiet),
         )
         if exclude_run is not None:
             q = q.where(sa.or_(m.claimed_by.is_(None), m.claimed_by != exclude_run))

@@ -474,6 +474,7 @@ def _outbox(
 ) -> Outbox:
     import sqlalchemy as sa
 
+    from cpmail.outbox import stopped_runs
     from cpmail.store.schema import messages
 
     m = messages.c
@@ -496,10 +497,14 @@ def _outbox(
                 m.event != "test",
             )
         ).scalar_one()
+        # Claimed lately by a run that still runs: a run of this machine whose process
+        # is gone holds its mail, it is not sending it.
+        gone = stopped_runs(conn)
         live = conn.execute(
             sa.select(sa.func.count()).where(
                 m.status == "sending",
                 m.claimed_at >= now - dt.timedelta(minutes=stale_minutes),
+                *([sa.or_(m.claimed_by.is_(None), m.claimed_by.not_in(gone))] if gone else []),
             )
         ).scalar_one()
     open_now, opened = window
@@ -726,6 +731,13 @@ def _judge(h: Health, settings: Settings) -> None:
     ):
         h.problems.append(
             "the last check could not send (exit 3)" + (f": {lc.note}" if lc.note else "")
+        )
+    if lc is not None and lc.exit_code in (2, 70):
+        # A check that stops on a setting, a template or a bug queues and sends nothing.
+        why = "a setting, template or data error" if lc.exit_code == 2 else "an internal error"
+        h.problems.append(
+            f"the last check failed (exit {lc.exit_code}, {why}): nothing is sent until it "
+            "runs cleanly; run `cpmail check` to see why"
         )
     box = h.outbox
     if box is not None:

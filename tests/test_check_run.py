@@ -95,10 +95,14 @@ def test_manager_gets_one_summary_when_mail_fails_for_good(
         "alice@agency.test": "550 5.1.1 mailbox unavailable",
         "pia@agency.test": "550 5.1.1 mailbox unavailable",
     }
-    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
     assert r.exit_code == 1
     assert "outbox retry" in r.stderr
     got = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    # the summary to the manager is this run's mail too: the totals count what went out
+    doc = json.loads(r.stdout)
+    assert doc["totals"]["sent"] == len(got) and doc["totals"]["failed"] == 2, doc["totals"]
+    assert {"event": "failure-summary"}.items() <= doc["summary"][-1].items()
     summary = [m for m in got if m["X-Cpmail-Event"] == "failure-summary"]
     assert len(summary) == 1
     assert summary[0]["To"].addresses[0].addr_spec == "mary@agency.test"
@@ -177,3 +181,44 @@ def test_demo_fires_every_trigger_and_refuses_a_second_time(cli: Cli, home: Path
     assert r.exit_code == 2 and "--force" in r.stderr
     r = cli("demo", "--force", "--date", "2026-11-30")
     assert r.exit_code == 0, r.output
+
+
+def test_what_waits_is_said_truly_when_sending_is_off_in_a_dry_run_and_outside_the_window(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    _agency(cli, home, smtp_server)
+    smtp_server.fail_data = "451 4.3.0 try later"
+    assert cli("check", "--date", D.isoformat(), "--only", "job-opened").exit_code == 1
+    smtp_server.fail_data = None
+    # a dry run changes nothing, but says that a real run would send what waits
+    r = cli("check", "--date", D.isoformat(), "--dry-run")
+    assert r.exit_code == 1 and "3 message(s) wait in the outbox" in r.stderr, r.output
+    assert smtp_server.messages == []
+    # sending off: exit 0, and no promise that the next check tries them
+    assert cli("config", "disable").exit_code == 0
+    r = cli("check", "--date", D.isoformat())
+    assert r.exit_code == 0, r.output
+    assert "sending is off" in r.stderr and "tried again" not in r.stderr, r.stderr
+    assert smtp_server.messages == []
+    assert cli("config", "enable").exit_code == 0
+    # outside the send window: no stray full stop on a line of its own
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    for _ in range(2):
+        r = cli("check", "--date", D.isoformat())
+        assert all(line.strip(" .") for line in r.output.splitlines()), r.output
+
+
+def test_a_check_that_keeps_failing_is_not_healthy(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    _agency(cli, home, smtp_server)
+    broken = home / "templates" / "email" / "job-opened.txt"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_text("{% block subject %}{{ oops( {% endblock %}\n", encoding="utf-8")
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 2, r.output
+    assert not r.stderr.rstrip().endswith(".."), r.stderr
+    r = cli("status", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 3, r.stdout
+    assert any("the last check failed (exit 2" in p for p in doc["problems"]), doc["problems"]

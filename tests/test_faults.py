@@ -8,6 +8,7 @@ counts the Message-IDs the server received: none lost, none twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -148,12 +149,17 @@ def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
         if len(set(received(smtp_server))) == len(ids):
             break
         before = len(smtp_server.messages)
-        proc = spawn(home)
+        proc = spawn(home, "check", "--date", DATE, "--json")
         wait_for(lambda b=before: len(smtp_server.messages) > b)
         time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
         assert proc.returncode == 128 + sig, err
+        # what the run says of itself is what happened: its exit code, and mail it never
+        # offered to the server is not "deferred"
+        doc = json.loads(out)
+        assert doc["exit_code"] == 128 + sig
+        assert doc["totals"]["deferred"] == statuses(home)["deferred"] == 0, doc["totals"]
         lines = [x for x in err.splitlines() if x.strip()]
         assert len(lines) == 1 and f"stopped by {sig.name}" in lines[0], err
         # nothing stays claimed, and every message the server has is recorded as sent
@@ -176,6 +182,12 @@ def test_sigkill_then_check_reports_the_mail_held_by_the_dead_run(
     wait_for(lambda: len(smtp_server.messages) >= 10)
     proc.kill()
     proc.wait()
+    if statuses(home)["sending"]:
+        # at once, not after missed heartbeats: the run's process on this machine is gone
+        r = cli("status", "--json")
+        assert r.exit_code != 0 and json.loads(r.stdout)["outbox"]["sending_now"] == 0, r.stdout
+        r = cli("check", "--date", DATE, "--dry-run")
+        assert r.exit_code == 1 and "held by a run that stopped" in r.stderr, r.output
     time.sleep(0.7)  # three missed heartbeats (every 0.6 s at a 3 s limit) would be 1.8 s
     time.sleep(1.5)
     r = cli("check", "--date", DATE)

@@ -129,6 +129,11 @@ def _waiting_line(c: Any, result: Any) -> str | None:
     w = result.waiting
     if w is None or not w.total:
         return None
+    if not result.enabled:
+        return (
+            f"{w.total} message(s) wait in the outbox; sending is off, so they go once "
+            "`cpmail config enable` turns it on."
+        )
     parts = []
     outside = result.delivery is not None and result.delivery.waiting > 0
     if w.count and not (outside and not w.deferred):
@@ -140,7 +145,7 @@ def _waiting_line(c: Any, result: Any) -> str | None:
         parts.append(
             f"{w.orphaned} message(s) are held by a run that stopped; they are taken up again{free}"
         )
-    return "; ".join(parts) + "."
+    return "; ".join(parts) + "." if parts else None
 
 
 def _undelivered(c: Any, result: Any) -> str:
@@ -222,19 +227,19 @@ def _json(result: Any, dry_run: bool) -> dict[str, Any]:
             if d is not None
             else None
         )
-        w = result.waiting
-        out["waiting"] = (
-            {
-                "count": w.count,
-                "oldest": w.oldest,
-                "next_try": w.next_try,
-                "held_by_stopped_run": w.orphaned,
-                "taken_up_at": w.orphans_free_at,
-            }
-            if w is not None
-            else None
-        )
-        out["exit_code"] = result.exit_code
+    w = result.waiting
+    out["waiting"] = (
+        {
+            "count": w.count,
+            "oldest": w.oldest,
+            "next_try": w.next_try,
+            "held_by_stopped_run": w.orphaned,
+            "taken_up_at": w.orphans_free_at,
+        }
+        if w is not None
+        else None
+    )
+    out["exit_code"] = result.exit_code
     return out
 
 
@@ -244,14 +249,18 @@ def _print_dry_run(c: Any, result: Any) -> None:
         skipped.update(s.skip_reasons)
     if skipped:
         c.say("Would skip recipients: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
+    line = _waiting_line(c, result)
     if not result.planned:
         c.say(f"Nothing new to send for {result.date}.")
-        return
-    c.say(
-        f"Would send {len(result.planned)} message(s) for {result.date} (dry run: nothing changed):"
-    )
-    for p in result.planned:
-        c.say(f"  {p.to.address:<32} {p.subject}")
+    else:
+        c.say(
+            f"Would send {len(result.planned)} message(s) for {result.date} "
+            "(dry run: nothing changed):"
+        )
+        for p in result.planned:
+            c.say(f"  {p.to.address:<32} {p.subject}")
+    if line:
+        c.note(line)
 
 
 def _print_summary(c: Any, result: Any) -> None:
