@@ -1304,7 +1304,9 @@ def list_messages(
     if event:
         q = q.where(m.event == event)
     if to:
-        q = q.where(sa.or_(*(sa.func.lower(m.to_addrs).contains(a.lower()) for a in to)))
+        # One of the comma-separated addresses exactly: lee@x is not sam.lee@x.
+        listed = sa.func.lower(sa.literal(",") + m.to_addrs + sa.literal(","))
+        q = q.where(sa.or_(*(listed.contains(f",{a.lower()},", autoescape=True) for a in to)))
     if limit:
         q = q.order_by(None).order_by(m.id.desc()).limit(limit)
     with engine.connect() as conn:
@@ -1320,7 +1322,9 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str) -> int:
         n = conn.execute(
             messages.update()
             .where(
-                m.id.in_(list(ids)), m.status.in_((Status.QUEUED, Status.DEFERRED, Status.SENDING))
+                m.id.in_(list(ids)),
+                # failed too: its bytes go, so that `outbox retry` cannot send it later
+                m.status.in_((Status.QUEUED, Status.DEFERRED, Status.SENDING, Status.FAILED)),
             )
             .values(
                 status=Status.FAILED,
@@ -1356,8 +1360,12 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
     return int(n)
 
 
-def drop(engine: sa.Engine, ids: Sequence[int]) -> int:
-    """Take messages out of the outbox for good (they stay in the log as ``dropped``)."""
+def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
+    """Take messages out of the outbox for good (they stay in the log as ``dropped``).
+
+    Return how many were dropped, and the status of each of ``ids`` that was not
+    in the outbox to drop (sent, being sent, dropped already …).
+    """
     _check_ids(engine, ids)
     m = messages.c
     with engine.begin() as conn:
@@ -1368,7 +1376,11 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> int:
             )
             .values(status=Status.DROPPED, raw=None, next_attempt_at=None)
         ).rowcount
-    return int(n)
+        rows = conn.execute(
+            sa.select(m.id, m.status).where(m.id.in_(list(ids)), m.status != Status.DROPPED)
+        )
+        left = {r.id: r.status for r in rows}
+    return int(n), left
 
 
 def _check_ids(engine: sa.Engine, ids: Sequence[int]) -> None:

@@ -360,3 +360,27 @@ def test_a_failed_test_message_is_never_sent_later(
     assert not any(b"Test message" in m.data for m in smtp_server.messages)
     assert cli("staff", "test", "JD").exit_code == 0
     assert sum(b"Test message" in m.data for m in smtp_server.messages) == 1
+
+
+def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
+    cli: Cli, smtp_server: SMTPTestServer
+) -> None:
+    setup_smtp(cli, smtp_server)
+    smtp_server.fail_rcpt = {"jd@agency.test": "550 5.1.1 no such user"}
+    assert cli("staff", "test", "JD").exit_code != 0
+    smtp_server.fail_rcpt = {}
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert smtp_server.messages == []  # sent at once or never
+    assert json.loads(cli("outbox", "--json").stdout) == []  # nothing there to retry
+    [failed] = log_rows(cli)
+    assert failed["event"] == "test" and failed["status"] == "failed"
+    # log --to names one mailbox exactly, not every address that ends like it
+    assert cli("config", "manager", "--name", "Sam", "--email", "sam.jd@agency.test").exit_code == 0
+    assert send_one(cli).exit_code == 0
+    found = json.loads(cli("log", "--json", "--to", "jd@agency.test").stdout)
+    assert [r["to"] for r in found] == [["jd@agency.test"]]
+    # dropping a message that is not waiting says so
+    sent = [r["id"] for r in log_rows(cli) if r["status"] == "sent"]
+    r = cli("outbox", "drop", str(sent[0]))
+    assert r.exit_code == 0 and "Dropped 0" in r.stdout
+    assert f"Message {sent[0]} was not dropped: it is sent" in r.stderr, r.output

@@ -48,6 +48,9 @@ def outbox(
 
     c = ctx_of(ctx)
     rows = list_messages(c.engine(), c.settings.tz(), statuses=OPEN)
+    # A test message is sent at once or never: one that failed was said then, and
+    # cannot be retried; it stays in `cpmail log`.
+    rows = [r for r in rows if not (r["event"] == "test" and r["status"] == "failed")]
     if json:
         emit_json(rows)
         return
@@ -102,8 +105,10 @@ def drop(
     from cpmail.outbox import drop as drop_messages
 
     c = ctx_of(ctx)
-    n = drop_messages(c.engine(), ids)
+    n, left = drop_messages(c.engine(), ids)
     c.say(f"Dropped {n} message(s).")
+    for i, status in left.items():
+        c.note(f"Message {i} was not dropped: it is {status}, not waiting in the outbox.")
 
 
 def log(
