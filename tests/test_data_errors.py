@@ -510,7 +510,7 @@ def test_a_list_of_people_refuses_an_e_mail_address(
     said = refused(loaded, path)
     assert "line 2" in said and f"column {column}: '{item}' is an e-mail address" in said, said
     key, *cells = row.split(",")
-    record = dict(zip(head.split(","), [key, *cells, ""], strict=True))
+    record: dict[str, object] = dict(zip(head.split(","), [key, *cells, ""], strict=True))
     record[column] = ["JD", item]
     path = write(tmp_path, f"{table}.json", json.dumps([record]))
     assert f"column {column}: '{item}' is an e-mail address" in refused(loaded, path)
