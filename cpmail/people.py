@@ -41,6 +41,8 @@ def _values(**opts: Any) -> dict[str, Any]:
                 value = Decimal(str(value))
             except InvalidOperation:
                 raise InputError(f"--planned-hours {value!r} is not a number.") from None
+            if not value.is_finite():  # nan, inf: not hours
+                raise InputError(f"--planned-hours {str(value)!r} is not a number of hours.")
             if not Decimal(0) <= value <= Decimal(24):
                 raise InputError("--planned-hours must be between 0 and 24.")
         elif key == "workdays":

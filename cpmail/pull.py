@@ -82,10 +82,11 @@ def pull(
             raise _unavailable(url, shown, e, "cannot connect to") from None
         with conn:
             streaming = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS)
+            opened: list[Iterator[Any]] = []  # closed before the connection, however it ends
             sources = [
                 dataio.ImportSource(
                     table=dataio.get_table(name),
-                    records=_records_of(streaming, url, shown, name, query),
+                    records=_records_of(streaming, url, shown, name, query, opened),
                     source=f"source.tables.{name}.query",
                     unit="row",
                     replace=replace,
@@ -99,6 +100,10 @@ def pull(
                     engine, settings, sources, changed_at=changed_at, dry_run=dry_run
                 )
             finally:
+                for records in opened:  # a bad row ends the import mid-query
+                    close = getattr(records, "close", None)
+                    if close is not None:
+                        close()
                 _end_read(conn)
     finally:
         source.dispose()
@@ -114,9 +119,19 @@ def _end_read(conn: sa.Connection) -> None:
 
 
 def _records_of(
-    conn: sa.Connection, url: str, shown: str, table: str, query: str
+    conn: sa.Connection,
+    url: str,
+    shown: str,
+    table: str,
+    query: str,
+    opened: list[Iterator[Any]],
 ) -> Any:  # Callable[[], Iterator[_Record]]; the record type is private to dataio
-    return lambda: _query_records(conn, url, shown, table, query)
+    def records() -> Iterator[tuple[int, tuple[str, ...], Any]]:
+        it = _query_records(conn, url, shown, table, query)
+        opened.append(it)
+        return it
+
+    return records
 
 
 def _query_records(

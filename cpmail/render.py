@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,30 @@ def environment(home: Path | None) -> jinja2.Environment:
     return env
 
 
+class TextLoader(jinja2.FileSystemLoader):
+    """Jinja's file loader, saying which file is not UTF-8 instead of failing with a traceback."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            return super().get_source(environment, template)
+        except UnicodeDecodeError as e:
+            where = next((str(Path(p) / template) for p in self.searchpath), template)
+            raise jinja2.TemplateSyntaxError(
+                f"not UTF-8 text (byte {e.start + 1} is {e.object[e.start]:#04x})",
+                lineno=1,
+                name=template,
+                filename=where,
+            ) from None
+
+
 @cache
 def _environment(home: Path | None, overrides: tuple[str, ...]) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
     if home is not None:  # even if the folder does not exist yet: it is looked at each time
-        loaders.append(jinja2.FileSystemLoader(str(home / "templates")))
-    loaders.append(jinja2.FileSystemLoader(str(BUILTIN)))
+        loaders.append(TextLoader(str(home / "templates")))
+    loaders.append(TextLoader(str(BUILTIN)))
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(["html", "htm"], default_for_string=False),

@@ -62,7 +62,7 @@ def _int(lo: int, hi: int) -> Callable[[Any], int]:
             raise ValueError("expected a whole number")
         try:
             n = int(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: inf
             raise ValueError("expected a whole number") from None
         if isinstance(v, float) and v != n:
             raise ValueError("expected a whole number")
@@ -789,7 +789,16 @@ def private_dir(path: Path) -> Path:
             d.mkdir(mode=PRIVATE_DIR)
         except FileExistsError:
             continue
+        except OSError as e:  # a file in the way, a read-only or missing place
+            from cpmail.errors import ConfigError
+
+            why = (e.strerror or type(e).__name__).lower()
+            raise ConfigError(f"cannot make the folder {d}: {why}.") from None
         os.chmod(d, PRIVATE_DIR)
+    if not path.is_dir():
+        from cpmail.errors import ConfigError
+
+        raise ConfigError(f"{path} is not a folder; give --home a folder (or one to be made).")
     return path
 
 

@@ -55,7 +55,8 @@ could not be reached.
 Arguments, option values and standard input are read as UTF-8 text. An
 argument holding bytes that are not UTF-8 is refused (exit 2, naming it),
 unless it names an existing file: such a file is sent with `�` in place of
-those bytes in its name. So is standard input that is not UTF-8.
+those bytes in its name. So is standard input that is not UTF-8. Dates are
+taken from 1900 to 9998, and ids and counts up to 9223372036854775807.
 """
 
 

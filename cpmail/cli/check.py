@@ -70,10 +70,10 @@ def _check(
 
     from cpmail.check import run_check
 
-    if today and date:
+    if today and date is not None:
         raise InputError("give --today or --date, not both.")
     s = c.settings
-    day = parse_date(date, option="--date") if date else dt.datetime.now(s.tz()).date()
+    day = parse_date(date, option="--date") if date is not None else dt.datetime.now(s.tz()).date()
     engine = c.engine()
     progress = _progress(c.quiet or json)
     try:

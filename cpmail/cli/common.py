@@ -215,12 +215,19 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+# Dates cpmail works with: a run looks up to 400 days either way for a workday.
+FIRST_DATE, LAST_DATE = dt.date(1900, 1, 1), dt.date(9998, 12, 31)
+
+
 def parse_date(text: str, *, option: str) -> dt.date:
-    """YYYY-MM-DD or InputError naming the option."""
+    """YYYY-MM-DD from 1900 to 9998, or InputError naming the option."""
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise InputError(f"{option}: {text!r} is not a date as YYYY-MM-DD.") from None
+    if not FIRST_DATE <= day <= LAST_DATE:
+        raise InputError(f"{option}: {text} is out of range; give a date from 1900 to 9998.")
+    return day
 
 
 def split_list(values: Iterable[str] | None) -> list[str]:

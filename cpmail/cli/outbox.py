@@ -10,6 +10,7 @@ from cpmail.errors import InputError
 outbox_app = typer.Typer(help="Queued, deferred and failed messages.", invoke_without_command=True)
 
 _LOG_ROWS = 50  # rows of the table when no --limit is given
+_MAX_ID = 2**63 - 1  # the largest whole number a database column holds
 
 LIST_COLUMNS = [
     "id",
@@ -67,7 +68,9 @@ def outbox(
 @outbox_app.command("retry")
 def retry(
     ctx: typer.Context,
-    ids: list[int] | None = typer.Argument(None, metavar="ID", help="Message ids."),
+    ids: list[int] | None = typer.Argument(
+        None, metavar="ID", min=1, max=_MAX_ID, help="Message ids."
+    ),
     all_: bool = typer.Option(False, "--all", help="Every failed or deferred message."),
 ) -> None:
     """Send failed or deferred messages again now."""
@@ -99,7 +102,7 @@ def retry(
 @outbox_app.command("drop")
 def drop(
     ctx: typer.Context,
-    ids: list[int] = typer.Argument(..., metavar="ID", help="Message ids."),
+    ids: list[int] = typer.Argument(..., metavar="ID", min=1, max=_MAX_ID, help="Message ids."),
 ) -> None:
     """Take messages out of the outbox for good (the log keeps them as dropped)."""
     from cpmail.outbox import drop as drop_messages
@@ -124,6 +127,7 @@ def log(
         "--limit",
         metavar="N",
         min=1,
+        max=_MAX_ID,
         help="Only the newest N (default 50 in the table; --json lists all unless given).",
     ),
     all_: bool = typer.Option(False, "--all", help="Every message, however many."),

@@ -108,6 +108,8 @@ def demo(
     from cpmail.errors import InputError
 
     c = ctx_of(ctx)
+    # Checked before anything is made: a refused --date leaves no home behind.
+    day = parse_date(date, option="--date") if date is not None else None
     path = c.home / SETTINGS_FILE
     _make_home(c.home)
     _settings_file(path, force=False)
@@ -123,7 +125,7 @@ def demo(
                 "replace it (its outbox and log go too)."
             )
         demo_data.clear_agency_data(engine)
-    day = parse_date(date, option="--date") if date else dt.datetime.now(s.tz()).date()
+    day = day or dt.datetime.now(s.tz()).date()
     for key, value in DEMO_SETTINGS.items():
         if not s[key] or key == "user.staff":
             s.set(key, value)

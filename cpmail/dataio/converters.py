@@ -155,6 +155,18 @@ class _Column:
         return _Bad(f"{_shown(v)} is not {what}")
 
 
+# Half of a UTF-16 pair, alone: a JSON file can write one ("\ud800"), no text can hold one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_chars(s: str) -> None:
+    """Refuse characters no database text can hold."""
+    if "\x00" in s:
+        raise _Bad("contains a NUL character")
+    if not s.isascii() and (m := _SURROGATE.search(s)):
+        raise _Bad(f"contains \\u{ord(m.group()):04x}, half of a character (not valid text)")
+
+
 class _Text(_Column):
     """Free text, kept as given (spaces included)."""
 
@@ -163,14 +175,13 @@ class _Text(_Column):
 
     def convert(self, v: Any) -> Any:
         if type(v) is str:
-            if v and "\x00" not in v:
+            if v and "\x00" not in v and (v.isascii() or not _SURROGATE.search(v)):
                 return v
             return self.parse_str(v) if v else self.on_empty()
         return self.other(v)
 
     def parse_str(self, s: str) -> Any:
-        if "\x00" in s:
-            raise _Bad("contains a NUL character")
+        _check_chars(s)
         return s
 
     def parse_native(self, v: Any) -> Any:
@@ -246,8 +257,7 @@ class _List(_Column):
     what = "comma-separated text or a list of text"
 
     def parse_str(self, s: str) -> Any:
-        if "\x00" in s:
-            raise _Bad("contains a NUL character")
+        _check_chars(s)
         items = [p.strip() for p in s.split(",")]
         return ",".join(p for p in items if p) or None
 
@@ -322,7 +332,10 @@ class _Timestamp(_Column):
     def quick(self, v: Any) -> Any:
         d: dt.datetime = v
         if d.tzinfo is not None:
-            d = d.astimezone(self.tz).replace(tzinfo=None)
+            try:
+                d = d.astimezone(self.tz).replace(tzinfo=None)
+            except OverflowError:  # 9999-12-31T23:59-05:00 is past the last year
+                raise _Bad(f"{d.isoformat()} is out of the range of dates") from None
         return _sqlite_ts(d) if self.sqlite else d
 
     def parse_str(self, s: str) -> Any:

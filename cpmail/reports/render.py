@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from cpmail.errors import ConfigError
-from cpmail.render import CompiledTemplates
+from cpmail.render import CompiledTemplates, TextLoader
 from cpmail.reports.money import money, quantity
 from cpmail.settings import Settings
 
@@ -40,8 +40,8 @@ def environment(settings: Settings) -> jinja2.Environment:
     """The template environment: the home's templates first, then the built-in ones."""
     loader = jinja2.ChoiceLoader(
         [
-            jinja2.FileSystemLoader(str(override_dir(settings))),
-            jinja2.FileSystemLoader(str(BUILTIN)),
+            TextLoader(str(override_dir(settings))),
+            TextLoader(str(BUILTIN)),
         ]
     )
     env = jinja2.Environment(

@@ -1,0 +1,147 @@
+"""Bad input anywhere: exit 2, one sentence naming what is at fault, nothing changed.
+
+Each case here once ended in an internal error (exit 70) or a traceback: the
+input was out of a range the code did not expect (a year past 9998, a number
+too large for the database, "nan" hours, a lone half of a UTF-16 pair in
+JSON), or a file was not what it should be (a template not in UTF-8, a file
+where the home folder should be).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+
+
+def one_sentence(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cpmail: "), stderr
+    return lines[0]
+
+
+def dump(home: Path) -> str:
+    with sqlite3.connect(home / "cpmail.db") as db:
+        return "\n".join(db.iterdump())
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("clients.ndjson", '{"id": "C9", "name": "A\\ud800B"}\n', "half of a character"),
+        ("clients.json", '[{"id": "C9", "name": "\\udfff"}]', "half of a character"),
+        (
+            "calendar_entries.csv",
+            "id,title,starts_at\nCE9,Late,9999-12-31T23:59-05:00\n",
+            "out of the range of dates",
+        ),
+    ],
+)
+def test_an_import_refuses_values_no_database_holds(
+    initialised: Cli, home: Path, tmp_path: Path, name: str, content: str, said: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    before = dump(home)
+    r = initialised("data", "import", str(path))
+    assert r.exit_code == 2, r.output
+    line = one_sentence(r.stderr)
+    assert name in line and said in line, line
+    assert dump(home) == before
+
+
+NEW = ("staff", "add", "NN", "--name", "N", "--work-email", "n@x.test", "--planned-hours")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("check", "--date", "9999-12-31", "--dry-run"), "--date"),
+        (("check", "--date", "0001-01-01"), "--date"),
+        (("check", "--date", ""), "--date"),
+        (("log", "--since", "0001-01-01"), "--since"),
+        ((*NEW, "nan"), "--planned-hours"),
+        ((*NEW, "inf"), "--planned-hours"),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_the_option(
+    initialised: Cli, home: Path, args: tuple[str, ...], option: str
+) -> None:
+    before = dump(home)
+    r = initialised(*args)
+    assert r.exit_code == 2, r.output
+    assert option in one_sentence(r.stderr)
+    assert dump(home) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("outbox", "retry", "99999999999999999999999"),
+        ("outbox", "drop", "0"),
+        ("log", "--limit", "99999999999999999999999"),
+    ],
+)
+def test_numbers_no_database_holds_are_usage_errors(
+    initialised: Cli, args: tuple[str, ...]
+) -> None:
+    r = initialised(*args)
+    assert r.exit_code == 2, r.output
+    assert "Invalid value" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_whole_number_setting_of_inf_is_a_setting_error(initialised: Cli, home: Path) -> None:
+    path = home / "cpmail.toml"
+    path.write_text(path.read_text(encoding="utf-8") + "\n[mail.smtp]\nport = inf\n")
+    r = initialised("config", "show")
+    assert r.exit_code == 2, r.output
+    assert "mail.smtp.port" in one_sentence(r.stderr)
+
+
+def test_a_demo_with_a_date_out_of_range_leaves_no_home(cli: Cli, home: Path) -> None:
+    r = cli("demo", "--date", "9999-12-31")
+    assert r.exit_code == 2, r.output
+    assert "--date" in one_sentence(r.stderr)
+    assert not home.exists()
+
+
+def test_a_file_where_the_home_should_be(tmp_path: Path) -> None:
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x", encoding="utf-8")
+    for home in (afile, afile / "below"):
+        r = Cli(home)("init")
+        assert r.exit_code == 2, r.output
+        assert str(afile) in one_sentence(r.stderr)
+    assert afile.read_text(encoding="utf-8") == "x"
+
+
+def test_a_template_that_is_not_utf8_is_named(initialised: Cli, home: Path) -> None:
+    override = home / "templates" / "email" / "job-opened.txt"
+    override.parent.mkdir(parents=True)
+    override.write_bytes(b"{% block subject %}caf\xe9{% endblock %}")
+    r = initialised("templates", "preview", "job-opened")
+    assert r.exit_code == 2, r.output
+    line = one_sentence(r.stderr)
+    assert str(override) in line and "not UTF-8" in line, line
+
+
+def test_a_bad_row_in_a_pull_is_one_sentence_and_no_traceback(
+    initialised: Cli, home: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "agency.db"
+    with sqlite3.connect(source) as db:
+        db.execute("CREATE TABLE s (id TEXT, name TEXT, work_email TEXT)")
+        rows = [(f"S{i}", f"P {i}", f"p{i}@x.test") for i in range(300)]
+        db.executemany("INSERT INTO s VALUES (?, ?, ?)", [*rows, ("B1", "B", "not an address")])
+    assert initialised("config", "set", "source.url", f"sqlite:///{source}").exit_code == 0
+    query = "SELECT id, name, work_email FROM s"
+    assert initialised("config", "set", "source.tables.staff.query", query).exit_code == 0
+    before = dump(home)
+    r = initialised("data", "pull")
+    assert r.exit_code == 2, r.output
+    line = one_sentence(r.stderr)  # nothing printed after it, when the source is closed
+    assert "row 301 (id B1), column work_email" in line, line
+    assert dump(home) == before
