@@ -39,7 +39,6 @@ from cpmail.outbox import (
     in_send_window,
     lease,
     new_run_id,
-    queue,
     queue_many,
     record_keys,
     waiting,
@@ -250,9 +249,11 @@ def _run_check(
         result.planned = halves(plan, groups)
         return result
     send_now = enabled and transport is not None and in_send_window(settings)
-    ids, ready = _queue_all(
+    ids, ready, taken = _queue_all(
         engine, settings, found, groups, renderer, sender, directory, run_id, transport, send_now
     )
+    for n in taken:  # a concurrent run queued these first: theirs to count, not this run's
+        summary[n.event].found -= 1
     if incremental:
         settle_state_rows(engine, run_id)
     result.planned = list(ids.values())
@@ -343,19 +344,21 @@ def _queue_all(
     run_id: str,
     transport: Transport | None,
     send_now: bool,
-) -> tuple[dict[int, Planned], list[tuple[Envelope, str]]]:
+) -> tuple[dict[int, Planned], list[tuple[Envelope, str]], list[Notification]]:
     """Render every message, then record the ledger keys and queue them in one transaction.
 
     A template or address that fails anywhere leaves nothing queued (exit 2).
     Rendering comes before the transaction: on SQLite it holds the database's
     write lock, which every other cpmail process waits for. With ``send_now``
-    the rows start out claimed and are returned ready to send from memory.
+    the rows start out claimed and are returned ready to send from memory. Also
+    return the notifications a concurrent run queued first (not queued here).
     """
     plan = _planner(renderer, settings, sender, directory)
     planned = halves(plan, groups)
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
-        if len(fresh) < len(found):
+        taken = [n for n in found if n.key not in fresh]
+        if taken:
             # A concurrent run queued some of these first: send only the rest, composed
             # again without the notifications already taken.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
@@ -374,7 +377,7 @@ def _queue_all(
         (Envelope(mid, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
         for mid, d in zip(mids, drafts, strict=True)
     ]
-    return dict(zip(mids, planned, strict=True)), ready
+    return dict(zip(mids, planned, strict=True)), ready, taken
 
 
 def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> None:
@@ -636,11 +639,12 @@ def _tell_manager(
     draft = Draft.from_message(
         msg, event=FAILURE_SUMMARY, key=None, account=sender.account, envelope_from=sender.address
     )
-    with engine.begin() as conn:
-        mid = queue(conn, draft, run_id=run_id)
-    if mid is None:
-        return None
-    return deliver(engine, transport, settings, run_id=run_id, ids=[mid])
+    with engine.begin() as conn:  # claimed by this run at once: no other run sends it
+        [mid] = queue_many(conn, [draft], run_id=run_id, ledger_keys=[None], claimed=True)
+    envelope = Envelope(mid, draft.account, draft.from_addr, tuple(draft.to), draft.raw)
+    return deliver(
+        engine, transport, settings, run_id=run_id, ids=[mid], ready=[(envelope, FAILURE_SUMMARY)]
+    )
 
 
 __all__ = ["CheckResult", "EventSummary", "Planned", "message_id_for", "run_check"]

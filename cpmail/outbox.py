@@ -1315,14 +1315,18 @@ def list_messages(
     return [_listing_row(r, tz) for r in rows]
 
 
-def give_up(engine: sa.Engine, ids: Sequence[int], why: str) -> int:
-    """Fail messages that were not sent, for good: a test message is never sent later."""
+def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> int:
+    """Fail messages that were not sent, for good: a test message is never sent later.
+
+    Only rows claimed by ``run_id`` or by no run: never one another run is sending.
+    """
     m = messages.c
     with engine.begin() as conn:
         n = conn.execute(
             messages.update()
             .where(
                 m.id.in_(list(ids)),
+                sa.or_(m.claimed_by.is_(None), m.claimed_by == run_id),
                 # failed too: its bytes go, so that `outbox retry` cannot send it later
                 m.status.in_((Status.QUEUED, Status.DEFERRED, Status.SENDING, Status.FAILED)),
             )

@@ -139,6 +139,9 @@ def _query_records(
 ) -> Iterator[tuple[int, tuple[str, ...], Any]]:
     """Run one table's query and yield its rows as (row number, column names, values)."""
     key = f"source.tables.{table}.query"
+    first = _FIRST_WORD.match(query)
+    if first is None or first.group(1).upper() not in ("SELECT", "WITH", "VALUES", "TABLE"):
+        raise ConfigError(f"{key}: give a SELECT; a pull only reads the agency system's database.")
     try:
         result = conn.exec_driver_sql(_escape_percent(conn, query))
     except sa.exc.DBAPIError as e:
@@ -222,6 +225,8 @@ def _source_engine(url: str) -> sa.Engine:
 
 
 # SQLite says OperationalError for a bad query too; these are the ones about the file.
+# The query's first word, after any comments.
+_FIRST_WORD = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.S)
 _SQLITE_DOWN = re.compile(
     r"unable to open|disk i/o|locked|not a database|malformed|readonly|no such file", re.I
 )

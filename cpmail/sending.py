@@ -14,14 +14,14 @@ from cpmail import __version__
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered
-from cpmail.outbox import Delivery, deliver, give_up, new_run_id, queue
+from cpmail.outbox import Delivery, deliver, give_up, lease, new_run_id, queue_many
 from cpmail.outbox import retry as requeue
 from cpmail.people import resolve_sender
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
-from cpmail.transports.base import get_transport
+from cpmail.transports.base import Envelope, get_transport
 
 
 def send_now(
@@ -47,19 +47,31 @@ def send_now(
     for account in sorted({d.account for d in drafts}):
         transport.check_account(account)
     run_id = new_run_id()
-    with engine.begin() as conn:
-        ids = [
-            i
-            for d in drafts
-            if (i := queue(conn, d, run_id=run_id, max_bytes=transport.max_message_bytes))
-            is not None
+    command = "test" if once else "send"
+    # Queued already claimed by this run, inside its lease: no other run (a check
+    # started meanwhile) can take them up and send them under it.
+    with lease(engine, settings, run_id, command):
+        with engine.begin() as conn:
+            ids = queue_many(
+                conn,
+                drafts,
+                run_id=run_id,
+                ledger_keys=[d.key for d in drafts],
+                max_bytes=transport.max_message_bytes,
+                claimed=True,
+            )
+        ready = [
+            (Envelope(i, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
+            for i, d in zip(ids, drafts, strict=True)
         ]
-    if not once:
-        return ids, deliver(engine, transport, settings, run_id=run_id, ids=ids)
-    try:
-        result = deliver(engine, transport, settings, run_id=run_id, ids=ids, command="test")
-    finally:
-        give_up(engine, ids, "a test message is sent at once or not at all")
+        if not once:
+            return ids, deliver(engine, transport, settings, run_id=run_id, ids=ids, ready=ready)
+        try:
+            result = deliver(
+                engine, transport, settings, run_id=run_id, ids=ids, ready=ready, command=command
+            )
+        finally:
+            give_up(engine, ids, "a test message is sent at once or not at all", run_id=run_id)
     for i in ids:
         if result.status.get(i, Status.DEFERRED) != Status.SENT:
             result.status[i] = Status.FAILED

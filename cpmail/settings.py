@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -244,6 +245,32 @@ def _url(raw: Any) -> str:
     return v
 
 
+def _db_url(raw: Any) -> str:
+    """A database URL SQLAlchemy reads, with a port from 1 to 65535 if it has one.
+
+    The words never repeat the URL (its password): only the part at fault.
+    """
+    v = _url(raw)
+    if not v:
+        return v
+    from sqlalchemy.engine import make_url  # here: `cpmail --help` does not need it
+
+    try:
+        u = make_url(v)
+        port = u.port
+    except ValueError:  # SQLAlchemy's words quote the port, which may be the password
+        raise ValueError(
+            "its port is not a number (is a password where the port goes, its @ missing?)"
+        ) from None
+    except Exception:
+        raise ValueError(
+            "it is not a database URL such as postgresql+psycopg://USER@HOST/NAME"
+        ) from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"its port {port} is not a port (1 to 65535)")
+    return v
+
+
 @dataclass(frozen=True)
 class Key:
     """One known setting: its validator, default and one line of help."""
@@ -311,7 +338,7 @@ KEYS: dict[str, Key] = {
     "mail.pace.per_day": Key(
         _int(0, 10_000_000), 0, "messages a day per sending account; 0 = no limit"
     ),
-    "database.url": Key(_url, "", "SQLAlchemy URL; '' = cpmail.db in the home"),
+    "database.url": Key(_db_url, "", "SQLAlchemy URL; '' = cpmail.db in the home"),
     "database.busy_seconds": Key(
         _float(0.1, 3600), 60.0, "seconds to wait for another process's lock on SQLite"
     ),
@@ -611,6 +638,7 @@ class Settings:
         # from ``_text`` by the first `set` (tomlkit reads ten times slower).
         self._edit: Any = None
         self._new_tables: list[Any] = []  # tables `set` added, for `save` to space out
+        self._pending: dict[str, Any] = {}  # keys `set` and not yet saved
         self._values: dict[str, Any] = {}
         self._source: dict[str, str] = {}
         self._resolve()
@@ -663,10 +691,13 @@ class Settings:
             return spec.check(_plain(value))
         except ValueError as e:
             plain = _plain(value)
-            if spec.secret or spec.check is _url or "://" in str(plain):
+            if spec.secret or spec.check in (_url, _db_url) or "://" in str(plain):
                 # A URL may hold a password even where it does not parse: never echo it.
                 raise ConfigError(f"{where}: {e}.") from None
-            raise ConfigError(f"{where}: {e} (got {redact(str(plain))!r}).") from None
+            shown = redact(str(plain))
+            if shown in str(e):  # the words name the value already
+                raise ConfigError(f"{where}: {e}.") from None
+            raise ConfigError(f"{where}: {e} (got {shown!r}).") from None
 
     # ---- reading
     @overload
@@ -725,15 +756,23 @@ class Settings:
 
     # ---- writing
     def set(self, key: str, value: Any) -> Any:
-        """Validate and store ``key`` in the document (call ``save`` after)."""
+        """Validate ``key`` and keep it to be written (call ``save`` after)."""
         spec = KEYS.get(key)
         if spec is None:
             raise ConfigError(f"unknown setting {key!r}; see `cpmail config show` for the keys.")
         typed = self._check(key, spec, value, key)
+        self._put(self._editable(), key, typed)
+        self._pending[key] = typed
+        self._values[key] = typed
+        if self._source.get(key) != "env":
+            self._source[key] = "file"
+        return typed
+
+    def _put(self, document: Any, key: str, typed: Any) -> None:
         import tomlkit
 
         parts = key.split(".")
-        table = self._editable()
+        table = document
         for part in parts[:-1]:
             if part not in table:
                 super_table = len(parts) > 2 and part == parts[0]
@@ -742,10 +781,6 @@ class Settings:
                     self._new_tables.append(table[part])
             table = table[part]
         table[parts[-1]] = typed
-        self._values[key] = typed
-        if self._source.get(key) != "env":
-            self._source[key] = "file"
-        return typed
 
     def _editable(self) -> Any:
         if self._edit is None:
@@ -753,21 +788,53 @@ class Settings:
         return self._edit
 
     def save(self) -> None:
-        """Write the document atomically, mode 0600: it may hold a database password."""
+        """Write the settings atomically, mode 0600: the file may hold a database password.
+
+        Under a lock, the file is read again and this command's changes are made to
+        what it holds now: two commands setting different keys at once both count.
+        """
         import tomlkit
         from tomlkit.items import Whitespace
 
-        # A table made by `set` ends with a blank line, so that the next table's header
-        # does not stick to its last key.
-        for table in self._new_tables:
-            body = table.value.body
-            if body and not isinstance(body[-1][1], Whitespace):
-                table.add(tomlkit.nl())
-        self._new_tables.clear()
-        text = tomlkit.dumps(self._editable())
-        text = text.rstrip("\n") + "\n" if text.strip() else text
-        write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
+        with _locked(self.path):
+            try:
+                now = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                now = ""
+            except (OSError, UnicodeDecodeError):
+                now = self._text  # what cannot be read again is written as this command saw it
+            if now != self._text:
+                self._new_tables.clear()
+                self._edit = _edit_document(self.path, now)
+                for key, typed in self._pending.items():
+                    self._put(self._edit, key, typed)
+            # A table made by `set` ends with a blank line, so that the next table's header
+            # does not stick to its last key.
+            for table in self._new_tables:
+                body = table.value.body
+                if body and not isinstance(body[-1][1], Whitespace):
+                    table.add(tomlkit.nl())
+            self._new_tables.clear()
+            text = tomlkit.dumps(self._editable())
+            text = text.rstrip("\n") + "\n" if text.strip() else text
+            write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
         self._edit, self._text = None, text  # parsed again only if another `set` follows
+        self._pending.clear()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for writing ``path`` (a lock file beside it, kept)."""
+    import fcntl
+
+    private_dir(path.parent)
+    lock = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 PRIVATE_FILE = 0o600

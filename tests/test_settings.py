@@ -332,3 +332,32 @@ def test_exports_reports_and_templates_are_private_under_umask_000(tmp_path: Pat
     assert {p: m for p, m in modes.items() if m & 0o077} == {}
     demo_data = [p for p in home.rglob("*.csv")]
     assert all(not stat.S_IMODE(p.stat().st_mode) & 0o077 for p in demo_data)
+
+
+def test_settings_set_at_the_same_time_are_all_kept(initialised: Cli, home: Path) -> None:
+    """Six `config set` processes at once, each a different key: none is lost."""
+    import os
+    import subprocess
+    import sys
+
+    wanted = {
+        "agency.name": "Hartley",
+        "manager.name": "Mary",
+        "check.lookback_days": "5",
+        "outbox.max_attempts": "6",
+        "outbox.max_age_hours": "50",
+        "mail.subject_prefix": "[X]",
+    }
+    env = {**os.environ, "CPMAIL_HOME": str(home)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cpmail", "config", "set", key, value],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for key, value in wanted.items()
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
+    got = {key: initialised("config", "get", key).stdout.strip() for key in wanted}
+    assert got == wanted

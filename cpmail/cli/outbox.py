@@ -151,10 +151,25 @@ def log(
             .astimezone(dt.UTC)
             .replace(tzinfo=None)
         )
+    statuses = split_list([status]) if status is not None else None
+    if statuses is not None:
+        from cpmail.statuses import Status
+
+        known = [s.value for s in Status]
+        bad = next((s for s in statuses if s not in known), None) if statuses else ""
+        if bad is not None:
+            raise InputError(f"--status: {bad!r} is not a status; give {', '.join(known)}.")
+    if event is not None:
+        from cpmail.events import NAMES
+
+        # Besides the events: a digest, the manager's failure summary, one-off mail.
+        kinds = [*NAMES, "cash-flow", "digest", "failure-summary", "test", "report", "message"]
+        if event not in kinds:
+            raise InputError(f"--event: {event!r} is not an event; give one of {', '.join(kinds)}.")
     rows = list_messages(
         c.engine(),
         c.settings.tz(),
-        statuses=split_list([status]) if status else None,
+        statuses=statuses,
         since=since_utc,
         event=event,
         to=_addresses(c, to) if to else None,
