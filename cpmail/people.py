@@ -34,6 +34,8 @@ def _values(**opts: Any) -> dict[str, Any]:
     for key, value in opts.items():
         if value is None:
             continue
+        if key == "name" and not str(value).strip():
+            raise InputError("--name is empty; give the staff member's name.")
         if key in ("work_email", "username"):
             value = check_address(value, where=f"--{key.replace('_', '-')}") if value else None
         elif key == "planned_hours":
@@ -144,6 +146,8 @@ def check_events(events: list[str]) -> list[str]:
 
 
 def mute(engine: sa.Engine, staff_id: str, events: list[str], *, on: bool) -> None:
+    if not events:
+        raise InputError("name at least one event, e.g. task-overdue (see `cpmail config show`).")
     check_events(events)
     with engine.begin() as conn:
         get(conn, staff_id)

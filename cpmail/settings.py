@@ -47,6 +47,14 @@ def _str(v: Any) -> str:
     return v
 
 
+def _host(v: Any) -> str:
+    """A host name or address: one word, no spaces or control characters."""
+    text = _str(v).strip()
+    if any(ch.isspace() or ord(ch) < 32 or ch == "\x7f" for ch in text) or "/" in text:
+        raise ValueError("expected a host name or address, such as smtp.example.com")
+    return text
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -296,7 +304,7 @@ KEYS: dict[str, Key] = {
     "mail.send_window": Key(_window, "", "send only between these times, e.g. '07:00-19:00'"),
     "mail.subject_prefix": Key(_str, "[C&P]", "text every subject starts with"),
     "mail.max_attachment_mb": Key(_int(1, 150), 20, "largest attachment accepted, in MB"),
-    "mail.smtp.host": Key(_str, "", "SMTP server name"),
+    "mail.smtp.host": Key(_host, "", "SMTP server name"),
     "mail.smtp.port": Key(_int(1, 65535), 587, "SMTP server port"),
     "mail.smtp.security": Key(
         _choice("starttls", "ssl", "none"), "starttls", "starttls, ssl or none"
@@ -654,7 +662,8 @@ class Settings:
             import tomllib
 
             try:
-                text = path.read_text(encoding="utf-8")
+                # utf-8-sig: an editor's byte order mark is not taken for a key
+                text = path.read_text(encoding="utf-8-sig")
             except UnicodeDecodeError:
                 raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
             except OSError as e:
@@ -798,7 +807,7 @@ class Settings:
 
         with _locked(self.path):
             try:
-                now = self.path.read_text(encoding="utf-8")
+                now = self.path.read_text(encoding="utf-8-sig")
             except FileNotFoundError:
                 now = ""
             except (OSError, UnicodeDecodeError):

@@ -145,3 +145,35 @@ def test_a_bad_row_in_a_pull_is_one_sentence_and_no_traceback(
     line = one_sentence(r.stderr)  # nothing printed after it, when the source is closed
     assert "row 301 (id B1), column work_email" in line, line
     assert dump(home) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("staff", "add", "NN", "--name", " ", "--work-email", "n@x.test"), "--name is empty"),
+        (("staff", "edit", "JD", "--name", ""), "--name is empty"),
+        (("staff", "mute", "JD", ""), "name at least one event"),
+        (("config", "set", "mail.smtp.host", "smtp example.com"), "mail.smtp.host"),
+        (("config", "set", "mail.smtp.host", "smtp.example.com\nX: y"), "mail.smtp.host"),
+        (("config", "set", "database.url", "postgresql+psycopg://u:pw@h:99999/db"), "port"),
+    ],
+)
+def test_empty_or_malformed_values_are_refused(
+    initialised: Cli, home: Path, args: tuple[str, ...], said: str
+) -> None:
+    r = initialised("staff", "add", "JD", "--name", "Jane", "--work-email", "jd@x.test")
+    assert r.exit_code == 0, r.output
+    before = (dump(home), (home / "cpmail.toml").read_text(encoding="utf-8"))
+    r = initialised(*args)
+    assert r.exit_code == 2, r.output
+    line = one_sentence(r.stderr)
+    assert said in line and "pw@" not in line, line
+    assert (dump(home), (home / "cpmail.toml").read_text(encoding="utf-8")) == before
+
+
+def test_a_settings_file_saved_with_a_byte_order_mark_is_read(initialised: Cli, home: Path) -> None:
+    path = home / "cpmail.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert initialised("config", "set", "agency.name", "Hartley").exit_code == 0
+    r = initialised("config", "get", "agency.name")
+    assert r.exit_code == 0 and r.stdout.strip() == "Hartley", r.output
