@@ -514,3 +514,29 @@ def test_a_list_of_people_refuses_an_e_mail_address(
     record[column] = ["JD", item]
     path = write(tmp_path, f"{table}.json", json.dumps([record]))
     assert f"column {column}: '{item}' is an e-mail address" in refused(loaded, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("staff.csv", "id,name,planned_hours\nZZ,Zed,-5\n", "'-5' is not hours from 0 to 24"),
+        ("staff.csv", "id,name,planned_hours\nZZ,Zed,25\n", "'25' is not hours from 0 to 24"),
+        ("staff.csv", "id,name,workdays\nZZ,Zed,funday\n", "column workdays: workdays 'funday'"),
+        ("staff_opt_out.csv", "staff_id,event\nJD,bogus\n", "'bogus' is not an event"),
+        (
+            "client_team.csv",
+            "client_id,staff_id,role,events\nC1,JD,ae,job-opened,bogus\n",
+            "",  # a field too many: refused for that (CSV quoting)
+        ),
+        (
+            "client_team.csv",
+            'client_id,staff_id,role,events\nC1,JD,ae,"job-opened,bogus"\n',
+            "'bogus' is not an event",
+        ),
+    ],
+)
+def test_import_takes_what_staff_commands_take(
+    loaded: Cli, tmp_path: Path, name: str, text: str, said: str
+) -> None:
+    """The same rules as `staff add`, `staff edit` and `staff mute`: hours, workdays, events."""
+    assert said in refused(loaded, write(tmp_path, name, text))

@@ -471,6 +471,51 @@ class _Boolean(_Column):
         raise self.refused(v)
 
 
+class _PlannedHours(_Decimal):
+    """A staff member's planned hours a day: from 0 to 24, as `staff add` takes them."""
+
+    __slots__ = ()
+
+    def convert(self, v: Any) -> Any:
+        got = super().convert(v)
+        if got is not None and not 0 <= got <= 24:
+            raise _Bad(f"{_r(str(v).strip())} is not hours from 0 to 24")
+        return got
+
+
+class _Workdays(_TrimmedText):
+    """Which days a staff member works: mon-fri, mon,wed,fri …"""
+
+    __slots__ = ()
+
+    def convert(self, v: Any) -> Any:
+        text = super().convert(v)
+        if text is not None:
+            from cpmail.workdays import parse_workdays
+
+            try:
+                parse_workdays(text)
+            except InputError as e:
+                raise _Bad(str(e).rstrip(".")) from None
+        return text
+
+
+class _Events(_List):
+    """Event names (one, or a comma-separated list): each must be an event cpmail knows."""
+
+    __slots__ = ()
+    what = "event names such as task-overdue"
+
+    def parse_str(self, s: str) -> Any:
+        joined = super().parse_str(s)
+        from cpmail.events import NAMES
+
+        for item in (joined or "").split(","):
+            if item and item not in NAMES:
+                raise _Bad(f"{_r(item)} is not an event; the events are: {', '.join(NAMES)}")
+        return joined
+
+
 _KINDS: dict[str, type[_Column]] = {
     "list": _List,
     "date": _Date,
@@ -487,6 +532,14 @@ def _column_kind(spec: ColumnSpec, table: str) -> type[_Column]:
         return _Address
     if spec.name in RECIPIENT_COLUMNS:
         return _Recipients
+    special = {
+        ("staff", "planned_hours"): _PlannedHours,
+        ("staff", "workdays"): _Workdays,
+        ("staff_opt_out", "event"): _Events,
+        ("client_team", "events"): _Events,
+    }.get((table, spec.name))
+    if special is not None:
+        return special
     if spec.kind != "text":
         return _KINDS[spec.kind]
     if spec.choices:
