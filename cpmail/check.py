@@ -7,6 +7,7 @@ second run (or a concurrent one) never queues a notification twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import socket
@@ -53,7 +54,7 @@ from cpmail.statuses import Status
 from cpmail.store.schema import ledger, messages, staff_prefs
 from cpmail.transports.base import Envelope, Transport, get_transport
 from cpmail.triggers import Notification, Run, finders, scheduled
-from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows
+from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows, unstamp_state_rows
 from cpmail.workdays import WorkCalendar
 
 SUMMARY_COLUMNS = ("found", "sent", "deferred", "failed", "skipped", "suppressed")
@@ -249,9 +250,24 @@ def _run_check(
         result.planned = halves(plan, groups)
         return result
     send_now = enabled and transport is not None and in_send_window(settings)
-    ids, ready, taken = _queue_all(
-        engine, settings, found, groups, renderer, sender, directory, run_id, transport, send_now
-    )
+    try:
+        ids, ready, taken = _queue_all(
+            engine,
+            settings,
+            found,
+            groups,
+            renderer,
+            sender,
+            directory,
+            run_id,
+            transport,
+            send_now,
+        )
+    except BaseException:
+        if incremental:  # nothing was queued: the rows are as unchecked as before this run
+            with contextlib.suppress(Exception):
+                unstamp_state_rows(engine, run_id)
+        raise
     for n in taken:  # a concurrent run queued these first: theirs to count, not this run's
         summary[n.event].found -= 1
     if incremental:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -211,13 +212,19 @@ def test_what_waits_is_said_truly_when_sending_is_off_in_a_dry_run_and_outside_t
 def test_a_check_that_keeps_failing_is_not_healthy(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
-    _agency(cli, home, smtp_server)
+    engine = _agency(cli, home, smtp_server)
+    insert(engine, "tasks", [dict(id="T1", job_id="J200", name="Layout", assignee_id="CR")])
     broken = home / "templates" / "email" / "job-opened.txt"
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_text("{% block subject %}{{ oops( {% endblock %}\n", encoding="utf-8")
-    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    with sqlite3.connect(home / "cpmail.db") as db:
+        before = list(db.iterdump())
+    r = cli("check", "--date", D.isoformat())  # every event: the state rows are looked at
     assert r.exit_code == 2, r.output
     assert not r.stderr.rstrip().endswith(".."), r.stderr
+    with sqlite3.connect(home / "cpmail.db") as db:  # nothing changed but the run's own row
+        after = list(db.iterdump())
+    assert [x for x in after if x not in before and not x.startswith('INSERT INTO "runs"')] == []
     r = cli("status", "--json")
     doc = json.loads(r.stdout)
     assert r.exit_code == 3, r.stdout

@@ -202,6 +202,13 @@ def stamp_state_rows(engine: sa.Engine, run_id: str) -> None:
             conn.execute(t.update().where(_unchecked(t)).values({CHECKED: run_id}))
 
 
+def unstamp_state_rows(engine: sa.Engine, run_id: str) -> None:
+    """Give back this run's claims on rows (it queued nothing): they read as before it."""
+    with engine.begin() as conn:
+        for t in STATE_TABLES:
+            conn.execute(t.update().where(t.c[CHECKED] == run_id).values({CHECKED: None}))
+
+
 def settle_state_rows(engine: sa.Engine, run_id: str) -> None:
     """Mark this run's rows checked, once its notifications are safely queued."""
     with engine.begin() as conn:
