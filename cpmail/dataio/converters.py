@@ -228,16 +228,11 @@ class _Choice(_Text):
         return s
 
 
-class _Address(_TrimmedText):
-    """One e-mail address, checked, stored as given (trimmed of spaces)."""
+class _Checked(_TrimmedText):
+    """Text that one of cpmail's own checks must accept; its words when it does not."""
 
     __slots__ = ("check",)
-
-    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
-        super().__init__(spec, table, sqlite=sqlite, tz=tz)
-        from cpmail.addresses import check_address
-
-        self.check = check_address
+    check: Callable[[str], Any]
 
     def convert(self, v: Any) -> Any:
         text = super().convert(v)
@@ -248,6 +243,30 @@ class _Address(_TrimmedText):
         except InputError as e:
             raise _Bad(str(e).rstrip(".")) from None
         return text
+
+
+class _Address(_Checked):
+    """One e-mail address, checked, stored as given (trimmed of spaces)."""
+
+    __slots__ = ()
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        from cpmail.addresses import check_address
+
+        self.check = check_address
+
+
+class _Workdays(_Checked):
+    """Which days a staff member works, as `staff add --workdays` takes them: mon-fri …"""
+
+    __slots__ = ()
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        from cpmail.workdays import parse_workdays
+
+        self.check = parse_workdays
 
 
 class _List(_Column):
@@ -481,23 +500,6 @@ class _PlannedHours(_Decimal):
         if got is not None and not 0 <= got <= 24:
             raise _Bad(f"{_r(str(v).strip())} is not hours from 0 to 24")
         return got
-
-
-class _Workdays(_TrimmedText):
-    """Which days a staff member works: mon-fri, mon,wed,fri …"""
-
-    __slots__ = ()
-
-    def convert(self, v: Any) -> Any:
-        text = super().convert(v)
-        if text is not None:
-            from cpmail.workdays import parse_workdays
-
-            try:
-                parse_workdays(text)
-            except InputError as e:
-                raise _Bad(str(e).rstrip(".")) from None
-        return text
 
 
 class _Events(_List):
