@@ -55,6 +55,14 @@ def _host(v: Any) -> str:
     return text
 
 
+def _alert_urls(v: Any) -> list[str]:
+    """Apprise URLs: each SCHEME://…, such as mailtos://… or json://…."""
+    urls = _list_of_str(v)
+    if any("://" not in u for u in urls):
+        raise ValueError("expected URLs such as 'mailtos://…' or 'json://host/path'")
+    return urls
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -355,7 +363,7 @@ KEYS: dict[str, Key] = {
         _weekdays, [], 'weekdays `check` sends the cash-flow PDF, e.g. ["mon"]'
     ),
     "reports.cash-flow.to": Key(_list_of_str, [], "staff IDs the scheduled cash-flow goes to"),
-    "alerts.urls": Key(_list_of_str, [], "Apprise URLs alerts go to", secret=True),
+    "alerts.urls": Key(_alert_urls, [], "Apprise URLs alerts go to", secret=True),
     "alerts.token_days": Key(_int(0, 365), 7, "alert when a sign-in expires within this many days"),
     "alerts.waiting_hours": Key(
         _float(0.1, 24 * 365), 4.0, "alert when mail has waited this many hours"

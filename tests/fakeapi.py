@@ -51,6 +51,7 @@ class Reply:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering (a slow endpoint)
 
 
 @dataclass
@@ -204,6 +205,8 @@ class FakeAPI:
                     time.sleep(stall)  # a server that takes the request and does not answer
                 if reply is None:
                     reply = fake._route(req)
+                if reply.delay:
+                    time.sleep(reply.delay)
                 self._reply(reply)
 
             def _reply(self, reply: Reply) -> None:

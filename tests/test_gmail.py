@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +247,48 @@ def test_token_endpoint_server_error_defers_that_account(gmail_home: Path, fake:
     assert outcomes[1].error is None
     assert outcomes[2].error is outcomes[0].error  # the token endpoint is not asked again
     assert [s.user for s in fake.sent] == ["ab@agency.example"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, "<html><body>Sign in to the proxy</body></html>"),
+        Reply(200, b""),
+        Reply(200, {"token_type": "Bearer"}),  # no access_token
+        Reply(502, "<html>Bad gateway</html>"),
+        Reply(400, {"error": "invalid_request"}),
+    ],
+    ids=["html", "empty", "no-token", "502-html", "invalid_request"],
+)
+def test_a_token_endpoint_that_gives_no_token_defers_not_revokes(
+    gmail_home: Path, fake: FakeAPI, reply: Reply
+) -> None:
+    """Only invalid_grant and the like mean "sign in again"; anything else is temporary."""
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    fake.script("/token", *[reply] * 5)
+    [outcome] = deliver(gmail_home, env(1, "JD"))
+    assert isinstance(outcome.error, TemporaryFailure), outcome
+    assert "signin" not in str(outcome.error)
+
+
+def test_a_slow_token_endpoint_is_given_mail_gmail_timeout(gmail_home: Path, fake: FakeAPI) -> None:
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.timeout", 1)
+    settings.save()
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    fake.script("/token", Reply(200, {"error": "slow"}, delay=5))
+    started = time.monotonic()
+    with contextlib.suppress(Exception):
+        deliver(gmail_home, env(1, "JD"))
+    assert time.monotonic() - started < 4
+
+
+def test_a_damaged_sign_in_holds_back_only_that_account(gmail_home: Path, fake: FakeAPI) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    path = gmail_home / "secrets" / token_name("gmail", "JD")
+    path.write_text(json.dumps({"address": "jd@agency.example", "credentials": {"token": 5}}))
+    with pytest.raises(AuthError, match=r"damaged; run `cpmail staff signin JD`"):
+        deliver(gmail_home, env(1, "JD"))
 
 
 def test_check_account(gmail_home: Path, fake: FakeAPI) -> None:

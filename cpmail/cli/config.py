@@ -156,7 +156,8 @@ def helpdesk(
     c.say(f"Help desk: {email}.")
 
 
-@app.command("set")
+# A negative number is a value here, not an option: `config set mail.pace.per_minute -1`.
+@app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(
     ctx: typer.Context,
     key: str = typer.Argument(..., metavar="KEY", help="Dotted key, e.g. mail.digest."),

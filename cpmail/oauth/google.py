@@ -212,6 +212,22 @@ def _jwt_claims(token: str | None) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
+# The token endpoint's errors that mean the sign-in itself is gone (RFC 6749 §5.2).
+_REVOKED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+
+class _TimedRequest:
+    """google-auth's HTTP request with cpmail's timeout (its own default waits 120 s)."""
+
+    def __init__(self, request: Any, timeout: float) -> None:
+        self._request = request
+        self._timeout = timeout
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = self._timeout
+        return self._request(*args, **kwargs)
+
+
 class GoogleSession:
     """One account's Google credentials, refreshed when needed and saved back when changed."""
 
@@ -234,6 +250,16 @@ class GoogleSession:
         creds.expiry = expiry
         self._creds = creds
         self._down: TemporaryFailure | None = None
+        self._timeout = float(settings["mail.gmail.timeout"])
+
+    def _unwell(self, what: str) -> TemporaryFailure:
+        """The token endpoint failed (not the sign-in): this session asks it no more."""
+        del what  # its words may quote the request; the sentence below says what matters
+        self._down = TemporaryFailure(
+            "Google's token endpoint did not answer with a token (busy, down, or a page that "
+            "is not Google's); the mail waits and is tried again later."
+        )
+        return self._down
 
     def close(self) -> None:
         """Nothing to let go of: google-auth opens a connection per refresh."""
@@ -258,22 +284,25 @@ class GoogleSession:
         if self._down:
             raise self._down
         try:
-            self._creds.refresh(Request())
+            self._creds.refresh(_TimedRequest(Request(), self._timeout))
         except google.auth.exceptions.RefreshError as e:
             data = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], dict) else {}
-            if getattr(e, "retryable", False):
-                self._down = TemporaryFailure(
-                    "Google's token endpoint is not answering properly; trying again later."
-                )
-                raise self._down from None
+            error = str(data.get("error", ""))
+            if (error.split() or [""])[0] not in _REVOKED:
+                # Busy, down, or answering something that is not a token (a proxy's
+                # page, an empty body): not the sign-in's fault; try again later.
+                raise self._unwell(str(e)) from None
             # A token endpoint may quote what it was sent: never repeat a token or the secret.
             known = Scrubber([self._creds.refresh_token or "", self._creds.client_secret or ""])
-            error = known(mask_tokens(str(data.get("error", "")))) or "refused"
+            said = known(mask_tokens(error))
             raise AuthError(
-                f"Google refused to renew the sign-in of {who(self.account)} ({error}: it "
+                f"Google refused to renew the sign-in of {who(self.account)} ({said}: it "
                 f"expired or was revoked); run `{signin_command(self.account)}`."
             ) from None
         except google.auth.exceptions.TransportError:
             raise Unreachable("cannot reach Google's token endpoint; check the network.") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            # google-auth reading an answer that is not JSON, or JSON without a token
+            raise self._unwell(type(e).__name__) from None
         data = json.loads(self._creds.to_json())
         save_token(self._secrets, "gmail", self.account, StoredToken(self.address, data))

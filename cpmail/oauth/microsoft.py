@@ -12,6 +12,8 @@ HTTP client (``MsalHttpClient``) that sends its requests for
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +131,12 @@ def _msal_call(what: str, call: Callable[[], Any]) -> Any:
     import httpx
     import msal
 
+    # msal logs its own failures with their tracebacks (and the answer's body): they
+    # show with -v; otherwise the one sentence below is what a person reads.
+    quiet = logging.getLogger("msal")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+
     try:
         return call()
     except httpx.ConnectError:
@@ -140,6 +148,11 @@ def _msal_call(what: str, call: Callable[[], Any]) -> Any:
             f"Microsoft's sign-in service answered with a server error ({what})."
         ) from None
     except ValueError as e:
+        if isinstance(e, json.JSONDecodeError):  # a page that is not Microsoft's answer
+            raise TemporaryFailure(
+                f"Microsoft's sign-in service did not answer with a token ({what}: busy, down, "
+                "or a page that is not Microsoft's); the mail waits and is tried again later."
+            ) from None
         # msal raises ValueError when the authority (tenant) is unknown.
         if "tenant" in str(e).lower() or "authority" in str(e).lower():
             raise ConfigError(

@@ -118,9 +118,12 @@ def signed_in(secrets: SecretStore, transport: str, account: str) -> StoredToken
     return stored
 
 
-def damaged(transport: str, account: str) -> ConfigError:
-    """The error for a stored sign-in the provider's library cannot read."""
-    return ConfigError(
+def damaged(transport: str, account: str) -> AuthError:
+    """The error for a stored sign-in the provider's library cannot read.
+
+    Like a missing sign-in, it holds back that account's mail only (exit 3).
+    """
+    return AuthError(
         f"the stored {PROVIDER[transport]} sign-in of {who(account)} is damaged; "
         f"run `{signin_command(account)}`."
     )
