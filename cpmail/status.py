@@ -40,7 +40,8 @@ DB_CONNECT_TIMEOUT = 10
 _REFUSAL = re.compile(
     r"cpmail staff (signin|passcode)|cpmail config (gmail|microsoft)|refused the login"
     r"|without a login|refused to renew|refused the renewed|is not signed in|denied sending"
-    r"|denied app-only|does not allow sending|does not offer a login|sign-in .*failed",
+    r"|denied app-only|does not allow sending|does not offer a login|sign-in .*failed"
+    r"|API is not enabled|is damaged",
     re.IGNORECASE,
 )
 
@@ -332,7 +333,13 @@ def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transp
         )
         return
     acct.signed_in = True
-    acct.address = acct.address or stored.address
+    expected, acct.address = acct.address, acct.address or stored.address
+    if expected and stored.address and stored.address.lower() != expected.lower():
+        # Mail would go out as the signed-in mailbox, not the one cpmail names as sender.
+        acct.problem = (
+            f"signed in as {stored.address} but sends as {expected}; run "
+            f"`{signin_command(acct.account)}` and sign in as {expected}"
+        )
     acct.token_expires, acct.signin_lapses = token_dates(transport, stored.data)
 
 
@@ -521,6 +528,23 @@ def _outbox(
     return box
 
 
+def _staff_addresses(engine: sa.Engine, ids: list[str]) -> dict[str, str]:
+    """The address each staff account sends from (its username, else its work e-mail)."""
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import staff
+
+    s = staff.c
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(s.id, s.username, s.work_email).where(s.id.in_(ids))
+            ).all()
+    except sa.exc.DBAPIError:  # the database section of the report says why
+        return {}
+    return {r.id: r.username or r.work_email for r in rows if r.username or r.work_email}
+
+
 def _accounts(
     settings: Settings,
     secrets: SecretStore,
@@ -539,11 +563,14 @@ def _accounts(
     if transport != "file":
         names += _stored_accounts(secrets, transport)
     names += [a for a in rows if a]
+    senders = _staff_addresses(engine, names) if engine is not None else {}
     accounts = []
     for name in dict.fromkeys(names):
         acct = Account(account=name)
         if name == SHARED:
             acct.address = settings["mail.sender"]
+        else:
+            acct.address = senders.get(name, "")  # what its mail says it is from
         info = rows.get(name, {})
         acct.last_sent = info.get("last_sent")
         acct.waiting = int(info.get("waiting", 0))

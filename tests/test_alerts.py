@@ -553,3 +553,18 @@ def test_runs_at_the_same_time_alert_once(initialised: Cli, home: Path, receiver
     for t in threads:
         t.join()
     assert "failed for good" in one_alert(receiver)["message"]
+
+
+def test_a_sign_in_as_another_mailbox_is_a_problem(cli: Cli, home: Path, fake: FakeAPI) -> None:
+    """Mail would leave as someone.else@, not as the sender cpmail names: status says so."""
+    setup_gmail(cli, home, fake)
+    now = dt.datetime.now(dt.UTC)
+    store_signin(
+        home, fake, "JD", "someone.else@agency.example", expiry=now + dt.timedelta(hours=1)
+    )
+    code, doc = status_json(cli)
+    assert code == 3, doc
+    [problem] = [p for p in doc["problems"] if "signed in as" in p]
+    assert "someone.else@agency.example but sends as jd@agency.example" in problem
+    store_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
+    assert status_json(cli)[0] == 0
