@@ -1021,7 +1021,7 @@ def _pace_for(
     if not (per_minute or per_day):
         return None
     m = messages.c
-    midnight = pace.next_day_start(settings.tz()) - dt.timedelta(days=1)
+    midnight = pace.next_day_start(pace.day_zone(settings)) - dt.timedelta(days=1)
     with engine.connect() as conn:
         now = clock(conn)
         row = conn.execute(
@@ -1043,7 +1043,7 @@ def _wait_for_tomorrow(
     paced: pace.Pace,
 ) -> None:
     """The account's daily limit is reached: its mail waits for the next day."""
-    tomorrow = pace.next_day_start(settings.tz())
+    tomorrow = pace.next_day_start(pace.day_zone(settings))
     who = "the shared account" if account == "shared" else f"account {account or '(none)'}"
     limit = f"{paced.per_day} messages" if paced.per_day else "the provider's limit"
     reason = f"{who} reached its daily sending limit ({limit}); it waits for tomorrow"

@@ -143,6 +143,24 @@ class Pace:
         self.stopped_for_today = True
 
 
+def day_zone(settings: object) -> dt.tzinfo:
+    """The time zone whose midnight starts a new day of the sending limit.
+
+    Gmail counts its daily limit in Pacific time (as its own retry hints say);
+    otherwise the agency's day.
+    """
+    from cpmail.settings import Settings
+
+    assert isinstance(settings, Settings)
+    transport = settings["mail.transport"]
+    host = settings["mail.smtp.host"].strip().lower() if transport == "smtp" else ""
+    if transport == "gmail" or host == "smtp.gmail.com":
+        import zoneinfo
+
+        return zoneinfo.ZoneInfo("America/Los_Angeles")
+    return settings.tz()
+
+
 def next_day_start(tz: dt.tzinfo, now: dt.datetime | None = None) -> dt.datetime:
     """The next local midnight, as naive UTC (when a day's limit starts again)."""
     local = (now or dt.datetime.now(dt.UTC)).astimezone(tz)

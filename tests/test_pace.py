@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 
@@ -88,3 +89,33 @@ def test_pace_spacing_and_answers() -> None:
     assert throttled("421 4.7.28 Our system has detected an unusual rate")
     assert daily_limit("550 5.4.5 Daily user sending limit exceeded.")
     assert not throttled("550 5.1.1 no such user") and not daily_limit("451 4.3.0 later")
+
+
+@pytest.mark.parametrize(
+    ("transport", "host", "zone"),
+    [
+        ("gmail", "", "America/Los_Angeles"),
+        ("smtp", "smtp.gmail.com", "America/Los_Angeles"),
+        ("smtp", "smtp.office365.com", "Europe/Berlin"),
+        ("microsoft", "", "Europe/Berlin"),
+    ],
+)
+def test_a_gmail_day_ends_at_midnight_pacific(
+    initialised: Cli, home: Path, transport: str, host: str, zone: str
+) -> None:
+    """Gmail counts its daily limit in Pacific time; other providers in the agency's day."""
+    import zoneinfo
+
+    from cpmail import pace
+    from cpmail.settings import Settings
+
+    settings = Settings.load(home)
+    settings.set("agency.timezone", "Europe/Berlin")
+    settings.set("mail.transport", transport)
+    settings.set("mail.smtp.host", host)
+    settings.save()
+    assert pace.day_zone(Settings.load(home)) == zoneinfo.ZoneInfo(zone)
+    now = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+    start = pace.next_day_start(zoneinfo.ZoneInfo(zone), now)
+    expected = {"America/Los_Angeles": dt.datetime(2026, 11, 29, 8, 0)}
+    assert start == expected.get(zone, dt.datetime(2026, 11, 28, 23, 0))
