@@ -394,6 +394,20 @@ def test_app_only_wrong_secret(ms_home: Path, fake: FakeAPI) -> None:
         deliver(ms_home, env(account=SHARED))
 
 
+def test_app_only_refused_twice_names_the_app_not_a_sign_in(ms_home: Path, fake: FakeAPI) -> None:
+    """No person signs in app-only: the advice is about the app's permission and secret."""
+    settings = Settings.load(ms_home)
+    settings.set("mail.microsoft.tenant", MS_TENANT_ID)
+    settings.save()
+    SecretStore(ms_home).set(MICROSOFT_APP_SECRET, MS_APP_SECRET)
+    unauthorized = Reply(401, {"error": {"code": "InvalidAuthenticationToken", "message": "no"}})
+    fake.script("/v1.0/users/office@agency.example/sendMail", unauthorized, unauthorized)
+    with pytest.raises(AuthError) as info:
+        deliver(ms_home, env(account=SHARED))
+    assert "Mail.Send application permission" in str(info.value)
+    assert "staff signin" not in str(info.value)
+
+
 # ---------------------------------------------------------------- config microsoft
 
 

@@ -113,6 +113,10 @@ class ApiTransport(Transport, Generic[S]):
                 if not isinstance(session, TemporaryFailure):
                     session.close()
 
+    def _renew_advice(self, account: str) -> str:
+        """What to do when even a renewed token is refused."""
+        return f"run `{signin_command(account)}`"
+
     @abc.abstractmethod
     def _session(self, account: str) -> S:
         """Open the sign-in of ``account``."""
@@ -158,7 +162,7 @@ class ApiTransport(Transport, Generic[S]):
                 if response.status_code == 401:
                     raise AuthError(
                         f"{self.brand} refused the renewed sign-in of {env.account}; "
-                        f"run `{signin_command(env.account)}`."
+                        f"{self._renew_advice(env.account)}."
                     )
         except TemporaryFailure as e:
             return Outcome(env.id, error=e)

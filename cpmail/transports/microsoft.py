@@ -65,6 +65,15 @@ class MicrosoftTransport(ApiTransport[GraphSession]):
         self._http_cache = {}
         super().deliver(envelopes, report)
 
+    def _renew_advice(self, account: str) -> str:
+        if account == SHARED and self.secrets.has(MICROSOFT_APP_SECRET):
+            # App-only: no person signs in; the app's secret or its permission is at fault.
+            return (
+                "check that the app has the Mail.Send application permission with admin "
+                "consent, and its secret (`cpmail config microsoft … --client-secret`)"
+            )
+        return super()._renew_advice(account)
+
     def _session(self, account: str) -> GraphSession:
         stored = self.secrets.get(MICROSOFT_APP_SECRET) if account == SHARED else None
         secret = stored.reveal() if stored else None
