@@ -645,16 +645,13 @@ max_age_hours = 72
 class Settings:
     """Effective settings: defaults < ``cpmail.toml`` < environment."""
 
-    def __init__(self, home: Path, path: Path, data: Mapping[str, Any], text: str = "") -> None:
+    def __init__(self, home: Path, path: Path, data: Mapping[str, Any]) -> None:
         self.home = home
         self.path = path
         self._data = data  # what the file holds, as read ({} with no file)
-        self._text = text  # the file's text
-        # The file as a tomlkit document, which keeps comments and order: made
-        # from ``_text`` by the first `set` (tomlkit reads ten times slower).
-        self._edit: Any = None
-        self._new_tables: list[Any] = []  # tables `set` added, for `save` to space out
-        self._pending: dict[str, Any] = {}  # keys `set` and not yet saved
+        # Keys `set` and not yet saved: `save` writes them into the file as it is then,
+        # read with tomlkit, which keeps comments and order (and reads ten times slower).
+        self._pending: dict[str, Any] = {}
         self._values: dict[str, Any] = {}
         self._source: dict[str, str] = {}
         self._resolve()
@@ -680,7 +677,7 @@ class Settings:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
                 data = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
-        return cls(home, path, data, text)
+        return cls(home, path, data)
 
     def _resolve(self) -> None:
         flat = dict(_flatten(self._data))
@@ -778,65 +775,57 @@ class Settings:
         if spec is None:
             raise ConfigError(f"unknown setting {key!r}; see `cpmail config show` for the keys.")
         typed = self._check(key, spec, value, key)
-        self._put(self._editable(), key, typed)
         self._pending[key] = typed
         self._values[key] = typed
         if self._source.get(key) != "env":
             self._source[key] = "file"
         return typed
 
-    def _put(self, document: Any, key: str, typed: Any) -> None:
-        import tomlkit
-
-        parts = key.split(".")
-        table = document
-        for part in parts[:-1]:
-            if part not in table:
-                super_table = len(parts) > 2 and part == parts[0]
-                table[part] = tomlkit.table(is_super_table=super_table)
-                if not super_table:
-                    self._new_tables.append(table[part])
-            table = table[part]
-        table[parts[-1]] = typed
-
-    def _editable(self) -> Any:
-        if self._edit is None:
-            self._edit = _edit_document(self.path, self._text)
-        return self._edit
-
     def save(self) -> None:
-        """Write the settings atomically, mode 0600: the file may hold a database password.
+        """Write the keys `set` into the file atomically, mode 0600 (it may hold a password).
 
-        Under a lock, the file is read again and this command's changes are made to
-        what it holds now: two commands setting different keys at once both count.
+        Under a lock, the file is read as it is now and only this command's keys
+        change in it: two commands setting different keys at once both count.
         """
         import tomlkit
         from tomlkit.items import Whitespace
 
         with _locked(self.path):
             try:
-                now = self.path.read_text(encoding="utf-8-sig")
+                text = self.path.read_text(encoding="utf-8-sig")
             except FileNotFoundError:
-                now = ""
-            except (OSError, UnicodeDecodeError):
-                now = self._text  # what cannot be read again is written as this command saw it
-            if now != self._text:
-                self._new_tables.clear()
-                self._edit = _edit_document(self.path, now)
-                for key, typed in self._pending.items():
-                    self._put(self._edit, key, typed)
-            # A table made by `set` ends with a blank line, so that the next table's header
-            # does not stick to its last key.
-            for table in self._new_tables:
+                text = ""
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"cannot read {self.path} to change it: {e}.") from None
+            document = _edit_document(self.path, text)
+            made = [t for key, v in self._pending.items() if (t := _put(document, key, v))]
+            for table in made:
+                # A table made here ends with a blank line, so that the next table's
+                # header does not stick to its last key.
                 body = table.value.body
                 if body and not isinstance(body[-1][1], Whitespace):
                     table.add(tomlkit.nl())
-            self._new_tables.clear()
-            text = tomlkit.dumps(self._editable())
+            text = tomlkit.dumps(document)
             text = text.rstrip("\n") + "\n" if text.strip() else text
             write_atomic(self.path, text.encode("utf-8"), mode=PRIVATE_FILE)
-        self._edit, self._text = None, text  # parsed again only if another `set` follows
         self._pending.clear()
+
+
+def _put(document: Any, key: str, typed: Any) -> Any:
+    """Set dotted ``key`` in a tomlkit document; return the ordinary table it made, if any."""
+    import tomlkit
+
+    parts = key.split(".")
+    table, made = document, None
+    for part in parts[:-1]:
+        if part not in table:
+            super_table = len(parts) > 2 and part == parts[0]
+            table[part] = tomlkit.table(is_super_table=super_table)
+            if not super_table:
+                made = table[part]
+        table = table[part]
+    table[parts[-1]] = typed
+    return made
 
 
 @contextmanager
