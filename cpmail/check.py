@@ -41,6 +41,7 @@ from cpmail.outbox import (
     lease,
     new_run_id,
     queue_many,
+    ready_of,
     record_keys,
     waiting,
 )
@@ -389,11 +390,7 @@ def _queue_all(
             max_bytes=transport.max_message_bytes if transport else None,
             claimed=send_now,
         )
-    ready = [
-        (Envelope(mid, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
-        for mid, d in zip(mids, drafts, strict=True)
-    ]
-    return dict(zip(mids, planned, strict=True)), ready, taken
+    return dict(zip(mids, planned, strict=True)), ready_of(mids, drafts), taken
 
 
 def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> None:
@@ -656,10 +653,9 @@ def _tell_manager(
         msg, event=FAILURE_SUMMARY, key=None, account=sender.account, envelope_from=sender.address
     )
     with engine.begin() as conn:  # claimed by this run at once: no other run sends it
-        [mid] = queue_many(conn, [draft], run_id=run_id, ledger_keys=[None], claimed=True)
-    envelope = Envelope(mid, draft.account, draft.from_addr, tuple(draft.to), draft.raw)
+        ids = queue_many(conn, [draft], run_id=run_id, ledger_keys=[None], claimed=True)
     return deliver(
-        engine, transport, settings, run_id=run_id, ids=[mid], ready=[(envelope, FAILURE_SUMMARY)]
+        engine, transport, settings, run_id=run_id, ids=ids, ready=ready_of(ids, [draft])
     )
 
 

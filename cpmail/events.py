@@ -45,6 +45,17 @@ EVENT_TABLE: tuple[Event, ...] = (
 
 NAMES: tuple[str, ...] = tuple(e.name for e in EVENT_TABLE)
 BY_NAME: dict[str, Event] = {e.name: e for e in EVENT_TABLE}
+# What else a message's event can be, besides the events above: the scheduled cash-flow
+# report, a digest, the manager's failure summary, and one-off mail (`staff test`,
+# `send-report`, `message`). tests/test_settings.py checks each against its module.
+OTHER_MAIL: tuple[str, ...] = (
+    "cash-flow",
+    "digest",
+    "failure-summary",
+    "test",
+    "report",
+    "message",
+)
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {e.name: e.rules for e in EVENT_TABLE}
 LIST_EVENTS: frozenset[str] = frozenset(e.name for e in EVENT_TABLE if e.listed)
 STATE_EVENTS: frozenset[str] = frozenset(e.name for e in EVENT_TABLE if e.state)

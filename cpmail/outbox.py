@@ -211,6 +211,14 @@ def queue_many(
     return [int(i) for i in conn.execute(stmt, rows).scalars()]
 
 
+def ready_of(ids: Sequence[int], drafts: Sequence[Queueable]) -> list[tuple[Envelope, str]]:
+    """Drafts just queued with ``claimed=True``, as ``deliver(ready=…)`` takes them."""
+    return [
+        (Envelope(i, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
+        for i, d in zip(ids, drafts, strict=True)
+    ]
+
+
 # ------------------------------------------------------------------ runs and their claims
 
 

@@ -14,14 +14,14 @@ from cpmail import __version__
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered
-from cpmail.outbox import Delivery, deliver, give_up, lease, new_run_id, queue_many
+from cpmail.outbox import Delivery, deliver, give_up, lease, new_run_id, queue_many, ready_of
 from cpmail.outbox import retry as requeue
 from cpmail.people import resolve_sender
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
-from cpmail.transports.base import Envelope, get_transport
+from cpmail.transports.base import get_transport
 
 
 def send_now(
@@ -34,7 +34,8 @@ def send_now(
 ) -> tuple[list[int], Delivery]:
     """Queue ``drafts`` in one transaction, then deliver exactly those; return ids and outcome.
 
-    Nothing is queued when the master switch is off or an account cannot send.
+    They are one-off messages, with no ledger key. Nothing is queued when the
+    master switch is off or an account cannot send.
     With ``once`` (test messages) what was not sent now fails for good: it is
     never sent later by another run.
     """
@@ -56,14 +57,11 @@ def send_now(
                 conn,
                 drafts,
                 run_id=run_id,
-                ledger_keys=[d.key for d in drafts],
+                ledger_keys=[None] * len(drafts),
                 max_bytes=transport.max_message_bytes,
                 claimed=True,
             )
-        ready = [
-            (Envelope(i, d.account, d.from_addr, tuple(d.to), d.raw), d.event)
-            for i, d in zip(ids, drafts, strict=True)
-        ]
+        ready = ready_of(ids, drafts)
         if not once:
             return ids, deliver(engine, transport, settings, run_id=run_id, ids=ids, ready=ready)
         try:

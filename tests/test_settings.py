@@ -361,3 +361,13 @@ def test_settings_set_at_the_same_time_are_all_kept(initialised: Cli, home: Path
     assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
     got = {key: initialised("config", "get", key).stdout.strip() for key in wanted}
     assert got == wanted
+
+
+def test_the_other_kinds_of_mail_are_named_where_they_are_made() -> None:
+    """`log --event` takes these; each is the event its own module writes."""
+    from cpmail import check, events, message
+    from cpmail.reports import send
+    from cpmail.triggers import cashflow
+
+    made = {check.DIGEST, check.FAILURE_SUMMARY, message.EVENT, send.EVENT, cashflow.EVENT, "test"}
+    assert made == set(events.OTHER_MAIL)

@@ -151,21 +151,21 @@ def log(
             .astimezone(dt.UTC)
             .replace(tzinfo=None)
         )
-    statuses = split_list([status]) if status is not None else None
-    if statuses is not None:
+    statuses = None
+    if status is not None:
         from cpmail.statuses import Status
 
+        statuses = split_list([status])
         known = [s.value for s in Status]
-        bad = next((s for s in statuses if s not in known), None) if statuses else ""
-        if bad is not None:
-            raise InputError(f"--status: {bad!r} is not a status; give {', '.join(known)}.")
+        for s in statuses or [status]:  # "" names no status either
+            if s not in known:
+                raise InputError(f"--status: {s!r} is not a status; give {', '.join(known)}.")
     if event is not None:
-        from cpmail.events import NAMES
+        from cpmail.events import NAMES, OTHER_MAIL
 
-        # Besides the events: a digest, the manager's failure summary, one-off mail.
-        kinds = [*NAMES, "cash-flow", "digest", "failure-summary", "test", "report", "message"]
-        if event not in kinds:
-            raise InputError(f"--event: {event!r} is not an event; give one of {', '.join(kinds)}.")
+        if event not in (*NAMES, *OTHER_MAIL):
+            kinds = ", ".join((*NAMES, *OTHER_MAIL))
+            raise InputError(f"--event: {event!r} is not an event; give one of {kinds}.")
     rows = list_messages(
         c.engine(),
         c.settings.tz(),
