@@ -588,7 +588,7 @@ def _retryable(e: BaseException) -> bool:
 class _Recorder:
     """Writes outcomes as they come, in the sending thread, before more mail is handed over.
 
-    ``record`` writes at once (one transaction). A transport that learns of
+    Calling it writes at once (one transaction). A transport that learns of
     several outcomes together (SMTP, from several connections) may ``take``
     each and ``write`` them in one transaction; a connection hands over its
     next message only once its last is on record (``settled``). A write that
@@ -773,11 +773,11 @@ class _Recorder:
         words = [f"{a}: {w}" for a, w in {**o.deferred, **o.refused}.items()]
         if o.error is not None:
             temporary = isinstance(o.error, TemporaryFailure)
-            error = "; ".join(x for x in (str(o.error), before) if x)
+            error = "; ".join(filter(None, [str(o.error), before]))
             unserved = [a for a in row.pending_rcpts.split(",") if a]
         elif o.deferred or o.refused:
             temporary = bool(o.deferred)
-            error = "; ".join([*words, *([before] if before else [])])
+            error = "; ".join(filter(None, [*words, before]))
             if o.accepted:
                 error += "; accepted for " + ", ".join(o.accepted)
             unserved = list(o.deferred)

@@ -18,7 +18,8 @@ import base64
 import re
 from collections.abc import Iterable
 
-MASK = "••••"
+from cpmail.settings import MASK
+
 _PIECE = 8  # characters in a row of a secret that make a word part of it
 _WORD = re.compile(r"\S+")
 

@@ -528,18 +528,22 @@ _KINDS: dict[str, type[_Column]] = {
 }
 
 
+# Columns that take what the staff commands take (`staff add`, `edit`, `mute`).
+_SPECIAL: dict[tuple[str, str], type[_Column]] = {
+    ("staff", "planned_hours"): _PlannedHours,
+    ("staff", "workdays"): _Workdays,
+    ("staff_opt_out", "event"): _Events,
+    ("client_team", "events"): _Events,
+}
+
+
 def _column_kind(spec: ColumnSpec, table: str) -> type[_Column]:
     """The class that converts the cells of ``spec``."""
     if (table, spec.name) in ADDRESS_COLUMNS:
         return _Address
     if spec.name in RECIPIENT_COLUMNS:
         return _Recipients
-    special = {
-        ("staff", "planned_hours"): _PlannedHours,
-        ("staff", "workdays"): _Workdays,
-        ("staff_opt_out", "event"): _Events,
-        ("client_team", "events"): _Events,
-    }.get((table, spec.name))
+    special = _SPECIAL.get((table, spec.name))
     if special is not None:
         return special
     if spec.kind != "text":

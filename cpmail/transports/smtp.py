@@ -706,7 +706,10 @@ class _Run:
         self.resent: set[int] = set()
         self.local_hostname = "localhost"
         self.timeouts = 0  # consecutive messages the server did not answer in time
+        # A recorder that can take outcomes now and write them together later.
         self.settled: Callable[[int], bool] | None = getattr(report, "settled", None)
+        self.take: Callable[[Outcome], None] | None = getattr(report, "take", None)
+        self.write: Callable[[], None] | None = getattr(report, "write", None)
         self.due: asyncio.TimerHandle | None = None  # the write of outcomes taken so far
 
     @property
@@ -756,11 +759,10 @@ class _Run:
         writes as soon as a connection needs its last message on record to go
         on (``settle``), and otherwise within _WRITE_WITHIN seconds.
         """
-        take = getattr(self.report, "take", None)
-        if take is None or self.settled is None:
+        if self.take is None or self.settled is None:
             self.report(outcome)
             return
-        take(outcome)
+        self.take(outcome)
         if self.due is None:
             self.due = asyncio.get_running_loop().call_later(_WRITE_WITHIN, self._write)
 
@@ -768,9 +770,8 @@ class _Run:
         if self.due is not None:
             self.due.cancel()
             self.due = None
-        write = getattr(self.report, "write", None)
-        if write is not None:
-            write()
+        if self.write is not None:
+            self.write()
 
     def settle(self, message_id: int) -> None:
         """Make sure the outcome of ``message_id`` is on record (written now if it is not)."""
