@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,6 +55,9 @@ STALLED_AFTER = 3  # messages in a row without an answer in time: the server sto
 RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
 # How long the end of a run keeps trying to record outcomes the server accepted.
 RECORD_PATIENCE = 300.0
+# A pass waits at most this long in all for accounts a server asked to slow
+# down (Retry-After); past it, their mail waits in the outbox for a later run.
+MAX_PAUSE = 900.0
 
 
 def new_run_id() -> str:
@@ -790,9 +794,15 @@ class _Recorder:
             notes.append((o.id, row.event, Status.SENT, None))
             return values
         if temporary and not give_up:
-            delay = backoff(attempts)
-            if o.retry_after:
-                delay = max(delay, dt.timedelta(seconds=o.retry_after))
+            said = " ".join([error, *words])
+            if pace.throttled(said) and not pace.daily_limit(said):
+                # The account was too fast, not this message: it goes once the account's
+                # pause is over (in this run, when the account's turn comes again).
+                delay = dt.timedelta(seconds=o.retry_after or 0)
+            else:
+                delay = backoff(attempts)
+                if o.retry_after:
+                    delay = max(delay, dt.timedelta(seconds=o.retry_after))
             values.update(status=Status.DEFERRED, next_attempt_at=now + delay)
             values["pending_rcpts"] = ",".join(unserved)
         else:
@@ -893,19 +903,33 @@ class _Pass:
         self.stale = stale_after(settings)
         self.recorder = _Recorder(engine, settings, result, held)
         self.per_minute, self.per_day = pace.limits(settings)
+        self.account = ""  # whose turn it is
         self.pace: pace.Pace | None = None  # the current account's
+        self.paces: dict[str, pace.Pace | None] = {}  # each account's, kept between its turns
+        self.claimed: list[Envelope] = []  # claimed from the database by this pass
+        self.offered: set[int] = set()  # handed to the transport
+        self.done: set[int] = set()  # with an outcome
+        self.paused_for = 0.0  # seconds this pass waited for throttled accounts
         self.silent = 0  # messages in a row the server did not answer in time
         self.stalled: Unreachable | None = None
         self.recorder.observers.append(self._observe)
         self.recorder.pacing = lambda: self.pace is not None
         self.recorder.admit = self._admit
+        self.recorder.events.update((env.id, event) for env, event in ready)
 
     def run(self) -> None:
         try:
+            # Accounts that a throttling answer paused: (when they may go on, account).
+            later: list[tuple[float, str]] = []
             for account in _accounts(self.engine, self.ids, self.ready, self.stale):
-                if interrupt.requested() is not None or self.stalled is not None:
+                if self._halted():
                     break
-                self._account(account)
+                self._turn(account, later)
+            while later and not self._halted():
+                later.sort()
+                at, account = later.pop(0)
+                if self._wait_for(account, at):
+                    self._turn(account, later)
             if self.stalled is not None and self.result.stopped is None:
                 self.result.stopped = self.stalled
         except Unreachable as e:
@@ -930,9 +954,57 @@ class _Pass:
                 "the database comes back first; free the disk or restart the database."
             ) from None
 
+    def _halted(self) -> bool:
+        return interrupt.requested() is not None or self.stalled is not None
+
+    def _turn(self, account: str, later: list[tuple[float, str]]) -> None:
+        """The account's turn; paused by a throttling answer, it goes on ``later``."""
+        self._account(account)
+        paced = self.paces.get(account)
+        if paced is not None and paced.paused and not paced.day_full:
+            later.append((paced.resume_at, account))
+
+    def _wait_for(self, account: str, at: float) -> bool:
+        """Wait until a paused account may go on; False when it must wait for a later run.
+
+        A pass waits for throttled accounts at most MAX_PAUSE seconds in all:
+        beyond that the account's claimed mail goes back to the outbox, due
+        when the server said.
+        """
+        paced = self.paces[account]
+        assert paced is not None
+        wait = max(0.0, at - time.monotonic())
+        if self.paused_for + wait > MAX_PAUSE:
+            self.recorder.flush()
+            who = "the shared account" if account == "shared" else f"account {account or '(none)'}"
+            reason = f"the server asked {who} to slow down; it is tried again later"
+            not_before = utcnow() + dt.timedelta(seconds=wait)
+            _release(
+                self.engine,
+                self.run_id,
+                self.result,
+                reason=reason,
+                account=account,
+                keep=self.held.keep,
+                not_before=not_before,
+            )
+            return False
+        self.paused_for += wait
+        while time.monotonic() < at:
+            if self._halted():
+                return False
+            time.sleep(min(0.25, max(0.0, at - time.monotonic())))
+        paced.resume()
+        return True
+
     def _account(self, account: str) -> None:
         """Send one account's due mail; a refused sign-in holds back only this account's."""
-        self.pace = _pace_for(self.engine, self.settings, account, self.per_minute, self.per_day)
+        if account not in self.paces:
+            self.paces[account] = _pace_for(
+                self.engine, self.settings, account, self.per_minute, self.per_day
+            )
+        self.account = account
+        self.pace = self.paces[account]
         try:
             self.transport.deliver(self._envelopes(account), self.recorder)
         except AuthError as e:
@@ -962,17 +1034,19 @@ class _Pass:
         return self.pace is None or self.pace.admit(self._stop)
 
     def _envelopes(self, account: str) -> Iterator[Envelope]:
-        """The account's messages, claimed a batch at a time, each let go at the account's pace."""
-        for env, event in self.ready:
-            if self._stop():
-                return
-            if env.account == account:
-                if not self._admit():
+        """The account's messages, claimed a batch at a time, each let go at the account's pace.
+
+        An account's later turn (after a pause) first offers again what this
+        pass holds for it that has no outcome yet.
+        """
+        held: Iterable[Envelope] = (env for env, _ in self.ready)
+        if self.claimed:
+            held = itertools.chain(held, list(self.claimed))
+        for env in held:
+            if env.account == account and env.id not in self.done:
+                if self._stop() or not self._admit():
                     return
-                self.recorder.events[env.id] = event
-                if self.on_progress:
-                    self.on_progress(1)
-                yield env
+                yield self._offer(env)
         while True:
             batch = _claim_patiently(
                 self.engine,
@@ -986,15 +1060,21 @@ class _Pass:
             )
             if not batch:
                 return
+            self.claimed.extend(batch)
             for env in batch:
                 if self._stop() or not self._admit():
                     return
-                if self.on_progress:
-                    self.on_progress(1)
-                yield env
+                yield self._offer(env)
+
+    def _offer(self, env: Envelope) -> Envelope:
+        if self.on_progress and env.id not in self.offered:
+            self.on_progress(1)
+        self.offered.add(env.id)
+        return env
 
     def _observe(self, outcome: Outcome) -> None:
         """Answers that say "slower", "no more today" or nothing at all, as they come."""
+        self.done.add(outcome.id)
         if _clean(outcome):
             self.silent = 0
             return
@@ -1016,10 +1096,11 @@ class _Pass:
             return
         if self.pace is None:
             self.pace = pace.Pace(self.per_minute, self.per_day)
+            self.paces[self.account] = self.pace
         if daily:
             self.pace.stop_for_today()
         else:
-            self.pace.slow_down()
+            self.pace.slow_down(outcome.retry_after)
 
 
 def _pace_for(

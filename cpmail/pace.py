@@ -18,9 +18,11 @@ Sources of the presets:
   the API's 150 is used.
 
 A throttling answer (Exchange ``4.3.2``/``STOREDRV.ClientSubmit``, Gmail
-``4.7.28``) pauses the account and slows it by a quarter; a daily limit
-answer (Gmail ``5.4.5``, "daily user sending limit exceeded") stops the
-account until the next day. Other accounts keep going.
+``4.7.28``, an API's 429) pauses the account for at least the time the
+answer asked (Retry-After), else 2 seconds, and slows it by a quarter; the
+account gives up its turn so that other accounts' mail goes meanwhile, and
+it goes on once the pause is over. A daily limit answer (Gmail ``5.4.5``,
+"daily user sending limit exceeded") stops the account until the next day.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ PRESETS: dict[str, tuple[int, int]] = {  # name -> (per_minute, per_day)
 _THROTTLED = re.compile(
     r"\b4\.3\.2\b|storedrv\.clientsubmit|\b4\.7\.28\b|rate.?limit|too many (messages|requests)|"
     r"\b429\b|"
-    r"try again later.{0,40}(rate|limit)|throttl",
+    r"try again later.{0,40}(rate|limit)|throttl|limiting the rate",
     re.IGNORECASE,
 )
 _DAILY = re.compile(
@@ -100,6 +102,8 @@ class Pace:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     stopped_for_today: bool = False
+    # Set by a throttling answer: the account gives up its turn until ``resume_at``.
+    paused: bool = False
     _next: float = 0.0
     _interval: float = 0.0
 
@@ -117,7 +121,7 @@ class Pace:
 
     def admit(self, stop: Callable[[], bool] = lambda: False) -> bool:
         """Wait until the next message may go; False when none may go today (or ``stop``)."""
-        if self.day_full:
+        if self.day_full or self.paused:
             return False
         while self._interval:
             wait = self._next - self.clock()
@@ -131,13 +135,26 @@ class Pace:
         self.sent_today += 1
         return True
 
-    def slow_down(self) -> None:
-        """The provider said too fast: pause a moment, then go on a quarter slower."""
+    def slow_down(self, wait: float | None = None) -> None:
+        """The provider said too fast: pause (``wait`` seconds if it said), then go slower.
+
+        The account's turn ends (``paused``) until ``resume_at``; ``resume``
+        takes it up again.
+        """
         if self._interval:
             self._interval *= 1.25
         else:
             self._interval = 1.0  # no limit was set: one message a second from now on
-        self._next = self.clock() + max(self._interval, 2.0)
+        self._next = max(self._next, self.clock() + max(self._interval, 2.0, wait or 0.0))
+        self.paused = True
+
+    @property
+    def resume_at(self) -> float:
+        """When the next message may go (on ``clock``)."""
+        return self._next
+
+    def resume(self) -> None:
+        self.paused = False
 
     def stop_for_today(self) -> None:
         self.stopped_for_today = True

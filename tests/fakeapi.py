@@ -74,6 +74,7 @@ class Sent:
     path: str
     mime: bytes
     content_type: str
+    at: float = field(default_factory=time.monotonic)  # when it was accepted
 
 
 def _b64url(data: bytes) -> str:

@@ -651,6 +651,7 @@ class _Intake:
     ) -> None:
         self.transport = transport
         self.source: Iterator[Envelope] | None = source
+        self.stopped = False  # by ``stop``: what is left in hand is not sent
         self.passcodes: dict[str, Secret | None] = {}
         self.groups: dict[tuple[str, str] | None, _Group] = {}
         # Taken while the account was not paced: if it becomes paced (a throttling
@@ -681,6 +682,7 @@ class _Intake:
     def stop(self) -> None:
         """Take no more envelopes: what is not taken stays in the outbox."""
         self.source = None
+        self.stopped = True
 
     @property
     def waiting(self) -> int:
@@ -729,11 +731,11 @@ class _Run:
         """A message taken before its account became paced waits for its slot now."""
         if env.id not in self.intake.unpaced:
             return True
-        self.intake.unpaced.discard(env.id)
         admit = getattr(self.report, "admit", None)
-        if admit is None or not self.intake.pacing():
+        if admit is None or not self.intake.pacing() or admit():
+            self.intake.unpaced.discard(env.id)
             return True
-        return bool(admit())
+        return False
 
     def _blocked(self) -> bool:
         """The recorder says send no more (outcomes cannot be written, or the claim lapsed)."""
@@ -785,7 +787,7 @@ class _Run:
             await asyncio.gather(*(self._worker(n) for n in range(workers)))
             if self.fatal is not None:
                 raise self.fatal
-            if self._stopping():
+            if self._stopping() or self.intake.stopped:
                 return
             self.intake.fill(self._want())
             if not self.intake.waiting:
@@ -851,8 +853,11 @@ class _Run:
                     continue
                 env = group.pending.popleft()
                 if not self._admitted(env):
-                    group.pending.appendleft(env)  # the run stops: it stays in the outbox
-                    continue
+                    # The run stops or the account is paused: it stays claimed, unsent,
+                    # for the account's next turn or the outbox.
+                    group.pending.appendleft(env)
+                    self.intake.stop()
+                    return
                 try:
                     outcome = await conn.send(env)
                 except _Resend as e:
