@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -261,6 +262,30 @@ def _url(raw: Any) -> str:
     return v
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+ENDPOINT_RULE = "use an https:// address (plain http is allowed for 127.0.0.1 only)"
+
+
+def secure_endpoint(url: str) -> bool:
+    """https, or http to this machine (a local stand-in): sign-ins and tokens never go in clear."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
+
+
+def _endpoint(raw: Any) -> str:
+    """An API or sign-in address: https (see ``secure_endpoint``); '' where allowed."""
+    v = _url(raw)
+    if v and not secure_endpoint(v):
+        raise ValueError(ENDPOINT_RULE)
+    return v
+
+
 def _db_url(raw: Any) -> str:
     """A database URL SQLAlchemy reads, with a port from 1 to 65535 if it has one.
 
@@ -325,14 +350,14 @@ KEYS: dict[str, Key] = {
         _str, "", "'secret:gmail-client' (set by `config gmail`) or an OAuth client file's path"
     ),
     "mail.gmail.timeout": Key(_float(1, 600), 60.0, "seconds to wait for the Gmail API"),
-    "mail.gmail.api_base": Key(_url, "https://gmail.googleapis.com", "Gmail API address"),
-    "mail.gmail.token_uri": Key(_url, "", "token endpoint; '' = the client file's"),
+    "mail.gmail.api_base": Key(_endpoint, "https://gmail.googleapis.com", "Gmail API address"),
+    "mail.gmail.token_uri": Key(_endpoint, "", "token endpoint; '' = the client file's"),
     "mail.microsoft.client_id": Key(_str, "", "application (client) ID of the Entra app"),
     "mail.microsoft.tenant": Key(_str, "organizations", "organizations, common or a tenant ID"),
     "mail.microsoft.timeout": Key(_float(1, 600), 60.0, "seconds to wait for Microsoft Graph"),
-    "mail.microsoft.api_base": Key(_url, "https://graph.microsoft.com", "Graph API address"),
+    "mail.microsoft.api_base": Key(_endpoint, "https://graph.microsoft.com", "Graph API address"),
     "mail.microsoft.authority_base": Key(
-        _url, "https://login.microsoftonline.com", "sign-in authority address"
+        _endpoint, "https://login.microsoftonline.com", "sign-in authority address"
     ),
     "mail.file.dir": Key(_str, "mail", "folder for .eml files, relative to the home"),
     "manager.name": Key(_str, "", "the system manager's name"),

@@ -177,3 +177,29 @@ def test_a_settings_file_saved_with_a_byte_order_mark_is_read(initialised: Cli, 
     assert initialised("config", "set", "agency.name", "Hartley").exit_code == 0
     r = initialised("config", "get", "agency.name")
     assert r.exit_code == 0 and r.stdout.strip() == "Hartley", r.output
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mail.gmail.token_uri", "http://oauth2.example.com/token"),
+        ("mail.gmail.api_base", "http://gmail.example.com"),
+        ("mail.microsoft.api_base", "ftp://graph.example.com"),
+        ("mail.microsoft.authority_base", "http://10.0.0.1"),
+        ("mail.microsoft.authority_base", "https://"),
+    ],
+)
+def test_a_sign_in_or_api_address_in_clear_is_refused_when_set(
+    initialised: Cli, home: Path, key: str, value: str
+) -> None:
+    before = (home / "cpmail.toml").read_bytes()
+    r = initialised("config", "set", key, value)
+    assert r.exit_code == 2, r.output
+    assert key in one_sentence(r.stderr) and "https://" in r.stderr
+    assert (home / "cpmail.toml").read_bytes() == before
+
+
+def test_a_local_stand_in_may_use_http(initialised: Cli) -> None:
+    for key in ("mail.gmail.token_uri", "mail.microsoft.api_base"):
+        r = initialised("config", "set", key, "http://127.0.0.1:8080/x")
+        assert r.exit_code == 0, r.output

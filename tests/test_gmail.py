@@ -397,11 +397,13 @@ def test_unreachable_token_endpoint_raises_unreachable(gmail_home: Path, fake: F
     assert fake.sent == []
 
 
-def test_a_plain_http_api_address_off_this_machine_is_refused(gmail_home: Path) -> None:
-    settings = Settings.load(gmail_home)
-    settings.set("mail.gmail.api_base", "http://gmail.example.com")
-    settings.save()
+def test_a_plain_http_api_address_off_this_machine_is_refused(
+    gmail_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError, match=r"mail\.gmail\.api_base"):
+        Settings.load(gmail_home).set("mail.gmail.api_base", "http://gmail.example.com")
+    monkeypatch.setenv("CPMAIL_MAIL_GMAIL_API_BASE", "http://gmail.example.com")
+    with pytest.raises(ConfigError, match="CPMAIL_MAIL_GMAIL_API_BASE: use an https://"):
         deliver(gmail_home, env())
 
 

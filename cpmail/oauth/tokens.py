@@ -18,18 +18,17 @@ local fake server (``check_endpoint``).
 from __future__ import annotations
 
 import json
-import urllib.parse
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from cpmail.errors import AuthError, ConfigError
 from cpmail.secrets import SHARED, SecretStore, token_name
+from cpmail.settings import ENDPOINT_RULE, secure_endpoint
 
 if TYPE_CHECKING:
     import ssl
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PROVIDER = {"gmail": "Google", "microsoft": "Microsoft"}
 
 
@@ -72,14 +71,9 @@ def https_context() -> ssl.SSLContext:
 
 def check_endpoint(url: str, key: str) -> str:
     """Return ``url`` without a trailing slash; https, or http on a loopback host only."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
+    if secure_endpoint(url):
         return url.rstrip("/")
-    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
-        return url.rstrip("/")
-    raise ConfigError(
-        f"{key} = {url!r}: use an https:// address (plain http is allowed for 127.0.0.1 only)."
-    )
+    raise ConfigError(f"{key} = {url!r}: {ENDPOINT_RULE}.")
 
 
 @dataclass(frozen=True)
