@@ -9,7 +9,7 @@ the first half, and returns the results in order, as ``[fn(x) for x in items]``
 would.
 
 ``fn`` must not write anything (files, database, the network): the child only
-computes and hands its results back, pickled, through a pipe, then ends with
+computes and hands its results back, pickled, in a file in memory, then ends with
 ``os._exit`` so nothing of the parent (database connections, buffered output)
 is closed or flushed twice. Whatever goes wrong in the child — an exception,
 a signal, results that do not arrive — this process computes that half itself,
@@ -25,8 +25,9 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,25 +41,26 @@ def halves(fn: Callable[[T], R], items: Sequence[T], *, min_items: int = MIN_ITE
     if len(items) < min_items or not _can_fork():
         return [fn(x) for x in items]
     cut = len(items) // 2
-    read_end, write_end = os.pipe()
-    # Objects alive now are left out of garbage collection in both processes: the
-    # child's collector would otherwise touch, and so copy, every page it shares.
-    gc.freeze()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read_end)
-        _child(fn, items[cut:], write_end)
-    gc.unfreeze()
-    os.close(write_end)
-    try:
-        first = [fn(x) for x in items[:cut]]
-        data = _read_all(read_end)
-    except BaseException:
-        os.close(read_end)
-        _end(pid, stop=True)
-        raise
-    os.close(read_end)
-    if _end(pid) == 0:
+    # The child's results go to a file in memory, not a pipe: a pipe holds 64 kB,
+    # so the child would wait for this process to read, which it does only once
+    # its own half is done.
+    with _spool() as spool:
+        # Objects alive now are left out of garbage collection in both processes:
+        # the child's collector would otherwise touch, and so copy, every page it shares.
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:  # the child
+            _child(fn, items[cut:], spool.fileno())
+        gc.unfreeze()
+        try:
+            first = [fn(x) for x in items[:cut]]
+        except BaseException:
+            _end(pid, stop=True)
+            raise
+        code = _end(pid)
+        spool.seek(0)
+        data = spool.read()
+    if code == 0:
         try:
             second: list[R] = pickle.loads(data)
             if len(second) == len(items) - cut:
@@ -70,6 +72,13 @@ def halves(fn: Callable[[T], R], items: Sequence[T], *, min_items: int = MIN_ITE
 
 def _can_fork() -> bool:
     return hasattr(os, "fork") and (os.cpu_count() or 1) > 1 and sys.platform != "darwin"
+
+
+def _spool() -> BinaryIO:
+    """A file in memory (Linux), else an unnamed temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create("cpmail-half"), "w+b")
+    return tempfile.TemporaryFile()
 
 
 def _child(fn: Callable[[T], R], items: Sequence[T], fd: int) -> None:
@@ -87,13 +96,6 @@ def _child(fn: Callable[[T], R], items: Sequence[T], fd: int) -> None:
         pass  # the parent computes this half itself
     finally:
         os._exit(code)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _end(pid: int, *, stop: bool = False) -> int:

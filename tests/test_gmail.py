@@ -447,7 +447,9 @@ def test_loopback_sign_in_stores_the_token_and_the_address(gmail_home: Path, fak
     assert httpx.get(redirect + "?code=forged").status_code == 400
     # The browser: the consent page redirects to the loopback address with code and state.
     page = httpx.get(url, follow_redirects=True)
-    assert page.status_code == 200 and "Signed in" in page.text
+    # The page is shown before the code is exchanged: it says what it knows, no more.
+    assert page.status_code == 200 and "received the answer" in page.text
+    assert "Signed in" not in page.text
     thread.join(10)
     assert result == {"address": "jane.doe@agency.example"}
     saved = stored(gmail_home)

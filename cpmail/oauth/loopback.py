@@ -88,7 +88,10 @@ class LoopbackReceiver:
         elif "error" in params:
             text, status = "Sign-in was not completed. You can close this tab.", 200
         else:
-            text, status = "Signed in. You can close this tab and return to cpmail.", 200
+            # The code is exchanged for tokens after this page is shown: only the
+            # terminal can say whether the sign-in succeeded.
+            text = "cpmail received the answer. Close this tab; the terminal says if it worked."
+            status = 200
         body = _DONE_PAGE.format(text=text).encode("utf-8")
         handler.send_response(status)
         handler.send_header("Content-Type", "text/html; charset=utf-8")
