@@ -343,7 +343,7 @@ def _find(
         found = _unrecorded(conn, found)
     for n in found:
         summary[n.event].found += 1
-    for ev, reasons in run.skipped.items():  # left out by a finder itself
+    for ev, reasons in run.skipped.items():  # left out by a finder: one notification each
         if ev in summary:
             summary[ev].skipped += sum(reasons.values())
             summary[ev].skip_reasons.update(reasons)
@@ -464,8 +464,9 @@ def _route(
     for n in found:
         routed = directory.route(n, directory.rules_for(n, settings))
         s = summary[n.event]
-        s.skipped += sum(routed.skipped.values())
-        s.skip_reasons.update(routed.skipped)
+        if not routed.people:  # a notification that reaches nobody is skipped
+            s.skipped += 1
+        s.skip_reasons.update(routed.skipped)  # why, per recipient left out
         for person in routed.people:
             digest = digests.get(person.staff_id or "", default)
             if digest:

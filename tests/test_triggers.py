@@ -183,6 +183,25 @@ def test_job_opened_goes_to_team_respecting_events_and_opt_out(agency: Agency) -
     assert m["References"] == m["In-Reply-To"] == msgs[1]["References"]
 
 
+def test_skipped_counts_notifications_that_reach_nobody(agency: Agency) -> None:
+    """SPEC: found, skipped and suppressed count notifications; the reasons count people."""
+    agency.add("clients", dict(id="C9", name="Quiet Co", billing_email=None))
+    agency.add("client_team", dict(client_id="C9", staff_id="NO", role="creative"))
+    agency.add(
+        "jobs",
+        dict(id="J200", client_id="C1", title="Spring launch", opened_at=at(D, 8)),
+        dict(id="J300", client_id="C9", title="Nobody told", opened_at=at(D, 9)),
+    )
+    agency.add("client_team", dict(client_id="C1", staff_id="NO", role="creative"))
+    assert agency.cli("staff", "mute", "PR", "job-opened").exit_code == 0
+    r = agency.cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
+    assert r.exit_code == 0, r.output
+    [row] = json.loads(r.stdout)["summary"]
+    # J200 reached AE and CR (PR muted, NO inactive): not skipped; J300 only NO: skipped.
+    assert (row["found"], row["sent"], row["skipped"]) == (2, 2, 1), row
+    assert row["skip_reasons"] == {"opted out": 1, "inactive": 2}, row
+
+
 def test_job_outside_window_is_ignored_and_window_edges(agency: Agency) -> None:
     agency.add(
         "jobs",
