@@ -203,3 +203,16 @@ def test_a_local_stand_in_may_use_http(initialised: Cli) -> None:
     for key in ("mail.gmail.token_uri", "mail.microsoft.api_base"):
         r = initialised("config", "set", key, "http://127.0.0.1:8080/x")
         assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("staff", "edit", "Y" * 100_000, "--name", "A"),
+        ("report", "invoice", "B" * 100_000, "--out", "x.pdf"),
+    ],
+)
+def test_a_huge_value_is_not_echoed_whole(initialised: Cli, args: tuple[str, ...]) -> None:
+    r = initialised(*args)
+    assert r.exit_code == 2, r.output[:300]
+    assert len(r.stderr) < 400 and "… (100000 characters)" in r.stderr, r.stderr[:400]

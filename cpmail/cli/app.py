@@ -8,6 +8,7 @@ into messages on stderr and exit codes (2 input/config, 1 not delivered,
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,15 +100,25 @@ class _Root(TyperGroup):
         try:
             return super().invoke(ctx)
         except CpmailError as e:
-            typer.echo(f"cpmail: {e}", err=True)
+            typer.echo(f"cpmail: {brief(str(e))}", err=True)
             raise typer.Exit(e.exit_code) from None
         except Exception as e:
             # The database or the disk failing is not a bug: say what failed (exit 3).
             err = _outside_failure(e, ctx)
             if err is None:
                 raise
-            typer.echo(f"cpmail: {err}", err=True)
+            typer.echo(f"cpmail: {brief(str(err))}", err=True)
             raise typer.Exit(err.exit_code) from None
+
+
+# A word this long in an error is a value echoed back (an ID, a name): its
+# start says which; the whole would bury the sentence (as data import's do).
+_LONG_WORD = re.compile(r"[^\s'\"]{300,}")
+
+
+def brief(text: str) -> str:
+    """``text`` with every word of 300 characters or more cut to its start."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:60]}… ({len(m[0])} characters)", text)
 
 
 def _outside_failure(e: Exception, ctx: typer.Context) -> CpmailError | None:
