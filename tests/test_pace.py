@@ -6,8 +6,10 @@ import datetime as dt
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from cpmail.pace import Pace, daily_limit, throttled
 from tests.conftest import Cli
@@ -130,65 +132,82 @@ def test_a_gmail_day_ends_at_midnight_pacific(
     assert start == expected.get(zone, dt.datetime(2026, 11, 28, 23, 0))
 
 
+def _two_graph_accounts(home: Path, fake: Any) -> tuple[Any, sa.Engine]:
+    """A Microsoft home with JD and MK signed in, 3 messages queued from each."""
+    from cpmail.compose import Draft, Mailbox, build_message
+    from cpmail.outbox import new_run_id, queue
+    from cpmail.settings import Settings
+    from cpmail.store import connect
+    from tests.fakeapi import MS_CLIENT_ID
+    from tests.test_microsoft import sign_in
+
+    settings = Settings.load(home)
+    for key, value in {
+        "mail.transport": "microsoft",
+        "mail.microsoft.client_id": MS_CLIENT_ID,
+        "mail.microsoft.authority_base": fake.base,
+        "mail.microsoft.api_base": fake.base,
+        "mail.sender": "office@agency.example",
+        "mail.pace.per_minute": "0",  # no pace of its own: only the answer slows it
+    }.items():
+        settings.set(key, value)
+    settings.save()
+    for account in ("JD", "MK"):
+        fake.ms_user = f"{account.lower()}@agency.example"
+        sign_in(home, account)
+    settings = Settings.load(home)
+    engine = connect(settings.db_url, where="test")
+    run_id = new_run_id()
+    with engine.begin() as conn:
+        for account in ("JD", "MK"):
+            for i in range(3):
+                key = f"pace:{account}:{i}"
+                msg = build_message(
+                    sender=Mailbox(f"{account.lower()}@agency.example"),
+                    to=[Mailbox(f"person{i}@agency.example")],
+                    subject=f"{account} {i}",
+                    text="A line.",
+                    event="test",
+                    key=key,
+                )
+                draft = Draft.from_message(
+                    msg,
+                    event="test",
+                    key=key,
+                    account=account,
+                    envelope_from=f"{account.lower()}@agency.example",
+                )
+                queue(conn, draft, run_id=run_id)
+    return settings, engine
+
+
+def _throttled_run(home: Path, fake: Any, retry_after: str) -> tuple[Any, sa.Engine, float]:
+    """JD's first message is answered 429 with ``retry_after``; one delivery pass."""
+    from cpmail.outbox import deliver, new_run_id
+    from cpmail.secrets import SecretStore
+    from cpmail.transports.base import get_transport
+    from tests.fakeapi import Reply
+    from tests.test_microsoft import graph_error
+
+    settings, engine = _two_graph_accounts(home, fake)
+    throttled = Reply(
+        429, graph_error("ApplicationThrottled", "Too many requests"), {"Retry-After": retry_after}
+    )
+    fake.script("/v1.0/me/sendMail", throttled)
+    started = time.monotonic()
+    transport = get_transport(settings, SecretStore(home, settings["secrets.backend"]))
+    return deliver(engine, transport, settings, run_id=new_run_id()), engine, started
+
+
 def test_a_retry_after_pauses_only_its_account_and_the_rest_go_meanwhile(
     cli: Cli, home: Path
 ) -> None:
     """Graph's 429 with Retry-After: that account waits as long as asked, the others do not."""
-    from cpmail.compose import Draft, Mailbox, build_message
-    from cpmail.outbox import deliver, new_run_id, queue
-    from cpmail.secrets import SecretStore
-    from cpmail.settings import Settings
-    from cpmail.store import connect
-    from cpmail.transports.base import get_transport
-    from tests.fakeapi import MS_CLIENT_ID, FakeAPI, Reply
-    from tests.test_microsoft import graph_error, sign_in
+    from tests.fakeapi import FakeAPI
 
     assert cli("init").exit_code == 0
     with FakeAPI() as fake:
-        settings = Settings.load(home)
-        for key, value in {
-            "mail.transport": "microsoft",
-            "mail.microsoft.client_id": MS_CLIENT_ID,
-            "mail.microsoft.authority_base": fake.base,
-            "mail.microsoft.api_base": fake.base,
-            "mail.sender": "office@agency.example",
-            "mail.pace.per_minute": "0",  # no pace of its own: only the answer slows it
-        }.items():
-            settings.set(key, value)
-        settings.save()
-        for account in ("JD", "MK"):
-            fake.ms_user = f"{account.lower()}@agency.example"
-            sign_in(home, account)
-        settings = Settings.load(home)
-        engine = connect(settings.db_url, where="test")
-        run_id = new_run_id()
-        with engine.begin() as conn:
-            for account in ("JD", "MK"):
-                for i in range(3):
-                    key = f"pace:{account}:{i}"
-                    msg = build_message(
-                        sender=Mailbox(f"{account.lower()}@agency.example"),
-                        to=[Mailbox(f"person{i}@agency.example")],
-                        subject=f"{account} {i}",
-                        text="A line.",
-                        event="test",
-                        key=key,
-                    )
-                    draft = Draft.from_message(
-                        msg,
-                        event="test",
-                        key=key,
-                        account=account,
-                        envelope_from=f"{account.lower()}@agency.example",
-                    )
-                    queue(conn, draft, run_id=run_id)
-        throttled = Reply(
-            429, graph_error("ApplicationThrottled", "Too many requests"), {"Retry-After": "2"}
-        )
-        fake.script("/v1.0/me/sendMail", throttled)
-        started = time.monotonic()
-        transport = get_transport(settings, SecretStore(home, settings["secrets.backend"]))
-        result = deliver(engine, transport, settings, run_id=new_run_id())
+        result, engine, started = _throttled_run(home, fake, "2")
         engine.dispose()
     statuses = sorted(result.status.values())
     assert statuses == ["sent"] * 6, result.errors
@@ -200,3 +219,33 @@ def test_a_retry_after_pauses_only_its_account_and_the_rest_go_meanwhile(
     assert min(by["jd"]) >= 2.0, by
     assert max(by["mk"]) < 2.0, by
     assert sum(1 for r in fake.requests if r.path == "/v1.0/me/sendMail") == 7
+
+
+def test_a_long_retry_after_leaves_the_accounts_mail_for_a_later_run(cli: Cli, home: Path) -> None:
+    """Past MAX_PAUSE the run does not wait: the account's mail is due when the server said."""
+    from cpmail.store.schema import messages
+    from tests.fakeapi import FakeAPI
+
+    assert cli("init").exit_code == 0
+    with FakeAPI() as fake:
+        result, engine, started = _throttled_run(home, fake, "3600")
+        elapsed = time.monotonic() - started
+        with engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    sa.select(
+                        messages.c.account,
+                        messages.c.status,
+                        messages.c.next_attempt_at,
+                        messages.c.claimed_by,
+                    )
+                )
+            )
+        engine.dispose()
+    assert elapsed < 30
+    assert {s.user for s in fake.sent} == {"mk@agency.example"} and len(fake.sent) == 3
+    jd = [r for r in rows if r.account == "JD"]
+    assert [r.status for r in jd] == ["deferred"] * 3 and all(r.claimed_by is None for r in jd)
+    soonest = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=55)
+    assert all(r.next_attempt_at > soonest for r in jd), jd
+    assert sorted(result.status.values()) == ["deferred"] * 3 + ["sent"] * 3
