@@ -260,6 +260,7 @@ class Lease:
         self.command = command
         self.run_date = run_date
         self.interval = renew_every(settings)
+        self.stale = stale_after(settings)
         # A claim is safe while its last renewal is younger than the stale limit; keep
         # a margin, since another run may be looking at the very same moment.
         self.safe_for = stale_after(settings).total_seconds() * 0.8
@@ -288,6 +289,7 @@ class Lease:
                     pid=os.getpid(),
                     started_at=now,
                     heartbeat_at=now,
+                    expires_at=now + self.stale,
                     run_date=self.run_date,
                 )
             )
@@ -300,10 +302,11 @@ class Lease:
                 return  # too late to renew: another run may hold these messages by now
             try:
                 with self.engine.begin() as conn:
+                    now = clock(conn)
                     conn.execute(
                         runs.update()
                         .where(runs.c.id == self.run_id)
-                        .values(heartbeat_at=clock(conn))
+                        .values(heartbeat_at=now, expires_at=now + self.stale)
                     )
                 self.renewed = _elapsed()
             except Exception as e:  # the database is away for now: the next beat tries again
@@ -431,12 +434,17 @@ def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> 
     return minutes >= start or minutes < end  # a window across midnight
 
 
-def _live_run(cutoff: dt.datetime) -> Any:
-    """A run that still renews its heartbeat: its claims are its own."""
+def _live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
+    """A run that still renews its heartbeat: its claims are its own.
+
+    Judged by the run's own limit (``expires_at``), whatever the limit of the
+    run looking; a row written before there was one, by ``cutoff``.
+    """
     r = runs.c
+    renewed = sa.or_(r.expires_at > now, sa.and_(r.expires_at.is_(None), r.heartbeat_at >= cutoff))
     return (
         sa.exists()
-        .where(r.id == messages.c.claimed_by, r.ended_at.is_(None), r.heartbeat_at >= cutoff)
+        .where(r.id == messages.c.claimed_by, r.ended_at.is_(None), renewed)
         .correlate(messages)
     )
 
@@ -450,7 +458,7 @@ def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
             m.status == Status.DEFERRED,
             sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
         ),
-        sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~_live_run(cutoff)),
+        sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~_live_run(now, cutoff)),
     )
 
 
@@ -1327,25 +1335,54 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
                 sa.func.min(sa.case((m.status == Status.DEFERRED, m.next_attempt_at))),
             ).where(m.status.in_((Status.QUEUED, Status.DEFERRED)))
         ).one()
-        # A live run renews its heartbeat every renew_every() seconds; three missed
-        # beats and its claims are counted as waiting (taken up after the stale limit).
-        quiet = now - dt.timedelta(seconds=3 * renew_every(settings))
-        gone = stopped_runs(conn)
-        q = sa.select(sa.func.count(), sa.func.min(m.claimed_at)).where(
-            m.status == Status.SENDING,
-            sa.or_(~_live_run(quiet), m.claimed_by.in_(gone)) if gone else ~_live_run(quiet),
-        )
-        if exclude_run is not None:
-            q = q.where(sa.or_(m.claimed_by.is_(None), m.claimed_by != exclude_run))
-        orphans = conn.execute(q).one()
+        held = conn.execute(
+            sa.select(m.claimed_by, sa.func.count(), sa.func.min(m.claimed_at))
+            .where(m.status == Status.SENDING)
+            .group_by(m.claimed_by)
+        ).all()
+        holders = {h for h, _, _ in held if h is not None}
+        gone = set(stopped_runs(conn))
+        r = runs.c
+        rows = {
+            x.id: x
+            for x in conn.execute(
+                sa.select(r.id, r.heartbeat_at, r.expires_at, r.ended_at).where(
+                    r.id.in_(sorted(holders))
+                )
+            )
+        }
+    orphaned, free_at = 0, None
+    for holder, count, first in held:
+        if holder is not None and holder == exclude_run:
+            continue
+        run = rows.get(holder)
+        expires = _expiry(run, stale)
+        # A live run renews its heartbeat five times within its limit (at most a minute
+        # apart); three missed beats and its claims are counted as waiting.
+        if run is not None and run.ended_at is None and holder not in gone and expires is not None:
+            beat = max(0.2, min(60.0, (expires - run.heartbeat_at).total_seconds() / 5))
+            if run.heartbeat_at >= now - dt.timedelta(seconds=3 * beat):
+                continue
+        orphaned += int(count)
+        # Taken up once claimed longer than this home's limit and past the run's own.
+        at = max(first + stale, expires) if expires is not None else first + stale
+        free_at = at if free_at is None else min(free_at, at)
     return Waiting(
         count=int(row[0]),
         deferred=int(row[1]),
         oldest=row[2],
         next_try=row[3],
-        orphaned=int(orphans[0]),
-        orphans_free_at=orphans[1] + stale if orphans[1] is not None else None,
+        orphaned=orphaned,
+        orphans_free_at=free_at,
     )
+
+
+def _expiry(run: Any, stale: dt.timedelta) -> dt.datetime | None:
+    """Until when a run's claims are its own (None: no such run, or it ended)."""
+    if run is None or run.ended_at is not None:
+        return None
+    expires: dt.datetime = run.expires_at or run.heartbeat_at + stale
+    return expires
 
 
 # ------------------------------------------------------------------ listing and repair

@@ -51,3 +51,33 @@ def test_three_checks_at_once_deliver_each_notification_once(
     assert ids and max(ids.values()) == 1
     # 60 new jobs to a team of 3, missing time for AE, CR (+ CR's supervisor AE)
     assert len(ids) == 60 * 3 + 3
+
+
+def test_a_live_runs_claims_are_judged_by_its_own_limit_not_the_readers(
+    cli: Cli, home: Path
+) -> None:
+    """Two homes on one database, 15 minutes and 3 seconds of stale_claim_minutes.
+
+    The short one must not take up the long one's claims while it lives: that
+    sent each of them twice.
+    """
+    import time
+
+    from cpmail.outbox import claim, lease, new_run_id, stale_after, waiting
+    from tests.test_faults import queue_messages
+
+    assert cli("init").exit_code == 0
+    queue_messages(home, 5)
+    patient = Settings.load(home)  # the default: 15 minutes
+    hasty = Settings.load(home)
+    hasty.set("outbox.stale_claim_minutes", "0.05")
+    engine = connect(patient.db_url, where="test")
+    run = new_run_id()
+    with lease(engine, patient, run, "deliver"):
+        mine = claim(engine, run_id=run, stale=stale_after(patient))
+        assert len(mine) == 5
+        time.sleep(3.5)  # past the hasty home's limit, well within the run's own
+        other = claim(engine, run_id=new_run_id(), stale=stale_after(hasty))
+        assert other == []
+        assert waiting(engine, hasty).orphaned == 0
+    engine.dispose()

@@ -162,7 +162,7 @@ def test_interactive_sign_in_on_a_loopback_redirect(ms_home: Path, fake: FakeAPI
     redirect = redirect.replace("http://localhost:", "http://127.0.0.1:")
     assert httpx.post(redirect, data={**params, "state": "forged"}).status_code == 400
     page = httpx.post(redirect, data=params)
-    assert page.status_code == 200 and "Signed in" in page.text
+    assert page.status_code == 200 and "received the answer" in page.text
     thread.join(10)
     assert result == {"address": "jd@agency.example"}
     assert deliver(ms_home, env())[0].error is None

@@ -427,6 +427,9 @@ runs = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False, server_default="0"),
     sa.Column("started_at", sa.DateTime, nullable=False, index=True),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    # Its claims are its own until then: its last heartbeat plus its own
+    # outbox.stale_claim_minutes (another home on the database may set another).
+    sa.Column("expires_at", sa.DateTime),
     sa.Column("ended_at", sa.DateTime),
     sa.Column("run_date", sa.Date),
     sa.Column("exit_code", sa.Integer),
