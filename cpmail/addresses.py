@@ -61,6 +61,32 @@ def valid_address(address: str) -> bool:
     return _examine(address)[0] is None
 
 
+def normal_address(address: str) -> str:
+    """The normal form of an address ``valid_address`` accepts (as ``check_address`` gives)."""
+    return _examine(address)[1] or address.strip()
+
+
+def mailbox_key(address: str) -> str:
+    """What names one mailbox however it is written: the normal form, in lower case,
+    with the domain in ASCII (``user@bücher.example`` is ``user@xn--bcher-kva.example``).
+    """
+    local, _, domain = normal_address(address).rpartition("@")
+    return f"{local}@{ascii_domain(domain)}".lower()
+
+
+@lru_cache(maxsize=4096)
+def ascii_domain(domain: str) -> str:
+    """``domain`` as DNS has it: an international name in punycode (IDNA)."""
+    if domain.isascii():
+        return domain
+    import idna
+
+    try:
+        return str(idna.encode(domain, uts46=True).decode("ascii"))
+    except idna.IDNAError:
+        return domain
+
+
 def looks_like_address(text: str) -> bool:
     """True when ``text`` is meant as an address (has an @), not a staff ID."""
     return "@" in text

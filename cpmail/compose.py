@@ -283,8 +283,7 @@ def _plain_header(name: str, value: str) -> _Written:
 @lru_cache(maxsize=4096)
 def _mailbox(address: str, name: str) -> tuple[tuple[str, ...], Address]:
     """The tokens of one mailbox (``phrase <addr>`` or ``addr``) and its Address."""
-    addr = address.strip()
-    check_address(addr)
+    addr = check_address(address.strip())  # the normal form: one mailbox, one spelling
     local, _, domain = addr.rpartition("@")
     display = clean_header_text(name).strip()
     try:

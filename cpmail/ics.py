@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 
 from cpmail import __version__
+from cpmail.addresses import ascii_domain, mailbox_key, normal_address, valid_address
 
 
 def _utc(t: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
@@ -85,18 +86,18 @@ def event_ics(
         ev.add("location", _line(location))
     if notes:
         ev.add("description", _text(notes))
-    if organizer is not None:
+    if organizer is not None and valid_address(organizer[0]):
         address, name = organizer
-        org = icalendar.vCalAddress(f"mailto:{address}")
+        org = icalendar.vCalAddress(_mailto(address))
         if name:
             org.params["CN"] = icalendar.vText(_name(name))
         ev.add("organizer", org)
     seen: set[str] = set()
     for address, name in attendees:
-        if address.lower() in seen:
+        if not valid_address(address) or mailbox_key(address) in seen:
             continue
-        seen.add(address.lower())
-        att = icalendar.vCalAddress(f"mailto:{address}")
+        seen.add(mailbox_key(address))
+        att = icalendar.vCalAddress(_mailto(address))
         if name:
             att.params["CN"] = icalendar.vText(_name(name))
         att.params["CUTYPE"] = icalendar.vText("INDIVIDUAL")
@@ -106,3 +107,15 @@ def event_ics(
         ev.add("attendee", att, encode=False)
     cal.add_component(ev)
     return bytes(cal.to_ical())
+
+
+def _mailto(address: str) -> str:
+    """A mailto: URI (RFC 6068): the domain in ASCII, the rest of the local part escaped."""
+    import urllib.parse
+
+    local, _, domain = normal_address(address).rpartition("@")
+    return f"mailto:{urllib.parse.quote(local, safe=_ATEXT)}@{ascii_domain(domain)}"
+
+
+# What a local part may hold as it is (RFC 5322 atext, but % and / and ?, and the dot).
+_ATEXT = "!#$&'*+-=^_`{|}~."

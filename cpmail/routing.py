@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.addresses import valid_address
+from cpmail.addresses import mailbox_key, normal_address, valid_address
 from cpmail.settings import PERSON_RULES, Settings, is_rule
 from cpmail.store.schema import client_team, staff, staff_opt_out
 from cpmail.triggers import DEFAULT_RULES, Notification, split_cell
@@ -90,15 +90,15 @@ class Directory:
                 skipped[SKIP_NO_ADDRESS] += 1
             elif not valid_address(row.work_email):
                 skipped[bad_address(sid)] += 1
-            elif row.work_email.strip().lower() not in seen:
-                seen.add(row.work_email.strip().lower())
-                people.append(Person(row.work_email.strip(), row.name or "", sid))
+            elif mailbox_key(row.work_email) not in seen:  # one mailbox, however written
+                seen.add(mailbox_key(row.work_email))
+                people.append(Person(normal_address(row.work_email), row.name or "", sid))
         for addr in outside:
             if not valid_address(addr):
                 skipped[bad_address(repr(addr.strip()[:40]))] += 1
-            elif addr.strip().lower() not in seen:
-                seen.add(addr.strip().lower())
-                people.append(Person(addr.strip(), ""))
+            elif mailbox_key(addr) not in seen:
+                seen.add(mailbox_key(addr))
+                people.append(Person(normal_address(addr), ""))
         return Routed(people, skipped)
 
     def _expand(

@@ -70,7 +70,8 @@ ACCEPTED = [
     ("l" * 64 + "@agency.test", "l" * 64 + "@agency.test"),
 ]
 
-INTERNATIONAL = ["üser@agency.test", "user@bücher.example", "user@xn--bcher-kva.example"]
+# Three mailboxes: an international name and the same domain in punycode, each sent as written.
+INTERNATIONAL = ["üser@agency.test", "user@bücher.example", "other@xn--bcher-kva.example"]
 
 
 @pytest.mark.parametrize(("address", "why"), REFUSED)

@@ -559,11 +559,58 @@ def test_an_address_in_the_data_never_becomes_a_recipient(agency: Agency) -> Non
             attendees="CR,email:evil@attacker.test",
         ),
     )
+    # Stored addresses that are not one address: never mailed, never named in an invitation.
+    agency.add(
+        "staff",
+        dict(id="X1", name="Two", work_email="x1@agency.test, evil@attacker.test"),
+        dict(id="X2", name="Bent", work_email="x2@agency.test\r\nBcc: evil@attacker.test"),
+    )
+    with agency.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE calendar_entries SET attendees = :a WHERE id = 'CE1'"),
+            {"a": "CR,X1,X2,email:evil@attacker.test,email:x@y.test;ROLE=CHAIR:mailto:e@at.test"},
+        )
     msgs = agency.check("--only", "diary-entry,homebase-entry,calendar-reminder", date=D, code=0)
     assert len(msgs) == 3
     for m in msgs:
         assert "attacker" not in m.as_string()
+        for part in m.iter_attachments():
+            text = part.get_content()
+            text = text if isinstance(text, str) else text.decode()
+            assert "attacker" not in text and "at.test" not in text and "x1@" not in text
+            assert "mailto:carl@agency.test" in text.replace("\r\n ", "")
     assert all("attacker" not in r for m in agency.server.messages for r in m.rcpt_tos)
+
+
+def test_one_mailbox_written_two_ways_gets_one_message(agency: Agency) -> None:
+    """Full-width letters, an ideographic full stop, punycode: the same mailbox, one copy."""
+    agency.add(
+        "staff",
+        dict(id="U1", name="Ursula", work_email="user@bücher.example"),
+        dict(id="U2", name="Ursula B", work_email="user@xn--bcher-kva.example"),
+        dict(id="K1", name="Kay", work_email="kay@agency。test"),
+        dict(id="K2", name="Kay W", work_email="kay@ａgency.test"),
+    )
+    agency.add(
+        "calendar_entries",
+        dict(
+            id="CE2",
+            title="Review",
+            starts_at=at(D + dt.timedelta(days=1), 10),
+            remind_at=at(D, 9),
+            attendees="U1,U2,K1,K2",
+        ),
+    )
+    msgs = agency.check("--only", "calendar-reminder", date=D, code=0)
+    assert sorted(r for m in agency.server.messages for r in m.rcpt_tos) == [
+        "kay@agency.test",
+        "user@bücher.example",
+    ]
+    assert len(msgs) == 2
+    [ics] = [p.get_content() for m in msgs[:1] for p in m.iter_attachments()]
+    ics = (ics if isinstance(ics, str) else ics.decode()).replace("\r\n ", "")
+    assert ics.count("ATTENDEE") == 2, ics
+    assert "mailto:user@xn--bcher-kva.example" in ics and "mailto:kay@agency.test" in ics
 
 
 def test_change_order_to_ae_and_production(agency: Agency) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+from cpmail.addresses import normal_address, valid_address
 from cpmail.ics import event_ics
 from cpmail.store.schema import (
     calendar_entries,
@@ -181,20 +182,23 @@ class _Attendees:
         if settings["mail.one_account"] and settings["mail.sender"]:
             return settings["mail.sender"], settings["agency.name"]
         row = self.by_id.get(settings["user.staff"])
-        if row is not None and (row.username or row.work_email):
-            return str(row.username or row.work_email), str(row.name or "")
+        address = str(row.username or row.work_email or "") if row is not None else ""
+        if row is not None and valid_address(address):
+            return normal_address(address), str(row.name or "")
         return None
 
     def addresses(self, listed: list[str]) -> list[tuple[str, str]]:
+        """The invitation's attendees: the staff listed who are mailed, as routing has them.
+
+        Nobody else is named: not an address in the data (routing never mails
+        one), not someone inactive or whose stored address is not one address.
+        """
         out = []
         for entry in listed:
             spec = entry.removeprefix("staff:")
             row = self.by_id.get(spec) or self.by_name.get(spec.strip().lower())
-            if row is not None:
-                if row.active and row.work_email:
-                    out.append((str(row.work_email), str(row.name or "")))
-            elif entry.startswith("email:"):
-                out.append((entry[6:], ""))
+            if row is not None and row.active and valid_address(row.work_email or ""):
+                out.append((normal_address(row.work_email), str(row.name or "")))
         return out
 
 
