@@ -510,7 +510,7 @@ _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
 _QUERY_PARAM = re.compile(r"([?&;])([^=&;#\s]*)=(.*?)(?=&[^=&;#\s]+=|$)", re.DOTALL)
 # Names of parameters that carry a secret (``password``, ``sslpassword``, ``token``…),
 # looked for in the name as the database driver reads it: ``pass%77ord`` is ``password``.
-_SECRET_NAME = re.compile(r"pass|secret|token|sig|key|auth|credential", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|sig|key|auth|credential", re.IGNORECASE)
 
 
 def _hide_query_secrets(text: str) -> str:
@@ -518,7 +518,11 @@ def _hide_query_secrets(text: str) -> str:
     from urllib.parse import unquote_plus
 
     def one(m: re.Match[str]) -> str:
-        if _SECRET_NAME.search(unquote_plus(m.group(2))):
+        # A secret's name, or a value that holds one (ODBC's odbc_connect=…PWD%3D…,
+        # libpq's options=-c password=…).
+        if _SECRET_NAME.search(unquote_plus(m.group(2))) or _KEYWORD_SECRET.search(
+            unquote_plus(m.group(3))
+        ):
             return f"{m.group(1)}{m.group(2)}={MASK}"
         return m.group(0)
 
@@ -593,7 +597,7 @@ def _parse_url(url: str) -> tuple[bool, str | None]:
 # ``password=value`` in a connection string (libpq's, inside a query's dblink(…), say):
 # the value bare, in quotes, or in doubled quotes inside an SQL string ('…password=''a b''…').
 _KEYWORD_SECRET = re.compile(
-    r"""(\b[\w.\-]*(?:pass(?:word|wd|code)?|secret|token|api_?key|credential)\s*=\s*)"""
+    r"""(\b[\w.\-]*(?:pass(?:word|wd|code)?|pwd|secret|token|api_?key|credential)\s*=\s*)"""
     r"""(''(?:[^']|'(?!'))*''|'(?:[^']|'')*'|"[^"]*"|[^\s&;'"),]+)""",
     re.IGNORECASE,
 )

@@ -309,6 +309,18 @@ def test_docs_show_what_config_smtp_writes(initialised: Cli, home: Path) -> None
         ("sqlite:////srv/a@b/cpmail.db", "sqlite:////srv/a@b/cpmail.db"),
         ("https://graph.microsoft.com", "https://graph.microsoft.com"),
         ("postgresql://db/cp?application_name=a@b", "postgresql://••••@b"),
+        # ODBC and others spell it PWD; a value may hold one (odbc_connect, libpq options)
+        ("mssql+pyodbc://sa@dsn?PWD=S3cr&x=1", "mssql+pyodbc://sa@dsn?PWD=••••&x=1"),
+        ("hana://u@h?pwd=S3cr", "hana://u@h?pwd=••••"),
+        (
+            "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BX%7D%3BUID%3Dsa%3BPWD%3DS3cr",
+            "mssql+pyodbc:///?odbc_connect=••••",
+        ),
+        (
+            "mssql+pyodbc:///?odbc_connect=DRIVER={X};UID=sa;PWD=S3cr",
+            "mssql+pyodbc:///?odbc_connect=••••",
+        ),
+        ("postgresql://u@h/db?options=-c%20password%3DS3cr", "postgresql://u@h/db?options=••••"),
     ],
 )
 def test_redact_url_hides_the_password_whatever_it_holds(url: str, shown: str) -> None:
