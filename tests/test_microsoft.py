@@ -394,6 +394,22 @@ def test_app_only_wrong_secret(ms_home: Path, fake: FakeAPI) -> None:
         deliver(ms_home, env(account=SHARED))
 
 
+def test_a_client_secret_quoted_by_the_token_endpoint_is_never_repeated(
+    ms_home: Path, fake: FakeAPI
+) -> None:
+    secret = "Hx!9kQ#vv2Lp%Zr8"  # nothing like a token: only knowing it can hide it
+    settings = Settings.load(ms_home)
+    settings.set("mail.microsoft.tenant", MS_TENANT_ID)
+    settings.save()
+    SecretStore(ms_home).set(MICROSOFT_APP_SECRET, secret)
+    said = {"error": "invalid_client", "error_description": f"client_secret={secret} is wrong"}
+    fake.script(f"/{MS_TENANT_ID}/oauth2/v2.0/token", Reply(401, said), Reply(401, said))
+    with pytest.raises(AuthError) as e:
+        deliver(ms_home, env(account=SHARED))
+    assert secret not in str(e.value) and secret[:8] not in str(e.value), str(e.value)
+    assert "invalid_client" in str(e.value)
+
+
 def test_app_only_refused_twice_names_the_app_not_a_sign_in(ms_home: Path, fake: FakeAPI) -> None:
     """No person signs in app-only: the advice is about the app's permission and secret."""
     settings = Settings.load(ms_home)

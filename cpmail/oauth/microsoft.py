@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cpmail.errors import AuthError, ConfigError, TemporaryFailure, Unreachable
@@ -35,7 +35,7 @@ from cpmail.oauth.tokens import (
     signin_command,
     who,
 )
-from cpmail.scrub import mask_tokens
+from cpmail.scrub import Scrubber, mask_tokens
 from cpmail.secrets import SHARED, SecretStore
 
 if TYPE_CHECKING:
@@ -219,14 +219,18 @@ _AAD_ADVICE = {
 }
 
 
-def microsoft_error(result: Mapping[str, Any], what: str) -> AuthError:
-    """An AuthError that explains an msal error result in words a system manager can act on."""
-    desc = mask_tokens(str(result.get("error_description", "")))
+def microsoft_error(result: Mapping[str, Any], what: str, known: Iterable[str] = ()) -> AuthError:
+    """An AuthError that explains an msal error result in words a system manager can act on.
+
+    ``known`` secrets (the client secret) are masked wherever the answer quotes them.
+    """
+    scrub = Scrubber(known)
+    desc = scrub(mask_tokens(str(result.get("error_description", ""))))
     for code, advice in _AAD_ADVICE.items():
         if code in desc:
             return AuthError(f"{what} failed: {advice}.")
     first = desc.splitlines()[0] if desc else ""
-    error = mask_tokens(str(result.get("error", "error")))
+    error = scrub(mask_tokens(str(result.get("error", "error"))))
     return AuthError(f"{what} failed: {error}{': ' + first if first else ''}.")
 
 
@@ -371,7 +375,7 @@ class MicrosoftSession:
         if "access_token" not in result:
             if result.get("error") in ("temporarily_unavailable", "server_error"):
                 raise TemporaryFailure("Microsoft's sign-in service is busy; trying again later.")
-            raise self._expired(str(result.get("error", "refused")))
+            raise self._expired(mask_tokens(str(result.get("error", "refused"))))
         return str(result["access_token"])
 
 
@@ -389,6 +393,7 @@ class MicrosoftAppSession:
             )
         self.account = SHARED
         self._app, self._http = _msal_app(settings, http_cache, client_credential=secret)
+        self._known = (secret,)  # masked in what the token endpoint answers
 
     def close(self) -> None:
         self._http.close()
@@ -402,6 +407,6 @@ class MicrosoftAppSession:
             lambda: self._app.acquire_token_for_client(list(GRAPH_APP_SCOPES)),
         )
         if not isinstance(result, dict) or "access_token" not in result:
-            error = microsoft_error(result or {}, "getting an app-only token")
+            error = microsoft_error(result or {}, "getting an app-only token", self._known)
             raise AuthError(f"{error} Check the client secret: `cpmail config microsoft`.")
         return str(result["access_token"])
