@@ -8,7 +8,9 @@ they say what went wrong, but never a secret in them:
 * each known secret, and its base64 forms, whatever the server did to the
   spaces in it (``Scrubber``);
 * pieces of one, such as a base64 line split over two lines of a reply: any
-  word holding eight characters in a row of a secret is masked whole;
+  word holding eight characters in a row of a secret is masked whole, and
+  so are words that spell one out together, however short each (the reply
+  read without its spaces, line breaks and reply codes);
 * for HTTP APIs, anything shaped like a bearer token (``mask_tokens``).
 """
 
@@ -22,6 +24,9 @@ from cpmail.settings import MASK
 
 _PIECE = 8  # characters in a row of a secret that make a word part of it
 _WORD = re.compile(r"\S+")
+# What starts each line of a reply (``535-5.7.8``, ``535``): left out when the
+# words are read together.
+_REPLY_CODE = re.compile(r"\d{3}(?:[- ]\d\.\d{1,3}\.\d{1,3})?[-]?|\d\.\d{1,3}\.\d{1,3}")
 
 
 class Scrubber:
@@ -37,18 +42,38 @@ class Scrubber:
             for form in forms
             if form.strip()
         ]
+        self._joined = [j for j in ("".join(form.split()) for form in forms) if len(j) >= _PIECE]
         self._pieces = {
             joined[i : i + _PIECE]
-            for joined in ("".join(form.split()) for form in forms)
+            for joined in self._joined
             for i in range(len(joined) - _PIECE + 1)
         }
 
     def __call__(self, text: str) -> str:
+        text = self._spelled_out(text)
         for pattern in self._whole:
             text = pattern.sub(MASK, text)
         if not self._pieces:
             return text
         return _WORD.sub(self._word, text)
+
+    def _spelled_out(self, text: str) -> str:
+        """Mask the words that together spell a secret (reply codes between them aside)."""
+        if not self._joined:
+            return text
+        words = [m for m in _WORD.finditer(text) if not _REPLY_CODE.fullmatch(m.group(0))]
+        joined = "".join(m.group(0) for m in words)
+        owner = [n for n, m in enumerate(words) for _ in m.group(0)]
+        hit: set[int] = set()
+        for form in self._joined:
+            at = joined.find(form)
+            while at >= 0:
+                hit.update(owner[at : at + len(form)])
+                at = joined.find(form, at + 1)
+        for n in sorted(hit, reverse=True):
+            m = words[n]
+            text = text[: m.start()] + MASK + text[m.end() :]
+        return text
 
     def _word(self, m: re.Match[str]) -> str:
         word = m.group(0)

@@ -419,7 +419,18 @@ def test_redaction_leaves_a_url_without_secrets_as_it_is(url: str) -> None:
         max_size=40,
     ).filter(lambda p: len("".join(p.split())) >= 8),
     cut=st.integers(min_value=0, max_value=60),
-    how=st.sampled_from(["as-is", "spaces", "plain-b64", "login-b64", "split-b64", "no-spaces"]),
+    how=st.sampled_from(
+        [
+            "as-is",
+            "spaces",
+            "plain-b64",
+            "login-b64",
+            "split-b64",
+            "no-spaces",
+            "chunks",
+            "b64-chunks",
+        ]
+    ),
 )
 def test_an_echoed_passcode_is_masked_whole_or_in_pieces(passcode: str, cut: int, how: str) -> None:
     """What an SMTP server might send back about a login never carries the passcode."""
@@ -438,14 +449,23 @@ def test_an_echoed_passcode_is_masked_whole_or_in_pieces(passcode: str, cut: int
         "plain-b64": f"AUTH PLAIN {plain} refused",
         "login-b64": f"got {login}",
         "split-b64": f"AUTH PLAIN {plain[: cut % len(plain)]}\n5.7.8 {plain[cut % len(plain) :]}",
+        # pieces shorter than eight characters, each on a line of its own
+        "chunks": "\n".join(_chunks("".join(passcode.split()), cut % 7 + 1)),
+        "b64-chunks": "\n".join(_chunks(plain, cut % 7 + 1)),
     }[how]
     said = login_scrubber(user, passcode)(words_of(535, echo))
     # no eight characters in a row of the base64 forms, or of the passcode (spaces aside)
     for secret, text in ((plain, said), (login, said), ("".join(passcode.split()), said)):
         pieces = [secret[i : i + 8] for i in range(len(secret) - 7)]
         assert not [p for p in pieces if p in text], (said, secret)
-    if how in ("as-is", "spaces", "no-spaces"):
-        assert "".join(passcode.split()) not in "".join(said.split())
+    if how in ("as-is", "spaces", "no-spaces", "chunks", "b64-chunks"):
+        # nor can the words be put back together into it, reply codes aside
+        words = "".join(w for w in said.split() if not re.fullmatch(r"[\d.-]+", w))
+        assert "".join(passcode.split()) not in words and plain not in words, said
+
+
+def _chunks(text: str, n: int) -> list[str]:
+    return [text[i : i + n] for i in range(0, len(text), n)]
 
 
 def test_a_passcode_that_is_not_utf8_is_refused_without_showing_it(
