@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import sqlalchemy as sa
 
-from cpmail import __version__
+from cpmail import __version__, interrupt
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered
@@ -198,12 +198,30 @@ def send_test_message(
 
 
 def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailError | None:
-    """The error a command should end with after ``result`` (None when all went out)."""
+    """The error a command should end with after ``result`` (None when all went out).
+
+    A signal that stopped the pass ends the command as it ends `check`
+    (``interrupt.Stopped``, raised here), whatever went out before it.
+    """
+    signum = interrupt.requested()
+    if signum is not None:
+        sent = result.count(Status.SENT)
+        raise interrupt.Stopped(
+            signum,
+            f"{sent} message(s) sent and recorded, {len(result.status) - sent} not sent "
+            "(see `cpmail outbox`)",
+        )
     if result.stopped is not None:
         return result.stopped
     if result.waiting:
         return NotDelivered(
             f"{what} waits in the outbox until the send window ([mail] send_window) opens."
+        )
+    unsent = [i for i, s in result.status.items() if s == Status.QUEUED]
+    if unsent:  # put back untried: the run's claim lapsed, or it ended early
+        note = "; ".join(result.notes) or result.errors.get(unsent[0], "not sent")
+        return NotDelivered(
+            f"{what} was not sent ({note}); it waits in the outbox for the next run."
         )
     failed = [i for i, s in result.status.items() if s == Status.FAILED]
     deferred = [i for i, s in result.status.items() if s == Status.DEFERRED]

@@ -171,6 +171,30 @@ def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
     assert_each_once(smtp_server, ids)
 
 
+@pytest.mark.parametrize(
+    "args", [("message", "manager", "two"), ("outbox", "retry", "--all")], ids=["message", "retry"]
+)
+def test_a_stop_signal_ends_any_sending_command_without_saying_sent(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, args: tuple[str, ...]
+) -> None:
+    """Stopped while it waits for the account's pace: not "Sent", exit 143, nothing lost."""
+    prepare(cli, smtp_server, **{"mail.pace.per_minute": "1"})
+    assert cli("message", "manager", "one").exit_code == 0  # the minute's one message
+    if args[0] == "outbox":
+        queue_messages(home, 3)
+        with connect(Settings.load(home).db_url, where="test").begin() as conn:
+            conn.execute(sa.text("UPDATE messages SET status = 'deferred' WHERE status = 'queued'"))
+    proc = spawn(home, *args)
+    time.sleep(2.5)  # waiting for its slot, a minute away
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (out, err)
+    assert "Sent '" not in out and "stopped by SIGTERM" in err, (out, err)
+    assert len(smtp_server.messages) == 1
+    s = statuses(home)
+    assert s["sent"] == 1 and s["sending"] == 0 and s["queued"] + s["deferred"] >= 1, s
+
+
 @pytest.mark.serial
 def test_sigkill_then_check_reports_the_mail_held_by_the_dead_run(
     cli: Cli, home: Path, smtp_server: SMTPTestServer

@@ -91,9 +91,10 @@ def retry(
             c.note("Sending is off (`cpmail config enable`); they wait in the outbox.")
         return
     result = done.delivery
+    back = f", put back unsent {result.released}" if result.released else ""
     c.say(
         f"Sent {result.count('sent')}, deferred {result.count('deferred')}, "
-        f"failed {result.count('failed')}."
+        f"failed {result.count('failed')}{back}."
     )
     if done.error is not None:
         raise done.error
