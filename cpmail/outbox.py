@@ -615,6 +615,7 @@ class _Recorder:
         self.engine = engine
         self.max_attempts = settings["outbox.max_attempts"]
         self.max_age = dt.timedelta(hours=settings["outbox.max_age_hours"])
+        self.day_zone = pace.day_zone(settings)  # whose midnight starts a new sending day
         self.result = result
         self.held = held
         self.events: dict[int, str] = {}  # id -> event, from the claims
@@ -769,8 +770,11 @@ class _Recorder:
         """
         attempts = row.attempts + 1
         give_up = now - row.queued_at > self.max_age or attempts >= self.max_attempts
+        # "Daily sending limit exceeded" (Gmail's 550 5.4.5) refuses the account for the
+        # day, not the message or its recipients: it waits for the next day.
+        daily = pace.daily_limit(" ".join([str(o.error or ""), *o.refused.values()]))
         earlier = [a for a in row.refused_rcpts.split(",") if a]
-        refused = list(dict.fromkeys([*earlier, *o.refused]))
+        refused = earlier if daily else list(dict.fromkeys([*earlier, *o.refused]))
         values: dict[str, Any] = {
             "b_id": o.id,
             "attempts": attempts,
@@ -784,15 +788,15 @@ class _Recorder:
         before = f"refused for good earlier: {', '.join(earlier)}" if earlier else ""
         words = [f"{a}: {w}" for a, w in {**o.deferred, **o.refused}.items()]
         if o.error is not None:
-            temporary = isinstance(o.error, TemporaryFailure)
+            temporary = isinstance(o.error, TemporaryFailure) or daily
             error = "; ".join(filter(None, [str(o.error), before]))
             unserved = [a for a in row.pending_rcpts.split(",") if a]
         elif o.deferred or o.refused:
-            temporary = bool(o.deferred)
+            temporary = bool(o.deferred) or daily
             error = "; ".join(filter(None, [*words, before]))
             if o.accepted:
                 error += "; accepted for " + ", ".join(o.accepted)
-            unserved = list(o.deferred)
+            unserved = list(o.deferred) + (list(o.refused) if daily else [])
         elif earlier:
             temporary = False
             error = f"{before}; accepted for " + ", ".join(o.accepted)
@@ -803,7 +807,9 @@ class _Recorder:
             return values
         if temporary and not give_up:
             said = " ".join([error, *words])
-            if pace.throttled(said) and not pace.daily_limit(said):
+            if daily:
+                delay = pace.next_day_start(self.day_zone) - now
+            elif pace.throttled(said):
                 # The account was too fast, not this message: it goes once the account's
                 # pause is over (in this run, when the account's turn comes again).
                 delay = dt.timedelta(seconds=o.retry_after or 0)
@@ -1111,10 +1117,18 @@ class _Pass:
             self.pace.slow_down(outcome.retry_after)
 
 
+# Accounts the provider said were done for the day, until when (naive UTC): a
+# later pass of this process (the manager's failure summary after a check) sends
+# nothing more from them.
+_DAY_FULL: dict[tuple[str, str], dt.datetime] = {}  # (database, account) -> until
+
+
 def _pace_for(
     engine: sa.Engine, settings: Settings, account: str, per_minute: int, per_day: int
 ) -> pace.Pace | None:
     """The account's pace for this run, counting what the log says it sent lately."""
+    if utcnow() < _DAY_FULL.get((str(engine.url), account), dt.datetime.min):
+        return pace.Pace(per_minute, per_day, stopped_for_today=True)
     if not (per_minute or per_day):
         return None
     m = messages.c
@@ -1141,6 +1155,8 @@ def _wait_for_tomorrow(
 ) -> None:
     """The account's daily limit is reached: its mail waits for the next day."""
     tomorrow = pace.next_day_start(pace.day_zone(settings))
+    if paced.stopped_for_today:  # the provider said so, not only the count
+        _DAY_FULL[(str(engine.url), account)] = tomorrow
     who = "the shared account" if account == "shared" else f"account {account or '(none)'}"
     limit = f"{paced.per_day} messages" if paced.per_day else "the provider's limit"
     reason = f"{who} reached its daily sending limit ({limit}); it waits for tomorrow"

@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cpmail.pace import Pace, daily_limit, throttled
+from cpmail.pace import Pace, daily_limit, day_zone, next_day_start, throttled
+from cpmail.settings import Settings
+from cpmail.store import connect
+from cpmail.store.schema import messages
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_faults import DATE, prepare, queue_messages, received, statuses
@@ -65,6 +68,30 @@ def test_past_the_days_limit_mail_waits_for_tomorrow(
     # a second run the same day sends nothing more
     assert cli("check", "--date", DATE).exit_code == 1
     assert len(smtp_server.messages) == 5
+
+
+def test_a_daily_limit_refusal_makes_the_mail_wait_for_tomorrow_not_fail(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Gmail's 550 5.4.5 refuses the account for the day: nothing fails, nothing more goes."""
+    prepare(cli, smtp_server)
+    queue_messages(home, 5)
+    smtp_server.fail_data = ["550 5.4.5 Daily user sending limit exceeded. - gsmtp"]
+    zone = day_zone(Settings.load(home))
+    before = next_day_start(zone)
+    r = cli("check", "--date", DATE)
+    after = next_day_start(zone)
+    assert r.exit_code == 1, r.output
+    assert "wait for tomorrow" in r.stderr, r.stderr
+    s = statuses(home)
+    assert s["deferred"] == 5 and s["failed"] == 0 and s["sent"] == 0, s
+    # nor is the manager told of failures from the exhausted account (there are none)
+    assert smtp_server.messages == []
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.connect() as conn:
+        soonest = conn.execute(sa.select(sa.func.min(messages.c.next_attempt_at))).scalar_one()
+    engine.dispose()
+    assert soonest in (before, after)  # the next day's start, where its limit counts
 
 
 def test_pace_spacing_and_answers() -> None:
