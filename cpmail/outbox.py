@@ -452,11 +452,15 @@ def _live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
 def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
     m = messages.c
     cutoff = now - stale
+    # Mail that no longer matters (a reminder of an event that has begun) is not sent;
+    # the next pass drops it (_expire).
+    current = sa.or_(m.not_after.is_(None), m.not_after > now)
     return sa.or_(
-        m.status == Status.QUEUED,
+        sa.and_(m.status == Status.QUEUED, current),
         sa.and_(
             m.status == Status.DEFERRED,
             sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
+            current,
         ),
         sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~_live_run(now, cutoff)),
     )

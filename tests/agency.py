@@ -12,6 +12,9 @@ import sqlalchemy as sa
 from cpmail.store import schema
 
 D = dt.date(2026, 11, 24)  # a Tuesday; Monday 23 is the prior workday
+# The same day fifty years on: an event then has not begun whenever the tests run
+# (a check for the past date D never reminds of an event that has begun by now).
+LATER = D.replace(year=D.year + 50)
 
 
 def at(day: dt.date, hour: int = 9, minute: int = 0) -> dt.datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
 ) -> None:
     """The send window kept it; by the time it opens the meeting has begun: nobody is told."""
     engine = _agency(cli, home, smtp_server)
+    # It begins a few seconds from now, before the window opens (a check never reminds
+    # of an event that has begun, so it has to be ahead when the reminder is queued).
+    begins = dt.datetime.now(Settings.load(home).tz()).replace(tzinfo=None) + dt.timedelta(
+        seconds=6
+    )
     insert(
         engine,
         "calendar_entries",
@@ -66,7 +72,7 @@ def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
             dict(
                 id="CAL1",
                 title="Client review",
-                starts_at=at(D + dt.timedelta(days=1), 7, 45),  # before the window opened
+                starts_at=begins,
                 remind_at=at(D, 18),
                 attendees="AE",
             )
@@ -76,6 +82,16 @@ def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
     r = cli("check", "--date", D.isoformat(), "--only", "calendar-reminder,job-opened")
     assert r.exit_code == 0, r.output
     assert smtp_server.messages == []
+    assert dt.datetime.now(Settings.load(home).tz()).replace(tzinfo=None) < begins
+    time.sleep(
+        max(
+            0.0,
+            (
+                begins - dt.datetime.now(Settings.load(home).tz()).replace(tzinfo=None)
+            ).total_seconds(),
+        )
+        + 0.5
+    )
     assert cli("config", "set", "mail.send_window", "").exit_code == 0
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
     assert r.exit_code == 0, r.output

@@ -32,7 +32,7 @@ from cpmail.triggers import Notification, Run
 from cpmail.triggers.cashflow import scheduled_cash_flow
 from cpmail.triggers.entries import calendar_reminder
 from cpmail.workdays import WorkCalendar
-from tests.agency import D, at
+from tests.agency import LATER, D, at
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_triggers import Agency, body, by_event, make_agency, to
@@ -291,14 +291,16 @@ def test_reminder_for_a_past_date_run_sees_the_whole_day(agency: Agency, home: P
         dict(
             id="CAL2",
             title="Breakfast",
-            starts_at=at(D + DAY, 8),
+            starts_at=at(LATER, 8),
             remind_at=at(D, 23, 45),
             attendees="AE",
         ),
+        # after the end of the run's day, but begun by now: never reminded
+        dict(id="CAL3", title="Gone", starts_at=at(D + DAY, 8), remind_at=at(D, 23, 50)),
     )
     assert _reminders(agency, home, D, None) == ["calendar-reminder:CAL2:2026-11-24T23:45"]
     # an event that was over before the run: never reminded
-    assert _reminders(agency, home, D + 2 * DAY, None) == []
+    assert "CAL3" not in str(_reminders(agency, home, D + 2 * DAY, None))
 
 
 def test_a_reminder_just_before_midnight_is_not_lost_at_midnight(
@@ -361,8 +363,8 @@ def test_reminder_ics_is_an_invitation(agency: Agency, home: Path) -> None:
         dict(
             id="CAL1",
             title="Client review, round 2",
-            starts_at=at(D + DAY, 14),
-            ends_at=at(D + DAY, 15, 30),
+            starts_at=at(LATER + DAY, 14),
+            ends_at=at(LATER + DAY, 15, 30),
             remind_at=at(D, 8),
             location="Room B",
             notes="Bring proofs.\nAnd coffee.",
@@ -381,8 +383,8 @@ def test_reminder_ics_is_an_invitation(agency: Agency, home: Path) -> None:
         (ev,) = cal.walk("VEVENT")
         assert str(ev["UID"]).endswith("@cpmail") and ev.decoded("DTSTAMP").tzinfo
         start, end = ev.decoded("DTSTART"), ev.decoded("DTEND")
-        # 14:00 in New York on Nov 25 is 19:00 UTC
-        assert start == dt.datetime(2026, 11, 25, 19, 0, tzinfo=dt.UTC)
+        # 14:00 in New York on Nov 25 (winter time) is 19:00 UTC
+        assert start == dt.datetime(LATER.year, 11, 25, 19, 0, tzinfo=dt.UTC)
         assert end - start == dt.timedelta(minutes=90)
         assert str(ev["SUMMARY"]) == "Client review, round 2"
         assert str(ev["DESCRIPTION"]) == "Bring proofs.\nAnd coffee."

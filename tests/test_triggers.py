@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from cpmail.settings import Settings
 from cpmail.store import connect
 from cpmail.triggers import key_of
-from tests.agency import D, at, base_agency, insert
+from tests.agency import LATER, D, at, base_agency, insert
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
@@ -554,7 +554,7 @@ def test_an_address_in_the_data_never_becomes_a_recipient(agency: Agency) -> Non
         dict(
             id="CE1",
             title="Review",
-            starts_at=at(D + dt.timedelta(days=1), 10),
+            starts_at=at(LATER, 10),
             remind_at=at(D, 9),
             attendees="CR,email:evil@attacker.test",
         ),
@@ -596,7 +596,7 @@ def test_one_mailbox_written_two_ways_gets_one_message(agency: Agency) -> None:
         dict(
             id="CE2",
             title="Review",
-            starts_at=at(D + dt.timedelta(days=1), 10),
+            starts_at=at(LATER, 10),
             remind_at=at(D, 9),
             attendees="U1,U2,K1,K2",
         ),
@@ -638,8 +638,8 @@ def test_calendar_reminder_carries_an_ics(agency: Agency) -> None:
         dict(
             id="CAL1",
             title="Client review",
-            starts_at=at(D + DAY, 14),
-            ends_at=at(D + DAY, 15),
+            starts_at=at(LATER, 14),
+            ends_at=at(LATER, 15),
             remind_at=at(D, 8),
             location="Room B",
             attendees="AE,Carl Reed",

@@ -103,6 +103,13 @@ class Run:
             return now.replace(tzinfo=None)
         return self.window_end - dt.timedelta(microseconds=1)
 
+    @property
+    def present(self) -> dt.datetime:
+        """The real now (naive, agency time zone): the run moment when it is given."""
+        if self.now is not None:
+            return self.moment
+        return dt.datetime.now(self.tz).replace(tzinfo=None)
+
     def skip(self, event: str, reason: str, count: int = 1) -> None:
         """Count recipients a finder leaves out (e.g. without cash-flow access)."""
         self.skipped.setdefault(event, Counter())[reason] += count

@@ -117,9 +117,12 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     # set in the lookback window, or in the day before the run moment, whichever is
     # longer (a reminder at 23:58 for a meeting at 00:30 is not lost at midnight).
     since = min(run.window_start, moment - dt.timedelta(days=1))
+    # A check for a past date sees that day's reminders, but an event that has
+    # begun by now is not reminded of, whatever the date asked.
+    begun_by = max(moment, run.present)
     q = (
         sa.select(calendar_entries)
-        .where(c.remind_at >= since, c.remind_at <= moment, c.starts_at > moment)
+        .where(c.remind_at >= since, c.remind_at <= moment, c.starts_at > begun_by)
         .order_by(c.remind_at, c.id)
     )
     rows = list(conn.execute(q))
