@@ -2,8 +2,11 @@
 
 Date cells hold tokens that are resolved for the run date D:
 ``{D}``, ``{D-3}``, ``{D+29}`` (calendar days), ``{P}`` (the prior workday of
-D, Monday to Friday, skipping the holidays of ``[check]``) and ``{N}`` (the
-next workday). So on any date every trigger has something to say.
+D, Monday to Friday, skipping the holidays of ``[check]``), ``{N}`` (the
+next workday) and ``{A}`` (the next workday, or the next after today if that
+is later: a calendar event that has not begun even when D is long past, since
+no check reminds of one that has). So on any date every trigger has something
+to say.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cpmail.workdays import WorkCalendar
 
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
 EXAMPLE_DATE = dt.date(2026, 11, 24)
-_TOKEN = re.compile(r"\{([DPN])([+-]\d+)?\}")
+_TOKEN = re.compile(r"\{([DPNA])([+-]\d+)?\}")
 
 
 def demo_files() -> list[Path]:
@@ -31,13 +34,15 @@ def demo_files() -> list[Path]:
     return [files[name] for name in AGENCY_TABLE_NAMES if name in files]
 
 
-def resolve(text: str, day: dt.date, calendar: WorkCalendar) -> str:
-    """Replace the date tokens in ``text`` with dates relative to ``day``."""
+def resolve(text: str, day: dt.date, calendar: WorkCalendar, today: dt.date | None = None) -> str:
+    """Replace the date tokens in ``text`` with dates relative to ``day`` (and ``today``)."""
+    today = today or dt.date.today()
     anchors = {
         "D": day,
         "P": calendar.prior_workday(day) or day - dt.timedelta(days=1),
         "N": calendar.next_workday(day) or day + dt.timedelta(days=1),
     }
+    anchors["A"] = max(anchors["N"], calendar.next_workday(today) or today + dt.timedelta(days=1))
 
     def sub(m: re.Match[str]) -> str:
         offset = int(m.group(2) or 0)
