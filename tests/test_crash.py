@@ -78,15 +78,20 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
     assert by_status.get("sent", 0) <= killed_at
     # A dead run's claims are taken up again once its heartbeat is older than
     # outbox.stale_claim_minutes (15 by default): let them age by that much.
-    with engine.begin() as conn:
-        conn.execute(
-            messages.update()
-            .where(messages.c.status == "sending")
-            .values(claimed_at=messages.c.claimed_at - dt.timedelta(minutes=16))
-        )
-        conn.execute(
-            runs.update().values(heartbeat_at=runs.c.heartbeat_at - dt.timedelta(minutes=16))
-        )
+    aged = dt.timedelta(minutes=16)
+    with engine.begin() as conn:  # (in Python: SQLite has no arithmetic on its date text)
+        for i, at in conn.execute(
+            sa.select(messages.c.id, messages.c.claimed_at).where(messages.c.status == "sending")
+        ).all():
+            conn.execute(messages.update().where(messages.c.id == i).values(claimed_at=at - aged))
+        for i, beat, expires in conn.execute(
+            sa.select(runs.c.id, runs.c.heartbeat_at, runs.c.expires_at)
+        ).all():
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == i)
+                .values(heartbeat_at=beat - aged, expires_at=expires and expires - aged)
+            )
     r = cli("check", "--date", "2026-11-24")
     assert r.exit_code == 0, r.output
 

@@ -40,7 +40,7 @@ from cpmail.compose import Attachment, Mailbox, build_message, compose, to_bytes
 from cpmail.reports import safe_filename
 from cpmail.settings import Settings
 from cpmail.store import connect, schema
-from tests.agency import D, at, base_agency, insert
+from tests.agency import LATER, D, at, base_agency, insert
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
@@ -443,7 +443,7 @@ def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...
             dict(
                 id=f"K{n}",
                 title=f.calendar,
-                starts_at=at(D + dt.timedelta(days=1), 10),
+                starts_at=at(LATER, 10),
                 ends_at=at(D + dt.timedelta(days=1), 11),
                 remind_at=at(D, 8),
                 attendees="AE",
@@ -660,7 +660,7 @@ def test_bodies_and_attachments_keep_lines_within_76(office: Office) -> None:
             dict(
                 id="K1",
                 title="Winter catalog review with the whole team " * 3,
-                starts_at=at(D + dt.timedelta(days=1), 10),
+                starts_at=at(LATER, 10),
                 ends_at=at(D + dt.timedelta(days=1), 11),
                 remind_at=at(D, 8),
                 location="Room 2",

@@ -106,7 +106,10 @@ def test_machine_killed_mid_send_and_a_later_run_finishes(
             .values(claimed_at=messages.c.claimed_at - dt.timedelta(minutes=16))
         )
         conn.execute(
-            runs.update().values(heartbeat_at=runs.c.heartbeat_at - dt.timedelta(minutes=16))
+            runs.update().values(
+                heartbeat_at=runs.c.heartbeat_at - dt.timedelta(minutes=16),
+                expires_at=runs.c.expires_at - dt.timedelta(minutes=16),
+            )
         )
     later = _check(two)
     assert later.wait(timeout=180) == 0, later.stderr.read() if later.stderr else ""
