@@ -343,6 +343,17 @@ def _url_secrets(url: str) -> list[str]:
     return sorted((p for p in parts if len(p) >= 6), key=len, reverse=True)
 
 
+def _shown(private: str) -> str:
+    """An alert URL as cpmail prints it: scheme and host, never its path or query.
+
+    Apprise's privacy form masks passwords but keeps paths, which for webhooks,
+    ntfy topics and form posts are the secret.
+    """
+    scheme, _, rest = private.partition("://")
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return f"{scheme}://{host}" + ("/…" if rest[len(host) :].strip("/?#") else "")
+
+
 def _send_one(apprise: Any, captured: Any, url: str, title: str, body: str, kind: str) -> Result:
     """Send to one URL; the outcome, with the reason Apprise logged when it failed."""
     plugin = apprise.Apprise.instantiate(url)
@@ -351,7 +362,7 @@ def _send_one(apprise: Any, captured: Any, url: str, title: str, body: str, kind
         return Result(shown, False, "Apprise does not understand this URL")
     plugin.socket_connect_timeout = CONNECT_TIMEOUT
     plugin.socket_read_timeout = READ_TIMEOUT
-    shown = str(plugin.url(privacy=True)).split("?", 1)[0]
+    shown = _shown(str(plugin.url(privacy=True)))
     start = len(captured.getvalue())
     try:
         ok = bool(plugin.notify(body=body, title=title, notify_type=apprise.NotifyType(kind)))
