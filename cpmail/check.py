@@ -301,6 +301,12 @@ def _run_check(
         for status in manager.status.values():
             if status in (Status.SENT, Status.DEFERRED, Status.FAILED):
                 summary.setdefault(FAILURE_SUMMARY, EventSummary()).count_message(Status(status))
+        # ... in the run's delivery as well, which `--json` reports as the run's outbox
+        delivery.status.update(manager.status)
+        delivery.events.update(manager.events)
+        delivery.errors.update(manager.errors)
+        delivery.notes.extend(manager.notes)
+        delivery.released += manager.released
     return result
 
 

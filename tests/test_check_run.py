@@ -119,6 +119,9 @@ def test_manager_gets_one_summary_when_mail_fails_for_good(
     # the summary to the manager is this run's mail too: the totals count what went out
     doc = json.loads(r.stdout)
     assert doc["totals"]["sent"] == len(got) and doc["totals"]["failed"] == 2, doc["totals"]
+    assert doc["outbox"]["sent"] == len(got) and doc["outbox"]["failed"] == 2, doc["outbox"]
+    # nothing waits: the last line says what failed, not that mail is waiting
+    assert "mail is waiting" not in r.stderr and "failed mail is not tried again" in r.stderr
     assert {"event": "failure-summary"}.items() <= doc["summary"][-1].items()
     summary = [m for m in got if m["X-Cpmail-Event"] == "failure-summary"]
     assert len(summary) == 1

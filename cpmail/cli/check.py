@@ -149,18 +149,25 @@ def _waiting_line(c: Any, result: Any) -> str | None:
 
 
 def _undelivered(c: Any, result: Any) -> str:
+    """Why check ends with exit 1, as it is: mail that waits, mail that failed, or both."""
     d = result.delivery
-    head = ""
+    w = result.waiting
+    parts = []
     if d is not None and d.undelivered:
-        head = (
-            f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed in this "
-            "run; "
+        parts.append(
+            f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed in this run"
         )
-    return (
-        f"{head}mail is waiting: see `cpmail outbox` and `cpmail log --status failed`; "
-        "deferred mail is tried again by the next `cpmail check`, or at once with "
-        "`cpmail outbox retry --all`."
-    )
+    if w is not None and w.total:
+        parts.append(
+            "mail is waiting (`cpmail outbox`): deferred mail is tried again by the next "
+            "`cpmail check`, or at once with `cpmail outbox retry --all`"
+        )
+    if d is not None and d.count("failed"):
+        parts.append(
+            "failed mail is not tried again: see why with `cpmail log --status failed`, "
+            "and send it again with `cpmail outbox retry ID` once that is fixed"
+        )
+    return "; ".join(parts) + "."
 
 
 class _Bar:
