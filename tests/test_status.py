@@ -252,3 +252,15 @@ def test_mail_being_sent_by_a_live_run_is_not_waiting(initialised: Cli, home: Pa
     _set(home, id_, claimed_at=utcnow() - dt.timedelta(hours=2))  # its run died
     code, doc = status(initialised)
     assert code == 1 and doc["outbox"]["sending_now"] == 0
+
+
+def test_without_its_database_status_says_unknown_not_never(
+    initialised: Cli, home: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that cannot be reached tells nothing: not "no check has run yet"."""
+    assert initialised("staff", "edit", "JD", "--work-email", "jd@agency.test").exit_code in (0, 2)
+    monkeypatch.setenv("CPMAIL_DATABASE_URL", f"postgresql+psycopg://cp@127.0.0.1:{closed_port}/cp")
+    r = initialised("status")
+    assert r.exit_code == 3, r.output
+    assert "no check has run yet" not in r.stdout and "(no address)" not in r.stdout, r.stdout
+    assert "unknown (no database)" in r.stdout

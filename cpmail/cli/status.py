@@ -51,7 +51,8 @@ def _line(c: Ctx, label: str, text: str) -> None:
 
 
 def _account(c: Ctx, a: Account, *, db: bool) -> str:
-    parts = [a.address or "(no address)", a.login]
+    # A staff member's address is in the database: without it, unknown, not missing.
+    parts = [a.address or ("(no address)" if db else "(address unknown: no database)"), a.login]
     if a.signed_in and a.signin_lapses is not None:
         parts.append(f"sign-in good until {_when(c, a.signin_lapses)} unless renewed")
     elif a.token_expires is not None:
@@ -73,7 +74,7 @@ def _account(c: Ctx, a: Account, *, db: bool) -> str:
 def _check(c: Ctx, h: Health) -> str:
     lc = h.last_check
     if lc is None:
-        return "no check has run yet"
+        return "no check has run yet" if h.outbox is not None else "unknown (no database)"
     parts = [f"started {_when(c, lc.started_at)}"]
     if lc.host:
         parts[0] += f" on {lc.host}"
