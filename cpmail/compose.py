@@ -367,7 +367,12 @@ def _disposition(filename: str) -> _Written:
     if name and "=?" not in name and len(name) <= 50 and _PLAIN_FILENAME.match(name):
         tokens = ["attachment;", f'filename="{name}"']
     elif name:
-        escaped = [chr(b) if b in _ATTR_CHAR else f"%{b:02X}" for b in name.encode("utf-8")]
+        # One piece a character, so that no segment ends inside one (RFC 2231 allows
+        # it, but a reader that decodes each segment alone shows garbage).
+        escaped = [
+            "".join(chr(b) if b in _ATTR_CHAR else f"%{b:02X}" for b in ch.encode("utf-8"))
+            for ch in name
+        ]
         chunks, cur = [], ""
         for piece in escaped:
             if cur and len(cur) + len(piece) > 50:

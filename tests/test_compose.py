@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cpmail.addresses import clean_header_text
 from cpmail.compose import Attachment, Mailbox, build_message, message_id_for, to_bytes
 from cpmail.errors import InputError
 
@@ -229,3 +230,34 @@ def test_a_long_subject_and_name_fold_within_76() -> None:
     msg = message_from_bytes(raw, policy=policy.default)
     assert str(msg["Subject"]) == subject.strip()
     assert msg["To"].addresses[0].display_name == name.strip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=0x10FFFF, exclude_categories=["Cs"]),
+        min_size=1,
+        max_size=80,
+    ).map(lambda s: s + ".pdf")
+)
+def test_an_attachment_name_is_never_cut_inside_a_character(name: str) -> None:
+    """RFC 2231 segments each decode alone, and the whole name reads back as given."""
+    import urllib.parse
+
+    msg = build_message(
+        sender=Mailbox("jd@agency.test"),
+        to=[Mailbox("pat@agency.test")],
+        subject="Report",
+        text="Attached.",
+        event="report",
+        key="report:x",
+        attachments=[Attachment(name, b"%PDF-1.4\n", "application/pdf")],
+    )
+    raw = to_bytes(msg)
+    parsed = message_from_bytes(raw, policy=policy.default)
+    part = next(p for p in parsed.walk() if p.get_content_disposition() == "attachment")
+    assert not part["Content-Disposition"].defects, part["Content-Disposition"].defects
+    header = raw.split(b"Content-Disposition:", 1)[1].split(b"\r\n\r\n", 1)[0].decode("ascii")
+    for segment in re.findall(r"filename\*\d*\*=(?:utf-8'')?([^;\s]+)", header):
+        urllib.parse.unquote(segment, errors="strict")  # each segment is whole UTF-8
+    assert part.get_filename() == clean_header_text(name).strip()
