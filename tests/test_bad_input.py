@@ -33,6 +33,9 @@ def dump(home: Path) -> str:
     [
         ("clients.ndjson", '{"id": "C9", "name": "A\\ud800B"}\n', "half of a character"),
         ("clients.json", '[{"id": "C9", "name": "\\udfff"}]', "half of a character"),
+        # in a key, a reference and a choice, which are read apart from other text
+        ("clients.json", '[{"id": "C9\\ud800", "name": "A"}]', "half of a character"),
+        ("jobs.json", '[{"id": "J9", "client_id": "C\\ud800", "title": "T"}]', "half of a"),
         (
             "calendar_entries.csv",
             "id,title,starts_at\nCE9,Late,9999-12-31T23:59-05:00\n",

@@ -198,7 +198,7 @@ class _TrimmedText(_Text):
     def convert(self, v: Any) -> Any:
         if type(v) is str:
             v = v.strip()
-            if v and "\x00" not in v:
+            if v and "\x00" not in v and (v.isascii() or not _SURROGATE.search(v)):
                 return v
             return self.parse_str(v) if v else self.on_empty()
         return self.other(v)
