@@ -722,6 +722,9 @@ class Settings:
         for key, spec in KEYS.items():
             env = os.environ.get(env_name(key))
             if env is not None:
+                if not env.isascii() and any("\udc80" <= ch <= "\udcff" for ch in env):
+                    # bytes that are not UTF-8, as Python passes them on (surrogateescape)
+                    raise ConfigError(f"{env_name(key)} is not UTF-8 text; set it in UTF-8.")
                 self._values[key] = self._check(key, spec, _env_value(env), env_name(key))
                 self._source[key] = "env"
             elif key not in self._values:

@@ -219,3 +219,16 @@ def test_a_huge_value_is_not_echoed_whole(initialised: Cli, args: tuple[str, ...
     r = initialised(*args)
     assert r.exit_code == 2, r.output[:300]
     assert len(r.stderr) < 400 and "… (100000 characters)" in r.stderr, r.stderr[:400]
+
+
+def test_a_setting_from_the_environment_not_in_utf8_is_exit_2(initialised: Cli, home: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CPMAIL_HOME": str(home), "CPMAIL_MAIL_SUBJECT_PREFIX": "[C\udce9]"}
+    r = subprocess.run(
+        [sys.executable, "-m", "cpmail", "config", "show"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stderr
+    assert "CPMAIL_MAIL_SUBJECT_PREFIX is not UTF-8" in one_sentence(r.stderr)
