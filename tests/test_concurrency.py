@@ -81,3 +81,42 @@ def test_a_live_runs_claims_are_judged_by_its_own_limit_not_the_readers(
         assert other == []
         assert waiting(engine, hasty).orphaned == 0
     engine.dispose()
+
+
+def test_mail_held_by_a_stopped_run_is_taken_up_when_its_own_claim_lapses(
+    cli: Cli, home: Path
+) -> None:
+    """As `check` and `status` say: its last heartbeat plus its limit, not its first claim."""
+    import datetime as dt
+
+    from cpmail.outbox import claim, new_run_id, waiting
+    from cpmail.store import utcnow
+    from cpmail.store.schema import messages, runs
+    from tests.test_faults import queue_messages
+
+    assert cli("init").exit_code == 0
+    queue_messages(home, 2)
+    settings = Settings.load(home)  # 15 minutes
+    engine = connect(settings.db_url, where="test")
+    run, now = new_run_id(), utcnow()
+    beat = now - dt.timedelta(minutes=5)  # it sent for a while after its claims, then died
+    with engine.begin() as conn:
+        conn.execute(
+            runs.insert().values(
+                id=run,
+                command="check",
+                host="another-box",
+                pid=1,
+                started_at=now - dt.timedelta(minutes=40),
+                heartbeat_at=beat,
+                expires_at=beat + dt.timedelta(minutes=15),
+            )
+        )
+    assert len(claim(engine, run_id=run)) == 2
+    with engine.begin() as conn:
+        conn.execute(messages.update().values(claimed_at=now - dt.timedelta(minutes=40)))
+    w = waiting(engine, settings)
+    engine.dispose()
+    assert w.orphaned == 2
+    assert w.orphans_free_at is not None
+    assert abs((w.orphans_free_at - (beat + dt.timedelta(minutes=15))).total_seconds()) < 1
