@@ -76,7 +76,7 @@ def test_a_daily_limit_refusal_makes_the_mail_wait_for_tomorrow_not_fail(
     """Gmail's 550 5.4.5 refuses the account for the day: nothing fails, nothing more goes."""
     prepare(cli, smtp_server)
     queue_messages(home, 5)
-    smtp_server.fail_data = ["550 5.4.5 Daily user sending limit exceeded. - gsmtp"]
+    smtp_server.fail_data = "550 5.4.5 Daily user sending limit exceeded. - gsmtp"  # every one
     zone = day_zone(Settings.load(home))
     before = next_day_start(zone)
     r = cli("check", "--date", DATE)
