@@ -655,12 +655,18 @@ def _probe_smtp(settings: Settings, secrets: SecretStore, acct: Account) -> None
 
 
 def _probe_gmail(settings: Settings, secrets: SecretStore, acct: Account) -> None:
+    from cpmail.errors import AuthError
     from cpmail.oauth.google import GoogleSession, google_client
-    from cpmail.oauth.tokens import load_token
+    from cpmail.oauth.tokens import load_token, signin_command
 
     google_client(settings, secrets)  # a missing client is named before the network
     session = GoogleSession(settings, secrets, acct.account)
     session.refresh()
+    if not session.may_send:  # signed in, but without leave to send: every message fails
+        raise AuthError(
+            f"the Google sign-in of account {acct.account} does not allow sending e-mail; "
+            f"run `{signin_command(acct.account)}` and tick 'Send email on your behalf'"
+        )
     stored = load_token(secrets, "gmail", acct.account)
     if stored is not None:
         acct.token_expires, acct.signin_lapses = token_dates("gmail", stored.data)

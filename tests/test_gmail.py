@@ -193,6 +193,25 @@ def test_expired_token_is_refreshed_and_saved_back_0600(gmail_home: Path, fake: 
     assert dt.datetime.fromisoformat(saved["credentials"]["expiry"]) > dt.datetime.now(dt.UTC)
 
 
+def test_the_sign_in_test_fails_when_google_no_longer_grants_sending(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    """`status --probe` renews the token; a renewal without gmail.send cannot send a thing."""
+    from cpmail.status import Account, probe_accounts
+
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    settings, secrets = Settings.load(gmail_home), SecretStore(gmail_home)
+    ok = Account("JD", "jd@agency.example", signed_in=True)
+    probe_accounts(settings, secrets, [ok])
+    assert ok.probe == "ok" and ok.problem is None
+    fake.google_granted = "openid https://www.googleapis.com/auth/userinfo.email"
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    refused = Account("JD", "jd@agency.example", signed_in=True, problem="refused at the last try")
+    probe_accounts(settings, secrets, [refused])
+    assert refused.problem is not None and "does not allow sending" in refused.problem
+    assert "staff signin JD" in refused.problem
+
+
 def test_a_valid_token_is_not_written_again(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     path = gmail_home / "secrets" / token_name("gmail", "JD")

@@ -272,6 +272,12 @@ class GoogleSession:
             self.refresh()
         return str(self._creds.token)
 
+    @property
+    def may_send(self) -> bool:
+        """False when Google's last answer granted scopes without ``gmail.send``."""
+        granted = getattr(self._creds, "granted_scopes", None)
+        return not granted or GMAIL_SEND_SCOPE in granted
+
     def refresh(self) -> None:
         """Get a new access token with the refresh token and save it (0600).
 
