@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -924,9 +923,10 @@ class _Pass:
         self.account = ""  # whose turn it is
         self.pace: pace.Pace | None = None  # the current account's
         self.paces: dict[str, pace.Pace | None] = {}  # each account's, kept between its turns
-        self.claimed: list[Envelope] = []  # claimed from the database by this pass
-        self.offered: set[int] = set()  # handed to the transport
-        self.done: set[int] = set()  # with an outcome
+        # What this pass holds claimed with no outcome since it was (last) claimed, in
+        # order: an account's later turn (after a pause) offers these again first.
+        self.holding: dict[int, Envelope] = {env.id: env for env, _ in ready}
+        self.offered: set[int] = set()  # handed to the transport (for the progress count)
         self.paused_for = 0.0  # seconds this pass waited for throttled accounts
         self.silent = 0  # messages in a row the server did not answer in time
         self.stalled: Unreachable | None = None
@@ -1057,11 +1057,8 @@ class _Pass:
         An account's later turn (after a pause) first offers again what this
         pass holds for it that has no outcome yet.
         """
-        held: Iterable[Envelope] = (env for env, _ in self.ready)
-        if self.claimed:
-            held = itertools.chain(held, list(self.claimed))
-        for env in held:
-            if env.account == account and env.id not in self.done:
+        for env in [e for e in self.holding.values() if e.account == account]:
+            if env.id in self.holding:  # (its outcome may have come meanwhile)
                 if self._stop() or not self._admit():
                     return
                 yield self._offer(env)
@@ -1078,7 +1075,8 @@ class _Pass:
             )
             if not batch:
                 return
-            self.claimed.extend(batch)
+            # (a throttled message comes back here, due once its account's pause is over)
+            self.holding.update((env.id, env) for env in batch)
             for env in batch:
                 if self._stop() or not self._admit():
                     return
@@ -1092,7 +1090,7 @@ class _Pass:
 
     def _observe(self, outcome: Outcome) -> None:
         """Answers that say "slower", "no more today" or nothing at all, as they come."""
-        self.done.add(outcome.id)
+        self.holding.pop(outcome.id, None)
         if _clean(outcome):
             self.silent = 0
             return
