@@ -377,7 +377,8 @@ def _queue_all(
     return the notifications a concurrent run queued first (not queued here).
     """
     plan = _planner(renderer, settings, sender, directory)
-    planned = halves(plan, groups)
+    limit = transport.max_message_bytes if transport else None
+    planned = _fitted(plan, groups, halves(plan, groups), limit)
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
         taken = [n for n in found if n.key not in fresh]
@@ -385,7 +386,7 @@ def _queue_all(
             # A concurrent run queued some of these first: send only the rest, composed
             # again without the notifications already taken.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
-            planned = halves(plan, groups)
+            planned = _fitted(plan, groups, halves(plan, groups), limit)
         drafts = [_draft(p, sender) for p in planned]
         mids = queue_many(
             conn,
@@ -590,6 +591,26 @@ def _plan(
         # A digest that also carries other news is sent whatever the reminder says.
         not_after=min(limits) if len(limits) == len(group) else None,
     )
+
+
+def _fitted(
+    plan: Callable[[Group], Planned], groups: list[Group], planned: list[Planned], limit: int | None
+) -> list[Planned]:
+    """``planned``, with a digest or list larger than the transport takes split in two
+    until each part fits: one person's many notifications never stop everyone's mail.
+
+    A single notification too large stays as it is (refused, naming it, when queued).
+    """
+    if limit is None or all(len(p.raw) <= limit for p in planned):
+        return planned
+
+    def fit(group: Group, p: Planned) -> list[Planned]:
+        if len(p.raw) <= limit or len(group) < 2:
+            return [p]
+        half = len(group) // 2
+        return [*fit(group[:half], plan(group[:half])), *fit(group[half:], plan(group[half:]))]
+
+    return [part for g, p in zip(groups, planned, strict=True) for part in fit(g, p)]
 
 
 def _order(event: str) -> int:

@@ -943,3 +943,24 @@ def test_docs_describe_every_table_and_column() -> None:
             if kind == "decimal":
                 kind = f"decimal {spec.precision - spec.scale}.{spec.scale}"
             assert f"| `{spec.name}` | {kind} |" in section, f"{t.name}.{spec.name}"
+
+
+def test_a_lone_carriage_return_survives_a_csv_round_trip(cli: Cli, tmp_path: Path) -> None:
+    """The csv writer quotes a line feed but not a lone CR: such a row is quoted whole."""
+    assert cli("init").exit_code == 0
+    src = tmp_path / "homebase_entries.json"
+    src.write_text(
+        json.dumps(
+            [
+                {"id": "H1", "subject": "end\r", "entered_at": "2026-11-24T09:00:00"},
+                {"id": "H2", "subject": "a\rb", "entered_at": "2026-11-24T09:00:00"},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert cli("data", "import", str(src)).exit_code == 0
+    out = tmp_path / "homebase_entries.csv"
+    assert cli("data", "export", "homebase_entries", "--out", str(out)).exit_code == 0
+    r = cli("data", "import", str(out), "--replace", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    assert '"unchanged": 2' in r.stdout.replace("\n", " ") or "2 unchanged" in r.stdout, r.stdout

@@ -263,7 +263,12 @@ def test_a_byte_order_mark_is_accepted(loaded: Cli, tmp_path: Path) -> None:
             "is empty; a CSV file starts with a header line naming the columns",
         ),
         ("clients.json", "", "is empty; expected a JSON array of objects"),
-        ("clients.ndjson", "\n\n", "is empty; expected one JSON object per line"),
+        (
+            "clients.ndjson",
+            "\n\n",
+            "is empty; expected one JSON object per line (to empty a table with --replace, "
+            "give a JSON file holding [] or a CSV file with only its header)",
+        ),
     ],
 )
 def test_empty_file(loaded: Cli, tmp_path: Path, name: str, content: str, expected: str) -> None:
@@ -540,3 +545,39 @@ def test_import_takes_what_staff_commands_take(
 ) -> None:
     """The same rules as `staff add`, `staff edit` and `staff mute`: hours, workdays, events."""
     assert said in refused(loaded, write(tmp_path, name, text))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        # rounded to the column's 2 places it would have 13 digits before the point
+        (
+            "bank_accounts.csv",
+            "id,name,balance\nBA9,Big,999999999999.995\n",
+            "column balance: '999999999999.995' is too large (at most 12 digits before the point)",
+        ),
+        # digits of other scripts, which Python's int() and Decimal() would take
+        ("bank_accounts.csv", "id,name,balance\nBA9,Big,１２.５０\n", "column balance"),
+        ("billing_lines.csv", "billing_id,line,description\nB1,٣,x\n", "column line"),
+    ],
+)
+def test_a_number_past_its_column_or_in_other_digits_is_refused(
+    loaded: Cli, tmp_path: Path, name: str, content: str, said: str
+) -> None:
+    path = write(tmp_path, name, content)
+    assert said in refused(loaded, path)
+
+
+def test_json_rows_refer_forward_whatever_columns_each_names(loaded: Cli, tmp_path: Path) -> None:
+    for name, text in (
+        (
+            "staff.json",
+            '[{"id": "X1", "name": "One", "supervisor_id": "X2"}, {"id": "X2", "name": "Two"}]',
+        ),
+        (
+            "staff.ndjson",
+            '{"id": "Y1", "name": "One", "supervisor_id": "Y2"}\n{"id": "Y2", "name": "Two"}\n',
+        ),
+    ):
+        r = loaded("data", "import", str(write(tmp_path, name, text)))
+        assert r.exit_code == 0, r.output

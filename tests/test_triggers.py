@@ -869,3 +869,48 @@ def test_status_code_notify_wins_over_the_event_setting(agency: Agency) -> None:
     billed = [m for m in msgs if "billing status" in m["Subject"]]
     assert to(proof) == ["pia@agency.test"]
     assert to(billed) == ["carl@agency.test"]
+
+
+def test_a_digest_too_large_for_the_transport_goes_in_parts_and_drops_nothing(
+    agency: Agency, home: Path
+) -> None:
+    """One person's many notifications must not stop the run: the digest is split to fit."""
+    from cpmail.check import run_check
+    from cpmail.secrets import SecretStore
+    from cpmail.store.schema import messages
+    from cpmail.transports.base import get_transport
+
+    assert agency.cli("staff", "edit", "AE", "--digest", "on").exit_code == 0
+    agency.add(
+        "homebase_entries",
+        *[
+            dict(
+                id=f"HB{i}",
+                subject=f"Note {i}",
+                body=f"{i} " + "word " * 400,
+                entered_by="CR",
+                entered_at=at(D, 9),
+                notify="AE",
+            )
+            for i in range(40)
+        ],
+    )
+    settings = Settings.load(home)
+    secrets = SecretStore(home)
+    transport = get_transport(settings, secrets)
+    transport.max_message_bytes = 30_000  # a small provider limit, for the test
+    result = run_check(
+        agency.engine, settings, secrets, home, date=D, only=["homebase-entry"], transport=transport
+    )
+    assert result.exit_code == 0
+    with agency.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(messages.c.ledger_key, messages.c.size, messages.c.status).where(
+                messages.c.to_addrs == "alice@agency.test"
+            )
+        ).all()
+    assert len(rows) > 1 and all(r.status == "sent" for r in rows)
+    assert all(r.size <= 30_000 for r in rows), [r.size for r in rows]
+    keys = [k for r in rows for k in r.ledger_key.split(",")]
+    assert sorted(keys) == sorted(f"homebase-entry:HB{i}" for i in range(40))  # each once
+    assert len(agency.server.messages) == len(rows)  # what was recorded is what went

@@ -46,12 +46,14 @@ def _r(s: str) -> str:
     return repr(s) if len(s) <= 60 else repr(s[:40]) + f"… ({len(s)} characters)"
 
 
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}\Z", re.ASCII)
 _TS_RE = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})?)?\Z"
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})?)?\Z",
+    re.ASCII,
 )
-_NUM_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)\Z")
-_INT_RE = re.compile(r"[+-]?\d+\Z")
+# ASCII digits only (re.ASCII): int() and float() would take other scripts' digits too.
+_NUM_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)\Z", re.ASCII)
+_INT_RE = re.compile(r"[+-]?\d+\Z", re.ASCII)
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 _INT_MAX = 2**31 - 1
 _MONEY_HELP = "a number such as 12.50 (no thousands separators, currency signs or exponents)"
@@ -389,7 +391,9 @@ class _Decimal(_Column):
         self.exp = Decimal(1).scaleb(-spec.scale)
         self.whole = (spec.precision or 28) - spec.scale
         # Most cells already fit the column: no rounding or range check needed.
-        self.fits = re.compile(rf"[+-]?\d{{1,{self.whole}}}(?:\.\d{{0,{spec.scale}}})?\Z").match
+        self.fits = re.compile(
+            rf"[+-]?\d{{1,{self.whole}}}(?:\.\d{{0,{spec.scale}}})?\Z", re.ASCII
+        ).match
         self.plain: Callable[[str], Any] = float if sqlite else Decimal
 
     def convert(self, v: Any) -> Any:
@@ -404,6 +408,8 @@ class _Decimal(_Column):
         if type(v) is Decimal and v.is_finite() and (not v or v.adjusted() < self.whole):
             # A database's numeric value (data pull): round to the column, no more.
             q = v.quantize(self.exp, ROUND_HALF_UP)
+            if q and q.adjusted() >= self.whole:  # 999.995 rounds up past the column
+                return self.finish(v, v)
             return float(q) if self.sqlite else q
         return self.other(v)
 
@@ -412,14 +418,19 @@ class _Decimal(_Column):
         if not d.is_finite():
             raise _Bad(f"{_show_number(raw)} is not {_MONEY_HELP}")
         if d and d.adjusted() >= self.whole:
-            raise _Bad(
-                f"{_show_number(raw)} is too large (at most {self.whole} digits before the point)"
-            )
+            raise self._too_large(raw)
         try:
             q = d.quantize(self.exp, ROUND_HALF_UP)
         except InvalidOperation:
             raise _Bad(f"{_show_number(raw)} is too large") from None
+        if q and q.adjusted() >= self.whole:  # rounded up past the column: 999.995 is 1000.00
+            raise self._too_large(raw)
         return float(q) if self.sqlite else q
+
+    def _too_large(self, raw: Any) -> _Bad:
+        return _Bad(
+            f"{_show_number(raw)} is too large (at most {self.whole} digits before the point)"
+        )
 
     def parse_str(self, s: str) -> Any:
         if not _NUM_RE.match(s):

@@ -77,9 +77,14 @@ def export_table(engine: sa.Engine, table: str, out: IO[str], fmt: str = "csv") 
     n = 0
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
+        # The writer quotes a field with a line feed but not one with a lone carriage
+        # return (not part of its line ending), which no reader takes back: such a row
+        # is written with every field quoted.
+        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         w.writerow(names)
         for row in _rows(engine, t):
-            w.writerow([_csv_cell(v) for v in row])
+            cells = [_csv_cell(v) for v in row]
+            (quoted if any("\r" in c for c in cells) else w).writerow(cells)
             n += 1
         return n
     keys = [json.dumps(name) + ": " for name in names]

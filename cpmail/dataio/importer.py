@@ -108,6 +108,7 @@ class _Importer:
         # Forward references of a self-referencing table still waiting for their row:
         # value -> (position, key text, column).
         self.pending: dict[Any, tuple[int, str, str]] = {}
+        self.pending_targets: set[str] = set()  # the columns they refer to (``id``)
         self.rows = 0
         self.changed = 0  # rows inserted or changed (the database's row counts)
         self.status_changes = 0
@@ -432,12 +433,12 @@ class _Importer:
         """Every foreign key must name a row in the database (this batch is written by now)."""
         own = self.table.name
         if self.pending:
-            # Forward references that rows of this batch have just satisfied.
-            for ref in plan.refs:
-                if ref.target is not None and ref.target[0] == own:
-                    i = plan.names.index(ref.target[1])
-                    for v in batch:
-                        self.pending.pop(v[i], None)
+            # Forward references that rows of this batch have just satisfied, whether or
+            # not these rows name the referring column themselves (JSON objects may differ).
+            for column in self.pending_targets & set(plan.names):
+                i = plan.names.index(column)
+                for v in batch:
+                    self.pending.pop(v[i], None)
         errors: list[
             tuple[int, str, Any, tuple[str, str]]
         ] = []  # (row index, column, value, target)
@@ -478,6 +479,7 @@ class _Importer:
                     if target[0] == own:
                         key = self._key_text(plan, v)
                         self.pending.setdefault(value, (positions[row], key, ref.column))
+                        self.pending_targets.add(target[1])
                     else:
                         errors.append((row, ref.column, value, target))
                         break

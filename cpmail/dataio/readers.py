@@ -360,7 +360,12 @@ def _ndjson_records(path: Path, src: str) -> Iterator[_Record]:
                 obj = found[0]
             yield _object_record(lineno, obj, src, "line")
         if not any_line:
-            raise InputError(f"{src} is empty; expected one JSON object per line.")
+            # Refused rather than read as no rows: with --replace an empty file would empty
+            # the table, and an NDJSON file cannot say "no rows" on purpose.
+            raise InputError(
+                f"{src} is empty; expected one JSON object per line (to empty a table with "
+                "--replace, give a JSON file holding [] or a CSV file with only its header)."
+            )
 
 
 def _mapping_records(rows: Iterable[Mapping[str, Any]], src: str) -> Iterator[_Record]:
