@@ -147,6 +147,8 @@ def _query_records(
     except sa.exc.DBAPIError as e:
         if _is_down(e):
             raise _unavailable(url, shown, e, "lost the connection to") from None
+        if isinstance(e, sa.exc.DataError):  # a driver reads the first rows at once
+            raise ConfigError(f"{key}: {_unreadable(url, e)}") from None
         raise ConfigError(
             f"{key}: the agency system's database refused the query "
             f"({_hide(url, _first_line(e.orig))}); correct it and try again."
@@ -164,12 +166,21 @@ def _query_records(
     except sa.exc.DBAPIError as e:
         if _is_down(e):
             raise _unavailable(url, shown, e, "lost the connection to") from None
+        if isinstance(e, sa.exc.DataError):  # rows come in batches: not this row exactly
+            raise ConfigError(f"{key}, after row {n}: {_unreadable(url, e)}") from None
         raise ConfigError(
-            f"{key}, row {n + 1}: the agency system's database failed to give it "
+            f"{key}, after row {n}: the agency system's database failed to give the rest "
             f"({_hide(url, _first_line(e.orig))})."
         ) from None
     finally:
         result.close()
+
+
+def _unreadable(url: str, e: sa.exc.DBAPIError) -> str:
+    return (
+        f"a value the query gives cannot be read ({_hide(url, _first_line(e.orig))}); "
+        "convert it in the query (a date of 'infinity', say, to NULL) and try again."
+    )
 
 
 def _escape_percent(conn: sa.Connection, query: str) -> str:
@@ -237,6 +248,8 @@ def _is_down(e: sa.exc.DBAPIError) -> bool:
     if e.connection_invalidated:
         return True
     if not isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    if type(e.orig).__name__ == "QueryCanceled":  # a statement_timeout: the query, not the source
         return False
     if type(e.orig).__module__.startswith("sqlite3"):
         return bool(_SQLITE_DOWN.search(str(e.orig)))

@@ -406,3 +406,38 @@ def test_a_databases_own_types_are_taken_as_they_are(source: Source, home_for: A
     assert note["id"] == "6f1c2a4e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
     assert note["entered_at"] == dt.datetime(2026, 11, 27, 4, 30)  # New York time
     assert note["notify"] == "AM,RP"
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        # psycopg cannot make a Python date of 'infinity': the value, not the query
+        (
+            "SELECT 'C9' AS id, 'Far' AS name, 'infinity'::date AS created_at",
+            "a value the query gives cannot be read (",
+        ),
+        # a statement_timeout cancels the query: the source is up, the query is too slow
+        (
+            "SELECT 'C9' AS id, 'Slow' AS name FROM (SELECT pg_sleep(2)) s",
+            "the agency system's database refused the query (canceling statement",
+        ),
+    ],
+    ids=["unreadable-value", "statement-timeout"],
+)
+def test_a_source_value_or_timeout_is_a_query_to_fix_not_a_source_down(
+    source: Source, home_for: Any, query: str, said: str
+) -> None:
+    if not source.url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's infinity and statement_timeout")
+    first_day(source)
+    cli = home_for(source)
+    url = source.url + "%20-cstatement_timeout%3D500"  # in the options= the source URL has
+    assert cli("config", "set", "source.url", url).exit_code == 0
+    assert cli("config", "set", "source.tables.clients.query", query).exit_code == 0
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("cpmail: source.tables.clients.query") and said in r.stderr, r.stderr
+    assert snapshot(engine) == before
+    engine.dispose()
