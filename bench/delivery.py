@@ -289,8 +289,8 @@ def split(home: Path) -> None:
     print(
         "  (from/to: seconds since the start of run_check; busy: time inside the part in this"
         "\n   process; CPU: the calling thread's CPU time in it, which a busy machine inflates"
-        "\n   less; 'SMTP transport' includes 'record outcomes', written on a thread; a big run"
-        "\n   composes half its messages in a child process, not counted here)"
+        "\n   less; 'SMTP transport' includes 'record outcomes', written by the sending"
+        "\n   loop; a big run composes half its messages in a child process, not counted here)"
     )
 
 
