@@ -167,7 +167,7 @@ def _undelivered(c: Any, result: Any) -> str:
             "failed mail is not tried again: see why with `cpmail log --status failed`, "
             "and send it again with `cpmail outbox retry ID` once that is fixed"
         )
-    return "; ".join(parts) + "."
+    return "; ".join(parts or ["mail is waiting (`cpmail outbox`)"]) + "."
 
 
 class _Bar:
