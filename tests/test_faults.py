@@ -185,7 +185,8 @@ def test_a_stop_signal_ends_any_sending_command_without_saying_sent(
         with connect(Settings.load(home).db_url, where="test").begin() as conn:
             conn.execute(sa.text("UPDATE messages SET status = 'deferred' WHERE status = 'queued'"))
     proc = spawn(home, *args)
-    time.sleep(2.5)  # waiting for its slot, a minute away
+    wait_for(lambda: statuses(home)["sending"] >= 1)  # claimed: waiting for its slot
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, (out, err)
