@@ -562,6 +562,7 @@ def _accounts(
         names.append(settings["user.staff"])
     if transport != "file":
         names += _stored_accounts(secrets, transport)
+    local = set(names)  # this machine sends from these; the log may name others
     names += [a for a in rows if a]
     senders = _staff_addresses(engine, names) if engine is not None else {}
     accounts = []
@@ -579,6 +580,11 @@ def _accounts(
             acct.login = "none (file transport)"
         else:
             _credentials(settings, secrets, acct, transport)
+            if name not in local and acct.signed_in is False:
+                # Known from the log only: another machine on the same database may be the
+                # one signed in as it. Its waiting mail is judged (and alerted) on its own.
+                acct.login += " (not on this machine)"
+                acct.problem = None
         err, at = acct.last_error, info.get("error_at")
         refused = bool(err and _REFUSAL.search(err))
         if refused and at is not None and acct.last_sent is not None and acct.last_sent > at:

@@ -20,7 +20,7 @@ from cpmail.oauth.microsoft import microsoft_sign_in
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.store import SCHEMA_REVISION, connect, utcnow
-from cpmail.store.schema import runs
+from cpmail.store.schema import messages, runs
 from tests.conftest import Cli
 from tests.fakeapi import MS_CLIENT_ID, FakeAPI
 from tests.smtpserver import SMTPTestServer
@@ -263,3 +263,31 @@ def test_without_its_database_status_says_unknown_not_never(
     assert r.exit_code == 3, r.output
     assert "no check has run yet" not in r.stdout and "(no address)" not in r.stdout, r.stdout
     assert "unknown (no database)" in r.stdout
+
+
+def test_an_account_known_only_from_the_log_is_not_this_machines_problem(
+    ms_cli: Cli, home: Path
+) -> None:
+    """Two machines on one database, each signed in as its own account: both are HEALTHY."""
+    engine = connect(Settings.load(home).db_url, where="test")
+    now = utcnow()
+    with engine.begin() as conn:  # mail the other machine sent, from KM
+        conn.execute(
+            messages.insert().values(
+                event="job-opened",
+                account="KM",
+                from_addr="km@agency.test",
+                to_addrs="pat@agency.test",
+                subject="Job opened",
+                message_id="<km@agency.test>",
+                status="sent",
+                created_at=now,
+                queued_at=now,
+                sent_at=now,
+            )
+        )
+    engine.dispose()
+    code, doc = status(ms_cli)
+    assert code == 0, doc["problems"]
+    km = next(a for a in doc["accounts"] if a["account"] == "KM")
+    assert km["problem"] is None and "not on this machine" in km["login"]
