@@ -419,6 +419,7 @@ def _transport_detail(settings: Settings) -> tuple[str, str | None]:
 def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
     import sqlalchemy as sa
 
+    from cpmail.outbox import stopped_runs
     from cpmail.store.schema import runs
 
     with engine.connect() as conn:
@@ -428,6 +429,8 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             .order_by(runs.c.started_at.desc())
             .limit(1)
         ).first()
+        # a run of this machine whose process is gone (killed) did not finish, now
+        gone = r is not None and r.ended_at is None and r.id in stopped_runs(conn)
     if r is None:
         return None
     counts: dict[str, Any] | None = None
@@ -439,7 +442,7 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             counts = None
     if r.ended_at is not None:
         state = "finished"
-    elif r.heartbeat_at >= now - dt.timedelta(minutes=stale_minutes):
+    elif r.heartbeat_at >= now - dt.timedelta(minutes=stale_minutes) and not gone:
         state = "running"
     else:
         state = "did not finish"

@@ -379,6 +379,12 @@ def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
     assert send_one(cli).exit_code == 0
     found = json.loads(cli("log", "--json", "--to", "jd@agency.test").stdout)
     assert [r["to"] for r in found] == [["jd@agency.test"]]
+    # a staff member without an address got nothing: not every message
+    engine = connect(Settings.load(cli.home).db_url, where="test")
+    with engine.begin() as conn:  # (written by a data import: the CLI wants an address)
+        conn.execute(sa.text("INSERT INTO staff (id, name, active) VALUES ('NA', 'No Address', 1)"))
+    engine.dispose()
+    assert json.loads(cli("log", "--json", "--to", "NA").stdout) == []
     # dropping a message that is not waiting says so
     sent = [r["id"] for r in log_rows(cli) if r["status"] == "sent"]
     r = cli("outbox", "drop", str(sent[0]))

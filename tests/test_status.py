@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,6 +115,11 @@ def test_a_check_that_died_is_said(initialised: Cli, home: Path) -> None:
     assert "DID NOT FINISH" in initialised("status").stdout
     add_run(home, started_at=now, heartbeat_at=now)
     assert status(initialised)[1]["last_check"]["state"] == "running"
+    # killed on this machine a moment ago: its heartbeat is fresh, its process gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    add_run(home, started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=dead.pid)
+    assert status(initialised)[1]["last_check"]["state"] == "did not finish"
 
 
 def test_a_last_check_that_could_not_send_is_exit_3(initialised: Cli, home: Path) -> None:
