@@ -433,7 +433,7 @@ def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> 
     return minutes >= start or minutes < end  # a window across midnight
 
 
-def _live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
+def live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
     """A run that still renews its heartbeat: its claims are its own.
 
     Judged by the run's own limit (``expires_at``), whatever the limit of the
@@ -461,7 +461,7 @@ def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
             sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
             current,
         ),
-        sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~_live_run(now, cutoff)),
+        sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~live_run(now, cutoff)),
     )
 
 

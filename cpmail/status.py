@@ -484,7 +484,7 @@ def _outbox(
 ) -> Outbox:
     import sqlalchemy as sa
 
-    from cpmail.outbox import stopped_runs
+    from cpmail.outbox import live_run, stopped_runs
     from cpmail.store.schema import messages
 
     m = messages.c
@@ -513,7 +513,9 @@ def _outbox(
         live = conn.execute(
             sa.select(sa.func.count()).where(
                 m.status == "sending",
-                m.claimed_at >= now - dt.timedelta(minutes=stale_minutes),
+                # by the claiming run's own heartbeat and limit: a long run's claims
+                # stay its own however long ago it made them
+                live_run(now, now - dt.timedelta(minutes=stale_minutes)),
                 *([sa.or_(m.claimed_by.is_(None), m.claimed_by.not_in(gone))] if gone else []),
             )
         ).scalar_one()

@@ -252,12 +252,26 @@ def test_microsoft_sign_in_dates_and_revocation(ms_cli: Cli, fake: FakeAPI) -> N
 def test_mail_being_sent_by_a_live_run_is_not_waiting(initialised: Cli, home: Path) -> None:
     from tests.test_alerts import _queue, _set
 
+    now = utcnow()
+    add_run(home, id="run-alive", heartbeat_at=now, expires_at=now + dt.timedelta(minutes=15))
     id_ = _queue(home, status="sending", hours_ago=0.1)
-    _set(home, id_, claimed_at=utcnow(), claimed_by="run-alive")
+    _set(home, id_, claimed_at=now, claimed_by="run-alive")
     code, doc = status(initialised)
     assert code == 0 and doc["outbox"]["sending_now"] == 1 and doc["outbox"]["waiting"] == 1
     assert "1 being sent now" in initialised("status").stdout
-    _set(home, id_, claimed_at=utcnow() - dt.timedelta(hours=2))  # its run died
+    # a long run: claimed two hours ago, its heartbeat still fresh
+    _set(home, id_, claimed_at=now - dt.timedelta(hours=2))
+    code, doc = status(initialised)
+    assert code == 0 and doc["outbox"]["sending_now"] == 1
+    # its run died: no heartbeat for an hour
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(
+            runs.update().values(
+                heartbeat_at=now - dt.timedelta(hours=1), expires_at=now - dt.timedelta(minutes=45)
+            )
+        )
+    engine.dispose()
     code, doc = status(initialised)
     assert code == 1 and doc["outbox"]["sending_now"] == 0
 
