@@ -115,7 +115,11 @@ def conditions(
         )
     hours = settings["alerts.waiting_hours"]
     overdue = box.overdue_since if box is not None else None
-    if box is not None and overdue is not None and now - overdue > dt.timedelta(hours=hours):
+    if box is not None and box.waiting and not health.window_open:
+        # The wait is not counted while the send window is closed: neither raised nor
+        # resolved then (the mail still waits), judged again once it opens.
+        unjudged.add("waiting")
+    elif box is not None and overdue is not None and now - overdue > dt.timedelta(hours=hours):
         since = _local(overdue, settings)
         out.append(
             Condition(

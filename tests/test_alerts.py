@@ -389,6 +389,15 @@ def test_mail_waiting_past_the_limit_alerts_once(
     _set(home, id_, queued_at=utcnow() - dt.timedelta(hours=9))
     after_check(home, 0)
     assert receiver.take() == []
+    # the send window closes: the wait is not counted then, but nothing was resolved either
+    now = dt.datetime.now(Settings.load(home).tz())
+    closed = f"{(now + dt.timedelta(hours=2)):%H}:00-{(now + dt.timedelta(hours=3)):%H}:00"
+    assert cli("config", "set", "mail.send_window", closed).exit_code == 0
+    after_check(home, 0)
+    assert receiver.take() == []
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+    after_check(home, 0)
+    assert receiver.take() == []  # still the same problem: not raised again
 
     _set(home, id_, status="sent", sent_at=utcnow(), next_attempt_at=None, last_error=None)
     after_check(home, 0)
