@@ -119,8 +119,12 @@ def _email_or_blank(raw: Any) -> str:
     v = _str(raw).strip()
     if v:
         from cpmail.addresses import check_address
+        from cpmail.errors import InputError
 
-        check_address(v)
+        try:
+            check_address(v)
+        except InputError as e:  # a value error of this setting, named with its key
+            raise ValueError(str(e).rstrip(".")) from None
     return v
 
 

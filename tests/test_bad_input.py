@@ -9,6 +9,7 @@ where the home folder should be).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -232,3 +233,33 @@ def test_a_setting_from_the_environment_not_in_utf8_is_exit_2(initialised: Cli, 
     )
     assert r.returncode == 2, r.stderr
     assert "CPMAIL_MAIL_SUBJECT_PREFIX is not UTF-8" in one_sentence(r.stderr)
+
+
+def test_a_bad_address_in_the_settings_file_names_the_key(initialised: Cli, home: Path) -> None:
+    path = home / "cpmail.toml"
+    path.write_text(
+        path.read_text(encoding="utf-8") + '\n[helpdesk]\nemail = "not-an-email"\n',
+        encoding="utf-8",
+    )
+    r = initialised("config", "show")
+    assert r.exit_code == 2, r.output
+    assert "cpmail.toml: helpdesk.email: 'not-an-email' is not an e-mail address" in one_sentence(
+        r.stderr
+    )
+
+
+def test_a_mail_folder_that_cannot_be_made_keeps_the_mail_and_is_exit_3(
+    initialised: Cli, home: Path
+) -> None:
+    """Not a bad setting refused before anything (exit 2): the message is queued and waits."""
+    assert initialised("config", "set", "mail.file.dir", "/proc/no-such-place").exit_code == 0
+    assert initialised("config", "manager", "--name", "Max", "--email", "max@x.test").exit_code == 0
+    r = initialised("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@x.test")
+    assert r.exit_code == 0, r.output
+    assert initialised("config", "set", "user.staff", "JD").exit_code == 0
+    r = initialised("message", "manager", "hello")
+    assert r.exit_code == 3, r.output
+    assert one_sentence(r.stderr).startswith("cpmail: mail.file.dir: cannot make the folder")
+    assert "hello" not in r.stdout
+    rows = json.loads(initialised("outbox", "--json").stdout)
+    assert [row["status"] for row in rows] == ["deferred"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from cpmail.errors import Unreachable
+from cpmail.errors import ConfigError, Unreachable
 from cpmail.settings import PRIVATE_FILE, private_dir, write_atomic
 from cpmail.transports.base import Envelope, Outcome, Report, Transport
 
@@ -25,6 +25,8 @@ class FileTransport(Transport):
             private_dir(folder)
         except OSError as e:
             raise Unreachable(f"cannot create the mail folder {folder}: {e.strerror}.") from None
+        except ConfigError as e:  # not a bad setting to refuse: the mail stays queued
+            raise Unreachable(f"mail.file.dir: {e}") from None
         for env in envelopes:
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             path = folder / f"{stamp}-{env.id:06d}.eml"
