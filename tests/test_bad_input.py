@@ -263,3 +263,44 @@ def test_a_mail_folder_that_cannot_be_made_keeps_the_mail_and_is_exit_3(
     assert "hello" not in r.stdout
     rows = json.loads(initialised("outbox", "--json").stdout)
     assert [row["status"] for row in rows] == ["deferred"]
+
+
+def test_the_end_of_input_at_a_prompt_is_exit_2_and_changes_nothing(
+    initialised: Cli, home: Path
+) -> None:
+    """Ctrl-D at the passcode prompt, on a real terminal (a pty): not click's "Aborted!"."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+
+    r = initialised("staff", "add", "PQ", "--name", "Pat Q", "--work-email", "pq@x.test")
+    assert r.exit_code == 0, r.output
+    main, side = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "--home", str(home), "staff", "passcode", "PQ"],
+        stdin=side,
+        stdout=side,
+        stderr=side,
+        close_fds=True,
+        start_new_session=True,
+    )
+    os.close(side)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"Passcode for PQ" not in seen and time.monotonic() < deadline:  # the prompt
+        seen += os.read(main, 1024)
+    time.sleep(0.5)  # reading now
+    os.write(main, b"\x04")
+    proc.wait(timeout=30)
+    try:
+        while chunk := os.read(main, 1024):
+            seen += chunk
+    except OSError:
+        pass  # the other end closed
+    os.close(main)
+    said = seen.decode(errors="replace")
+    assert proc.returncode == 2, said
+    assert "no answer was given at the prompt" in said and "Aborted" not in said, said
+    assert initialised("staff", "passcode", "PQ", "--stdin", input="x\n").exit_code == 0

@@ -102,6 +102,9 @@ class _Root(TyperGroup):
         except CpmailError as e:
             typer.echo(f"cpmail: {brief(str(e))}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except typer.Abort:  # the end of the input at a prompt (Ctrl-D): it was not answered
+            typer.echo("cpmail: no answer was given at the prompt; nothing was changed.", err=True)
+            raise typer.Exit(2) from None
         except Exception as e:
             # The database or the disk failing is not a bug: say what failed (exit 3).
             err = _outside_failure(e, ctx)
@@ -201,9 +204,7 @@ def main() -> None:
     try:
         app()
     except interrupt.Stopped as e:
-        detail = e.detail or (
-            "nothing is lost: mail not yet sent waits in the outbox for the next run"
-        )
+        detail = e.detail or "what it had not finished was not done, and nothing is lost"
         sys.stderr.write(f"cpmail: stopped by {e.name}; {detail}.\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
