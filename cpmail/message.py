@@ -46,7 +46,8 @@ def looks_like_token(text: str) -> bool:
 def redact(key: str, value: Any) -> str:
     """One setting's value as shown in a bug report: secrets and token-like text as ••••."""
     spec = KEYS.get(key)
-    if (spec is not None and spec.secret) or _SECRET_NAME.search(key.rsplit(".", 1)[-1]):
+    named = isinstance(value, str) and _SECRET_NAME.search(key.rsplit(".", 1)[-1])
+    if (spec is not None and spec.secret) or named:  # (a number, token_days say, is no secret)
         return MASK if value not in ("", None, []) else json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_redact_text(str(v)) for v in value) + "]"

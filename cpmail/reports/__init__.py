@@ -76,7 +76,10 @@ def load(
     """Read report ``kind`` (with ``id`` unless cash-flow) from the agency's data."""
     check_kind(kind)
     if kind in NEEDS_ID and not id:
-        raise InputError(f"the {kind} report needs an id, e.g. `cpmail report {kind} ID …`.")
+        raise InputError(
+            f"the {kind} report needs an id: `cpmail report {kind} ID …`, or "
+            f"`cpmail send-report --report {kind} --id ID …`."
+        )
     if kind == "cash-flow" and id:
         raise InputError("the cash-flow report takes no id; give --as-of DATE instead.")
     as_of = as_of or today(settings)
