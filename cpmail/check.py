@@ -37,6 +37,7 @@ from cpmail.outbox import (
     Delivery,
     Waiting,
     deliver,
+    give_up,
     in_send_window,
     lease,
     new_run_id,
@@ -51,6 +52,7 @@ from cpmail.render import Renderer
 from cpmail.routing import Directory, Person
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
+from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store.schema import ledger, messages, staff_prefs
 from cpmail.transports.base import Envelope, Transport, get_transport
@@ -252,7 +254,7 @@ def _run_check(
         return result
     send_now = enabled and transport is not None and in_send_window(settings)
     try:
-        ids, ready, taken = _queue_all(
+        ids, ready, taken, oversize = _queue_all(
             engine,
             settings,
             found,
@@ -289,6 +291,10 @@ def _run_check(
         on_progress=on_progress,
         ready=ready if send_now else (),
     )
+    for mid, why in oversize.items():  # failed before it could be sent: this run's mail
+        delivery.status[mid] = Status.FAILED
+        delivery.events[mid] = ids[mid].event
+        delivery.errors[mid] = why
     result.delivery = delivery
     _count(result, ids, delivery)
     if delivery.waiting:
@@ -367,8 +373,11 @@ def _queue_all(
     run_id: str,
     transport: Transport | None,
     send_now: bool,
-) -> tuple[dict[int, Planned], list[tuple[Envelope, str]], list[Notification]]:
+) -> tuple[dict[int, Planned], list[tuple[Envelope, str]], list[Notification], dict[int, str]]:
     """Render every message, then record the ledger keys and queue them in one transaction.
+
+    A message larger than the transport takes, even alone, fails by itself (its
+    notification is recorded; nobody else's mail waits for it): returned with why.
 
     A template or address that fails anywhere leaves nothing queued (exit 2).
     Rendering comes before the transaction: on SQLite it holds the database's
@@ -388,16 +397,24 @@ def _queue_all(
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
             planned = _fitted(plan, groups, halves(plan, groups), limit)
         drafts = [_draft(p, sender) for p in planned]
+        suppressed = not settings["mail.enabled"]
         mids = queue_many(
             conn,
             drafts,
             run_id=run_id,
             ledger_keys=[",".join(p.keys)[:2000] for p in planned],
-            suppressed=not settings["mail.enabled"],
-            max_bytes=transport.max_message_bytes if transport else None,
+            suppressed=suppressed,
             claimed=send_now,
         )
-    return dict(zip(mids, planned, strict=True)), ready_of(mids, drafts), taken
+    oversize: dict[int, str] = {}
+    if limit is not None and not suppressed:
+        for mid, d in zip(mids, drafts, strict=True):
+            if len(d.raw) > limit:
+                shown, most = size_pair(len(d.raw), limit)
+                oversize[mid] = f"not sent: it is {shown}; the transport takes at most {most}"
+                give_up(engine, [mid], oversize[mid], run_id=run_id)
+    ready = [r for r in ready_of(mids, drafts) if r[0].id not in oversize]
+    return dict(zip(mids, planned, strict=True)), ready, taken, oversize
 
 
 def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> None:
@@ -599,7 +616,7 @@ def _fitted(
     """``planned``, with a digest or list larger than the transport takes split in two
     until each part fits: one person's many notifications never stop everyone's mail.
 
-    A single notification too large stays as it is (refused, naming it, when queued).
+    A single notification too large stays as it is: it fails by itself (see _queue_all).
     """
     if limit is None or all(len(p.raw) <= limit for p in planned):
         return planned

@@ -914,3 +914,48 @@ def test_a_digest_too_large_for_the_transport_goes_in_parts_and_drops_nothing(
     keys = [k for r in rows for k in r.ledger_key.split(",")]
     assert sorted(keys) == sorted(f"homebase-entry:HB{i}" for i in range(40))  # each once
     assert len(agency.server.messages) == len(rows)  # what was recorded is what went
+
+
+def test_a_message_too_large_even_alone_fails_by_itself_and_the_rest_go(
+    agency: Agency, home: Path
+) -> None:
+    from cpmail.check import run_check
+    from cpmail.secrets import SecretStore
+    from cpmail.store.schema import messages
+    from cpmail.transports.base import get_transport
+
+    agency.add(
+        "homebase_entries",
+        dict(id="BIG", subject="Big", body="word " * 20_000, entered_at=at(D, 9), notify="AE"),
+        dict(id="SMALL", subject="Small", body="A line.", entered_at=at(D, 9), notify="CR"),
+    )
+    settings = Settings.load(home)
+    secrets = SecretStore(home)
+    transport = get_transport(settings, secrets)
+    transport.max_message_bytes = 30_000
+    result = run_check(
+        agency.engine, settings, secrets, home, date=D, only=["homebase-entry"], transport=transport
+    )
+    assert result.exit_code == 1
+    row = result.summary["homebase-entry"]
+    assert (row.found, row.sent, row.failed) == (2, 1, 1), row
+    assert result.summary["failure-summary"].sent == 1  # and the manager is told
+    with agency.engine.connect() as conn:
+        rows = {
+            r.to_addrs: r
+            for r in conn.execute(
+                sa.select(messages.c.to_addrs, messages.c.status, messages.c.last_error)
+            )
+        }
+    assert rows["carl@agency.test"].status == "sent"
+    big = rows["alice@agency.test"]
+    assert big.status == "failed" and "the transport takes at most 30.0 KB" in big.last_error
+    assert sorted(m.rcpt_tos for m in agency.server.messages) == [
+        ("carl@agency.test",),
+        ("max@agency.test",),
+    ]
+    # recorded: a later run does not find it again (nor fail on it again)
+    again = run_check(
+        agency.engine, settings, secrets, home, date=D, only=["homebase-entry"], transport=transport
+    )
+    assert again.totals()["found"] == 0
