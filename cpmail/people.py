@@ -187,7 +187,16 @@ def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) 
             "or send everything from one account (`cpmail config one-account --sender ADDRESS`)."
         )
     with engine.connect() as conn:
-        row = get(conn, staff_id)
+        try:
+            row = get(conn, staff_id)
+        except InputError as e:
+            if as_staff:
+                raise
+            # from the settings, not the command line: say which setting names them
+            raise ConfigError(
+                f"[user] staff = {staff_id!r} names no staff member; set it to a staff ID "
+                "(`cpmail config set user.staff ID`, see `cpmail staff list`)."
+            ) from e
     if not row.active:
         raise ConfigError(f"staff member {staff_id} ({row.name}) is inactive and cannot send.")
     address = row.username or row.work_email

@@ -907,7 +907,7 @@ def private_dir(path: Path) -> Path:
     if not path.is_dir():
         from cpmail.errors import ConfigError
 
-        raise ConfigError(f"{path} is not a folder; give --home a folder (or one to be made).")
+        raise ConfigError(f"{path} is not a folder (a file of that name is in the way).")
     return path
 
 

@@ -304,3 +304,21 @@ def test_the_end_of_input_at_a_prompt_is_exit_2_and_changes_nothing(
     assert proc.returncode == 2, said
     assert "no answer was given at the prompt" in said and "Aborted" not in said, said
     assert initialised("staff", "passcode", "PQ", "--stdin", input="x\n").exit_code == 0
+
+
+def test_errors_name_what_is_at_fault_not_another_option(
+    initialised: Cli, home: Path, tmp_path: Path
+) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("x", encoding="utf-8")
+    r = initialised("report", "cash-flow", "--out", str(in_the_way / "x.pdf"))
+    assert r.exit_code == 2, r.output
+    said = one_sentence(r.stderr)
+    assert str(in_the_way) in said and "--home" not in said
+    # (config set refuses an unknown ID: here it comes from the environment, or an edited file)
+    assert initialised("config", "manager", "--name", "Max", "--email", "max@x.test").exit_code == 0
+    r = initialised("message", "manager", "hello", env={"CPMAIL_USER_STAFF": "ZZ"})
+    assert r.exit_code == 2, r.output
+    assert "[user] staff = 'ZZ' names no staff member" in one_sentence(r.stderr)
+    r = initialised("message", "manager", "hello", "--as", "YY")
+    assert r.exit_code == 2 and "no staff member 'YY'" in one_sentence(r.stderr)

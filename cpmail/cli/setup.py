@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from cpmail.cli.common import ctx_of
+from cpmail.errors import ConfigError
 from cpmail.settings import (
     DEFAULT_TOML,
     PRIVATE_DIR,
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 def _make_home(home: Path) -> None:
     """Create the home private (0700): it holds settings, secrets and the agency's data."""
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"{home} is not a folder; give --home a folder (or one to be made).")
     private_dir(home)
 
 
