@@ -964,3 +964,24 @@ def test_a_lone_carriage_return_survives_a_csv_round_trip(cli: Cli, tmp_path: Pa
     r = cli("data", "import", str(out), "--replace", "--dry-run", "--json")
     assert r.exit_code == 0, r.output
     assert '"unchanged": 2' in r.stdout.replace("\n", " ") or "2 unchanged" in r.stdout, r.stdout
+
+
+def test_an_export_of_a_value_written_by_other_means_is_one_sentence(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    """A date column holding '2026-13-01' (written by hand into SQLite): exit 3, no traceback."""
+    import sqlite3
+
+    assert cli("init").exit_code == 0
+    src = tmp_path / "clients.csv"
+    src.write_text("id,name\nC1,Acme\n", encoding="utf-8")
+    assert cli("data", "import", str(src)).exit_code == 0
+    src = tmp_path / "jobs.csv"
+    src.write_text("id,client_id,title,opened_at\nJ1,C1,T,2026-11-24 09:00\n", encoding="utf-8")
+    assert cli("data", "import", str(src)).exit_code == 0
+    with sqlite3.connect(home / "cpmail.db") as db:
+        db.execute("UPDATE jobs SET opened_at = '2026-13-01 09:00:00'")
+    r = cli("data", "export", "jobs", "--out", str(tmp_path / "out.csv"))
+    assert r.exit_code == 3, r.output
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "table jobs, from row 1 on" in lines[0], r.stderr

@@ -23,7 +23,7 @@ from cpmail.dataio.columns import (
     get_table,
     key_columns,
 )
-from cpmail.errors import InputError
+from cpmail.errors import InputError, Unavailable
 from cpmail.files import atomic_open
 from cpmail.store import schema
 
@@ -59,8 +59,18 @@ def _rows(engine: sa.Engine, table: sa.Table) -> Iterator[Sequence[Any]]:
     q = sa.select(*(table.c[s.name] for s in columns_of(table))).order_by(*order)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(q)
-        for partition in result.partitions():
-            yield from partition
+        n = 0
+        try:
+            for partition in result.partitions():
+                yield from partition
+                n += len(partition)
+        except (ValueError, TypeError, ArithmeticError) as e:
+            # a value written into the database by other means than cpmail: not its type
+            raise Unavailable(
+                f"table {table.name}, from row {n + 1} on in key order, holds a value that is "
+                f"not of its column's type ({e}); correct it in the database, or import the "
+                "table again."
+            ) from None
 
 
 def export_table(engine: sa.Engine, table: str, out: IO[str], fmt: str = "csv") -> int:
