@@ -147,6 +147,19 @@ def template_names() -> list[str]:
     return sorted(str(p.relative_to(BUILTIN)) for p in BUILTIN.rglob("*") if p.is_file())
 
 
+def failed_in(e: BaseException, name: str) -> str:
+    """Where a template failed while rendering: ``FILE, line N`` (Jinja puts the
+    template's lines in the traceback), else ``name``; a missing include by name."""
+    import traceback
+
+    if isinstance(e, jinja2.TemplateNotFound):
+        return f"{name} (it includes {e.name}, which does not exist)"
+    lines = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.endswith(".py")]
+    if lines:
+        return f"{lines[-1].filename}, line {lines[-1].lineno}"
+    return name
+
+
 class Renderer:
     """Render one message for one recipient."""
 
@@ -174,7 +187,7 @@ class Renderer:
         try:
             return tmpl.render(ctx)
         except jinja2.TemplateError as e:
-            raise ConfigError(f"template {tmpl.name}: {e}.") from None
+            raise ConfigError(f"template {failed_in(e, str(tmpl.name))}: {e}.") from None
 
     def _ctx(
         self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]

@@ -419,6 +419,16 @@ def test_templates_in_the_home_override_the_built_ins(
     r = agency("report", "invoice", "B1", "--out", str(tmp_path / "bad.pdf"))
     assert r.exit_code == 2
     assert "invoice.html" in r.stderr
+    # a mistake found only while rendering names the line too, and a missing include by name
+    (folder / "invoice.html").write_text(
+        '{% extends "base.html" %}{% block content %}\n<p>\n{{ doc.nope.x }}</p>{% endblock %}',
+        encoding="utf-8",
+    )
+    r = agency("report", "invoice", "B1", "--out", str(tmp_path / "bad.pdf"))
+    assert r.exit_code == 2 and f"{folder / 'invoice.html'}, line 3 failed" in r.stderr, r.stderr
+    (folder / "invoice.html").write_text('{% include "gone.html" %}', encoding="utf-8")
+    r = agency("report", "invoice", "B1", "--out", str(tmp_path / "bad.pdf"))
+    assert r.exit_code == 2 and "includes gone.html, which does not exist" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- cash flow

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from cpmail.errors import ConfigError
-from cpmail.render import CompiledTemplates, TextLoader
+from cpmail.render import CompiledTemplates, TextLoader, failed_in
 from cpmail.reports.money import money, quantity
 from cpmail.settings import Settings
 
@@ -104,7 +104,7 @@ def render_html(settings: Settings, template: str, context: Mapping[str, Any]) -
         ) from None
     except jinja2.TemplateError as e:
         raise ConfigError(
-            f"report template {template} (or one it includes) failed: {e}; "
+            f"report template {failed_in(e, template)} failed: {e}; "
             f"fix or remove your copy in {override_dir(settings)}."
         ) from None
 
