@@ -56,7 +56,7 @@ RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
 RECORD_PATIENCE = 300.0
 # A pass waits at most this long in all for accounts a server asked to slow
 # down (Retry-After); past it, their mail waits in the outbox for a later run.
-MAX_PAUSE = 900.0
+MAX_PAUSE = 300.0
 
 
 def new_run_id() -> str:
@@ -771,16 +771,15 @@ class _Recorder:
         others are deferred: when those are accepted later the message is
         ``failed``, not ``sent``, waiting for the refused ones, saying why.
         """
-        attempts = row.attempts + 1
-        give_up = now - row.queued_at > self.max_age or attempts >= self.max_attempts
         # "Daily sending limit exceeded" (Gmail's 550 5.4.5) refuses the account for the
-        # day, not the message or its recipients: it waits for the next day.
-        daily = pace.daily_limit(" ".join([str(o.error or ""), *o.refused.values()]))
+        # day, not the message or its recipients: those it names wait for the next day.
+        daily_rcpts = [a for a, w in o.refused.items() if pace.daily_limit(w)]
+        daily = pace.daily_limit(str(o.error or "")) or bool(daily_rcpts)
         earlier = [a for a in row.refused_rcpts.split(",") if a]
-        refused = earlier if daily else list(dict.fromkeys([*earlier, *o.refused]))
+        refused_now = [a for a in o.refused if a not in daily_rcpts]
+        refused = list(dict.fromkeys([*earlier, *refused_now]))
         values: dict[str, Any] = {
             "b_id": o.id,
-            "attempts": attempts,
             "claimed_at": None,
             "claimed_by": None,
             "next_attempt_at": None,
@@ -795,26 +794,34 @@ class _Recorder:
             error = "; ".join(filter(None, [str(o.error), before]))
             unserved = [a for a in row.pending_rcpts.split(",") if a]
         elif o.deferred or o.refused:
-            temporary = bool(o.deferred) or daily
+            temporary = bool(o.deferred) or bool(daily_rcpts)
             error = "; ".join(filter(None, [*words, before]))
             if o.accepted:
                 error += "; accepted for " + ", ".join(o.accepted)
-            unserved = list(o.deferred) + (list(o.refused) if daily else [])
+            unserved = [*o.deferred, *daily_rcpts]
         elif earlier:
             temporary = False
             error = f"{before}; accepted for " + ", ".join(o.accepted)
             unserved = []
         else:
-            values.update(status=Status.SENT, pending_rcpts="", last_error=None)
+            values.update(status=Status.SENT, attempts=row.attempts + 1)
+            values.update(pending_rcpts="", last_error=None)
             notes.append((o.id, row.event, Status.SENT, None))
             return values
+        # The account was too fast, not this message: no attempt of its own is used up
+        # (a server that keeps throttling is bounded by the pass's MAX_PAUSE and max_age).
+        throttled = temporary and not daily and pace.throttled(" ".join([error, *words]))
+        attempts = row.attempts + (0 if throttled else 1)
+        values["attempts"] = attempts
+        give_up = now - row.queued_at > self.max_age or (
+            not throttled and attempts >= self.max_attempts
+        )
         if temporary and not give_up:
-            said = " ".join([error, *words])
             if daily:
                 delay = pace.next_day_start(self.day_zone) - now
-            elif pace.throttled(said):
-                # The account was too fast, not this message: it goes once the account's
-                # pause is over (in this run, when the account's turn comes again).
+            elif throttled:
+                # it goes once the account's pause is over (in this run, when the
+                # account's turn comes again)
                 delay = dt.timedelta(seconds=o.retry_after or 0)
             else:
                 delay = backoff(attempts)
@@ -927,6 +934,7 @@ class _Pass:
         # order: an account's later turn (after a pause) offers these again first.
         self.holding: dict[int, Envelope] = {env.id: env for env, _ in ready}
         self.offered: set[int] = set()  # handed to the transport (for the progress count)
+        self.refused: set[str] = set()  # accounts whose sign-in was refused in this pass
         self.paused_for = 0.0  # seconds this pass waited for throttled accounts
         self.silent = 0  # messages in a row the server did not answer in time
         self.stalled: Unreachable | None = None
@@ -979,7 +987,12 @@ class _Pass:
         """The account's turn; paused by a throttling answer, it goes on ``later``."""
         self._account(account)
         paced = self.paces.get(account)
-        if paced is not None and paced.paused and not paced.day_full:
+        if (
+            paced is not None
+            and paced.paused
+            and not paced.day_full
+            and account not in self.refused
+        ):
             later.append((paced.resume_at, account))
 
     def _wait_for(self, account: str, at: float) -> bool:
@@ -1036,6 +1049,9 @@ class _Pass:
                 account=account,
                 keep=self.held.keep,
             )
+            # Given back: no longer this pass's to offer, and no later turn for the account.
+            self.holding = {i: env for i, env in self.holding.items() if env.account != account}
+            self.refused.add(account)
         paced = self.pace
         if paced is not None and paced.day_full and interrupt.requested() is None:
             self.recorder.flush()

@@ -24,9 +24,9 @@ from cpmail.settings import MASK
 
 _PIECE = 8  # characters in a row of a secret that make a word part of it
 _WORD = re.compile(r"\S+")
-# What starts each line of a reply (``535-5.7.8``, ``535``): left out when the
-# words are read together.
-_REPLY_CODE = re.compile(r"\d{3}(?:[- ]\d\.\d{1,3}\.\d{1,3})?[-]?|\d\.\d{1,3}\.\d{1,3}")
+# What starts a line of a reply (``535-5.7.8``, ``535 5.7.8``): left out when the
+# words are read together. Only there: a passcode may hold digit groups too.
+_LINE_CODE = re.compile(r"^[ \t]*\d{3}(?:[- ]\d\.\d{1,3}\.\d{1,3})?-?(?=[ \t]|$)", re.M)
 
 
 class Scrubber:
@@ -58,21 +58,24 @@ class Scrubber:
         return _WORD.sub(self._word, text)
 
     def _spelled_out(self, text: str) -> str:
-        """Mask the words that together spell a secret (reply codes between them aside)."""
+        """Mask the words that together spell a secret: read as they are, and read without
+        the reply codes that start the lines (so each way of splitting is caught)."""
         if not self._joined:
             return text
-        words = [m for m in _WORD.finditer(text) if not _REPLY_CODE.fullmatch(m.group(0))]
-        joined = "".join(m.group(0) for m in words)
-        owner = [n for n, m in enumerate(words) for _ in m.group(0)]
-        hit: set[int] = set()
-        for form in self._joined:
-            at = joined.find(form)
-            while at >= 0:
-                hit.update(owner[at : at + len(form)])
-                at = joined.find(form, at + 1)
-        for n in sorted(hit, reverse=True):
-            m = words[n]
-            text = text[: m.start()] + MASK + text[m.end() :]
+        codes = [m.span() for m in _LINE_CODE.finditer(text)]
+        every = list(_WORD.finditer(text))
+        bare = [m for m in every if not any(a <= m.start() and m.end() <= b for a, b in codes)]
+        hit: set[tuple[int, int]] = set()
+        for words in (every, bare):
+            joined = "".join(m.group(0) for m in words)
+            owner = [n for n, m in enumerate(words) for _ in m.group(0)]
+            for form in self._joined:
+                at = joined.find(form)
+                while at >= 0:
+                    hit.update(words[n].span() for n in set(owner[at : at + len(form)]))
+                    at = joined.find(form, at + 1)
+        for start, end in sorted(hit, reverse=True):
+            text = text[:start] + MASK + text[end:]
         return text
 
     def _word(self, m: re.Match[str]) -> str:

@@ -52,6 +52,12 @@ def test_without_a_pace_a_throttling_answer_slows_the_account(
     assert Counter(received(smtp_server)) == Counter(ids)  # each once
     assert time.monotonic() - started < 30
     assert statuses(home)["sent"] == 12
+    # a throttling answer used up none of a message's attempts: each went on its first
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.connect() as conn:
+        attempts = conn.execute(sa.select(messages.c.attempts)).scalars().all()
+    engine.dispose()
+    assert sorted(attempts) == [1] * 12, attempts
 
 
 def test_past_the_days_limit_mail_waits_for_tomorrow(
@@ -276,3 +282,39 @@ def test_a_long_retry_after_leaves_the_accounts_mail_for_a_later_run(cli: Cli, h
     soonest = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=55)
     assert all(r.next_attempt_at > soonest for r in jd), jd
     assert sorted(result.status.values()) == ["deferred"] * 3 + ["sent"] * 3
+
+
+def test_a_daily_limit_for_one_recipient_leaves_another_refused_for_good(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Only the recipients the daily-limit answer names wait for tomorrow."""
+    from cpmail.compose import Draft, Mailbox, build_message
+    from cpmail.outbox import new_run_id, queue
+
+    prepare(cli, smtp_server)
+    msg = build_message(
+        sender=Mailbox("jd@agency.test"),
+        to=[Mailbox("gone@agency.test"), Mailbox("busy@agency.test")],
+        subject="Two",
+        text="A line.",
+        event="test",
+        key="two",
+    )
+    draft = Draft.from_message(
+        msg, event="test", key="two", account="JD", envelope_from="jd@agency.test"
+    )
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        queue(conn, draft, run_id=new_run_id())
+    smtp_server.fail_rcpt = {
+        "gone@agency.test": "550 5.1.1 no such user",
+        "busy@agency.test": "550 5.4.5 Daily user sending limit exceeded",
+    }
+    cli("check", "--date", DATE)
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(messages.c.status, messages.c.pending_rcpts, messages.c.refused_rcpts)
+        ).one()
+    engine.dispose()
+    assert row.status == "deferred", row
+    assert row.pending_rcpts == "busy@agency.test" and row.refused_rcpts == "gone@agency.test"

@@ -452,13 +452,16 @@ def test_an_echoed_passcode_is_masked_whole_or_in_pieces(passcode: str, cut: int
         # pieces shorter than eight characters, each on a line of its own
         "chunks": "\n".join(_chunks("".join(passcode.split()), cut % 7 + 1)),
         "b64-chunks": "\n".join(_chunks(plain, cut % 7 + 1)),
+        "coded-chunks": "\n".join(
+            f"535-5.7.8 {c}" for c in _chunks("".join(passcode.split()), cut % 7 + 1)
+        ),
     }[how]
     said = login_scrubber(user, passcode)(words_of(535, echo))
     # no eight characters in a row of the base64 forms, or of the passcode (spaces aside)
     for secret, text in ((plain, said), (login, said), ("".join(passcode.split()), said)):
         pieces = [secret[i : i + 8] for i in range(len(secret) - 7)]
         assert not [p for p in pieces if p in text], (said, secret)
-    if how in ("as-is", "spaces", "no-spaces", "chunks", "b64-chunks"):
+    if how in ("as-is", "spaces", "no-spaces", "chunks", "b64-chunks", "coded-chunks"):
         # nor can the words be put back together into it, reply codes aside
         words = "".join(w for w in said.split() if not re.fullmatch(r"[\d.-]+", w))
         assert "".join(passcode.split()) not in words and plain not in words, said
@@ -477,3 +480,13 @@ def test_a_passcode_that_is_not_utf8_is_refused_without_showing_it(
     assert r.exit_code == 2, r.output
     assert r.stderr == "cpmail: standard input is not UTF-8 text.\n"
     assert SecretStore(home).get(passcode_name("JD")) is None
+
+
+def test_a_passcode_of_digit_groups_echoed_a_group_a_line_is_masked() -> None:
+    from cpmail.scrub import Scrubber
+
+    said = Scrubber(["491 283 756 120"])(
+        "535-5.7.8 491\n535-5.7.8 283\n535-5.7.8 756\n535 5.7.8 120 rejected"
+    )
+    assert not any(group in said for group in ("491", "283", "756", "120")), said
+    assert said.startswith("535-5.7.8 ") and said.endswith(" rejected")
