@@ -1516,7 +1516,9 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
                 status=Status.QUEUED,
                 attempts=0,
                 next_attempt_at=None,
-                queued_at=utcnow(),
+                # A failed message enters the queue again (max_age_hours counts anew); a
+                # deferred one never left it: it has waited since then, as status says.
+                queued_at=sa.case((m.status == Status.FAILED, utcnow()), else_=m.queued_at),
                 # A failed message is tried again for everyone it waits for, the
                 # refused included; a deferred one keeps them on record.
                 refused_rcpts=sa.case((m.status == Status.FAILED, ""), else_=m.refused_rcpts),

@@ -580,3 +580,23 @@ def test_a_sign_in_as_another_mailbox_is_a_problem(cli: Cli, home: Path, fake: F
     assert "someone.else@agency.example but sends as jd@agency.example" in problem
     store_signin(home, fake, "JD", "jd@agency.example", expiry=now + dt.timedelta(hours=1))
     assert status_json(cli)[0] == 0
+
+
+def test_a_retry_by_hand_keeps_a_deferred_messages_wait_and_restarts_a_failed_one(
+    initialised: Cli, home: Path
+) -> None:
+    """Status's "waiting since" (and the waiting alert) must not reset when nothing went."""
+    from cpmail.outbox import retry
+
+    deferred = _queue(home, status="deferred", hours_ago=6, error="451 4.3.0 later")
+    failed = _queue(home, status="failed", hours_ago=6, error="550 5.1.1 no such user")
+    engine = connect(Settings.load(home).db_url, where="test")
+    assert retry(engine, None) == 2
+    with engine.connect() as conn:
+        rows = {
+            r.id: r.queued_at for r in conn.execute(sa.select(messages.c.id, messages.c.queued_at))
+        }
+    engine.dispose()
+    now = utcnow()
+    assert now - rows[deferred] > dt.timedelta(hours=5)  # waiting since it was queued
+    assert now - rows[failed] < dt.timedelta(minutes=5)  # in the queue again from now

@@ -400,7 +400,8 @@ messages = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime, nullable=False, index=True),
-    # when it last entered the queue (created, or retried by hand): max_age_hours counts from here
+    # when it last entered the queue (created, or a failed one retried by hand): max_age_hours
+    # counts from here, and status's "waiting since"
     sa.Column("queued_at", sa.DateTime, nullable=False),
     sa.Column("next_attempt_at", sa.DateTime),
     sa.Column("claimed_at", sa.DateTime),
