@@ -96,6 +96,16 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
         yield src
         engine.dispose()
         return
+    yield from _postgres_source()
+
+
+@pytest.fixture
+def pg_source() -> Iterator[Source]:
+    """A source on PostgreSQL only, for what only PostgreSQL has."""
+    yield from _postgres_source()
+
+
+def _postgres_source() -> Iterator[Source]:
     name = f"src_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT")
     server_or_skip(admin)
@@ -384,10 +394,10 @@ def test_a_source_url_that_cannot_be_right_is_a_setting_to_fix(
     assert "pw" not in r.stderr
 
 
-def test_a_databases_own_types_are_taken_as_they_are(source: Source, home_for: Any) -> None:
+@pytest.mark.postgres
+def test_a_databases_own_types_are_taken_as_they_are(pg_source: Source, home_for: Any) -> None:
     """PostgreSQL: a uuid as an id, a timestamp with a time zone, an array for a list column."""
-    if not source.url.startswith("postgresql"):
-        pytest.skip("uuid, timestamptz and arrays are PostgreSQL's")
+    source = pg_source
     first_day(source)
     source.run(
         "CREATE TABLE notes (uid UUID PRIMARY KEY, title TEXT, at TIMESTAMPTZ, tell TEXT[])",
@@ -424,11 +434,12 @@ def test_a_databases_own_types_are_taken_as_they_are(source: Source, home_for: A
     ],
     ids=["unreadable-value", "statement-timeout"],
 )
+@pytest.mark.postgres
 def test_a_source_value_or_timeout_is_a_query_to_fix_not_a_source_down(
-    source: Source, home_for: Any, query: str, said: str
+    pg_source: Source, home_for: Any, query: str, said: str
 ) -> None:
-    if not source.url.startswith("postgresql"):
-        pytest.skip("PostgreSQL's infinity and statement_timeout")
+    """PostgreSQL's infinity and statement_timeout."""
+    source = pg_source
     first_day(source)
     cli = home_for(source)
     url = source.url + "%20-cstatement_timeout%3D500"  # in the options= the source URL has
