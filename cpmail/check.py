@@ -307,12 +307,7 @@ def _run_check(
         for status in manager.status.values():
             if status in (Status.SENT, Status.DEFERRED, Status.FAILED):
                 summary.setdefault(FAILURE_SUMMARY, EventSummary()).count_message(Status(status))
-        # ... in the run's delivery as well, which `--json` reports as the run's outbox
-        delivery.status.update(manager.status)
-        delivery.events.update(manager.events)
-        delivery.errors.update(manager.errors)
-        delivery.notes.extend(manager.notes)
-        delivery.released += manager.released
+        delivery.merge(manager)  # and in the run's outbox, as `--json` reports it
     return result
 
 

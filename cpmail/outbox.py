@@ -262,7 +262,7 @@ class Lease:
         self.stale = stale_after(settings)
         # A claim is safe while its last renewal is younger than the stale limit; keep
         # a margin, since another run may be looking at the very same moment.
-        self.safe_for = stale_after(settings).total_seconds() * 0.8
+        self.safe_for = self.stale.total_seconds() * 0.8
         self.renewed = _elapsed()
         self.lost = False
         self.keep: set[int] = set()
@@ -407,6 +407,14 @@ class Delivery:
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.status.values() if s == status)
+
+    def merge(self, other: Delivery) -> None:
+        """Take in what another pass of the same run did (the manager's summary)."""
+        self.status.update(other.status)
+        self.events.update(other.events)
+        self.errors.update(other.errors)
+        self.notes.extend(other.notes)
+        self.released += other.released
 
     @property
     def undelivered(self) -> int:
@@ -1007,8 +1015,9 @@ class _Pass:
         wait = max(0.0, at - time.monotonic())
         if self.paused_for + wait > MAX_PAUSE:
             self.recorder.flush()
-            who = "the shared account" if account == "shared" else f"account {account or '(none)'}"
-            reason = f"the server asked {who} to slow down; it is tried again later"
+            reason = (
+                f"the server asked {_account_words(account)} to slow down; it is tried again later"
+            )
             not_before = utcnow() + dt.timedelta(seconds=wait)
             _release(
                 self.engine,
@@ -1162,6 +1171,11 @@ def _pace_for(
     return pace.Pace(per_minute, per_day, sent_today=int(row[0]), sent_last_minute=int(row[1]))
 
 
+def _account_words(account: str) -> str:
+    """A sending account in the words of a note: ``account JD``, ``the shared account``."""
+    return "the shared account" if account == "shared" else f"account {account or '(none)'}"
+
+
 def _wait_for_tomorrow(
     engine: sa.Engine,
     settings: Settings,
@@ -1175,7 +1189,7 @@ def _wait_for_tomorrow(
     tomorrow = pace.next_day_start(pace.day_zone(settings))
     if paced.stopped_for_today:  # the provider said so, not only the count
         _DAY_FULL[(str(engine.url), account)] = tomorrow
-    who = "the shared account" if account == "shared" else f"account {account or '(none)'}"
+    who = _account_words(account)
     limit = f"{paced.per_day} messages" if paced.per_day else "the provider's limit"
     reason = f"{who} reached its daily sending limit ({limit}); it waits for tomorrow"
     before = result.released
