@@ -456,13 +456,14 @@ def live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
     )
 
 
-def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
+def _due_by_status(now: dt.datetime, stale: dt.timedelta) -> list[Any]:
+    """What makes a message due, one condition for each status it can be due in."""
     m = messages.c
     cutoff = now - stale
     # Mail that no longer matters (a reminder of an event that has begun) is not sent;
     # the next pass drops it (_expire).
     current = sa.or_(m.not_after.is_(None), m.not_after > now)
-    return sa.or_(
+    return [
         sa.and_(m.status == Status.QUEUED, current),
         sa.and_(
             m.status == Status.DEFERRED,
@@ -470,7 +471,32 @@ def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
             current,
         ),
         sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~live_run(now, cutoff)),
-    )
+    ]
+
+
+def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
+    return sa.or_(*_due_by_status(now, stale))
+
+
+def _oldest_due(dialect: str, now: dt.datetime, stale: dt.timedelta, limit: int, *more: Any) -> Any:
+    """The ids of the ``limit`` oldest due messages (meeting ``more``).
+
+    On SQLite, the oldest of each status are read in order from the (status,
+    id) index and the few found are merged: one condition over every status
+    read and sorted all due messages on every claim (28 ms with 10,000 queued).
+    PostgreSQL keeps one statement, whose FOR UPDATE SKIP LOCKED applies the
+    limit after the rows other runs are claiming are passed over.
+    """
+    m = messages.c
+    if dialect == "postgresql":
+        q = sa.select(m.id).where(_due(now, stale), *more).order_by(m.id).limit(limit)
+        return q.with_for_update(of=messages, skip_locked=True)
+    parts = [
+        sa.select(sa.select(m.id).where(due, *more).order_by(m.id).limit(limit).subquery().c.id)
+        for due in _due_by_status(now, stale)
+    ]
+    merged = sa.union_all(*parts).subquery()
+    return sa.select(merged.c.id).order_by(merged.c.id).limit(limit)
 
 
 def claim(
@@ -496,14 +522,12 @@ def claim(
         now = clock(conn)
         # Pick ids first, then read the rows: ordering whole rows would copy
         # every due message's bytes into a temporary sort on each claim.
-        q = sa.select(m.id).where(_due(now, stale))
+        more: list[Any] = []
         if ids is not None:
-            q = q.where(m.id.in_(list(ids)))
+            more.append(m.id.in_(list(ids)))
         if account is not None:
-            q = q.where(m.account == account)
-        q = q.order_by(m.id).limit(limit)
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update(of=messages, skip_locked=True)
+            more.append(m.account == account)
+        q = _oldest_due(conn.dialect.name, now, stale, limit, *more)
         picked = list(conn.execute(q).scalars())
         if not picked:
             return []

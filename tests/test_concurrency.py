@@ -120,3 +120,97 @@ def test_mail_held_by_a_stopped_run_is_taken_up_when_its_own_claim_lapses(
     assert w.orphaned == 2
     assert w.orphans_free_at is not None
     assert abs((w.orphans_free_at - (beat + dt.timedelta(minutes=15))).total_seconds()) < 1
+
+
+def test_a_claim_takes_the_oldest_due_messages_of_every_status_in_order(
+    cli: Cli, home: Path, backend: str
+) -> None:
+    """Queued, deferred and abandoned mail mixed at random, claimed a few at a time.
+
+    Each claim must take exactly the oldest messages that are due (whatever
+    their status; not those waiting, failed, sent, held by a live run or past
+    their time), for the account asked, and claim each once.
+    """
+    import datetime as dt
+    import random
+
+    import sqlalchemy as sa
+
+    from cpmail.outbox import claim, lease, new_run_id
+    from cpmail.store import utcnow
+    from cpmail.store.schema import messages, runs
+    from tests.test_faults import queue_messages
+
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    queue_messages(home, 240)
+    settings = Settings.load(home)
+    engine = connect(settings.db_url, where="test")
+    rnd = random.Random(7)
+    now = utcnow()
+    hour = dt.timedelta(hours=1)
+    dead, alive = new_run_id(), new_run_id()
+    with engine.begin() as conn:
+        for run, beat in ((dead, now - 5 * hour), (alive, now)):
+            conn.execute(
+                runs.insert().values(
+                    id=run,
+                    command="check",
+                    host="elsewhere",
+                    pid=1,
+                    started_at=beat,
+                    heartbeat_at=beat,
+                    expires_at=beat + dt.timedelta(minutes=15),
+                )
+            )
+        ids = list(conn.execute(sa.select(messages.c.id).order_by(messages.c.id)).scalars())
+        due: dict[int, str] = {}
+        for i in ids:
+            kind = rnd.choice(
+                [
+                    "queued",
+                    "queued late",
+                    "deferred due",
+                    "deferred later",
+                    "abandoned",
+                    "held",
+                    "sent",
+                    "failed",
+                    "past its time",
+                ]
+            )
+            account = rnd.choice(["JD", "MK"])
+            values: dict[str, object] = {"account": account, "status": kind.split()[0]}
+            if kind == "queued late":  # given back once: a time is set but does not matter
+                values.update(status="queued", next_attempt_at=now + hour)
+            elif kind == "deferred due":
+                values["next_attempt_at"] = now - hour
+            elif kind == "deferred later":
+                values.update(status="deferred", next_attempt_at=now + hour)
+            elif kind in ("abandoned", "held"):
+                values.update(status="sending", claimed_at=now - 5 * hour)
+                values["claimed_by"] = dead if kind == "abandoned" else alive
+            elif kind == "past its time":
+                values.update(status="queued", not_after=now - hour)
+            conn.execute(messages.update().where(messages.c.id == i).values(**values))
+            if kind in ("queued", "queued late", "deferred due", "abandoned"):
+                due[i] = account
+    mine = new_run_id()
+    taken: list[int] = []
+    with lease(engine, settings, mine, "deliver"):
+        for only_of in ("MK", None):
+            expected = sorted(i for i, a in due.items() if only_of is None or a == only_of)
+            expected = [i for i in expected if i not in taken]
+            while True:
+                batch = [e.id for e in claim(engine, run_id=mine, limit=7, account=only_of)]
+                assert batch == expected[: len(batch)] and (batch or not expected)
+                if not batch:
+                    break
+                expected = expected[len(batch) :]
+                taken += batch
+        only = sorted(set(ids) - set(due))[:5] + sorted(due)[:1]
+        assert claim(engine, run_id=new_run_id(), ids=only) == []  # taken, or not due
+    engine.dispose()
+    assert sorted(taken) == sorted(due) and len(set(taken)) == len(taken)
+    assert len(due) > 60  # the mixture holds enough of each kind to mean something

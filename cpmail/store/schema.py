@@ -414,6 +414,7 @@ messages = sa.Table(
     # not sent after this (UTC): a reminder whose event has begun no longer matters
     sa.Column("not_after", sa.DateTime),
     sa.Index(None, "status", "next_attempt_at"),
+    sa.Index(None, "status", "id"),  # a claim reads the oldest of each status in order
 )
 
 # One row per command that claims or sends mail. A live run renews
