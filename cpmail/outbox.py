@@ -1428,13 +1428,9 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         if holder is not None and holder == exclude_run:
             continue
         run = rows.get(holder)
+        if holder not in gone and renewing(run, now, stale):
+            continue
         expires = _expiry(run, stale)
-        # A live run renews its heartbeat five times within its limit (at most a minute
-        # apart); three missed beats and its claims are counted as waiting.
-        if run is not None and run.ended_at is None and holder not in gone and expires is not None:
-            beat = max(0.2, min(60.0, (expires - run.heartbeat_at).total_seconds() / 5))
-            if run.heartbeat_at >= now - dt.timedelta(seconds=3 * beat):
-                continue
         orphaned += int(count)
         # Taken up once claimed longer than this home's limit and past the run's own.
         at = max(first + stale, expires) if expires is not None else first + stale
@@ -1455,6 +1451,23 @@ def _expiry(run: Any, stale: dt.timedelta) -> dt.datetime | None:
         return None
     expires: dt.datetime = run.expires_at or run.heartbeat_at + stale
     return expires
+
+
+def renewing(run: Any, now: dt.datetime, stale: dt.timedelta) -> bool:
+    """Whether a run (a ``runs`` row) has not ended and still renews its heartbeat.
+
+    Judged by the run's own limit, whatever the limit of the home looking: a
+    live run renews five times within it (at most a minute apart), and three
+    missed beats mean it stopped. ``check`` and ``status`` then count its mail
+    as waiting and the run as one that did not finish; its claims are taken up
+    only at its expiry (``live_run``), since it might still come back.
+    """
+    expires = _expiry(run, stale)
+    if expires is None:
+        return False
+    beat = max(0.2, min(60.0, (expires - run.heartbeat_at).total_seconds() / 5))
+    alive: bool = run.heartbeat_at >= now - dt.timedelta(seconds=3 * beat)
+    return alive
 
 
 # ------------------------------------------------------------------ listing and repair

@@ -419,7 +419,7 @@ def _transport_detail(settings: Settings) -> tuple[str, str | None]:
 def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
     import sqlalchemy as sa
 
-    from cpmail.outbox import stopped_runs
+    from cpmail.outbox import renewing, stopped_runs
     from cpmail.store.schema import runs
 
     with engine.connect() as conn:
@@ -442,7 +442,7 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             counts = None
     if r.ended_at is not None:
         state = "finished"
-    elif r.heartbeat_at >= now - dt.timedelta(minutes=stale_minutes) and not gone:
+    elif not gone and renewing(r, now, dt.timedelta(minutes=stale_minutes)):
         state = "running"
     else:
         state = "did not finish"

@@ -122,6 +122,30 @@ def test_a_check_that_died_is_said(initialised: Cli, home: Path) -> None:
     assert status(initialised)[1]["last_check"]["state"] == "did not finish"
 
 
+def test_whether_a_check_runs_is_judged_by_its_own_limit(initialised: Cli, home: Path) -> None:
+    """Homes on one database may set different stale limits: each run is judged by its own.
+
+    As the outbox's "waiting" is: a run renews five times within its limit,
+    and three missed beats mean it stopped.
+    """
+    now = utcnow()
+    assert initialised("config", "set", "outbox.stale_claim_minutes", "1").exit_code == 0
+    # a run with 15 minutes beats once a minute: 100 s since its last beat is alive
+    beat = now - dt.timedelta(seconds=100)
+    add_run(home, started_at=beat, heartbeat_at=beat, expires_at=beat + dt.timedelta(minutes=15))
+    assert status(initialised)[1]["last_check"]["state"] == "running"
+    assert initialised("config", "set", "outbox.stale_claim_minutes", "15").exit_code == 0
+    # a run with a 3-second limit beats every 0.6 s: silent for 10 s, it stopped
+    beat = now - dt.timedelta(seconds=10)
+    add_run(
+        home,
+        started_at=beat + dt.timedelta(seconds=1),
+        heartbeat_at=beat,
+        expires_at=beat + dt.timedelta(seconds=3),
+    )
+    assert status(initialised)[1]["last_check"]["state"] == "did not finish"
+
+
 def test_a_last_check_that_could_not_send_is_exit_3(initialised: Cli, home: Path) -> None:
     now = utcnow()
     add_run(home, ended_at=now, exit_code=3, note="the SMTP server refused the connection")
