@@ -625,6 +625,33 @@ def _clean(o: Outcome) -> bool:
     return o.error is None and not o.deferred and not o.refused
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """What an answer says of the sending account, read once for whoever acts on it.
+
+    ``daily``: no more from this account today (Gmail's 5.4.5), for the whole
+    message or for the recipients in ``daily_rcpts``; they wait for the next
+    day, like the account's other mail. ``throttled``: a temporary answer
+    asking the account to go slower; the message goes once the pause is over.
+    Neither is the message's fault: no attempt of its own is used up.
+    """
+
+    daily: bool
+    daily_rcpts: tuple[str, ...]
+    throttled: bool
+
+
+def _read(o: Outcome) -> _Reading:
+    named = {**o.deferred, **o.refused}
+    daily_rcpts = tuple(a for a, w in named.items() if pace.daily_limit(w))
+    daily = pace.daily_limit(str(o.error or "")) or bool(daily_rcpts)
+    temporary = [*o.deferred.values()]
+    if isinstance(o.error, TemporaryFailure):
+        temporary.append(str(o.error))
+    throttled = not daily and pace.throttled(" ".join(temporary))
+    return _Reading(daily, daily_rcpts, throttled)
+
+
 def _retryable(e: BaseException) -> bool:
     """A database error that may pass (a lock, a restart, a full disk being cleared)."""
     return isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError | OSError) or (
@@ -805,8 +832,8 @@ class _Recorder:
         """
         # "Daily sending limit exceeded" (Gmail's 550 5.4.5) refuses the account for the
         # day, not the message or its recipients: those it names wait for the next day.
-        daily_rcpts = [a for a, w in o.refused.items() if pace.daily_limit(w)]
-        daily = pace.daily_limit(str(o.error or "")) or bool(daily_rcpts)
+        reading = _read(o)
+        daily, daily_rcpts = reading.daily, reading.daily_rcpts
         earlier = [a for a in row.refused_rcpts.split(",") if a]
         refused_now = [a for a in o.refused if a not in daily_rcpts]
         refused = list(dict.fromkeys([*earlier, *refused_now]))
@@ -830,7 +857,7 @@ class _Recorder:
             error = "; ".join(filter(None, [*words, before]))
             if o.accepted:
                 error += "; accepted for " + ", ".join(o.accepted)
-            unserved = [*o.deferred, *daily_rcpts]
+            unserved = list(dict.fromkeys([*o.deferred, *daily_rcpts]))
         elif earlier:
             temporary = False
             error = f"{before}; accepted for " + ", ".join(o.accepted)
@@ -840,10 +867,11 @@ class _Recorder:
             values.update(pending_rcpts="", last_error=None)
             notes.append((o.id, row.event, Status.SENT, None))
             return values
-        # The account was too fast, not this message: no attempt of its own is used up
-        # (a server that keeps throttling is bounded by the pass's MAX_PAUSE and max_age).
-        throttled = temporary and not daily and pace.throttled(" ".join([error, *words]))
-        attempts = row.attempts + (0 if throttled else 1)
+        # The account was too fast or is done for the day, not this message: no attempt
+        # of its own is used up (a server that keeps throttling is bounded by the pass's
+        # MAX_PAUSE and max_age).
+        throttled = reading.throttled
+        attempts = row.attempts + (0 if throttled or daily else 1)
         values["attempts"] = attempts
         give_up = now - row.queued_at > self.max_age or (
             not throttled and attempts >= self.max_attempts
@@ -1153,16 +1181,13 @@ class _Pass:
                 )
         else:
             self.silent = 0
-        words = " ".join(
-            [str(outcome.error or ""), *outcome.deferred.values(), *outcome.refused.values()]
-        )
-        daily = pace.daily_limit(words)
-        if not (daily or pace.throttled(words)):
+        reading = _read(outcome)  # as the recorder reads it, to set the retry time
+        if not (reading.daily or reading.throttled):
             return
         if self.pace is None:
             self.pace = pace.Pace(self.per_minute, self.per_day)
             self.paces[self.account] = self.pace
-        if daily:
+        if reading.daily:
             self.pace.stop_for_today()
         else:
             self.pace.slow_down(outcome.retry_after)

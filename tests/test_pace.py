@@ -100,6 +100,37 @@ def test_a_daily_limit_refusal_makes_the_mail_wait_for_tomorrow_not_fail(
     assert soonest in (before, after)  # the next day's start, where its limit counts
 
 
+def test_a_daily_limit_deferring_one_recipient_waits_for_tomorrow_like_the_account(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A 4xx daily-limit answer for one recipient: the account stops for the day and so
+    does that message (not retried in minutes, no attempt of its own used up)."""
+    prepare(cli, smtp_server)
+    queue_messages(home, 4)
+    smtp_server.fail_rcpt = {"person0@agency.test": "452 4.5.3 Daily sending quota exceeded"}
+    zone = day_zone(Settings.load(home))
+    before = next_day_start(zone)
+    r = cli("check", "--date", DATE)
+    after = next_day_start(zone)
+    assert r.exit_code == 1, r.output
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                messages.c.status,
+                messages.c.to_addrs,
+                messages.c.next_attempt_at,
+                messages.c.attempts,
+            )
+        ).all()
+    engine.dispose()
+    waiting = [x for x in rows if x.status != "sent"]
+    assert any(x.to_addrs == "person0@agency.test" for x in waiting), rows
+    for x in waiting:  # whatever the account had not sent yet waits for the next day
+        assert x.status == "deferred" and x.next_attempt_at in (before, after), x
+        assert x.attempts == 0, x
+
+
 def test_pace_spacing_and_answers() -> None:
     now = [0.0]
     slept: list[float] = []
