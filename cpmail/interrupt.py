@@ -6,6 +6,12 @@ known is recorded, and what was claimed but not sent goes back to the queue.
 Anywhere else — and on a second signal — ``Stopped`` is raised at once; the
 database transactions it passes through roll back, so nothing is half done.
 
+Except while a message is in the server's hands without an answer on record
+(``shielded()``): stopped there, it could not be known whether the server has
+it, and it would go back to the queue and be sent twice. A second signal then
+takes effect once those answers are in (each waits at most the transport's
+timeout); no new message is handed over meanwhile.
+
 The command exits 128 + the signal's number (143, 130, 129), as shells expect.
 """
 
@@ -40,14 +46,20 @@ class Stopped(BaseException):
 _lock = threading.Lock()
 _requested: int | None = None
 _graceful = 0
+_shielded = 0  # messages handed to a server whose answer is not on record yet
+_held_back: int | None = None  # a second signal that waits for them
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
-    global _requested
+    global _requested, _held_back
     first = _requested is None
     _requested = signum if first else _requested
-    if not first or _graceful == 0:
-        raise Stopped(signum)
+    if first and _graceful:
+        return
+    if _shielded:
+        _held_back = signum
+        return
+    raise Stopped(signum)
 
 
 def install() -> None:
@@ -74,3 +86,25 @@ def graceful() -> Iterator[None]:
     finally:
         with _lock:
             _graceful -= 1
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Around handing one message to a server until its answer is taken for the record.
+
+    A second signal in here waits until no message is in the server's hands
+    without its answer, then stops the command (see the module's text).
+    """
+    global _shielded, _held_back
+    with _lock:
+        _shielded += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _shielded -= 1
+            signum = _held_back if _shielded == 0 else None
+            if signum is not None:
+                _held_back = None
+        if signum is not None:
+            raise Stopped(signum)

@@ -171,6 +171,33 @@ def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
     assert_each_once(smtp_server, ids)
 
 
+@pytest.mark.serial
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_waits_for_the_answers_to_messages_in_the_servers_hands(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, sig: signal.Signals
+) -> None:
+    """Stop, then stop again at once: a message whose answer was awaited went back to the
+    queue and was sent again by the next run (one per connection)."""
+    prepare(cli, smtp_server, **{"outbox.stale_claim_minutes": "0.05"})
+    ids = queue_messages(home, 60)
+    smtp_server.accept_delay = 0.3  # each message waits 0.3 s for its answer
+    proc = spawn(home, "check", "--date", DATE)
+    wait_for(lambda: len(smtp_server.messages) >= 6)
+    time.sleep(0.1)  # each connection has handed over its next message
+    proc.send_signal(sig)
+    time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    s = statuses(home)
+    assert s["sending"] == 0 and s["sent"] == len(smtp_server.messages), s
+    smtp_server.accept_delay = 0
+    time.sleep(3.5)  # past the stale limit, should anything have stayed claimed
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 0, r.output
+    assert_each_once(smtp_server, ids)
+
+
 @pytest.mark.parametrize(
     "args", [("message", "manager", "two"), ("outbox", "retry", "--all")], ids=["message", "retry"]
 )

@@ -497,3 +497,52 @@ def test_no_token_or_secret_in_any_output(
     assert len(fake.issued) >= 4
     leaked = [s for s in [*fake.issued, MS_APP_SECRET] if s in everything]
     assert leaked == []
+
+
+@pytest.mark.serial
+def test_a_second_signal_waits_for_graphs_answer_to_the_message_it_has(
+    initialised: Cli, ms_home: Path, fake: FakeAPI
+) -> None:
+    """Stop, then stop again while Graph holds a message: it is on record as sent, not
+    given back to the queue and sent again by the next run."""
+    import collections
+    import email
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_faults import DATE, queue_messages, statuses, wait_for
+
+    cli = initialised
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    sign_in(ms_home)
+    ids = queue_messages(ms_home, 6)
+    fake.stall = 1.0  # Graph takes each message, then answers a second later
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "check", "--date", DATE],
+        env={**os.environ, "CPMAIL_HOME": str(ms_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: fake.paths("POST").count(ME) >= 2 or proc.poll() is not None)
+    assert proc.poll() is None, (proc.communicate(), fake.paths())
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    s = statuses(ms_home)
+    assert s["sending"] == 0 and s["sent"] == len(fake.sent) == 2, (s, len(fake.sent))
+    fake.stall = 0.0
+    assert cli("check", "--date", DATE).exit_code == 0
+    got = collections.Counter(
+        str(email.message_from_bytes(m.mime)["Message-ID"]) for m in fake.sent
+    )
+    assert set(got) == ids and max(got.values()) == 1, got

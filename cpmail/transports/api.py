@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
 
+from cpmail import interrupt
 from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
 from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
 from cpmail.scrub import Scrubber, mask_tokens
@@ -107,7 +108,8 @@ class ApiTransport(Transport, Generic[S]):
             timeout = httpx.Timeout(seconds, connect=15.0)
             with httpx.Client(timeout=timeout, verify=https_context()) as http:
                 for env in envelopes:
-                    report(self._send(http, base, env, sessions))
+                    with interrupt.shielded():  # until the answer is taken for the record
+                        report(self._send(http, base, env, sessions))
         finally:
             for session in sessions.values():
                 if not isinstance(session, TemporaryFailure):

@@ -858,20 +858,23 @@ class _Run:
                     group.pending.appendleft(env)
                     self.intake.stop()
                     return
-                try:
-                    outcome = await conn.send(env)
-                except _Resend as e:
-                    if env.id in self.resent:
-                        outcome = Outcome(env.id, error=TemporaryFailure(e.words))
-                    else:
-                        log.info("connection %d lost before message %d; sending again", n, env.id)
-                        self.resent.add(env.id)
-                        group.pending.appendleft(env)
-                        continue
-                except AuthError:
-                    group.pending.appendleft(env)  # not sent: it stays in the outbox
-                    raise
-                self._report(outcome)
+                with interrupt.shielded():  # until the answer is taken for the record
+                    try:
+                        outcome = await conn.send(env)
+                    except _Resend as e:
+                        if env.id in self.resent:
+                            outcome = Outcome(env.id, error=TemporaryFailure(e.words))
+                        else:
+                            log.info(
+                                "connection %d lost before message %d; sending again", n, env.id
+                            )
+                            self.resent.add(env.id)
+                            group.pending.appendleft(env)
+                            continue
+                    except AuthError:
+                        group.pending.appendleft(env)  # not sent: it stays in the outbox
+                        raise
+                    self._report(outcome)
                 self._note(outcome)
                 if outcome.accepted:
                     group.delivered = True
