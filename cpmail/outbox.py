@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -456,8 +456,12 @@ def live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
     )
 
 
-def _due_by_status(now: dt.datetime, stale: dt.timedelta) -> list[Any]:
-    """What makes a message due, one condition for each status it can be due in."""
+def _due_by_status(now: dt.datetime, stale: dt.timedelta, alive: Collection[str] = ()) -> list[Any]:
+    """What makes a message due, one condition for each status it can be due in.
+
+    ``alive``: runs known to live (``runs_here``), whose claims are theirs
+    whatever their heartbeat says.
+    """
     m = messages.c
     cutoff = now - stale
     # Mail that no longer matters (a reminder of an event that has begun) is not sent;
@@ -470,15 +474,27 @@ def _due_by_status(now: dt.datetime, stale: dt.timedelta) -> list[Any]:
             sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
             current,
         ),
-        sa.and_(m.status == Status.SENDING, m.claimed_at < cutoff, ~live_run(now, cutoff)),
+        sa.and_(
+            m.status == Status.SENDING,
+            m.claimed_at < cutoff,
+            ~live_run(now, cutoff),
+            *([m.claimed_by.not_in(sorted(alive))] if alive else []),
+        ),
     ]
 
 
-def _due(now: dt.datetime, stale: dt.timedelta) -> Any:
-    return sa.or_(*_due_by_status(now, stale))
+def _due(now: dt.datetime, stale: dt.timedelta, alive: Collection[str] = ()) -> Any:
+    return sa.or_(*_due_by_status(now, stale, alive))
 
 
-def _oldest_due(dialect: str, now: dt.datetime, stale: dt.timedelta, limit: int, *more: Any) -> Any:
+def _oldest_due(
+    dialect: str,
+    now: dt.datetime,
+    stale: dt.timedelta,
+    limit: int,
+    *more: Any,
+    alive: Collection[str] = (),
+) -> Any:
     """The ids of the ``limit`` oldest due messages (meeting ``more``).
 
     On SQLite, the oldest of each status are read in order from the (status,
@@ -489,11 +505,11 @@ def _oldest_due(dialect: str, now: dt.datetime, stale: dt.timedelta, limit: int,
     """
     m = messages.c
     if dialect == "postgresql":
-        q = sa.select(m.id).where(_due(now, stale), *more).order_by(m.id).limit(limit)
+        q = sa.select(m.id).where(_due(now, stale, alive), *more).order_by(m.id).limit(limit)
         return q.with_for_update(of=messages, skip_locked=True)
     parts = [
         sa.select(sa.select(m.id).where(due, *more).order_by(m.id).limit(limit).subquery().c.id)
-        for due in _due_by_status(now, stale)
+        for due in _due_by_status(now, stale, alive)
     ]
     merged = sa.union_all(*parts).subquery()
     return sa.select(merged.c.id).order_by(merged.c.id).limit(limit)
@@ -527,7 +543,8 @@ def claim(
             more.append(m.id.in_(list(ids)))
         if account is not None:
             more.append(m.account == account)
-        q = _oldest_due(conn.dialect.name, now, stale, limit, *more)
+        alive = runs_here(conn)[0]
+        q = _oldest_due(conn.dialect.name, now, stale, limit, *more, alive=alive)
         picked = list(conn.execute(q).scalars())
         if not picked:
             return []
@@ -1405,17 +1422,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def stopped_runs(conn: sa.Connection) -> list[str]:
-    """Runs of this machine that never ended and whose process is gone (killed, crashed).
+def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
+    """Runs of this machine that never ended: (those whose process lives, those whose is gone).
 
-    Their claims are reported as waiting at once, not after three missed
-    heartbeats; they are still taken up only after the stale limit, as
-    another machine of the same name could be running them.
+    A run whose process lives is alive whatever the clocks say: a clock that
+    stepped forward (NTP, a resumed virtual machine) must not make its claims
+    look abandoned, or another run would send them too. The claims of a run
+    whose process is gone (killed, crashed) are reported as waiting at once,
+    not after three missed heartbeats; they are still taken up only after its
+    stale limit, as another machine of the same name could be running them.
+    A run whose process is not known, or is stopped (SIGSTOP, Ctrl-Z), is in
+    neither: its heartbeat decides.
     """
     host = socket.gethostname()[:200]
     r = runs.c
     rows = conn.execute(sa.select(r.id, r.pid).where(r.ended_at.is_(None), r.host == host))
-    return [row.id for row in rows if row.pid != os.getpid() and not _alive(row.pid)]
+    alive: set[str] = set()
+    gone: set[str] = set()
+    for row in rows:
+        if row.pid == os.getpid():
+            alive.add(row.id)
+        elif row.pid > 0 and not _alive(row.pid):
+            gone.add(row.id)
+        elif row.pid > 0 and not _suspended(row.pid):
+            alive.add(row.id)
+    return alive, gone
+
+
+def _suspended(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, Ctrl-Z): its heartbeat decides then."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # cannot tell (not Linux): the heartbeat decides, as before
+    return state in (b"T", b"t")
+
+
+def stopped_runs(conn: sa.Connection) -> list[str]:
+    """Runs of this machine that never ended and whose process is gone (see ``runs_here``)."""
+    return sorted(runs_here(conn)[1])
 
 
 def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = None) -> Waiting:
@@ -1438,7 +1484,7 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
             .group_by(m.claimed_by)
         ).all()
         holders = {h for h, _, _ in held if h is not None}
-        gone = set(stopped_runs(conn))
+        alive, gone = runs_here(conn)
         r = runs.c
         rows = {
             x.id: x
@@ -1453,7 +1499,7 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         if holder is not None and holder == exclude_run:
             continue
         run = rows.get(holder)
-        if holder not in gone and renewing(run, now, stale):
+        if holder in alive or (holder not in gone and renewing(run, now, stale)):
             continue
         expires = _expiry(run, stale)
         orphaned += int(count)

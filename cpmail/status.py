@@ -419,7 +419,7 @@ def _transport_detail(settings: Settings) -> tuple[str, str | None]:
 def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
     import sqlalchemy as sa
 
-    from cpmail.outbox import renewing, stopped_runs
+    from cpmail.outbox import renewing, runs_here
     from cpmail.store.schema import runs
 
     with engine.connect() as conn:
@@ -429,8 +429,9 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             .order_by(runs.c.started_at.desc())
             .limit(1)
         ).first()
-        # a run of this machine whose process is gone (killed) did not finish, now
-        gone = r is not None and r.ended_at is None and r.id in stopped_runs(conn)
+        # a run of this machine runs while its process does, whatever the clocks say,
+        # and a run whose process is gone (killed) did not finish, now
+        alive, gone = runs_here(conn)
     if r is None:
         return None
     counts: dict[str, Any] | None = None
@@ -442,7 +443,9 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             counts = None
     if r.ended_at is not None:
         state = "finished"
-    elif not gone and renewing(r, now, dt.timedelta(minutes=stale_minutes)):
+    elif r.id in alive or (
+        r.id not in gone and renewing(r, now, dt.timedelta(minutes=stale_minutes))
+    ):
         state = "running"
     else:
         state = "did not finish"
@@ -484,7 +487,7 @@ def _outbox(
 ) -> Outbox:
     import sqlalchemy as sa
 
-    from cpmail.outbox import live_run, stopped_runs
+    from cpmail.outbox import live_run, runs_here
     from cpmail.store.schema import messages
 
     m = messages.c
@@ -509,14 +512,20 @@ def _outbox(
         ).scalar_one()
         # Claimed lately by a run that still runs: a run of this machine whose process
         # is gone holds its mail, it is not sending it.
-        gone = stopped_runs(conn)
+        alive, gone = runs_here(conn)
+        renewed = live_run(now, now - dt.timedelta(minutes=stale_minutes))
         live = conn.execute(
             sa.select(sa.func.count()).where(
                 m.status == "sending",
                 # by the claiming run's own heartbeat and limit: a long run's claims
-                # stay its own however long ago it made them
-                live_run(now, now - dt.timedelta(minutes=stale_minutes)),
-                *([sa.or_(m.claimed_by.is_(None), m.claimed_by.not_in(gone))] if gone else []),
+                # stay its own however long ago it made them; a run of this machine
+                # whose process lives holds them whatever the clocks say
+                sa.or_(renewed, m.claimed_by.in_(sorted(alive))) if alive else renewed,
+                *(
+                    [sa.or_(m.claimed_by.is_(None), m.claimed_by.not_in(sorted(gone)))]
+                    if gone
+                    else []
+                ),
             )
         ).scalar_one()
     open_now, opened = window

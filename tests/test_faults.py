@@ -133,6 +133,47 @@ def test_a_run_longer_than_the_stale_limit_keeps_its_claims(
     assert statuses(home) == Counter({"sent": len(ids)})
 
 
+@pytest.mark.serial
+def test_a_live_run_keeps_its_claims_when_the_clock_steps_forward(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The clock jumps 20 minutes ahead (NTP, a resumed machine) while a check sends: the
+    next check must not take the live run's claims for abandoned ones and send them too."""
+    import datetime as dt
+
+    from cpmail.store.schema import messages, runs
+
+    prepare(cli, smtp_server)  # the default limit: 15 minutes
+    ids = queue_messages(home, 120)
+    smtp_server.accept_delay = 0.1
+    first = spawn(home)
+    wait_for(lambda: len(smtp_server.messages) >= 3)
+    jump = dt.timedelta(minutes=20)
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:  # what the first run wrote, as the jumped clock sees it
+        for r in conn.execute(sa.select(runs).where(runs.c.ended_at.is_(None))).all():
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == r.id)
+                .values(heartbeat_at=r.heartbeat_at - jump, expires_at=r.expires_at - jump)
+            )
+        for m in conn.execute(sa.select(messages.c.id, messages.c.claimed_at)).all():
+            if m.claimed_at is not None:
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.id == m.id, messages.c.claimed_at.is_not(None))
+                    .values(claimed_at=m.claimed_at - jump)
+                )
+    engine.dispose()
+    second = spawn(home)
+    _, err2 = second.communicate(timeout=60)
+    _, err1 = first.communicate(timeout=60)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    assert_each_once(smtp_server, ids)
+    assert statuses(home) == Counter({"sent": len(ids)})
+
+
 # ------------------------------------------------------------------ signals
 
 
