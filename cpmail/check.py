@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail import interrupt
+from cpmail.addresses import mailbox_key
 from cpmail.compose import (
     Attachment,
     Draft,
@@ -56,7 +57,7 @@ from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store.schema import ledger, messages, staff_prefs
 from cpmail.transports.base import Envelope, Transport, get_transport
-from cpmail.triggers import Notification, Run, finders, scheduled
+from cpmail.triggers import Invitation, Notification, Run, finders, scheduled
 from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows, unstamp_state_rows
 from cpmail.workdays import WorkCalendar
 
@@ -479,13 +480,15 @@ def _route(
     ``[mail] digest``.
     """
     default = settings["mail.digest"]
-    groups: dict[tuple[str, str], Group] = defaultdict(list)
+    groups: dict[tuple[str, str, str], Group] = defaultdict(list)
     for n in found:
         routed = directory.route(n, directory.rules_for(n, settings))
         s = summary[n.event]
         if not routed.people:  # a notification that reaches nobody is skipped
             s.skipped += 1
         s.skip_reasons.update(routed.skipped)  # why, per recipient left out
+        if n.invitation is not None:  # it names exactly who it goes to
+            n.invitation.attendees = [(p.address, p.name) for p in routed.people]
         for person in routed.people:
             digest = digests.get(person.staff_id or "", default)
             if digest:
@@ -494,7 +497,8 @@ def _route(
                 bucket = n.event
             else:
                 bucket = n.key
-            groups[(person.address.lower(), bucket)].append((n, person))
+            # one message per person: two people sharing a mailbox each get their own
+            groups[(mailbox_key(person.address), person.staff_id or "", bucket)].append((n, person))
     return list(groups.values())
 
 
@@ -571,6 +575,7 @@ def _plan(
     thread = threads.pop() if len(threads) == 1 else None
     keys = [n.key for n, _ in group]  # one per entry of ``events``, in the same order
     attachments = [Attachment(*a) for n, _ in group for a in n.attachments]
+    attachments += [_invitation(n.invitation, settings, sender) for n, _ in group if n.invitation]
     msg_key = hashlib.sha256(
         ("|".join(sorted(keys)) + "|" + person.address.lower()).encode()
     ).hexdigest()
@@ -603,6 +608,20 @@ def _plan(
         # A digest that also carries other news is sent whatever the reminder says.
         not_after=min(limits) if len(limits) == len(group) else None,
     )
+
+
+def _invitation(invitation: Invitation, settings: Settings, sender: Sender) -> Attachment:
+    """The .ics of ``invitation``, organised by the system manager (who a reply about
+    anything not a job goes to), else by the account that sends it."""
+    from cpmail.ics import event_ics
+
+    organizer = (
+        (settings["manager.email"], settings["manager.name"])
+        if settings["manager.email"]
+        else (sender.address, sender.name)
+    )
+    ics = event_ics(**invitation.event, organizer=organizer, attendees=invitation.attendees)
+    return Attachment(invitation.filename, ics, "text/calendar; method=REQUEST; charset=utf-8")
 
 
 def _fitted(

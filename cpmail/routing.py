@@ -28,6 +28,7 @@ SKIP_NO_ADDRESS = "no address"
 SKIP_INACTIVE = "inactive"
 SKIP_OPTED_OUT = "opted out"
 SKIP_BAD_ADDRESS = "bad address"
+SKIP_AMBIGUOUS = "a name several staff have"
 
 
 def bad_address(who: str) -> str:
@@ -55,7 +56,13 @@ class Directory:
 
     def __init__(self, conn: sa.Connection) -> None:
         self.staff: dict[str, Any] = {r.id: r for r in conn.execute(sa.select(staff))}
-        self.by_name = {r.name.strip().lower(): r.id for r in self.staff.values() if r.name}
+        # A name in a notify or attendees cell means one person: a name several staff
+        # have means nobody (None), never whichever row was read last.
+        self.by_name: dict[str, str | None] = {}
+        for r in self.staff.values():
+            name = (r.name or "").strip().lower()
+            if name:
+                self.by_name[name] = None if name in self.by_name else r.id
         self.opted_out = {(r.staff_id, r.event) for r in conn.execute(sa.select(staff_opt_out))}
         self.teams: dict[str, list[tuple[str, str, frozenset[str] | None]]] = {}
         for r in conn.execute(sa.select(client_team)):
@@ -145,10 +152,15 @@ class Directory:
         outside: list[str],
         skipped: Counter[str],
     ) -> None:
+        name = entry.strip().lower()
         if entry in self.staff:
             staff_ids.append(entry)
-        elif entry.strip().lower() in self.by_name:
-            staff_ids.append(self.by_name[entry.strip().lower()])
+        elif name in self.by_name:
+            sid = self.by_name[name]
+            if sid is None:
+                skipped[SKIP_AMBIGUOUS] += 1
+            else:
+                staff_ids.append(sid)
         elif is_rule(entry) and entry != "listed" and not entry.startswith("email:"):
             self._expand(n, entry, staff_ids, outside, skipped, depth=1)
         else:

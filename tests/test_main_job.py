@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from cpmail import check as check_module
+from cpmail.ics import event_ics
 from cpmail.settings import Settings
 from cpmail.store import connect
 from cpmail.triggers import Notification, Run
@@ -572,8 +573,15 @@ def test_a_calendar_program_imports_the_invitation(
     )
     with agency.engine.connect() as conn:
         (n,) = calendar_reminder(conn, _run(home, D, at(D, 9)))
-    ics = tmp_path / n.attachments[0][0]
-    ics.write_bytes(n.attachments[0][1])
+    assert n.invitation is not None
+    ics = tmp_path / n.invitation.filename
+    ics.write_bytes(
+        event_ics(
+            **n.invitation.event,
+            organizer=("max@agency.test", "Max Manager"),
+            attendees=[("alice@agency.test", "Alice Evans"), ("carl@agency.test", "Carl Reed")],
+        )
+    )
     r = subprocess.run(
         ["calcurse", "-D", str(tmp_path / "calcurse"), "-i", str(ics)],
         capture_output=True,

@@ -959,3 +959,94 @@ def test_a_message_too_large_even_alone_fails_by_itself_and_the_rest_go(
         agency.engine, settings, secrets, home, date=D, only=["homebase-entry"], transport=transport
     )
     assert again.totals()["found"] == 0
+
+
+def test_a_name_several_staff_have_reaches_nobody(agency: Agency) -> None:
+    """A name in a notify or attendees cell means one person; one shared by two rows went to
+    whichever was read last (here someone outside the agency)."""
+    agency.add(
+        "staff",
+        dict(id="CR2", name="carl reed ", work_email="carl@outside.example", planned_hours=0),
+    )
+    agency.add(
+        "diary_entries",
+        dict(
+            id="D9",
+            kind="client",
+            party_id="C1",
+            subject="Pricing",
+            body="Confidential.",
+            entered_by="AE",
+            entered_at=at(D, 9),
+            notify="Carl Reed,PR",
+        ),
+    )
+    agency.add(
+        "calendar_entries",
+        dict(
+            id="CE9",
+            title="Pricing",
+            starts_at=at(LATER, 10),
+            remind_at=at(D, 9),
+            attendees="Carl Reed",
+        ),
+    )
+    r = agency.cli(
+        "check", "--date", D.isoformat(), "--only", "diary-entry,calendar-reminder", "--json"
+    )
+    assert r.exit_code == 0, r.output
+    rcpts = sorted(x for m in agency.server.messages for x in m.rcpt_tos)
+    assert rcpts == ["pia@agency.test"], rcpts
+    doc = json.loads(r.stdout)
+    reasons = {e["event"]: e["skip_reasons"] for e in doc["summary"]}
+    assert reasons["diary-entry"] == {"a name several staff have": 1}, reasons
+    assert reasons["calendar-reminder"] == {"a name several staff have": 1}, reasons
+
+
+def test_an_invitation_names_exactly_the_people_it_is_sent_to(agency: Agency) -> None:
+    """ATTENDEE per recipient after routing (a muted one left out, one added by the
+    event's notify named), ORGANIZER the account it is sent from, --as included."""
+    import icalendar
+
+    assert agency.cli("staff", "mute", "CR", "calendar-reminder").exit_code == 0
+    r = agency.cli("config", "set", "events.calendar-reminder.notify", '["listed", "staff:PR"]')
+    assert r.exit_code == 0, r.output
+    assert agency.cli("config", "set", "manager.email", "").exit_code == 0
+    assert agency.cli("config", "set", "user.staff", "").exit_code == 0
+    agency.add(
+        "calendar_entries",
+        dict(
+            id="CE3",
+            title="Rehearsal",
+            starts_at=at(LATER, 10),
+            remind_at=at(D, 9),
+            attendees="AE,CR",
+        ),
+    )
+    msgs = agency.check("--only", "calendar-reminder", "--as", "AE")
+    assert to(msgs) == ["alice@agency.test", "pia@agency.test"]
+    for m in msgs:
+        [att] = list(m.iter_attachments())
+        (ev,) = icalendar.Calendar.from_ical(att.get_content()).walk("VEVENT")
+        attendees = sorted(str(a) for a in cast(Any, ev["ATTENDEE"]))
+        assert attendees == ["mailto:alice@agency.test", "mailto:pia@agency.test"], attendees
+        assert str(ev["ORGANIZER"]) == "mailto:alice@agency.test"
+
+
+def test_two_staff_sharing_a_mailbox_each_get_their_own_list(agency: Agency) -> None:
+    agency.add(
+        "staff",
+        dict(id="RP", name="Rita Patel", work_email="studio@agency.test", planned_hours=0),
+        dict(id="TN", name="Tom Nguyen", work_email="Studio@agency.test", planned_hours=0),
+    )
+    agency.add(
+        "tasks",
+        dict(id="T81", job_id="J100", name="Retouch cover", assignee_id="RP", due_date=D),
+        dict(id="T82", job_id="J100", name="HR review", assignee_id="TN", due_date=D),
+    )
+    msgs = agency.check("--only", "task-due-today")
+    assert len(msgs) == 2 and [a.lower() for a in to(msgs)] == ["studio@agency.test"] * 2
+    by_name = {m["To"].addresses[0].display_name: body(m) for m in msgs}
+    assert set(by_name) == {"Rita Patel", "Tom Nguyen"}
+    assert "Retouch cover" in by_name["Rita Patel"] and "HR review" not in by_name["Rita Patel"]
+    assert "HR review" in by_name["Tom Nguyen"] and "Retouch cover" not in by_name["Tom Nguyen"]

@@ -51,6 +51,20 @@ def key_of_column(event: str, column: Any) -> Any:
 
 
 @dataclass
+class Invitation:
+    """A calendar invitation (.ics) a notification carries, made once its recipients are known.
+
+    ``event`` holds ``cpmail.ics.event_ics``'s fields but the organizer and
+    attendees: those are the message's sender (or the system manager) and
+    exactly the people routing sends it to (``attendees``, set by routing).
+    """
+
+    filename: str
+    event: dict[str, Any]
+    attendees: list[tuple[str, str]] = field(default_factory=list)  # (address, name)
+
+
+@dataclass
 class Notification:
     """Something one or more people must be told, once (``key`` is its ledger key)."""
 
@@ -63,6 +77,7 @@ class Notification:
     rules: tuple[str, ...] | None = None  # overrides DEFAULT_RULES (status code notify)
     thread: str | None = None  # e.g. "job:J100": messages about one job thread together
     attachments: list[tuple[str, bytes, str]] = field(default_factory=list)
+    invitation: Invitation | None = None
     not_after: dt.datetime | None = None  # (UTC, naive) not sent after this: it no longer matters
 
 

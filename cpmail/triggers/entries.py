@@ -7,8 +7,6 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
-from cpmail.addresses import normal_address, valid_address
-from cpmail.ics import event_ics
 from cpmail.store.schema import (
     calendar_entries,
     clients,
@@ -17,7 +15,7 @@ from cpmail.store.schema import (
     staff,
     vendors,
 )
-from cpmail.triggers import Notification, Run, key_of, split_cell
+from cpmail.triggers import Invitation, Notification, Run, key_of, split_cell
 
 
 def diary_entry(conn: sa.Connection, run: Run) -> Iterator[Notification]:
@@ -128,20 +126,20 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     rows = list(conn.execute(q))
     if not rows:
         return
-    people = _Attendees(conn, run)
     for r in rows:
         when = r.remind_at.isoformat(timespec="minutes")
         listed = split_cell(r.attendees)
-        ics = event_ics(
-            uid_seed=f"calendar:{r.id}",
-            title=r.title,
-            starts_at=r.starts_at,
-            ends_at=r.ends_at,
-            location=r.location,
-            notes=r.notes,
-            tz=run.tz,
-            organizer=people.organizer,
-            attendees=people.addresses(listed),
+        invitation = Invitation(
+            filename=f"{_slug(r.title)}.ics",
+            event={
+                "uid_seed": f"calendar:{r.id}",
+                "title": r.title,
+                "starts_at": r.starts_at,
+                "ends_at": r.ends_at,
+                "location": r.location,
+                "notes": r.notes,
+                "tz": run.tz,
+            },
         )
         yield Notification(
             event="calendar-reminder",
@@ -158,51 +156,10 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
                 }
             },
             listed=listed,
-            attachments=[
-                (f"{_slug(r.title)}.ics", ics, "text/calendar; method=REQUEST; charset=utf-8")
-            ],
+            invitation=invitation,  # its attendees: the people routing sends it to
             # Held back (the send window, a server away) until the event began: not sent.
             not_after=r.starts_at.replace(tzinfo=run.tz).astimezone(dt.UTC).replace(tzinfo=None),
         )
-
-
-class _Attendees:
-    """Who an invitation names: the organizer, and the attendees' addresses."""
-
-    def __init__(self, conn: sa.Connection, run: Run) -> None:
-        s = staff.c
-        rows = list(conn.execute(sa.select(s.id, s.name, s.work_email, s.username, s.active)))
-        self.by_id = {r.id: r for r in rows}
-        self.by_name = {r.name.strip().lower(): r for r in rows if r.name}
-        self.organizer = self._organizer(run)
-
-    def _organizer(self, run: Run) -> tuple[str, str] | None:
-        # The system manager, who a reply about anything not a job goes to; else the
-        # account this machine sends from.
-        settings = run.settings
-        if settings["manager.email"]:
-            return settings["manager.email"], settings["manager.name"]
-        if settings["mail.one_account"] and settings["mail.sender"]:
-            return settings["mail.sender"], settings["agency.name"]
-        row = self.by_id.get(settings["user.staff"])
-        address = str(row.username or row.work_email or "") if row is not None else ""
-        if row is not None and valid_address(address):
-            return normal_address(address), str(row.name or "")
-        return None
-
-    def addresses(self, listed: list[str]) -> list[tuple[str, str]]:
-        """The invitation's attendees: the staff listed who are mailed, as routing has them.
-
-        Nobody else is named: not an address in the data (routing never mails
-        one), not someone inactive or whose stored address is not one address.
-        """
-        out = []
-        for entry in listed:
-            spec = entry.removeprefix("staff:")
-            row = self.by_id.get(spec) or self.by_name.get(spec.strip().lower())
-            if row is not None and row.active and valid_address(row.work_email or ""):
-                out.append((normal_address(row.work_email), str(row.name or "")))
-        return out
 
 
 def _slug(text: str) -> str:
