@@ -581,43 +581,47 @@ def _joined(column: Any, more: str) -> Any:
     return sa.case((column.is_(None), more), else_=sa.func.rtrim(column, ".") + "; " + more)
 
 
-def _expire(engine: sa.Engine, settings: Settings) -> None:
+def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
     """Messages waiting past max_age_hours fail for good; those past ``not_after`` are dropped.
 
     A calendar reminder held back (by the send window, say) until its event began
-    would only confuse: it is dropped, saying why, and stays in the log.
+    would only confuse: it is dropped, saying why, and stays in the log. Both
+    are part of this pass's ``result``, as if tried: the run counts them, says
+    them, and tells the manager of the failed.
     """
     m = messages.c
     now = utcnow()
     limit = now - dt.timedelta(hours=settings["outbox.max_age_hours"])
+    waiting = m.status.in_((Status.QUEUED, Status.DEFERRED))
+    ends = [
+        (
+            Status.DROPPED,
+            sa.and_(waiting, m.not_after.is_not(None), m.not_after <= now),
+            "not sent: what it reminds of began before it could go",
+            {"raw": None, "next_attempt_at": None},
+        ),
+        (
+            Status.FAILED,
+            sa.and_(waiting, m.queued_at < limit),
+            f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
+            {},
+        ),
+    ]
     with engine.begin() as conn:
-        conn.execute(
-            messages.update()
-            .where(
-                m.status.in_((Status.QUEUED, Status.DEFERRED)),
-                m.not_after.is_not(None),
-                m.not_after <= now,
+        for status, which, why, more in ends:
+            rows = conn.execute(sa.select(m.id, m.event, m.last_error).where(which)).all()
+            if not rows:
+                continue
+            conn.execute(
+                messages.update()
+                .where(m.id.in_([r.id for r in rows]))
+                .values(status=status, last_error=_joined(m.last_error, why), **more)
             )
-            .values(
-                status=Status.DROPPED,
-                raw=None,
-                next_attempt_at=None,
-                last_error=_joined(
-                    m.last_error, "not sent: what it reminds of began before it could go"
-                ),
-            )
-        )
-        conn.execute(
-            messages.update()
-            .where(m.status.in_((Status.QUEUED, Status.DEFERRED)), m.queued_at < limit)
-            .values(
-                status=Status.FAILED,
-                last_error=_joined(
-                    m.last_error,
-                    f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
-                ),
-            )
-        )
+            for r in rows:
+                result.status[r.id] = status
+                result.events[r.id] = r.event
+                before = (r.last_error or "").rstrip(".")
+                result.errors[r.id] = f"{before}; {why}" if before else why
 
 
 # Built once: SQLAlchemy then finds it compiled instead of keying a new statement each flush.
@@ -970,7 +974,7 @@ def deliver(
     """
     result = Delivery()
     with lease(engine, settings, run_id, command) as held, interrupt.graceful():
-        _expire(engine, settings)
+        _expire(engine, settings, result)
         if not in_send_window(settings):
             _wait_for_window(engine, run_id, ids, ready, stale_after(settings), result)
             return result

@@ -95,6 +95,8 @@ def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
     assert cli("config", "set", "mail.send_window", "").exit_code == 0
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
     assert r.exit_code == 0, r.output
+    # the run says so: its recipient never got it
+    assert "1 dropped (what it reminds of had begun)" in r.output, r.output
     sent = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
     assert sent and all(m["X-Cpmail-Event"] == "job-opened" for m in sent)  # the rest still go
     [dropped] = json.loads(cli("log", "--json", "--status", "dropped").stdout)
@@ -130,6 +132,35 @@ def test_manager_gets_one_summary_when_mail_fails_for_good(
     assert "2 messages" in summary[0]["Subject"]
     assert "alice@agency.test" in text and "mailbox unavailable" in text
     assert [a.addr_spec for m in got for a in m["To"].addresses].count("carl@agency.test") == 1
+
+
+def test_mail_given_up_after_max_age_is_counted_said_and_told_to_the_manager(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Failing for good by age (not by attempts) was silent: exit 0, no line, no summary."""
+    engine = _agency(cli, home, smtp_server)
+    smtp_server.fail_rcpt = {"alice@agency.test": "451 4.3.0 try again later"}
+    assert cli("check", "--date", D.isoformat(), "--only", "job-opened").exit_code == 1
+    old = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=100)
+    with engine.begin() as conn:
+        n = conn.execute(
+            sa.text(
+                "UPDATE messages SET queued_at = :old, next_attempt_at = :old "
+                "WHERE status = 'deferred'"
+            ),
+            {"old": old},
+        ).rowcount
+    assert n == 1
+    smtp_server.fail_rcpt = {}
+    before = len(smtp_server.messages)
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    assert doc["outbox"]["earlier"] == {"failed": 1}, doc["outbox"]
+    got = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    assert [m["X-Cpmail-Event"] for m in got[before:]] == ["failure-summary"]
+    text = str(got[-1].get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert "gave up after 72 hours in the outbox" in text
 
 
 def test_as_sends_from_another_staff_member(
