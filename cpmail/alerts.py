@@ -351,11 +351,23 @@ def _shown(private: str) -> str:
     """An alert URL as cpmail prints it: scheme and host, never its path or query.
 
     Apprise's privacy form masks passwords but keeps paths, which for webhooks,
-    ntfy topics and form posts are the secret.
+    ntfy topics and form posts are the secret. Many services put the secret
+    where the host goes (``ntfy://TOPIC``, ``goalert://TOKEN``): a host is
+    shown only when it reads as one (a domain, an IP address, localhost), and
+    what precedes an ``@`` never.
     """
     scheme, _, rest = private.partition("://")
-    host = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    return f"{scheme}://{host}" + ("/…" if rest[len(host) :].strip("/?#") else "")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host = netloc.rpartition("@")[2]
+    if not (_HOST_LIKE.fullmatch(host) and "..." not in host):
+        host = "…"
+    return f"{scheme}://{host}" + ("/…" if rest[len(netloc) :].strip("/?#") else "")
+
+
+# a domain (with a dot), an IPv4 or bracketed IPv6 address, or localhost; a port may follow
+_HOST_LIKE = re.compile(
+    r"(?:localhost|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::\d+)?"
+)
 
 
 def _send_one(apprise: Any, captured: Any, url: str, title: str, body: str, kind: str) -> Result:

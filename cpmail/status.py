@@ -180,7 +180,7 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     """Connect with a short timeout; never raise for a database that is down."""
     import sqlalchemy as sa
 
-    from cpmail.store import SCHEMA_REVISION, make_engine
+    from cpmail.store import SCHEMA_REVISION, make_engine, sqlite_path
 
     url = settings.db_url
     where = (
@@ -190,8 +190,8 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     )
     db = Database(where=where, expected_revision=SCHEMA_REVISION)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:" and not Path(path).exists():
+        path = sqlite_path(url)
+        if path and not Path(path).exists():
             db.error = f"there is no database at {path}; run `cpmail init` first"
             return None, db
         try:

@@ -600,3 +600,30 @@ def test_a_retry_by_hand_keeps_a_deferred_messages_wait_and_restarts_a_failed_on
     now = utcnow()
     assert now - rows[deferred] > dt.timedelta(hours=5)  # waiting since it was queued
     assert now - rows[failed] < dt.timedelta(minutes=5)  # in the queue again from now
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("ntfy://agency-alerts-Q7x9Kp2", "Q7x9Kp2"),
+        ("ntfys://ntfy.example.com/topicQ7x9Kp2", "Q7x9Kp2"),
+        ("goalert://TOKENQ7x9Kp2abc", "Q7x9Kp2"),
+        ("dot://TOKENQ7x9Kp2abc", "Q7x9Kp2"),
+        ("json://127.0.0.1:8080/hook/SECRETQ7x9Kp2", "Q7x9Kp2"),
+        ("discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js", "JHMHI8qBe7"),
+        ("mailto://user:pwQ7x9Kp2@example.com", "Q7x9Kp2"),
+        ("gotify://hostname/tokenQ7x9Kp2", "Q7x9Kp2"),
+    ],
+)
+def test_an_alert_url_is_shown_without_its_secret_wherever_it_sits(url: str, secret: str) -> None:
+    """As `alerts test` and status show one: the topic or token may stand where the host
+    goes (ntfy's cloud form, goalert, dot), not only in the path."""
+    import apprise
+
+    from cpmail.alerts import _shown
+
+    plugin = apprise.Apprise.instantiate(url)
+    assert plugin is not None
+    shown = _shown(str(plugin.url(privacy=True)))  # type: ignore[no-untyped-call]
+    assert secret not in shown, shown
+    assert shown.startswith(url.split("://")[0][:4]), shown

@@ -786,3 +786,17 @@ def test_a_server_quoting_a_token_never_gets_it_stored(
     assert said.strip()
     for secret in (at, rt, GOOGLE_CLIENT_SECRET, at[:20], rt[4:24]):
         assert secret not in said, said
+
+
+def test_a_client_secret_quoted_when_the_code_is_exchanged_is_not_repeated(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    said = {"error": f"invalid_client: client_secret={GOOGLE_CLIENT_SECRET} unknown"}
+    fake.script("/token", Reply(401, said))
+    thread, shown, result = sign_in_in_thread(gmail_home)
+    httpx.get(shown.get(timeout=10).splitlines()[-1], follow_redirects=True)
+    thread.join(10)
+    assert isinstance(result["error"], AuthError)
+    words = str(result["error"])
+    assert "invalid_client" in words and GOOGLE_CLIENT_SECRET not in words, words
+    assert GOOGLE_CLIENT_SECRET[:8] not in words, words

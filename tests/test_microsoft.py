@@ -546,3 +546,36 @@ def test_a_second_signal_waits_for_graphs_answer_to_the_message_it_has(
         str(email.message_from_bytes(m.mime)["Message-ID"]) for m in fake.sent
     )
     assert set(got) == ids and max(got.values()) == 1, got
+
+
+def test_a_secret_in_a_token_endpoints_answer_is_not_shown_with_v(
+    initialised: Cli, ms_home: Path, fake: FakeAPI
+) -> None:
+    """-v adds tracebacks, never values: msal logs an answer that is not JSON whole."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "Hx!9kQ#vv2Lp%Zr8Wq"
+    settings = Settings.load(ms_home)
+    settings.set("mail.microsoft.tenant", MS_TENANT_ID)
+    settings.set("mail.one_account", True)
+    settings.set("manager.email", "boss@agency.example")
+    settings.save()
+    SecretStore(ms_home).set(MICROSOFT_APP_SECRET, secret)
+    quoted = f"<html>Bad request: client_id={MS_CLIENT_ID}&client_secret={secret}</html>"
+    fake.script(f"/{MS_TENANT_ID}/oauth2/v2.0/token", *[Reply(400, quoted) for _ in range(8)])
+    said = []
+    for args in (("-v", "config", "test"), ("-v", "message", "manager", "hello")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cpmail", *args],
+            env={**os.environ, "CPMAIL_HOME": str(ms_home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        said.append(proc.stdout + proc.stderr)
+    assert fake.paths("POST").count(f"/{MS_TENANT_ID}/oauth2/v2.0/token") >= 2
+    everything = "\n".join(said)
+    assert secret not in everything and secret[:8] not in everything, everything

@@ -490,3 +490,28 @@ def test_a_passcode_of_digit_groups_echoed_a_group_a_line_is_masked() -> None:
     )
     assert not any(group in said for group in ("491", "283", "756", "120")), said
     assert said.startswith("535-5.7.8 ") and said.endswith(" rejected")
+
+
+def test_an_encrypted_sqlite_urls_password_is_never_shown(initialised: Cli, home: Path) -> None:
+    """``sqlite+pysqlcipher://:PASSWORD@/file``: the file was read as everything after
+    ``///``, so messages naming it carried the password (also to alert webhooks)."""
+    secret = "S3cretPWxyz"
+    url = f"sqlite+pysqlcipher://:{secret}@/{home}/vault.db"
+    r = initialised("config", "set", "database.url", url)
+    assert r.exit_code == 0 and secret not in r.output, r.output
+    said = []
+    for args in (
+        ("log",),
+        ("log", "--json"),
+        ("status",),
+        ("status", "--json"),
+        ("check", "--dry-run"),
+        ("staff", "list"),
+        ("data", "tables"),
+    ):
+        r = initialised(*args)
+        assert r.exit_code != 0, (args, r.output)
+        said.append(r.output)
+    everything = "\n".join(said)
+    assert leaks([secret], [everything]) == [], everything
+    assert "vault.db" in everything  # the file is still named

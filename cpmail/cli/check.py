@@ -303,9 +303,7 @@ def _print_summary(c: Any, result: Any) -> None:
             c.note(line)
     if result.earlier:
         e = result.earlier
-        dropped = (
-            f", {e['dropped']} dropped (what it reminds of had begun)" if e["dropped"] else ""
-        )
+        dropped = f", {e['dropped']} dropped (what it reminds of had begun)" if e["dropped"] else ""
         c.say(
             f"From the outbox (earlier runs): {e['sent']} sent, {e['deferred']} deferred, "
             f"{e['failed']} failed{dropped}."

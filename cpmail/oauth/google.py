@@ -193,7 +193,11 @@ def _google_fetch_token(flow: Any, code: str) -> None:
             "tick 'Send email on your behalf'."
         ) from None
     except OAuth2Error as e:
-        raise AuthError(f"Google refused the sign-in: {e.error}.") from None
+        # The endpoint's words may quote what was sent (the client secret, the code).
+        client = getattr(flow, "client_config", None) or {}
+        known = Scrubber([str(client.get("client_secret") or ""), code])
+        said = known(mask_tokens(str(e.error)))
+        raise AuthError(f"Google refused the sign-in: {said}.") from None
     except requests.ConnectionError:
         raise Unreachable("cannot reach Google's token endpoint; check the network.") from None
     except requests.RequestException as e:

@@ -131,9 +131,11 @@ def _msal_call(what: str, call: Callable[[], Any]) -> Any:
     import httpx
     import msal
 
-    # msal logs its own failures with their tracebacks (and the answer's body): they
-    # show with -v; otherwise the one sentence below is what a person reads.
+    # msal logs its own failures with the answer's body, which may quote a client
+    # secret or a token: never shown, not even with -v; the one sentence below
+    # (scrubbed) is what a person reads.
     quiet = logging.getLogger("msal")
+    quiet.propagate = False
     if not quiet.handlers:
         quiet.addHandler(logging.NullHandler())
 

@@ -22,6 +22,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def sqlite_path(url: str) -> str:
+    """The file of a SQLite URL ('' in memory), read by SQLAlchemy's parser.
+
+    Never the text after ``///``: an encrypted database's URL
+    (``sqlite+pysqlcipher://:PASSWORD@/file.db``) has its password before the
+    path, and that text would carry it into messages.
+    """
+    try:
+        database = sa.engine.make_url(url).database or ""
+    except Exception:
+        return ""
+    return "" if database == ":memory:" else database
+
+
 def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
     """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and BEGIN IMMEDIATE.
 
@@ -30,8 +44,8 @@ def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
     runs on one SQLite file are serialised, not interleaved.
     """
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = sqlite_path(url)
+        if path:
             from cpmail.settings import private_dir
 
             private_dir(Path(path).parent)
@@ -129,7 +143,7 @@ def clock(conn: sa.Connection) -> dt.datetime:
 def describe(url: str) -> str:
     """Where a database is, for a sentence: its file, or engine, host and name (no password)."""
     if url.startswith("sqlite"):
-        return url.split("///", 1)[-1] or "(in memory)"
+        return sqlite_path(url) or "(in memory)"
     try:
         u = sa.engine.make_url(url)
     except Exception:
@@ -147,7 +161,7 @@ def connect(url: str, *, where: str, busy_seconds: float = 60.0) -> sa.Engine:
     database with no cpmail schema is told to run `cpmail init`.
     """
     sqlite = url.startswith("sqlite")
-    if sqlite and not Path(url.split("///", 1)[-1]).exists():
+    if sqlite and not Path(sqlite_path(url)).exists():
         raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
     engine = make_engine(url, busy_seconds=busy_seconds)
     try:
