@@ -1585,8 +1585,8 @@ def list_messages(
     q = sa.select(*(c for c in messages.c if c.name != "raw")).order_by(m.id)
     if statuses:
         q = q.where(m.status.in_(list(statuses)))
-    if since is not None:
-        q = q.where(m.created_at >= since)
+    if since is not None:  # by the time each row shows: sent, else queued
+        q = q.where(sa.func.coalesce(m.sent_at, m.created_at) >= since)
     if event:
         q = q.where(m.event == event)
     if to is not None:  # an empty list (a person without an address) matches nothing

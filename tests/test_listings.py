@@ -94,3 +94,22 @@ def test_usage_lines_write_arguments_as_unix_tools_do() -> None:
         assert all("|" in b for b in braces), line  # braces only around choices
     r = CliRunner().invoke(app, ["staff", "test", "--help"])
     assert "Usage: cpmail staff test [OPTIONS] ID\n" in r.output
+
+
+def test_log_since_goes_by_the_time_each_row_shows(demo: Cli, home: Path) -> None:
+    """A message queued days ago and sent today shows today's time: --since today lists it."""
+    import datetime as dt
+    import sqlite3
+
+    with sqlite3.connect(home / "cpmail.db") as db:  # half the mail waited three days
+        db.execute(
+            "UPDATE messages SET created_at = datetime(created_at, '-3 days') WHERE id % 2 = 0"
+        )
+    rows = json.loads(demo("log", "--json", "--all").stdout)
+    assert len(rows) > 4
+    for day in {r["time"][:10] for r in rows} | {
+        (dt.date.fromisoformat(rows[0]["time"][:10]) - dt.timedelta(days=2)).isoformat()
+    }:
+        listed = json.loads(demo("log", "--json", "--since", day).stdout)
+        expected = [r["id"] for r in rows if r["time"][:10] >= day]
+        assert [r["id"] for r in listed] == expected, day
