@@ -252,6 +252,8 @@ def _run_check(
     if dry_run:
         plan = _planner(renderer, settings, sender, directory, keep_text=True)
         result.planned = halves(plan, groups)
+        if not enabled:  # as the real run would record them
+            _count_suppressed(result)
         return result
     send_now = enabled and transport is not None and in_send_window(settings)
     try:
@@ -278,10 +280,7 @@ def _run_check(
         settle_state_rows(engine, run_id)
     result.planned = list(ids.values())
     if not enabled:
-        # A notification to three people is three messages but one notification.
-        told = {(ev, key) for p in result.planned for ev, key in zip(p.events, p.keys, strict=True)}
-        for ev, _key in told:
-            summary[ev].suppressed += 1
+        _count_suppressed(result)
         return result
     assert transport is not None
     delivery = deliver(
@@ -411,6 +410,16 @@ def _queue_all(
                 give_up(engine, [mid], oversize[mid], run_id=run_id)
     ready = [r for r in ready_of(mids, drafts) if r[0].id not in oversize]
     return dict(zip(mids, planned, strict=True)), ready, taken, oversize
+
+
+def _count_suppressed(result: CheckResult) -> None:
+    """Sending is off: each notification planned is recorded as suppressed.
+
+    A notification to three people is three messages but one notification.
+    """
+    told = {(ev, key) for p in result.planned for ev, key in zip(p.events, p.keys, strict=True)}
+    for ev, _key in told:
+        result.summary[ev].suppressed += 1
 
 
 def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> None:

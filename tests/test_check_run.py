@@ -279,3 +279,29 @@ def test_a_check_that_keeps_failing_is_not_healthy(
     doc = json.loads(r.stdout)
     assert r.exit_code == 3, r.stdout
     assert any("the last check failed (exit 2" in p for p in doc["problems"]), doc["problems"]
+
+
+def test_a_dry_run_says_what_the_real_run_would_do(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """With sending off it records, it does not send; with the window closed it queues:
+    the dry run said "Would send" either way, and counted no suppressed."""
+    _agency(cli, home, smtp_server)
+    assert cli("config", "disable").exit_code == 0
+    dry = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run", "--json")
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run")
+    assert "Would send" not in r.output and "Sending is off: would record 3" in r.output, r.output
+    real = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
+    assert smtp_server.messages == []
+    assert json.loads(dry.stdout)["totals"]["suppressed"] == 1
+    assert json.loads(real.stdout)["totals"]["suppressed"] == 1
+    assert cli("config", "enable").exit_code == 0
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    insert(
+        sa.create_engine(f"sqlite:///{home / 'cpmail.db'}"),
+        "jobs",
+        [dict(id="J201", client_id="C1", title="Summer launch", opened_at=at(D))],
+    )
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run")
+    assert "Would send" not in r.output, r.output
+    assert "Would queue 3 message(s)" in r.output and "send window" in r.output, r.output

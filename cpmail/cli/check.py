@@ -251,19 +251,29 @@ def _json(result: Any, dry_run: bool) -> dict[str, Any]:
 
 
 def _print_dry_run(c: Any, result: Any) -> None:
+    from cpmail.outbox import in_send_window
+
     skipped = Counter[str]()
     for s in result.summary.values():
         skipped.update(s.skip_reasons)
     if skipped:
         c.say("Would skip recipients: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
     line = _waiting_line(c, result)
+    n = len(result.planned)
     if not result.planned:
         c.say(f"Nothing new to send for {result.date}.")
-    else:
+    elif not result.enabled:
         c.say(
-            f"Would send {len(result.planned)} message(s) for {result.date} "
-            "(dry run: nothing changed):"
+            f"Sending is off: would record {n} message(s) for {result.date} as suppressed, "
+            "sending none (dry run: nothing changed):"
         )
+    elif not in_send_window(c.settings):
+        c.say(
+            f"Would queue {n} message(s) for {result.date} to go when the send window "
+            f"({c.settings['mail.send_window']}) opens (dry run: nothing changed):"
+        )
+    else:
+        c.say(f"Would send {n} message(s) for {result.date} (dry run: nothing changed):")
         for p in result.planned:
             c.say(f"  {p.to.address:<32} {p.subject}")
     if line:
