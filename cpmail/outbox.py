@@ -441,6 +441,26 @@ def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> 
     return minutes >= start or minutes < end  # a window across midnight
 
 
+def window_opens(settings: Settings, now_utc: dt.datetime) -> dt.datetime | None:
+    """When the send window next opens (naive UTC); None while it is open, or without one."""
+    window = settings["mail.send_window"]
+    if not window:
+        return None
+    tz = settings.tz()
+    local = now_utc.replace(tzinfo=dt.UTC).astimezone(tz)
+    if in_send_window(settings, local):
+        return None
+    opens = dt.datetime.combine(local.date(), dt.time.fromisoformat(window.split("-")[0]), tz)
+    if opens <= local:
+        opens += dt.timedelta(days=1)
+    return opens.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _not_before(at: dt.datetime | None, opens: dt.datetime | None) -> dt.datetime | None:
+    """A time mail is due, or the window's opening if that is later: nothing goes before."""
+    return max(at, opens) if at is not None and opens is not None else at
+
+
 def live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
     """A run that still renews its heartbeat: its claims are its own.
 
@@ -1510,13 +1530,14 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         # Taken up once claimed longer than this home's limit and past the run's own.
         at = max(first + stale, expires) if expires is not None else first + stale
         free_at = at if free_at is None else min(free_at, at)
+    opens = window_opens(settings, now)  # nothing is tried while the window is closed
     return Waiting(
         count=int(row[0]),
         deferred=int(row[1]),
         oldest=row[2],
-        next_try=row[3],
+        next_try=_not_before(row[3], opens),
         orphaned=orphaned,
-        orphans_free_at=free_at,
+        orphans_free_at=_not_before(free_at, opens),
     )
 
 

@@ -83,6 +83,8 @@ class Outbox:
     oldest_waiting_since: dt.datetime | None = None
     next_try: dt.datetime | None = None
     held_by_window: int = 0  # never tried, waiting for the send window to open
+    held_by_stopped: int = 0  # claimed by a run that stopped: taken up at ``taken_up_at``
+    taken_up_at: dt.datetime | None = None
     sending_now: int = 0  # claimed by a run that is alive: on its way, not waiting
     failed_7_days: int = 0
     overdue_since: dt.datetime | None = None  # waiting counted from the send window's opening
@@ -481,13 +483,16 @@ def window_opened(settings: Settings, now_utc: dt.datetime) -> tuple[bool, dt.da
 
 def _outbox(
     engine: sa.Engine,
+    settings: Settings,
     now: dt.datetime,
     window: tuple[bool, dt.datetime | None],
-    stale_minutes: float,
 ) -> Outbox:
     import sqlalchemy as sa
 
-    from cpmail.outbox import live_run, runs_here
+    from cpmail import outbox as ob
+    from cpmail.outbox import live_run, runs_here, window_opens
+
+    stale_minutes = settings["outbox.stale_claim_minutes"]
     from cpmail.store.schema import messages
 
     m = messages.c
@@ -529,11 +534,17 @@ def _outbox(
             )
         ).scalar_one()
     open_now, opened = window
+    held = ob.waiting(engine, settings)  # mail a stopped run holds, and when it is taken up
+    opens = window_opens(settings, now)
+    if next_try is not None and opens is not None:  # nothing is tried before the window opens
+        next_try = max(next_try, opens)
     box = Outbox(
         waiting=int(n),
         oldest_waiting_since=oldest,
         next_try=next_try,
         held_by_window=0 if open_now else int(fresh),
+        held_by_stopped=held.orphaned,
+        taken_up_at=held.orphans_free_at,
         failed_7_days=int(failed),
         sending_now=int(live),
     )
@@ -733,7 +744,7 @@ def gather(
         if engine is not None:
             stale = settings["outbox.stale_claim_minutes"]
             last_check = _last_check(engine, stale, now)
-            outbox = _outbox(engine, now, window, stale)
+            outbox = _outbox(engine, settings, now, window)
         accounts = _accounts(settings, secrets, engine, now)
     except Exception as e:  # the database went away half-way
         import sqlalchemy as sa

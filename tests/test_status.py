@@ -68,6 +68,8 @@ def test_a_fresh_home_is_healthy(initialised: Cli, home: Path) -> None:
         "oldest_waiting_since": None,
         "next_try": None,
         "held_by_window": 0,
+        "held_by_stopped": 0,
+        "taken_up_at": None,
         "failed_7_days": 0,
         "sending_now": 0,
         "overdue_since": None,
@@ -337,3 +339,56 @@ def test_an_account_known_only_from_the_log_is_not_this_machines_problem(
     assert code == 0, doc["problems"]
     km = next(a for a in doc["accounts"] if a["account"] == "KM")
     assert km["problem"] is None and "not on this machine" in km["login"]
+
+
+def test_mail_held_by_a_stopped_run_says_when_it_is_taken_up(initialised: Cli, home: Path) -> None:
+    """Not "next try at the next check", and not `outbox retry --all` (which cannot touch it)."""
+    from cpmail.outbox import claim, new_run_id
+    from tests.test_faults import queue_messages
+
+    queue_messages(home, 2)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now, run = utcnow(), new_run_id()
+    add_run(
+        home,
+        id=run,
+        host=socket.gethostname(),
+        pid=dead.pid,
+        started_at=now,
+        heartbeat_at=now,
+        expires_at=now + dt.timedelta(minutes=15),
+    )
+    engine = connect(Settings.load(home).db_url, where="test")
+    assert len(claim(engine, run_id=run)) == 2
+    engine.dispose()
+    doc = status(initialised)[1]
+    box = doc["outbox"]
+    assert box["held_by_stopped"] == 2 and box["next_try"] is None, box
+    taken = dt.datetime.fromisoformat(box["taken_up_at"]).astimezone(dt.UTC).replace(tzinfo=None)
+    assert abs((taken - (now + dt.timedelta(minutes=15))).total_seconds()) < 2
+    text = initialised("status").stdout
+    assert "2 held by a run that stopped, taken up again at" in text, text
+    assert "next try at the next check" not in text, text
+    r = initialised("check", "--date", "2026-11-24")
+    assert r.exit_code == 1, r.output
+    assert "outbox retry --all" not in r.stderr and "taken up" in r.stderr, r.stderr
+
+
+def test_the_next_try_is_never_before_the_send_window_opens(initialised: Cli, home: Path) -> None:
+    from tests.test_faults import queue_messages
+
+    queue_messages(home, 1)
+    past = utcnow() - dt.timedelta(hours=5)
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(messages.update().values(status="deferred", attempts=1, next_attempt_at=past))
+    engine.dispose()
+    now = dt.datetime.now()
+    window = f"{(now + dt.timedelta(hours=2)):%H}:00-{(now + dt.timedelta(hours=3)):%H}:00"
+    assert initialised("config", "set", "mail.send_window", window).exit_code == 0
+    nxt = dt.datetime.fromisoformat(status(initialised)[1]["outbox"]["next_try"])
+    assert nxt > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=59), nxt
+    r = initialised("check", "--date", "2026-11-24", "--json")
+    got = dt.datetime.fromisoformat(json.loads(r.stdout)["waiting"]["next_try"])
+    assert got == nxt, (got, nxt)

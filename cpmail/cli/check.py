@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from collections import Counter
 from typing import Any
@@ -93,7 +94,7 @@ def _check(
         if progress:
             progress.stop()
     if json:
-        emit_json(_json(result, dry_run))
+        emit_json(_json(c, result, dry_run))
     elif dry_run:
         _print_dry_run(c, result)
     else:
@@ -158,10 +159,19 @@ def _undelivered(c: Any, result: Any) -> str:
             f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed in this run"
         )
     if w is not None and w.total:
-        parts.append(
-            "mail is waiting (`cpmail outbox`): deferred mail is tried again by the next "
-            "`cpmail check`, or at once with `cpmail outbox retry --all`"
-        )
+        how = []
+        if w.deferred:
+            how.append(
+                "deferred mail is tried again by the next `cpmail check`, or at once with "
+                "`cpmail outbox retry --all`"
+            )
+        elif w.count:
+            how.append("it goes with the next `cpmail check`")
+        if w.orphaned:
+            how.append(
+                "mail held by a run that stopped goes with the first check after it is taken up"
+            )
+        parts.append("mail is waiting (`cpmail outbox`): " + ", and ".join(how))
     if d is not None and d.count("failed"):
         parts.append(
             "failed mail is not tried again: see why with `cpmail log --status failed`, "
@@ -197,7 +207,7 @@ def _progress(silent: bool) -> _Bar | None:
     return None if silent or not sys.stderr.isatty() else _Bar()
 
 
-def _json(result: Any, dry_run: bool) -> dict[str, Any]:
+def _json(c: Any, result: Any, dry_run: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "date": result.date,
         "dry_run": dry_run,
@@ -235,13 +245,18 @@ def _json(result: Any, dry_run: bool) -> dict[str, Any]:
             else None
         )
     w = result.waiting
+    tz = c.settings.tz()
+
+    def zoned(t: dt.datetime | None) -> dt.datetime | None:  # as status gives times
+        return t.replace(tzinfo=dt.UTC).astimezone(tz) if t is not None else None
+
     out["waiting"] = (
         {
             "count": w.count,
-            "oldest": w.oldest,
-            "next_try": w.next_try,
+            "oldest": zoned(w.oldest),
+            "next_try": zoned(w.next_try),
             "held_by_stopped_run": w.orphaned,
-            "taken_up_at": w.orphans_free_at,
+            "taken_up_at": zoned(w.orphans_free_at),
         }
         if w is not None
         else None

@@ -106,9 +106,13 @@ def _outbox(c: Ctx, h: Health) -> str:
             parts.append(f"{box.sending_now} being sent now")
         if box.held_by_window:
             parts.append(f"{box.held_by_window} held until the send window opens")
-        parts.append(
-            f"next try {_when(c, box.next_try)}" if box.next_try else "next try at the next check"
-        )
+        if box.held_by_stopped:
+            at = f" at {_when(c, box.taken_up_at)}" if box.taken_up_at else ""
+            parts.append(f"{box.held_by_stopped} held by a run that stopped, taken up again{at}")
+        if box.next_try:
+            parts.append(f"next try {_when(c, box.next_try)}")
+        elif box.waiting > box.held_by_stopped + box.sending_now:
+            parts.append("next try at the next check")
     parts.append(f"{box.failed_7_days} failed for good in the last 7 days")
     return " · ".join(parts)
 
