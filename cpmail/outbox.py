@@ -1650,14 +1650,23 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
     return int(n)
 
 
-def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
-    """Put failed or deferred messages back in the queue now (all when ``ids`` is None)."""
+def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, str]]:
+    """Put failed or deferred messages back in the queue now (all when ``ids`` is None).
+
+    Return how many went back, and why each of ``ids`` that did not was left
+    as it is (sent, queued already, its text no longer kept …).
+    """
     m = messages.c
-    q = messages.update().where(m.status.in_((Status.FAILED, Status.DEFERRED)), m.raw.is_not(None))
+    retryable = sa.and_(m.status.in_((Status.FAILED, Status.DEFERRED)), m.raw.is_not(None))
+    q = messages.update().where(retryable)
+    left: dict[int, str] = {}
     if ids is not None:
         _check_ids(engine, ids)
         q = q.where(m.id.in_(list(ids)))
     with engine.begin() as conn:
+        if ids is not None:
+            for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(list(ids)), ~retryable)):
+                left[r.id] = _not_retried.get(r.status, "its text is no longer kept")
         n = conn.execute(
             q.values(
                 status=Status.QUEUED,
@@ -1671,7 +1680,17 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> int:
                 refused_rcpts=sa.case((m.status == Status.FAILED, ""), else_=m.refused_rcpts),
             )
         ).rowcount
-    return int(n)
+    return int(n), left
+
+
+# Why `outbox retry ID` leaves a message as it is, by its status.
+_not_retried = {
+    Status.SENT: "it was sent",
+    Status.DROPPED: "it was dropped",
+    Status.QUEUED: "it is queued already",
+    Status.SENDING: "it is being sent",
+    Status.SUPPRESSED: "it was recorded while sending was off",
+}
 
 
 def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
@@ -1682,18 +1701,15 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
     """
     _check_ids(engine, ids)
     m = messages.c
+    waiting = m.status.in_((Status.QUEUED, Status.DEFERRED, Status.FAILED))
     with engine.begin() as conn:
+        rows = conn.execute(sa.select(m.id, m.status).where(m.id.in_(list(ids)), ~waiting))
+        left = {r.id: r.status for r in rows}  # (a message dropped already included)
         n = conn.execute(
             messages.update()
-            .where(
-                m.id.in_(list(ids)), m.status.in_((Status.QUEUED, Status.DEFERRED, Status.FAILED))
-            )
+            .where(m.id.in_(list(ids)), waiting)
             .values(status=Status.DROPPED, raw=None, next_attempt_at=None)
         ).rowcount
-        rows = conn.execute(
-            sa.select(m.id, m.status).where(m.id.in_(list(ids)), m.status != Status.DROPPED)
-        )
-        left = {r.id: r.status for r in rows}
     return int(n), left
 
 

@@ -125,6 +125,7 @@ class Retried:
 
     queued: int
     delivery: Delivery | None  # None when none was queued or mail is switched off
+    left: dict[int, str]  # ids asked for that were not queued again, and why
 
     @property
     def error(self) -> CpmailError | None:
@@ -145,12 +146,12 @@ def retry(
     ``queued`` hears how many went back in the queue before sending starts.
     With mail switched off they wait in the outbox.
     """
-    n = requeue(engine, ids)
+    n, left = requeue(engine, ids)
     queued(n)
     if not n or not settings["mail.enabled"]:
-        return Retried(n, None)
+        return Retried(n, None, left)
     transport = get_transport(settings, secrets)
-    return Retried(n, deliver(engine, transport, settings, run_id=new_run_id(), ids=ids))
+    return Retried(n, deliver(engine, transport, settings, run_id=new_run_id(), ids=ids), left)
 
 
 def send_test_message(

@@ -591,7 +591,7 @@ def test_a_retry_by_hand_keeps_a_deferred_messages_wait_and_restarts_a_failed_on
     deferred = _queue(home, status="deferred", hours_ago=6, error="451 4.3.0 later")
     failed = _queue(home, status="failed", hours_ago=6, error="550 5.1.1 no such user")
     engine = connect(Settings.load(home).db_url, where="test")
-    assert retry(engine, None) == 2
+    assert retry(engine, None) == (2, {})
     with engine.connect() as conn:
         rows = {
             r.id: r.queued_at for r in conn.execute(sa.select(messages.c.id, messages.c.queued_at))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from email import message_from_bytes, policy
@@ -390,3 +391,18 @@ def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
     r = cli("outbox", "drop", str(sent[0]))
     assert r.exit_code == 0 and "Dropped 0" in r.stdout
     assert f"Message {sent[0]} was not dropped: it is sent" in r.stderr, r.output
+    # nor does retrying one, nor dropping one twice
+    r = cli("outbox", "retry", str(sent[0]), str(failed["id"]))
+    assert r.exit_code == 0 and "Queued 0" in r.stdout, r.output
+    assert f"Message {sent[0]} was not queued again: it was sent." in r.stderr, r.output
+    assert f"Message {failed['id']} was not queued again: its text is no longer kept" in r.stderr
+    now = dt.datetime.now()
+    closed = f"{(now + dt.timedelta(hours=2)):%H}:00-{(now + dt.timedelta(hours=3)):%H}:00"
+    assert cli("config", "set", "mail.send_window", closed).exit_code == 0
+    send_one(cli)  # stays queued until the window opens
+    [mine] = [x["id"] for x in json.loads(cli("outbox", "--json").stdout)]
+    assert "Dropped 1" in cli("outbox", "drop", str(mine)).stdout
+    r = cli("outbox", "drop", str(mine))
+    assert "Dropped 0" in r.stdout and f"Message {mine} was not dropped: it is dropped" in r.stderr
+    r = cli("outbox", "retry", str(mine))
+    assert f"Message {mine} was not queued again: it was dropped." in r.stderr, r.output

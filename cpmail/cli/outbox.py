@@ -86,6 +86,8 @@ def retry(
         None if all_ else ids,
         queued=lambda n: c.say(f"Queued {n} message(s) again."),
     )
+    for i, why in done.left.items():
+        c.note(f"Message {i} was not queued again: {why}.")
     if done.delivery is None:
         if done.queued:
             c.note("Sending is off (`cpmail config enable`); they wait in the outbox.")
