@@ -41,7 +41,7 @@ from email.utils import format_datetime
 from functools import lru_cache
 from typing import NamedTuple, TypeVar
 
-from cpmail.addresses import check_address, clean_header_text, valid_address
+from cpmail.addresses import check_address, clean_header_text, mailbox_key, valid_address
 from cpmail.errors import InputError
 from cpmail.settings import Settings
 
@@ -464,7 +464,7 @@ def _dedupe(boxes: Sequence[Mailbox]) -> list[Mailbox]:
     seen: set[str] = set()
     out = []
     for b in boxes:
-        k = b.address.strip().lower()
+        k = mailbox_key(b.address)  # one mailbox, however it is written
         if k not in seen:
             seen.add(k)
             out.append(b)

@@ -455,3 +455,36 @@ def test_a_reply_reaches_the_jobs_account_executive_else_the_manager(
         == 0
     )
     assert sent(home)[-1]["Reply-To"] is None
+
+
+def test_one_mailbox_written_two_ways_is_one_recipient_and_known_as_staff(
+    agency: Cli, home: Path
+) -> None:
+    """A staff address typed in another form (full-width letters, punycode) is that staff
+    member's (the cash-flow rule holds) and gets one copy."""
+    r = agency(
+        "send-report",
+        "--report",
+        "cash-flow",
+        "--as-of",
+        "2026-03-31",
+        "--to",
+        "MR,mr@ａgency.test,MR@agency.test",
+    )
+    assert r.exit_code == 0, r.output
+    [msg] = sent(home)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["mr@agency.test"]
+    r = agency(
+        "send-report",
+        "--report",
+        "invoice",
+        "--id",
+        "B1",
+        "--as-of",
+        "2026-03-31",
+        "--to",
+        "kate@bücher.example,kate@xn--bcher-kva.example",
+    )
+    assert r.exit_code == 0, r.output
+    [_, msg] = sent(home)
+    assert len(msg["To"].addresses) == 1, msg["To"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.addresses import check_address, looks_like_address
+from cpmail.addresses import check_address, looks_like_address, mailbox_key
 from cpmail.compose import Attachment, Mailbox, build_message, first_reply_to, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.people import Sender, resolve_sender
@@ -86,12 +86,16 @@ def _who(row: Any) -> str:
 def resolve_recipients(conn: sa.Connection, specs: Sequence[str]) -> list[Recipient]:
     """Staff IDs and addresses -> recipients; an unknown ID or a bad address is an InputError."""
     out: list[Recipient] = []
+    by_mailbox: dict[str, Any] | None = None
     for spec in specs:
         if looks_like_address(spec):
             address = check_address(spec, where="--to")
-            row = conn.execute(
-                sa.select(staff).where(sa.func.lower(staff.c.work_email) == address.lower())
-            ).first()
+            if by_mailbox is None:  # staff by mailbox, however each address is written
+                rows = conn.execute(sa.select(staff).where(staff.c.work_email.is_not(None)))
+                by_mailbox = {}
+                for member in rows:
+                    by_mailbox.setdefault(mailbox_key(member.work_email), member)
+            row = by_mailbox.get(mailbox_key(address))
             out.append(Recipient(address, row.name if row else "", row.id if row else None))
             continue
         row = conn.execute(sa.select(staff).where(staff.c.id == spec)).first()
@@ -109,9 +113,9 @@ def resolve_recipients(conn: sa.Connection, specs: Sequence[str]) -> list[Recipi
         out.append(Recipient(address, row.name, row.id))
     seen: set[str] = set()
     unique = []
-    for r in out:
-        if r.address.lower() not in seen:
-            seen.add(r.address.lower())
+    for r in out:  # one copy per mailbox, however it is written
+        if mailbox_key(r.address) not in seen:
+            seen.add(mailbox_key(r.address))
             unique.append(r)
     return unique
 
