@@ -94,12 +94,11 @@ class SecretStore:
         if self.backend == "keyring":
             self._check_name(name)
             import keyring
-            from keyring.errors import KeyringError
 
             try:
                 value = keyring.get_password(KEYRING_SERVICE, name)
-            except KeyringError as e:
-                raise ConfigError(f"the keyring could not be read: {type(e).__name__}.") from None
+            except Exception as e:  # a keyring service away (no D-Bus) raises anything
+                raise _keyring_failed("read", e) from None
             return None if value is None else Secret(value)
         path = self._checked_path(name)
         if not path.exists():
@@ -110,14 +109,17 @@ class SecretStore:
         if self.backend == "keyring":
             self._check_name(name)
             import keyring
-            from keyring.errors import KeyringError
 
             try:
                 keyring.set_password(KEYRING_SERVICE, name, value)
-            except KeyringError as e:
+                kept = keyring.get_password(KEYRING_SERVICE, name) == value
+            except Exception as e:  # a keyring service away (no D-Bus) raises anything
+                raise _keyring_failed("written", e, value) from None
+            if not kept:  # (the null keyring takes anything and keeps nothing)
                 raise ConfigError(
-                    f"the keyring could not be written: {type(e).__name__}."
-                ) from None
+                    f"the keyring ({_keyring_name()}) did not keep it; choose one that stores "
+                    "secrets (PYTHON_KEYRING_BACKEND) or set secrets.backend to file."
+                )
             return
         self.ensure_dir()
         path = self._checked_path(name)
@@ -133,6 +135,8 @@ class SecretStore:
                 keyring.delete_password(KEYRING_SERVICE, name)
             except PasswordDeleteError:
                 return False
+            except Exception as e:
+                raise _keyring_failed("changed", e) from None
             return True
         path = self._checked_path(name)
         if path.exists():
@@ -142,3 +146,26 @@ class SecretStore:
 
     def has(self, name: str) -> bool:
         return self.get(name) is not None
+
+
+def _keyring_name() -> str:
+    """Which keyring is in use, as PYTHON_KEYRING_BACKEND names it (SecretService, null …)."""
+    import keyring
+
+    try:
+        chosen = type(keyring.get_keyring()).__module__
+    except Exception:  # (choosing it is what failed)
+        chosen = os.environ.get("PYTHON_KEYRING_BACKEND", "").rpartition(".Keyring")[0]
+    return chosen.rsplit(".", 1)[-1] or "the system's"
+
+
+def _keyring_failed(done: str, e: Exception, value: str = "") -> ConfigError:
+    """The keyring could not be used, in a sentence: its kind, what it said, the way out."""
+    from cpmail.scrub import Scrubber
+
+    said = Scrubber([value] if value else [])(str(e).splitlines()[0] if str(e) else "")
+    return ConfigError(
+        f"the keyring ({_keyring_name()}) could not be {done}: {type(e).__name__}"
+        + (f" ({said[:200]})" if said else "")
+        + "; start its service (a desktop session's D-Bus) or set secrets.backend to file."
+    )

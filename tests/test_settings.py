@@ -383,3 +383,46 @@ def test_the_other_kinds_of_mail_are_named_where_they_are_made() -> None:
 
     made = {check.DIGEST, check.FAILURE_SUMMARY, message.EVENT, send.EVENT, cashflow.EVENT, "test"}
     assert made == set(events.OTHER_MAIL)
+
+
+@pytest.mark.parametrize(
+    ("backend", "env", "words"),
+    [
+        ("keyring.backends.null.Keyring", {}, "the keyring (null) did not keep it"),
+        (
+            "keyring.backends.SecretService.Keyring",
+            {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"},
+            "the keyring (SecretService)",
+        ),
+    ],
+    ids=["keeps-nothing", "service-away"],
+)
+def test_a_keyring_that_cannot_keep_a_passcode_says_so(
+    initialised: Cli, backend: str, env: dict[str, str], words: str
+) -> None:
+    """Not "Stored" for a passcode kept nowhere, not an internal error for a keyring away."""
+    r = initialised("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
+    assert r.exit_code == 0, r.output
+    assert initialised("config", "set", "secrets.backend", "keyring").exit_code == 0
+    import os
+    import subprocess
+    import sys
+
+    # a process of its own: the keyring library picks its backend once a process
+    proc = subprocess.run(
+        [sys.executable, "-m", "cpmail", "staff", "passcode", "JD", "--stdin"],
+        input="pw-Q7x9Kp2\n",
+        env={
+            **os.environ,
+            "CPMAIL_HOME": str(initialised.home),
+            "PYTHON_KEYRING_BACKEND": backend,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2, said
+    assert "Stored" not in said and words in proc.stderr and "secrets.backend" in proc.stderr
+    assert "Q7x9Kp2" not in said
