@@ -644,22 +644,25 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
                 result.errors[r.id] = f"{before}; {why}" if before else why
 
 
-# Built once: SQLAlchemy then finds it compiled instead of keying a new statement each flush.
-_MARK_SENT = (
-    messages.update()
-    .where(messages.c.id == sa.bindparam("b_id"))  # one row per parameter set (executemany)
-    .values(
-        status=Status.SENT,
-        attempts=messages.c.attempts + 1,
-        claimed_at=None,
-        claimed_by=None,
-        next_attempt_at=None,
-        sent_at=sa.bindparam("now"),
-        pending_rcpts="",
-        last_error=None,
-        raw=None,  # the bytes are not needed once the server has them
+def _mark_sent(dialect: sa.Dialect) -> str:
+    """The statement that records one message as sent: (sent_at, id) for each.
+
+    Written out and run on the driver (``exec_driver_sql``): recording is done
+    once a message, between one message and the next on each connection, and
+    SQLAlchemy's statement machinery cost 65 µs of the 90 µs it took.
+    """
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return (
+        f"UPDATE messages SET status = '{Status.SENT.value}', attempts = attempts + 1, "
+        "claimed_at = NULL, claimed_by = NULL, next_attempt_at = NULL, "
+        f"sent_at = {mark}, pending_rcpts = '', last_error = NULL, "
+        f"raw = NULL WHERE id = {mark}"  # the bytes are not needed once the server has them
     )
-)
+
+
+def _db_time(dialect: sa.Dialect, at: dt.datetime) -> Any:
+    """``at`` as the driver takes it for a DateTime column (SQLite: text, as SQLAlchemy has it)."""
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect.name == "sqlite" else at
 
 
 def _clean(o: Outcome) -> bool:
@@ -825,7 +828,8 @@ class _Recorder:
         try:
             with conn.begin():
                 if sent:
-                    conn.execute(_MARK_SENT, [{"b_id": i, "now": now} for i in sent])
+                    at = _db_time(conn.dialect, now)
+                    conn.exec_driver_sql(_mark_sent(conn.dialect), [(at, i) for i in sent])
                     notes.extend((i, self.events[i], Status.SENT, None) for i in sent)
                 if others:
                     self._write(conn, others, now, notes)
