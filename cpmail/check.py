@@ -291,10 +291,7 @@ def _run_check(
         on_progress=on_progress,
         ready=ready if send_now else (),
     )
-    for mid, why in oversize.items():  # failed before it could be sent: this run's mail
-        delivery.status[mid] = Status.FAILED
-        delivery.events[mid] = ids[mid].event
-        delivery.errors[mid] = why
+    _take_in(delivery, oversize, ids)
     result.delivery = delivery
     _count(result, ids, delivery)
     if delivery.waiting:
@@ -410,6 +407,20 @@ def _queue_all(
                 give_up(engine, [mid], oversize[mid], run_id=run_id)
     ready = [r for r in ready_of(mids, drafts) if r[0].id not in oversize]
     return dict(zip(mids, planned, strict=True)), ready, taken, oversize
+
+
+def _take_in(delivery: Delivery, oversize: dict[int, str], ids: dict[int, Planned]) -> None:
+    """Outcomes the pass did not send for, counted with the rest: this run's messages too
+    large for the transport, and mail that waited too long, whoever queued it (the run
+    that finds it says so, as its own)."""
+    for mid, why in oversize.items():  # failed before it could be sent
+        delivery.status[mid] = Status.FAILED
+        delivery.events[mid] = ids[mid].event
+        delivery.errors[mid] = why
+    for mid, (status, event, why) in delivery.expired.items():
+        delivery.status.setdefault(mid, status)
+        delivery.events.setdefault(mid, event)
+        delivery.errors.setdefault(mid, why)
 
 
 def _count_suppressed(result: CheckResult) -> None:

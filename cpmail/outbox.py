@@ -404,6 +404,9 @@ class Delivery:
     released: int = 0  # claimed but not sent (the run was stopped): back in the queue
     notes: list[str] = field(default_factory=list)  # what a person should know (paced mail)
     stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
+    # any mail the pass found too old to send (failed) or no longer current (dropped):
+    # id -> (status, event, why); see _expire
+    expired: dict[int, tuple[str, str, str]] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.status.values() if s == status)
@@ -415,6 +418,7 @@ class Delivery:
         self.errors.update(other.errors)
         self.notes.extend(other.notes)
         self.released += other.released
+        self.expired.update(other.expired)
 
     @property
     def undelivered(self) -> int:
@@ -605,9 +609,11 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
     """Messages waiting past max_age_hours fail for good; those past ``not_after`` are dropped.
 
     A calendar reminder held back (by the send window, say) until its event began
-    would only confuse: it is dropped, saying why, and stays in the log. Both
-    are part of this pass's ``result``, as if tried: the run counts them, says
-    them, and tells the manager of the failed.
+    would only confuse: it is dropped, saying why, and stays in the log. Both go
+    in ``result.expired`` (whoever's mail they are: ``check`` counts them, says
+    them and tells the manager of the failed; a one-off command is not judged
+    by them). Each row is ended by one statement that returns what it ended, so
+    two runs at once never both report one, nor end one another run has claimed.
     """
     m = messages.c
     now = utcnow()
@@ -629,19 +635,14 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
     ]
     with engine.begin() as conn:
         for status, which, why, more in ends:
-            rows = conn.execute(sa.select(m.id, m.event, m.last_error).where(which)).all()
-            if not rows:
-                continue
-            conn.execute(
+            rows = conn.execute(
                 messages.update()
-                .where(m.id.in_([r.id for r in rows]))
+                .where(which)
                 .values(status=status, last_error=_joined(m.last_error, why), **more)
-            )
+                .returning(m.id, m.event, m.last_error)
+            ).all()
             for r in rows:
-                result.status[r.id] = status
-                result.events[r.id] = r.event
-                before = (r.last_error or "").rstrip(".")
-                result.errors[r.id] = f"{before}; {why}" if before else why
+                result.expired[r.id] = (status, r.event, r.last_error or why)
 
 
 def _mark_sent(dialect: sa.Dialect) -> str:

@@ -305,3 +305,24 @@ def test_a_dry_run_says_what_the_real_run_would_do(
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run")
     assert "Would send" not in r.output, r.output
     assert "Would queue 3 message(s)" in r.output and "send window" in r.output, r.output
+
+
+def test_a_one_off_command_is_not_judged_by_other_mail_given_up_on(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Mail past max_age_hours fails when any pass starts; `staff test` said its own
+    message failed ("gave up after 72 hours") and exited 1 for someone else's."""
+    engine = _agency(cli, home, smtp_server)
+    smtp_server.fail_rcpt = {"alice@agency.test": "451 4.3.0 try again later"}
+    assert cli("check", "--date", D.isoformat(), "--only", "job-opened").exit_code == 1
+    old = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=100)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE messages SET queued_at = :old WHERE status = 'deferred'"),
+            {"old": old},
+        )
+    smtp_server.fail_rcpt = {}
+    r = cli("staff", "test", "JD")
+    assert r.exit_code == 0 and "Sent a test message" in r.stdout, r.output
+    [row] = json.loads(cli("log", "--json", "--status", "failed").stdout)
+    assert "gave up after 72 hours" in row["last_error"]
