@@ -1456,36 +1456,77 @@ def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
 
     A run whose process lives is alive whatever the clocks say: a clock that
     stepped forward (NTP, a resumed virtual machine) must not make its claims
-    look abandoned, or another run would send them too. The claims of a run
-    whose process is gone (killed, crashed) are reported as waiting at once,
-    not after three missed heartbeats; they are still taken up only after its
-    stale limit, as another machine of the same name could be running them.
-    A run whose process is not known, or is stopped (SIGSTOP, Ctrl-Z), is in
-    neither: its heartbeat decides.
+    look abandoned, or another run would send them too — for at most an hour
+    past its own expiry (a process that hangs that long gives its mail up; it
+    sends nothing once it notices its claim lapsed). The claims of a run whose
+    process is gone (killed, crashed; its pid now another process's, or a
+    zombie) are reported as waiting at once, not after three missed
+    heartbeats; they are still taken up only after its stale limit, as another
+    machine of the same name could be running them. A run whose process is not
+    known, or is stopped (SIGSTOP, Ctrl-Z), is in neither: its heartbeat decides.
     """
     host = socket.gethostname()[:200]
     r = runs.c
-    rows = conn.execute(sa.select(r.id, r.pid).where(r.ended_at.is_(None), r.host == host))
+    rows = conn.execute(
+        sa.select(r.id, r.pid, r.started_at, r.heartbeat_at, r.expires_at).where(
+            r.ended_at.is_(None), r.host == host
+        )
+    ).all()
+    if not rows:
+        return set(), set()
+    now = clock(conn)
     alive: set[str] = set()
     gone: set[str] = set()
     for row in rows:
-        if row.pid == os.getpid():
+        if row.id in _LEASES:  # this process's own
             alive.add(row.id)
-        elif row.pid > 0 and not _alive(row.pid):
-            gone.add(row.id)
-        elif row.pid > 0 and not _suspended(row.pid):
-            alive.add(row.id)
+            continue
+        if row.pid <= 0:
+            continue
+        state = _process(row.pid)
+        if state is None or row.pid == os.getpid() or state.zombie or state.born_after(row):
+            gone.add(row.id)  # (a run of this pid that is not this process's own is over)
+        elif state.known and not state.stopped:
+            expires = row.expires_at or row.heartbeat_at
+            if now < expires + dt.timedelta(hours=1):
+                alive.add(row.id)
     return alive, gone
 
 
-def _suspended(pid: int) -> bool:
-    """Whether process ``pid`` is stopped (SIGSTOP, Ctrl-Z): its heartbeat decides then."""
+@dataclass(frozen=True)
+class _ProcessState:
+    known: bool  # False: nothing more than that it exists (not Linux, another user's)
+    stopped: bool = False
+    zombie: bool = False
+    started: float | None = None  # seconds since the epoch
+
+    def born_after(self, run: Any) -> bool:
+        """Started after the run did: the pid was given to another process since."""
+        if self.started is None or run.started_at is None:
+            return False
+        began: float = run.started_at.replace(tzinfo=dt.UTC).timestamp()
+        return self.started > began + 60  # (the database's clock may differ a little)
+
+
+def _process(pid: int) -> _ProcessState | None:
+    """Process ``pid`` of this machine, or None when there is none."""
+    if not _alive(pid):
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return True  # cannot tell (not Linux): the heartbeat decides, as before
-    return state in (b"T", b"t")
+            fields = f.read().rpartition(b")")[2].split()
+        state = fields[0]
+        ticks = int(fields[19])  # starttime: clock ticks after boot
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(x.split()[1]) for x in f if x.startswith(b"btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return _ProcessState(known=False)  # (not Linux): the heartbeat decides
+    return _ProcessState(
+        known=True,
+        stopped=state in (b"T", b"t"),
+        zombie=state in (b"Z", b"X"),
+        started=boot + ticks / os.sysconf("SC_CLK_TCK"),
+    )
 
 
 def stopped_runs(conn: sa.Connection) -> list[str]:

@@ -214,3 +214,78 @@ def test_a_claim_takes_the_oldest_due_messages_of_every_status_in_order(
     engine.dispose()
     assert sorted(taken) == sorted(due) and len(set(taken)) == len(taken)
     assert len(due) > 60  # the mixture holds enough of each kind to mean something
+
+
+def test_a_pid_alive_on_this_machine_keeps_claims_only_for_its_own_run(
+    cli: Cli, home: Path
+) -> None:
+    """A living process keeps its run's claims whatever the clocks say, but not: a run of
+    this process's pid that is not its own (a container's pid 1 every time), a zombie, a
+    process that started after the run (its pid reused), or one an hour past its expiry."""
+    import datetime as dt
+    import socket
+    import time
+
+    import sqlalchemy as sa
+
+    from cpmail.outbox import claim, new_run_id
+    from cpmail.store import utcnow
+    from cpmail.store.schema import messages, runs
+    from tests.test_faults import queue_messages
+
+    assert cli("init").exit_code == 0
+    queue_messages(home, 4)
+    engine = connect(Settings.load(home).db_url, where="test")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; never waited for
+    time.sleep(0.5)
+    now = utcnow()
+    long_ago = now - dt.timedelta(hours=30)
+    hung = subprocess.Popen(["sleep", "60"])  # alive, but its run went silent 3 hours ago
+    later = subprocess.Popen(["sleep", "60"])  # started after its "run" began
+    try:
+        holders = [
+            (os.getpid(), long_ago, long_ago),
+            (zombie.pid, long_ago, long_ago),
+            (later.pid, long_ago, long_ago),
+            (hung.pid, now - dt.timedelta(seconds=1), now - dt.timedelta(hours=3)),
+        ]
+        ids = sorted(queue_ids(engine))
+        with engine.begin() as conn:
+            for (pid, started, beat), mid in zip(holders, ids, strict=True):
+                run = new_run_id()
+                conn.execute(
+                    runs.insert().values(
+                        id=run,
+                        command="check",
+                        host=socket.gethostname()[:200],
+                        pid=pid,
+                        started_at=started,
+                        heartbeat_at=beat,
+                        expires_at=beat + dt.timedelta(minutes=15),
+                    )
+                )
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.id == mid)
+                    .values(status="sending", claimed_by=run, claimed_at=beat)
+                )
+        taken = [e.id for e in claim(engine, run_id=new_run_id())]
+        assert taken == ids, (taken, ids)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one() == 4
+    finally:
+        for p in (hung, later):
+            p.kill()
+            p.wait()
+        zombie.wait()
+        engine.dispose()
+
+
+def queue_ids(engine: object) -> list[int]:
+    import sqlalchemy as sa
+
+    from cpmail.store.schema import messages
+
+    assert isinstance(engine, sa.Engine)
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(messages.c.id)).scalars())
