@@ -10,7 +10,9 @@ Except while a message is in the server's hands without an answer on record
 (``shielded()``): stopped there, it could not be known whether the server has
 it, and it would go back to the queue and be sent twice. A second signal then
 takes effect once those answers are in (each waits at most the transport's
-timeout); no new message is handed over meanwhile.
+timeout) and on record (for Gmail and Graph the outcome is written inside;
+with the database away that write keeps trying, up to RECORD_PATIENCE); no new
+message is handed over meanwhile.
 
 The command exits 128 + the signal's number (143, 130, 129), as shells expect.
 """

@@ -456,8 +456,16 @@ def window_opens(settings: Settings, now_utc: dt.datetime) -> dt.datetime | None
         return None
     opens = dt.datetime.combine(local.date(), dt.time.fromisoformat(window.split("-")[0]), tz)
     if opens <= local:
-        opens += dt.timedelta(days=1)
-    return opens.astimezone(dt.UTC).replace(tzinfo=None)
+        opens = dt.datetime.combine(opens.date() + dt.timedelta(days=1), opens.time(), tz)
+    # A start inside the hour the clocks skip (02:30 on the spring day) opens when that
+    # hour is over, as in_send_window sees it: the first minute in the window from the
+    # earlier reading of the start on.
+    at = min(opens.astimezone(dt.UTC), opens.replace(fold=1).astimezone(dt.UTC))
+    for _ in range(180):
+        if in_send_window(settings, at.astimezone(tz)):
+            break
+        at = at.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    return at.replace(tzinfo=None)
 
 
 def _not_before(at: dt.datetime | None, opens: dt.datetime | None) -> dt.datetime | None:

@@ -490,9 +490,7 @@ def _outbox(
     import sqlalchemy as sa
 
     from cpmail import outbox as ob
-    from cpmail.outbox import live_run, runs_here, window_opens
-
-    stale_minutes = settings["outbox.stale_claim_minutes"]
+    from cpmail.outbox import window_opens
     from cpmail.store.schema import messages
 
     m = messages.c
@@ -515,26 +513,11 @@ def _outbox(
                 m.event != "test",
             )
         ).scalar_one()
-        # Claimed lately by a run that still runs: a run of this machine whose process
-        # is gone holds its mail, it is not sending it.
-        alive, gone = runs_here(conn)
-        renewed = live_run(now, now - dt.timedelta(minutes=stale_minutes))
-        live = conn.execute(
-            sa.select(sa.func.count()).where(
-                m.status == "sending",
-                # by the claiming run's own heartbeat and limit: a long run's claims
-                # stay its own however long ago it made them; a run of this machine
-                # whose process lives holds them whatever the clocks say
-                sa.or_(renewed, m.claimed_by.in_(sorted(alive))) if alive else renewed,
-                *(
-                    [sa.or_(m.claimed_by.is_(None), m.claimed_by.not_in(sorted(gone)))]
-                    if gone
-                    else []
-                ),
-            )
-        ).scalar_one()
+        claimed = conn.execute(sa.select(sa.func.count()).where(m.status == "sending")).scalar_one()
     open_now, opened = window
-    held = ob.waiting(engine, settings)  # mail a stopped run holds, and when it is taken up
+    # Mail a run that stopped holds (and when it is taken up), judged as `check` judges it;
+    # the rest of what is claimed is on its way.
+    held = ob.waiting(engine, settings)
     opens = window_opens(settings, now)
     if next_try is not None and opens is not None:  # nothing is tried before the window opens
         next_try = max(next_try, opens)
@@ -546,7 +529,7 @@ def _outbox(
         held_by_stopped=held.orphaned,
         taken_up_at=held.orphans_free_at,
         failed_7_days=int(failed),
-        sending_now=int(live),
+        sending_now=max(0, int(claimed) - held.orphaned),
     )
     if oldest is not None and open_now:
         box.overdue_since = max(oldest, opened) if opened else oldest

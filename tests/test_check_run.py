@@ -291,6 +291,7 @@ def test_a_dry_run_says_what_the_real_run_would_do(
     dry = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run", "--json")
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run")
     assert "Would send" not in r.output and "Sending is off: would record 3" in r.output, r.output
+    assert r.output.count("  alice@agency.test ") == 1, r.output  # each message listed
     real = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
     assert smtp_server.messages == []
     assert json.loads(dry.stdout)["totals"]["suppressed"] == 1
@@ -305,6 +306,7 @@ def test_a_dry_run_says_what_the_real_run_would_do(
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run")
     assert "Would send" not in r.output, r.output
     assert "Would queue 3 message(s)" in r.output and "send window" in r.output, r.output
+    assert r.output.count("  alice@agency.test ") == 1, r.output
 
 
 def test_a_one_off_command_is_not_judged_by_other_mail_given_up_on(

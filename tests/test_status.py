@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from cpmail.oauth.microsoft import microsoft_sign_in
 from cpmail.secrets import SecretStore
@@ -392,3 +395,67 @@ def test_the_next_try_is_never_before_the_send_window_opens(initialised: Cli, ho
     r = initialised("check", "--date", "2026-11-24", "--json")
     got = dt.datetime.fromisoformat(json.loads(r.stdout)["waiting"]["next_try"])
     assert got == nxt, (got, nxt)
+
+
+def test_mail_of_a_silent_run_is_held_not_also_being_sent(initialised: Cli, home: Path) -> None:
+    """A run on another machine went silent 5 minutes ago (its claims are its own for 10
+    more): its mail was counted both as being sent now and as held by a run that stopped."""
+    from cpmail.outbox import claim, new_run_id
+    from tests.test_faults import queue_messages
+
+    queue_messages(home, 5)
+    now, run = utcnow(), new_run_id()
+    beat = now - dt.timedelta(minutes=5)
+    add_run(
+        home, id=run, started_at=beat, heartbeat_at=beat, expires_at=beat + dt.timedelta(minutes=15)
+    )
+    engine = connect(Settings.load(home).db_url, where="test")
+    assert len(claim(engine, run_id=run)) == 5
+    engine.dispose()
+    queue_messages(home, 3)
+    box = status(initialised)[1]["outbox"]
+    assert box["waiting"] == 8 and box["held_by_stopped"] == 5, box
+    assert box["sending_now"] == 0, box
+    text = initialised("status").stdout
+    assert "being sent now" not in text and "next try at the next check" in text, text
+
+
+@given(
+    start=st.integers(0, 24 * 60 - 1),
+    length=st.integers(1, 24 * 60 - 1),
+    day=st.sampled_from(
+        [dt.datetime(2026, 3, 7), dt.datetime(2026, 10, 31), dt.datetime(2026, 6, 1)]
+    ),
+    minute=st.integers(0, 3 * 24 * 60),
+)
+@example(start=150, length=1050, day=dt.datetime(2026, 3, 7), minute=24 * 60 + 300)  # 02:30
+@example(start=90, length=1110, day=dt.datetime(2026, 10, 31), minute=24 * 60 + 240)  # 01:30
+@hyp_settings(max_examples=150, deadline=None)
+def test_the_send_window_opens_at_the_first_minute_in_it(
+    start: int, length: int, day: dt.datetime, minute: int
+) -> None:
+    """Around the days the clocks change too (New York): what status and check call the
+    window's opening is the first minute the sending itself finds the window open."""
+    import tempfile
+
+    from cpmail.outbox import in_send_window, window_opens
+
+    end = (start + length) % (24 * 60)
+    settings = Settings.load(Path(tempfile.mkdtemp()))
+    settings.set("agency.timezone", "America/New_York")
+    settings.set(
+        "mail.send_window", f"{start // 60:02}:{start % 60:02}-{end // 60:02}:{end % 60:02}"
+    )
+    tz = settings.tz()
+    now = day + dt.timedelta(minutes=minute)
+
+    def open_at(t: dt.datetime) -> bool:
+        return in_send_window(settings, t.replace(tzinfo=dt.UTC).astimezone(tz))
+
+    opens = window_opens(settings, now)
+    if open_at(now):
+        assert opens is None
+        return
+    assert opens is not None and opens > now and open_at(opens), (now, opens)
+    before = opens - dt.timedelta(minutes=1)
+    assert before <= now or not open_at(before), (now, opens)

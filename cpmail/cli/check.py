@@ -289,8 +289,8 @@ def _print_dry_run(c: Any, result: Any) -> None:
         )
     else:
         c.say(f"Would send {n} message(s) for {result.date} (dry run: nothing changed):")
-        for p in result.planned:
-            c.say(f"  {p.to.address:<32} {p.subject}")
+    for p in result.planned:
+        c.say(f"  {p.to.address:<32} {p.subject}")
     if line:
         c.note(line)
 
