@@ -56,7 +56,7 @@ from cpmail.settings import EVENTS, Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store.schema import ledger, messages, staff_prefs
-from cpmail.transports.base import Envelope, Transport, get_transport
+from cpmail.transports.base import Envelope, Transport, get_transport, transport_class
 from cpmail.triggers import Invitation, Notification, Run, finders, scheduled
 from cpmail.triggers.tasks import settle_state_rows, stamp_state_rows, unstamp_state_rows
 from cpmail.workdays import WorkCalendar
@@ -251,7 +251,9 @@ def _run_check(
     groups = _route(found, directory, settings, summary, digest_choices(engine))
     if dry_run:
         plan = _planner(renderer, settings, sender, directory, keep_text=True)
-        result.planned = halves(plan, groups)
+        # split as the real run would, to what the transport takes
+        limit = transport_class(settings).max_message_bytes if enabled else None
+        result.planned = _fitted(plan, groups, halves(plan, groups), limit)
         if not enabled:  # as the real run would record them
             _count_suppressed(result)
         return result
@@ -625,8 +627,9 @@ def _plan(
         thread=thread,
         raw=msg.raw,
         message_id=msg.message_id,
-        # A digest that also carries other news is sent whatever the reminder says.
-        not_after=min(limits) if len(limits) == len(group) else None,
+        # A digest goes while any of it matters: reminders only, until the last of their
+        # events begins (a digest never drops an item); with other news, whatever they say.
+        not_after=max(limits) if limits and len(limits) == len(group) else None,
     )
 
 

@@ -328,3 +328,69 @@ def test_a_one_off_command_is_not_judged_by_other_mail_given_up_on(
     assert r.exit_code == 0 and "Sent a test message" in r.stdout, r.output
     [row] = json.loads(cli("log", "--json", "--status", "failed").stdout)
     assert "gave up after 72 hours" in row["last_error"]
+
+
+def test_a_digest_of_reminders_goes_while_any_of_its_events_is_ahead(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Held back by the send window past the first event's start: the digest that also
+    reminds of next week's event is sent (it was dropped whole, and next week's reminder
+    lost for good)."""
+    engine = _agency(cli, home, smtp_server)
+    assert cli("staff", "edit", "AE", "--digest", "on").exit_code == 0
+    tz = Settings.load(home).tz()
+    begins = dt.datetime.now(tz).replace(tzinfo=None) + dt.timedelta(seconds=6)
+    insert(
+        engine,
+        "calendar_entries",
+        [
+            dict(id="CA", title="Stand-up", starts_at=begins, remind_at=at(D, 18), attendees="AE"),
+            dict(
+                id="CB",
+                title="Client pitch",
+                starts_at=begins + dt.timedelta(days=7),
+                remind_at=at(D, 18),
+                attendees="AE",
+            ),
+        ],
+    )
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "calendar-reminder")
+    assert r.exit_code == 0 and smtp_server.messages == [], r.output
+    time.sleep(max(0.0, (begins - dt.datetime.now(tz).replace(tzinfo=None)).total_seconds()) + 0.5)
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "calendar-reminder")
+    assert r.exit_code == 0, r.output
+    [msg] = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    text = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert "Client pitch" in text, text
+
+
+def test_a_dry_run_splits_a_digest_as_the_real_run_does(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The dry run listed one message larger than the transport takes; the real run sends
+    it in parts, each within the limit."""
+    engine = _agency(cli, home, smtp_server)
+    assert cli("staff", "edit", "AE", "--digest", "on").exit_code == 0
+    assert cli("config", "set", "mail.transport", "microsoft").exit_code == 0  # 3 MB a message
+    insert(
+        engine,
+        "homebase_entries",
+        [
+            dict(
+                id=f"H{i}",
+                subject=f"Note {i}",
+                body="x" * 12000,
+                entered_by="CR",
+                entered_at=at(D, 9),
+                notify="AE",
+            )
+            for i in range(400)
+        ],
+    )
+    r = cli("check", "--date", D.isoformat(), "--only", "homebase-entry", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    mine = [m for m in json.loads(r.stdout)["messages"] if m["to"] == "alice@agency.test"]
+    assert len(mine) > 1, [m["subject"] for m in mine]
+    assert all(len(m["text"]) < 3 * 1024 * 1024 for m in mine)

@@ -81,6 +81,12 @@ class Transport(abc.ABC):
 
 def get_transport(settings: Settings, secrets: SecretStore) -> Transport:
     """Return the configured transport; its library is imported only now."""
+    return transport_class(settings)(settings, secrets)
+
+
+def transport_class(settings: Settings) -> type[Transport]:
+    """The configured transport's class (what it takes, ``max_message_bytes``, without
+    opening it: a dry run plans as a real run does)."""
     name = settings["mail.transport"]
     import importlib
 
@@ -94,4 +100,4 @@ def get_transport(settings: Settings, secrets: SecretStore) -> Transport:
         raise ConfigError(f"mail.transport: unknown transport {name!r}.")
     module, cls_name = modules[name]
     cls: type[Transport] = getattr(importlib.import_module(module), cls_name)
-    return cls(settings, secrets)
+    return cls
