@@ -160,6 +160,16 @@ def failed_in(e: BaseException, name: str) -> str:
     return name
 
 
+def _failed(e: Exception, name: str) -> ConfigError:
+    """A template that failed while rendering, in one sentence naming its file and line.
+
+    Whatever the expression raised ({{ 1/0 }}, a %-format of the wrong type, a
+    missing key): the template is at fault, not cpmail, and nothing is queued.
+    """
+    words = str(e) if isinstance(e, jinja2.TemplateError) else f"{type(e).__name__}: {e}"
+    return ConfigError(f"template {failed_in(e, name)}: {words.rstrip('.')}.")
+
+
 class Renderer:
     """Render one message for one recipient."""
 
@@ -178,16 +188,19 @@ class Renderer:
             raise ConfigError(f"template {name} is missing; see `cpmail templates list`.") from None
 
     def _block(self, tmpl: jinja2.Template, block: str, ctx: dict[str, Any]) -> str:
+        render = tmpl.blocks.get(block)
+        if render is None:
+            raise ConfigError(f"template {tmpl.name} has no {{% block {block} %}}.")
         try:
-            return "".join(tmpl.blocks[block](tmpl.new_context(ctx)))
-        except KeyError:
-            raise ConfigError(f"template {tmpl.name} has no {{% block {block} %}}.") from None
+            return "".join(render(tmpl.new_context(ctx)))
+        except Exception as e:
+            raise _failed(e, str(tmpl.name)) from None
 
     def _full(self, tmpl: jinja2.Template, ctx: dict[str, Any]) -> str:
         try:
             return tmpl.render(ctx)
-        except jinja2.TemplateError as e:
-            raise ConfigError(f"template {failed_in(e, str(tmpl.name))}: {e}.") from None
+        except Exception as e:
+            raise _failed(e, str(tmpl.name)) from None
 
     def _ctx(
         self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]

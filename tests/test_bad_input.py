@@ -132,6 +132,30 @@ def test_a_template_that_is_not_utf8_is_named(initialised: Cli, home: Path) -> N
     assert str(override) in line and "not UTF-8" in line, line
 
 
+@pytest.mark.parametrize(
+    "expression",
+    ["{{ 1/0 }}", "{{ '%d' % 'x' }}", "{{ 'abc'.index('z') }}"],
+    ids=["division", "format", "method"],
+)
+def test_a_template_that_fails_while_rendering_names_its_file_and_line(
+    initialised: Cli, home: Path, expression: str
+) -> None:
+    """Any error an expression raises: exit 2 naming the file and line, nothing queued —
+    not an internal error (exit 70) for every check."""
+    override = home / "templates" / "email" / "job-opened.txt"
+    override.parent.mkdir(parents=True)
+    override.write_text(
+        "{% block subject %}Job opened{% endblock %}\n{% block body %}\nHello.\n"
+        + expression
+        + "\n{% endblock %}\n",
+        encoding="utf-8",
+    )
+    r = initialised("templates", "preview", "job-opened")
+    assert r.exit_code == 2, r.output
+    line = one_sentence(r.stderr)
+    assert f"{override}, line 4" in line, line
+
+
 def test_a_bad_row_in_a_pull_is_one_sentence_and_no_traceback(
     initialised: Cli, home: Path, tmp_path: Path
 ) -> None:
