@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cpmail.demo import EXAMPLE_DATE, demo_files, resolve
 from cpmail.workdays import WorkCalendar
+from tests.conftest import Cli
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "agency"
 
@@ -20,3 +21,11 @@ def test_examples_match_the_demo() -> None:
         got = (EXAMPLES / src.name).read_text(encoding="utf-8")
         assert got == want, f"examples/agency/{src.name} is stale: regenerate it from the demo"
         assert "{" not in got
+
+
+def test_the_sample_agency_imports_as_one_folder(initialised: Cli) -> None:
+    """As examples/README.md says: `cpmail data import examples/agency`, nothing else."""
+    r = initialised("data", "import", str(EXAMPLES))
+    assert r.exit_code == 0, r.output
+    r = initialised("check", "--date", "2026-11-24", "--dry-run")
+    assert r.exit_code == 0 and "Would send" in r.output, r.output
