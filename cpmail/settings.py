@@ -140,13 +140,18 @@ def _timezone(raw: Any) -> str:
     return v
 
 
-_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|24:00)$", re.ASCII)
 
 
 def _window(raw: Any) -> str:
     v = _str(raw).strip()
     if v and not _WINDOW.match(v):
-        raise ValueError("expected HH:MM-HH:MM, such as '07:00-19:00'")
+        raise ValueError("expected HH:MM-HH:MM, such as '07:00-19:00' (24:00 ends at midnight)")
+    start, _, end = v.partition("-")
+    if v and start == end:
+        raise ValueError(
+            "a window that ends where it starts never opens; leave it empty to send at any time"
+        )
     return v
 
 

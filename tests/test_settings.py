@@ -44,6 +44,11 @@ def test_bad_value_names_the_key_and_changes_nothing(initialised: Cli, home: Pat
     assert r.exit_code == 2 and "mail.nonsense" in r.stderr
     r = initialised("config", "set", "mail.send_window", "7-19")
     assert r.exit_code == 2 and "HH:MM-HH:MM" in r.stderr
+    # a window that would never open, and a time past midnight
+    r = initialised("config", "set", "mail.send_window", "07:00-07:00")
+    assert r.exit_code == 2 and "never opens" in r.stderr, r.output
+    r = initialised("config", "set", "mail.send_window", "07:00-24:59")
+    assert r.exit_code == 2 and "mail.send_window" in r.stderr, r.output
     r = initialised("config", "smtp", "--host", "mail.agency.test", "--security", "tls")
     assert r.exit_code == 2 and "mail.smtp.security" in r.stderr
     assert (home / "cpmail.toml").read_text() == before
