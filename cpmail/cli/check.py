@@ -73,6 +73,9 @@ def _check(
 
     if today and date is not None:
         raise InputError("give --today or --date, not both.")
+    for option, given in (("--only", only), ("--skip", skip)):
+        if given is not None and not split_list(given):  # '' is not "every event"
+            raise InputError(f"{option}: give one or more events, such as job-opened.")
     s = c.settings
     day = parse_date(date, option="--date") if date is not None else dt.datetime.now(s.tz()).date()
     engine = c.engine()

@@ -9,6 +9,7 @@ import datetime as dt
 import decimal
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,11 +221,17 @@ FIRST_DATE, LAST_DATE = dt.date(1900, 1, 1), dt.date(9998, 12, 31)
 
 
 def parse_date(text: str, *, option: str) -> dt.date:
-    """YYYY-MM-DD from 1900 to 9998, or InputError naming the option."""
+    """YYYY-MM-DD from 1900 to 9998, or InputError naming the option.
+
+    Only that form: Python would also read 20261201 and 2026-W48, which the
+    help does not promise; an empty value is no date either.
+    """
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, re.ASCII):
+        raise InputError(f"{option}: {text!r} is not a date as YYYY-MM-DD.")
     try:
         day = dt.date.fromisoformat(text)
     except ValueError:
-        raise InputError(f"{option}: {text!r} is not a date as YYYY-MM-DD.") from None
+        raise InputError(f"{option}: {text} is no such day.") from None
     if not FIRST_DATE <= day <= LAST_DATE:
         raise InputError(f"{option}: {text} is out of range; give a date from 1900 to 9998.")
     return day

@@ -147,7 +147,7 @@ def log(
 
     c = ctx_of(ctx)
     since_utc = None
-    if since:
+    if since is not None:
         day = parse_date(since, option="--since")
         since_utc = (
             dt.datetime.combine(day, dt.time(), c.settings.tz())

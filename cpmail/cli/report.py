@@ -29,7 +29,7 @@ def report(
     from cpmail import reports
 
     c = ctx_of(ctx)
-    day = parse_date(as_of, option="--as-of") if as_of else None
+    day = parse_date(as_of, option="--as-of") if as_of is not None else None
     rep = reports.load(c.engine(), c.settings, kind, id=id, as_of=day)
     reports.write(reports.render(rep, c.settings), out)
     c.say(f"Wrote {rep.label} to {out}.")
@@ -79,7 +79,7 @@ def send_report(
         file=file,
         kind=kind,
         id=id,
-        as_of=parse_date(as_of, option="--as-of") if as_of else None,
+        as_of=parse_date(as_of, option="--as-of") if as_of is not None else None,
         to=split_list(to),
         subject=subject,
         text=text,
