@@ -119,7 +119,9 @@ def drop(
 
 def log(
     ctx: typer.Context,
-    since: str | None = typer.Option(None, "--since", help="From this date (YYYY-MM-DD)."),
+    since: str | None = typer.Option(
+        None, "--since", metavar="YYYY-MM-DD", help="Shown from this date on."
+    ),
     event: str | None = typer.Option(None, "--event", help="Only this event."),
     to: str | None = typer.Option(None, "--to", help="Only mail to this address or staff ID."),
     status: str | None = typer.Option(

@@ -22,7 +22,10 @@ def report(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The PDF file to write."),
     as_of: str | None = typer.Option(
-        None, "--as-of", help="Date the report looks at, YYYY-MM-DD (default: today)."
+        None,
+        "--as-of",
+        metavar="YYYY-MM-DD",
+        help="Date the report looks at (default: today).",
     ),
 ) -> None:
     """Render a report as a PDF file."""
@@ -47,7 +50,10 @@ def send_report(
         None, "--id", help="The id of the report to render (for an invoice: or its number)."
     ),
     as_of: str | None = typer.Option(
-        None, "--as-of", help="Date a rendered report looks at, YYYY-MM-DD (default: today)."
+        None,
+        "--as-of",
+        metavar="YYYY-MM-DD",
+        help="Date a rendered report looks at (default: today).",
     ),
     to: list[str] | None = typer.Option(
         None,

@@ -97,7 +97,9 @@ DEMO_SETTINGS: dict[StrKey, str] = {
 
 def demo(
     ctx: typer.Context,
-    date: str | None = typer.Option(None, "--date", help="Lay the demo's dates around this day."),
+    date: str | None = typer.Option(
+        None, "--date", metavar="YYYY-MM-DD", help="Lay the demo's dates around this day."
+    ),
     force: bool = typer.Option(
         False, "--force", help="Replace the agency data (and outbox) already in this home."
     ),
