@@ -456,6 +456,12 @@ def after_check(home: Path, exit_code: int) -> None:
     cannot be sent is one line on stderr and leaves the check's exit code alone.
     """
     try:
+        from cpmail.errors import CpmailError
+
+        try:
+            Settings.load(home)
+        except CpmailError:
+            return  # the settings cannot be read: the check said so, there is nothing to add
         problem: list[str] = []
 
         def run() -> None:

@@ -641,6 +641,22 @@ def env_name(key: str) -> str:
     return "CPMAIL_" + re.sub(r"[.\-]", "_", key).upper()
 
 
+def _unknown_variables() -> None:
+    """Refuse a ``CPMAIL_<SECTION>_…`` variable that is no setting, as an unknown key in the
+    file is refused: ``CPMAIL_MAIL_ENABLE=false`` (one letter short) was ignored, and the
+    mail it meant to hold back was sent. Other ``CPMAIL_`` names (``CPMAIL_HOME``) are left
+    alone."""
+    known = {env_name(k) for k in KEYS}
+    sections = tuple({"CPMAIL_" + k.split(".", 1)[0].upper() + "_" for k in KEYS})
+    for name in sorted(os.environ):
+        if name.startswith(sections) and name not in known:
+            section = name.removeprefix("CPMAIL_").split("_", 1)[0].lower()
+            raise ConfigError(
+                f"{name} is not a setting: [{section}] has no such key; see `cpmail config "
+                "show` for every key, and settings.md for the variable of each."
+            )
+
+
 DEFAULT_TOML = """\
 # cpmail settings. Edit with `cpmail config …` or by hand; comments are kept.
 # Every key can be overridden by an environment variable CPMAIL_<SECTION>_<KEY>.
@@ -701,6 +717,18 @@ class Settings:
         path = home / SETTINGS_FILE
         data: Mapping[str, Any] = {}
         text = ""
+        if path.is_symlink() and not path.exists():
+            raise ConfigError(
+                f"{path} points to {os.readlink(path)}, which does not exist; "
+                "restore it, or remove the link and run `cpmail init`."
+            )
+        if not path.exists() and (home / "cpmail.db").exists():
+            # A home in use without its settings would send from the defaults (the file
+            # transport, no sender) and record the day's mail as sent.
+            raise ConfigError(
+                f"{path} is missing, though {home} holds a cpmail database; restore it, "
+                "or run `cpmail init` to write a new one with the defaults."
+            )
         if path.exists():
             import tomllib
 
@@ -739,6 +767,7 @@ class Settings:
             elif key not in self._values:
                 self._values[key] = spec.default
                 self._source[key] = "default"
+        _unknown_variables()
 
     @staticmethod
     def _check(key: str, spec: Key, value: Any, where: str) -> Any:

@@ -431,3 +431,46 @@ def test_a_keyring_that_cannot_keep_a_passcode_says_so(
     assert proc.returncode == 2, said
     assert "Stored" not in said and words in proc.stderr and "secrets.backend" in proc.stderr
     assert "Q7x9Kp2" not in said
+
+
+@pytest.mark.parametrize("how", ["missing", "dangling link"])
+def test_a_home_in_use_without_its_settings_file_sends_nothing(
+    initialised: Cli, home: Path, how: str
+) -> None:
+    """It ran on the defaults: the day's mail written to the file transport from
+    cpmail@localhost and recorded as sent, status HEALTHY."""
+    r = initialised("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.test")
+    assert r.exit_code == 0, r.output
+    settings = home / "cpmail.toml"
+    settings.rename(home / "elsewhere.toml")
+    if how == "dangling link":
+        settings.symlink_to(home / "gone" / "cpmail.toml")
+    for args in (("check", "--dry-run"), ("check",), ("status",), ("config", "show")):
+        r = initialised(*args)
+        assert r.exit_code in (2, 3), (args, r.output)
+        assert str(settings) in r.stderr and "internal error" not in r.output, r.output
+    r = initialised("config", "set", "mail.subject_prefix", "X")
+    assert r.exit_code == 2, r.output
+    assert settings.is_symlink() == (how == "dangling link")  # not replaced by a new file
+    assert not (home / "mail").exists() or not any((home / "mail").iterdir())
+
+
+def test_a_mistyped_setting_variable_is_refused_like_an_unknown_key(initialised: Cli) -> None:
+    """CPMAIL_MAIL_ENABLE (one letter short) was ignored, and the mail it meant to hold
+    back was sent; an unknown key in the file stops every command."""
+    r = initialised("check", "--dry-run", env={"CPMAIL_MAIL_ENABLE": "false"})
+    assert r.exit_code == 2, r.output
+    assert "CPMAIL_MAIL_ENABLE" in one_line(r.stderr), r.stderr
+    r = initialised("config", "show", env={"CPMAIL_EVENTS_JOB_OPENED_ENABLE": "false"})
+    assert r.exit_code == 2 and "CPMAIL_EVENTS_JOB_OPENED_ENABLE" in r.stderr, r.output
+    # the real names work, and CPMAIL_ names outside the settings' sections are not ours
+    r = initialised(
+        "config", "get", "mail.enabled", env={"CPMAIL_MAIL_ENABLED": "false", "CPMAIL_X": "1"}
+    )
+    assert r.exit_code == 0 and "false" in r.stdout.lower(), r.output
+
+
+def one_line(text: str) -> str:
+    lines = [x for x in text.splitlines() if x.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
