@@ -354,3 +354,12 @@ def test_errors_name_what_is_at_fault_not_another_option(
     assert "[user] staff = 'ZZ' names no staff member" in one_sentence(r.stderr)
     r = initialised("message", "manager", "hello", "--as", "YY")
     assert r.exit_code == 2 and "no staff member 'YY'" in one_sentence(r.stderr)
+
+
+def test_init_over_a_settings_path_that_is_a_folder_changes_nothing(cli: Cli, home: Path) -> None:
+    (home / "cpmail.toml").mkdir(parents=True, mode=0o755)
+    r = cli("init")
+    assert r.exit_code == 2, r.output
+    assert str(home / "cpmail.toml") in one_sentence(r.stderr)
+    assert (home / "cpmail.toml").stat().st_mode & 0o777 == 0o755  # it was made 0600
+    assert not (home / "cpmail.db").exists()

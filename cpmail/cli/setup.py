@@ -34,6 +34,8 @@ def _make_home(home: Path) -> None:
 
 def _settings_file(path: Path, *, force: bool) -> bool:
     """Write the default cpmail.toml (when missing, or ``force``); either way leave it 0600."""
+    if path.exists() and not path.is_file():  # (a folder, a device): change nothing
+        raise ConfigError(f"{path} is not a file; move it away and run `cpmail init` again.")
     if force or not path.exists():
         write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=PRIVATE_FILE)
         return True
