@@ -292,6 +292,7 @@ def _run_check(
         run_id=run_id,
         on_progress=on_progress,
         ready=ready if send_now else (),
+        expire=True,  # mail waiting too long fails (or is dropped) here, and is said here
     )
     _take_in(delivery, oversize, ids)
     result.delivery = delivery

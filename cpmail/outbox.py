@@ -991,12 +991,14 @@ def deliver(
     on_progress: Callable[[int], None] | None = None,
     ready: Sequence[tuple[Envelope, str]] = (),
     command: str = "deliver",
+    expire: bool = False,
 ) -> Delivery:
     """Send every due message (or only ``ids``) through ``transport``.
 
     ``ready`` holds messages claimed for ``run_id`` already (queued with
     ``claimed=True``), with their events: they go first, without being read
-    back from the database.
+    back from the database. With ``expire`` (``check``'s pass, which reports
+    them) mail waiting too long fails or is dropped first (``_expire``).
 
     Messages go out one sending account at a time, so that an account whose
     sign-in or passcode is refused (AuthError) holds back only its own mail;
@@ -1007,7 +1009,8 @@ def deliver(
     """
     result = Delivery()
     with lease(engine, settings, run_id, command) as held, interrupt.graceful():
-        _expire(engine, settings, result)
+        if expire:  # (the pass that reports what it expired: check's)
+            _expire(engine, settings, result)
         if not in_send_window(settings):
             _wait_for_window(engine, run_id, ids, ready, stale_after(settings), result)
             return result
@@ -1466,9 +1469,10 @@ def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
     stepped forward (NTP, a resumed virtual machine) must not make its claims
     look abandoned, or another run would send them too — for at most an hour
     past its own expiry (a process that hangs that long gives its mail up; it
-    sends nothing once it notices its claim lapsed). The claims of a run whose
-    process is gone (killed, crashed; its pid now another process's, or a
-    zombie) are reported as waiting at once, not after three missed
+    sends nothing once it notices its claim lapsed; so does a pid given to
+    another process since: no clock is compared to tell). The claims of a run
+    whose process is gone (killed, crashed, a zombie) are reported as waiting
+    at once, not after three missed
     heartbeats; they are still taken up only after its stale limit, as another
     machine of the same name could be running them. A run whose process is not
     known, or is stopped (SIGSTOP, Ctrl-Z), is in neither: its heartbeat decides.
@@ -1492,7 +1496,7 @@ def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
         if row.pid <= 0:
             continue
         state = _process(row.pid)
-        if state is None or row.pid == os.getpid() or state.zombie or state.born_after(row):
+        if state is None or row.pid == os.getpid() or state.zombie:
             gone.add(row.id)  # (a run of this pid that is not this process's own is over)
         elif state.known and not state.stopped:
             expires = row.expires_at or row.heartbeat_at
@@ -1506,14 +1510,6 @@ class _ProcessState:
     known: bool  # False: nothing more than that it exists (not Linux, another user's)
     stopped: bool = False
     zombie: bool = False
-    started: float | None = None  # seconds since the epoch
-
-    def born_after(self, run: Any) -> bool:
-        """Started after the run did: the pid was given to another process since."""
-        if self.started is None or run.started_at is None:
-            return False
-        began: float = run.started_at.replace(tzinfo=dt.UTC).timestamp()
-        return self.started > began + 60  # (the database's clock may differ a little)
 
 
 def _process(pid: int) -> _ProcessState | None:
@@ -1522,19 +1518,10 @@ def _process(pid: int) -> _ProcessState | None:
         return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        state = fields[0]
-        ticks = int(fields[19])  # starttime: clock ticks after boot
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(x.split()[1]) for x in f if x.startswith(b"btime "))
-    except (OSError, IndexError, ValueError, StopIteration):
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
         return _ProcessState(known=False)  # (not Linux): the heartbeat decides
-    return _ProcessState(
-        known=True,
-        stopped=state in (b"T", b"t"),
-        zombie=state in (b"Z", b"X"),
-        started=boot + ticks / os.sysconf("SC_CLK_TCK"),
-    )
+    return _ProcessState(known=True, stopped=state in (b"T", b"t"), zombie=state in (b"Z", b"X"))
 
 
 def stopped_runs(conn: sa.Connection) -> list[str]:

@@ -326,8 +326,15 @@ def test_a_one_off_command_is_not_judged_by_other_mail_given_up_on(
     smtp_server.fail_rcpt = {}
     r = cli("staff", "test", "JD")
     assert r.exit_code == 0 and "Sent a test message" in r.stdout, r.output
+    # nor does it end that mail unseen: the next check does, and says so
+    assert json.loads(cli("log", "--json", "--status", "failed").stdout) == []
+    before = len(smtp_server.messages)
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
+    assert r.exit_code == 1 and json.loads(r.stdout)["outbox"]["earlier"] == {"failed": 1}
     [row] = json.loads(cli("log", "--json", "--status", "failed").stdout)
     assert "gave up after 72 hours" in row["last_error"]
+    got = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    assert [m["X-Cpmail-Event"] for m in got[before:]] == ["failure-summary"]
 
 
 def test_a_digest_of_reminders_goes_while_any_of_its_events_is_ahead(
