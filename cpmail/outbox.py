@@ -446,26 +446,23 @@ def in_send_window(settings: Settings, now_local: dt.datetime | None = None) -> 
 
 
 def window_opens(settings: Settings, now_utc: dt.datetime) -> dt.datetime | None:
-    """When the send window next opens (naive UTC); None while it is open, or without one."""
-    window = settings["mail.send_window"]
-    if not window:
+    """When the send window next opens (naive UTC); None while it is open, or without one.
+
+    The first minute from now on that ``in_send_window`` finds open: what sending
+    itself will find, whatever the clocks do that day (an hour skipped or repeated).
+    """
+    if not settings["mail.send_window"]:
         return None
     tz = settings.tz()
-    local = now_utc.replace(tzinfo=dt.UTC).astimezone(tz)
-    if in_send_window(settings, local):
+    at = now_utc.replace(tzinfo=dt.UTC)
+    if in_send_window(settings, at.astimezone(tz)):
         return None
-    opens = dt.datetime.combine(local.date(), dt.time.fromisoformat(window.split("-")[0]), tz)
-    if opens <= local:
-        opens = dt.datetime.combine(opens.date() + dt.timedelta(days=1), opens.time(), tz)
-    # A start inside the hour the clocks skip (02:30 on the spring day) opens when that
-    # hour is over, as in_send_window sees it: the first minute in the window from the
-    # earlier reading of the start on.
-    at = min(opens.astimezone(dt.UTC), opens.replace(fold=1).astimezone(dt.UTC))
-    for _ in range(180):
+    at = at.replace(second=0, microsecond=0)
+    for _ in range(26 * 60):  # a day and the hour the clocks may repeat
+        at += dt.timedelta(minutes=1)
         if in_send_window(settings, at.astimezone(tz)):
-            break
-        at = at.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-    return at.replace(tzinfo=None)
+            return at.replace(tzinfo=None)
+    return None
 
 
 def _not_before(at: dt.datetime | None, opens: dt.datetime | None) -> dt.datetime | None:

@@ -214,6 +214,8 @@ def _list_of_dates(v: Any) -> list[str]:
         if isinstance(x, dt.date):
             x = x.isoformat()
         try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(x), re.ASCII):  # (not 20261224)
+                raise ValueError
             dt.date.fromisoformat(str(x))
         except ValueError:
             raise ValueError(f"expected dates as YYYY-MM-DD, got {x!r}") from None
@@ -722,7 +724,9 @@ class Settings:
                 f"{path} points to {os.readlink(path)}, which does not exist; "
                 "restore it, or remove the link and run `cpmail init`."
             )
-        if not path.exists() and (home / "cpmail.db").exists():
+        in_home = not os.environ.get(env_name("database.url"), "").strip()
+        db_file = home / "cpmail.db"
+        if not path.exists() and in_home and db_file.exists() and db_file.stat().st_size > 0:
             # A home in use without its settings would send from the defaults (the file
             # transport, no sender) and record the day's mail as sent.
             raise ConfigError(

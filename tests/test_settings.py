@@ -474,3 +474,29 @@ def one_line(text: str) -> str:
     lines = [x for x in text.splitlines() if x.strip()]
     assert len(lines) == 1, text
     return lines[0]
+
+
+def test_db_upgrade_does_not_make_a_home_without_its_settings(cli: Cli, home: Path) -> None:
+    """It made cpmail.db alone, and every later command refused the home."""
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2 and "cpmail init" in r.stderr, r.output
+    assert not (home / "cpmail.db").exists()
+
+
+@pytest.mark.postgres
+def test_a_home_whose_database_is_elsewhere_needs_no_settings_file(
+    cli: Cli, home: Path, pg_url: str
+) -> None:
+    env = {"CPMAIL_DATABASE_URL": pg_url}
+    assert cli("init", env=env).exit_code == 0
+    (home / "cpmail.toml").unlink()
+    (home / "cpmail.db").write_bytes(b"left over")  # a file of an earlier set-up
+    r = cli("staff", "list", env=env)
+    assert r.exit_code == 0, r.output
+
+
+def test_extra_holidays_are_yyyy_mm_dd_only(initialised: Cli) -> None:
+    for bad in ("20261224", "2026-W52-4", "2026-12-24,20261231"):
+        r = initialised("config", "set", "check.extra_holidays", bad)
+        assert r.exit_code == 2 and "YYYY-MM-DD" in r.stderr, (bad, r.output)
+    assert initialised("config", "set", "check.extra_holidays", "2026-12-24").exit_code == 0

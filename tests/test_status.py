@@ -430,6 +430,9 @@ def test_mail_of_a_silent_run_is_held_not_also_being_sent(initialised: Cli, home
 )
 @example(start=150, length=1050, day=dt.datetime(2026, 3, 7), minute=24 * 60 + 300)  # 02:30
 @example(start=90, length=1110, day=dt.datetime(2026, 10, 31), minute=24 * 60 + 240)  # 01:30
+@example(start=150, length=1390, day=dt.datetime(2026, 3, 7), minute=24 * 60 + 400)
+@example(start=75, length=1435, day=dt.datetime(2026, 10, 31), minute=24 * 60 + 370)
+@example(start=90, length=15, day=dt.datetime(2026, 10, 31), minute=24 * 60 + 345)
 @hyp_settings(max_examples=150, deadline=None)
 def test_the_send_window_opens_at_the_first_minute_in_it(
     start: int, length: int, day: dt.datetime, minute: int
