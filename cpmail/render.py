@@ -13,6 +13,7 @@ number of homes (`CompiledTemplates`).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable
 from functools import cache, lru_cache
@@ -64,6 +65,13 @@ def environment(home: Path | None) -> jinja2.Environment:
         if folder is not None and folder.is_dir()
         else ()
     )
+    if folder is not None and folder.is_dir():
+        for name in template_names():  # an override that cannot be one is not passed over
+            p = folder / name
+            if p.is_symlink() and not p.exists():
+                raise ConfigError(f"template {p} links to {os.readlink(p)}, which does not exist.")
+            if p.exists() and not p.is_file():
+                raise ConfigError(f"template {p} is not a file; move it away or make it one.")
     env = _environment(home, overrides)
     # Templates are checked against their files once here, at the start of a
     # run, not on every get_template (with `extends` and `import`, six times

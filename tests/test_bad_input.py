@@ -365,3 +365,20 @@ def test_init_over_a_settings_path_that_is_a_folder_changes_nothing(cli: Cli, ho
     assert str(home / "cpmail.toml") in one_sentence(r.stderr)
     assert (home / "cpmail.toml").stat().st_mode & 0o777 == 0o755  # it was made 0600
     assert not (home / "cpmail.db").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_a_template_override_that_cannot_be_read_is_named(
+    initialised: Cli, home: Path, kind: str
+) -> None:
+    """It was passed over silently, the built-in used instead of what the agency wrote."""
+    override = home / "templates" / "email" / "job-opened.txt"
+    override.parent.mkdir(parents=True)
+    if kind == "folder":
+        override.mkdir()
+    else:
+        override.symlink_to(home / "gone.txt")
+    for args in (("templates", "preview", "job-opened"), ("check", "--dry-run")):
+        r = initialised(*args)
+        assert r.exit_code == 2, r.output
+        assert str(override) in one_sentence(r.stderr)
