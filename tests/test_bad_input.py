@@ -382,3 +382,24 @@ def test_a_template_override_that_cannot_be_read_is_named(
         r = initialised(*args)
         assert r.exit_code == 2, r.output
         assert str(override) in one_sentence(r.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("log", "--limit", "0"), "--limit"),
+        (("outbox", "retry", "abc"), "ID"),
+        (("check", "--nonsense"), "--nonsense"),
+        (("nosuchcommand",), "nosuchcommand"),
+        (("staff", "add"), "ID"),
+    ],
+)
+def test_a_mistyped_option_or_value_is_one_sentence_naming_it(
+    initialised: Cli, args: tuple[str, ...], named: str
+) -> None:
+    """As every other bad input: one sentence, exit 2, and where to look."""
+    r = initialised(*args)
+    assert r.exit_code == 2, r.output
+    line = one_sentence(r.stderr)
+    assert named in line and line.startswith("cpmail: ") and "-h`" in line, line
+    assert "Usage:" not in r.output and "Traceback" not in r.output

@@ -94,7 +94,25 @@ class _Root(TyperGroup):
         if bad is not None:
             typer.echo(f"cpmail: {bad}", err=True)
             raise SystemExit(2)
-        return super().main(hoist_global_flags(argv), *rest, **kwargs)
+        kwargs["standalone_mode"] = False  # errors come here, to be said as cpmail says them
+        try:
+            code = super().main(hoist_global_flags(argv), *rest, **kwargs)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            raise SystemExit(1) from None
+        except Exception as e:
+            if not _named(e, "ClickException"):
+                raise
+            if _named(e, "UsageError") and not _named(e, "NoArgsIsHelpError"):
+                # A mistyped option or value is bad input like any other: one sentence, exit 2.
+                ctx = getattr(e, "ctx", None)
+                where = ctx.command_path if ctx is not None else "cpmail"
+                said = brief(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
+                typer.echo(f"cpmail: {said}; see `{where} -h`.", err=True)
+            else:
+                e.show()  # type: ignore[attr-defined]
+            raise SystemExit(getattr(e, "exit_code", 1)) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
@@ -112,6 +130,11 @@ class _Root(TyperGroup):
                 raise
             typer.echo(f"cpmail: {brief(str(err))}", err=True)
             raise typer.Exit(err.exit_code) from None
+
+
+def _named(e: BaseException, name: str) -> bool:
+    """Whether ``e`` is a click error of that class (typer carries its own copy of click)."""
+    return any(k.__name__ == name for k in type(e).__mro__)
 
 
 # A word this long in an error is a value echoed back (an ID, a name): its
