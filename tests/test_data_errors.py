@@ -244,6 +244,15 @@ def test_not_utf8(loaded: Cli, tmp_path: Path) -> None:
     assert refused(loaded, path) == f"{path}, line 2: not UTF-8 text; save the file as UTF-8."
 
 
+def test_utf16_without_its_byte_order_mark_is_said_to_be_no_utf8(
+    loaded: Cli, tmp_path: Path
+) -> None:
+    """It decodes as UTF-8 with a NUL after each letter: it was 'unknown column i\\x00d\\x00'."""
+    path = write(tmp_path, "clients.csv", "id,name\nC9,Acme\n".encode("utf-16-le"))
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 1: not UTF-8 text") and "UTF-16" in msg, msg
+
+
 def test_a_byte_order_mark_is_accepted(loaded: Cli, tmp_path: Path) -> None:
     path = write(tmp_path, "clients.csv", "\ufeffid,name\r\nC7,Seven\r\n".encode())
     r = loaded("data", "import", str(path))
