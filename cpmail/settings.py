@@ -783,7 +783,7 @@ class Settings:
                 # A URL may hold a password even where it does not parse: never echo it.
                 raise ConfigError(f"{where}: {e}.") from None
             shown = redact(str(plain))
-            if shown in str(e):  # the words name the value already
+            if shown in str(e) or ", got " in str(e):  # the words name the value already
                 raise ConfigError(f"{where}: {e}.") from None
             raise ConfigError(f"{where}: {e} (got {shown!r}).") from None
 

@@ -500,3 +500,10 @@ def test_extra_holidays_are_yyyy_mm_dd_only(initialised: Cli) -> None:
         r = initialised("config", "set", "check.extra_holidays", bad)
         assert r.exit_code == 2 and "YYYY-MM-DD" in r.stderr, (bad, r.output)
     assert initialised("config", "set", "check.extra_holidays", "2026-12-24").exit_code == 0
+
+
+def test_a_bad_item_of_a_list_is_named_once(initialised: Cli, home: Path) -> None:
+    (home / "cpmail.toml").write_text('[check]\nextra_holidays = ["x"]\n', encoding="utf-8")
+    r = initialised("status")
+    assert r.exit_code != 0 and r.stderr.count("got") == 1, r.stderr
+    assert "check.extra_holidays" in r.stderr and "'x'" in r.stderr
