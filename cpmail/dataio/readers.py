@@ -82,7 +82,8 @@ def _text_lines(f: BinaryIO, src: str) -> Iterator[str]:
             raise InputError(
                 f"{src}, line {lineno}: not UTF-8 text; save the file as UTF-8."
             ) from None
-        if "\x00" in text:  # UTF-16 without its byte order mark decodes, with NULs
+        if lineno == 1 and "\x00" in text:  # UTF-16 without its byte order mark decodes,
+            # with NULs (a NUL in a row is named with its row and column further on)
             raise InputError(
                 f"{src}, line {lineno}: not UTF-8 text (it holds NUL characters, as UTF-16 "
                 "does); save the file as UTF-8."
