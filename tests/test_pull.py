@@ -313,6 +313,20 @@ def test_a_query_the_source_refuses_is_a_setting_to_fix(source: Source, home_for
     engine.dispose()
 
 
+def test_a_query_whose_columns_are_not_cpmails_says_to_name_them(
+    source: Source, home_for: Any
+) -> None:
+    """Not "is the header line missing?": a query has no header line."""
+    first_day(source)
+    cli = home_for(source)
+    query = "SELECT 'C9' AS code, 'Acme' AS label"
+    assert cli("config", "set", "source.tables.clients.query", query).exit_code == 0
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert "unknown column 'code'" in r.stderr and "with AS" in r.stderr, r.stderr
+    assert "header line" not in r.stderr
+
+
 def test_a_source_that_is_down_changes_nothing_and_keeps_its_password(
     home_for: Any, tmp_path: Path
 ) -> None:

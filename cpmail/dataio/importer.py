@@ -156,8 +156,10 @@ class _Importer:
             hint = ""
             if any(";" in n or "\t" in n for n in unknown):
                 hint = " (the file seems to use ; or tabs between cells; use commas)"
-            elif not seen & set(self.specs):
+            elif not seen & set(self.specs) and self.unit == "line":
                 hint = " (is the header line missing? the first line must name the columns)"
+            elif not seen & set(self.specs) and self.unit == "row":
+                hint = " (name the query's columns as cpmail's, with AS)"
             raise InputError(
                 f"{where}: unknown column {_r(unknown[0])}{hint}; the {t} columns are "
                 f"{', '.join(self.specs)}."
