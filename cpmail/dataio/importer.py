@@ -141,6 +141,18 @@ class _Importer:
             self.plans[names] = plan
         return plan
 
+    def _hint(self, unknown: list[str], seen: set[str]) -> str:
+        """Why columns may be unknown, when it shows: the separator, the header, the query."""
+        if any(";" in n or "\t" in n for n in unknown):
+            return " (the file seems to use ; or tabs between cells; use commas)"
+        if seen & set(self.specs):
+            return ""
+        if self.unit == "line":
+            return " (is the header line missing? the first line must name the columns)"
+        if self.unit == "row":
+            return " (name the query's columns as cpmail's, with AS)"
+        return ""
+
     def _make_plan(self, names: tuple[str, ...], pos: int) -> _Plan:
         t = self.table.name
         where = self._where(pos)
@@ -153,16 +165,9 @@ class _Importer:
             seen.add(name)
         unknown = [n for n in names if n not in self.specs]
         if unknown:
-            hint = ""
-            if any(";" in n or "\t" in n for n in unknown):
-                hint = " (the file seems to use ; or tabs between cells; use commas)"
-            elif not seen & set(self.specs) and self.unit == "line":
-                hint = " (is the header line missing? the first line must name the columns)"
-            elif not seen & set(self.specs) and self.unit == "row":
-                hint = " (name the query's columns as cpmail's, with AS)"
             raise InputError(
-                f"{where}: unknown column {_r(unknown[0])}{hint}; the {t} columns are "
-                f"{', '.join(self.specs)}."
+                f"{where}: unknown column {_r(unknown[0])}{self._hint(unknown, seen)}; the {t} "
+                f"columns are {', '.join(self.specs)}."
             )
         missing_keys = [k for k in self.keys if k not in seen]
         if missing_keys:
