@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -232,7 +233,12 @@ def stale_after(settings: Settings) -> dt.timedelta:
 
 def renew_every(settings: Settings) -> float:
     """Seconds between a live run's heartbeats: a fifth of the stale limit, at most a minute."""
-    return max(0.2, min(60.0, stale_after(settings).total_seconds() / 5))
+    return _beat_for(stale_after(settings).total_seconds())
+
+
+def _beat_for(limit: float) -> float:
+    """The heartbeat of a run whose claims are its own for ``limit`` seconds."""
+    return max(0.2, min(60.0, limit / 5))
 
 
 class Lease:
@@ -572,7 +578,7 @@ def claim(
             more.append(m.id.in_(list(ids)))
         if account is not None:
             more.append(m.account == account)
-        alive = runs_here(conn)[0]
+        alive = runs_here(conn, now)[0]
         q = _oldest_due(conn.dialect.name, now, stale, limit, *more, alive=alive)
         picked = list(conn.execute(q).scalars())
         if not picked:
@@ -647,17 +653,18 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
                 .returning(m.id, m.event, m.last_error)
             ).all()
             for r in rows:
-                result.expired[r.id] = (status, r.event, r.last_error or why)
+                result.expired[r.id] = (status, r.event, r.last_error)
 
 
-def _mark_sent(dialect: sa.Dialect) -> str:
+@functools.cache
+def _mark_sent(paramstyle: str) -> str:
     """The statement that records one message as sent: (sent_at, id) for each.
 
     Written out and run on the driver (``exec_driver_sql``): recording is done
     once a message, between one message and the next on each connection, and
     SQLAlchemy's statement machinery cost 65 µs of the 90 µs it took.
     """
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    mark = "?" if paramstyle == "qmark" else "%s"
     return (
         f"UPDATE messages SET status = '{Status.SENT.value}', attempts = attempts + 1, "
         "claimed_at = NULL, claimed_by = NULL, next_attempt_at = NULL, "
@@ -835,7 +842,9 @@ class _Recorder:
             with conn.begin():
                 if sent:
                     at = _db_time(conn.dialect, now)
-                    conn.exec_driver_sql(_mark_sent(conn.dialect), [(at, i) for i in sent])
+                    conn.exec_driver_sql(
+                        _mark_sent(conn.dialect.paramstyle), [(at, i) for i in sent]
+                    )
                     notes.extend((i, self.events[i], Status.SENT, None) for i in sent)
                 if others:
                     self._write(conn, others, now, notes)
@@ -1042,13 +1051,11 @@ class _Pass:
         self.recorder = _Recorder(engine, settings, result, held)
         self.per_minute, self.per_day = pace.limits(settings)
         self.account = ""  # whose turn it is
-        self.pace: pace.Pace | None = None  # the current account's
         self.paces: dict[str, pace.Pace | None] = {}  # each account's, kept between its turns
         # What this pass holds claimed with no outcome since it was (last) claimed, in
         # order: an account's later turn (after a pause) offers these again first.
         self.holding: dict[int, Envelope] = {env.id: env for env, _ in ready}
         self.offered: set[int] = set()  # handed to the transport (for the progress count)
-        self.refused: set[str] = set()  # accounts whose sign-in was refused in this pass
         self.paused_for = 0.0  # seconds this pass waited for throttled accounts
         self.silent = 0  # messages in a row the server did not answer in time
         self.stalled: Unreachable | None = None
@@ -1056,6 +1063,11 @@ class _Pass:
         self.recorder.pacing = lambda: self.pace is not None
         self.recorder.admit = self._admit
         self.recorder.events.update((env.id, event) for env, event in ready)
+
+    @property
+    def pace(self) -> pace.Pace | None:
+        """The pace of the account whose turn it is (None: it sends as fast as it can)."""
+        return self.paces.get(self.account)
 
     def run(self) -> None:
         try:
@@ -1099,14 +1111,9 @@ class _Pass:
 
     def _turn(self, account: str, later: list[tuple[float, str]]) -> None:
         """The account's turn; paused by a throttling answer, it goes on ``later``."""
-        self._account(account)
+        signed_in = self._account(account)
         paced = self.paces.get(account)
-        if (
-            paced is not None
-            and paced.paused
-            and not paced.day_full
-            and account not in self.refused
-        ):
+        if signed_in and paced is not None and paced.paused and not paced.day_full:
             later.append((paced.resume_at, account))
 
     def _wait_for(self, account: str, at: float) -> bool:
@@ -1120,20 +1127,10 @@ class _Pass:
         assert paced is not None
         wait = max(0.0, at - time.monotonic())
         if self.paused_for + wait > MAX_PAUSE:
-            self.recorder.flush()
             reason = (
                 f"the server asked {_account_words(account)} to slow down; it is tried again later"
             )
-            not_before = utcnow() + dt.timedelta(seconds=wait)
-            _release(
-                self.engine,
-                self.run_id,
-                self.result,
-                reason=reason,
-                account=account,
-                keep=self.held.keep,
-                not_before=not_before,
-            )
+            self._hand_back(account, reason, utcnow() + dt.timedelta(seconds=wait))
             return False
         self.paused_for += wait
         while time.monotonic() < at:
@@ -1143,36 +1140,45 @@ class _Pass:
         paced.resume()
         return True
 
-    def _account(self, account: str) -> None:
-        """Send one account's due mail; a refused sign-in holds back only this account's."""
+    def _account(self, account: str) -> bool:
+        """Send one account's due mail; a refused sign-in holds back only this account's.
+
+        Return False when its sign-in was refused (it gets no later turn in this pass).
+        """
         if account not in self.paces:
             self.paces[account] = _pace_for(
                 self.engine, self.settings, account, self.per_minute, self.per_day
             )
         self.account = account
-        self.pace = self.paces[account]
+        signed_in = True
         try:
             self.transport.deliver(self._envelopes(account), self.recorder)
         except AuthError as e:
             self.result.stopped = self.result.stopped or e
-            self.recorder.flush()
-            _release(
-                self.engine,
-                self.run_id,
-                self.result,
-                reason=str(e),
-                account=account,
-                keep=self.held.keep,
-            )
-            # Given back: no longer this pass's to offer, and no later turn for the account.
+            self._hand_back(account, str(e))
+            # Given back: no longer this pass's to offer.
             self.holding = {i: env for i, env in self.holding.items() if env.account != account}
-            self.refused.add(account)
+            signed_in = False
         paced = self.pace
         if paced is not None and paced.day_full and interrupt.requested() is None:
             self.recorder.flush()
             _wait_for_tomorrow(
                 self.engine, self.settings, self.run_id, self.result, account, self.held.keep, paced
             )
+        return signed_in
+
+    def _hand_back(self, account: str, reason: str, not_before: dt.datetime | None = None) -> None:
+        """Record what is known, then give the account's claimed mail back to the outbox."""
+        self.recorder.flush()
+        _release(
+            self.engine,
+            self.run_id,
+            self.result,
+            reason=reason,
+            account=account,
+            keep=self.held.keep,
+            not_before=not_before,
+        )
 
     def _stop(self) -> bool:
         return (
@@ -1238,13 +1244,13 @@ class _Pass:
         reading = _read(outcome)  # as the recorder reads it, to set the retry time
         if not (reading.daily or reading.throttled):
             return
-        if self.pace is None:
-            self.pace = pace.Pace(self.per_minute, self.per_day)
-            self.paces[self.account] = self.pace
+        paced = self.pace
+        if paced is None:  # an account without a pace gets one now
+            paced = self.paces[self.account] = pace.Pace(self.per_minute, self.per_day)
         if reading.daily:
-            self.pace.stop_for_today()
+            paced.stop_for_today()
         else:
-            self.pace.slow_down(outcome.retry_after)
+            paced.slow_down(outcome.retry_after)
 
 
 # Accounts the provider said were done for the day, until when (naive UTC): a
@@ -1459,7 +1465,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
+def runs_here(conn: sa.Connection, now: dt.datetime | None = None) -> tuple[set[str], set[str]]:
     """Runs of this machine that never ended: (those whose process lives, those whose is gone).
 
     A run whose process lives is alive whatever the clocks say: a clock that
@@ -1477,13 +1483,13 @@ def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
     host = socket.gethostname()[:200]
     r = runs.c
     rows = conn.execute(
-        sa.select(r.id, r.pid, r.started_at, r.heartbeat_at, r.expires_at).where(
+        sa.select(r.id, r.pid, r.heartbeat_at, r.expires_at).where(
             r.ended_at.is_(None), r.host == host
         )
     ).all()
     if not rows:
         return set(), set()
-    now = clock(conn)
+    now = now or clock(conn)
     alive: set[str] = set()
     gone: set[str] = set()
     for row in rows:
@@ -1492,9 +1498,12 @@ def runs_here(conn: sa.Connection) -> tuple[set[str], set[str]]:
             continue
         if row.pid <= 0:
             continue
+        if row.pid == os.getpid():  # a run of this pid that is not this process's own is over
+            gone.add(row.id)
+            continue
         state = _process(row.pid)
-        if state is None or row.pid == os.getpid() or state.zombie:
-            gone.add(row.id)  # (a run of this pid that is not this process's own is over)
+        if state is None or state.zombie:
+            gone.add(row.id)
         elif state.known and not state.stopped:
             expires = row.expires_at or row.heartbeat_at
             if now < expires + dt.timedelta(hours=1):
@@ -1521,11 +1530,6 @@ def _process(pid: int) -> _ProcessState | None:
     return _ProcessState(known=True, stopped=state in (b"T", b"t"), zombie=state in (b"Z", b"X"))
 
 
-def stopped_runs(conn: sa.Connection) -> list[str]:
-    """Runs of this machine that never ended and whose process is gone (see ``runs_here``)."""
-    return sorted(runs_here(conn)[1])
-
-
 def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = None) -> Waiting:
     """What waits in the outbox: queued, deferred, or left claimed by a run that stopped."""
     m = messages.c
@@ -1546,7 +1550,7 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
             .group_by(m.claimed_by)
         ).all()
         holders = {h for h, _, _ in held if h is not None}
-        alive, gone = runs_here(conn)
+        alive, gone = runs_here(conn, now)
         r = runs.c
         rows = {
             x.id: x
@@ -1561,7 +1565,7 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         if holder is not None and holder == exclude_run:
             continue
         run = rows.get(holder)
-        if holder in alive or (holder not in gone and renewing(run, now, stale)):
+        if run is not None and running(run, now, stale, alive, gone):
             continue
         expires = _expiry(run, stale)
         orphaned += int(count)
@@ -1587,6 +1591,14 @@ def _expiry(run: Any, stale: dt.timedelta) -> dt.datetime | None:
     return expires
 
 
+def running(
+    run: Any, now: dt.datetime, stale: dt.timedelta, alive: set[str], gone: set[str]
+) -> bool:
+    """Whether a run (a ``runs`` row) still runs, given ``runs_here``'s (alive, gone):
+    its process lives on this machine, or, not known to be gone, it renews its heartbeat."""
+    return run.id in alive or (run.id not in gone and renewing(run, now, stale))
+
+
 def renewing(run: Any, now: dt.datetime, stale: dt.timedelta) -> bool:
     """Whether a run (a ``runs`` row) has not ended and still renews its heartbeat.
 
@@ -1599,7 +1611,7 @@ def renewing(run: Any, now: dt.datetime, stale: dt.timedelta) -> bool:
     expires = _expiry(run, stale)
     if expires is None:
         return False
-    beat = max(0.2, min(60.0, (expires - run.heartbeat_at).total_seconds() / 5))
+    beat = _beat_for((expires - run.heartbeat_at).total_seconds())
     alive: bool = run.heartbeat_at >= now - dt.timedelta(seconds=3 * beat)
     return alive
 

@@ -421,7 +421,7 @@ def _transport_detail(settings: Settings) -> tuple[str, str | None]:
 def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
     import sqlalchemy as sa
 
-    from cpmail.outbox import renewing, runs_here
+    from cpmail.outbox import running, runs_here
     from cpmail.store.schema import runs
 
     with engine.connect() as conn:
@@ -445,9 +445,7 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             counts = None
     if r.ended_at is not None:
         state = "finished"
-    elif r.id in alive or (
-        r.id not in gone and renewing(r, now, dt.timedelta(minutes=stale_minutes))
-    ):
+    elif running(r, now, dt.timedelta(minutes=stale_minutes), alive, gone):
         state = "running"
     else:
         state = "did not finish"
@@ -490,7 +488,6 @@ def _outbox(
     import sqlalchemy as sa
 
     from cpmail import outbox as ob
-    from cpmail.outbox import window_opens
     from cpmail.store.schema import messages
 
     m = messages.c
@@ -499,9 +496,6 @@ def _outbox(
         n, oldest = conn.execute(
             sa.select(sa.func.count(), sa.func.min(m.queued_at)).where(m.status.in_(waiting))
         ).one()
-        next_try = conn.execute(
-            sa.select(sa.func.min(m.next_attempt_at)).where(m.status == "deferred")
-        ).scalar()
         fresh = conn.execute(
             sa.select(sa.func.count()).where(m.status == "queued", m.attempts == 0)
         ).scalar_one()
@@ -515,16 +509,14 @@ def _outbox(
         ).scalar_one()
         claimed = conn.execute(sa.select(sa.func.count()).where(m.status == "sending")).scalar_one()
     open_now, opened = window
-    # Mail a run that stopped holds (and when it is taken up), judged as `check` judges it;
-    # the rest of what is claimed is on its way.
+    # As `check` judges it: the next try (never before the send window opens), and mail a
+    # run that stopped holds and when it is taken up; the rest of what is claimed is on
+    # its way.
     held = ob.waiting(engine, settings)
-    opens = window_opens(settings, now)
-    if next_try is not None and opens is not None:  # nothing is tried before the window opens
-        next_try = max(next_try, opens)
     box = Outbox(
         waiting=int(n),
         oldest_waiting_since=oldest,
-        next_try=next_try,
+        next_try=held.next_try,
         held_by_window=0 if open_now else int(fresh),
         held_by_stopped=held.orphaned,
         taken_up_at=held.orphans_free_at,
