@@ -253,7 +253,7 @@ def _run_check(
         plan = _planner(renderer, settings, sender, directory, keep_text=True)
         # split as the real run would, to what the transport takes
         limit = transport_class(settings).max_message_bytes if enabled else None
-        result.planned = _fitted(plan, groups, halves(plan, groups), limit)
+        result.planned = _fitted(plan, groups, limit)
         if not enabled:  # as the real run would record them
             _count_suppressed(result)
         return result
@@ -382,7 +382,7 @@ def _queue_all(
     """
     plan = _planner(renderer, settings, sender, directory)
     limit = transport.max_message_bytes if transport else None
-    planned = _fitted(plan, groups, halves(plan, groups), limit)
+    planned = _fitted(plan, groups, limit)
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())
         taken = [n for n in found if n.key not in fresh]
@@ -390,7 +390,7 @@ def _queue_all(
             # A concurrent run queued some of these first: send only the rest, composed
             # again without the notifications already taken.
             groups = [h for g in groups if (h := [(n, p) for n, p in g if n.key in fresh])]
-            planned = _fitted(plan, groups, halves(plan, groups), limit)
+            planned = _fitted(plan, groups, limit)
         drafts = [_draft(p, sender) for p in planned]
         suppressed = not settings["mail.enabled"]
         mids = queue_many(
@@ -649,13 +649,15 @@ def _invitation(invitation: Invitation, settings: Settings, sender: Sender) -> A
 
 
 def _fitted(
-    plan: Callable[[Group], Planned], groups: list[Group], planned: list[Planned], limit: int | None
+    plan: Callable[[Group], Planned], groups: list[Group], limit: int | None
 ) -> list[Planned]:
-    """``planned``, with a digest or list larger than the transport takes split in two
-    until each part fits: one person's many notifications never stop everyone's mail.
+    """Each group planned (on both cores for a big run), a digest or list larger than the
+    transport takes split in two until each part fits: one person's many notifications
+    never stop everyone's mail.
 
     A single notification too large stays as it is: it fails by itself (see _queue_all).
     """
+    planned = halves(plan, groups)
     if limit is None or all(len(p.raw) <= limit for p in planned):
         return planned
 

@@ -7,6 +7,7 @@ survive, and written atomically (temporary file + ``os.replace``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import urllib.parse
@@ -208,13 +209,17 @@ def _rules(v: Any) -> list[str]:
     return rules
 
 
+# A date as cpmail takes one: YYYY-MM-DD only (Python also reads 20261224 and 2026-W52-4).
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
 def _list_of_dates(v: Any) -> list[str]:
     out = []
     for x in _list_of_str(v) if not isinstance(v, list) else v:
         if isinstance(x, dt.date):
             x = x.isoformat()
         try:
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(x), re.ASCII):  # (not 20261224)
+            if not ISO_DATE.fullmatch(str(x)):  # (not 20261224)
                 raise ValueError
             dt.date.fromisoformat(str(x))
         except ValueError:
@@ -643,13 +648,19 @@ def env_name(key: str) -> str:
     return "CPMAIL_" + re.sub(r"[.\-]", "_", key).upper()
 
 
+@functools.cache
+def _setting_variables() -> tuple[frozenset[str], tuple[str, ...]]:
+    """Every setting's variable, and the prefixes of their sections (``CPMAIL_MAIL_`` …)."""
+    known = frozenset(env_name(k) for k in KEYS)
+    return known, tuple(sorted({"CPMAIL_" + k.split(".", 1)[0].upper() + "_" for k in KEYS}))
+
+
 def _unknown_variables() -> None:
     """Refuse a ``CPMAIL_<SECTION>_…`` variable that is no setting, as an unknown key in the
     file is refused: ``CPMAIL_MAIL_ENABLE=false`` (one letter short) was ignored, and the
     mail it meant to hold back was sent. Other ``CPMAIL_`` names (``CPMAIL_HOME``) are left
     alone."""
-    known = {env_name(k) for k in KEYS}
-    sections = tuple({"CPMAIL_" + k.split(".", 1)[0].upper() + "_" for k in KEYS})
+    known, sections = _setting_variables()
     for name in sorted(os.environ):
         if name.startswith(sections) and name not in known:
             section = name.removeprefix("CPMAIL_").split("_", 1)[0].lower()

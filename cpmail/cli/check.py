@@ -67,8 +67,6 @@ def _check(
     as_staff: str | None,
     json: bool,
 ) -> None:
-    import datetime as dt
-
     from cpmail.check import run_check
 
     if today and date is not None:
@@ -123,8 +121,6 @@ def _stopped_detail(result: Any) -> str:
 
 def _when(c: Any, moment: Any) -> str:
     """A UTC time from the outbox, in the agency's time zone, to the minute."""
-    import datetime as dt
-
     local = moment.replace(tzinfo=dt.UTC).astimezone(c.settings.tz())
     return str(local.strftime("%Y-%m-%d %H:%M"))
 

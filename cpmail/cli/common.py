@@ -9,7 +9,6 @@ import datetime as dt
 import decimal
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,7 +225,9 @@ def parse_date(text: str, *, option: str) -> dt.date:
     Only that form: Python would also read 20261201 and 2026-W48, which the
     help does not promise; an empty value is no date either.
     """
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, re.ASCII):
+    from cpmail.settings import ISO_DATE
+
+    if not ISO_DATE.fullmatch(text):
         raise InputError(f"{option}: {text!r} is not a date as YYYY-MM-DD.")
     try:
         day = dt.date.fromisoformat(text)
