@@ -209,6 +209,12 @@ def _rules(v: Any) -> list[str]:
     return rules
 
 
+def undecodable(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (Python passes them on, from the
+    command line and the environment, as lone surrogates: surrogateescape)."""
+    return not text.isascii() and any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 # A date as cpmail takes one: YYYY-MM-DD only (Python also reads 20261224 and 2026-W52-4).
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
@@ -774,7 +780,7 @@ class Settings:
         for key, spec in KEYS.items():
             env = os.environ.get(env_name(key))
             if env is not None:
-                if not env.isascii() and any("\udc80" <= ch <= "\udcff" for ch in env):
+                if undecodable(env):
                     # bytes that are not UTF-8, as Python passes them on (surrogateescape)
                     raise ConfigError(f"{env_name(key)} is not UTF-8 text; set it in UTF-8.")
                 self._values[key] = self._check(key, spec, _env_value(env), env_name(key))

@@ -34,7 +34,7 @@ from cpmail.cli import (
 )
 from cpmail.cli.common import Ctx
 from cpmail.errors import CpmailError
-from cpmail.settings import home_dir
+from cpmail.settings import home_dir, undecodable
 
 
 def _usage_name(self: TyperArgument) -> str:
@@ -76,7 +76,7 @@ def not_utf8(argv: list[str]) -> str | None:
     an argument naming an existing file passes.
     """
     for n, arg in enumerate(argv, 1):
-        if arg.isascii() or not any("\udc80" <= ch <= "\udcff" for ch in arg):
+        if not undecodable(arg):
             continue
         if os.path.lexists(arg):
             continue
