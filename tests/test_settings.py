@@ -507,3 +507,12 @@ def test_a_bad_item_of_a_list_is_named_once(initialised: Cli, home: Path) -> Non
     r = initialised("status")
     assert r.exit_code != 0 and r.stderr.count("got") == 1, r.stderr
     assert "check.extra_holidays" in r.stderr and "'x'" in r.stderr
+
+
+def test_holidays_are_a_country_the_holidays_package_knows(initialised: Cli, home: Path) -> None:
+    for bad in ("ZZ", "HolidaysAX", "U S"):
+        r = initialised("config", "set", "check.holidays", bad)
+        assert r.exit_code == 2 and "check.holidays" in r.stderr, (bad, r.output)
+    for good, kept in (("gb", "GB"), ("USA", "USA"), ("", "")):
+        assert initialised("config", "set", "check.holidays", good).exit_code == 0, good
+        assert initialised("config", "get", "check.holidays").stdout.strip() == kept, good
