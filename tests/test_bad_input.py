@@ -403,3 +403,21 @@ def test_a_mistyped_option_or_value_is_one_sentence_naming_it(
     line = one_sentence(r.stderr)
     assert named in line and line.startswith("cpmail: ") and "-h`" in line, line
     assert "Usage:" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (("check", "--date"), "cpmail check -h"),
+        (("check", "-q", "--only"), "cpmail check -h"),
+        (("staff", "list", "--json=yes"), "cpmail staff list -h"),
+        (("--home",), "cpmail -h"),
+    ],
+)
+def test_an_option_missing_its_value_points_to_its_own_command(
+    initialised: Cli, args: tuple[str, ...], where: str
+) -> None:
+    """The parser says these without naming a command: the help named is that of the command."""
+    r = initialised(*args)
+    assert r.exit_code == 2, r.output
+    assert f"see `{where}`" in one_sentence(r.stderr), r.stderr

@@ -88,6 +88,23 @@ def not_utf8(argv: list[str]) -> str | None:
 class _Root(TyperGroup):
     """Turns CpmailError into one line on stderr and its exit code, for every command."""
 
+    def _path(self, argv: list[str]) -> str:
+        """The command ``argv`` names, as "cpmail config set": for errors that carry no context
+        (an option given without its value)."""
+        path, group = ["cpmail"], self
+        args = iter(argv)
+        for arg in args:
+            if arg == "--home":
+                next(args, None)  # its value
+            if arg.startswith("-"):
+                continue
+            command = getattr(group, "commands", {}).get(arg)
+            if command is None:
+                break
+            path.append(arg)
+            group = command
+        return " ".join(path)
+
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         bad = not_utf8(argv)
@@ -106,7 +123,7 @@ class _Root(TyperGroup):
             if _named(e, "UsageError") and not _named(e, "NoArgsIsHelpError"):
                 # A mistyped option or value is bad input like any other: one sentence, exit 2.
                 ctx = getattr(e, "ctx", None)
-                where = ctx.command_path if ctx is not None else "cpmail"
+                where = ctx.command_path if ctx is not None else self._path(argv)
                 said = brief(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
                 typer.echo(f"cpmail: {said}; see `{where} -h`.", err=True)
             else:
