@@ -590,3 +590,45 @@ def test_json_rows_refer_forward_whatever_columns_each_names(loaded: Cli, tmp_pa
     ):
         r = loaded("data", "import", str(write(tmp_path, name, text)))
         assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    ("row", "said"),
+    [
+        (
+            "CE9,Late,2026-12-02T15:00,2026-12-02T14:00,",
+            "column ends_at: ends_at '2026-12-02T14:00' is before starts_at "
+            "'2026-12-02T15:00', so the entry would end before it starts.",
+        ),
+        (
+            "CE9,Late,2026-12-02T15:00,,2026-12-02T16:00",
+            "column starts_at: starts_at '2026-12-02T15:00' is before remind_at "
+            "'2026-12-02T16:00', so the reminder would come after the start.",
+        ),
+    ],
+)
+def test_a_calendar_entry_whose_times_are_out_of_order_is_refused(
+    loaded: Cli, tmp_path: Path, row: str, said: str
+) -> None:
+    """An entry ending before it starts, or reminded of after it began, is a mistake in the file:
+    the invitation would last no time, the reminder would never go."""
+    head = (
+        "id,title,starts_at,ends_at,remind_at\n"
+        "CE1,Moved,2026-11-30T11:00,2026-11-30T12:00,2026-11-30T10:00\n"
+        "CE8,New,2026-12-01T09:00,2026-12-01T09:00,\n"
+    )
+    path = write(tmp_path, "calendar_entries.csv", head + row + "\n")
+    assert refused(loaded, path) == f"{path}, line 4 (id CE9), {said}"
+
+
+def test_a_calendar_entry_out_of_order_in_json_is_refused_too(loaded: Cli, tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": "CE9",
+            "title": "Late",
+            "starts_at": "2026-12-02T15:00",
+            "ends_at": "2026-12-02T14:00",
+        }
+    ]
+    path = write(tmp_path, "calendar_entries.json", json.dumps(rows))
+    assert "so the entry would end before it starts" in refused(loaded, path)

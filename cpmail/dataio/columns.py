@@ -59,6 +59,12 @@ POLYMORPHIC: dict[tuple[str, str], tuple[str, dict[str, tuple[str, str]]]] = {
     ),
 }
 STATUS_COLUMNS = ("production_status", "billing_status")
+# Columns whose values must come in this order within a row, when both are given:
+# (table, earlier, later, what the row would say otherwise).
+IN_ORDER: tuple[tuple[str, str, str, str], ...] = (
+    ("calendar_entries", "starts_at", "ends_at", "the entry would end before it starts"),
+    ("calendar_entries", "remind_at", "starts_at", "the reminder would come after the start"),
+)
 
 
 # ------------------------------------------------------------------ columns

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from cpmail.dataio.columns import (
     BATCH_ROWS,
+    IN_ORDER,
     KNOWN_KEYS_MAX,
     LOOKUP_CHUNK,
     POLYMORPHIC,
@@ -75,6 +76,7 @@ class _Plan:
     order: list[int] | None  # the value order ``sql`` takes, when not the file's
     missing_for_new: list[str]
     status_index: list[tuple[int, int]]  # (value index, 0 production / 1 billing)
+    in_order: list[tuple[int, int, str]]  # (earlier, later, why) of IN_ORDER, by value index
 
 
 class _Importer:
@@ -223,6 +225,11 @@ class _Importer:
             order=order,
             missing_for_new=missing_for_new,
             status_index=status_index,
+            in_order=[
+                (index[a], index[b], why)
+                for table, a, b, why in IN_ORDER
+                if table == t and a in index and b in index
+            ],
         )
 
     def _upsert_sql(self, names: tuple[str, ...]) -> str:
@@ -288,6 +295,15 @@ class _Importer:
                 assert plan is not None
                 self._flush(plan, batch, positions)  # earlier rows' errors come first
                 raise self._cell_error(plan, pos, cells) from None
+            assert plan is not None
+            for a, b, why in plan.in_order:
+                if values[a] is not None and values[b] is not None and values[b] < values[a]:
+                    self._flush(plan, batch, positions)
+                    raise InputError(
+                        f"{self._where(pos, self._key_text(plan, values))}, column "
+                        f"{plan.names[b]}: {plan.names[b]} {_r(str(cells[b]).strip())} is "
+                        f"before {plan.names[a]} {_r(str(cells[a]).strip())}, so {why}."
+                    )
             batch.append(values)
             positions.append(pos)
             self.rows += 1
