@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from cpmail.compose import Draft, Mailbox, build_message
@@ -107,3 +109,40 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
     with engine.connect() as conn:
         statuses = {s for (s,) in conn.execute(sa.select(messages.c.status).distinct())}
     assert statuses == {"sent"}
+
+
+@pytest.mark.serial
+def test_a_stop_signal_during_a_big_import_is_said_as_a_stop(
+    initialised: Cli, home: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while rows are being written: exit 130 and "stopped", never an internal error,
+    and the database as it was, at whatever moment the signal comes."""
+    assert (
+        initialised("staff", "add", "KM", "--name", "Kim", "--work-email", "km@a.test").exit_code
+        == 0
+    )
+    path = tmp_path / "time_entries.csv"
+    with path.open("w", encoding="utf-8") as f:
+        f.write("id,staff_id,work_date,hours\n")
+        f.writelines(f"T{i},KM,2026-11-{1 + i % 27:02d},{i % 8 + 0.25}\n" for i in range(200_000))
+    db = home / "cpmail.db"
+    env = {**os.environ, "CPMAIL_HOME": str(home)}
+    for delay in (0.0, 0.2, 0.4):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cpmail", "data", "import", str(path)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        # Wait until rows are being written (the write-ahead log grows), then a little more.
+        wal = db.with_name("cpmail.db-wal")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (wal.exists() and wal.stat().st_size > 1 << 20):
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (delay, err.decode())
+        assert b"stopped by SIGINT" in err and b"internal error" not in err, err
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM time_entries").fetchone() == (0,)

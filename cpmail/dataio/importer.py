@@ -869,7 +869,9 @@ def _sqlite_import_mode(conn: sa.Connection) -> Callable[[], None]:
             raw.execute("PRAGMA foreign_keys=ON")
             raw.execute(f"PRAGMA cache_size={int(cache)}")
         except Exception:
-            conn.invalidate()  # never hand a connection without foreign keys back to the pool
-            raise
+            # Never hand a connection without foreign keys back to the pool. It is
+            # not raised: the transaction has ended either way, and what ended it
+            # (a stop signal that closed the connection, say) is what is said.
+            conn.invalidate()
 
     return restore
