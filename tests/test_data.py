@@ -809,6 +809,13 @@ def test_status_changes_of_existing_jobs_are_recorded(
     ]
     assert [h["id"] for h in rows] == sorted(h["id"] for h in rows)  # time-ordered
 
+    # A status with spaces around it names the same code: no change, nothing recorded.
+    path.write_text("id,production_status\nJ3,closed \nJ1, approved\n", encoding="utf-8")
+    r = initialised("data", "import", str(path), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["status_changes"] == 0
+    assert len(table_rows(engine, "job_status_history")) == 3
+
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "ndjson"])
 def test_export_round_trips_through_import(

@@ -632,3 +632,22 @@ def test_a_calendar_entry_out_of_order_in_json_is_refused_too(loaded: Cli, tmp_p
     ]
     path = write(tmp_path, "calendar_entries.json", json.dumps(rows))
     assert "so the entry would end before it starts" in refused(loaded, path)
+
+
+@pytest.mark.parametrize(
+    ("cell", "said"),
+    [
+        ('"task-overdue,task-due-today"', "names several events; give each its own row"),
+        ('" , "', "names several events; give each its own row"),
+        ("task-overdoo", "is not an event"),
+    ],
+)
+def test_a_muted_event_is_one_event_a_row(
+    loaded: Cli, tmp_path: Path, cell: str, said: str
+) -> None:
+    """A list in staff_opt_out.event would be kept as one name that matches no event:
+    the person would stay unmuted while `staff list` showed them muted."""
+    path = write(tmp_path, "staff_opt_out.csv", f"staff_id,event\nJD,job-opened\nBOSS,{cell}\n")
+    msg = refused(loaded, path)
+    assert msg.startswith(f"{path}, line 3 (staff_id BOSS") and "column event: " in msg, msg
+    assert said in msg, msg

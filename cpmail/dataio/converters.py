@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from cpmail.dataio.columns import (
     ADDRESS_COLUMNS,
     RECIPIENT_COLUMNS,
+    STATUS_COLUMNS,
     ColumnSpec,
 )
 from cpmail.errors import InputError
@@ -529,6 +530,29 @@ class _Events(_List):
         return joined
 
 
+class _Event(_Text):
+    """One event name: a row of ``staff_opt_out`` mutes one event (the key is the pair)."""
+
+    __slots__ = ()
+    what = "an event name such as task-overdue"
+
+    def convert(self, v: Any) -> Any:
+        if type(v) is str:
+            v = v.strip()
+            return self.parse_str(v) if v else self.on_empty()
+        return self.other(v)
+
+    def parse_str(self, s: str) -> Any:
+        s = super().parse_str(s)
+        from cpmail.events import NAMES
+
+        if "," in s:
+            raise _Bad(f"{_r(s)} names several events; give each its own row")
+        if s not in NAMES:
+            raise _Bad(f"{_r(s)} is not an event; the events are: {', '.join(NAMES)}")
+        return s
+
+
 _KINDS: dict[str, type[_Column]] = {
     "list": _List,
     "date": _Date,
@@ -543,7 +567,7 @@ _KINDS: dict[str, type[_Column]] = {
 _SPECIAL: dict[tuple[str, str], type[_Column]] = {
     ("staff", "planned_hours"): _PlannedHours,
     ("staff", "workdays"): _Workdays,
-    ("staff_opt_out", "event"): _Events,
+    ("staff_opt_out", "event"): _Event,
     ("client_team", "events"): _Events,
 }
 
@@ -561,7 +585,12 @@ def _column_kind(spec: ColumnSpec, table: str) -> type[_Column]:
         return _KINDS[spec.kind]
     if spec.choices:
         return _Choice
-    return _TrimmedText if spec.key or spec.references is not None else _Text
+    # A job's status names a code of job_status_codes, whose codes are keys (trimmed):
+    # "PRF " is PRF, not a change of status.
+    names_a_key = spec.key or spec.references is not None
+    if names_a_key or (table == "jobs" and spec.name in STATUS_COLUMNS):
+        return _TrimmedText
+    return _Text
 
 
 def _make_converter(
