@@ -157,6 +157,9 @@ def _query_records(
         raise ConfigError(f"{key}: the query returns no rows; give a SELECT.")
     keys = result.keys()
     names = tuple(str(k).lower() for k in keys)
+    # The names alone first, as a CSV file's header: they are checked even when no row comes
+    # (an empty result with a misnamed key column would otherwise empty a replaced table).
+    yield 0, names, ()
     n = 0
     try:
         for partition in result.partitions(FETCH_ROWS):

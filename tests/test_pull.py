@@ -327,6 +327,25 @@ def test_a_query_whose_columns_are_not_cpmails_says_to_name_them(
     assert "header line" not in r.stderr
 
 
+def test_a_query_that_returns_no_rows_has_its_columns_checked_too(
+    source: Source, home_for: Any
+) -> None:
+    """A misnamed key column with no rows must not read as "the table is now empty",
+    which `replace = true` would carry out by deleting every row."""
+    first_day(source)
+    cli = home_for(source)
+    pull(cli)
+    query = "SELECT task_no AS task_id, task_title AS name FROM project_tasks WHERE 1 = 0"
+    assert cli("config", "set", "source.tables.tasks.query", query).exit_code == 0
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("cpmail: source.tables.tasks.query: unknown column 'task_id'")
+    assert snapshot(engine) == before
+    engine.dispose()
+
+
 def test_a_source_that_is_down_changes_nothing_and_keeps_its_password(
     home_for: Any, tmp_path: Path
 ) -> None:

@@ -120,6 +120,8 @@ class _Importer:
     # ---- messages
 
     def _where(self, pos: int, key: str = "") -> str:
+        if pos == 0:  # the names alone, before any row (a query's columns)
+            return self.src
         return f"{self.src}, {self.unit} {pos}{f' ({key})' if key else ''}"
 
     def _key_text(self, plan: _Plan, values: Sequence[Any]) -> str:
