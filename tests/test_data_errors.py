@@ -651,3 +651,28 @@ def test_a_muted_event_is_one_event_a_row(
     msg = refused(loaded, path)
     assert msg.startswith(f"{path}, line 3 (staff_id BOSS") and "column event: " in msg, msg
     assert said in msg, msg
+
+
+def test_json_numbers_are_kept_as_written_and_nan_is_not_json(loaded: Cli, tmp_path: Path) -> None:
+    """A JSON number in a text column is its text as written, not Python's rewriting of it."""
+    text = (
+        '[{"id": 1e3, "name": 1.50}, {"id": -0, "name": 12},\n'
+        ' {"id": 10000000000000000000001, "name": 2.5e-3}]'
+    )
+    r = loaded("data", "import", str(write(tmp_path, "clients.json", text)))
+    assert r.exit_code == 0, r.output
+    engine = engine_of(loaded.home)
+    with engine.connect() as conn:
+        got = dict(conn.execute(sa.text("SELECT id, name FROM clients")).tuples().all())
+    engine.dispose()
+    assert {k: got.get(k) for k in ("1e3", "-0", "10000000000000000000001")} == {
+        "1e3": "1.50",
+        "-0": "12",
+        "10000000000000000000001": "2.5e-3",
+    }
+    for bad, name in (
+        ('[{"id": "C1", "name": "A"},\n {"id": "C9", "name": NaN}]', "NaN"),
+        ('[{"id": "C9", "name": "B", "billing_email": -Infinity}]', "-Infinity"),
+    ):
+        msg = refused(loaded, write(tmp_path, "clients.json", bad))
+        assert f"{name} is not JSON" in msg, msg

@@ -28,6 +28,18 @@ class _Obj(list[tuple[str, Any]]):
     """A JSON object as its (key, value) pairs: keeps duplicates and tells objects from arrays."""
 
 
+class _Written(Decimal):
+    """A number of a JSON file with the text it was written as, which a text column keeps
+    (``1e3`` stays ``1e3``, not ``1E+3``)."""
+
+    text: str
+
+    def __new__(cls, text: str) -> _Written:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 class _TooDeep:
     """A JSON value nested more deeply than Python's parser goes: never a cell's value."""
 
@@ -188,6 +200,8 @@ class _Text(_Column):
         return s
 
     def parse_native(self, v: Any) -> Any:
+        if isinstance(v, _Written):
+            return self.parse_str(v.text)
         if type(v) is int or isinstance(v, Decimal | uuid.UUID):  # ids from a database
             return self.parse_str(str(v))
         raise self.refused(v)

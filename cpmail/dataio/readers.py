@@ -32,6 +32,7 @@ from cpmail.dataio.converters import (
     _Obj,
     _shown,
     _TooDeep,
+    _Written,
 )
 from cpmail.errors import InputError
 
@@ -146,12 +147,19 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
 def _json_int(text: str) -> int | Decimal:
     # Python refuses to convert more than 4,300 digits to int; a cell never needs that many,
     # and as a Decimal it is refused by its column with the row and column named.
-    return int(text) if len(text) <= JSON_INT_DIGITS else Decimal(text)
+    if len(text) > JSON_INT_DIGITS or text == "-0":  # (-0: kept as written by a text column)
+        return _Written(text)
+    return int(text)
+
+
+def _not_json(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's parser takes and JSON does not have."""
+    raise json.JSONDecodeError(f"{name} is not JSON; write a number, or text in quotes", "", 0)
 
 
 def _json_decoder() -> json.JSONDecoder:
     return json.JSONDecoder(
-        object_pairs_hook=_Obj, parse_float=Decimal, parse_int=_json_int, parse_constant=Decimal
+        object_pairs_hook=_Obj, parse_float=_Written, parse_int=_json_int, parse_constant=_not_json
     )
 
 
