@@ -117,5 +117,8 @@ def _mailto(address: str) -> str:
     return f"mailto:{urllib.parse.quote(local, safe=_ATEXT)}@{ascii_domain(domain)}"
 
 
-# What a local part may hold as it is (RFC 5322 atext, but % and / and ?, and the dot).
-_ATEXT = "!#$&'*+-=^_`{|}~."
+# What a local part may hold as it is in a mailto: URI (RFC 6068 section 2): the
+# unreserved characters, which quote() always keeps, and of RFC 5322's atext those
+# a URI allows where they stand. "#", "&", "=", "^", "`", "{", "|" and "}" are escaped:
+# raw, they end the address ("#" starts a fragment) or are no URI at all.
+_ATEXT = "!$'*+"

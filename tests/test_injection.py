@@ -756,3 +756,37 @@ def test_an_invitation_holds_no_control_character_and_adds_nothing(
             [event["attendee"]] if not isinstance(event["attendee"], list) else event["attendee"]
         )
     ] == ["mailto:kl@agency.test"]
+
+
+@pytest.mark.parametrize(
+    "local",
+    ["rita#patel", "a&b=c", "x{y}|z", "caret^tick`", "o'brien+tag", "per%cent", "q?uery", "sl/ash"],
+)
+def test_an_invitations_mailto_uri_is_the_whole_address(local: str) -> None:
+    """Characters an address may hold but a mailto: URI may not hold raw are escaped
+    (RFC 6068): a client reading the URI strictly finds the whole address, not a part."""
+    import urllib.parse
+
+    import icalendar
+
+    from cpmail.addresses import check_address
+    from cpmail.ics import event_ics
+
+    address = f"{local}@agency.test"
+    check_address(address)  # one cpmail takes as a work e-mail
+    raw = event_ics(
+        uid_seed="calendar:CE1",
+        title="Shoot",
+        starts_at=dt.datetime(2026, 12, 1, 10),
+        ends_at=None,
+        location=None,
+        notes=None,
+        tz=dt.UTC,
+        organizer=("ops@agency.test", "Ops"),
+        attendees=[(address, "Rita")],
+    )
+    uri = str(icalendar.Calendar.from_ical(raw).walk("VEVENT")[0]["attendee"])
+    parts = urllib.parse.urlsplit(uri)
+    assert (parts.scheme, parts.query, parts.fragment) == ("mailto", "", ""), uri
+    assert not set(parts.path) & set("#&=^`{|}?/ "), uri
+    assert urllib.parse.unquote(parts.path) == address, uri
