@@ -376,6 +376,52 @@ def _png(width: int, height: int) -> bytes:
     )
 
 
+def test_an_svg_logo_draws_nothing_from_the_network_or_other_files(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    """An SVG can name images; rendering fetches none of them: no web address (127.0.0.1
+    stands for any), no other file of the machine. The logo itself is drawn."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = _png(8, 8)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(_png(60, 60))
+    (home / "logo.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        'width="120" height="40"><rect width="120" height="40" fill="#123"/>'
+        f'<image href="http://127.0.0.1:{server.server_port}/tracker.png" width="8" height="8"/>'
+        f'<image xlink:href="{elsewhere.as_uri()}" width="60" height="60"/></svg>',
+        encoding="utf-8",
+    )
+    try:
+        set_agency(agency, **{"agency.logo": "logo.svg"})
+        data = render(agency, tmp_path, "invoice", "B1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == []
+    page = pypdf.PdfReader(io.BytesIO(data)).pages[0]
+    assert len(page.images) == 0  # the rectangle is drawn as a vector; no image came in
+    assert data.startswith(b"%PDF-")
+
+
 def test_logo_is_drawn_and_a_missing_logo_is_refused(
     agency: Cli, home: Path, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from cpmail import __version__
 from cpmail.errors import InputError
 from cpmail.reports import cashflow, documents
-from cpmail.reports.render import html_to_pdf, logo_uri, render_html
+from cpmail.reports.render import html_to_pdf, logo_uri, override_dir, render_html
 from cpmail.settings import Settings, write_atomic
 
 KINDS: tuple[str, ...] = ("invoice", "estimate", "purchase-order", "cash-flow")
@@ -150,13 +150,20 @@ def cash_flow_report(conn: sa.Connection, as_of: dt.date) -> Report:
 
 def render(report: Report, settings: Settings) -> bytes:
     """The report as PDF bytes."""
+    logo = logo_uri(settings)
     agency = {
         "name": settings["agency.name"].strip(),
         "address": settings["agency.address"].strip(),
-        "logo": logo_uri(settings),
+        "logo": logo,
     }
     html = render_html(settings, report.template, {**report.context, "agency": agency})
-    return html_to_pdf(html, paper=settings["agency.paper"], base_url=settings.home)
+    return html_to_pdf(
+        html,
+        paper=settings["agency.paper"],
+        base_url=settings.home,
+        files=[logo] if logo else [],
+        folders=[override_dir(settings)],  # what a person's own templates draw
+    )
 
 
 def write(pdf: bytes, out: Path) -> None:

@@ -7,7 +7,7 @@ weasyprint is imported inside ``html_to_pdf`` only: it is slow to import and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -109,16 +109,51 @@ def render_html(settings: Settings, template: str, context: Mapping[str, Any]) -
         ) from None
 
 
-def html_to_pdf(html: str, *, paper: str, base_url: Path) -> bytes:
-    """Lay out ``html`` on ``paper`` (letter or a4) and return the PDF bytes."""
+def html_to_pdf(
+    html: str,
+    *,
+    paper: str,
+    base_url: Path,
+    files: Sequence[str] = (),
+    folders: Sequence[Path] = (),
+) -> bytes:
+    """Lay out ``html`` on ``paper`` (letter or a4) and return the PDF bytes.
+
+    Nothing is fetched but ``data:`` URIs, the ``file://`` URIs in ``files``
+    and the files inside ``folders``: an SVG logo or a template naming a web
+    address, or another file of this machine, gets nothing (it is left out
+    of the page, as an image that cannot be loaded).
+    """
     import logging
+    import urllib.parse
+    import urllib.request
 
     import weasyprint
+
+    folders = [f.resolve() for f in folders]
+
+    def allowed(url: str) -> bool:
+        scheme = url.partition(":")[0].lower()
+        if scheme == "data":
+            return True
+        if scheme != "file":
+            return False
+        if url.split("?")[0] in files:
+            return True
+        path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path)).resolve()
+        return any(path.is_relative_to(f) for f in folders)
+
+    class Fetcher(weasyprint.URLFetcher):  # type: ignore[misc]
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            if not allowed(url):
+                raise ValueError(f"not fetched: {url[:80]}")
+            return super().fetch(url, headers)
 
     # weasyprint logs every CSS property it ignores at WARNING; a person's
     # template should not make `cpmail report` noisy on stderr.
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
-    page = weasyprint.CSS(string=f"@page {{ size: {paper}; }}")
-    document = weasyprint.HTML(string=html, base_url=str(base_url))
+    fetcher = Fetcher()
+    page = weasyprint.CSS(string=f"@page {{ size: {paper}; }}", url_fetcher=fetcher)
+    document = weasyprint.HTML(string=html, base_url=str(base_url), url_fetcher=fetcher)
     pdf: bytes = document.write_pdf(stylesheets=[page])
     return pdf
