@@ -50,9 +50,14 @@ class TransportError(CpmailError):
 
     exit_code = 3
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, maybe_sent: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # The message was handed over and no answer said what became of it: the
+        # server may have it (sent again later, the recipient may get it twice).
+        self.maybe_sent = maybe_sent
 
 
 class TemporaryFailure(TransportError):

@@ -406,6 +406,8 @@ class Delivery:
     status: dict[int, str] = field(default_factory=dict)  # id -> sent|deferred|failed
     events: dict[int, str] = field(default_factory=dict)  # id -> event
     errors: dict[int, str] = field(default_factory=dict)
+    # handed over with no answer to say what became of them: the server may have them
+    unsure: set[int] = field(default_factory=set)
     waiting: int = 0  # left for later (outside the send window)
     released: int = 0  # claimed but not sent (the run was stopped): back in the queue
     notes: list[str] = field(default_factory=list)  # what a person should know (paced mail)
@@ -422,6 +424,7 @@ class Delivery:
         self.status.update(other.status)
         self.events.update(other.events)
         self.errors.update(other.errors)
+        self.unsure |= other.unsure
         self.notes.extend(other.notes)
         self.released += other.released
         self.expired.update(other.expired)
@@ -761,6 +764,8 @@ class _Recorder:
         """Note ``outcome`` to be written by the next ``write``."""
         for observe in self.observers:
             observe(outcome)
+        if outcome.error is not None and outcome.error.maybe_sent:
+            self.result.unsure.add(outcome.id)
         self.pending.append(outcome)
         if _clean(outcome) or outcome.accepted:
             self.held.keep.add(outcome.id)

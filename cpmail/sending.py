@@ -228,13 +228,21 @@ def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailErro
     deferred = [i for i, s in result.status.items() if s == Status.DEFERRED]
     if failed:
         i = failed[0]
-        return NotDelivered(
-            f"{what} failed: {result.errors.get(i, 'refused')}; see `cpmail log --status failed`."
-        )
+        why = result.errors.get(i, "refused").rstrip(".")
+        return NotDelivered(f"{what} failed: {why}; see `cpmail log --status failed`.")
     if deferred:
         i = deferred[0]
+        why = result.errors.get(i, "temporary failure").rstrip(".")
+        if i in result.unsure:
+            # Saying "not accepted" would be untrue, and sending it again by hand
+            # would be one copy more.
+            return NotDelivered(
+                f"{what} went to the server, which did not say it took it ({why}); it may "
+                "have arrived, and the next `cpmail check` sends it again: do not send it "
+                "again yourself."
+            )
         return NotDelivered(
-            f"{what} was not accepted yet ({result.errors.get(i, 'temporary failure')}); it stays "
-            "in the outbox and the next `cpmail check` tries again (or `cpmail outbox retry`)."
+            f"{what} was not accepted yet ({why}); it stays in the outbox and the next "
+            "`cpmail check` tries again (or `cpmail outbox retry`)."
         )
     return None

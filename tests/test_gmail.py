@@ -372,6 +372,68 @@ def test_server_error_is_temporary_with_an_http_date_retry_after(
     assert outcome.retry_after is not None and 590 < outcome.retry_after <= 600
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"), [("1e12", 86400.0), ("inf", None), ("nan", None), ("-inf", None)]
+)
+def test_an_absurd_retry_after_is_bounded_or_ignored(
+    gmail_home: Path, fake: FakeAPI, header: str, expected: float | None
+) -> None:
+    """A wait of 31,000 years, or no number, is no reason to stop the run or the account."""
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, Reply(429, gmail_error(429, "Too many requests"), {"Retry-After": header}))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    assert outcome.retry_after == expected
+
+
+@pytest.mark.parametrize("errors", [5, {"reason": "backendError"}, [5, "x", None], "text"])
+def test_an_error_body_of_an_unexpected_shape_is_still_read(
+    gmail_home: Path, fake: FakeAPI, errors: Any
+) -> None:
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    body = {"error": {"code": 503, "message": "Backend Error", "errors": errors}}
+    fake.script(SEND, Reply(503, body))
+    outcomes = deliver(gmail_home, env(1), env(2))
+    assert isinstance(outcomes[0].error, TemporaryFailure)
+    assert "Backend Error" in str(outcomes[0].error)
+    assert outcomes[1].error is None  # the next message is not affected
+
+
+def test_408_is_temporary(gmail_home: Path, fake: FakeAPI) -> None:
+    """The server gave up waiting for the request: nothing was taken, try again later."""
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, Reply(408, gmail_error(408, "Request Timeout")))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure), outcome
+
+
+def test_a_message_with_no_answer_is_not_said_to_be_refused(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    """The server took the message and answered too late: the command must not say the
+    message was not accepted (the person would send it again: a third copy)."""
+    cli = Cli(gmail_home)
+    assert cli("init").exit_code == 0
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    add = ("staff", "add", "JD", "--name", "Jo Doe", "--work-email", "jd@agency.example")
+    assert cli(*add).exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    assert (
+        cli("config", "manager", "--name", "Boss", "--email", "boss@agency.example").exit_code == 0
+    )
+    assert cli("config", "set", "mail.gmail.timeout", "1").exit_code == 0
+    fake.stall = 2.5
+    r = cli("message", "manager", "hello")
+    assert r.exit_code == 1, r.output
+    deadline = time.monotonic() + 10
+    while not fake.sent and time.monotonic() < deadline:  # it answers late, then keeps it
+        time.sleep(0.05)
+    assert len(fake.sent) == 1  # the server has it
+    said = r.stderr
+    assert "not accepted" not in said and "may have arrived" in said, said
+    assert "do not send it again yourself" in said and ".)" not in said, said
+
+
 def test_400_is_permanent_with_gmails_words(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     fake.script(SEND, Reply(400, gmail_error(400, "Invalid To header", "invalidArgument")))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import email.utils
+import math
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -63,9 +64,10 @@ class Refusal:
             return cls(
                 response.status_code, "", mask_tokens(text or response.reason_phrase), (), wait
             )
+        listed = error.get("errors")
         reasons = tuple(
             str(e.get("reason", ""))
-            for e in error.get("errors") or []
+            for e in (listed if isinstance(listed, list) else [])
             if isinstance(e, dict) and e.get("reason")
         )
         code = mask_tokens(str(error.get("code", "")))
@@ -176,11 +178,13 @@ class ApiTransport(Transport, Generic[S]):
     def _temporary(
         self, refusal: Refusal, said: str, wait: float | None, *, rate_limited: bool = False
     ) -> TemporaryFailure | None:
-        """429 (or another answer that says the rate is limited) and 5xx: try again later."""
+        """429 (or another answer that says the rate is limited), 408 and 5xx: try again later."""
         if refusal.status == 429 or rate_limited:
             text = f"{self.brand} is limiting the rate ({said})."
         elif refusal.status >= 500:
             text = f"{self.brand} had a server error ({said})."
+        elif refusal.status == 408:  # it gave up waiting for the request: nothing was taken
+            text = f"{self.brand} timed out waiting for the message ({said})."
         else:
             return None
         return TemporaryFailure(text, retry_after=wait)
@@ -189,22 +193,29 @@ class ApiTransport(Transport, Generic[S]):
         return PermanentFailure(f"{self.brand} refused the message ({said}).")
 
 
+# The longest wait a Retry-After is taken for: a day (a daily limit's reset is at most
+# that far); beyond it, or not a number at all, the header says nothing usable.
+RETRY_AFTER_MAX = 24 * 3600.0
+
+
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (a number of seconds or an HTTP date)."""
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date), at most a day."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    if not math.isfinite(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return min(max(0.0, seconds), RETRY_AFTER_MAX)
 
 
 def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
@@ -246,9 +257,11 @@ def api_post(http: httpx.Client, url: str, *, service: str, **kwargs: Any) -> ht
         ) from None
     except httpx.TimeoutException as e:
         raise NoAnswer(
-            f"{service} did not answer in time ({type(e).__name__}); it will be sent again."
+            f"{service} did not answer in time ({type(e).__name__}); it will be sent again.",
+            maybe_sent=True,
         ) from None
     except httpx.TransportError as e:
         raise TemporaryFailure(
-            f"{service} did not answer properly ({type(e).__name__}); trying again later."
+            f"{service} did not answer properly ({type(e).__name__}); it will be sent again.",
+            maybe_sent=True,
         ) from None

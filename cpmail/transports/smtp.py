@@ -534,14 +534,17 @@ class _Connection:
             answer = await wire.answer(self.cfg.timeout + len(body) / _BYTES_PER_SECOND)
         except aiosmtplib.SMTPTimeoutError:
             self._hang_up()
-            return Outcome(env.id, error=timed_out(where, self.cfg.timeout, "the message"))
+            error = timed_out(where, self.cfg.timeout, "the message")
+            error.maybe_sent = True  # all of it went: the server may have it
+            return Outcome(env.id, error=error)
         except aiosmtplib.SMTPServerDisconnected:
             # The server may or may not have the message: a temporary failure (sent again later).
             return Outcome(
                 env.id,
                 error=TemporaryFailure(
                     f"the SMTP server {where} closed the connection while the message was "
-                    "being sent; it will be sent again."
+                    "being sent; it will be sent again.",
+                    maybe_sent=True,
                 ),
             )
         if answer.code != 250:
