@@ -73,6 +73,12 @@ def send_now(
     for i in ids:
         if result.status.get(i, Status.DEFERRED) != Status.SENT:
             result.status[i] = Status.FAILED
+            if result.waiting:  # held for the send window: failed too, never sent later
+                result.errors[i] = (
+                    "the send window ([mail] send_window) is closed, and a test message is "
+                    "sent at once or not at all"
+                )
+    result.waiting = 0
     return ids, result
 
 
@@ -228,21 +234,32 @@ def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailErro
     deferred = [i for i, s in result.status.items() if s == Status.DEFERRED]
     if failed:
         i = failed[0]
-        why = result.errors.get(i, "refused").rstrip(".")
+        why = _why(result.errors.get(i, "refused"))
+        if i in result.unsure:  # a test message, given up: it is not sent again
+            return NotDelivered(
+                f"{what} went to the server, which did not say it took it ({why}); it may "
+                "have arrived, and it is not sent again."
+            )
         return NotDelivered(f"{what} failed: {why}; see `cpmail log --status failed`.")
     if deferred:
         i = deferred[0]
-        why = result.errors.get(i, "temporary failure").rstrip(".")
+        why = _why(result.errors.get(i, "temporary failure"))
         if i in result.unsure:
             # Saying "not accepted" would be untrue, and sending it again by hand
             # would be one copy more.
             return NotDelivered(
                 f"{what} went to the server, which did not say it took it ({why}); it may "
-                "have arrived, and the next `cpmail check` sends it again: do not send it "
-                "again yourself."
+                "have arrived, and it stays in the outbox for the next `cpmail check` to "
+                "send again: do not send it again yourself."
             )
         return NotDelivered(
             f"{what} was not accepted yet ({why}); it stays in the outbox and the next "
             "`cpmail check` tries again (or `cpmail outbox retry`)."
         )
     return None
+
+
+def _why(error: str) -> str:
+    """A recorded error as a clause inside a sentence: without its full stop, and without
+    "it will be sent again", which the sentence itself says or denies."""
+    return error.rstrip(".").removesuffix("; it will be sent again")

@@ -55,6 +55,22 @@ def test_send_window_keeps_mail_until_it_opens(
     assert json.loads(cli("outbox", "--json").stdout) == []
 
 
+def test_a_test_message_outside_the_send_window_is_said_to_have_failed(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A test message is sent at once or not at all: with the window closed it failed for
+    good, and saying it "waits in the outbox" would be untrue (the outbox is empty)."""
+    _agency(cli, home, smtp_server)
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    for args in (("staff", "test", "JD"), ("config", "test")):
+        r = cli(*args)
+        assert r.exit_code == 1, r.output
+        assert "waits" not in r.stderr and "failed" in r.stderr, r.stderr
+        assert "send window" in r.stderr and "at once or not at all" in r.stderr, r.stderr
+    assert smtp_server.messages == []
+    assert json.loads(cli("outbox", "--json").stdout) == []
+
+
 def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
