@@ -247,6 +247,10 @@ def _run_check(
             "prefix": settings["mail.subject_prefix"],
         },
     )
+    if settings["manager.email"]:
+        # Rendered now with an example, so that a template that fails on it stops the run
+        # before anything is sent (exit 2, nothing changed), not after the mail went.
+        _failure_summary(renderer, settings, [_EXAMPLE_FAILURE])
     result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
     groups = _route(found, directory, settings, summary, digest_choices(engine))
     if dry_run:
@@ -302,7 +306,9 @@ def _run_check(
             f"{delivery.waiting} message(s) wait in the outbox for the send window "
             f"({settings['mail.send_window']})."
         )
-    manager = _tell_manager(engine, settings, transport, sender, delivery, renderer, run_id)
+    manager = _tell_manager(
+        engine, settings, transport, sender, delivery, renderer, run_id, result.notice
+    )
     if manager is not None:  # the summary to the manager is mail of this run too: counted
         for status in manager.status.values():
             if status in (Status.SENT, Status.DEFERRED, Status.FAILED):
@@ -691,6 +697,30 @@ def _draft(p: Planned, sender: Sender) -> Draft:
 FAILURE_SUMMARY = "failure-summary"  # the event of the message to the manager
 
 
+# A failure like those the manager's summary lists, to render it before a run sends anything.
+_EXAMPLE_FAILURE = {
+    "subject": "[C&P] Task due today: Proofread page 3 (job J1)",
+    "to": "pat@example.com",
+    "error": "the SMTP server mail.example.com:587 refused the message: 550 5.1.1 no such user",
+}
+
+
+def _failure_summary(
+    renderer: Renderer, settings: Settings, failures: list[dict[str, Any]]
+) -> tuple[str, str, str]:
+    """(subject, text, html) of the summary to the manager of ``failures``."""
+    return renderer.render(
+        "failure-summary",
+        {
+            "event": FAILURE_SUMMARY,
+            "count": len(failures),
+            "host": socket.gethostname(),
+            "failures": failures,
+            "recipient": {"name": settings["manager.name"], "address": settings["manager.email"]},
+        },
+    )
+
+
 def _tell_manager(
     engine: sa.Engine,
     settings: Settings,
@@ -699,10 +729,12 @@ def _tell_manager(
     delivery: Delivery,
     renderer: Renderer,
     run_id: str,
+    notice: list[str],
 ) -> Delivery | None:
     """One summary message to the system manager when mail failed for good in this run.
 
-    Return how its delivery went (None when there was nothing to tell).
+    Return how its delivery went (None when there was nothing to tell). A summary
+    that cannot be written is said in ``notice``: the run's own report still stands.
     """
     failed = [i for i, s in delivery.status.items() if s == Status.FAILED]
     manager = settings["manager.email"]
@@ -713,18 +745,12 @@ def _tell_manager(
         rows = conn.execute(
             sa.select(m.subject, m.to_addrs, m.last_error).where(m.id.in_(failed))
         ).all()
-    subject, text, html = renderer.render(
-        "failure-summary",
-        {
-            "event": "failure-summary",
-            "count": len(rows),
-            "host": socket.gethostname(),
-            "failures": [
-                {"subject": r.subject, "to": r.to_addrs, "error": r.last_error} for r in rows
-            ],
-            "recipient": {"name": settings["manager.name"], "address": manager},
-        },
-    )
+    failures = [{"subject": r.subject, "to": r.to_addrs, "error": r.last_error} for r in rows]
+    try:
+        subject, text, html = _failure_summary(renderer, settings, failures)
+    except ConfigError as e:  # (it rendered at the start; these failures broke it)
+        notice.append(f"the summary of failed mail was not sent to the manager: {e}")
+        return None
     msg = build_message(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(manager, settings["manager.name"])],

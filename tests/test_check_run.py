@@ -9,8 +9,10 @@ import time
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+import cpmail
 from cpmail.settings import Settings
 from cpmail.store import connect
 from tests.agency import D, at, base_agency, insert
@@ -148,6 +150,47 @@ def test_manager_gets_one_summary_when_mail_fails_for_good(
     assert "2 messages" in summary[0]["Subject"]
     assert "alice@agency.test" in text and "mailbox unavailable" in text
     assert [a.addr_spec for m in got for a in m["To"].addresses].count("carl@agency.test") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "sent_before"),
+    [
+        ("{{ 1/0 }}", False),  # fails on any failure: found before anything is sent
+        # fails only on this run's failure (not on the example): said, not hidden
+        ('{{ 1 / ("mailbox unavailable" not in failures[0].error)|int }}', True),
+    ],
+)
+def test_a_failure_summary_that_cannot_be_written_never_hides_what_was_sent(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, body: str, sent_before: bool
+) -> None:
+    """Exit 2 means nothing was sent: a broken summary template must not be said after
+    the run sent mail. It is found at the start, or said beside the run's own report."""
+    engine = _agency(cli, home, smtp_server)
+    cli("config", "manager", "--name", "Mary Manager", "--email", "mary@agency.test")
+    (home / "templates" / "email").mkdir(parents=True)
+    builtin = Path(cpmail.__file__).parent / "templates" / "email" / "failure-summary.txt"
+    text = builtin.read_text(encoding="utf-8").replace(
+        "{% block body %}", "{% block body %}" + body
+    )
+    assert text != builtin.read_text(encoding="utf-8")
+    (home / "templates" / "email" / "failure-summary.txt").write_text(text, encoding="utf-8")
+    if not sent_before:
+        assert "failure-summary.txt" in cli("check", "--dry-run", "--date", D.isoformat()).stderr
+    smtp_server.fail_rcpt = {"alice@agency.test": "550 5.1.1 mailbox unavailable"}
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
+    with engine.connect() as conn:
+        sent = conn.execute(sa.text("SELECT count(*) FROM messages WHERE status = 'sent'")).scalar()
+    if not sent_before:
+        assert r.exit_code == 2 and "failure-summary.txt" in r.stderr, r.output
+        assert smtp_server.messages == [] and sent == 0
+        return
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    assert doc["totals"]["sent"] == len(smtp_server.messages) == sent > 0, doc["totals"]
+    assert doc["totals"]["failed"] == 1
+    assert "summary of failed mail was not sent to the manager" in r.stderr, r.stderr
+    assert any("summary of failed mail" in n for n in doc["notes"]), doc["notes"]
+    assert "failure-summary.txt" in r.stderr
 
 
 def test_mail_given_up_after_max_age_is_counted_said_and_told_to_the_manager(

@@ -96,6 +96,8 @@ def _check(
             progress.stop()
     if json:
         emit_json(_json(c, result, dry_run))
+        for line in _notes(result):  # what a person should know, on stderr as without --json
+            c.note(line)
     elif dry_run:
         _print_dry_run(c, result)
     else:
@@ -206,6 +208,12 @@ def _progress(silent: bool) -> _Bar | None:
     return None if silent or not sys.stderr.isatty() else _Bar()
 
 
+def _notes(result: Any) -> list[str]:
+    """What a person should know of the run beyond its counts (the send window, paced
+    accounts, a summary to the manager that could not be written)."""
+    return [*result.notice, *(result.delivery.notes if result.delivery is not None else [])]
+
+
 def _json(c: Any, result: Any, dry_run: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "date": result.date,
@@ -213,6 +221,7 @@ def _json(c: Any, result: Any, dry_run: bool) -> dict[str, Any]:
         "enabled": result.enabled,
         "summary": [{"event": ev, **s.as_dict()} for ev, s in result.summary.items()],
         "totals": result.totals(),
+        "notes": _notes(result),
     }
     if dry_run:
         out["messages"] = [
@@ -320,11 +329,8 @@ def _print_summary(c: Any, result: Any) -> None:
         c.note(
             "Sending is off: notifications were recorded as suppressed (`cpmail config enable`)."
         )
-    for line in result.notice:
+    for line in _notes(result):
         c.note(line)
-    if result.delivery is not None:
-        for line in result.delivery.notes:
-            c.note(line)
     if result.earlier:
         e = result.earlier
         dropped = f", {e['dropped']} dropped (what it reminds of had begun)" if e["dropped"] else ""
@@ -332,9 +338,9 @@ def _print_summary(c: Any, result: Any) -> None:
             f"From the outbox (earlier runs): {e['sent']} sent, {e['deferred']} deferred, "
             f"{e['failed']} failed{dropped}."
         )
-    line = None if interrupt.requested() is not None else _waiting_line(c, result)
-    if line:
-        c.note(line)
+    waiting_line = None if interrupt.requested() is not None else _waiting_line(c, result)
+    if waiting_line:
+        c.note(waiting_line)
     if result.sender is not None and c.settings["mail.transport"] == "file" and totals["sent"]:
         c.say(f"Messages were written to {c.settings.mail_dir}")
 
