@@ -182,7 +182,7 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     """Connect with a short timeout; never raise for a database that is down."""
     import sqlalchemy as sa
 
-    from cpmail.store import SCHEMA_REVISION, make_engine, sqlite_path
+    from cpmail.store import SCHEMA_REVISION, check_driver, make_engine, sqlite_path
 
     url = settings.db_url
     where = (
@@ -194,21 +194,20 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if path and not Path(path).exists():
+            try:
+                check_driver(url)
+            except CpmailError as e:
+                db.error = str(e).rstrip(".")
+                return None, db
             db.error = f"there is no database at {path}; run `cpmail init` first"
             return None, db
-        try:
-            engine = make_engine(url)
-        except CpmailError as e:
-            db.error = str(e)
-            return None, db
-    else:
-        args = {"connect_timeout": DB_CONNECT_TIMEOUT} if url.startswith("postgresql") else {}
-        try:
-            engine = sa.create_engine(url, connect_args=args, pool_pre_ping=True)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as e:
-            # (a ValueError's words may quote the URL: a password where the port goes)
-            db.error = f"database.url is not a database URL cpmail can use ({type(e).__name__})"
-            return None, db
+    args = {"connect_timeout": DB_CONNECT_TIMEOUT} if url.startswith("postgresql") else None
+    try:
+        # (its errors never quote the URL, which may hold the password)
+        engine = make_engine(url, connect_args=args)
+    except CpmailError as e:
+        db.error = str(e).rstrip(".")
+        return None, db
     try:
         with engine.connect() as conn:
             row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()

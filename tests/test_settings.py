@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -516,3 +517,31 @@ def test_holidays_are_a_country_the_holidays_package_knows(initialised: Cli, hom
     for good, kept in (("gb", "GB"), ("USA", "USA"), ("", "")):
         assert initialised("config", "set", "check.holidays", good).exit_code == 0, good
         assert initialised("config", "get", "check.holidays").stdout.strip() == kept, good
+
+
+def test_a_database_whose_driver_is_not_installed_is_a_setting_to_fix(cli: Cli) -> None:
+    """Not an internal error (exit 70): one sentence naming the driver, exit 2."""
+    import importlib.util
+
+    missing = {
+        "postgresql+pg8000": "pg8000",
+        "postgresql+psycopg2": "psycopg2",
+        "mysql+mysqldb": "MySQLdb",
+        "sqlite+pysqlcipher": "pysqlcipher3",
+    }
+    urls = {
+        "sqlite+pysqlcipher": "sqlite+pysqlcipher://:pa55word@//tmp/never-made.db",
+    }
+    for driver, module in missing.items():
+        if importlib.util.find_spec(module) is not None:
+            continue  # installed here: not the case this tests
+        url = urls.get(driver, f"{driver}://u:pa55word@127.0.0.1:1/test")
+        env = {"CPMAIL_DATABASE_URL": url}
+        for args in (("init",), ("check", "--date", "2026-11-24"), ("log",)):
+            r = cli(*args, env=env)
+            assert r.exit_code == 2, (url, args, r.output)
+            assert f"'{driver}'" in r.stderr and "not installed" in r.stderr, r.stderr
+            assert "pa55word" not in r.output and "internal error" not in r.stderr
+        r = cli("status", "--json", env=env)
+        doc = json.loads(r.stdout)
+        assert "not installed" in doc["database"]["error"], doc["database"]

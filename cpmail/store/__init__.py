@@ -36,7 +36,9 @@ def sqlite_path(url: str) -> str:
     return "" if database == ":memory:" else database
 
 
-def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
+def make_engine(
+    url: str, *, busy_seconds: float = 60.0, connect_args: dict[str, Any] | None = None
+) -> sa.Engine:
     """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and BEGIN IMMEDIATE.
 
     BEGIN IMMEDIATE takes the write lock when a transaction starts, so two
@@ -49,7 +51,10 @@ def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
             from cpmail.settings import private_dir
 
             private_dir(Path(path).parent)
-        engine = sa.create_engine(url, connect_args={"timeout": busy_seconds})
+        try:
+            engine = sa.create_engine(url, connect_args={"timeout": busy_seconds})
+        except ImportError as e:  # sqlite+pysqlcipher:// without its driver
+            raise _no_driver(sa.engine.make_url(url).drivername, e) from None
 
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -79,16 +84,35 @@ def make_engine(url: str, *, busy_seconds: float = 60.0) -> sa.Engine:
             "in the password written as %40, %2F, %3A or %20."
         )
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args or {})
     except sa.exc.NoSuchModuleError:
         raise ConfigError(
             f"database.url names {parsed.drivername!r}, a database driver cpmail does not "
             "have; use postgresql+psycopg://… (or leave it empty for SQLite)."
         ) from None
+    except ImportError as e:  # a dialect cpmail knows, whose Python driver is not installed
+        raise _no_driver(parsed.drivername, e) from None
     except (sa.exc.ArgumentError, ValueError, TypeError):
         raise ConfigError(
             "database.url is not a database URL cpmail can use; check its options after '?'."
         ) from None
+
+
+def check_driver(url: str) -> None:
+    """ConfigError when the Python driver of an SQLite ``url`` is not installed."""
+    u = sa.engine.make_url(url)
+    try:
+        u.get_dialect().import_dbapi()
+    except ImportError as e:
+        raise _no_driver(u.drivername, e) from None
+
+
+def _no_driver(drivername: str, e: ImportError) -> ConfigError:
+    module = f" ({e.name})" if e.name else ""
+    return ConfigError(
+        f"database.url names {drivername!r}, whose Python driver{module} is not installed; "
+        "use postgresql+psycopg://…, which cpmail installs, or install that driver."
+    )
 
 
 def _alembic_config(engine: sa.Engine, conn: sa.Connection) -> Any:
@@ -148,8 +172,10 @@ def describe(url: str) -> str:
         u = sa.engine.make_url(url)
     except Exception:
         return "named by database.url"
-    host = u.host or "localhost"
-    port = f":{u.port}" if u.port else ""
+    # libpq also takes the host and port as options (?host=…&port=…), and a socket's folder
+    query = {k: v if isinstance(v, str) else ",".join(v) for k, v in u.query.items()}
+    host = u.host or query.get("host") or "localhost"
+    port = f":{u.port or query['port']}" if u.port or query.get("port") else ""
     return f"{u.get_backend_name()} {u.database or ''!s} on {host}{port}".replace("  ", " ")
 
 
@@ -162,6 +188,7 @@ def connect(url: str, *, where: str, busy_seconds: float = 60.0) -> sa.Engine:
     """
     sqlite = url.startswith("sqlite")
     if sqlite and not Path(sqlite_path(url)).exists():
+        check_driver(url)  # `cpmail init` would fail for want of it: say that first
         raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
     engine = make_engine(url, busy_seconds=busy_seconds)
     try:
