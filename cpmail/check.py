@@ -209,7 +209,8 @@ def run_check(
         result = _run_check(engine, settings, secrets, home, run_id=run_id, **kwargs)
         if result.delivery is not None or not result.enabled:
             result.waiting = waiting(engine, settings, exclude_run=run_id)
-        held.counts = result.totals()
+        # (earlier runs' mail it sent or gave up on, too: it can be all an exit 1 is about)
+        held.counts = {**result.totals(), "earlier": dict(result.earlier)}
         held.exit_code = result.exit_code
     return result
 

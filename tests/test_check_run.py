@@ -394,6 +394,10 @@ def test_a_one_off_command_is_not_judged_by_other_mail_given_up_on(
     assert "gave up after 72 hours" in row["last_error"]
     got = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
     assert [m["X-Cpmail-Event"] for m in got[before:]] == ["failure-summary"]
+    # status accounts for that run's exit 1: the earlier mail it ended is in its counts
+    last = json.loads(cli("status", "--json").stdout)["last_check"]
+    assert last["exit_code"] == 1 and last["counts"]["earlier"] == {"failed": 1}, last
+    assert "from the outbox: 1 failed" in cli("status").stdout
 
 
 def test_a_digest_of_reminders_goes_while_any_of_its_events_is_ahead(

@@ -89,6 +89,10 @@ def _check(c: Ctx, h: Health) -> str:
         shown = [f"{v} {k}" for k, v in totals.items() if isinstance(v, int)]
         if shown:
             parts.append(", ".join(shown))
+        earlier = totals.get("earlier")
+        if isinstance(earlier, dict) and any(isinstance(v, int) and v for v in earlier.values()):
+            said = [f"{v} {k}" for k, v in earlier.items() if isinstance(v, int) and v]
+            parts.append("from the outbox: " + ", ".join(said))
     if lc.note:
         parts.append(lc.note)
     return " · ".join(parts)
