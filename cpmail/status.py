@@ -713,12 +713,14 @@ def gather(
     detail, transport_problem = _transport_detail(settings)
     engine, db = open_database(settings)
     window = window_opened(settings, now)
+    sender_problem: str | None = None
     try:
         last_check = outbox = None
         if engine is not None:
             stale = settings["outbox.stale_claim_minutes"]
             last_check = _last_check(engine, stale, now)
             outbox = _outbox(engine, settings, now, window)
+            sender_problem = _sender_problem(settings, engine)
         accounts = _accounts(settings, secrets, engine, now)
     except Exception as e:  # the database went away half-way
         import sqlalchemy as sa
@@ -748,8 +750,23 @@ def gather(
         window_open=window[0],
         probed=probe,
     )
+    if sender_problem is not None:
+        health.problems.append(sender_problem)
     _judge(health, settings)
     return health
+
+
+def _sender_problem(settings: Settings, engine: sa.Engine) -> str | None:
+    """Why `cpmail check` would find no account to send from (None when it would)."""
+    from cpmail.people import resolve_sender
+
+    if settings["mail.transport"] == "file":
+        return None  # it writes files without one
+    try:
+        resolve_sender(settings, engine, None)
+    except CpmailError as e:
+        return str(e).rstrip(".")
+    return None
 
 
 def _judge(h: Health, settings: Settings) -> None:

@@ -235,6 +235,8 @@ def test_an_account_not_signed_in_is_exit_3(initialised: Cli, home: Path) -> Non
 
 @pytest.fixture
 def ms_cli(initialised: Cli, home: Path, fake: FakeAPI) -> Cli:
+    add = ("staff", "add", "JD", "--name", "Jo Doe", "--work-email", "jd@agency.example")
+    assert initialised(*add).exit_code == 0
     settings = Settings.load(home)
     settings.set("mail.transport", "microsoft")
     settings.set("mail.microsoft.client_id", MS_CLIENT_ID)
@@ -314,6 +316,20 @@ def test_without_its_database_status_says_unknown_not_never(
     assert r.exit_code == 3, r.output
     assert "no check has run yet" not in r.stdout and "(no address)" not in r.stdout, r.stdout
     assert "unknown (no database)" in r.stdout
+
+
+def test_no_account_to_send_from_is_a_problem(initialised: Cli) -> None:
+    """Every check would stop with "no sender" (exit 2): status must not say HEALTHY."""
+    assert initialised("config", "smtp", "--host", "127.0.0.1", "--security", "none").exit_code == 0
+    code, doc = status(initialised)
+    assert code == 3 and any("no sender" in p for p in doc["problems"]), doc["problems"]
+    assert initialised("config", "set", "user.staff", "JD").exit_code != 0  # no such staff
+    add = ("staff", "add", "JD", "--name", "Jo Doe", "--work-email", "jd@agency.test")
+    assert initialised(*add).exit_code == 0
+    assert initialised("config", "set", "user.staff", "JD").exit_code == 0
+    assert initialised("staff", "edit", "JD", "--inactive").exit_code == 0
+    code, doc = status(initialised)
+    assert code == 3 and any("inactive" in p for p in doc["problems"]), doc["problems"]
 
 
 def test_an_account_known_only_from_the_log_is_not_this_machines_problem(
