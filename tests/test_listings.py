@@ -63,6 +63,10 @@ def test_log_shows_the_newest_50_unless_asked(demo: Cli) -> None:
     assert len(json.loads(demo("log", "--json", "--limit", "3").stdout)) == 3
     r = demo("log")
     assert "cpmail log --all" in r.stderr
+    # exactly as many as shown: there are no more to offer
+    n = len(everything)
+    assert "for more" not in demo("log", "--limit", str(n)).stderr
+    assert "for more" in demo("log", "--limit", str(n - 1)).stderr
 
 
 @pytest.mark.parametrize("flag", ["-q", "--quiet"])

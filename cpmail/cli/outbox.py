@@ -171,6 +171,7 @@ def log(
         if event not in (*NAMES, *OTHER_MAIL):
             kinds = ", ".join((*NAMES, *OTHER_MAIL))
             raise InputError(f"--event: {event!r} is not an event; give one of {kinds}.")
+    shown = None if all_ or (json and limit is None) else (limit or _LOG_ROWS)
     rows = list_messages(
         c.engine(),
         c.settings.tz(),
@@ -178,8 +179,10 @@ def log(
         since=since_utc,
         event=event,
         to=_addresses(c, to) if to else None,
-        limit=None if all_ or (json and limit is None) else (limit or _LOG_ROWS),
+        limit=None if shown is None else shown + 1,  # one more: are there more?
     )
+    more = shown is not None and len(rows) > shown
+    rows = rows[:shown]
     if json:
         emit_json(rows)
         return
@@ -191,8 +194,7 @@ def log(
         free=("to", "subject", "last_error", "from"),
         drop=("message_id", "from", "attempts", "last_error", "event"),
     )
-    shown = limit or _LOG_ROWS
-    if not all_ and len(rows) == shown:
+    if more:
         c.note(f"The newest {shown} shown; `cpmail log --all` or `--limit N` for more.")
 
 
