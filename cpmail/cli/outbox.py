@@ -182,7 +182,8 @@ def log(
         limit=None if shown is None else shown + 1,  # one more: are there more?
     )
     more = shown is not None and len(rows) > shown
-    rows = rows[:shown]
+    if more:
+        rows = rows[1:]  # (oldest first: the one read past the newest ``shown``)
     if json:
         emit_json(rows)
         return
