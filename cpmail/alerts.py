@@ -341,10 +341,20 @@ def send(urls: Sequence[str], title: str, body: str, kind: str = "info") -> list
 
 
 def _url_secrets(url: str) -> list[str]:
-    """The parts of an Apprise URL that may be tokens (everything but the scheme)."""
+    """The parts of an Apprise URL that may be tokens: all but the scheme and a host that
+    reads as one, as written and percent-decoded (Apprise's log quotes them decoded)."""
+    import urllib.parse
+
     rest = url.split("://", 1)[-1]
-    parts = re.split(r"[/:@?&=#]+", rest)
-    return sorted((p for p in parts if len(p) >= 6), key=len, reverse=True)
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host = netloc.rpartition("@")[2]
+    public = set(re.split(r"[:\[\]]+", host)) if _HOST_LIKE.fullmatch(host) else set()
+    found: set[str] = set()
+    for part in re.split(r"[/:@?&=#]+", rest):
+        for form in (part, urllib.parse.unquote(part), urllib.parse.unquote_plus(part)):
+            if len(form) >= 3 and form not in public:
+                found.add(form)
+    return sorted(found, key=len, reverse=True)
 
 
 def _shown(private: str) -> str:

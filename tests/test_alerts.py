@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -509,6 +510,21 @@ def test_alerts_test_says_which_url_worked(
     r = cli("alerts", "test", "--json")
     assert r.exit_code == 1
     assert [x["ok"] for x in json.loads(r.stdout)] == [True, False]
+
+
+@pytest.mark.parametrize("topic", ["Tq7Topic%2Dxyz", "Tq7"])
+def test_a_refused_alert_never_quotes_its_topic(initialised: Cli, topic: str) -> None:
+    """Apprise's words name an ntfy topic decoded ('Tq7Topic-xyz'), and a short one too:
+    the topic is the secret of an ntfy URL."""
+    refusing = Receiver(status=500)
+    try:
+        set_urls(initialised, f"ntfy://127.0.0.1:{refusing.port}/{topic}")
+        r = initialised("alerts", "test")
+    finally:
+        refusing.stop()
+    assert r.exit_code == 1 and "FAILED" in r.stdout, r.output
+    for secret in {topic, urllib.parse.unquote(topic)}:
+        assert secret not in r.output, r.output
 
 
 def test_help_does_not_import_apprise_or_the_status_code() -> None:
