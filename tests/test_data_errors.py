@@ -676,3 +676,21 @@ def test_json_numbers_are_kept_as_written_and_nan_is_not_json(loaded: Cli, tmp_p
     ):
         msg = refused(loaded, write(tmp_path, "clients.json", bad))
         assert f"{name} is not JSON" in msg, msg
+
+
+def test_an_error_is_one_line_whatever_the_key_holds(loaded: Cli, tmp_path: Path) -> None:
+    """A key with a line break or a terminal escape is shown escaped: the error stays one line
+    and the terminal is not recoloured."""
+    path = write(tmp_path, "clients.csv", 'id,name\nC1,Acme\n"K\nM\x1b[31mRED",\n')
+    msg = refused(loaded, path)
+    assert "\x1b" not in msg and "(id K\\nM\\x1b[31mRED)" in msg, msg
+
+
+def test_old_mac_line_ends_are_named_and_a_line_of_spaces_is_blank(
+    loaded: Cli, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "clients.csv", "id,name\rC1,Acme\rC9,New\r")
+    assert "carriage return alone" in refused(loaded, path)
+    path = write(tmp_path, "clients.csv", "id,name\nC1,Acme\n   \nC9,New\n")
+    r = loaded("data", "import", str(path))
+    assert r.exit_code == 0 and "2 rows" in r.stdout, r.output

@@ -47,11 +47,15 @@ class _TooDeep:
         return "[[…]]"
 
 
+# Characters that would break the one line an error is: shown as escapes (\n, \x00).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _clip(text: str, limit: int = 60) -> str:
-    """``text`` cut for an error message (a cell may hold megabytes)."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 20]}… ({len(text)} characters)"
+    """``text`` cut for an error message (a cell may hold megabytes), on one line."""
+    if len(text) > limit:
+        text = f"{text[: limit - 20]}… ({len(text)} characters)"
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _r(s: str) -> str:

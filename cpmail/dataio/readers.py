@@ -126,8 +126,8 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
                 line = prev + 1
                 prev = reader.line_num
                 if len(row) != n:
-                    if not row:
-                        continue
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # a blank line, or one of spaces only
                     raise InputError(
                         f"{src}, line {line}: {_plural(len(row), 'field')}, but the header has "
                         f"{_plural(n, 'column')}; check the commas and quotes on that line."
@@ -138,6 +138,12 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
                 raise InputError(
                     f"{src}, line {prev + 1}: a field is longer than {_MAX_SHOWN}, which no cell "
                     "of agency data is; check for a quote that is opened and never closed."
+                ) from None
+            if "new-line character seen in unquoted field" in str(e):
+                raise InputError(
+                    f"{src}, line {prev + 1}: a line ends in a carriage return alone (as on "
+                    "old Macs), which CSV readers take for no line end; save the file with "
+                    "ordinary line ends (LF or CRLF)."
                 ) from None
             raise InputError(
                 f"{src}, line {prev + 1}: not valid CSV ({e}); check the quotes on that line."
