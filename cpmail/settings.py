@@ -409,7 +409,9 @@ KEYS: dict[str, Key] = {
     "database.busy_seconds": Key(
         _float(0.1, 3600), 60.0, "seconds to wait for another process's lock on SQLite"
     ),
-    "source.url": Key(_url, "", "SQLAlchemy URL of the agency system's database, for `data pull`"),
+    "source.url": Key(
+        _db_url, "", "SQLAlchemy URL of the agency system's database, for `data pull`"
+    ),
     "reports.cash-flow.days": Key(
         _weekdays, [], 'weekdays `check` sends the cash-flow PDF, e.g. ["mon"]'
     ),

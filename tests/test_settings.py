@@ -545,3 +545,16 @@ def test_a_database_whose_driver_is_not_installed_is_a_setting_to_fix(cli: Cli) 
         r = cli("status", "--json", env=env)
         doc = json.loads(r.stdout)
         assert "not installed" in doc["database"]["error"], doc["database"]
+
+
+@pytest.mark.parametrize("key", ["database.url", "source.url"])
+def test_a_database_url_with_an_impossible_port_is_refused_when_set(
+    initialised: Cli, home: Path, key: str
+) -> None:
+    before = (home / "cpmail.toml").read_bytes()
+    for url in ("postgresql+psycopg://u@db:0/x", "postgresql+psycopg://u@db:99999/x"):
+        r = initialised("config", "set", key, url)
+        assert r.exit_code == 2 and key in r.stderr and "not a port" in r.stderr, r.output
+    r = initialised("config", "set", key, "postgresql+psycopg://u:pa55word@db:abc/x")
+    assert r.exit_code == 2 and "pa55word" not in r.output, r.output
+    assert (home / "cpmail.toml").read_bytes() == before
