@@ -179,7 +179,9 @@ def test_a_failure_summary_that_cannot_be_written_never_hides_what_was_sent(
     smtp_server.fail_rcpt = {"alice@agency.test": "550 5.1.1 mailbox unavailable"}
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json")
     with engine.connect() as conn:
-        sent = conn.execute(sa.text("SELECT count(*) FROM messages WHERE status = 'sent'")).scalar()
+        sent = conn.execute(
+            sa.text("SELECT count(*) FROM messages WHERE status = 'sent'")
+        ).scalar_one()
     if not sent_before:
         assert r.exit_code == 2 and "failure-summary.txt" in r.stderr, r.output
         assert smtp_server.messages == [] and sent == 0
