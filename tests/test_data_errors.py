@@ -694,3 +694,25 @@ def test_old_mac_line_ends_are_named_and_a_line_of_spaces_is_blank(
     path = write(tmp_path, "clients.csv", "id,name\nC1,Acme\n   \nC9,New\n")
     r = loaded("data", "import", str(path))
     assert r.exit_code == 0 and "2 rows" in r.stdout, r.output
+
+
+@pytest.mark.parametrize(
+    ("cell", "said"),
+    [('"X,Y"', "holds a comma"), ('"A\nB"', "holds a line break"), ('"A\x07B"', "control")],
+)
+def test_a_staff_id_that_no_list_could_name_is_refused(
+    loaded: Cli, tmp_path: Path, cell: str, said: str
+) -> None:
+    """Lists of staff (notify, attendees) are comma-separated: an ID with a comma could
+    never be named in one. Other IDs an agency system uses (a UUID, a space) are kept."""
+    head = "id,name,work_email\nJD,Jo Doe,jd@agency.test\n"
+    path = write(tmp_path, "staff.csv", head + f"{cell},Odd,odd@agency.test\n")
+    msg = refused(loaded, path)
+    assert "column id: " in msg and said in msg, msg
+    ok = write(
+        tmp_path,
+        "staff.csv",
+        "id,name,work_email\n3f2504e0-4f89-11d3-9a0c-0305e82c3301,Uu,uu@agency.test\n"
+        "A B,Ab,ab@agency.test\n",
+    )
+    assert loaded("data", "import", str(ok)).exit_code == 0

@@ -278,6 +278,27 @@ class _Address(_Checked):
         self.check = check_address
 
 
+class _StaffId(_TrimmedText):
+    """A staff member's ID: any text an agency system uses (UUIDs too), but no comma, which
+    separates the names in every list of staff (notify, attendees), and no line break."""
+
+    __slots__ = ()
+
+    def parse_str(self, s: str) -> Any:
+        s = super().parse_str(s)
+        if "," in s:
+            raise _Bad(f"{_r(s)} holds a comma, which separates the staff in every list")
+        if _UNPRINTABLE.search(s):
+            raise _Bad(f"{_r(s)} holds a line break or a control character")
+        return s
+
+    def convert(self, v: Any) -> Any:
+        if type(v) is str:
+            v = v.strip()
+            return self.parse_str(v) if v else self.on_empty()
+        return self.other(v)
+
+
 class _Workdays(_Checked):
     """Which days a staff member works, as `staff add --workdays` takes them: mon-fri …"""
 
@@ -583,6 +604,7 @@ _KINDS: dict[str, type[_Column]] = {
 
 # Columns that take what the staff commands take (`staff add`, `edit`, `mute`).
 _SPECIAL: dict[tuple[str, str], type[_Column]] = {
+    ("staff", "id"): _StaffId,
     ("staff", "planned_hours"): _PlannedHours,
     ("staff", "workdays"): _Workdays,
     ("staff_opt_out", "event"): _Event,
