@@ -549,6 +549,10 @@ def test_cash_flow_sent_by_check_on_its_day_only(agency: Agency) -> None:
     summary = {s["event"]: s for s in json.loads(r.stdout)["summary"]}
     assert summary["cash-flow"]["skipped"] == 1
     assert "CR (Carl Reed)" in json.dumps(summary["cash-flow"]["skip_reasons"])
+    # the same day again: nothing new, so nobody is newly left out either
+    r = agency.cli("check", "--date", (D + 7 * DAY).isoformat(), "--json")
+    summary = {s["event"]: s for s in json.loads(r.stdout)["summary"]}
+    assert "cash-flow" not in summary or summary["cash-flow"]["skipped"] == 0, summary
 
 
 @pytest.mark.skipif(

@@ -32,12 +32,13 @@ def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]
         return
     rows = {r.id: r for r in conn.execute(sa.select(staff).where(staff.c.id.in_(listed)))}
     allowed = []
+    left_out = []
     for sid in listed:
         row = rows.get(sid)
         if row is None:
-            run.skip(EVENT, f"{sid}: no staff member with that ID")
+            left_out.append(f"{sid}: no staff member with that ID")
         elif ACCESS not in {a.lower() for a in split_cell(row.access)}:
-            run.skip(EVENT, f"no cash-flow access: {sid} ({row.name})")
+            left_out.append(f"no cash-flow access: {sid} ({row.name})")
         else:
             allowed.append(row)
     day = run.date.isoformat()
@@ -48,8 +49,12 @@ def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]
         .all()
     )
     fresh = [r for r in allowed if keys[r.id] not in told]
+    if allowed and not fresh:
+        return  # sent already today: not rendered again, and those left out were said then
+    for why in left_out:
+        run.skip(EVENT, why)
     if not fresh:
-        return  # sent already today: the PDF is not rendered again
+        return
     from cpmail.reports import cash_flow_report, render
 
     report = cash_flow_report(conn, run.date)
