@@ -253,7 +253,8 @@ def _run_check(
         # before anything is sent (exit 2, nothing changed), not after the mail went.
         _failure_summary(renderer, settings, [_EXAMPLE_FAILURE])
     result = CheckResult(date, summary, [], dry_run=dry_run, enabled=enabled, sender=sender)
-    groups = _route(found, directory, settings, summary, digest_choices(engine))
+    left_out: dict[str, tuple[bool, Counter[str]]] = {}  # what each notification's routing skipped
+    groups = _route(found, directory, settings, summary, digest_choices(engine), left_out)
     if dry_run:
         plan = _planner(renderer, settings, sender, directory, keep_text=True)
         # split as the real run would, to what the transport takes
@@ -281,8 +282,12 @@ def _run_check(
             with contextlib.suppress(Exception):
                 unstamp_state_rows(engine, run_id)
         raise
-    for n in taken:  # a concurrent run queued these first: theirs to count, not this run's
-        summary[n.event].found -= 1
+    for n in taken:  # a concurrent run recorded these first: theirs to count, not this run's
+        s = summary[n.event]
+        s.found -= 1
+        nobody, reasons = left_out.get(n.key, (False, Counter()))
+        s.skipped -= nobody
+        s.skip_reasons -= reasons
     if incremental:
         settle_state_rows(engine, run_id)
     result.planned = list(ids.values())
@@ -503,11 +508,13 @@ def _route(
     settings: Settings,
     summary: dict[str, EventSummary],
     digests: dict[str, bool],
+    left_out: dict[str, tuple[bool, Counter[str]]],
 ) -> list[Group]:
     """Who gets each notification, grouped into messages (one person per message).
 
     ``digests`` holds the staff members' own choice (`staff edit --digest`) over
-    ``[mail] digest``.
+    ``[mail] digest``. What each notification's routing counted as skipped goes
+    in ``left_out`` (by key), to be taken back if another run records it first.
     """
     default = settings["mail.digest"]
     groups: dict[tuple[str, str, str], Group] = defaultdict(list)
@@ -517,6 +524,7 @@ def _route(
         if not routed.people:  # a notification that reaches nobody is skipped
             s.skipped += 1
         s.skip_reasons.update(routed.skipped)  # why, per recipient left out
+        left_out[n.key] = (not routed.people, Counter(routed.skipped))
         if n.invitation is not None:  # it names exactly who it goes to
             n.invitation.attendees = [(p.address, p.name) for p in routed.people]
         for person in routed.people:

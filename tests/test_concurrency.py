@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,18 +33,29 @@ def test_three_checks_at_once_deliver_each_notification_once(
             for i in range(300, 360)
         ],
     )
+    # and 20 for a client without a team: notifications that reach nobody (skipped)
+    insert(engine, "clients", [dict(id="C9", name="Lone Client", billing_email=None)])
+    insert(
+        engine,
+        "jobs",
+        [
+            dict(id=f"J{i}", client_id="C9", title=f"Job {i}", opened_at=at(D, 9))
+            for i in range(400, 420)
+        ],
+    )
     env = {**os.environ, "CPMAIL_HOME": str(home)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "cpmail", "-q", "check", "--date", D.isoformat()],
+            [sys.executable, "-m", "cpmail", "check", "--date", D.isoformat(), "--json"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         for _ in range(3)
     ]
-    codes = [p.wait(timeout=120) for p in procs]
-    assert codes == [0, 0, 0], [p.stderr.read() for p in procs if p.stderr]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0, 0], [err for _, err in outs]
     ids = Counter(
         message_from_bytes(m.data, policy=policy.default)["Message-ID"]
         for m in smtp_server.messages
@@ -51,6 +63,11 @@ def test_three_checks_at_once_deliver_each_notification_once(
     assert ids and max(ids.values()) == 1
     # 60 new jobs to a team of 3, missing time for AE, CR (+ CR's supervisor AE)
     assert len(ids) == 60 * 3 + 3
+    # Each notification is counted by the one run that recorded it: found once, and a
+    # skipped one skipped once, however the runs' finding and queueing interleaved.
+    totals = [json.loads(out)["totals"] for out, _ in outs]
+    assert sum(t["found"] for t in totals) == 60 + 20 + 2, totals
+    assert sum(t["skipped"] for t in totals) == 20, totals
 
 
 def test_a_live_runs_claims_are_judged_by_its_own_limit_not_the_readers(
