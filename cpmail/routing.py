@@ -63,6 +63,13 @@ class Directory:
             name = (r.name or "").strip().lower()
             if name:
                 self.by_name[name] = None if name in self.by_name else r.id
+        # The staff member whose mailbox an address is (None when several share it): mail
+        # to an `email:` address of theirs is theirs, in their digest.
+        self.by_mailbox: dict[str, str | None] = {}
+        for r in self.staff.values():
+            if r.active and valid_address(r.work_email or ""):
+                key = mailbox_key(r.work_email)
+                self.by_mailbox[key] = None if key in self.by_mailbox else r.id
         self.opted_out = {(r.staff_id, r.event) for r in conn.execute(sa.select(staff_opt_out))}
         self.teams: dict[str, list[tuple[str, str, frozenset[str] | None]]] = {}
         for r in conn.execute(sa.select(client_team)):
@@ -105,7 +112,12 @@ class Directory:
                 skipped[bad_address(repr(addr.strip()[:40]))] += 1
             elif mailbox_key(addr) not in seen:
                 seen.add(mailbox_key(addr))
-                people.append(Person(normal_address(addr), ""))
+                own = self.by_mailbox.get(mailbox_key(addr))
+                if own is not None:  # a staff member's own mailbox, written another way
+                    row = self.staff[own]
+                    people.append(Person(normal_address(row.work_email), row.name or "", own))
+                else:
+                    people.append(Person(normal_address(addr), ""))
         return Routed(people, skipped)
 
     def _expand(

@@ -73,6 +73,24 @@ def test_a_test_message_outside_the_send_window_is_said_to_have_failed(
     assert json.loads(cli("outbox", "--json").stdout) == []
 
 
+def test_a_digest_takes_in_mail_to_a_persons_mailbox_written_as_an_email_rule(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """`email:Alice@Agency.test` is Alice's own mailbox: with the digest on, what it brings
+    her joins what reaches her as staff, in one message (she got two)."""
+    _agency(cli, home, smtp_server)
+    assert cli("config", "set", "mail.digest", "true").exit_code == 0
+    rule = "email:Alice@Agency.test"
+    assert cli("config", "set", "events.job-opened.notify", rule).exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened,missing-time")
+    assert r.exit_code == 0, r.output
+    got = [message_from_bytes(m.data, policy=policy.default) for m in smtp_server.messages]
+    to_alice = [m for m in got if m["To"].addresses[0].addr_spec.lower() == "alice@agency.test"]
+    assert len(to_alice) == 1, [m["Subject"] for m in to_alice]
+    text = to_alice[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "J200" in text and "Spring launch" in text, text
+
+
 def test_a_reminder_held_back_until_its_event_began_is_dropped_not_sent(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
