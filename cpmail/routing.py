@@ -29,6 +29,7 @@ SKIP_INACTIVE = "inactive"
 SKIP_OPTED_OUT = "opted out"
 SKIP_BAD_ADDRESS = "bad address"
 SKIP_AMBIGUOUS = "a name several staff have"
+SKIP_NO_CLIENT = "a team rule on an entry of no client"
 
 
 def bad_address(who: str) -> str:
@@ -141,8 +142,11 @@ class Directory:
             elif rule in ("staff", "assignee"):  # nobody is assigned: count it, don't fail
                 skipped[SKIP_NO_ADDRESS] += 1
         elif rule == "team" or rule.startswith("team:"):
+            if not n.client_id:  # (a Homebase or vendor entry): no client, so no team
+                skipped[SKIP_NO_CLIENT] += 1
+                return
             role = rule[5:].lower() if rule.startswith("team:") else None
-            for sid, member_role, events in self.teams.get(n.client_id or "", []):
+            for sid, member_role, events in self.teams.get(n.client_id, []):
                 if role is not None and member_role.lower() != role:
                     continue
                 if events is not None and n.event not in events:

@@ -525,6 +525,22 @@ def test_diary_and_homebase_go_to_their_notify_lists(agency: Agency) -> None:
     assert to(hb) == ["carl@agency.test"]  # NO is inactive
 
 
+def test_a_team_rule_on_an_entry_of_no_client_is_a_skip_with_its_reason(
+    agency: Agency,
+) -> None:
+    """A Homebase entry belongs to no client, so `team:ae` names nobody: the check says why
+    (it said nothing, and the entry was recorded as told)."""
+    agency.add(
+        "homebase_entries",
+        dict(id="HB4", subject="New coffee", body="-", entered_at=at(D, 8), notify="team:ae"),
+        dict(id="HB5", subject="Parking", body="-", entered_at=at(D, 9), notify="team:ae,CR"),
+    )
+    r = agency.cli("check", "--date", D.isoformat(), "--only", "homebase-entry", "--json")
+    (row,) = [s for s in json.loads(r.stdout)["summary"] if s["event"] == "homebase-entry"]
+    assert (row["found"], row["sent"], row["skipped"]) == (2, 1, 1), row
+    assert row["skip_reasons"] == {"a team rule on an entry of no client": 2}, row
+
+
 def test_an_address_in_the_data_never_becomes_a_recipient(agency: Agency) -> None:
     """Rows written into the database by other means than `data import` (which refuses them)."""
     agency.add(
