@@ -784,7 +784,10 @@ class _Recorder:
         if not self.pending or self.fatal is not None:
             return
         batch, self.pending = self.pending, []
-        self._write_until_done(batch)
+        # The server has these messages: a second signal waits for their outcomes to be
+        # on record (stopped here, they would stay claimed and be sent again).
+        with interrupt.shielded():
+            self._write_until_done(batch)
 
     def flush(self) -> None:
         """Write what is left at the end of a run (or of an account's turn)."""

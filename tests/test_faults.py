@@ -239,6 +239,40 @@ def test_a_second_signal_waits_for_the_answers_to_messages_in_the_servers_hands(
     assert_each_once(smtp_server, ids)
 
 
+@pytest.mark.serial
+def test_a_second_signal_waits_for_an_outcome_to_be_written_while_the_database_is_busy(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The answer came, and its outcome waited for the database (another run writing): a
+    second signal dropped it, the message stayed claimed, and a later run sent it again."""
+    import sqlite3
+
+    prepare(cli, smtp_server, **{"outbox.stale_claim_minutes": "0.05"})
+    assert cli("config", "set", "mail.smtp.connections", "1").exit_code == 0
+    ids = queue_messages(home, 10)
+    smtp_server.accept_delay = 1.0  # each message waits 1 s for its answer
+    proc = spawn(home, "check", "--date", DATE)
+    wait_for(lambda: len(smtp_server.messages) >= 2)
+    time.sleep(0.2)  # the third is in the server's hands
+    other = sqlite3.connect(home / "cpmail.db", timeout=10, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: len(smtp_server.messages) >= 3)  # answered: its outcome waits to be written
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    other.execute("ROLLBACK")
+    other.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    s = statuses(home)
+    assert s["sending"] == 0 and s["sent"] == len(smtp_server.messages) == 3, s
+    smtp_server.accept_delay = 0
+    time.sleep(3.5)  # past the stale limit, should anything have stayed claimed
+    assert cli("check", "--date", DATE).exit_code == 0
+    assert_each_once(smtp_server, ids)
+
+
 @pytest.mark.parametrize(
     "args", [("message", "manager", "two"), ("outbox", "retry", "--all")], ids=["message", "retry"]
 )
