@@ -361,6 +361,41 @@ def test_a_server_that_stops_answering_ends_the_run_early(
     assert_each_once(smtp_server, ids)
 
 
+@pytest.mark.serial
+def test_a_server_judged_silent_is_handed_no_more_messages(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Each text handed to a server that then says nothing may be sent twice: once the run
+    has judged it silent, no connection hands over another (one per connection, not 5)."""
+    prepare(cli, smtp_server, **{"mail.smtp.timeout": "1"})
+    ids = queue_messages(home, 30)
+    smtp_server.stall_after = 0  # takes every text, answers none; counts down per text
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3 and "stopped answering" in r.stderr, r.output
+    handed_over = -smtp_server.stall_after
+    assert 1 <= handed_over <= 3, handed_over  # mail.smtp.connections
+    smtp_server.stall_after = None
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert_each_once(smtp_server, ids)
+
+
+@pytest.mark.parametrize("answer", ["354 go ahead", "220 ready"])
+def test_an_answer_out_of_step_is_no_refusal(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, answer: str
+) -> None:
+    """A 354 (or another answer that is no refusal) to RCPT means the answers and commands
+    are out of step, not that the recipient was refused for good: deferred, then sent."""
+    prepare(cli, smtp_server)
+    queue_messages(home, 1)
+    smtp_server.fail_rcpt = {"person0@agency.test": answer}
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 1, r.output
+    assert statuses(home)["deferred"] == 1 and smtp_server.messages == [], statuses(home)
+    smtp_server.fail_rcpt = {}
+    assert cli("outbox", "retry", "--all").exit_code == 0
+    assert len(smtp_server.messages) == 1
+
+
 # ------------------------------------------------------------------ the mail server down
 
 

@@ -443,6 +443,8 @@ class _Connection:
         if answer.code == 421:
             self._hang_up()
             raise _Resend(f"the SMTP server {where} closed the connection: {words}")
+        if _out_of_step(answer.code):
+            raise self._lost_step("MAIL FROM", answer.code)
         provider = provider_of(self.cfg.host, words)
         if account_refusal(answer.code, words) or (provider == "microsoft" and "5.7.30" in words):
             # Every message would meet the same answer: stop the run and say why.
@@ -476,6 +478,8 @@ class _Connection:
             if answer.code == 421:
                 self._hang_up()
                 raise _Resend(f"the SMTP server {where} closed the connection: {words}")
+            if _out_of_step(answer.code):
+                raise self._lost_step("RCPT TO", answer.code)
             (deferred if 400 <= answer.code < 500 else refused)[rcpt] = words
         if accepted:
             return accepted, deferred, refused
@@ -511,6 +515,8 @@ class _Connection:
             if isinstance(answer, Outcome):
                 return answer
             if answer.code != 354:
+                if _out_of_step(answer.code):
+                    raise self._lost_step("DATA", answer.code)
                 words = self.scrub(words_of(*answer))
                 await self._rset()
                 return Outcome(
@@ -548,6 +554,16 @@ class _Connection:
                 ),
             )
         if answer.code != 250:
+            if _out_of_step(answer.code):  # it may have the message: sent again, said so
+                self._hang_up()
+                return Outcome(
+                    env.id,
+                    error=TemporaryFailure(
+                        f"the SMTP server {where} answered the message with {answer.code}, "
+                        "an answer out of step; it will be sent again.",
+                        maybe_sent=True,
+                    ),
+                )
             words = self.scrub(words_of(*answer))
             await self._rset()
             return Outcome(
@@ -555,6 +571,15 @@ class _Connection:
             )
         self.previous = env.id
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
+
+    def _lost_step(self, command: str, code: int) -> _Resend:
+        """An answer no refusal is (a 250 or 354 where one was not due): the server's answers
+        are out of step with the commands. Nothing of the message went; a new line it is."""
+        self._hang_up()
+        return _Resend(
+            f"the SMTP server {self.cfg.address} answered {command} with {code}, an answer "
+            "out of step with the commands"
+        )
 
     def _refused_account(self, env: Envelope, words: str) -> AuthError:
         return refused_account(env, words, self.cfg, self.group.login)
@@ -577,6 +602,12 @@ class _Connection:
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+def _out_of_step(code: int) -> bool:
+    """Not an answer a refusal is (4xx, 5xx): where a refusal is all that can differ from
+    the answer due, anything else means the answers are out of step."""
+    return not 400 <= code < 600
 
 
 def _as_sent(raw: bytes) -> tuple[int, bytes]:
@@ -854,6 +885,8 @@ class _Run:
                         return
                 if not group.pending:
                     continue
+                if self.fatal is not None or self._stopping():
+                    break  # decided while this worker was connecting: hand over nothing more
                 env = group.pending.popleft()
                 if not self._admitted(env):
                     # The run stops or the account is paused: it stays claimed, unsent,
