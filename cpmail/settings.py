@@ -1033,5 +1033,8 @@ def _env_value(text: str) -> Any:
 
 
 def _parse_reason(e: Exception) -> str:
-    msg = str(e)
-    return re.sub(r"\s*at line \d+ col \d+\s*$", "", msg).rstrip(". ") or "not valid TOML"
+    msg = re.sub(r"\s*at line \d+ col \d+\s*$", "", str(e)).rstrip(". ")
+    if msg in ("Unexpected character: '\\x00'", "Unexpected end of file"):
+        # tomlkit's words for text that stops before a value, a string or a list is closed
+        return "the file ends before a value, a quoted text or a [list] is finished"
+    return msg or "not valid TOML"

@@ -558,3 +558,13 @@ def test_a_database_url_with_an_impossible_port_is_refused_when_set(
     r = initialised("config", "set", key, "postgresql+psycopg://u:pa55word@db:abc/x")
     assert r.exit_code == 2 and "pa55word" not in r.output, r.output
     assert (home / "cpmail.toml").read_bytes() == before
+
+
+@pytest.mark.parametrize("tail", ["[extra]\nx = [\n", '[extra]\nx = "no end'])
+def test_a_file_that_stops_mid_value_says_so(initialised: Cli, home: Path, tail: str) -> None:
+    """Not the parser's "Unexpected character: '\\x00'" (its mark for the end of the text)."""
+    path = home / "cpmail.toml"
+    path.write_text(path.read_text() + tail)
+    r = initialised("status")
+    assert r.exit_code == 2 and str(path) in r.stderr, r.output
+    assert "\\x00" not in r.stderr and "ends before" in r.stderr, r.stderr
