@@ -240,14 +240,7 @@ def _run_check(
     found, summary, directory, incremental = _find(
         engine, settings, date, only, skip, run_id, dry_run
     )
-    renderer = Renderer(
-        home,
-        {
-            "agency": {"name": settings["agency.name"], "address": settings["agency.address"]},
-            "run_date": date,
-            "prefix": settings["mail.subject_prefix"],
-        },
-    )
+    renderer = _renderer(settings, home, date)
     if settings["manager.email"]:
         # Rendered now with an example, so that a template that fails on it stops the run
         # before anything is sent (exit 2, nothing changed), not after the mail went.
@@ -712,6 +705,35 @@ _EXAMPLE_FAILURE = {
     "to": "pat@example.com",
     "error": "the SMTP server mail.example.com:587 refused the message: 550 5.1.1 no such user",
 }
+
+
+def _renderer(settings: Settings, home: Path | None, date: dt.date) -> Renderer:
+    """The run's templates (the home's first), with what every message of the run shares."""
+    return Renderer(
+        home,
+        {
+            "agency": {"name": settings["agency.name"], "address": settings["agency.address"]},
+            "run_date": date,
+            "prefix": settings["mail.subject_prefix"],
+        },
+    )
+
+
+def preview_failure_summary(settings: Settings, home: Path | None, date: dt.date) -> Planned:
+    """The summary to the manager as a check would write it, of an example failure."""
+    renderer = _renderer(settings, home, date)
+    subject, text, html = _failure_summary(renderer, settings, [_EXAMPLE_FAILURE])
+    return Planned(
+        event=FAILURE_SUMMARY,
+        events=[FAILURE_SUMMARY],
+        keys=[],
+        to=Person(settings["manager.email"], settings["manager.name"]),
+        subject=subject_line(settings, subject),
+        text=text,
+        html=html,
+        attachments=[],
+        thread=None,
+    )
 
 
 def _failure_summary(

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cpmail import demo
-from cpmail.check import Planned, run_check
+from cpmail.check import FAILURE_SUMMARY, Planned, preview_failure_summary, run_check
 from cpmail.errors import InputError
 from cpmail.events import check_names
 from cpmail.secrets import SecretStore
@@ -32,7 +32,7 @@ def preview(
     ``home`` holds the templates to render with; ``demo_settings`` are the
     demo agency's own (its name, its manager).
     """
-    if event != "digest":
+    if event not in ("digest", FAILURE_SUMMARY):
         check_names([event])
     with tempfile.TemporaryDirectory(prefix="cpmail-preview-") as tmp:
         where = Path(tmp)
@@ -45,6 +45,8 @@ def preview(
             s.set("mail.digest", True)
         s.save()
         s = Settings.load(where)
+        if event == FAILURE_SUMMARY:  # not an event: the summary of failed mail, to the manager
+            return preview_failure_summary(s, home, demo.EXAMPLE_DATE)
         engine = make_engine(s.db_url)
         upgrade(engine)
         demo.load(engine, s, demo.EXAMPLE_DATE)

@@ -213,6 +213,23 @@ def test_a_failure_summary_that_cannot_be_written_never_hides_what_was_sent(
     assert "failure-summary.txt" in r.stderr
 
 
+def test_the_failure_summary_can_be_previewed_like_an_event(cli: Cli, home: Path) -> None:
+    """The docs say to try a template with `templates preview`: the manager's summary too."""
+    assert cli("init").exit_code == 0
+    r = cli("templates", "preview", "failure-summary")
+    assert r.exit_code == 0, r.output
+    assert "Subject: [C&P] 1 message could not be delivered" in r.stdout, r.stdout
+    assert "550 5.1.1 no such user" in r.stdout
+    (home / "templates" / "email").mkdir(parents=True)
+    builtin = Path(cpmail.__file__).parent / "templates" / "email" / "failure-summary.txt"
+    text = builtin.read_text(encoding="utf-8").replace(
+        "{% block body %}", "{% block body %}{{ 1/0 }}"
+    )
+    (home / "templates" / "email" / "failure-summary.txt").write_text(text, encoding="utf-8")
+    r = cli("templates", "preview", "failure-summary")
+    assert r.exit_code == 2 and "failure-summary.txt, line" in r.stderr, r.output
+
+
 def test_mail_given_up_after_max_age_is_counted_said_and_told_to_the_manager(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
