@@ -683,3 +683,46 @@ def test_report_commands_do_not_load_heavy_libraries_at_start_up() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_line_priced_by_quantity_and_rate_is_added_up_as_printed(
+    agency: Cli, home: Path, tmp_path: Path
+) -> None:
+    """0.5 × 0.01 prints as 0.01: three such lines total 0.03, not 0.02 (the unrounded
+    0.015), and an invoice of 1.5 × 0.33 for 0.50 has no 'Other charges' of 0.01."""
+    D = Decimal
+    with engine_of(home).begin() as c:
+        c.execute(
+            t.purchase_orders.insert(),
+            [dict(id="PO-9", job_id="1234", vendor_id="V1", created_at=dt.datetime(2026, 3, 2))],
+        )
+        c.execute(
+            t.po_lines.insert(),
+            [
+                dict(
+                    po_id="PO-9", line=n, description=f"Tiny {n}", quantity=D("0.5"), rate=D("0.01")
+                )
+                for n in (1, 2, 3)
+            ],
+        )
+        c.execute(
+            t.billings.insert(),
+            [
+                dict(
+                    id="B9",
+                    job_id="1234",
+                    client_id="C1",
+                    number="9",
+                    amount=D("0.50"),
+                    created_at=dt.datetime(2026, 3, 2),
+                )
+            ],
+        )
+        c.execute(
+            t.billing_lines.insert(),
+            [dict(billing_id="B9", line=1, description="Tiny", quantity=D("1.5"), rate=D("0.33"))],
+        )
+    po = pdf_text(render(agency, tmp_path, "purchase-order", "PO-9"))
+    assert po.count("0.01") >= 3 and "0.03" in po and "0.02" not in po, po
+    invoice = pdf_text(render(agency, tmp_path, "invoice", "B9"))
+    assert "Other charges" not in invoice and "0.50" in invoice, invoice

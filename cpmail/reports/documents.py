@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.errors import InputError
-from cpmail.reports.money import ZERO, to_decimal
+from cpmail.reports.money import ZERO, cents, to_decimal
 from cpmail.store.schema import (
     billing_lines,
     billings,
@@ -114,7 +114,7 @@ def _lines(conn: sa.Connection, table: sa.Table, key: sa.Column[Any], id_: str) 
         if r.amount is not None:
             amount = to_decimal(r.amount)
         elif qty is not None and rate is not None:
-            amount = qty * rate
+            amount = cents(qty * rate)  # as printed: the totals add up what the page shows
         else:
             amount = ZERO
         out.append(Line(int(r.line), r.description or "", qty, rate, amount))
