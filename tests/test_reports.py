@@ -654,6 +654,8 @@ def test_cash_flow_pdf_shows_totals_and_net_position(
     ):
         assert expected in text, expected
     assert kind_of_pdf(data) == "cash-flow"
+    # the total row's buckets and the payment on account add up to the total owed
+    assert "Payments on account (not aged) (25.00)" in text, text
 
 
 def test_cash_flow_defaults_to_today_in_the_agency_timezone(
