@@ -728,3 +728,26 @@ def test_a_line_priced_by_quantity_and_rate_is_added_up_as_printed(
     assert po.count("0.01") >= 3 and "0.03" in po and "0.02" not in po, po
     invoice = pdf_text(render(agency, tmp_path, "invoice", "B9"))
     assert "Other charges" not in invoice and "0.50" in invoice, invoice
+
+
+def test_figures_of_a_hundred_million_keep_to_their_own_columns(
+    initialised: Cli, tmp_path: Path
+) -> None:
+    """Fixed column widths let 111,111,111.00 run into the next cell (read back as
+    '111,111,111.0023,456,789.01'): a figure widens its column instead."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    files = {
+        "clients.csv": "id,name,billing_email\nC1,Alpha Co,\nC2,Beta Ltd,\n",
+        "jobs.csv": "id,client_id,title,opened_at\n"
+        "J1,C1,One,2025-11-01T09:00\nJ2,C2,Two,2025-11-01T09:00\n",
+        "billings.csv": "id,job_id,client_id,number,amount,created_at,due_date\n"
+        "B50,J1,C1,8050,12345678.90,2026-03-01T10:00,2026-03-20\n"
+        "B51,J2,C2,8051,23456789.01,2026-01-01T10:00,2026-02-20\n"
+        "B52,J1,C1,8052,98765432.10,2026-03-01T10:00,2026-03-20\n",
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    assert initialised("data", "import", str(folder)).exit_code == 0
+    text = pdf_text(render(initialised, tmp_path, "cash-flow", "--as-of", "2026-03-31"))
+    assert "111,111,111.00 23,456,789.01" in text, text
