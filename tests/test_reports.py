@@ -751,3 +751,35 @@ def test_figures_of_a_hundred_million_keep_to_their_own_columns(
     assert initialised("data", "import", str(folder)).exit_code == 0
     text = pdf_text(render(initialised, tmp_path, "cash-flow", "--as-of", "2026-03-31"))
     assert "111,111,111.00 23,456,789.01" in text, text
+
+
+def test_a_payment_for_a_bill_made_after_the_as_of_date_is_on_account(
+    initialised: Cli, home: Path
+) -> None:
+    """On the as-of date the money was the client's credit; it vanished from A/R."""
+    D = Decimal
+    with engine_of(home).begin() as c:
+        c.execute(t.clients.insert(), [dict(id="A", name="Alpha Co")])
+        c.execute(
+            t.billings.insert(),
+            [dict(id="B20", client_id="A", amount=D("400"), created_at=dt.datetime(2026, 4, 5))],
+        )
+        c.execute(
+            t.payments.insert(),
+            [
+                dict(
+                    id="P20",
+                    client_id="A",
+                    billing_id="B20",
+                    amount=D("400"),
+                    received_at=dt.datetime(2026, 3, 20),
+                )
+            ],
+        )
+    with engine_of(home).connect() as conn:
+        ar = load_cash_flow(conn, AS_OF).receivable
+    assert [(it.party, it.reference, it.amount) for it in ar.items] == [
+        ("Alpha Co", "payment on account", D("-400"))
+    ]
+    with engine_of(home).connect() as conn:  # once the bill is made, it pays it
+        assert load_cash_flow(conn, dt.date(2026, 4, 30)).receivable.items == []

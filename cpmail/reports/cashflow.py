@@ -124,20 +124,24 @@ def load_cash(conn: sa.Connection, as_of: dt.date) -> list[Balance]:
 
 def load_receivable(conn: sa.Connection, as_of: dt.date) -> Aging:
     names = {r.id: r.name for r in conn.execute(sa.select(clients.c.id, clients.c.name))}
+    # The billings open on the as-of date: those created by then.
+    counted = [b for b in conn.execute(sa.select(billings)) if _day(b.created_at) <= as_of]
+    billed = {b.id: b for b in counted}
     applied: dict[str, Decimal] = {}
     unapplied: dict[str, Decimal] = {}
     for p in conn.execute(sa.select(payments)):
         if _day(p.received_at) > as_of:
             continue
-        if p.billing_id:
+        if p.billing_id in billed:
             applied[p.billing_id] = applied.get(p.billing_id, ZERO) + to_decimal(p.amount)
         else:
-            unapplied[p.client_id] = unapplied.get(p.client_id, ZERO) + to_decimal(p.amount)
+            # Not applied, or applied to a bill made after the as-of date: on that date
+            # the money was on account, a credit of the client's.
+            client = p.client_id
+            unapplied[client] = unapplied.get(client, ZERO) + to_decimal(p.amount)
     items = []
-    for b in conn.execute(sa.select(billings)):
+    for b in counted:
         created = _day(b.created_at)
-        if created > as_of:
-            continue
         amount = to_decimal(b.amount)
         owed = amount - applied.get(b.id, ZERO)
         if owed == 0:
