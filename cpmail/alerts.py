@@ -346,9 +346,8 @@ def _url_secrets(url: str) -> list[str]:
     import urllib.parse
 
     rest = url.split("://", 1)[-1]
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    host = netloc.rpartition("@")[2]
-    public = set(re.split(r"[:\[\]]+", host)) if _HOST_LIKE.fullmatch(host) else set()
+    host = _host(rest)[1]
+    public = set(re.split(r"[:\[\]]+", host)) if host else set()
     found: set[str] = set()
     for part in re.split(r"[/:@?&=#]+", rest):
         for form in (part, urllib.parse.unquote(part), urllib.parse.unquote_plus(part)):
@@ -367,11 +366,15 @@ def _shown(private: str) -> str:
     what precedes an ``@`` never.
     """
     scheme, _, rest = private.partition("://")
+    netloc, host = _host(rest)
+    return f"{scheme}://{host or '…'}" + ("/…" if rest[len(netloc) :].strip("/?#") else "")
+
+
+def _host(rest: str) -> tuple[str, str]:
+    """(the part before the path, its host when it reads as one, else '') of a URL's rest."""
     netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
     host = netloc.rpartition("@")[2]
-    if not (_HOST_LIKE.fullmatch(host) and "..." not in host):
-        host = "…"
-    return f"{scheme}://{host}" + ("/…" if rest[len(netloc) :].strip("/?#") else "")
+    return netloc, host if _HOST_LIKE.fullmatch(host) and "..." not in host else ""
 
 
 # a domain (with a dot), an IPv4 or bracketed IPv6 address, or localhost; a port may follow

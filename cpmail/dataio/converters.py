@@ -292,11 +292,7 @@ class _StaffId(_TrimmedText):
             raise _Bad(f"{_r(s)} holds a line break or a control character")
         return s
 
-    def convert(self, v: Any) -> Any:
-        if type(v) is str:
-            v = v.strip()
-            return self.parse_str(v) if v else self.on_empty()
-        return self.other(v)
+    convert = _Column.convert  # stripped and checked, as every column but free text is
 
 
 class _Workdays(_Checked):
@@ -575,11 +571,7 @@ class _Event(_Text):
     __slots__ = ()
     what = "an event name such as task-overdue"
 
-    def convert(self, v: Any) -> Any:
-        if type(v) is str:
-            v = v.strip()
-            return self.parse_str(v) if v else self.on_empty()
-        return self.other(v)
+    convert = _Column.convert  # stripped and checked, as every column but free text is
 
     def parse_str(self, s: str) -> Any:
         s = super().parse_str(s)
