@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpmail.store import schema
 from tests.conftest import Cli
@@ -716,3 +719,14 @@ def test_a_staff_id_that_no_list_could_name_is_refused(
         "A B,Ab,ab@agency.test\n",
     )
     assert loaded("data", "import", str(ok)).exit_code == 0
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_a_cell_shown_in_an_error_is_always_one_printable_line(text: str) -> None:
+    """Whatever a key or cell holds, what an error shows of it breaks no line and sends
+    no control character to the terminal."""
+    from cpmail.dataio.converters import _clip
+
+    shown = _clip(text)
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", shown), repr(shown)
