@@ -413,8 +413,14 @@ messages = sa.Table(
     sa.Column("refused_rcpts", sa.Text, nullable=False, server_default=""),
     # not sent after this (UTC): a reminder whose event has begun no longer matters
     sa.Column("not_after", sa.DateTime),
-    sa.Index(None, "status", "next_attempt_at"),
     sa.Index(None, "status", "id"),  # a claim reads the oldest of each status in order
+    # Deferred messages only: an index of every message's status changed with each one sent.
+    sa.Index(
+        "ix_messages_deferred_next_attempt_at",
+        "next_attempt_at",
+        sqlite_where=sa.text("status = 'deferred'"),
+        postgresql_where=sa.text("status = 'deferred'"),
+    ),
 )
 
 # One row per command that claims or sends mail. A live run renews
