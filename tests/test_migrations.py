@@ -1,0 +1,114 @@
+"""A database an older cpmail made keeps every row when `cpmail db upgrade` brings it up to date."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+
+import cpmail.store
+from cpmail.outbox import claim
+from cpmail.store import utcnow
+from cpmail.store.schema import messages
+from tests.conftest import Cli
+
+OLD_INDEX = "ix_messages_status_next_attempt_at"
+NEW_INDEX = "ix_messages_deferred_next_attempt_at"
+
+
+def _migrate(engine: sa.Engine, how: str, revision: str) -> None:
+    with engine.begin() as conn:
+        getattr(command, how)(cpmail.store._alembic_config(engine, conn), revision)
+
+
+def _indexes(engine: sa.Engine) -> dict[str, str]:
+    """The messages table's indexes: name -> how the database describes it."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            q = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'"
+        else:
+            q = (
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE tablename = 'messages' AND schemaname = current_schema()"
+            )
+        return {name: str(sql) for name, sql in conn.execute(sa.text(q))}
+
+
+def _rows(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(messages).order_by(messages.c.id)))
+
+
+def test_upgrading_from_0006_keeps_the_outbox_and_indexes_deferred_mail_only(
+    backend: str, cli: Cli, home: Path
+) -> None:
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    try:
+        _migrate(engine, "downgrade", "0006")  # as the cpmail before made it
+        assert cpmail.store.current_revision(engine) == "0006"
+        now = utcnow()
+        common = {
+            "event": "task-due-today",
+            "from_addr": "ops@agency.test",
+            "to_addrs": "ann@agency.test",
+            "pending_rcpts": "ann@agency.test",
+            "subject": "Due today",
+            "raw": b"Subject: Due today\r\n\r\nHello\r\n",
+            "created_at": now,
+            "queued_at": now,
+            "next_attempt_at": None,
+            "attempts": 0,
+            "sent_at": None,
+        }  # (one set of keys for every row: an insert of many takes the first row's)
+        with engine.begin() as conn:
+            conn.execute(
+                messages.insert(),
+                [
+                    {**common, "message_id": "<1@x>", "status": "queued"},
+                    {
+                        **common,
+                        "message_id": "<2@x>",
+                        "status": "deferred",
+                        "next_attempt_at": now - dt.timedelta(minutes=5),
+                        "attempts": 1,
+                    },
+                    {
+                        **common,
+                        "message_id": "<3@x>",
+                        "status": "deferred",
+                        "next_attempt_at": now + dt.timedelta(days=1),
+                        "attempts": 1,
+                    },
+                    {**common, "message_id": "<4@x>", "status": "sent", "sent_at": now},
+                ],
+            )
+        before = _rows(engine)
+        assert OLD_INDEX in _indexes(engine) and NEW_INDEX not in _indexes(engine)
+
+        r = cli("db", "upgrade")
+        assert r.exit_code == 0, r.output
+        assert "0007" in r.stdout
+
+        assert cpmail.store.current_revision(engine) == "0007"
+        assert _rows(engine) == before  # every row as it was
+        indexes = _indexes(engine)
+        assert OLD_INDEX not in indexes
+        # only deferred messages are in it: sending one moves no entry of it
+        assert "status = 'deferred'" in indexes[NEW_INDEX].replace("::text", "").replace(
+            "(status", "status"
+        )
+        # what is due is claimed as before: the queued one and the deferred one now due
+        claimed = claim(engine, run_id="upgrade-test", limit=10)
+        assert [e.id for e in claimed] == [before[0].id, before[1].id], before
+        assert [e.raw for e in claimed] == [common["raw"]] * 2
+
+        _migrate(engine, "downgrade", "0006")  # and back, for whoever must
+        assert OLD_INDEX in _indexes(engine) and NEW_INDEX not in _indexes(engine)
+    finally:
+        engine.dispose()
