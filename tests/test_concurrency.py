@@ -306,3 +306,50 @@ def queue_ids(engine: object) -> list[int]:
     assert isinstance(engine, sa.Engine)
     with engine.connect() as conn:
         return list(conn.execute(sa.select(messages.c.id)).scalars())
+
+
+def test_claims_at_once_take_each_message_once_and_no_more_than_asked(
+    cli: Cli, home: Path, backend: str
+) -> None:
+    """Six claimers race over one outbox (each its own connection, as runs on several
+    machines are): every message is claimed by exactly one, no claim holds more than
+    its limit, and each claim's rows come in order."""
+    import threading
+
+    from cpmail.outbox import claim, new_run_id
+    from tests.test_faults import queue_messages
+
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    queue_messages(home, 600)
+    settings = Settings.load(home)
+    engines = [connect(settings.db_url, where="test") for _ in range(6)]
+    taken: list[list[int]] = [[] for _ in engines]
+    sizes: list[int] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(len(engines))
+
+    def claimer(n: int) -> None:
+        try:
+            start.wait()
+            while batch := claim(engines[n], run_id=new_run_id(), limit=25):
+                ids = [e.id for e in batch]
+                assert ids == sorted(ids)
+                sizes.append(len(ids))
+                taken[n].extend(ids)
+        except BaseException as e:  # seen by the test, not lost in the thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(len(engines))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for e in engines:
+        e.dispose()
+    assert not failures, failures
+    everything = [i for ids in taken for i in ids]
+    assert len(everything) == 600 and len(set(everything)) == 600
+    assert max(sizes) <= 25
+    assert sum(1 for ids in taken if ids) >= 2  # they did race
