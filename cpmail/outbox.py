@@ -581,11 +581,18 @@ def claim(
         if account is not None:
             more.append(m.account == account)
         alive = runs_here(conn, now)[0]
-        # One statement picks the ids, marks them and returns the rows: ordering whole
-        # rows would copy every due message's bytes into a temporary sort on each
-        # claim, and picking, marking and reading in three statements cost twice the
-        # time (each with the list of ids written out).
-        picked = _oldest_due(conn.dialect.name, now, stale, limit, *more, alive=alive)
+        # The ids are picked first, then marked and read back: ordering whole rows
+        # would copy every due message's bytes into a temporary sort on each claim.
+        # On SQLite one statement does all three (picking, marking and reading in
+        # three, each with the ids written out, cost twice the time). On PostgreSQL
+        # the ids are picked, and locked, by a statement of their own: a LIMIT ...
+        # FOR UPDATE SKIP LOCKED subquery inside an UPDATE may be run again when a
+        # row changes under it, and then mark more rows than the limit.
+        picked: Any = _oldest_due(conn.dialect.name, now, stale, limit, *more, alive=alive)
+        if conn.dialect.name == "postgresql":
+            picked = list(conn.execute(picked).scalars())
+            if not picked:
+                return []
         returned = conn.execute(
             messages.update()
             .where(m.id.in_(picked))

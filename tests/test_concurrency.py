@@ -313,7 +313,8 @@ def test_claims_at_once_take_each_message_once_and_no_more_than_asked(
 ) -> None:
     """Six claimers race over one outbox (each its own connection, as runs on several
     machines are): every message is claimed by exactly one, no claim holds more than
-    its limit, and each claim's rows come in order."""
+    its limit, and each claim's rows come in order. (How the 600 are shared out is
+    up to the database: SQLite's write lock may let one claimer take them all.)"""
     import threading
 
     from cpmail.outbox import claim, new_run_id
@@ -352,4 +353,3 @@ def test_claims_at_once_take_each_message_once_and_no_more_than_asked(
     everything = [i for ids in taken for i in ids]
     assert len(everything) == 600 and len(set(everything)) == 600
     assert max(sizes) <= 25
-    assert sum(1 for ids in taken if ids) >= 2  # they did race
