@@ -7,7 +7,7 @@ index now holds them alone; the (status, id) index serves the rest.
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-28 12:40:00
+Create Date: 2026-11-28 11:50:00
 """
 
 import sqlalchemy as sa
