@@ -857,12 +857,12 @@ class _Recorder:
         try:
             if not others and conn.dialect.name == "sqlite":
                 self._mark_sent_on_driver(conn, sent, now)
-                notes.extend((i, self.events[i], Status.SENT, None) for i in sent)
             else:
                 self._store_all(conn, sent, others, now, notes)
         except BaseException:
             self._hang_up()  # the next try starts on a new connection
             raise
+        notes.extend((i, self.events[i], Status.SENT, None) for i in sent)
         for note in notes:  # only once the transaction is committed
             self._note(*note)
 
@@ -898,7 +898,6 @@ class _Recorder:
             if sent:
                 at = _db_time(conn.dialect, now)
                 conn.exec_driver_sql(_mark_sent(conn.dialect.paramstyle), [(at, i) for i in sent])
-                notes.extend((i, self.events[i], Status.SENT, None) for i in sent)
             if others:
                 self._write(conn, others, now, notes)
 

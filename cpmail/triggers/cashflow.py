@@ -53,8 +53,8 @@ def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]
         return  # sent already today: not rendered again, and those left out were said then
     for why in left_out:
         run.skip(EVENT, why)
-    if not fresh:
-        return
+    if not allowed:
+        return  # nobody to send it to
     from cpmail.reports import cash_flow_report, render
 
     report = cash_flow_report(conn, run.date)
