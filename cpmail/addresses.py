@@ -124,8 +124,12 @@ def _examine(address: str) -> tuple[str | None, str]:
     return _validate(text)
 
 
+@lru_cache(maxsize=1024)
 def _special_use(domain: str) -> bool:
-    """Whether email-validator refuses ``domain`` as a special-use name (RFC 6761)."""
+    """Whether email-validator refuses ``domain`` as a special-use name (RFC 6761).
+
+    Asked once per domain: an agency's staff share a few.
+    """
     return any(domain == name or domain.endswith("." + name) for name in _special_names())
 
 
