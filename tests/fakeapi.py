@@ -91,6 +91,7 @@ class FakeAPI:
 
     def __init__(self) -> None:
         self.stall = 0.0  # seconds a send request waits before it is answered
+        self.trickle = 0.0  # seconds between the bytes of a send request's answer
         self.requests: list[Request] = []
         self.sent: list[Sent] = []
         self.issued: list[str] = []  # every access and refresh token ever handed out
@@ -201,16 +202,18 @@ class FakeAPI:
                     fake.requests.append(req)
                     script = fake._scripts.get(url.path)
                     reply = script.popleft() if script else None
-                    stall = fake.stall if url.path.endswith(("/send", "/sendMail")) else 0.0
+                    sending = url.path.endswith(("/send", "/sendMail"))
+                    stall = fake.stall if sending else 0.0
+                    trickle = fake.trickle if sending else 0.0
                 if stall:
                     time.sleep(stall)  # a server that takes the request and does not answer
                 if reply is None:
                     reply = fake._route(req)
                 if reply.delay:
                     time.sleep(reply.delay)
-                self._reply(reply)
+                self._reply(reply, trickle)
 
-            def _reply(self, reply: Reply) -> None:
+            def _reply(self, reply: Reply, trickle: float = 0.0) -> None:
                 body = reply.body
                 headers = dict(reply.headers)
                 if isinstance(body, dict | list):
@@ -221,6 +224,19 @@ class FakeAPI:
                     headers.setdefault("Content-Type", "text/plain; charset=utf-8")
                 else:
                     data = body or b""
+                if trickle:  # the whole answer, a byte at a time, each well within a timeout
+                    data = data or b" " * 64
+                    head = f"HTTP/1.1 {reply.status} Trickled\r\n"
+                    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                    head += f"Content-Length: {len(data)}\r\n\r\n"
+                    try:
+                        for byte in head.encode() + data:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(trickle)
+                    except OSError:  # the client gave up: so it should
+                        self.close_connection = True
+                    return
                 self.send_response(reply.status)
                 for k, v in headers.items():
                     self.send_header(k, v)

@@ -777,8 +777,15 @@ def test_no_token_or_client_secret_in_any_output(
     assert leaked == []
 
 
-def test_an_api_that_stops_answering_ends_the_run_early(gmail_home: Path, fake: FakeAPI) -> None:
-    """Three messages in a row without an answer: the pass ends, the rest stay queued."""
+@pytest.mark.parametrize("how", ["stall", "trickle"])
+def test_an_api_that_stops_answering_ends_the_run_early(
+    gmail_home: Path, fake: FakeAPI, how: str
+) -> None:
+    """Three messages in a row without an answer: the pass ends, the rest stay queued.
+
+    An answer that comes a byte at a time, each well within the timeout, is no
+    answer in time either: the timeout bounds the whole answer, not each read.
+    """
     import time
 
     from cpmail.compose import Draft, Mailbox, build_message
@@ -809,7 +816,10 @@ def test_an_api_that_stops_answering_ends_the_run_early(gmail_home: Path, fake: 
                 msg, event="test", key=None, account="JD", envelope_from="jd@agency.example"
             )
             assert queue(conn, draft, run_id="q") is not None
-    fake.stall = 3.0
+    if how == "stall":
+        fake.stall = 3.0
+    else:
+        fake.trickle = 0.2  # an answer of about 300 bytes: a minute
     started = time.monotonic()
     result = deliver(engine, transport(gmail_home), settings, run_id=new_run_id())
     elapsed = time.monotonic() - started

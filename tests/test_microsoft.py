@@ -579,3 +579,49 @@ def test_a_secret_in_a_token_endpoints_answer_is_not_shown_with_v(
     assert fake.paths("POST").count(f"/{MS_TENANT_ID}/oauth2/v2.0/token") >= 2
     everything = "\n".join(said)
     assert secret not in everything and secret[:8] not in everything, everything
+
+
+@pytest.mark.serial
+def test_a_trickled_answer_holds_a_stopping_run_no_longer_than_the_timeout(
+    initialised: Cli, ms_home: Path, fake: FakeAPI
+) -> None:
+    """Stopped twice while Graph trickles its answer a byte at a time (each byte well
+    within the timeout): the run waits at most the timeout for that answer, then ends,
+    with the message waiting in the outbox (possibly sent), not claimed or lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_faults import DATE, queue_messages, statuses, wait_for
+
+    cli = initialised
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    assert cli("config", "set", "mail.microsoft.timeout", "2").exit_code == 0
+    sign_in(ms_home)
+    queue_messages(ms_home, 4)
+    fake.trickle = 0.25  # an answer of about 100 bytes: half a minute
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "check", "--date", DATE],
+        env={**os.environ, "CPMAIL_HOME": str(ms_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: fake.paths("POST").count(ME) >= 1 or proc.poll() is not None)
+    assert proc.poll() is None, (proc.communicate(), fake.paths())
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    waited = time.monotonic() - stopped
+    assert proc.returncode == 143, err
+    assert waited < 2 + 3, f"{waited:.1f} s for an answer the timeout gives 2 s"
+    s = statuses(ms_home)
+    assert s["sending"] == 0 and s["sent"] == 0, s
+    assert s["deferred"] + s["queued"] == 4, s

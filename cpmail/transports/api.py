@@ -14,6 +14,7 @@ import abc
 import datetime as dt
 import email.utils
 import math
+import threading
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailur
 from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
 from cpmail.scrub import Scrubber, mask_tokens
 from cpmail.sizes import size_pair
-from cpmail.transports.base import Envelope, Outcome, Report, Transport
+from cpmail.transports.base import UPLOAD_BYTES_PER_SECOND, Envelope, Outcome, Report, Transport
 
 
 class Session(Protocol):
@@ -106,13 +107,13 @@ class ApiTransport(Transport, Generic[S]):
         seconds = self.settings.get(f"mail.{self.name}.timeout")
         assert isinstance(seconds, float)  # the key's check made it one
         sessions: dict[str, S | TemporaryFailure] = {}
+        http = Poster(seconds, service=self.service)
         try:
-            timeout = httpx.Timeout(seconds, connect=15.0)
-            with httpx.Client(timeout=timeout, verify=https_context()) as http:
-                for env in envelopes:
-                    with interrupt.shielded():  # until the answer is taken for the record
-                        report(self._send(http, base, env, sessions))
+            for env in envelopes:
+                with interrupt.shielded():  # until the answer is taken for the record
+                    report(self._send(http, base, env, sessions))
         finally:
+            http.close()
             for session in sessions.values():
                 if not isinstance(session, TemporaryFailure):
                     session.close()
@@ -126,10 +127,8 @@ class ApiTransport(Transport, Generic[S]):
         """Open the sign-in of ``account``."""
 
     @abc.abstractmethod
-    def _post(
-        self, http: httpx.Client, base: str, session: S, token: str, raw: bytes
-    ) -> httpx.Response:
-        """Post the message ``raw`` with ``token`` (through ``api_post``)."""
+    def _post(self, http: Poster, base: str, session: S, token: str, raw: bytes) -> httpx.Response:
+        """Post the message ``raw`` with ``token`` (through ``http.post``)."""
 
     @abc.abstractmethod
     def _failure(
@@ -139,7 +138,7 @@ class ApiTransport(Transport, Generic[S]):
 
     def _send(
         self,
-        http: httpx.Client,
+        http: Poster,
         base: str,
         env: Envelope,
         sessions: dict[str, S | TemporaryFailure],
@@ -246,22 +245,84 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
 
 
-def api_post(http: httpx.Client, url: str, *, service: str, **kwargs: Any) -> httpx.Response:
-    """POST through ``http``: Unreachable when nothing answers, TemporaryFailure when cut off."""
-    host = urllib.parse.urlsplit(url).netloc
-    try:
-        return http.post(url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-        raise Unreachable(
-            f"cannot reach {service} at {host} ({type(e).__name__}); check the network."
-        ) from None
-    except httpx.TimeoutException as e:
-        raise NoAnswer(
-            f"{service} did not answer in time ({type(e).__name__}); it will be sent again.",
-            maybe_sent=True,
-        ) from None
-    except httpx.TransportError as e:
-        raise TemporaryFailure(
-            f"{service} did not answer properly ({type(e).__name__}); it will be sent again.",
-            maybe_sent=True,
-        ) from None
+class Poster:
+    """POSTs whose whole answer must come in time, or they are given up.
+
+    httpx's timeout applies to each read: a server (or a proxy) that trickles
+    its answer a byte at a time would hold a message, and a run being stopped,
+    for as long as it likes. So each POST runs on a thread of its own and is
+    given ``seconds`` for the answer, plus the time the message takes to upload
+    at ``UPLOAD_BYTES_PER_SECOND``. A POST given up is deferred as possibly
+    sent; its connection is closed by its own thread once it ends, and the next
+    POST goes over a new one.
+    """
+
+    def __init__(self, seconds: float, *, service: str) -> None:
+        self.seconds = seconds
+        self.service = service  # as network errors name it
+        self._client = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        timeout = httpx.Timeout(self.seconds, connect=15.0)
+        return httpx.Client(timeout=timeout, verify=https_context())
+
+    def post(self, url: str, *, size: int, **kwargs: Any) -> httpx.Response:
+        """POST to ``url`` a body of ``size`` bytes: Unreachable when nothing answers,
+        NoAnswer when the answer is not whole in time, TemporaryFailure when cut off."""
+        host = urllib.parse.urlsplit(url).netloc
+        within = self.seconds + size / UPLOAD_BYTES_PER_SECOND
+        try:
+            return self._within(within, url, kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise Unreachable(
+                f"cannot reach {self.service} at {host} ({type(e).__name__}); check the network."
+            ) from None
+        except httpx.TimeoutException as e:
+            raise NoAnswer(
+                f"{self.service} did not answer in time ({type(e).__name__}); "
+                "it will be sent again.",
+                maybe_sent=True,
+            ) from None
+        except TimeoutError:
+            raise NoAnswer(
+                f"{self.service} did not answer whole within {within:g} s; it will be sent again.",
+                maybe_sent=True,
+            ) from None
+        except httpx.TransportError as e:
+            raise TemporaryFailure(
+                f"{self.service} did not answer properly ({type(e).__name__}); "
+                "it will be sent again.",
+                maybe_sent=True,
+            ) from None
+
+    def _within(self, seconds: float, url: str, kwargs: dict[str, Any]) -> httpx.Response:
+        client = self._client
+        lock = threading.Lock()
+        got: list[httpx.Response | BaseException] = []
+        given_up = False
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                got.append(client.post(url, **kwargs))
+            except BaseException as e:  # handed to the waiting thread
+                got.append(e)
+            with lock:
+                done.set()
+                if given_up:
+                    client.close()
+
+        threading.Thread(target=run, name="cpmail-post", daemon=True).start()
+        if not done.wait(seconds):
+            with lock:
+                if not done.is_set():  # not just now: give it up, its thread closes it
+                    given_up = True
+                    self._client = self._new_client()
+                    raise TimeoutError
+        result = got[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._client.close()

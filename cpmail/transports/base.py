@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from cpmail.settings import Settings
 
 
+# Upload speed assumed when giving a server time to answer a large message: the
+# time for an answer starts once everything is buffered, so a slow link would
+# otherwise turn a 20 MB attachment into a false timeout.
+UPLOAD_BYTES_PER_SECOND = 100_000
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One message to send: ``raw`` is the RFC 5322 message, byte for byte."""

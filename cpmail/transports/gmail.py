@@ -17,7 +17,7 @@ import httpx
 from cpmail.errors import AuthError, PermanentFailure, TemporaryFailure
 from cpmail.oauth.google import GoogleSession
 from cpmail.oauth.tokens import check_signed_in, signin_command
-from cpmail.transports.api import ApiTransport, Refusal, api_post
+from cpmail.transports.api import ApiTransport, Poster, Refusal
 from cpmail.transports.base import Envelope
 
 #: Above this, the message goes through the upload endpoint instead of JSON.
@@ -46,24 +46,23 @@ class GmailTransport(ApiTransport[GoogleSession]):
         return GoogleSession(self.settings, self.secrets, account)
 
     def _post(
-        self, http: httpx.Client, base: str, session: GoogleSession, token: str, raw: bytes
+        self, http: Poster, base: str, session: GoogleSession, token: str, raw: bytes
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}
         if len(raw) > SIMPLE_LIMIT:
-            return api_post(
-                http,
+            return http.post(
                 f"{base}/upload/gmail/v1/users/me/messages/send",
-                service=self.service,
+                size=len(raw),
                 params={"uploadType": "media"},
                 headers={**headers, "Content-Type": "message/rfc822"},
                 content=raw,
             )
-        return api_post(
-            http,
+        encoded = base64.urlsafe_b64encode(raw).decode("ascii")
+        return http.post(
             f"{base}/gmail/v1/users/me/messages/send",
-            service=self.service,
+            size=len(encoded),
             headers=headers,
-            json={"raw": base64.urlsafe_b64encode(raw).decode("ascii")},
+            json={"raw": encoded},
         )
 
     def _failure(

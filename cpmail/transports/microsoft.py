@@ -26,7 +26,7 @@ from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFai
 from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET, MicrosoftAppSession, MicrosoftSession
 from cpmail.oauth.tokens import check_signed_in, signin_command
 from cpmail.secrets import SHARED
-from cpmail.transports.api import ApiTransport, Refusal, api_post
+from cpmail.transports.api import ApiTransport, Poster, Refusal
 from cpmail.transports.base import Envelope, Report
 
 #: Graph error codes that mean the account or app may not send at all (not this message).
@@ -82,19 +82,19 @@ class MicrosoftTransport(ApiTransport[GraphSession]):
         return MicrosoftSession(self.settings, self.secrets, account, self._http_cache)
 
     def _post(
-        self, http: httpx.Client, base: str, session: GraphSession, token: str, raw: bytes
+        self, http: Poster, base: str, session: GraphSession, token: str, raw: bytes
     ) -> httpx.Response:
         if isinstance(session, MicrosoftAppSession):
             sender = self.settings["mail.sender"]
             url = f"{base}/v1.0/users/{urllib.parse.quote(sender, safe='@')}/sendMail"
         else:
             url = f"{base}/v1.0/me/sendMail"
-        return api_post(
-            http,
+        body = base64.b64encode(raw)
+        return http.post(
             url,
-            service=self.service,
+            size=len(body),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
-            content=base64.b64encode(raw),
+            content=body,
         )
 
     def _failure(

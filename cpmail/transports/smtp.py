@@ -44,7 +44,7 @@ from cpmail.errors import (
 from cpmail.scrub import Scrubber, login_scrubber
 from cpmail.secrets import Secret, passcode_name
 from cpmail.sizes import size_pair
-from cpmail.transports.base import Envelope, Outcome, Report, Transport
+from cpmail.transports.base import UPLOAD_BYTES_PER_SECOND, Envelope, Outcome, Report, Transport
 from cpmail.transports.smtp_wire import Answer, Wire
 from cpmail.transports.smtp_words import (
     Login,
@@ -67,10 +67,6 @@ log = logging.getLogger(__name__)
 
 Security = Literal["starttls", "ssl", "none"]
 
-# Upload speed assumed when giving the server time to answer after a large
-# message: the read timeout only starts once everything is buffered, so a slow
-# link would otherwise turn a 20 MB attachment into a false timeout.
-_BYTES_PER_SECOND = 100_000
 _MESSAGES_PER_EXTRA_CONNECTION = 4
 # Outcomes are written at the latest this long after they come (seconds), together
 # with any that come meanwhile; sooner when a connection needs one on record.
@@ -537,7 +533,7 @@ class _Connection:
             # Gone before any of the text went: send it again on a new connection.
             raise _Resend(f"the SMTP server {where} closed the connection") from None
         try:
-            answer = await wire.answer(self.cfg.timeout + len(body) / _BYTES_PER_SECOND)
+            answer = await wire.answer(self.cfg.timeout + len(body) / UPLOAD_BYTES_PER_SECOND)
         except aiosmtplib.SMTPTimeoutError:
             self._hang_up()
             error = timed_out(where, self.cfg.timeout, "the message")
