@@ -637,7 +637,7 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
     now = utcnow()
     limit = now - dt.timedelta(hours=settings["outbox.max_age_hours"])
     waiting = m.status.in_((Status.QUEUED, Status.DEFERRED))
-    ends = [
+    ends: list[tuple[Status, Any, str, dict[str, Any]]] = [
         (
             Status.DROPPED,
             sa.and_(waiting, m.not_after.is_not(None), m.not_after <= now),
@@ -648,7 +648,7 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
             Status.FAILED,
             sa.and_(waiting, m.queued_at < limit),
             f"gave up after {settings['outbox.max_age_hours']} hours in the outbox",
-            {},
+            {"failed_at": now},
         ),
     ]
     with engine.begin() as conn:
@@ -950,6 +950,7 @@ class _Recorder:
             "claimed_by": None,
             "next_attempt_at": None,
             "sent_at": now if o.accepted else None,
+            "failed_at": None,  # set below when it fails for good
             "pending_rcpts": row.pending_rcpts,
             "refused_rcpts": ",".join(refused),
         }
@@ -1000,6 +1001,7 @@ class _Recorder:
             if temporary:
                 error += f" (gave up after {attempts} attempts)"
             values["status"] = Status.FAILED
+            values["failed_at"] = now
             # Whoever has not got it yet, for `cpmail outbox retry`.
             values["pending_rcpts"] = ",".join(dict.fromkeys([*unserved, *refused]))
         values["last_error"] = error
@@ -1737,6 +1739,7 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
             )
             .values(
                 status=Status.FAILED,
+                failed_at=sa.func.coalesce(m.failed_at, utcnow()),  # a failed one keeps its time
                 raw=None,
                 claimed_at=None,
                 claimed_by=None,
@@ -1769,6 +1772,7 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
                 status=Status.QUEUED,
                 attempts=0,
                 next_attempt_at=None,
+                failed_at=None,
                 # A failed message enters the queue again (max_age_hours counts anew); a
                 # deferred one never left it: it has waited since then, as status says.
                 queued_at=sa.case((m.status == Status.FAILED, utcnow()), else_=m.queued_at),

@@ -366,23 +366,25 @@ def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, An
         ):
             out.setdefault(account, {})["waiting"] = int(n)
         for account in conn.execute(
-            sa.select(m.account).where(m.status == "failed", m.queued_at >= recent).distinct()
+            sa.select(m.account).where(m.status == "failed", m.failed_at >= recent).distinct()
         ).scalars():
             out.setdefault(account, {})
         rows = conn.execute(
-            sa.select(m.account, m.last_error, m.next_attempt_at, m.queued_at).where(
+            sa.select(m.account, m.last_error, m.next_attempt_at, m.failed_at, m.queued_at).where(
                 m.last_error.is_not(None),
                 sa.or_(
                     m.status.in_(waiting),
-                    sa.and_(m.status == "failed", m.queued_at >= now - dt.timedelta(days=7)),
+                    sa.and_(
+                        m.status == "failed", m.failed_at >= now - dt.timedelta(days=FAILED_DAYS)
+                    ),
                 ),
             )
         ).all()
     newest: dict[str, tuple[dt.datetime, str]] = {}
     for r in rows:
-        # When it was refused, at the latest: its next try is set just after (a failed
-        # one was refused after it was queued, usually at once).
-        at = r.next_attempt_at or r.queued_at
+        # When it was refused: when it failed, or at the latest its next try, which is
+        # set just after a refusal.
+        at = r.failed_at or r.next_attempt_at or r.queued_at
         if r.account not in newest or at > newest[r.account][0]:
             newest[r.account] = (at, r.last_error)
     for account, (at, error) in newest.items():
@@ -501,7 +503,7 @@ def _outbox(
         failed = conn.execute(
             sa.select(sa.func.count()).where(
                 m.status == "failed",
-                m.queued_at >= now - dt.timedelta(days=FAILED_DAYS),
+                m.failed_at >= now - dt.timedelta(days=FAILED_DAYS),
                 # a test message that failed was reported at once to whoever sent it
                 m.event != "test",
             )

@@ -354,6 +354,7 @@ def _queue(home: Path, *, status: str, hours_ago: float, error: str | None = Non
                 created_at=queued,
                 queued_at=queued,
                 next_attempt_at=now + dt.timedelta(minutes=30) if status == "deferred" else None,
+                failed_at=queued if status == "failed" else None,
                 last_error=error,
             )
         ).inserted_primary_key

@@ -37,9 +37,15 @@ def _indexes(engine: sa.Engine) -> dict[str, str]:
         return {name: str(sql) for name, sql in conn.execute(sa.text(q))}
 
 
+# Columns later revisions added: not there in the database an older cpmail made.
+LATER = {"failed_at"}
+
+
 def _rows(engine: sa.Engine) -> list[Any]:
+    """Every message, in the columns an older database has too."""
+    old = [c for c in messages.c if c.name not in LATER]
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(messages).order_by(messages.c.id)))
+        return list(conn.execute(sa.select(*old).order_by(messages.c.id)))
 
 
 def test_upgrading_from_0006_keeps_the_outbox_and_indexes_deferred_mail_only(
@@ -93,9 +99,9 @@ def test_upgrading_from_0006_keeps_the_outbox_and_indexes_deferred_mail_only(
 
         r = cli("db", "upgrade")
         assert r.exit_code == 0, r.output
-        assert "0007" in r.stdout
+        assert cpmail.store.SCHEMA_REVISION in r.stdout
 
-        assert cpmail.store.current_revision(engine) == "0007"
+        assert cpmail.store.current_revision(engine) == cpmail.store.SCHEMA_REVISION
         assert _rows(engine) == before  # every row as it was
         indexes = _indexes(engine)
         assert OLD_INDEX not in indexes
@@ -110,5 +116,52 @@ def test_upgrading_from_0006_keeps_the_outbox_and_indexes_deferred_mail_only(
 
         _migrate(engine, "downgrade", "0006")  # and back, for whoever must
         assert OLD_INDEX in _indexes(engine) and NEW_INDEX not in _indexes(engine)
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_from_0007_dates_failed_mail_by_when_it_was_queued(
+    backend: str, cli: Cli, home: Path
+) -> None:
+    """Mail that failed before the database recorded when has its queue time instead;
+    nothing else gets a time of failure, and every row is as it was."""
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    try:
+        _migrate(engine, "downgrade", "0007")
+        queued = dt.datetime(2026, 11, 2, 8, 30)
+        common = {
+            "event": "task-due-today",
+            "from_addr": "ops@agency.test",
+            "to_addrs": "ann@agency.test",
+            "pending_rcpts": "",
+            "subject": "Due today",
+            "created_at": queued,
+            "queued_at": queued,
+            "attempts": 1,
+        }
+        old = messages.c
+        with engine.begin() as conn:
+            for mid, status in (("<1@x>", "failed"), ("<2@x>", "sent"), ("<3@x>", "deferred")):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO messages (event, from_addr, to_addrs, pending_rcpts, "
+                        "subject, message_id, status, attempts, created_at, queued_at) "
+                        "VALUES (:event, :from_addr, :to_addrs, :pending_rcpts, :subject, "
+                        ":message_id, :status, :attempts, :created_at, :queued_at)"
+                    ),
+                    {**common, "message_id": mid, "status": status},
+                )
+        before = _rows(engine)
+        assert cli("db", "upgrade").exit_code == 0
+        assert _rows(engine) == before
+        with engine.connect() as conn:
+            got = {
+                r.message_id: r.failed_at
+                for r in conn.execute(sa.select(old.message_id, old.failed_at))
+            }
+        assert got == {"<1@x>": queued, "<2@x>": None, "<3@x>": None}
     finally:
         engine.dispose()

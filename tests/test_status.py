@@ -211,6 +211,23 @@ def test_probe_logs_in_without_sending(cli: Cli, home: Path, smtp_server_factory
     assert "login test ok" in cli("status", "--probe").stdout
 
 
+def test_mail_that_fails_after_a_long_pause_counts_as_failed_lately(
+    cli: Cli, home: Path, smtp_server_factory: Factory
+) -> None:
+    """Queued before ten days without a run (a server off over a holiday), mail fails for
+    good on the first run after them: a failure of today, not of ten days ago."""
+    from tests.test_alerts import _queue
+
+    setup_smtp(cli, smtp_server_factory())
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    _queue(home, status="deferred", hours_ago=240, error="451 4.3.0 try again later")
+    r = cli("check", "--date", "2026-11-24")
+    assert r.exit_code == 1 and "1 failed" in r.output, r.output
+    code, doc = status(cli)
+    assert code == 1 and doc["outbox"]["failed_7_days"] == 1, doc
+    assert "451 4.3.0" in doc["accounts"][0]["last_error"], doc["accounts"]
+
+
 # ---------------------------------------------------------------- Gmail and Microsoft sign-ins
 
 

@@ -407,6 +407,8 @@ messages = sa.Table(
     sa.Column("claimed_at", sa.DateTime),
     sa.Column("claimed_by", sa.Text),
     sa.Column("sent_at", sa.DateTime),
+    # when it failed for good (UTC), whenever it was queued: status's "failed lately"
+    sa.Column("failed_at", sa.DateTime),
     sa.Column("last_error", sa.Text),
     sa.Column("run_id", sa.Text),
     # refused for good in an earlier attempt, while others were deferred (comma-separated)
