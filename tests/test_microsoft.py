@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import queue
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -499,6 +502,29 @@ def test_no_token_or_secret_in_any_output(
     assert leaked == []
 
 
+def _as_jd(cli: Cli, home: Path) -> Path:
+    """A home whose staff member JD, signed in, sends; no agency work of their own."""
+    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    sign_in(home)
+    return home
+
+
+def _check_process(home: Path) -> subprocess.Popen[str]:
+    """`cpmail check` on the faults' date, as a process of its own (to be signalled)."""
+    from tests.test_faults import DATE
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "check", "--date", DATE],
+        env={**os.environ, "CPMAIL_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.serial
 def test_a_second_signal_waits_for_graphs_answer_to_the_message_it_has(
     initialised: Cli, ms_home: Path, fake: FakeAPI
@@ -507,29 +533,15 @@ def test_a_second_signal_waits_for_graphs_answer_to_the_message_it_has(
     given back to the queue and sent again by the next run."""
     import collections
     import email
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from tests.test_faults import DATE, queue_messages, statuses, wait_for
 
     cli = initialised
-    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
-    assert r.exit_code == 0, r.output
-    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
-    assert cli("config", "set", "user.staff", "JD").exit_code == 0
-    sign_in(ms_home)
-    ids = queue_messages(ms_home, 6)
+    ids = queue_messages(_as_jd(cli, ms_home), 6)
     fake.stall = 1.0  # Graph takes each message, then answers a second later
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cpmail", "check", "--date", DATE],
-        env={**os.environ, "CPMAIL_HOME": str(ms_home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _check_process(ms_home)
     wait_for(lambda: fake.paths("POST").count(ME) >= 2 or proc.poll() is not None)
     assert proc.poll() is None, (proc.communicate(), fake.paths())
     time.sleep(0.2)
@@ -588,30 +600,15 @@ def test_a_trickled_answer_holds_a_stopping_run_no_longer_than_the_timeout(
     """Stopped twice while Graph trickles its answer a byte at a time (each byte well
     within the timeout): the run waits at most the timeout for that answer, then ends,
     with the message waiting in the outbox (possibly sent), not claimed or lost."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    from tests.test_faults import DATE, queue_messages, statuses, wait_for
+    from tests.test_faults import queue_messages, statuses, wait_for
 
-    cli = initialised
-    r = cli("staff", "add", "JD", "--name", "Jane Doe", "--work-email", "jd@agency.example")
-    assert r.exit_code == 0, r.output
-    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
-    assert cli("config", "set", "user.staff", "JD").exit_code == 0
-    assert cli("config", "set", "mail.microsoft.timeout", "2").exit_code == 0
-    sign_in(ms_home)
-    queue_messages(ms_home, 4)
+    assert initialised("config", "set", "mail.microsoft.timeout", "2").exit_code == 0
+    queue_messages(_as_jd(initialised, ms_home), 4)
     fake.trickle = 0.25  # an answer of about 100 bytes: half a minute
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cpmail", "check", "--date", DATE],
-        env={**os.environ, "CPMAIL_HOME": str(ms_home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _check_process(ms_home)
     wait_for(lambda: fake.paths("POST").count(ME) >= 1 or proc.poll() is not None)
     assert proc.poll() is None, (proc.communicate(), fake.paths())
     proc.send_signal(signal.SIGTERM)
