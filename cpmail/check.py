@@ -386,7 +386,12 @@ def _queue_all(
     return the notifications a concurrent run queued first (not queued here).
     """
     plan = _planner(renderer, settings, sender, directory)
-    limit = transport.max_message_bytes if transport else None
+    # A digest or list is split to what the server takes (an SMTP server may say it takes
+    # far less than the transport could carry); a message of one notification cannot be.
+    limit = None
+    if transport is not None:
+        several = any(len(g) > 1 for g in groups)
+        limit = transport.size_limit() if several else transport.max_message_bytes
     planned = _fitted(plan, groups, limit)
     with engine.begin() as conn:
         fresh = record_keys(conn, [n.key for n in found], _now())

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -501,3 +502,40 @@ def test_a_dry_run_splits_a_digest_as_the_real_run_does(
     mine = [m for m in json.loads(r.stdout)["messages"] if m["to"] == "alice@agency.test"]
     assert len(mine) > 1, [m["subject"] for m in mine]
     assert all(len(m["text"]) < 3 * 1024 * 1024 for m in mine)
+
+
+def test_a_digest_larger_than_the_server_takes_goes_in_parts_it_takes(
+    cli: Cli, home: Path, smtp_server_factory: Any
+) -> None:
+    """The SMTP server announces a SIZE far below what the transport could carry: a
+    digest is split to fit it, every note arrives, and nothing fails for size."""
+    server = smtp_server_factory(size_limit=20_000)
+    engine = _agency(cli, home, server)
+    assert cli("staff", "edit", "AE", "--digest", "on").exit_code == 0
+    notes = [f"Note {i:02d}" for i in range(12)]
+    insert(
+        engine,
+        "homebase_entries",
+        [
+            dict(
+                id=f"H{i}",
+                subject=subject,
+                body="words " * 500,
+                entered_by="CR",
+                entered_at=at(D, 9),
+                notify="AE",
+            )
+            for i, subject in enumerate(notes)
+        ],
+    )
+    r = cli("check", "--date", D.isoformat(), "--only", "homebase-entry", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["totals"]["failed"] == 0, r.stdout
+    mine = [m for m in server.messages if "alice@agency.test" in m.rcpt_tos]
+    assert len(mine) > 1 and all(len(m.data) <= 20_000 for m in mine), [len(m.data) for m in mine]
+    texts = [
+        str(message_from_bytes(m.data, policy=policy.default).get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        for m in mine
+    ]
+    # each note in exactly one of the parts
+    assert {n: sum(n in t for t in texts) for n in notes} == dict.fromkeys(notes, 1)

@@ -76,6 +76,11 @@ class Transport(abc.ABC):
         self.settings = settings
         self.secrets = secrets
 
+    def size_limit(self) -> int:
+        """The largest message the server takes now, asked before a digest is composed
+        to fit it: ``max_message_bytes`` unless the server says less."""
+        return self.max_message_bytes
+
     @abc.abstractmethod
     def deliver(self, envelopes: Iterable[Envelope], report: Report) -> None:
         """Send every envelope and call ``report`` once for each, as soon as it is known."""

@@ -658,6 +658,29 @@ class SMTPTransport(Transport):
         run = _Run(cfg, tls, intake, report)
         asyncio.run(run.go(cfg.connections))
 
+    def size_limit(self) -> int:
+        """The SIZE the server announces (RFC 1870), asked over a connection of its own
+        without logging in, when it is less than ``max_message_bytes``.
+
+        A server that announces none, or cannot be asked now, leaves
+        ``max_message_bytes``: sending then meets whatever stopped the asking.
+        """
+        cfg = SMTPConfig.from_settings(self.settings)
+
+        async def ask() -> int:
+            conn = _Connection(cfg, cfg.tls_context(), _Group(None), _local_hostname())
+            await conn.open()
+            try:
+                return conn.size_limit
+            finally:
+                await conn.close()
+
+        try:
+            announced = asyncio.run(ask())
+        except (CpmailError, OSError):
+            return self.max_message_bytes
+        return min(announced, self.max_message_bytes) if announced else self.max_message_bytes
+
     def login_for(self, env: Envelope, cache: dict[str, Secret | None]) -> Login | None:
         """How ``env`` logs in: its account's passcode as its sender, or not at all."""
         if not env.account:
