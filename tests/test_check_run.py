@@ -539,3 +539,24 @@ def test_a_digest_larger_than_the_server_takes_goes_in_parts_it_takes(
     ]
     # each note in exactly one of the parts
     assert {n: sum(n in t for t in texts) for n in notes} == dict.fromkeys(notes, 1)
+
+
+def test_the_last_line_says_which_failures_were_earlier_runs_mail(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Mail queued by an earlier run fails in this one: the table counts this run's own
+    notifications (none), so the last line must not leave six failures unexplained."""
+    from tests.test_faults import queue_messages
+
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0  # nothing new
+    queue_messages(home, 6)
+    smtp_server.fail_data = "554 5.6.0 rejected"
+    r = cli("check", "--date", D.isoformat(), "--json")
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    # this run's own: the summary of failures to the manager, refused as well
+    assert doc["totals"]["failed"] == 1 and doc["outbox"]["earlier"]["failed"] == 6, doc
+    assert "7 failed in this run (0 deferred and 6 failed of them queued by earlier runs" in (
+        r.stderr
+    ), r.stderr

@@ -156,9 +156,15 @@ def _undelivered(c: Any, result: Any) -> str:
     w = result.waiting
     parts = []
     if d is not None and d.undelivered:
-        parts.append(
-            f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed in this run"
-        )
+        said = f"{d.count('deferred')} message(s) deferred and {d.count('failed')} failed"
+        said += " in this run"
+        e = result.earlier  # the table counts only this run's own; say where the rest are
+        if e and (e["deferred"] or e["failed"]):
+            said += (
+                f" ({e['deferred']} deferred and {e['failed']} failed of them queued by earlier "
+                "runs, under the table)"
+            )
+        parts.append(said)
     if w is not None and w.total:
         how = []
         if w.deferred:
