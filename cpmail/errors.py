@@ -45,6 +45,15 @@ class NotDelivered(CpmailError):
     exit_code = 1
 
 
+#: How a temporary failure's sentence ends: true while the message waits, not once it failed.
+RESENT = "; it will be sent again"
+
+
+def settled(error: str) -> str:
+    """A recorded error once the message will not be sent again: without ``RESENT``."""
+    return error.replace(RESENT + ".", ".").replace(RESENT, "")
+
+
 class TransportError(CpmailError):
     """Base of delivery errors; ``retry_after`` is in seconds when the server said."""
 

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from cpmail import interrupt, pace
 from cpmail.errors import (
+    RESENT,
     AuthError,
     InputError,
     NoAnswer,
@@ -41,6 +42,7 @@ from cpmail.errors import (
     TransportError,
     Unavailable,
     Unreachable,
+    settled,
 )
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
@@ -619,8 +621,10 @@ def claim(
 
 
 def _joined(column: Any, more: str) -> Any:
-    """``column; more`` in SQL, without a sentence's full stop before the semicolon."""
-    return sa.case((column.is_(None), more), else_=sa.func.rtrim(column, ".") + "; " + more)
+    """``column; more`` in SQL, for a message that ends (failed or dropped): without a
+    sentence's full stop before the semicolon, nor an earlier "it will be sent again"."""
+    said = sa.func.replace(sa.func.rtrim(column, "."), RESENT, "")
+    return sa.case((column.is_(None), more), else_=said + "; " + more)
 
 
 def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
@@ -998,6 +1002,7 @@ class _Recorder:
             values.update(status=Status.DEFERRED, next_attempt_at=now + delay)
             values["pending_rcpts"] = ",".join(unserved)
         else:
+            error = settled(error)
             if temporary:
                 error += f" (gave up after {attempts} attempts)"
             values["status"] = Status.FAILED

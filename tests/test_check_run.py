@@ -560,3 +560,36 @@ def test_the_last_line_says_which_failures_were_earlier_runs_mail(
     assert "7 failed in this run (0 deferred and 6 failed of them queued by earlier runs" in (
         r.stderr
     ), r.stderr
+
+
+@pytest.mark.parametrize("how", ["test message", "attempts used up", "too long in the outbox"])
+def test_mail_that_ends_failed_never_says_it_will_be_sent_again(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, how: str
+) -> None:
+    """The words a temporary failure is recorded with promise another try; once the
+    message failed for good, the log and status must not keep the promise."""
+    from tests.test_faults import queue_messages
+
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0  # nothing new
+    smtp_server.drop_during_data = True  # "broke off the message; it will be sent again"
+    if how == "test message":
+        assert cli("config", "test").exit_code == 1
+    else:
+        queue_messages(home, 2)
+        if how == "attempts used up":
+            assert cli("config", "set", "outbox.max_attempts", "1").exit_code == 0
+        else:
+            assert cli("check", "--date", D.isoformat()).exit_code == 1  # deferred, with it
+            engine = connect(Settings.load(home).db_url, where="test")
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE messages SET queued_at = '2000-01-01 00:00:00'"))
+            engine.dispose()
+        assert cli("check", "--date", D.isoformat()).exit_code == 1
+    r = cli("log", "--status", "failed", "--json")
+    failed = json.loads(r.stdout)
+    assert failed, r.stdout
+    said = [row["last_error"] for row in failed]
+    assert all(s and "sent again" not in s for s in said), said
+    if how == "test message":  # nothing else waits: status shows the account's last error
+        assert "sent again" not in cli("status").stdout

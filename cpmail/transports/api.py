@@ -23,7 +23,14 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import httpx
 
 from cpmail import interrupt
-from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.errors import (
+    RESENT,
+    AuthError,
+    NoAnswer,
+    PermanentFailure,
+    TemporaryFailure,
+    Unreachable,
+)
 from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
 from cpmail.scrub import Scrubber, mask_tokens
 from cpmail.sizes import size_pair
@@ -279,19 +286,17 @@ class Poster:
             ) from None
         except httpx.TimeoutException as e:
             raise NoAnswer(
-                f"{self.service} did not answer in time ({type(e).__name__}); "
-                "it will be sent again.",
+                f"{self.service} did not answer in time ({type(e).__name__}){RESENT}.",
                 maybe_sent=True,
             ) from None
         except TimeoutError:
             raise NoAnswer(
-                f"{self.service} did not answer whole within {within:g} s; it will be sent again.",
+                f"{self.service} did not answer whole within {within:g} s{RESENT}.",
                 maybe_sent=True,
             ) from None
         except httpx.TransportError as e:
             raise TemporaryFailure(
-                f"{self.service} did not answer properly ({type(e).__name__}); "
-                "it will be sent again.",
+                f"{self.service} did not answer properly ({type(e).__name__}){RESENT}.",
                 maybe_sent=True,
             ) from None
 

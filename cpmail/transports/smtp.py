@@ -33,6 +33,7 @@ import aiosmtplib
 
 from cpmail import interrupt
 from cpmail.errors import (
+    RESENT,
     AuthError,
     ConfigError,
     CpmailError,
@@ -322,7 +323,7 @@ class _Connection:
                 env.id,
                 error=TemporaryFailure(
                     f"the SMTP server {self.cfg.address} broke off the message "
-                    f"({detail or type(e).__name__}); it will be sent again."
+                    f"({detail or type(e).__name__}){RESENT}."
                 ),
             )
 
@@ -545,7 +546,7 @@ class _Connection:
                 env.id,
                 error=TemporaryFailure(
                     f"the SMTP server {where} closed the connection while the message was "
-                    "being sent; it will be sent again.",
+                    f"being sent{RESENT}.",
                     maybe_sent=True,
                 ),
             )
@@ -556,7 +557,7 @@ class _Connection:
                     env.id,
                     error=TemporaryFailure(
                         f"the SMTP server {where} answered the message with {answer.code}, "
-                        "an answer out of step; it will be sent again.",
+                        f"an answer out of step{RESENT}.",
                         maybe_sent=True,
                     ),
                 )

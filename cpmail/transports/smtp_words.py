@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Literal
 
 import aiosmtplib
 
-from cpmail.errors import AuthError, NoAnswer, PermanentFailure, TemporaryFailure, Unreachable
+from cpmail.errors import (
+    RESENT,
+    AuthError,
+    NoAnswer,
+    PermanentFailure,
+    TemporaryFailure,
+    Unreachable,
+)
 from cpmail.secrets import SHARED, Secret
 from cpmail.transports.base import Envelope
 
@@ -109,10 +116,7 @@ def failure(code: int, what: str, where: str) -> TemporaryFailure | PermanentFai
 
 
 def timed_out(where: str, timeout: float, after: str) -> TemporaryFailure:
-    return NoAnswer(
-        f"the SMTP server {where} did not answer {after} within {timeout:g} s; "
-        "it will be sent again."
-    )
+    return NoAnswer(f"the SMTP server {where} did not answer {after} within {timeout:g} s{RESENT}.")
 
 
 # Answers that concern the sending account or this machine, not a recipient:
