@@ -266,7 +266,7 @@ def _percentages(v: Any) -> list[int]:
 
 
 # How SQLAlchemy splits a URL: user up to ":" or "/", password up to the first "@",
-# host up to "/", ":" or "?", the rest up to "?".
+# host up to "/", ":" or "?", the rest up to "?", then the query.
 _URL_PARTS = re.compile(
     r"^[\w+.\-]+://(?:[^:/]*(?::[^@]*)?@)?(?P<host>\[[^\]]*\]|[^/:?]*)(?::[^/?]*)?(?P<path>[^?]*)"
 )
@@ -276,16 +276,28 @@ def _url(raw: Any) -> str:
     v = _str(raw).strip()
     if v and "://" not in v:
         raise ValueError("expected a URL such as 'https://…' or 'postgresql+psycopg://…'")
-    m = _URL_PARTS.match(v)
-    path_may_hold_at = v.lower().startswith(("http://", "https://", "sqlite"))
-    if m and ("@" in m["host"] or (not path_may_hold_at and "@" in m["path"])):
-        # The password held an "@": the rest of it would be taken for the host name, and
-        # shown in the database driver's errors. Refused before anything connects.
-        raise ValueError(
-            "the URL has an '@' after its user:password part; write an @ in the password "
-            "as %40 (and /, : or a space as %2F, %3A, %20)"
-        )
+    if bare_at(v):
+        raise ValueError(_BARE_AT)
     return v
+
+
+def bare_at(url: str) -> bool:
+    """Whether ``url`` has an "@" after the one that ends its user part: one in the
+    password or in a ?name=value. What follows it would be taken for the host, a
+    database or a query, and shown in the database driver's errors; such a URL is
+    refused before anything connects. (A web address's or an SQLite file's path may
+    hold an "@".)"""
+    m = _URL_PARTS.match(url)
+    path_may_hold_at = url.lower().startswith(("http://", "https://", "sqlite"))
+    if m is None:
+        return False
+    return "@" in m["host"] or (not path_may_hold_at and "@" in url[m.start("path") :])
+
+
+_BARE_AT = (
+    "the URL has an '@' after its user:password part; write an @ in the password "
+    "or in a ?name=value as %40 (and /, : or a space as %2F, %3A, %20)"
+)
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -335,6 +347,8 @@ def _db_url(raw: Any) -> str:
         ) from None
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"its port {port} is not a port (1 to 65535)")
+    if misread(u):
+        raise ValueError(_BARE_AT)
     return v
 
 
@@ -613,13 +627,28 @@ def _parse_url(url: str) -> tuple[bool, str | None]:
         return False, None
     if u.drivername.startswith("sqlite") and u.username is None and u.password is None:
         return True, None  # a file path may hold an "@"; there is no password
+    return (False, None) if misread(u) else (True, u.password)
+
+
+# What a query looks like where SQLAlchemy found a password: "…/db?password=a" before an @.
+_QUERY_IN_PASSWORD = re.compile(r"\?[\w.%\-]+=")
+
+
+def misread(u: Any) -> bool:
+    """Whether SQLAlchemy's reading ``u`` of a database URL cannot be right: an "@" it did
+    not take for the end of the user part (in the host, database or query), or a password
+    that holds a query, ended by an "@" inside a ?name=value. The rest of the password
+    would then be read as a host, a database or a query, and shown in the driver's errors.
+    (An SQLite file's path may hold an "@".)"""
+    if u.drivername.startswith("sqlite"):
+        return False
     parts = [u.host or "", u.database or ""]
     for k, v in u.query.items():
         parts.append(k)
         parts.extend([v] if isinstance(v, str) else list(v))
     if any("@" in part for part in parts):
-        return False, None
-    return True, u.password
+        return True
+    return bool(u.password and _QUERY_IN_PASSWORD.search(u.password))
 
 
 # ``password=value`` in a connection string (libpq's, inside a query's dblink(…), say):

@@ -183,15 +183,30 @@ def test_database_password_never_shown_or_mailed(
     assert "---- diagnostics ----" in bug and "database.url = " in bug
 
 
+def _bare_at_url(shape: str, secret: str) -> str:
+    """A URL with ``secret`` (which holds a bare @) where a password may be written."""
+    host = f"{PG.hostname}:{PG.port or 5432}"
+    if shape == "user part":
+        # SQLAlchemy and the driver would read "Kv8s" as the password and
+        # "Tr4Pq7@127.0.0.1" as the host; the driver's "cannot resolve host" shows it.
+        return pg_url(secret)
+    if shape == "query":  # the user's @ ends the user part; the query's is taken as one too
+        return pg_url("", f"password={secret}")
+    if shape == "query, no user part":  # "127.0.0.1" read as the user, "5432/…" as password
+        return f"postgresql+psycopg://{host}{PG.path}?password={secret}"
+    # "?" right after the @: the rest is a query without a value, which SQLAlchemy drops
+    first, _, rest = secret.partition("@")
+    return f"postgresql+psycopg://{PG.username}:{first}@?{rest}@{host}{PG.path}"
+
+
+@pytest.mark.parametrize("shape", ["user part", "query", "query, no user part", "@?"])
 @pytest.mark.parametrize("key", ["database.url", "source.url"])
 @pytest.mark.parametrize("where", ["config set", "file", "env"])
 def test_a_password_with_a_bare_at_is_refused_without_showing_it(
-    initialised: Cli, home: Path, where: str, key: str
+    initialised: Cli, home: Path, where: str, key: str, shape: str
 ) -> None:
-    # SQLAlchemy and the driver would read "Kv8s" as the password and "Tr4Pq7@127.0.0.1"
-    # as the host, and the driver's "cannot resolve host" would show the rest.
     secret = "Kv8s@Tr4Pq7"
-    url = pg_url(secret)
+    url = _bare_at_url(shape, secret)
     env_name = "CPMAIL_" + key.replace(".", "_").upper()
     run = Run(initialised, {env_name: url} if where == "env" else {})
     if where == "config set":

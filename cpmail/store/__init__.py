@@ -71,13 +71,15 @@ def make_engine(
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    from cpmail.settings import bare_at, misread
+
     # The errors below never quote the URL or SQLAlchemy's words about it: they may hold
     # the password.
     try:
         parsed = sa.engine.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
         parsed = None
-    if parsed is None or "@" in (parsed.host or "") or "@" in (parsed.database or ""):
+    if parsed is None or bare_at(url) or misread(parsed):
         raise ConfigError(
             "database.url is not a database URL cpmail can use; write it as "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME, with any @, /, : or space "
