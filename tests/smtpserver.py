@@ -46,6 +46,8 @@ Trouble, set on the object at any time (it applies to the next command):
 
 - ``greeting = "421 4.3.2 busy"``: answer every connection with this and hang up.
 - ``silent = True``: accept TCP connections but never say anything.
+- ``greeting_delays = [0, 0.4, 0.8]``: the next connections wait this long each
+  before the greeting (one value per connection, then none): they start apart.
 - ``max_connections = n``: turn away connections beyond ``n`` open at once
   with ``421 4.7.0 too many connections``.
 - ``offer_starttls = False``: keep STARTTLS out of the EHLO answer.
@@ -151,6 +153,10 @@ class _Session(SMTP):
             return
         if owner.silent:
             await asyncio.Event().wait()  # until the client gives up and hangs up
+        with owner._lock:
+            delay = owner.greeting_delays.pop(0) if owner.greeting_delays else 0.0
+        if delay:
+            await asyncio.sleep(delay)
         if owner.greeting is not None:
             await self.push(owner.greeting)
             if self.transport is not None:
@@ -348,6 +354,7 @@ class SMTPTestServer:
         # trouble switches
         self.greeting: str | None = None
         self.silent = False
+        self.greeting_delays: list[float] = []
         self.max_connections: int | None = None
         self.offer_starttls = True
         self.offer_pipelining = SMTPTestServer.offer_pipelining

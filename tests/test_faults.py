@@ -362,13 +362,17 @@ def test_a_server_that_stops_answering_ends_the_run_early(
 
 
 @pytest.mark.serial
+@pytest.mark.parametrize("apart", [0.0, 0.4])
 def test_a_server_judged_silent_is_handed_no_more_messages(
-    cli: Cli, home: Path, smtp_server: SMTPTestServer
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, apart: float
 ) -> None:
-    """Each text handed to a server that then says nothing may be sent twice: once the run
-    has judged it silent, no connection hands over another (one per connection, not 5)."""
+    """Each text handed to a server that then says nothing may be sent twice: at most one
+    per connection goes before the run judges it silent. Also when the connections start
+    apart, and the first to wait out its timeout could reconnect and hand over another
+    before the others have waited out theirs."""
     prepare(cli, smtp_server, **{"mail.smtp.timeout": "1"})
     ids = queue_messages(home, 30)
+    smtp_server.greeting_delays = [0.0, apart, 2 * apart]
     smtp_server.stall_after = 0  # takes every text, answers none; counts down per text
     r = cli("check", "--date", DATE)
     assert r.exit_code == 3 and "stopped answering" in r.stderr, r.output

@@ -762,6 +762,13 @@ class _Run:
         self.resent: set[int] = set()
         self.local_hostname = "localhost"
         self.timeouts = 0  # consecutive messages the server did not answer in time
+        # Workers whose last message got no answer in time, since the last answer that came.
+        # Each waits for an answer to come to another before it hands over one more; when all
+        # wait, one at a time does. So a server that stops answering is handed one message
+        # per connection, or _STALLED_AFTER with fewer connections, before the run ends.
+        self.unanswered: set[int] = set()
+        self.running: set[int] = set()  # workers in their loop
+        self.answered: asyncio.Event | None = None  # set when a worker may go on
         # A recorder that can take outcomes now and write them together later.
         self.settled: Callable[[int], bool] | None = getattr(report, "settled", None)
         self.take: Callable[[Outcome], None] | None = getattr(report, "take", None)
@@ -850,18 +857,43 @@ class _Run:
             # finished: start again. With no connection open, the next refusal
             # is fatal, so this cannot go round for ever.
 
-    def _note(self, outcome: Outcome) -> None:
+    def _note(self, n: int, outcome: Outcome) -> None:
         """Count answers: a server that stops answering ends the run (the rest stay queued)."""
         if not isinstance(outcome.error, NoAnswer):
             self.timeouts = 0
+            self.unanswered.clear()
+            self._wake()
             return
         self.timeouts += 1
+        self.unanswered.add(n)
         if self.timeouts >= _STALLED_AFTER and self.fatal is None:
             self.fatal = Unreachable(
                 f"the SMTP server {self.cfg.address} stopped answering ({self.timeouts} "
                 f"messages in a row got no answer within {self.cfg.timeout:g} s); the rest "
                 "stay in the outbox for the next run."
             )
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.answered is not None:
+            self.answered.set()
+            self.answered = None
+
+    def _may_send(self, n: int) -> bool:
+        """Whether worker ``n`` may hand over a message: its last one was answered (or
+        another was since), or every worker waits and it is the one to try again."""
+        if n not in self.unanswered:
+            return True
+        return self.running <= self.unanswered and n == min(self.running)
+
+    async def _until_answered(self, n: int) -> None:
+        """Wait until worker ``n`` may hand over a message, or the run ends."""
+        while not self._may_send(n) and self.fatal is None and not self._stopping():
+            if self.answered is None:
+                self.answered = asyncio.Event()
+            answered = self.answered
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), 0.5)  # and look at stopping again
 
     def _pick(self, current: _Group | None) -> _Group | None:
         """Stay with the current group while it has mail; else join the neediest one."""
@@ -882,6 +914,7 @@ class _Run:
     async def _worker(self, n: int) -> None:  # noqa: C901
         conn: _Connection | None = None
         current: _Group | None = None
+        self.running.add(n)
         try:
             while self.fatal is None and not self._stopping():
                 self.intake.fill(self._want())
@@ -897,6 +930,10 @@ class _Run:
                         group.workers += 1
                 if group is None:
                     return
+                if n in self.unanswered:  # its last message got no answer: wait for one
+                    await self._until_answered(n)
+                    if self.fatal is not None or self._stopping():
+                        break
                 if conn is None or not conn.connected:
                     if conn is not None:
                         await self._drop(conn)
@@ -931,7 +968,7 @@ class _Run:
                         group.pending.appendleft(env)  # not sent: it stays in the outbox
                         raise
                     self._report(outcome)
-                self._note(outcome)
+                self._note(n, outcome)
                 if outcome.accepted:
                     group.delivered = True
         except BaseException as e:
@@ -940,6 +977,9 @@ class _Run:
             if not isinstance(e, Exception):
                 raise
         finally:
+            self.running.discard(n)
+            self.unanswered.discard(n)
+            self._wake()  # those left may all be waiting now: one of them goes on
             if current is not None:
                 current.workers -= 1
             if conn is not None:
