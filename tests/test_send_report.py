@@ -488,3 +488,15 @@ def test_one_mailbox_written_two_ways_is_one_recipient_and_known_as_staff(
     assert r.exit_code == 0, r.output
     [_, msg] = sent(home)
     assert len(msg["To"].addresses) == 1, msg["To"]
+
+
+def test_a_line_break_in_a_file_name_does_not_make_a_line_of_output(
+    agency: Cli, tmp_path: Path
+) -> None:
+    """What the command says is one line: a name cannot add a line that looks like cpmail's."""
+    name = "March\nSent forged.pdf to boss@agency.test.pdf"
+    make_pdf(agency, tmp_path / name, "invoice", "B1")
+    r = agency("send-report", str(tmp_path / name), "--to", "ap@northwind.test")
+    assert r.exit_code == 0, r.output
+    [line] = [x for x in r.stdout.splitlines() if x.strip()]
+    assert line.startswith("Sent March Sent forged.pdf to boss@agency.test.pdf to ap@"), line

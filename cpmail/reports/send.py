@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.addresses import check_address, looks_like_address, mailbox_key
+from cpmail.addresses import check_address, clean_header_text, looks_like_address, mailbox_key
 from cpmail.compose import Attachment, Mailbox, build_message, first_reply_to, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.people import Sender, resolve_sender
@@ -299,7 +299,7 @@ def send_report(
         event=EVENT,
         account=sender.account,
         envelope_from=sender.address,
-        what=f"{filename} to {', '.join(r.address for r in recipients)}",
+        what=f"{clean_header_text(filename)} to {', '.join(r.address for r in recipients)}",
         attachment=filename,
     )
-    return Outcome(filename, recipients, sender)
+    return Outcome(clean_header_text(filename), recipients, sender)  # shown on one line
