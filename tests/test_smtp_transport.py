@@ -666,3 +666,15 @@ def test_a_server_gone_mid_batch_stops_the_run_keeping_what_was_reported(
     assert [o.id for o in reported] == [0, 1]
     assert all(o.error is None for o in reported)
     assert len(smtp_server.messages) == 2
+
+
+def test_the_size_a_digest_is_composed_to_is_what_the_server_takes(
+    home: Path, smtp_server_factory: Callable[..., SMTPTestServer], closed_port: int
+) -> None:
+    """The SIZE the server announces, asked without logging in and without sending; a
+    server that cannot be asked now gets Postfix's default, not the transport's 35 MB."""
+    server = smtp_server_factory(tls="starttls", users={JD: "right"}, size_limit=20_000)
+    assert transport(home, server).size_limit() == 20_000
+    assert server.messages == [] and server.auth_attempts == []
+    down = transport(home, host="127.0.0.1", port=closed_port, security="none")
+    assert down.size_limit() == 10_240_000 < down.max_message_bytes

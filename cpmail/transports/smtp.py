@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 Security = Literal["starttls", "ssl", "none"]
 
 _MESSAGES_PER_EXTRA_CONNECTION = 4
+# What a digest is composed to fit when the server cannot be asked for its SIZE: Postfix's
+# default message_size_limit, below what Exchange Online and Gmail take.
+_UNASKED_SIZE = 10_240_000
 # Outcomes are written at the latest this long after they come (seconds), together
 # with any that come meanwhile; sooner when a connection needs one on record.
 _WRITE_WITHIN = 0.002
@@ -663,8 +666,9 @@ class SMTPTransport(Transport):
         """The SIZE the server announces (RFC 1870), asked over a connection of its own
         without logging in, when it is less than ``max_message_bytes``.
 
-        A server that announces none, or cannot be asked now, leaves
-        ``max_message_bytes``: sending then meets whatever stopped the asking.
+        A server that announces none leaves ``max_message_bytes``. One that cannot be
+        asked now (sending then meets whatever stopped the asking) gets at most
+        ``_UNASKED_SIZE``: the digest is queued now and may go to it later.
         """
         cfg = SMTPConfig.from_settings(self.settings)
 
@@ -679,7 +683,7 @@ class SMTPTransport(Transport):
         try:
             announced = asyncio.run(ask())
         except (CpmailError, OSError):
-            return self.max_message_bytes
+            return min(_UNASKED_SIZE, self.max_message_bytes)
         return min(announced, self.max_message_bytes) if announced else self.max_message_bytes
 
     def login_for(self, env: Envelope, cache: dict[str, Secret | None]) -> Login | None:
