@@ -872,3 +872,25 @@ def test_a_client_secret_quoted_when_the_code_is_exchanged_is_not_repeated(
     words = str(result["error"])
     assert "invalid_client" in words and GOOGLE_CLIENT_SECRET not in words, words
     assert GOOGLE_CLIENT_SECRET[:8] not in words, words
+
+
+def test_a_trickling_token_endpoint_holds_an_account_no_longer_than_the_timeout(
+    gmail_home: Path, fake: FakeAPI
+) -> None:
+    """Google trickles its answer to the renewal a byte at a time, each byte well within
+    the timeout: the renewal is given up after the timeout, once for the account; its
+    messages wait in the outbox, none is posted with a stale token."""
+    import time
+
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.timeout", "1")
+    settings.save()
+    fake.trickle_tokens = 0.2  # an answer of a few hundred bytes: a minute or more
+    started = time.monotonic()
+    outcomes = deliver(gmail_home, env(1), env(2), env(3))
+    elapsed = time.monotonic() - started
+    assert elapsed < 4, f"{elapsed:.1f} s: the renewal was waited out"
+    assert all(isinstance(o.error, TemporaryFailure) for o in outcomes), outcomes
+    assert all("did not answer within 1 s" in str(o.error) for o in outcomes), outcomes
+    assert fake.sent == []

@@ -16,9 +16,9 @@ import email.utils
 import math
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import httpx
 
@@ -164,10 +164,10 @@ class ApiTransport(Transport, Generic[S]):
             return Outcome(env.id, error=session)
         raw = with_missing_bcc(env.raw, env.rcpt_to)
         try:
-            token = session.access_token()
+            token = self._token(http, session, env.account, sessions)
             response = self._post(http, base, session, token, raw)
             if response.status_code == 401:  # revoked early or clock skew: renew once
-                token = session.access_token(force_refresh=True)
+                token = self._token(http, session, env.account, sessions, renew=True)
                 response = self._post(http, base, session, token, raw)
                 if response.status_code == 401:
                     raise AuthError(
@@ -180,6 +180,28 @@ class ApiTransport(Transport, Generic[S]):
             return Outcome(env.id, accepted=env.rcpt_to)
         refusal = Refusal.of(response).without(token)  # a server may quote what it was sent
         return Outcome(env.id, error=self._failure(env, session, refusal))
+
+    def _token(
+        self,
+        http: Poster,
+        session: S,
+        account: str,
+        sessions: dict[str, S | TemporaryFailure],
+        *,
+        renew: bool = False,
+    ) -> str:
+        """The account's access token (renewed when it must be): given up, like a message,
+        when the sign-in service has not answered whole within the timeout; the account's
+        later messages then wait at once."""
+        try:
+            return within(http.seconds, lambda: session.access_token(force_refresh=renew))
+        except TimeoutError:
+            failure = TemporaryFailure(
+                f"the sign-in service of {account} did not answer within {http.seconds:g} s; "
+                "the mail waits and is tried again later."
+            )
+            sessions[account] = failure
+            raise failure from None
 
     def _temporary(
         self, refusal: Refusal, said: str, wait: float | None, *, rate_limited: bool = False
@@ -252,6 +274,40 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
 
 
+T = TypeVar("T")
+
+
+def within(seconds: float, call: Callable[[], T], *, then: Callable[[], None] | None = None) -> T:
+    """``call()`` on a thread of its own: its result, or its exception; TimeoutError when it
+    has not ended within ``seconds``. It is then left to end by itself, and ``then`` runs
+    on its thread when it does (to close what it used)."""
+    lock = threading.Lock()
+    got: list[Any] = []
+    given_up = False
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            got.append(call())
+        except BaseException as e:  # handed to the waiting thread
+            got.append(e)
+        with lock:
+            done.set()
+            if given_up and then is not None:
+                then()
+
+    threading.Thread(target=run, name="cpmail-within", daemon=True).start()
+    if not done.wait(seconds):
+        with lock:
+            if not done.is_set():  # not just now: give it up
+                given_up = True
+                raise TimeoutError
+    result = got[0]
+    if isinstance(result, BaseException):
+        raise result
+    return cast(T, result)
+
+
 class Poster:
     """POSTs whose whole answer must come in time, or they are given up.
 
@@ -302,32 +358,11 @@ class Poster:
 
     def _within(self, seconds: float, url: str, kwargs: dict[str, Any]) -> httpx.Response:
         client = self._client
-        lock = threading.Lock()
-        got: list[httpx.Response | BaseException] = []
-        given_up = False
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                got.append(client.post(url, **kwargs))
-            except BaseException as e:  # handed to the waiting thread
-                got.append(e)
-            with lock:
-                done.set()
-                if given_up:
-                    client.close()
-
-        threading.Thread(target=run, name="cpmail-post", daemon=True).start()
-        if not done.wait(seconds):
-            with lock:
-                if not done.is_set():  # not just now: give it up, its thread closes it
-                    given_up = True
-                    self._client = self._new_client()
-                    raise TimeoutError
-        result = got[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        try:
+            return within(seconds, lambda: client.post(url, **kwargs), then=client.close)
+        except TimeoutError:
+            self._client = self._new_client()  # the old one is closed once its POST ends
+            raise
 
     def close(self) -> None:
         self._client.close()
