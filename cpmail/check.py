@@ -33,7 +33,7 @@ from cpmail.compose import (
     subject_line,
 )
 from cpmail.errors import ConfigError
-from cpmail.events import LIST_EVENTS, STATE_EVENTS, check_names
+from cpmail.events import LIST_EVENTS, SCHEDULED, STATE_EVENTS, check_names
 from cpmail.outbox import (
     Delivery,
     Waiting,
@@ -155,7 +155,7 @@ class CheckResult:
 
 
 def select_events(only: Sequence[str], skip: Sequence[str]) -> list[str]:
-    check_names([*only, *skip])
+    check_names([*only, *skip], also=SCHEDULED)
     return [e for e in EVENTS if (not only or e in only) and e not in skip]
 
 
@@ -337,7 +337,11 @@ def _find(
     state = set(STATE_EVENTS)
     if settings["events.budget-alert.thresholds"]:
         state.add("budget-alert")  # its thresholds read the same rows
-    extra = {} if only else scheduled()  # reports sent on a schedule (cash-flow)
+    extra = {  # reports sent on a schedule (cash-flow), chosen as events are
+        name: find
+        for name, find in scheduled().items()
+        if (not only or name in only) and name not in skip
+    }
     for name in extra:
         summary[name] = EventSummary()
     incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)

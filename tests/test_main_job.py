@@ -555,6 +555,18 @@ def test_cash_flow_sent_by_check_on_its_day_only(agency: Agency) -> None:
     assert "cash-flow" not in summary or summary["cash-flow"]["skipped"] == 0, summary
 
 
+def test_only_and_skip_name_the_scheduled_cash_flow_report(agency: Agency) -> None:
+    """`--only cash-flow` sends just it; `--skip cash-flow` leaves it out; `--only` of an
+    event leaves it out and `--skip` of another keeps it, as for any event."""
+    _cash_data(agency)
+    _set_cash_flow(agency, '["tue"]', '["AE"]')
+    assert by_event(agency.check("--skip", "cash-flow"), "cash-flow") == []
+    assert by_event(agency.check("--only", "job-opened"), "cash-flow") == []
+    msgs = agency.check("--only", "cash-flow")
+    assert {m["X-Cpmail-Event"] for m in msgs} == {"cash-flow"}, [m["Subject"] for m in msgs]
+    assert to(msgs) == ["alice@agency.test"]
+
+
 @pytest.mark.skipif(
     shutil.which("calcurse") is None, reason="calcurse is not installed (apt-get install calcurse)"
 )
