@@ -33,6 +33,7 @@ from cpmail.errors import (
 )
 from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
 from cpmail.scrub import Scrubber, mask_tokens
+from cpmail.secrets import SHARED
 from cpmail.sizes import size_pair
 from cpmail.transports.base import UPLOAD_BYTES_PER_SECOND, Envelope, Outcome, Report, Transport
 
@@ -196,9 +197,10 @@ class ApiTransport(Transport, Generic[S]):
         try:
             return within(http.seconds, lambda: session.access_token(force_refresh=renew))
         except TimeoutError:
+            whose = "the shared account" if account == SHARED else f"staff member {account}"
             failure = TemporaryFailure(
-                f"the sign-in service of {account} did not answer within {http.seconds:g} s; "
-                "the mail waits and is tried again later."
+                f"the sign-in service did not renew the sign-in of {whose} within "
+                f"{http.seconds:g} s; the mail waits and is tried again later."
             )
             sessions[account] = failure
             raise failure from None
