@@ -47,6 +47,8 @@ def _replacing(
 ) -> Iterator[IO[Any]]:
     import tempfile  # here: not on the `cpmail --help` path
 
+    # A link is written through: the file it names is replaced, and the link stays.
+    path = Path(os.path.realpath(path)) if path.is_symlink() else path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w" if encoding else "wb", encoding=encoding, newline=newline) as f:

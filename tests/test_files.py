@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cpmail.files import atomic_open
+from tests.conftest import Cli
 
 
 def test_a_write_that_fails_leaves_the_target_as_it_was(tmp_path: Path) -> None:
@@ -46,3 +47,46 @@ def test_a_missing_folder_fails_before_anything_is_written(tmp_path: Path) -> No
     ):
         f.write(b"never")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere" / "cpmail.toml"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "cpmail.toml"
+    link.symlink_to(real)
+    with atomic_open(link, mode=0o600, encoding="utf-8") as f:
+        f.write("new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (("data", "export", "clients"), "cpmail.db"),
+        (("data", "export", "clients"), "cpmail.db-wal"),
+        (("data", "export", "clients"), "cpmail.toml"),
+        (("data", "export", "staff"), "secrets/smtp-passcode-JD"),
+        (("report", "cash-flow"), "cpmail.db"),
+    ],
+)
+def test_output_is_never_written_over_cpmails_own_files(
+    initialised: Cli, home: Path, command: tuple[str, ...], name: str
+) -> None:
+    """--out naming the database, its journal, the settings or a secret: refused, exit 2,
+    and the file as it was (written, it would be replaced: everything in it lost)."""
+    target = home / name
+    journal = name.endswith("-wal")  # SQLite's own: it comes and goes with connections
+    target.parent.mkdir(exist_ok=True)
+    if not target.exists() and not journal:
+        target.write_bytes(b"kept")
+    before = None if journal else target.read_bytes()
+    link = home.parent / "innocent.csv"  # a link to it is the same file
+    link.symlink_to(target)
+    for out in (target, link):
+        r = initialised(*command, "--out", str(out))
+        assert r.exit_code == 2, r.output
+        assert "one of cpmail's own files" in r.stderr, r.stderr
+        if before is not None:
+            assert target.read_bytes() == before
+    assert initialised("data", "tables").exit_code == 0  # the database still works

@@ -66,6 +66,27 @@ class Ctx:
         if engine is not None:
             engine.dispose()
 
+    def output_file(self, path: Path) -> Path:
+        """``path`` as a file a command may write (--out); InputError (exit 2) when it is
+        one of cpmail's own: the settings, the SQLite database and its journals, a secret.
+        Written there, the output would replace it (whatever it holds would be lost)."""
+        import os
+
+        from cpmail.store import sqlite_path
+
+        target = Path(os.path.realpath(path))
+        own = {self.settings.path}
+        database = sqlite_path(self.settings.db_url)
+        if database:
+            own.update(Path(database + end) for end in ("", "-wal", "-shm", "-journal"))
+        secrets = Path(os.path.realpath(self.home / "secrets"))
+        if target in {Path(os.path.realpath(p)) for p in own} or target.is_relative_to(secrets):
+            raise InputError(
+                f"{path} is one of cpmail's own files ({target}); writing there would "
+                "replace it: give another file name."
+            )
+        return path
+
     @property
     def db_where(self) -> str:
         """The database named for a person: its file, or engine, host and name."""

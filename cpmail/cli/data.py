@@ -113,7 +113,7 @@ def export(
     if out is None:
         dataio.export_stdout(engine, table, fmt or "csv")
         return
-    n = dataio.export_file(engine, table, out, fmt)
+    n = dataio.export_file(engine, table, c.output_file(out), fmt)
     c.note(f"{table}: {n} {'row' if n == 1 else 'rows'} written to {out}")
 
 

@@ -33,8 +33,9 @@ def report(
 
     c = ctx_of(ctx)
     day = parse_date(as_of, option="--as-of") if as_of is not None else None
+    dest = c.output_file(out)
     rep = reports.load(c.engine(), c.settings, kind, id=id, as_of=day)
-    reports.write(reports.render(rep, c.settings), out)
+    reports.write(reports.render(rep, c.settings), dest)
     c.say(f"Wrote {rep.label} to {out}.")
 
 
