@@ -730,3 +730,34 @@ def test_a_cell_shown_in_an_error_is_always_one_printable_line(text: str) -> Non
 
     shown = _clip(text)
     assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", shown), repr(shown)
+
+
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_a_header_line_repeated_inside_the_file_is_refused(
+    loaded: Cli, tmp_path: Path, bom: str
+) -> None:
+    """Two files joined into one (`cat a.csv b.csv`): the second header is no client."""
+    path = write(
+        tmp_path, "clients.csv", f"id,name\nC01,Acme Foods\n{bom}id,name\nC02,Bluebird Airlines\n"
+    )
+    assert refused(loaded, path) == (
+        f"{path}, line 3: repeats the header line (two files joined into one?); remove it, "
+        "or import the files one by one."
+    )
+
+
+@pytest.mark.parametrize("char", ["\ufeff", "\u200b", "\u2060"])
+def test_a_key_with_a_character_that_shows_as_nothing_is_refused(
+    loaded: Cli, tmp_path: Path, char: str
+) -> None:
+    """"C01" and "C01" followed by a zero-width space would be two clients that look one."""
+    path = write(tmp_path, "clients.csv", f"id,name\nC01{char},Acme again\n")
+    said = refused(loaded, path)
+    assert said.startswith(f"{path}, line 2") and f"U+{ord(char):04X}" in said, said
+    assert "shows as nothing" in said
+
+
+def test_a_required_cell_of_spaces_is_empty(loaded: Cli, tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs.csv", 'id,client_id,title\nJ1001,C01,"   "\n')
+    said = refused(loaded, path)
+    assert said.startswith(f"{path}, line 2 (id J1001), column title:"), said

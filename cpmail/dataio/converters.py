@@ -194,6 +194,8 @@ class _Text(_Column):
 
     def convert(self, v: Any) -> Any:
         if type(v) is str:
+            if self.required and not v.strip():  # spaces only: empty, to a person
+                return self.on_empty()
             if v and "\x00" not in v and (v.isascii() or not _SURROGATE.search(v)):
                 return v
             return self.parse_str(v) if v else self.on_empty()
@@ -211,6 +213,11 @@ class _Text(_Column):
         raise self.refused(v)
 
 
+# Characters that show as nothing: in a key, "C01" and "C01\u200b" would be two clients
+# that look one (a byte order mark of a second file joined on, a copy from a web page).
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
 class _TrimmedText(_Text):
     """Text stripped of surrounding spaces: a key or a reference to another table's key."""
 
@@ -219,10 +226,16 @@ class _TrimmedText(_Text):
     def convert(self, v: Any) -> Any:
         if type(v) is str:
             v = v.strip()
-            if v and "\x00" not in v and (v.isascii() or not _SURROGATE.search(v)):
+            if v and "\x00" not in v and v.isascii():
                 return v
             return self.parse_str(v) if v else self.on_empty()
         return self.other(v)
+
+    def parse_str(self, s: str) -> Any:
+        s = super().parse_str(s)
+        if m := _INVISIBLE.search(s):
+            raise _Bad(f"{_r(s)} holds U+{ord(m.group()):04X}, a character that shows as nothing")
+        return s
 
 
 class _Choice(_Text):

@@ -132,6 +132,11 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
                         f"{src}, line {line}: {_plural(len(row), 'field')}, but the header has "
                         f"{_plural(n, 'column')}; check the commas and quotes on that line."
                     )
+                if tuple(cell.strip().lstrip("\ufeff") for cell in row) == names:
+                    raise InputError(
+                        f"{src}, line {line}: repeats the header line (two files joined into "
+                        "one?); remove it, or import the files one by one."
+                    )
                 yield line, names, row
         except csv.Error as e:
             if "field larger than field limit" in str(e):
