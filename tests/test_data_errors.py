@@ -750,7 +750,7 @@ def test_a_header_line_repeated_inside_the_file_is_refused(
 def test_a_key_with_a_character_that_shows_as_nothing_is_refused(
     loaded: Cli, tmp_path: Path, char: str
 ) -> None:
-    """"C01" and "C01" followed by a zero-width space would be two clients that look one."""
+    """ "C01" and "C01" followed by a zero-width space would be two clients that look one."""
     path = write(tmp_path, "clients.csv", f"id,name\nC01{char},Acme again\n")
     said = refused(loaded, path)
     assert said.startswith(f"{path}, line 2") and f"U+{ord(char):04X}" in said, said
