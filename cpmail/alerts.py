@@ -25,17 +25,20 @@ alert is sent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cpmail.deadline import within
 from cpmail.settings import Settings, redact, write_atomic
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 
 #: after_check never takes longer than this (seconds), whatever the database or the network do.
 DEADLINE = 60.0
+# Of DEADLINE, what is kept for taking back the record of an alert nobody heard in time.
+UNDO_TIME = 10.0
 #: Seconds Apprise may wait to connect to, and then hear from, each alert service.
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
@@ -229,6 +234,24 @@ class _DatabaseState:
                 conn.execute(alert_state.delete().where(t.condition == r.key))
         return changes, old
 
+    def unclaimed(self, holds: list[Condition], unjudged: set[str]) -> _Changes:
+        """The changes against the stored state, when they cannot be recorded (a full disk):
+        sent all the same. Nothing, when the state cannot even be read."""
+        import sqlalchemy as sa
+
+        from cpmail.store.schema import alert_state
+
+        t = alert_state.c
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(t.condition, t.detail)).all()
+        except Exception:
+            return _Changes([], [])
+        old = {
+            r.condition: _decode(r.condition, r.detail) for r in rows if r.condition != "database"
+        }
+        return _diff([c for c in holds if c.key != "database"], unjudged, old, None)
+
     def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
         """Nobody was told: put the state back so that the next run tries again."""
         from cpmail.store.schema import alert_state
@@ -281,6 +304,10 @@ class _FileState:
         if changes:
             self.save(state)
         return changes, old
+
+    def unclaimed(self, holds: list[Condition], unjudged: set[str]) -> _Changes:
+        """The changes against the stored state, when they cannot be recorded (a full disk)."""
+        return _diff(holds, set(), self.load(), {"database"})
 
     def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
         self.save(old)
@@ -409,11 +436,19 @@ def _send_one(apprise: Any, captured: Any, url: str, title: str, body: str, kind
 # ------------------------------------------------------------------ the entry points
 
 
-def evaluate(home: Path, exit_code: int | None, *, now: dt.datetime | None = None) -> list[Result]:
+def evaluate(
+    home: Path,
+    exit_code: int | None,
+    *,
+    now: dt.datetime | None = None,
+    until: float | None = None,
+) -> list[Result]:
     """Judge the state of mail, send what changed to ``[alerts] urls``; return the outcomes.
 
     ``exit_code`` is that of the ``check`` that just ended (None: judge without it).
-    Raises on a broken settings file; ``after_check`` is the never-raising wrapper.
+    Sending is given up at ``until`` (``time.monotonic()``), leaving time to take the
+    record of it back. Raises on a broken settings file; ``after_check`` is the
+    never-raising wrapper.
     """
     from cpmail.status import gather, load
 
@@ -435,9 +470,18 @@ def evaluate(home: Path, exit_code: int | None, *, now: dt.datetime | None = Non
     try:
         # The file holds only the database condition, judged on every run; the table
         # holds the rest, judged only while the database can be read.
-        pending: list[tuple[_FileState | _DatabaseState, _Changes, dict[str, _Raised]]] = []
+        # (store, changes, the state before: None when the changes could not be recorded)
+        pending: list[tuple[_FileState | _DatabaseState, _Changes, dict[str, _Raised] | None]] = []
+        unrecorded = False
         for store in stores:
-            won, old = store.claim(holds, unjudged, now)
+            try:
+                won, old = store.claim(holds, unjudged, now)
+            except Exception:  # a full disk, say: alert all the same, unrecorded (again next run)
+                won = store.unclaimed(holds, unjudged)
+                if won:
+                    unrecorded = True
+                    pending.append((store, won, None))
+                continue
             if won:
                 pending.append((store, won, old))
         everything = _Changes(
@@ -447,15 +491,25 @@ def evaluate(home: Path, exit_code: int | None, *, now: dt.datetime | None = Non
         if not everything:
             return []
         title, body, kind = message(everything, health.host)
+        if unrecorded:
+            body += (
+                "\n\n(cpmail could not record that it sent this alert, so it is sent again "
+                "by each run until it can.)"
+            )
+        results: list[Result] = []
         try:
-            results = send(urls, title, body, kind)
-        except BaseException:
-            results = []
-            raise
+            if until is None:
+                results = send(urls, title, body, kind)
+            else:
+                with contextlib.suppress(TimeoutError):  # too slow: as if nobody heard it
+                    results = within(
+                        until - time.monotonic(), lambda: send(urls, title, body, kind)
+                    )
         finally:
             if not any(r.ok for r in results):  # nobody heard it: the next run tries again
-                for store, won, old in pending:
-                    store.undo(won, old, now)
+                for store, won, previous in pending:
+                    if previous is not None:
+                        store.undo(won, previous, now)
         return results
     finally:
         if engine is not None:
@@ -477,9 +531,11 @@ def after_check(home: Path, exit_code: int) -> None:
             return  # the settings cannot be read: the check said so, there is nothing to add
         problem: list[str] = []
 
+        until = time.monotonic() + DEADLINE - UNDO_TIME
+
         def run() -> None:
             try:
-                results = evaluate(home, exit_code)
+                results = evaluate(home, exit_code, until=until)
             except Exception as e:
                 problem.append(f"{type(e).__name__}: {redact(str(e))}"[:300])
                 return

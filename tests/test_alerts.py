@@ -644,3 +644,45 @@ def test_an_alert_url_is_shown_without_its_secret_wherever_it_sits(url: str, sec
     shown = _shown(str(plugin.url(privacy=True)))  # type: ignore[no-untyped-call]
     assert secret not in shown, shown
     assert shown.startswith(url.split("://")[0][:4]), shown
+
+
+def test_an_alert_nobody_heard_in_time_is_sent_by_the_next_run(
+    initialised: Cli, home: Path, receiver: Receiver
+) -> None:
+    """Alert services that take the connection and never answer use up the time alerts
+    have: what was to be said is not on record as said, and the next run says it."""
+    import socket
+
+    cli = initialised
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections are taken by the system, and never answered
+    try:
+        set_urls(cli, *[f"json://127.0.0.1:{silent.getsockname()[1]}/hook{i}" for i in range(3)])
+        _queue(home, status="failed", hours_ago=1, error="550 5.1.1 no such user")
+        started = time.monotonic()
+        assert evaluate(home, 1, until=time.monotonic() + 2) == []
+        assert time.monotonic() - started < 6
+    finally:
+        silent.close()
+    set_urls(cli, receiver.url)
+    after_check(home, 1)
+    assert "failed for good" in one_alert(receiver)["message"]
+
+
+def test_an_alert_that_cannot_be_recorded_is_sent_all_the_same(
+    cli: Cli, home: Path, receiver: Receiver, closed_port: int
+) -> None:
+    """The database is down and its condition cannot be written beside the settings (a
+    full disk): the alert goes all the same, saying it will come again."""
+    from cpmail.alerts import STATE_FILE
+
+    assert cli("init").exit_code == 0
+    set_urls(cli, receiver.url)
+    url = f"postgresql+psycopg://cpmail@127.0.0.1:{closed_port}/cpmail"
+    assert cli("config", "set", "database.url", url).exit_code == 0
+    (home / STATE_FILE).mkdir()  # where the state goes, nothing can be written
+    after_check(home, 3)
+    alert = one_alert(receiver)
+    assert "The database cannot be used" in alert["message"]
+    assert "could not record that it sent this alert" in alert["message"]

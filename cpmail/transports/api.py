@@ -14,15 +14,15 @@ import abc
 import datetime as dt
 import email.utils
 import math
-import threading
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
 
 from cpmail import interrupt
+from cpmail.deadline import within
 from cpmail.errors import (
     RESENT,
     AuthError,
@@ -274,40 +274,6 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
         return raw
     newline = b"\r\n" if b"\r\n" in raw[: raw.find(b"\n") + 1 or len(raw)] else b"\n"
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
-
-
-T = TypeVar("T")
-
-
-def within(seconds: float, call: Callable[[], T], *, then: Callable[[], None] | None = None) -> T:
-    """``call()`` on a thread of its own: its result, or its exception; TimeoutError when it
-    has not ended within ``seconds``. It is then left to end by itself, and ``then`` runs
-    on its thread when it does (to close what it used)."""
-    lock = threading.Lock()
-    got: list[Any] = []
-    given_up = False
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            got.append(call())
-        except BaseException as e:  # handed to the waiting thread
-            got.append(e)
-        with lock:
-            done.set()
-            if given_up and then is not None:
-                then()
-
-    threading.Thread(target=run, name="cpmail-within", daemon=True).start()
-    if not done.wait(seconds):
-        with lock:
-            if not done.is_set():  # not just now: give it up
-                given_up = True
-                raise TimeoutError
-    result = got[0]
-    if isinstance(result, BaseException):
-        raise result
-    return cast(T, result)
 
 
 class Poster:
