@@ -35,6 +35,9 @@ MICROSOFT_IDLE_DAYS = 90
 GOOGLE_IDLE_DAYS = 182
 #: Seconds allowed to reach a PostgreSQL (or other) server before it counts as down.
 DB_CONNECT_TIMEOUT = 10
+#: Seconds status waits for another process's lock on SQLite (database.busy_seconds, if less):
+#: it only looks, and a monitor or the alerts after a check must not wait a minute.
+DB_BUSY_SECONDS = 5.0
 #: An account whose newest waiting message failed with words like these was refused as
 #: a whole (its sign-in, passcode or permission), not one message or recipient.
 _REFUSAL = re.compile(
@@ -204,7 +207,8 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     args = {"connect_timeout": DB_CONNECT_TIMEOUT} if url.startswith("postgresql") else None
     try:
         # (its errors never quote the URL, which may hold the password)
-        engine = make_engine(url, connect_args=args)
+        busy = min(DB_BUSY_SECONDS, settings["database.busy_seconds"])
+        engine = make_engine(url, connect_args=args, busy_seconds=busy)
     except CpmailError as e:
         db.error = str(e).rstrip(".")
         return None, db

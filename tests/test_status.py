@@ -495,3 +495,23 @@ def test_the_send_window_opens_at_the_first_minute_in_it(
     assert opens is not None and opens > now and open_at(opens), (now, opens)
     before = opens - dt.timedelta(minutes=1)
     assert before <= now or not open_at(before), (now, opens)
+
+
+def test_a_database_another_process_holds_is_said_in_seconds(
+    initialised: Cli, home: Path
+) -> None:
+    """Another process holds SQLite's lock: status waits a few seconds, not the minute a
+    command may wait to write, and says so (exit 3); alerts after a check use it too."""
+    import sqlite3
+
+    holder = sqlite3.connect(home / "cpmail.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        code, doc = status(initialised)
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert waited < 15, f"{waited:.1f} s"
+    assert code == 3 and "locked" in json.dumps(doc["database"]), doc["database"]
