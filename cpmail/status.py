@@ -529,8 +529,26 @@ def _outbox(
         sending_now=max(0, int(claimed) - held.orphaned),
     )
     if oldest is not None and open_now:
-        box.overdue_since = max(oldest, opened) if opened else oldest
+        box.overdue_since = waiting_counted_from(settings, oldest, opened)
     return box
+
+
+def waiting_counted_from(
+    settings: Settings, queued: dt.datetime, opened: dt.datetime | None
+) -> dt.datetime:
+    """When the wait of mail queued at ``queued`` (naive UTC) began to count: then, if the
+    send window was open; else when it next opened (at the latest ``opened``, the opening
+    of the window open now). A night with the window closed is no wait; a day it was
+    open, with the mail still waiting, is."""
+    if opened is None or queued >= opened or window_opened(settings, queued)[0]:
+        return queued
+    tz = settings.tz()
+    start = dt.time.fromisoformat(settings["mail.send_window"].split("-")[0])
+    local = queued.replace(tzinfo=dt.UTC).astimezone(tz)
+    nxt = dt.datetime.combine(local.date(), start, tzinfo=tz)
+    if nxt <= local:
+        nxt += dt.timedelta(days=1)
+    return min(nxt.astimezone(dt.UTC).replace(tzinfo=None), opened)
 
 
 def _staff_addresses(engine: sa.Engine, ids: list[str]) -> dict[str, str]:

@@ -686,3 +686,42 @@ def test_an_alert_that_cannot_be_recorded_is_sent_all_the_same(
     alert = one_alert(receiver)
     assert "The database cannot be used" in alert["message"]
     assert "could not record that it sent this alert" in alert["message"]
+
+
+def test_mail_waiting_for_days_stays_one_problem_each_morning(
+    initialised: Cli, home: Path, receiver: Receiver
+) -> None:
+    """Queued at 09:00 inside a 07:00-19:00 window and still waiting: over the limit the
+    same day, and still so the next morning, not "resolved" when the window opens again."""
+    cli = initialised
+    set_urls(cli, receiver.url)
+    assert cli("config", "set", "agency.timezone", "UTC").exit_code == 0
+    assert cli("config", "set", "mail.send_window", "07:00-19:00").exit_code == 0
+    day1 = dt.datetime(2026, 11, 24)
+    id_ = _queue(home, status="deferred", hours_ago=1, error="451 4.3.0 try again later")
+    _set(home, id_, queued_at=day1.replace(hour=9), next_attempt_at=day1 + dt.timedelta(days=9))
+    evaluate(home, None, now=day1.replace(hour=14))
+    alert = one_alert(receiver)
+    assert "waiting in the outbox, the oldest since 2026-11-24 09:00" in alert["message"], alert
+    for hour in (20, 24 + 8, 24 + 12, 48 + 7, 48 + 10):  # closed, then open again each day
+        evaluate(home, None, now=day1 + dt.timedelta(hours=hour))
+        assert receiver.take() == [], hour
+
+
+def test_mail_queued_at_night_waits_from_the_morning(initialised: Cli, home: Path) -> None:
+    from cpmail.status import waiting_counted_from
+
+    cli = initialised
+    assert cli("config", "set", "agency.timezone", "UTC").exit_code == 0
+    assert cli("config", "set", "mail.send_window", "07:00-19:00").exit_code == 0
+    settings = Settings.load(home)
+    day = dt.datetime(2026, 11, 24)
+    opened = day.replace(hour=7)
+    assert waiting_counted_from(settings, day.replace(hour=2), opened) == opened
+    assert waiting_counted_from(settings, day - dt.timedelta(hours=3), opened) == opened
+    yesterday_9 = day - dt.timedelta(hours=15)
+    assert waiting_counted_from(settings, yesterday_9, opened) == yesterday_9
+    three_nights_ago = day - dt.timedelta(days=3, hours=2)  # 22:00, closed
+    assert waiting_counted_from(settings, three_nights_ago, opened) == day - dt.timedelta(
+        days=2, hours=17
+    )
