@@ -497,9 +497,7 @@ def test_the_send_window_opens_at_the_first_minute_in_it(
     assert before <= now or not open_at(before), (now, opens)
 
 
-def test_a_database_another_process_holds_is_said_in_seconds(
-    initialised: Cli, home: Path
-) -> None:
+def test_a_database_another_process_holds_is_said_in_seconds(initialised: Cli, home: Path) -> None:
     """Another process holds SQLite's lock: status waits a few seconds, not the minute a
     command may wait to write, and says so (exit 3); alerts after a check use it too."""
     import sqlite3
