@@ -433,7 +433,12 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
         r = conn.execute(
             sa.select(runs)
             .where(runs.c.command == "check")
-            .order_by(runs.c.started_at.desc())
+            # the newest word: of checks that overlapped, the one that ended last (one
+            # still running, or killed, counts from its start)
+            .order_by(
+                sa.func.coalesce(runs.c.ended_at, runs.c.started_at).desc(),
+                runs.c.started_at.desc(),
+            )
             .limit(1)
         ).first()
         # a run of this machine runs while its process does, whatever the clocks say,

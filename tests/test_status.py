@@ -112,6 +112,26 @@ def test_last_check_is_shown_with_its_counts(initialised: Cli, home: Path) -> No
     assert "for 2026-11-24" in text and "exit 0" in text and "3 sent" in text
 
 
+def test_of_checks_that_overlapped_the_one_that_ended_last_is_shown(
+    initialised: Cli, home: Path
+) -> None:
+    """A long check began first and ended last, unable to send: a short one that began
+    after it and ended before it must not hide that."""
+    now = utcnow()
+    long_ago = now - dt.timedelta(minutes=30)
+    add_run(home, id="run-long", started_at=long_ago, heartbeat_at=now, ended_at=now, exit_code=3)
+    add_run(
+        home,
+        id="run-short",
+        started_at=long_ago + dt.timedelta(minutes=1),
+        heartbeat_at=long_ago + dt.timedelta(minutes=2),
+        ended_at=long_ago + dt.timedelta(minutes=2),
+        exit_code=0,
+    )
+    code, doc = status(initialised)
+    assert doc["last_check"]["exit_code"] == 3 and code == 3, doc["last_check"]
+
+
 def test_a_check_that_died_is_said(initialised: Cli, home: Path) -> None:
     now = utcnow()
     add_run(home, started_at=now - dt.timedelta(hours=3), heartbeat_at=now - dt.timedelta(hours=3))
@@ -123,7 +143,8 @@ def test_a_check_that_died_is_said(initialised: Cli, home: Path) -> None:
     # killed on this machine a moment ago: its heartbeat is fresh, its process gone
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    add_run(home, started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=dead.pid)
+    later = now + dt.timedelta(seconds=1)
+    add_run(home, started_at=later, heartbeat_at=later, host=socket.gethostname(), pid=dead.pid)
     assert status(initialised)[1]["last_check"]["state"] == "did not finish"
 
 
