@@ -39,6 +39,11 @@ class InputError(CpmailError):
     """A file, row, argument or address given to cpmail is wrong."""
 
 
+class UsageError(InputError):
+    """A mistake in the command line itself (a date, an event, a staff ID): told to whoever
+    typed it. `check` records no run for it and sends no alert: it is no state of mail."""
+
+
 class NotDelivered(CpmailError):
     """The command ran, but some mail is still in the outbox or failed for good."""
 

@@ -725,3 +725,26 @@ def test_mail_queued_at_night_waits_from_the_morning(initialised: Cli, home: Pat
     assert waiting_counted_from(settings, three_nights_ago, opened) == day - dt.timedelta(
         days=2, hours=17
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--date", "2026-13-01"),
+        ("--as", "ZZ"),
+        ("--only", "no-such-event"),
+        ("--today", "--date", "2026-11-24"),
+    ],
+)
+def test_a_mistake_typed_at_the_terminal_is_no_state_of_mail(
+    initialised: Cli, receiver: Receiver, args: tuple[str, ...]
+) -> None:
+    """A hand-run check with a wrong argument is told so (exit 2); no alert goes to the
+    second channel and status does not call the machine unable to send."""
+    cli = initialised
+    set_urls(cli, receiver.url)
+    r = cli("check", *args)
+    assert r.exit_code == 2, r.output
+    assert receiver.take() == []
+    code, doc = status_json(cli)
+    assert code == 0 and doc["last_check"] is None and doc["problems"] == [], doc

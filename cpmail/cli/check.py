@@ -11,7 +11,7 @@ import typer
 
 from cpmail import interrupt
 from cpmail.cli.common import ctx_of, emit_json, parse_date, print_table, split_list
-from cpmail.errors import CpmailError, InputError, NotDelivered
+from cpmail.errors import CpmailError, NotDelivered, UsageError
 from cpmail.statuses import Status
 
 
@@ -37,10 +37,13 @@ def check(
 ) -> None:
     """Tell the right people what they must know, once: evaluate triggers, queue, send."""
     c = ctx_of(ctx)
-    code = 70
+    code: int | None = 70
     try:
         _check(c, today, date, only, skip, dry_run, as_staff, json)
         code = 0
+    except UsageError:
+        code = None  # a mistake typed at the terminal: no state of mail, no alert
+        raise
     except (CpmailError, interrupt.Stopped, typer.Exit) as e:
         code = int(getattr(e, "exit_code", 70))
         raise
@@ -51,7 +54,7 @@ def check(
         raise
     finally:
         # A second channel hears when mail itself is failing ([alerts] urls).
-        if not dry_run and not 128 < code < 160:
+        if code is not None and not dry_run and not 128 < code < 160:
             from cpmail.alerts import after_check
 
             after_check(c.home, code)
@@ -70,10 +73,10 @@ def _check(
     from cpmail.check import run_check
 
     if today and date is not None:
-        raise InputError("give --today or --date, not both.")
+        raise UsageError("give --today or --date, not both.")
     for option, given in (("--only", only), ("--skip", skip)):
         if given is not None and not split_list(given):  # '' is not "every event"
-            raise InputError(f"{option}: give one or more events, such as job-opened.")
+            raise UsageError(f"{option}: give one or more events, such as job-opened.")
     s = c.settings
     day = parse_date(date, option="--date") if date is not None else dt.datetime.now(s.tz()).date()
     engine = c.engine()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
-from cpmail.errors import InputError
+from cpmail.errors import InputError, UsageError
 from cpmail.settings import Settings
 
 if TYPE_CHECKING:
@@ -249,13 +249,13 @@ def parse_date(text: str, *, option: str) -> dt.date:
     from cpmail.settings import ISO_DATE
 
     if not ISO_DATE.fullmatch(text):
-        raise InputError(f"{option}: {text!r} is not a date as YYYY-MM-DD.")
+        raise UsageError(f"{option}: {text!r} is not a date as YYYY-MM-DD.")
     try:
         day = dt.date.fromisoformat(text)
     except ValueError:
-        raise InputError(f"{option}: {text} is no such day.") from None
+        raise UsageError(f"{option}: {text} is no such day.") from None
     if not FIRST_DATE <= day <= LAST_DATE:
-        raise InputError(f"{option}: {text} is out of range; give a date from 1900 to 9998.")
+        raise UsageError(f"{option}: {text} is out of range; give a date from 1900 to 9998.")
     return day
 
 
