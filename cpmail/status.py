@@ -823,6 +823,13 @@ def _judge(h: Health, settings: Settings) -> None:
             f"the last check failed (exit {lc.exit_code}, {why}): nothing is sent until it "
             "runs cleanly; run `cpmail check` to see why"
         )
+    if lc is not None and lc.state == "did not finish":
+        # Killed, or stopped dead: what it found but had not queued yet is found again by
+        # the next check; until one finishes, nobody knows that mail goes.
+        h.warnings.append(
+            "the last check did not finish (killed, or its machine stopped); the next "
+            "`cpmail check` finds what it left"
+        )
     box = h.outbox
     if box is not None:
         counted = box.waiting - box.held_by_window - box.sending_now

@@ -135,8 +135,10 @@ def test_of_checks_that_overlapped_the_one_that_ended_last_is_shown(
 def test_a_check_that_died_is_said(initialised: Cli, home: Path) -> None:
     now = utcnow()
     add_run(home, started_at=now - dt.timedelta(hours=3), heartbeat_at=now - dt.timedelta(hours=3))
-    doc = status(initialised)[1]
+    code, doc = status(initialised)
     assert doc["last_check"]["state"] == "did not finish"
+    # what it found and had not queued is nowhere: not healthy until a check finishes
+    assert code == 1 and "did not finish" in doc["warnings"][0], doc["warnings"]
     assert "DID NOT FINISH" in initialised("status").stdout
     add_run(home, started_at=now, heartbeat_at=now)
     assert status(initialised)[1]["last_check"]["state"] == "running"
