@@ -1790,11 +1790,18 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
 
 
 # Why `outbox retry ID` leaves a message as it is, by its status.
+# Why a claimed message is left alone: its run may be sending it, or may have stopped
+# (then it is taken up again once the claim lapses, as `cpmail status` says when).
+CLAIMED = (
+    "a run has it claimed (sending it now, or stopped: then it is taken up again after "
+    "outbox.stale_claim_minutes; `cpmail status` says which)"
+)
+
 _not_retried = {
     Status.SENT: "it was sent",
     Status.DROPPED: "it was dropped",
     Status.QUEUED: "it is queued already",
-    Status.SENDING: "it is being sent",
+    Status.SENDING: CLAIMED,
     Status.SUPPRESSED: "it was recorded while sending was off",
 }
 

@@ -536,3 +536,19 @@ def test_a_database_another_process_holds_is_said_in_seconds(initialised: Cli, h
         holder.close()
     assert waited < 15, f"{waited:.1f} s"
     assert code == 3 and "locked" in json.dumps(doc["database"]), doc["database"]
+
+
+def test_retry_and_drop_of_mail_a_stopped_run_holds_say_so(initialised: Cli, home: Path) -> None:
+    """Claimed by a run that was killed, a message is not "being sent": it is taken up
+    again once the claim lapses. retry and drop leave it, and say that."""
+    from tests.test_alerts import _queue, _set
+
+    now = utcnow()
+    add_run(home, id="run-dead", started_at=now - dt.timedelta(hours=1), heartbeat_at=now)
+    id_ = _queue(home, status="sending", hours_ago=1)
+    _set(home, id_, claimed_at=now - dt.timedelta(hours=1), claimed_by="run-dead")
+    for command in ("retry", "drop"):
+        r = initialised("outbox", command, str(id_))
+        assert r.exit_code == 0, r.output
+        assert "a run has it claimed" in r.stderr and "stale_claim_minutes" in r.stderr, r.stderr
+        assert "being sent" not in r.output and "it is sending" not in r.output

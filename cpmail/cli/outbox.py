@@ -108,13 +108,16 @@ def drop(
     ids: list[int] = typer.Argument(..., metavar="ID", min=1, max=_MAX_ID, help="Message ids."),
 ) -> None:
     """Take messages out of the outbox for good (the log keeps them as dropped)."""
+    from cpmail.outbox import CLAIMED
     from cpmail.outbox import drop as drop_messages
+    from cpmail.statuses import Status
 
     c = ctx_of(ctx)
     n, left = drop_messages(c.engine(), ids)
     c.say(f"Dropped {n} message(s).")
     for i, status in left.items():
-        c.note(f"Message {i} was not dropped: it is {status}, not waiting in the outbox.")
+        why = CLAIMED if status == Status.SENDING else f"it is {status}, not waiting in the outbox"
+        c.note(f"Message {i} was not dropped: {why}.")
 
 
 def log(
