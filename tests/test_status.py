@@ -552,3 +552,12 @@ def test_retry_and_drop_of_mail_a_stopped_run_holds_say_so(initialised: Cli, hom
         assert r.exit_code == 0, r.output
         assert "a run has it claimed" in r.stderr and "stale_claim_minutes" in r.stderr, r.stderr
         assert "being sent" not in r.output and "it is sending" not in r.output
+
+
+def test_the_next_try_is_never_said_while_sending_is_off(initialised: Cli, home: Path) -> None:
+    from tests.test_alerts import _queue
+
+    _queue(home, status="deferred", hours_ago=1, error="451 4.3.0 later")
+    assert initialised("config", "disable").exit_code == 0
+    text = initialised("status").stdout
+    assert "nothing is sent until `cpmail config enable`" in text and "next try" not in text, text

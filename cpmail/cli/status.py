@@ -113,8 +113,12 @@ def _outbox(c: Ctx, h: Health) -> str:
         if box.held_by_stopped:
             at = f" at {_when(c, box.taken_up_at)}" if box.taken_up_at else ""
             parts.append(f"{box.held_by_stopped} held by a run that stopped, taken up again{at}")
-        if box.next_try:
+        if not h.enabled:  # nothing goes, whatever a message's next try says
+            parts.append("nothing is sent until `cpmail config enable`")
+        elif box.next_try:
             parts.append(f"next try {_when(c, box.next_try)}")
+        elif not h.window_open:
+            parts.append("next try when the send window opens")
         elif box.waiting > box.held_by_stopped + box.sending_now:
             parts.append("next try at the next check")
     parts.append(f"{box.failed_7_days} failed for good in the last 7 days")
