@@ -81,9 +81,10 @@ class Ctx:
             own.update(Path(database + end) for end in ("", "-wal", "-shm", "-journal"))
         secrets = Path(os.path.realpath(self.home / "secrets"))
         if target in {Path(os.path.realpath(p)) for p in own} or target.is_relative_to(secrets):
+            via = f" ({target})" if str(target) != str(path) else ""
             raise InputError(
-                f"{path} is one of cpmail's own files ({target}); writing there would "
-                "replace it: give another file name."
+                f"{path} is one of cpmail's own files{via}; writing there would replace it: "
+                "give another file name."
             )
         return path
 
