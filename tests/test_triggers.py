@@ -401,6 +401,59 @@ def test_hours_exceeded_to_ae_and_assignee(agency: Agency) -> None:
     assert "4.5 of 4 h" in msgs[0]["Subject"]
 
 
+def test_totals_exactly_at_the_limit_are_not_over_it_and_do_reach_it(agency: Agency) -> None:
+    """Sums that land exactly on a budget, an estimate or a threshold, as a person adds
+    them (SQLite adds binary floats: 1.1 + 2.2 is a little more than 3.3 there)."""
+    assert agency.cli("config", "set", "events.budget-alert.thresholds", "90,100").exit_code == 0
+    agency.add(
+        "tasks",
+        dict(
+            id="T1", job_id="J100", name="Layout", assignee_id="CR", estimated_hours=Decimal("3.3")
+        ),
+        dict(
+            id="T2",
+            job_id="J100",
+            name="Proofs",
+            assignee_id="CR",
+            budget_amount=Decimal("1267.37"),
+        ),
+        dict(
+            id="T3", job_id="J100", name="Retouch", assignee_id="CR", budget_amount=Decimal("1000")
+        ),
+    )
+    entries = [
+        ("T1", Decimal("1.1"), None),
+        ("T1", Decimal("2.2"), None),
+        ("T2", Decimal(1), Decimal("1200.70")),
+        ("T3", Decimal(1), Decimal("250.20")),
+        ("T3", Decimal(1), Decimal("300.15")),
+        ("T3", Decimal(1), Decimal("349.65")),
+    ]
+    agency.add(
+        "time_entries",
+        *[
+            dict(id=f"E{i}", staff_id="CR", task_id=t, work_date=D - 30 * DAY, hours=h, amount=a)
+            for i, (t, h, a) in enumerate(entries)
+        ],
+    )
+    agency.add(
+        "job_costs",
+        dict(
+            id="C1",
+            job_id="J100",
+            task_id="T2",
+            kind="cost",
+            amount=Decimal("66.67"),
+            entered_at=at(D - 40 * DAY),
+        ),
+    )
+    msgs = agency.check("--only", "hours-exceeded,task-over-budget,budget-alert")
+    subjects = sorted(str(m["Subject"]) for m in msgs)
+    assert not any("Hours exceeded" in s or "Over budget" in s for s in subjects), subjects
+    # 900.00 of 1,000.00 is the 90 % threshold, reached: the AE is told
+    assert any("90%" in s and "Retouch" in s for s in subjects), subjects
+
+
 def test_budget_alert_to_ae_and_who_entered_it(agency: Agency) -> None:
     agency.add(
         "budget_alerts",

@@ -246,13 +246,18 @@ def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
         .group_by(time_entries.c.task_id)
         .subquery()
     )
-    actual = sa.func.coalesce(costs.c.total, 0) + sa.func.coalesce(time.c.amount, 0)
-    over = sa.and_(tasks.c.budget_amount.is_not(None), actual > tasks.c.budget_amount)
-    exceeded = sa.and_(tasks.c.estimated_hours.is_not(None), time.c.hours > tasks.c.estimated_hours)
+    # Sums compared at the columns' two decimals: SQLite adds its numbers as binary
+    # floats, and 1.1 + 2.2 h is more than an estimate of 3.3 h there.
+    actual = _two(sa.func.coalesce(costs.c.total, 0) + sa.func.coalesce(time.c.amount, 0))
+    budget = _two(tasks.c.budget_amount)
+    over = sa.and_(tasks.c.budget_amount.is_not(None), actual > budget)
+    exceeded = sa.and_(
+        tasks.c.estimated_hours.is_not(None), _two(time.c.hours) > _two(tasks.c.estimated_hours)
+    )
     lowest = min(thresholds(run), default=None)
     reached: Any = sa.false()
     if lowest is not None:  # the lowest budget-alert threshold is reached
-        reached = sa.and_(tasks.c.budget_amount > 0, actual * 100 >= tasks.c.budget_amount * lowest)
+        reached = sa.and_(budget > 0, _two(actual * 100) >= _two(budget * lowest))
     q = (
         sa.select(
             *TASK_COLUMNS,
@@ -278,13 +283,26 @@ def _state_rows(conn: sa.Connection, run: Run) -> list[Any]:
     return rows
 
 
+def _two(value: Any) -> Any:
+    """``value`` rounded in SQL to two decimals, the scale of money and hours."""
+    return sa.func.round(value, 2)
+
+
+CENT = Decimal("0.01")
+
+
+def _dec(value: Any) -> Decimal:
+    """A money or hours value as read (a float on SQLite), exact at two decimals."""
+    return Decimal(str(value)).quantize(CENT)
+
+
 def over_budget(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Tasks whose job costs plus time amounts exceed the budget (once per task)."""
     for r in _state_rows(conn, run):
         if not r.over or r.told_over:
             continue
-        total = Decimal(r.costs) + Decimal(r.time_amount)
-        budget = Decimal(r.budget_amount)
+        total = _dec(r.costs) + _dec(r.time_amount)
+        budget = _dec(r.budget_amount)
         yield _task_notification(
             "task-over-budget",
             key_of("task-over-budget", r.task_id),
@@ -311,7 +329,7 @@ def hours_exceeded(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             hours={
                 "estimated": hours(r.estimated_hours),
                 "entered": hours(r.spent),
-                "over": hours(Decimal(r.spent) - Decimal(r.estimated_hours)),
+                "over": hours(_dec(r.spent) - _dec(r.estimated_hours)),
             },
         )
 
@@ -350,8 +368,8 @@ def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             ).scalars()
         )
     for r in rows:
-        budget = Decimal(r.budget_amount)
-        total = Decimal(r.costs) + Decimal(r.time_amount)
+        budget = _dec(r.budget_amount)
+        total = _dec(r.costs) + _dec(r.time_amount)
         due = [
             p
             for p in pcts
@@ -416,7 +434,7 @@ def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
         _Entry(
             bool(r.fresh),
             r.entered_at,
-            Decimal(r.amount),
+            _dec(r.amount),
             "an order" if r.kind == "order" else "a job cost",
             r.entered_by,
             r.name,
@@ -438,7 +456,7 @@ def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
         _Entry(
             bool(r.fresh),
             dt.datetime.combine(r.work_date, dt.time()),
-            Decimal(r.amount),
+            _dec(r.amount),
             "a time entry",
             r.staff_id,
             r.name,
