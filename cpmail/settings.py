@@ -6,6 +6,7 @@ survive, and written atomically (temporary file + ``os.replace``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -270,6 +271,23 @@ def _percentages(v: Any) -> list[int]:
 _URL_PARTS = re.compile(
     r"^[\w+.\-]+://(?:[^:/]*(?::[^@]*)?@)?(?P<host>\[[^\]]*\]|[^/:?]*)(?::[^/?]*)?(?P<path>[^?]*)"
 )
+
+
+def local_zone() -> dt.tzinfo:
+    """This machine's time zone with its rules (summer time included): ``TZ`` when it names
+    one, else /etc/localtime; only without either the offset of this moment, which is
+    wrong for dates across a change of summer time."""
+    import zoneinfo
+
+    name = os.environ.get("TZ", "").removeprefix(":")
+    if name:
+        with contextlib.suppress(ValueError, zoneinfo.ZoneInfoNotFoundError):
+            return zoneinfo.ZoneInfo(name)
+    with contextlib.suppress(OSError, ValueError), open("/etc/localtime", "rb") as f:
+        return zoneinfo.ZoneInfo.from_file(f, key="localtime")
+    tz = dt.datetime.now().astimezone().tzinfo
+    assert tz is not None
+    return tz
 
 
 def _url(raw: Any) -> str:
@@ -890,9 +908,7 @@ class Settings:
             import zoneinfo
 
             return zoneinfo.ZoneInfo(name)
-        tz = dt.datetime.now().astimezone().tzinfo
-        assert tz is not None
-        return tz
+        return local_zone()
 
     # ---- writing
     def set(self, key: str, value: Any) -> Any:

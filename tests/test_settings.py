@@ -568,3 +568,18 @@ def test_a_file_that_stops_mid_value_says_so(initialised: Cli, home: Path, tail:
     r = initialised("status")
     assert r.exit_code == 2 and str(path) in r.stderr, r.output
     assert "\\x00" not in r.stderr and "ends before" in r.stderr, r.stderr
+
+
+def test_the_machines_time_zone_keeps_its_summer_time(
+    initialised: Cli, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without agency.timezone, a meeting in March is placed with March's offset, not with
+    the offset of the day the check runs (an invitation an hour off)."""
+    import datetime as dt
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    from cpmail.settings import Settings
+
+    tz = Settings.load(home).tz()
+    assert dt.datetime(2027, 3, 15, 9, tzinfo=tz).utcoffset() == dt.timedelta(hours=-4)
+    assert dt.datetime(2026, 11, 28, 9, tzinfo=tz).utcoffset() == dt.timedelta(hours=-5)
