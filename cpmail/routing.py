@@ -13,6 +13,7 @@ their mail. Addresses are deduplicated.
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,7 @@ class Directory:
         # have means nobody (None), never whichever row was read last.
         self.by_name: dict[str, str | None] = {}
         for r in self.staff.values():
-            name = (r.name or "").strip().lower()
+            name = _name_key(r.name or "")
             if name:
                 self.by_name[name] = None if name in self.by_name else r.id
         # The staff member whose mailbox an address is (None when several share it): mail
@@ -168,7 +169,7 @@ class Directory:
         outside: list[str],
         skipped: Counter[str],
     ) -> None:
-        name = entry.strip().lower()
+        name = _name_key(entry)
         if entry in self.staff:
             staff_ids.append(entry)
         elif name in self.by_name:
@@ -183,3 +184,9 @@ class Directory:
             # Not a staff member (an outside address from data is never followed:
             # only the settings can name one).
             skipped[SKIP_NO_ADDRESS] += 1
+
+
+def _name_key(name: str) -> str:
+    """A name as a notify or attendees cell and the staff table are matched: trimmed, in
+    lower case, and in Unicode's composed form (a name typed on a Mac comes decomposed)."""
+    return unicodedata.normalize("NFC", name.strip()).lower()

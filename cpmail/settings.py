@@ -269,7 +269,8 @@ def _percentages(v: Any) -> list[int]:
 # How SQLAlchemy splits a URL: user up to ":" or "/", password up to the first "@",
 # host up to "/", ":" or "?", the rest up to "?", then the query.
 _URL_PARTS = re.compile(
-    r"^[\w+.\-]+://(?:[^:/]*(?::[^@]*)?@)?(?P<host>\[[^\]]*\]|[^/:?]*)(?::[^/?]*)?(?P<path>[^?]*)"
+    r"^[\w+.\-]+://(?:[^:/]*(?::(?P<password>[^@]*))?@)?"
+    r"(?P<host>\[[^\]]*\]|[^/:?]*)(?::[^/?]*)?(?P<path>[^?]*)"
 )
 
 
@@ -309,12 +310,17 @@ def bare_at(url: str) -> bool:
     path_may_hold_at = url.lower().startswith(("http://", "https://", "sqlite"))
     if m is None:
         return False
-    return "@" in m["host"] or (not path_may_hold_at and "@" in url[m.start("path") :])
+    if "@" in m["host"] or (not path_may_hold_at and "@" in url[m.start("path") :]):
+        return True
+    # "…/db?password=a@b" without a user part: read as user "127.0.0.1", password
+    # "5432/db?password=a". As written, not decoded: "%3F" and "%3D" are a password's own.
+    return bool(not path_may_hold_at and m["password"] and _QUERY_IN_PASSWORD.search(m["password"]))
 
 
 _BARE_AT = (
     "the URL has an '@' after its user:password part; write an @ in the password "
-    "or in a ?name=value as %40 (and /, : or a space as %2F, %3A, %20)"
+    "or in a ?name=value as %40 (and /, :, ?, = or a space in the password as %2F, %3A, "
+    "%3F, %3D, %20)"
 )
 
 
@@ -365,8 +371,6 @@ def _db_url(raw: Any) -> str:
         ) from None
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"its port {port} is not a port (1 to 65535)")
-    if misread(u):
-        raise ValueError(_BARE_AT)
     return v
 
 
@@ -645,14 +649,14 @@ def _parse_url(url: str) -> tuple[bool, str | None]:
         return False, None
     if u.drivername.startswith("sqlite") and u.username is None and u.password is None:
         return True, None  # a file path may hold an "@"; there is no password
-    return (False, None) if misread(u) else (True, u.password)
+    return (False, None) if _misread(u) else (True, u.password)
 
 
 # What a query looks like where SQLAlchemy found a password: "…/db?password=a" before an @.
 _QUERY_IN_PASSWORD = re.compile(r"\?[\w.%\-]+=")
 
 
-def misread(u: Any) -> bool:
+def _misread(u: Any) -> bool:
     """Whether SQLAlchemy's reading ``u`` of a database URL cannot be right: an "@" it did
     not take for the end of the user part (in the host, database or query), or a password
     that holds a query, ended by an "@" inside a ?name=value. The rest of the password

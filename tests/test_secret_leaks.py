@@ -530,3 +530,21 @@ def test_an_encrypted_sqlite_urls_password_is_never_shown(initialised: Cli, home
     everything = "\n".join(said)
     assert leaks([secret], [everything]) == [], everything
     assert "vault.db" in everything  # the file is still named
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pg_url("", "password=Kv8s%40Tr4Pq9"),  # the @ written as the message asks
+        pg_url("Kv8s%3Fx%3DTr4Pq9"),  # a password holding "?x=", written so
+        pg_url("Kv8s%40Tr4Pq9", "application_name=ops%40agency"),
+        pg_url("", "options=-c%20search_path%3Dme%40x"),
+    ],
+)
+def test_an_at_written_as_the_refusal_asks_is_taken(initialised: Cli, url: str) -> None:
+    """What a bare @ is refused for, written %40 (or a ? and = as %3F, %3D), is a URL
+    cpmail takes; and its password is not shown."""
+    r = initialised("config", "set", "database.url", url)
+    assert r.exit_code == 0, r.output
+    assert "Tr4Pq9" not in r.output
+    assert initialised("config", "get", "database.url").exit_code == 0

@@ -71,7 +71,7 @@ def make_engine(
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    from cpmail.settings import bare_at, misread
+    from cpmail.settings import bare_at
 
     # The errors below never quote the URL or SQLAlchemy's words about it: they may hold
     # the password.
@@ -79,7 +79,7 @@ def make_engine(
         parsed = sa.engine.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
         parsed = None
-    if parsed is None or bare_at(url) or misread(parsed):
+    if parsed is None or bare_at(url):
         raise ConfigError(
             "database.url is not a database URL cpmail can use; write it as "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME, with any @, /, : or space "
