@@ -92,7 +92,7 @@ class FakeAPI:
     def __init__(self) -> None:
         self.stall = 0.0  # seconds a send request waits before it is answered
         self.trickle = 0.0  # seconds between the bytes of a send request's answer
-        self.trickle_tokens = 0.0  # the same for the answers of the token endpoints
+        self.trickle_tokens = 0.0  # the same for the token endpoints and sign-in discovery
         self.requests: list[Request] = []
         self.sent: list[Sent] = []
         self.issued: list[str] = []  # every access and refresh token ever handed out
@@ -206,7 +206,7 @@ class FakeAPI:
                     sending = url.path.endswith(("/send", "/sendMail"))
                     stall = fake.stall if sending else 0.0
                     trickle = fake.trickle if sending else 0.0
-                    if url.path.endswith("/token"):
+                    if url.path.endswith(("/token", "/openid-configuration")):
                         trickle = fake.trickle_tokens
                 if stall:
                     time.sleep(stall)  # a server that takes the request and does not answer

@@ -622,3 +622,23 @@ def test_a_trickled_answer_holds_a_stopping_run_no_longer_than_the_timeout(
     s = statuses(ms_home)
     assert s["sending"] == 0 and s["sent"] == 0, s
     assert s["deferred"] + s["queued"] == 4, s
+
+
+def test_a_trickling_sign_in_service_holds_an_account_no_longer_than_the_timeout(
+    ms_home: Path, fake: FakeAPI
+) -> None:
+    """Opening the sign-in asks Microsoft for its settings (and may renew the token): an
+    answer trickled a byte at a time is given up after the timeout, once for the account."""
+    import time
+
+    sign_in(ms_home)
+    settings = Settings.load(ms_home)
+    settings.set("mail.microsoft.timeout", "2")
+    settings.save()
+    fake.trickle_tokens = 0.1  # a few kB of settings: minutes
+    started = time.monotonic()
+    outcomes = deliver(ms_home, env(1), env(2), env(3))
+    elapsed = time.monotonic() - started
+    assert elapsed < 8, f"{elapsed:.1f} s"
+    assert all(isinstance(o.error, TemporaryFailure) for o in outcomes), outcomes
+    assert fake.paths("POST").count(ME) == 0

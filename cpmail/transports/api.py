@@ -156,10 +156,15 @@ class ApiTransport(Transport, Generic[S]):
             return Outcome(env.id, error=PermanentFailure(self.too_big.format(*sizes)))
         session = sessions.get(env.account)
         if session is None:
-            try:
-                session = self._session(env.account)
+            try:  # opening may fetch the sign-in service's settings: bounded like the rest
+                session = within(http.seconds, lambda: self._session(env.account))
             except TemporaryFailure as e:
                 session = e
+            except TimeoutError:
+                session = TemporaryFailure(
+                    f"the sign-in service did not answer {_whose(env.account)} within "
+                    f"{http.seconds:g} s; the mail waits and is tried again later."
+                )
             sessions[env.account] = session
         if isinstance(session, TemporaryFailure):
             return Outcome(env.id, error=session)
@@ -197,9 +202,8 @@ class ApiTransport(Transport, Generic[S]):
         try:
             return within(http.seconds, lambda: session.access_token(force_refresh=renew))
         except TimeoutError:
-            whose = "the shared account" if account == SHARED else f"staff member {account}"
             failure = TemporaryFailure(
-                f"the sign-in service did not renew the sign-in of {whose} within "
+                f"the sign-in service did not renew the sign-in of {_whose(account)} within "
                 f"{http.seconds:g} s; the mail waits and is tried again later."
             )
             sessions[account] = failure
@@ -274,6 +278,11 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
         return raw
     newline = b"\r\n" if b"\r\n" in raw[: raw.find(b"\n") + 1 or len(raw)] else b"\n"
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
+
+
+def _whose(account: str) -> str:
+    """A sending account in the words of a sentence."""
+    return "the shared account" if account == SHARED else f"staff member {account}"
 
 
 class Poster:
