@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -41,8 +42,9 @@ def prepare(cli: Cli, server: SMTPTestServer, *, db: str = "", **settings: str) 
     assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
 
 
-def queue_messages(home: Path, n: int) -> set[str]:
-    """Queue ``n`` messages from JD; return their Message-IDs."""
+def queue_messages(home: Path, n: int, *, big_every: int = 0) -> set[str]:
+    """Queue ``n`` messages from JD; return their Message-IDs. With ``big_every``, each
+    message of that many is 60 kB instead of 1.5 kB."""
     settings = Settings.load(home)
     engine = connect(settings.db_url, where="test")
     run_id = new_run_id()
@@ -53,7 +55,7 @@ def queue_messages(home: Path, n: int) -> set[str]:
                 sender=Mailbox("jd@agency.test"),
                 to=[Mailbox(f"person{i}@agency.test")],
                 subject=f"Message {i}",
-                text="x" * 1500,
+                text="x" * (60_000 if big_every and i % big_every == 1 else 1500),
                 event="test",
                 key=key,
             )
@@ -381,6 +383,20 @@ def test_a_server_judged_silent_is_handed_no_more_messages(
     smtp_server.stall_after = None
     assert cli("outbox", "retry", "--all").exit_code == 0
     assert_each_once(smtp_server, ids)
+
+
+def test_mail_refused_before_it_is_sent_is_no_answer_from_a_silent_server(
+    cli: Cli, home: Path, smtp_server_factory: Any
+) -> None:
+    """Messages too big for the server's SIZE fail without a word to it: between them, a
+    server that answers nothing is still judged silent, handed one text at a time."""
+    server = smtp_server_factory(size_limit=20_000)
+    prepare(cli, server, **{"mail.smtp.timeout": "1", "mail.smtp.connections": "1"})
+    queue_messages(home, 24, big_every=2)
+    server.stall_after = 0  # takes every text, answers none; counts down per text
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3 and "stopped answering" in r.stderr, r.output
+    assert 1 <= -server.stall_after <= 3, -server.stall_after
 
 
 @pytest.mark.parametrize("answer", ["354 go ahead", "220 ready"])

@@ -56,6 +56,9 @@ class Outcome:
     deferred: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     error: TemporaryFailure | PermanentFailure | None = None
+    # decided before anything went to the server (too big, an address it cannot take):
+    # no answer of the server's, so it says nothing of whether the server still answers
+    local: bool = False
 
     @property
     def retry_after(self) -> float | None:

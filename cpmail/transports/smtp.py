@@ -316,7 +316,9 @@ class _Connection:
             return await self._transact(env)
         except UnicodeEncodeError as e:
             # Nothing was written: the commands are encoded before they go.
-            return Outcome(env.id, error=PermanentFailure(f"cannot send this message: {e}."))
+            return Outcome(
+                env.id, error=PermanentFailure(f"cannot send this message: {e}."), local=True
+            )
         except (aiosmtplib.SMTPException, OSError) as e:
             # An answer that makes no sense leaves the session in an unknown
             # state: give it up; the next message opens a fresh connection.
@@ -365,6 +367,7 @@ class _Connection:
         if self.size_limit and size > self.size_limit:
             return Outcome(
                 env.id,
+                local=True,
                 error=PermanentFailure(
                     "the message is {}, larger than the {} the SMTP server {} accepts".format(
                         *size_pair(size, self.size_limit), where
@@ -376,6 +379,7 @@ class _Connection:
         if bad is not None:
             return Outcome(
                 env.id,
+                local=True,
                 error=PermanentFailure(f"the address {bad!r} cannot be used in SMTP."),
             )
         options = ""
@@ -392,6 +396,7 @@ class _Connection:
             if "smtputf8" not in self.extensions:
                 return Outcome(
                     env.id,
+                    local=True,
                     error=PermanentFailure(
                         f"the SMTP server {where} does not accept international addresses "
                         "(no SMTPUTF8)."
@@ -863,6 +868,8 @@ class _Run:
 
     def _note(self, n: int, outcome: Outcome) -> None:
         """Count answers: a server that stops answering ends the run (the rest stay queued)."""
+        if outcome.local:  # nothing went to the server: no answer, and no silence
+            return
         if not isinstance(outcome.error, NoAnswer):
             self.timeouts = 0
             self.unanswered.clear()
