@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail.addresses import check_address
-from cpmail.errors import ConfigError, InputError, UsageError
+from cpmail.errors import ConfigError, InputError
 from cpmail.events import check_names
 from cpmail.secrets import SHARED
 from cpmail.settings import Settings
@@ -191,7 +191,7 @@ def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) 
             row = get(conn, staff_id)
         except InputError as e:
             if as_staff:
-                raise UsageError(f"--as: {str(e).rstrip('.')}.") from None
+                raise
             # from the settings, not the command line: say which setting names them
             raise ConfigError(
                 f"[user] staff = {staff_id!r} names no staff member; set it to a staff ID "

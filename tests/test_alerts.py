@@ -728,13 +728,7 @@ def test_mail_queued_at_night_waits_from_the_morning(initialised: Cli, home: Pat
 
 
 @pytest.mark.parametrize(
-    "args",
-    [
-        ("--date", "2026-13-01"),
-        ("--as", "ZZ"),
-        ("--only", "no-such-event"),
-        ("--today", "--date", "2026-11-24"),
-    ],
+    "args", [("--date", "2026-13-01"), ("--date", "tomorrow"), ("--today", "--date", "2026-11-24")]
 )
 def test_a_mistake_typed_at_the_terminal_is_no_state_of_mail(
     initialised: Cli, receiver: Receiver, args: tuple[str, ...]
@@ -748,3 +742,13 @@ def test_a_mistake_typed_at_the_terminal_is_no_state_of_mail(
     assert receiver.take() == []
     code, doc = status_json(cli)
     assert code == 0 and doc["last_check"] is None and doc["problems"] == [], doc
+
+
+def test_a_check_whose_sender_is_gone_is_alerted(initialised: Cli, receiver: Receiver) -> None:
+    """`--as` naming nobody may be a cron line a staff change broke, not a typing mistake:
+    every run would fail the same way, so the second channel hears of it."""
+    cli = initialised
+    set_urls(cli, receiver.url)
+    r = cli("check", "--as", "ZZ")
+    assert r.exit_code == 2, r.output
+    assert "ended with exit 2" in one_alert(receiver)["message"]
