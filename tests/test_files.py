@@ -68,6 +68,9 @@ def test_a_link_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
         (("data", "export", "clients"), "cpmail.toml"),
         (("data", "export", "staff"), "secrets/smtp-passcode-JD"),
         (("report", "cash-flow"), "cpmail.db"),
+        (("data", "export", "clients"), "alert-state.json"),
+        (("data", "export", "clients"), "templates/email/job-opened.txt"),
+        (("report", "cash-flow"), "mail/kept.eml"),
     ],
 )
 def test_output_is_never_written_over_cpmails_own_files(
@@ -77,7 +80,7 @@ def test_output_is_never_written_over_cpmails_own_files(
     and the file as it was (written, it would be replaced: everything in it lost)."""
     target = home / name
     journal = name.endswith("-wal")  # SQLite's own: it comes and goes with connections
-    target.parent.mkdir(exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists() and not journal:
         target.write_bytes(b"kept")
     before = None if journal else target.read_bytes()

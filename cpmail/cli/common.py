@@ -68,19 +68,34 @@ class Ctx:
 
     def output_file(self, path: Path) -> Path:
         """``path`` as a file a command may write (--out); InputError (exit 2) when it is
-        one of cpmail's own: the settings, the SQLite database and its journals, a secret.
-        Written there, the output would replace it (whatever it holds would be lost)."""
+        one of cpmail's own, by any name (a link, another mount of the home): the
+        settings and their lock, the SQLite database and its journals, the alert state,
+        or anything in the secrets, templates or mail folder. Written there, the output
+        would replace it (whatever it holds would be lost)."""
         import os
 
+        from cpmail.alerts import STATE_FILE
         from cpmail.store import sqlite_path
 
-        target = Path(os.path.realpath(path))
-        own = {self.settings.path}
-        database = sqlite_path(self.settings.db_url)
+        settings = self.settings
+        files = [settings.path, settings.path.with_name(f".{settings.path.name}.lock")]
+        files.append(self.home / STATE_FILE)
+        database = sqlite_path(settings.db_url)
         if database:
-            own.update(Path(database + end) for end in ("", "-wal", "-shm", "-journal"))
-        secrets = Path(os.path.realpath(self.home / "secrets"))
-        if target in {Path(os.path.realpath(p)) for p in own} or target.is_relative_to(secrets):
+            files += [Path(database + end) for end in ("", "-wal", "-shm", "-journal")]
+        folders = [self.home / "secrets", self.home / "templates", settings.mail_dir]
+
+        def same(a: Path, b: Path) -> bool:
+            try:
+                return os.path.samefile(a, b)
+            except OSError:  # one of them is not there: the same name, then
+                return os.path.realpath(a) == os.path.realpath(b)
+
+        target = Path(os.path.realpath(path))
+        inside = [p for p in (target, *target.parents) if p.exists()]
+        if any(same(target, f) for f in files) or any(
+            same(p, d) for p in inside for d in folders if d.exists()
+        ):
             via = f" ({target})" if str(target) != str(path) else ""
             raise InputError(
                 f"{path} is one of cpmail's own files{via}; writing there would replace it: "
