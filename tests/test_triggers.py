@@ -594,6 +594,22 @@ def test_a_team_rule_on_an_entry_of_no_client_is_a_skip_with_its_reason(
     assert row["skip_reasons"] == {"a team rule on an entry of no client": 2}, row
 
 
+def test_a_name_typed_in_decomposed_unicode_names_its_person(agency: Agency) -> None:
+    """"Chloé" typed on a Mac is "Chloe" and a combining accent: the same name, so the
+    same person (it named nobody)."""
+    import unicodedata
+
+    agency.add("staff", dict(id="CY", name="Chloé Yılmaz", work_email="chloe@agency.test"))
+    typed = unicodedata.normalize("NFD", "Chloé Yılmaz")
+    assert typed != "Chloé Yılmaz"
+    agency.add(
+        "homebase_entries",
+        dict(id="HB6", subject="Welcome", body="-", entered_at=at(D, 9), notify=typed),
+    )
+    msgs = agency.check("--only", "homebase-entry")
+    assert to(msgs) == ["chloe@agency.test"]
+
+
 def test_an_address_in_the_data_never_becomes_a_recipient(agency: Agency) -> None:
     """Rows written into the database by other means than `data import` (which refuses them)."""
     agency.add(
