@@ -595,7 +595,7 @@ def test_a_team_rule_on_an_entry_of_no_client_is_a_skip_with_its_reason(
 
 
 def test_a_name_typed_in_decomposed_unicode_names_its_person(agency: Agency) -> None:
-    """"Chloé" typed on a Mac is "Chloe" and a combining accent: the same name, so the
+    """ "Chloé" typed on a Mac is "Chloe" and a combining accent: the same name, so the
     same person (it named nobody)."""
     import unicodedata
 
