@@ -636,7 +636,17 @@ def redact_url(url: str) -> str:
         keep = sep and user and not any(ch in user for ch in "/ ?#@")
         userinfo = f"{user}:{MASK}" if keep else MASK
         tail = rest[at:]
+        if not _HOST_AFTER_AT.match(tail):  # "@Tr4Pq7": the end of a password, not a host
+            return head + userinfo
     return head + userinfo + _hide_query_secrets(tail)
+
+
+# What follows the last "@" when it is a host: a name or [address] and a port, then a
+# path or a query (or nothing, after a name of several labels).
+_HOST_AFTER_AT = re.compile(
+    r"@(?:(?:\[[^\]]*\]|[\w\-]+(?:\.[\w\-]+)*)(?::\d+)?[/?]"  # a host, then a path or query
+    r"|(?:[\w\-]+(?:\.[\w\-]+)+|localhost)(?::\d+)?$)"  # or a host of several labels alone
+)
 
 
 def _parse_url(url: str) -> tuple[bool, str | None]:

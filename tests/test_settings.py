@@ -314,7 +314,13 @@ def test_docs_show_what_config_smtp_writes(initialised: Cli, home: Path) -> None
         ),
         ("sqlite:////srv/a@b/cpmail.db", "sqlite:////srv/a@b/cpmail.db"),
         ("https://graph.microsoft.com", "https://graph.microsoft.com"),
-        ("postgresql://db/cp?application_name=a@b", "postgresql://••••@b"),
+        ("postgresql://db/cp?application_name=a@b", "postgresql://••••"),
+        # an @ in a query's password: what follows the last @ is its end, not a host
+        (
+            "postgresql+psycopg://127.0.0.1:5432/db?password=Kv8s@Tr4Pq7",
+            "postgresql+psycopg://127.0.0.1:••••",
+        ),
+        ("postgresql+psycopg://h/db?password=sec@ret&host=h", "postgresql+psycopg://••••"),
         # ODBC and others spell it PWD; a value may hold one (odbc_connect, libpq options)
         ("mssql+pyodbc://sa@dsn?PWD=S3cr&x=1", "mssql+pyodbc://sa@dsn?PWD=••••&x=1"),
         ("hana://u@h?pwd=S3cr", "hana://u@h?pwd=••••"),
