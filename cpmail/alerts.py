@@ -218,13 +218,7 @@ class _DatabaseState:
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("LOCK TABLE alert_state IN EXCLUSIVE MODE"))
-            rows = conn.execute(sa.select(t.condition, t.detail)).all()
-            old = {
-                r.condition: _decode(r.condition, r.detail)
-                for r in rows
-                if r.condition != "database"
-            }
-            changes = _diff([c for c in holds if c.key != "database"], unjudged, old, None)
+            changes, old = self._changes(conn, holds, unjudged)
             for c in changes.raised:
                 conn.execute(alert_state.delete().where(t.condition == c.key))
                 conn.execute(
@@ -237,20 +231,27 @@ class _DatabaseState:
     def unclaimed(self, holds: list[Condition], unjudged: set[str]) -> _Changes:
         """The changes against the stored state, when they cannot be recorded (a full disk):
         sent all the same. Nothing, when the state cannot even be read."""
+        try:
+            with self.engine.connect() as conn:
+                return self._changes(conn, holds, unjudged)[0]
+        except Exception:
+            return _Changes([], [])
+
+    @staticmethod
+    def _changes(
+        conn: sa.Connection, holds: list[Condition], unjudged: set[str]
+    ) -> tuple[_Changes, dict[str, _Raised]]:
+        """The changes against the state stored in the table, and that state."""
         import sqlalchemy as sa
 
         from cpmail.store.schema import alert_state
 
         t = alert_state.c
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(sa.select(t.condition, t.detail)).all()
-        except Exception:
-            return _Changes([], [])
+        rows = conn.execute(sa.select(t.condition, t.detail)).all()
         old = {
             r.condition: _decode(r.condition, r.detail) for r in rows if r.condition != "database"
         }
-        return _diff([c for c in holds if c.key != "database"], unjudged, old, None)
+        return _diff([c for c in holds if c.key != "database"], unjudged, old, None), old
 
     def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
         """Nobody was told: put the state back so that the next run tries again."""
@@ -294,8 +295,7 @@ class _FileState:
     def claim(
         self, holds: list[Condition], unjudged: set[str], now: dt.datetime
     ) -> tuple[_Changes, dict[str, _Raised]]:
-        old = self.load()
-        changes = _diff(holds, set(), old, {"database"})
+        changes, old = self._changes(holds)
         state = dict(old)
         for c in changes.raised:
             state[c.key] = _Raised(c.key, c.sig, c.text, _encode(c))
@@ -307,7 +307,12 @@ class _FileState:
 
     def unclaimed(self, holds: list[Condition], unjudged: set[str]) -> _Changes:
         """The changes against the stored state, when they cannot be recorded (a full disk)."""
-        return _diff(holds, set(), self.load(), {"database"})
+        return self._changes(holds)[0]
+
+    def _changes(self, holds: list[Condition]) -> tuple[_Changes, dict[str, _Raised]]:
+        """The database condition's change against the file, and what the file holds."""
+        old = self.load()
+        return _diff(holds, set(), old, {"database"}), old
 
     def undo(self, won: _Changes, old: dict[str, _Raised], now: dt.datetime) -> None:
         self.save(old)

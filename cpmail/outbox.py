@@ -44,6 +44,7 @@ from cpmail.errors import (
     Unreachable,
     settled,
 )
+from cpmail.secrets import account_words
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
@@ -1182,7 +1183,7 @@ class _Pass:
         wait = max(0.0, at - time.monotonic())
         if self.paused_for + wait > MAX_PAUSE:
             reason = (
-                f"the server asked {_account_words(account)} to slow down; it is tried again later"
+                f"the server asked {account_words(account)} to slow down; it is tried again later"
             )
             self._hand_back(account, reason, utcnow() + dt.timedelta(seconds=wait))
             return False
@@ -1334,11 +1335,6 @@ def _pace_for(
     return pace.Pace(per_minute, per_day, sent_today=int(row[0]), sent_last_minute=int(row[1]))
 
 
-def _account_words(account: str) -> str:
-    """A sending account in the words of a note: ``account JD``, ``the shared account``."""
-    return "the shared account" if account == "shared" else f"account {account or '(none)'}"
-
-
 def _wait_for_tomorrow(
     engine: sa.Engine,
     settings: Settings,
@@ -1352,7 +1348,7 @@ def _wait_for_tomorrow(
     tomorrow = pace.next_day_start(pace.day_zone(settings))
     if paced.stopped_for_today:  # the provider said so, not only the count
         _DAY_FULL[(str(engine.url), account)] = tomorrow
-    who = _account_words(account)
+    who = account_words(account)
     limit = f"{paced.per_day} messages" if paced.per_day else "the provider's limit"
     reason = f"{who} reached its daily sending limit ({limit}); it waits for tomorrow"
     before = result.released

@@ -17,6 +17,12 @@ from cpmail.settings import PRIVATE_DIR, PRIVATE_FILE, private_dir, write_atomic
 
 SHARED = "shared"  # the account name of the one-account sender (`--shared`)
 
+
+def account_words(account: str) -> str:
+    """A sending account in the words of a sentence: ``account JD``, ``the shared account``."""
+    return "the shared account" if account == SHARED else f"account {account or '(none)'}"
+
+
 MASK = "••••"
 KEYRING_SERVICE = "cpmail"
 _NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,200}$")

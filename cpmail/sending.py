@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from cpmail import __version__, interrupt
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
-from cpmail.errors import RESENT, ConfigError, CpmailError, InputError, NotDelivered
+from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered, settled
 from cpmail.outbox import Delivery, deliver, give_up, lease, new_run_id, queue_many, ready_of
 from cpmail.outbox import retry as requeue
 from cpmail.people import resolve_sender
@@ -262,4 +262,4 @@ def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailErro
 def _why(error: str) -> str:
     """A recorded error as a clause inside a sentence: without its full stop, and without
     "it will be sent again", which the sentence itself says or denies."""
-    return error.rstrip(".").removesuffix(RESENT)
+    return settled(error).rstrip(".")

@@ -984,14 +984,18 @@ def _put(document: Any, key: str, typed: Any) -> Any:
     return made
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file kept beside ``path`` while it is written."""
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for writing ``path`` (a lock file beside it, kept)."""
     import fcntl
 
     private_dir(path.parent)
-    lock = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

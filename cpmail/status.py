@@ -482,11 +482,16 @@ def window_opened(settings: Settings, now_utc: dt.datetime) -> tuple[bool, dt.da
     local = now_utc.replace(tzinfo=dt.UTC).astimezone(tz)
     if not in_send_window(settings, local):
         return False, None
-    start = dt.time.fromisoformat(window.split("-")[0])
-    opened = dt.datetime.combine(local.date(), start, tzinfo=tz)
+    opened = _opening(settings, local)
     if opened > local:  # a window across midnight, opened yesterday
         opened -= dt.timedelta(days=1)
     return True, opened.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _opening(settings: Settings, local: dt.datetime) -> dt.datetime:
+    """When the send window opens on the day of ``local`` (aware, in the agency's zone)."""
+    start = dt.time.fromisoformat(settings["mail.send_window"].split("-")[0])
+    return dt.datetime.combine(local.date(), start, tzinfo=local.tzinfo)
 
 
 def _outbox(
@@ -547,10 +552,8 @@ def waiting_counted_from(
     open, with the mail still waiting, is."""
     if opened is None or queued >= opened or window_opened(settings, queued)[0]:
         return queued
-    tz = settings.tz()
-    start = dt.time.fromisoformat(settings["mail.send_window"].split("-")[0])
-    local = queued.replace(tzinfo=dt.UTC).astimezone(tz)
-    nxt = dt.datetime.combine(local.date(), start, tzinfo=tz)
+    local = queued.replace(tzinfo=dt.UTC).astimezone(settings.tz())
+    nxt = _opening(settings, local)
     if nxt <= local:
         nxt += dt.timedelta(days=1)
     return min(nxt.astimezone(dt.UTC).replace(tzinfo=None), opened)

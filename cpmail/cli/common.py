@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import typer
 
 from cpmail.errors import InputError, UsageError
-from cpmail.settings import Settings
+from cpmail.settings import Settings, lock_path
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -78,7 +78,7 @@ class Ctx:
         from cpmail.store import sqlite_path
 
         settings = self.settings
-        files = [settings.path, settings.path.with_name(f".{settings.path.name}.lock")]
+        files = [settings.path, lock_path(settings.path)]
         files.append(self.home / STATE_FILE)
         database = sqlite_path(settings.db_url)
         if database:

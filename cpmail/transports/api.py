@@ -33,7 +33,7 @@ from cpmail.errors import (
 )
 from cpmail.oauth.tokens import check_endpoint, https_context, signin_command
 from cpmail.scrub import Scrubber, mask_tokens
-from cpmail.secrets import SHARED
+from cpmail.secrets import account_words
 from cpmail.sizes import size_pair
 from cpmail.transports.base import UPLOAD_BYTES_PER_SECOND, Envelope, Outcome, Report, Transport
 
@@ -162,7 +162,7 @@ class ApiTransport(Transport, Generic[S]):
                 session = e
             except TimeoutError:
                 session = TemporaryFailure(
-                    f"the sign-in service did not answer {_whose(env.account)} within "
+                    f"the sign-in service did not answer {account_words(env.account)} within "
                     f"{http.seconds:g} s; the mail waits and is tried again later."
                 )
             sessions[env.account] = session
@@ -203,7 +203,7 @@ class ApiTransport(Transport, Generic[S]):
             return within(http.seconds, lambda: session.access_token(force_refresh=renew))
         except TimeoutError:
             failure = TemporaryFailure(
-                f"the sign-in service did not renew the sign-in of {_whose(account)} within "
+                f"the sign-in service did not renew the sign-in of {account_words(account)} within "
                 f"{http.seconds:g} s; the mail waits and is tried again later."
             )
             sessions[account] = failure
@@ -280,11 +280,6 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
 
 
-def _whose(account: str) -> str:
-    """A sending account in the words of a sentence."""
-    return "the shared account" if account == SHARED else f"staff member {account}"
-
-
 class Poster:
     """POSTs whose whole answer must come in time, or they are given up.
 
@@ -310,9 +305,9 @@ class Poster:
         """POST to ``url`` a body of ``size`` bytes: Unreachable when nothing answers,
         NoAnswer when the answer is not whole in time, TemporaryFailure when cut off."""
         host = urllib.parse.urlsplit(url).netloc
-        within = self.seconds + size / UPLOAD_BYTES_PER_SECOND
+        limit = self.seconds + size / UPLOAD_BYTES_PER_SECOND
         try:
-            return self._within(within, url, kwargs)
+            return self._within(limit, url, kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise Unreachable(
                 f"cannot reach {self.service} at {host} ({type(e).__name__}); check the network."
@@ -324,7 +319,7 @@ class Poster:
             ) from None
         except TimeoutError:
             raise NoAnswer(
-                f"{self.service} did not answer whole within {within:g} s{RESENT}.",
+                f"{self.service} did not answer whole within {limit:g} s{RESENT}.",
                 maybe_sent=True,
             ) from None
         except httpx.TransportError as e:

@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -678,12 +678,8 @@ class SMTPTransport(Transport):
         cfg = SMTPConfig.from_settings(self.settings)
 
         async def ask() -> int:
-            conn = _Connection(cfg, cfg.tls_context(), _Group(None), _local_hostname())
-            await conn.open()
-            try:
+            async with _opened(cfg, None) as conn:
                 return conn.size_limit
-            finally:
-                await conn.close()
 
         try:
             announced = asyncio.run(ask())
@@ -1040,12 +1036,9 @@ def probe(settings: Settings, login: Login | None, address: str) -> None:
     with the sentence a person reads, as a real delivery would.
     """
     cfg = SMTPConfig.from_settings(settings)
-    tls = cfg.tls_context()
 
     async def go() -> None:
-        conn = _Connection(cfg, tls, _Group(login), _local_hostname())
-        await conn.open()
-        try:
+        async with _opened(cfg, login) as conn:
             if login is None and address and conn.wire is not None:
                 answer = await conn.wire.command(f"MAIL FROM:<{address}>\r\n".encode(), cfg.timeout)
                 if answer.code != 250:
@@ -1054,10 +1047,20 @@ def probe(settings: Settings, login: Login | None, address: str) -> None:
                         f"{words_of(*answer)}"
                     )
                 await conn.wire.command(b"RSET\r\n", cfg.timeout)
-        finally:
-            await conn.close()
 
     asyncio.run(go())
+
+
+@contextlib.asynccontextmanager
+async def _opened(cfg: SMTPConfig, login: Login | None) -> AsyncIterator[_Connection]:
+    """One connection, greeted, upgraded to TLS and logged in as ``login`` (or not at all),
+    closed when the block ends; Unreachable or AuthError as a delivery would raise them."""
+    conn = _Connection(cfg, cfg.tls_context(), _Group(login), _local_hostname())
+    await conn.open()
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def _local_hostname() -> str:
