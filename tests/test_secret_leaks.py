@@ -548,3 +548,35 @@ def test_an_at_written_as_the_refusal_asks_is_taken(initialised: Cli, url: str) 
     assert r.exit_code == 0, r.output
     assert "Tr4Pq9" not in r.output
     assert initialised("config", "get", "database.url").exit_code == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    password=st.text(
+        alphabet=st.sampled_from("Kv8sTr4Pq@?=&/:# %"), min_size=6, max_size=24
+    ).filter(lambda p: sum(ch.isalnum() for ch in p) >= 6),
+    where=st.sampled_from(["user part", "query", "query, no user part"]),
+)
+def test_a_database_url_is_refused_or_shown_without_any_of_its_password(
+    password: str, where: str
+) -> None:
+    """Whatever a password holds (@ ? = & / : # space %) and wherever it is written: the
+    URL is refused where it is given, or its redacted form holds no piece of the password
+    (a run of four of its letters and digits)."""
+    from cpmail.errors import ConfigError
+    from cpmail.settings import KEYS, redact
+
+    host = "127.0.0.1:5432/agency"
+    url = {
+        "user part": f"postgresql+psycopg://cp:{password}@{host}",
+        "query": f"postgresql+psycopg://cp@{host}?password={password}",
+        "query, no user part": f"postgresql+psycopg://{host}?password={password}",
+    }[where]
+    try:
+        KEYS["database.url"].check(url)
+    except (ValueError, ConfigError):
+        return  # refused where it is given, without being repeated
+    shown = redact(url).replace(host, "")
+    letters = "".join(ch if ch.isalnum() else " " for ch in password).split()
+    pieces = [w[i : i + 4] for w in letters for i in range(len(w) - 3)]
+    assert [p for p in pieces if p in shown] == [], (url, redact(url))
