@@ -348,7 +348,6 @@ def _find(
     if incremental:  # else the state triggers look without marking what they looked at
         stamp_state_rows(engine, run_id)
     with engine.connect() as conn:
-        directory = Directory(conn)
         found: list[Notification] = []
         table = finders()
         for ev in events:
@@ -357,6 +356,9 @@ def _find(
         for find in extra.values():
             found.extend(find(conn, run))
         found = _unrecorded(conn, found)
+        # Staff are read only when there is someone to route to: a run that finds
+        # nothing new (most runs, when cron runs it every few minutes) reads no one.
+        directory = Directory(conn if found else None)
     for n in found:
         summary[n.event].found += 1
     for ev, reasons in run.skipped.items():  # left out by a finder: one notification each

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,13 @@ class Routed:
 class Directory:
     """Staff, opt-outs and client teams, read once per run."""
 
-    def __init__(self, conn: sa.Connection) -> None:
-        self.staff: dict[str, Any] = {r.id: r for r in conn.execute(sa.select(staff))}
+    def __init__(self, conn: sa.Connection | None) -> None:
+        """Read from ``conn``; with None, a directory of nobody (a run with nothing to route)."""
+
+        def rows(table: sa.Table) -> Iterable[Any]:
+            return conn.execute(sa.select(table)) if conn is not None else ()
+
+        self.staff: dict[str, Any] = {r.id: r for r in rows(staff)}
         # A name in a notify or attendees cell means one person: a name several staff
         # have means nobody (None), never whichever row was read last.
         self.by_name: dict[str, str | None] = {}
@@ -72,9 +78,9 @@ class Directory:
             if r.active and valid_address(r.work_email or ""):
                 key = mailbox_key(r.work_email)
                 self.by_mailbox[key] = None if key in self.by_mailbox else r.id
-        self.opted_out = {(r.staff_id, r.event) for r in conn.execute(sa.select(staff_opt_out))}
+        self.opted_out = {(r.staff_id, r.event) for r in rows(staff_opt_out)}
         self.teams: dict[str, list[tuple[str, str, frozenset[str] | None]]] = {}
-        for r in conn.execute(sa.select(client_team)):
+        for r in rows(client_team):
             events = frozenset(split_cell(r.events)) or None
             self.teams.setdefault(r.client_id, []).append((r.staff_id, r.role or "", events))
 
