@@ -55,6 +55,9 @@ from cpmail.transports.base import Envelope, Outcome, Transport
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 200
+# The event of a test message (`staff test`, `config test`): sent by its own command at
+# once, or never; no other run takes it up.
+ONCE = "test"
 STALLED_AFTER = 3  # messages in a row without an answer in time: the server stopped answering
 RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
 # How long the end of a run keeps trying to record outcomes the server accepted.
@@ -483,19 +486,16 @@ def _not_before(at: dt.datetime | None, opens: dt.datetime | None) -> dt.datetim
     return max(at, opens) if at is not None and opens is not None else at
 
 
-def live_run(now: dt.datetime, cutoff: dt.datetime) -> Any:
+def live_run(now: dt.datetime, cutoff: dt.datetime, run: Any = messages.c.claimed_by) -> Any:
     """A run that still renews its heartbeat: its claims are its own.
 
+    ``run`` names the run (by default the one that claimed the message).
     Judged by the run's own limit (``expires_at``), whatever the limit of the
     run looking; a row written before there was one, by ``cutoff``.
     """
     r = runs.c
     renewed = sa.or_(r.expires_at > now, sa.and_(r.expires_at.is_(None), r.heartbeat_at >= cutoff))
-    return (
-        sa.exists()
-        .where(r.id == messages.c.claimed_by, r.ended_at.is_(None), renewed)
-        .correlate(messages)
-    )
+    return sa.exists().where(r.id == run, r.ended_at.is_(None), renewed).correlate(messages)
 
 
 def _due_by_status(now: dt.datetime, stale: dt.timedelta, alive: Collection[str] = ()) -> list[Any]:
@@ -505,10 +505,10 @@ def _due_by_status(now: dt.datetime, stale: dt.timedelta, alive: Collection[str]
     whatever their heartbeat says.
     """
     m = messages.c
-    cutoff = now - stale
     # Mail that no longer matters (a reminder of an event that has begun) is not sent;
-    # the next pass drops it (_expire).
-    current = sa.or_(m.not_after.is_(None), m.not_after > now)
+    # the next pass drops it (_expire). A test message is sent by its own command or
+    # never: no other run takes it up (_expire fails it once its command is gone).
+    current = sa.and_(sa.or_(m.not_after.is_(None), m.not_after > now), m.event != ONCE)
     return [
         sa.and_(m.status == Status.QUEUED, current),
         sa.and_(
@@ -516,13 +516,20 @@ def _due_by_status(now: dt.datetime, stale: dt.timedelta, alive: Collection[str]
             sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now),
             current,
         ),
-        sa.and_(
-            m.status == Status.SENDING,
-            m.claimed_at < cutoff,
-            ~live_run(now, cutoff),
-            *([m.claimed_by.not_in(sorted(alive))] if alive else []),
-        ),
+        sa.and_(_orphaned(now, stale, alive), m.event != ONCE),
     ]
+
+
+def _orphaned(now: dt.datetime, stale: dt.timedelta, alive: Collection[str] = ()) -> Any:
+    """Claimed by a run that stopped: it is no longer renewed, nor known to be alive here."""
+    m = messages.c
+    cutoff = now - stale
+    return sa.and_(
+        m.status == Status.SENDING,
+        m.claimed_at < cutoff,
+        ~live_run(now, cutoff),
+        *([m.claimed_by.not_in(sorted(alive))] if alive else []),
+    )
 
 
 def _due(now: dt.datetime, stale: dt.timedelta, alive: Collection[str] = ()) -> Any:
@@ -642,7 +649,25 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
     now = utcnow()
     limit = now - dt.timedelta(hours=settings["outbox.max_age_hours"])
     waiting = m.status.in_((Status.QUEUED, Status.DEFERRED))
+    stale = stale_after(settings)
+    with engine.connect() as conn:
+        alive = runs_here(conn, now)[0]
+    # A test message its command left behind (killed, or stopped before it sent it).
+    left_behind = sa.and_(
+        m.event == ONCE,
+        sa.or_(
+            sa.and_(waiting, ~live_run(now, now - stale, m.run_id), m.run_id.not_in(alive)),
+            _orphaned(now, stale, alive),
+        ),
+    )
     ends: list[tuple[Status, Any, str, dict[str, Any]]] = [
+        (
+            Status.FAILED,
+            left_behind,
+            "not sent: a test message is sent at once or not at all, and the command "
+            "that sent it stopped first",
+            {"failed_at": now, "raw": None, "claimed_at": None, "claimed_by": None},
+        ),
         (
             Status.DROPPED,
             sa.and_(waiting, m.not_after.is_not(None), m.not_after <= now),

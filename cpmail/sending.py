@@ -14,7 +14,16 @@ from cpmail import __version__, interrupt
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
 from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered, settled
-from cpmail.outbox import Delivery, deliver, give_up, lease, new_run_id, queue_many, ready_of
+from cpmail.outbox import (
+    ONCE,
+    Delivery,
+    deliver,
+    give_up,
+    lease,
+    new_run_id,
+    queue_many,
+    ready_of,
+)
 from cpmail.outbox import retry as requeue
 from cpmail.people import resolve_sender
 from cpmail.secrets import SecretStore
@@ -187,7 +196,7 @@ def send_test_message(
         to=[Mailbox(rcpt, to_name)],
         subject=subject_line(settings, "Test message from cpmail"),
         text=text,
-        event="test",
+        event=ONCE,
         key=f"test:{new_run_id()}",
     )
     send_message(
@@ -195,7 +204,7 @@ def send_test_message(
         settings,
         secrets,
         msg,
-        event="test",
+        event=ONCE,
         account=sender.account,
         envelope_from=sender.address,
         what=f"the test message to {rcpt}",

@@ -519,7 +519,7 @@ def _outbox(
                 m.status == "failed",
                 m.failed_at >= now - dt.timedelta(days=FAILED_DAYS),
                 # a test message that failed was reported at once to whoever sent it
-                m.event != "test",
+                m.event != ob.ONCE,
             )
         ).scalar_one()
         claimed = conn.execute(sa.select(sa.func.count()).where(m.status == "sending")).scalar_one()

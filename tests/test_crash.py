@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import sqlite3
@@ -40,12 +41,12 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
                 to=[Mailbox(f"person{i}@agency.test")],
                 subject=f"Message {i}",
                 text="x" * 2000,
-                event="test",
+                event="message",
                 key=f"crash-test:{i}",
             )
             draft = Draft.from_message(
                 msg,
-                event="test",
+                event="message",
                 key=f"crash-test:{i}",
                 account="JD",
                 envelope_from="jd@agency.test",
@@ -80,20 +81,7 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
     assert by_status.get("sent", 0) <= killed_at
     # A dead run's claims are taken up again once its heartbeat is older than
     # outbox.stale_claim_minutes (15 by default): let them age by that much.
-    aged = dt.timedelta(minutes=16)
-    with engine.begin() as conn:  # (in Python: SQLite has no arithmetic on its date text)
-        for i, at in conn.execute(
-            sa.select(messages.c.id, messages.c.claimed_at).where(messages.c.status == "sending")
-        ).all():
-            conn.execute(messages.update().where(messages.c.id == i).values(claimed_at=at - aged))
-        for i, beat, expires in conn.execute(
-            sa.select(runs.c.id, runs.c.heartbeat_at, runs.c.expires_at)
-        ).all():
-            conn.execute(
-                runs.update()
-                .where(runs.c.id == i)
-                .values(heartbeat_at=beat - aged, expires_at=expires and expires - aged)
-            )
+    _age(engine, dt.timedelta(minutes=16))
     r = cli("check", "--date", "2026-11-24")
     assert r.exit_code == 0, r.output
 
@@ -109,6 +97,84 @@ def test_sigkill_mid_batch_loses_nothing(cli: Cli, home: Path, smtp_server: SMTP
     with engine.connect() as conn:
         statuses = {s for (s,) in conn.execute(sa.select(messages.c.status).distinct())}
     assert statuses == {"sent"}
+
+
+def _age(engine: sa.Engine, by: dt.timedelta) -> None:
+    """Claims and runs' heartbeats ``by`` older: a dead run's claims are then taken up."""
+    with engine.begin() as conn:  # (in Python: SQLite has no arithmetic on its date text)
+        for i, at in conn.execute(
+            sa.select(messages.c.id, messages.c.claimed_at).where(messages.c.status == "sending")
+        ).all():
+            conn.execute(messages.update().where(messages.c.id == i).values(claimed_at=at - by))
+        for i, beat, expires in conn.execute(
+            sa.select(runs.c.id, runs.c.heartbeat_at, runs.c.expires_at)
+        ).all():
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == i)
+                .values(heartbeat_at=beat - by, expires_at=expires and expires - by)
+            )
+
+
+def test_a_test_message_its_command_left_behind_is_never_sent_by_another_run(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A test message is sent by its own command at once, or never: killed while the server
+    had it, or stopped after queueing it, the next check fails it and sends nothing."""
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0  # no missing time
+    engine = connect(Settings.load(home).db_url, where="test")
+    # Stopped after queueing it, before sending (a SIGTERM at that moment gives it back
+    # to the queue): queued, by a run that has ended.
+    msg = build_message(
+        sender=Mailbox("jd@agency.test"),
+        to=[Mailbox("jd@agency.test")],
+        subject="Left behind",
+        text="x",
+        event="test",
+        key="left",
+    )
+    draft = Draft.from_message(
+        msg, event="test", key=None, account="JD", envelope_from="jd@agency.test"
+    )
+    with engine.begin() as conn:
+        left = queue(conn, draft, run_id="ended-run")
+    # Killed while the server held the message text, before its answer.
+    smtp_server.accept_delay = 2.0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "staff", "test", "JD"],
+        env={**os.environ, "CPMAIL_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(sa.select(messages.c.id).where(messages.c.status == "sending")).first():
+                break
+        time.sleep(0.02)
+    time.sleep(0.5)  # (the text is on its way; the answer comes 2 s after it)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)
+    smtp_server.accept_delay = 0
+
+    def tests_sent() -> int:
+        # (the manager is told of the failures, naming them: not a test message)
+        return sum(m.rcpt_tos == ("jd@agency.test",) for m in smtp_server.messages)
+
+    before = tests_sent()
+    assert before <= 1
+    _age(engine, dt.timedelta(minutes=16))
+    r = cli("check", "--date", "2026-11-24")
+    assert tests_sent() == before, "no other run sends a test message"
+    assert r.exit_code == 1, r.output  # earlier mail failed: said, and the manager told
+    rows = {x["id"]: x for x in json.loads(cli("log", "--json").stdout) if x["event"] == "test"}
+    assert len(rows) == 2 and left in rows
+    assert {x["status"] for x in rows.values()} == {"failed"}
+    assert all("the command that sent it stopped first" in x["last_error"] for x in rows.values())
+    r = cli("outbox", "retry", "--all")  # nor can it be retried by hand
+    assert r.exit_code == 0 and tests_sent() == before, r.output
 
 
 @pytest.mark.serial

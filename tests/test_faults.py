@@ -56,11 +56,11 @@ def queue_messages(home: Path, n: int, *, big_every: int = 0) -> set[str]:
                 to=[Mailbox(f"person{i}@agency.test")],
                 subject=f"Message {i}",
                 text="x" * (60_000 if big_every and i % big_every == 1 else 1500),
-                event="test",
+                event="message",
                 key=key,
             )
             draft = Draft.from_message(
-                msg, event="test", key=key, account="JD", envelope_from="jd@agency.test"
+                msg, event="message", key=key, account="JD", envelope_from="jd@agency.test"
             )
             assert queue(conn, draft, run_id=run_id) is not None
         ids = {r.message_id for r in conn.execute(sa.select(messages.c.message_id))}

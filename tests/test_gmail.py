@@ -809,11 +809,11 @@ def test_an_api_that_stops_answering_ends_the_run_early(
                 to=[Mailbox(f"p{i}@agency.example")],
                 subject=f"Message {i}",
                 text="hello",
-                event="test",
+                event="message",
                 key=f"stall:{i}",
             )
             draft = Draft.from_message(
-                msg, event="test", key=None, account="JD", envelope_from="jd@agency.example"
+                msg, event="message", key=None, account="JD", envelope_from="jd@agency.example"
             )
             assert queue(conn, draft, run_id="q") is not None
     if how == "stall":

@@ -306,7 +306,7 @@ def test_the_reported_reproduction_adds_no_bcc() -> None:
             to=[Mailbox("dan@agency.test", name)],
             subject=name,
             text="t",
-            event="test",
+            event="message",
             key="k",
         )
         raw = compose(**args).raw if fast else to_bytes(build_message(**args))

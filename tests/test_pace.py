@@ -231,12 +231,12 @@ def _two_graph_accounts(home: Path, fake: Any) -> tuple[Any, sa.Engine]:
                     to=[Mailbox(f"person{i}@agency.example")],
                     subject=f"{account} {i}",
                     text="A line.",
-                    event="test",
+                    event="message",
                     key=key,
                 )
                 draft = Draft.from_message(
                     msg,
-                    event="test",
+                    event="message",
                     key=key,
                     account=account,
                     envelope_from=f"{account.lower()}@agency.example",
@@ -328,11 +328,11 @@ def test_a_daily_limit_for_one_recipient_leaves_another_refused_for_good(
         to=[Mailbox("gone@agency.test"), Mailbox("busy@agency.test")],
         subject="Two",
         text="A line.",
-        event="test",
+        event="message",
         key="two",
     )
     draft = Draft.from_message(
-        msg, event="test", key="two", account="JD", envelope_from="jd@agency.test"
+        msg, event="message", key="two", account="JD", envelope_from="jd@agency.test"
     )
     engine = connect(Settings.load(home).db_url, where="test")
     with engine.begin() as conn:

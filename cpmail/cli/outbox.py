@@ -44,14 +44,14 @@ def outbox(
     """List queued, deferred and failed messages."""
     if ctx.invoked_subcommand is not None:
         return
-    from cpmail.outbox import list_messages
+    from cpmail.outbox import ONCE, list_messages
     from cpmail.statuses import OPEN
 
     c = ctx_of(ctx)
     rows = list_messages(c.engine(), c.settings.tz(), statuses=OPEN)
     # A test message is sent at once or never: one that failed was said then, and
     # cannot be retried; it stays in `cpmail log`.
-    rows = [r for r in rows if not (r["event"] == "test" and r["status"] == "failed")]
+    rows = [r for r in rows if not (r["event"] == ONCE and r["status"] == "failed")]
     if json:
         emit_json(rows)
         return
