@@ -1,7 +1,9 @@
 """`templates preview`: one event's message rendered with the demo agency's data.
 
 The demo agency is loaded into a home of its own, made for the preview and
-removed after it, so the agency's data and outbox are never touched; the
+removed after it, so the agency's data and outbox are never touched (its
+settings are its own: a ``CPMAIL_DATABASE_URL`` naming the agency's database
+is not read there); the
 message is rendered with the templates of the home that asks, and with its
 subject prefix and holidays.
 """
@@ -36,7 +38,7 @@ def preview(
         check_names([event])
     with tempfile.TemporaryDirectory(prefix="cpmail-preview-") as tmp:
         where = Path(tmp)
-        s = Settings.load(where)
+        s = Settings.load(where, environment=False)
         for key, value in demo_settings.items():
             s.set(key, value)
         for key in _KEPT:
@@ -44,7 +46,7 @@ def preview(
         if event == "digest":
             s.set("mail.digest", True)
         s.save()
-        s = Settings.load(where)
+        s = Settings.load(where, environment=False)
         if event == FAILURE_SUMMARY:  # not an event: the summary of failed mail, to the manager
             return preview_failure_summary(s, home, demo.EXAMPLE_DATE)
         engine = make_engine(s.db_url)

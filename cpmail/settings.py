@@ -785,10 +785,13 @@ max_age_hours = 72
 class Settings:
     """Effective settings: defaults < ``cpmail.toml`` < environment."""
 
-    def __init__(self, home: Path, path: Path, data: Mapping[str, Any]) -> None:
+    def __init__(
+        self, home: Path, path: Path, data: Mapping[str, Any], *, environment: bool = True
+    ) -> None:
         self.home = home
         self.path = path
         self._data = data  # what the file holds, as read ({} with no file)
+        self._environment = environment  # whether CPMAIL_* variables override the file
         # Keys `set` and not yet saved: `save` writes them into the file as it is then,
         # read with tomlkit, which keeps comments and order (and reads ten times slower).
         self._pending: dict[str, Any] = {}
@@ -798,8 +801,12 @@ class Settings:
 
     # ---- loading
     @classmethod
-    def load(cls, home: Path) -> Settings:
-        """Read ``<home>/cpmail.toml`` (if any); raise ConfigError naming file and line."""
+    def load(cls, home: Path, *, environment: bool = True) -> Settings:
+        """Read ``<home>/cpmail.toml`` (if any); raise ConfigError naming file and line.
+
+        Without ``environment`` the ``CPMAIL_*`` variables are not read: a home of
+        cpmail's own making (a preview's) must not take the user's database or transport.
+        """
         path = home / SETTINGS_FILE
         data: Mapping[str, Any] = {}
         text = ""
@@ -808,7 +815,7 @@ class Settings:
                 f"{path} points to {os.readlink(path)}, which does not exist; "
                 "restore it, or remove the link and run `cpmail init`."
             )
-        in_home = not os.environ.get(env_name("database.url"), "").strip()
+        in_home = not environment or not os.environ.get(env_name("database.url"), "").strip()
         db_file = home / "cpmail.db"
         if not path.exists() and in_home and db_file.exists() and db_file.stat().st_size > 0:
             # A home in use without its settings would send from the defaults (the file
@@ -831,7 +838,7 @@ class Settings:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
                 data = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
-        return cls(home, path, data)
+        return cls(home, path, data, environment=environment)
 
     def _resolve(self) -> None:
         flat = dict(_flatten(self._data))
@@ -845,7 +852,7 @@ class Settings:
             self._values[key] = self._check(key, spec, value, f"{self.path}: {key}")
             self._source[key] = "file"
         for key, spec in KEYS.items():
-            env = os.environ.get(env_name(key))
+            env = os.environ.get(env_name(key)) if self._environment else None
             if env is not None:
                 if undecodable(env):
                     # bytes that are not UTF-8, as Python passes them on (surrogateescape)
@@ -855,7 +862,8 @@ class Settings:
             elif key not in self._values:
                 self._values[key] = spec.default
                 self._source[key] = "default"
-        _unknown_variables()
+        if self._environment:
+            _unknown_variables()
 
     @staticmethod
     def _check(key: str, spec: Key, value: Any, where: str) -> Any:

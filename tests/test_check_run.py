@@ -231,6 +231,27 @@ def test_the_failure_summary_can_be_previewed_like_an_event(cli: Cli, home: Path
     assert r.exit_code == 2 and "failure-summary.txt, line" in r.stderr, r.output
 
 
+def test_a_preview_never_writes_to_the_database_the_environment_names(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`templates preview` loads the demo agency into a home of its own: with the agency's
+    database named by CPMAIL_DATABASE_URL (as a server's unit file does), it was loaded
+    there, replacing staff whose ids the demo shares."""
+    db = tmp_path / "agency.db"
+    monkeypatch.setenv("CPMAIL_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("CPMAIL_MAIL_TRANSPORT", "smtp")
+    assert cli("init").exit_code == 0
+    r = cli("staff", "add", "KM", "--name", "Real Karen", "--work-email", "karen@agency.test")
+    assert r.exit_code == 0, r.output
+    before = db.read_bytes()
+    for event in ("job-opened", "digest", "failure-summary"):
+        r = cli("templates", "preview", event)
+        assert r.exit_code == 0 and "Subject:" in r.stdout, r.output
+    assert db.read_bytes() == before
+    [km] = json.loads(cli("staff", "list", "--json").stdout)
+    assert (km["id"], km["name"]) == ("KM", "Real Karen")
+
+
 def test_mail_given_up_after_max_age_is_counted_said_and_told_to_the_manager(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
