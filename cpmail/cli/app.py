@@ -32,7 +32,7 @@ from cpmail.cli import (
     status,
     templates,
 )
-from cpmail.cli.common import Ctx
+from cpmail.cli.common import Ctx, printable
 from cpmail.errors import CpmailError
 from cpmail.settings import home_dir, undecodable
 
@@ -160,8 +160,8 @@ _LONG_WORD = re.compile(r"[^\s'\"]{300,}")
 
 
 def brief(text: str) -> str:
-    """``text`` with every word of 300 characters or more cut to its start."""
-    return _LONG_WORD.sub(lambda m: f"{m[0][:60]}… ({len(m[0])} characters)", text)
+    """``text`` with every word of 300 characters or more cut to its start, safe to print."""
+    return printable(_LONG_WORD.sub(lambda m: f"{m[0][:60]}… ({len(m[0])} characters)", text))
 
 
 def _outside_failure(e: Exception, ctx: typer.Context) -> CpmailError | None:

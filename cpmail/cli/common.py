@@ -9,6 +9,7 @@ import datetime as dt
 import decimal
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,12 +130,24 @@ class Ctx:
     def say(self, text: str) -> None:
         """Print a human message unless --quiet."""
         if not self.quiet:
-            self.out.print(text, markup=False)
+            self.out.print(printable(text), markup=False)
 
     def note(self, text: str) -> None:
         """Print progress or advice to stderr (never pollutes --json on stdout)."""
         if not self.quiet:
-            self.err.print(text, markup=False)
+            self.err.print(printable(text), markup=False)
+
+
+# What never reaches a terminal as it is, whoever wrote it (the agency's data, a server's
+# answer): control characters other than tab and line break (an escape sequence can clear
+# the screen, colour a line or hide a link; a carriage return can write over a line) and
+# the marks that reorder the text shown after them.
+_UNSHOWN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print: each such character written as its escape (``\\x1b``)."""
+    return _UNSHOWN.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
 def ctx_of(ctx: typer.Context) -> Ctx:
@@ -186,6 +199,7 @@ def print_table(
         c.say(empty)
         return
     from rich.table import Table
+    from rich.text import Text
 
     cells = [
         {
@@ -226,7 +240,10 @@ def print_table(
             col.replace("_", " "), no_wrap=col not in wrap, width=widths[col], overflow=overflow
         )
     for row in cells:
-        table.add_row(*(row[col] if col in wrap else _fit(row[col], widths[col]) for col in shown))
+        # Text, not markup: a name like "[/]" or "[link=…]" is shown as written
+        table.add_row(
+            *(Text(row[col] if col in wrap else _fit(row[col], widths[col])) for col in shown)
+        )
     c.out.print(table)
 
 
@@ -241,6 +258,10 @@ def _short(text: str, limit: int = 72) -> str:
 
 
 def _cell(v: Any) -> str:
+    return printable(_text(v))
+
+
+def _text(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, dt.datetime):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cpmail.cli.common import ctx_of, read_stdin_text
+from cpmail.cli.common import ctx_of, printable, read_stdin_text
 
 
 def config_gmail(
@@ -114,7 +114,7 @@ def staff_signin(
     who = signer(c.settings, c.engine, staff_id=staff_id, shared=shared, device_code=device_code)
 
     def show(text: str) -> None:  # shown even with --quiet: the person must act on it
-        c.err.print(text, markup=False, highlight=False)
+        c.err.print(printable(text), markup=False, highlight=False)
 
     show(f"Signing in {who.label} as {who.address} with {who.provider}.")
     signed_in = sign_in(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cpmail.cli.common import Ctx, ctx_of, emit_json
+from cpmail.cli.common import Ctx, ctx_of, emit_json, printable
 
 if TYPE_CHECKING:
     from cpmail.status import Account, Health
@@ -47,7 +47,7 @@ def _when(c: Ctx, value: dt.datetime | None, empty: str = "never") -> str:
 
 
 def _line(c: Ctx, label: str, text: str) -> None:
-    c.out.print(f"{label:<13} {text}", markup=False, highlight=False)
+    c.out.print(printable(f"{label:<13} {text}"), markup=False, highlight=False)
 
 
 def _account(c: Ctx, a: Account, *, db: bool) -> str:

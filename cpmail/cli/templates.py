@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cpmail.cli.common import ctx_of, emit_json, print_table
+from cpmail.cli.common import ctx_of, emit_json, print_table, printable
 from cpmail.errors import InputError
 
 app = typer.Typer(
@@ -76,5 +76,5 @@ def preview(
     if html:
         typer.echo(p.html)
         return
-    typer.echo(f"To: {p.to.name} <{p.to.address}>\nSubject: {p.subject}\n")
-    typer.echo(p.text)
+    typer.echo(printable(f"To: {p.to.name} <{p.to.address}>\nSubject: {p.subject}\n"))
+    typer.echo(printable(p.text))
