@@ -113,6 +113,8 @@ def _environment(home: Path | None, overrides: tuple[str, ...]) -> jinja2.Enviro
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.ChainableUndefined,
+        # An empty cell of the data is shown as nothing, never as Python's "None".
+        finalize=_nothing_for_none,
         auto_reload=False,  # see environment()
         bytecode_cache=_COMPILED,
     )
@@ -120,6 +122,10 @@ def _environment(home: Path | None, overrides: tuple[str, ...]) -> jinja2.Enviro
     env.filters["when"] = _when
     env.filters["first_name"] = lambda name: (name or "").split(" ")[0] or "there"
     return env
+
+
+def _nothing_for_none(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def _day(value: Any) -> str:

@@ -415,7 +415,7 @@ def _threshold_alerts(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 @dataclass(frozen=True)
 class _Entry:
     fresh: bool  # entered since the task was last checked
-    at: dt.datetime
+    at: dt.datetime | None  # (a job cost's entered_at may be empty)
     amount: Decimal
     source: str  # "an order", "a job cost", "a time entry"
     who: str | None
@@ -425,7 +425,8 @@ class _Entry:
 def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
     """A task's job costs and time entries with amounts, in the order they counted.
 
-    Those already checked by an earlier run came first; then the new ones, by date.
+    Those already checked by an earlier run came first; then the new ones, by date
+    (within each, a job cost without a date before those with one).
     """
     who = staff.alias("who")
     c = job_costs.c
@@ -473,7 +474,7 @@ def _task_entries(conn: sa.Connection, task_id: str) -> list[_Entry]:
             .where(t.task_id == task_id, t.amount.is_not(None))
         )
     ]
-    out.sort(key=lambda e: (e.fresh, e.at))
+    out.sort(key=lambda e: (e.fresh, e.at is not None, e.at or dt.datetime.min))
     return out
 
 
