@@ -4,12 +4,17 @@ The data goes to a temporary file in the target's folder, which is fsync'ed
 and then renamed over the target (``os.replace``): a reader sees the old file
 or the new one, never half of one. If writing fails, the temporary file is
 removed and the target is left as it was.
+
+A target that is there and is no regular file (``/dev/null``, ``/dev/stdout``,
+a named pipe) is written into, as a shell's ``>`` would: replaced, the device
+or pipe would become a plain file, and a reader waiting on it would get nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -47,6 +52,14 @@ def _replacing(
 ) -> Iterator[IO[Any]]:
     import tempfile  # here: not on the `cpmail --help` path
 
+    try:
+        kind = os.stat(path).st_mode  # (through links: /dev/stdout is one)
+    except OSError:
+        kind = stat.S_IFREG  # not there yet (or not to be looked at): made as a file
+    if stat.S_ISCHR(kind) or stat.S_ISFIFO(kind):
+        with open(path, "w" if encoding else "wb", encoding=encoding, newline=newline) as f:
+            yield f
+        return
     # A link is written through: the file it names is replaced, and the link stays.
     path = Path(os.path.realpath(path)) if path.is_symlink() else path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -68,5 +68,7 @@ def test_an_empty_cell_never_stops_a_check(
     assert mail or (table, column) == ("staff", "work_email"), (table, column, r.output)
     for path in mail:
         msg = message_from_bytes(path.read_bytes(), policy=policy.default)
-        text = str(msg["Subject"]) + "\n" + msg.get_body(("plain",)).get_content()
+        body = msg.get_body(("plain",))
+        assert body is not None
+        text = str(msg["Subject"]) + "\n" + body.get_content()
         assert not re.search(r"\bNone\b", text), (table, column, path.name, text[:2000])

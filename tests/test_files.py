@@ -93,3 +93,36 @@ def test_output_is_never_written_over_cpmails_own_files(
         if before is not None:
             assert target.read_bytes() == before
     assert initialised("data", "tables").exit_code == 0  # the database still works
+
+
+def test_a_device_or_a_named_pipe_is_written_into_never_replaced(
+    initialised: Cli, tmp_path: Path
+) -> None:
+    """`--out /dev/null` as root replaced the system's /dev/null with a plain file, and a
+    named pipe became a file its reader never saw: such a target is written into."""
+    import threading
+
+    assert initialised("demo", "--force").exit_code == 0
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    r = initialised("data", "export", "jobs", "--out", str(pipe))
+    reader.join(30)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert got and got[0].startswith(b"id,") and got[0].count(b"\n") > 5
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    with atomic_open(pipe, mode=0o600) as f:  # the module itself, for every writer
+        f.write(b"text")
+    reader.join(30)
+    assert got[-1] == b"text" and stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    if os.geteuid() == 0:  # a device of its own, like /dev/null (1, 3): only root makes one
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        for args in (("data", "export", "jobs"), ("report", "cash-flow")):
+            r = initialised(*args, "--out", str(null))
+            assert r.exit_code == 0, r.output
+            assert stat.S_ISCHR(os.lstat(null).st_mode), args
