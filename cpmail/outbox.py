@@ -1842,7 +1842,12 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
         n = conn.execute(
             messages.update()
             .where(m.id.in_(list(ids)), waiting)
-            .values(status=Status.DROPPED, raw=None, next_attempt_at=None)
+            .values(
+                status=Status.DROPPED,
+                raw=None,
+                next_attempt_at=None,
+                last_error=_joined(m.last_error, "dropped with `cpmail outbox drop`"),
+            )
         ).rowcount
     return int(n), left
 

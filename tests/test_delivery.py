@@ -406,3 +406,21 @@ def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
     assert "Dropped 0" in r.stdout and f"Message {mine} was not dropped: it is dropped" in r.stderr
     r = cli("outbox", "retry", str(mine))
     assert f"Message {mine} was not queued again: it was dropped." in r.stderr, r.output
+
+
+def test_a_dropped_message_never_says_it_will_be_sent_again(
+    cli: Cli, smtp_server: SMTPTestServer
+) -> None:
+    """Dropping a deferred message kept its "it will be sent again" in the log."""
+    from cpmail.errors import RESENT
+
+    setup_smtp(cli, smtp_server)
+    smtp_server.drop_during_data = 1  # (the message may have arrived: said, and sent again)
+    assert send_one(cli).exit_code == 1
+    [row] = log_rows(cli)
+    assert row["status"] == "deferred" and RESENT.strip(" ;.") in row["last_error"], row
+    assert "Dropped 1" in cli("outbox", "drop", str(row["id"])).stdout
+    [row] = log_rows(cli)
+    assert row["status"] == "dropped", row
+    assert RESENT.strip(" ;.") not in row["last_error"], row["last_error"]
+    assert "dropped with `cpmail outbox drop`" in row["last_error"], row["last_error"]
