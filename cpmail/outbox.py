@@ -1695,7 +1695,9 @@ def renewing(run: Any, now: dt.datetime, stale: dt.timedelta) -> bool:
 
 
 def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
-    when = r.sent_at or r.created_at
+    # When it was sent, or failed; else when it (last) entered the queue: a message
+    # retried by hand shows then, not when it was first made.
+    when = r.sent_at or r.failed_at or r.queued_at
     return {
         "id": r.id,
         "time": when.replace(tzinfo=dt.UTC, microsecond=0).astimezone(tz),
@@ -1731,8 +1733,8 @@ def list_messages(
     q = sa.select(*(c for c in messages.c if c.name != "raw")).order_by(m.id)
     if statuses:
         q = q.where(m.status.in_(list(statuses)))
-    if since is not None:  # by the time each row shows: sent, else queued
-        q = q.where(sa.func.coalesce(m.sent_at, m.created_at) >= since)
+    if since is not None:  # by the time each row shows
+        q = q.where(sa.func.coalesce(m.sent_at, m.failed_at, m.queued_at) >= since)
     if event:
         q = q.where(m.event == event)
     if to is not None:  # an empty list (a person without an address) matches nothing

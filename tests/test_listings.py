@@ -117,3 +117,19 @@ def test_log_since_goes_by_the_time_each_row_shows(demo: Cli, home: Path) -> Non
         listed = json.loads(demo("log", "--json", "--since", day).stdout)
         expected = [r["id"] for r in rows if r["time"][:10] >= day]
         assert [r["id"] for r in listed] == expected, day
+    # A message queued days ago that failed today, and one a retry put back in the queue
+    # today, show today (they showed the day they were first made, and --since missed them).
+    with sqlite3.connect(home / "cpmail.db") as db:
+        db.execute(
+            "UPDATE messages SET status = 'failed', sent_at = NULL, failed_at = created_at, "
+            "created_at = datetime(created_at, '-5 days'), "
+            "queued_at = datetime(queued_at, '-5 days') WHERE id = 1"
+        )
+        db.execute(
+            "UPDATE messages SET status = 'queued', sent_at = NULL, "
+            "created_at = datetime(created_at, '-5 days') WHERE id = 3"
+        )
+    today = rows[-1]["time"][:10]
+    listed = {r["id"]: r for r in json.loads(demo("log", "--json", "--since", today).stdout)}
+    assert {1, 3} <= set(listed), sorted(listed)
+    assert listed[1]["time"][:10] == today and listed[3]["time"][:10] == today
