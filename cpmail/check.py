@@ -715,6 +715,7 @@ _EXAMPLE_FAILURE = {
     "subject": "[C&P] Task due today: Proofread page 3 (job J1)",
     "to": "pat@example.com",
     "error": "the SMTP server mail.example.com:587 refused the message: 550 5.1.1 no such user",
+    "kept": True,
 }
 
 
@@ -785,9 +786,15 @@ def _tell_manager(
     m = messages.c
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(m.subject, m.to_addrs, m.last_error).where(m.id.in_(failed))
+            sa.select(m.subject, m.to_addrs, m.last_error, m.raw.is_not(None).label("kept")).where(
+                m.id.in_(failed)
+            )
         ).all()
-    failures = [{"subject": r.subject, "to": r.to_addrs, "error": r.last_error} for r in rows]
+    # (kept: its text is still there, for `outbox retry`; one too big for the transport is not)
+    failures = [
+        {"subject": r.subject, "to": r.to_addrs, "error": r.last_error, "kept": bool(r.kept)}
+        for r in rows
+    ]
     try:
         subject, text, html = _failure_summary(renderer, settings, failures)
     except ConfigError as e:  # (it rendered at the start; these failures broke it)

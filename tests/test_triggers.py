@@ -1039,6 +1039,15 @@ def test_a_message_too_large_even_alone_fails_by_itself_and_the_rest_go(
         ("carl@agency.test",),
         ("max@agency.test",),
     ]
+    # Its text is not kept: nobody is told to send it again with `outbox retry`.
+    [told] = [m for m in agency.server.messages if m.rcpt_tos == ("max@agency.test",)]
+    told_text = told.data.decode()
+    assert "cannot be sent again" in told_text and "outbox retry" not in told_text, told_text
+    from cpmail.cli.check import _undelivered
+    from cpmail.cli.common import Ctx
+
+    said = _undelivered(Ctx(home), result)
+    assert "log --status failed" in said and "outbox retry" not in said, said
     # recorded: a later run does not find it again (nor fail on it again)
     again = run_check(
         agency.engine, settings, secrets, home, date=D, only=["homebase-entry"], transport=transport
