@@ -125,6 +125,13 @@ class CheckResult:
     notice: list[str] = field(default_factory=list)
     earlier: Counter[str] = field(default_factory=Counter)  # earlier runs' mail, by status
     waiting: Waiting | None = None  # what waits in the outbox after the run
+    window_closed: bool = False  # (a dry run's) the send window is closed: nothing would go
+
+    @property
+    def held_for_window(self) -> bool:
+        """Mail waits because the send window is closed, as it should (not news)."""
+        d = self.delivery
+        return (d is not None and d.waiting > 0) or self.window_closed
 
     def totals(self) -> dict[str, int]:
         """found, skipped, suppressed count notifications; sent, deferred, failed messages."""
@@ -148,8 +155,7 @@ class CheckResult:
         if w is None:
             return 0
         # Mail queued outside the send window waits as it should; anything else waiting is news.
-        outside = d is not None and d.waiting > 0
-        if w.deferred or w.orphaned or (w.count and not outside):
+        if w.deferred or w.orphaned or (w.count and not self.held_for_window):
             return 1
         return 0
 
@@ -203,6 +209,7 @@ def run_check(
     if dry_run:
         result = _run_check(engine, settings, secrets, home, run_id=new_run_id(), **kwargs)
         result.waiting = waiting(engine, settings)  # a real run would send that too
+        result.window_closed = not in_send_window(settings)  # (then it would send nothing)
         return result
     run_id = new_run_id()
     with lease(engine, settings, run_id, "check", run_date=date) as held:

@@ -1409,9 +1409,11 @@ def _wait_for_window(
                 .values(status=Status.QUEUED, claimed_at=None, claimed_by=None)
             )
     with engine.connect() as conn:
-        q = sa.select(sa.func.count()).select_from(messages).where(_due(clock(conn), stale))
-        if ids is not None:
-            q = q.where(m.id.in_(list(ids)))
+        q = sa.select(sa.func.count()).select_from(messages)
+        if ids is not None:  # a command's own messages (a test message's too, never "due")
+            q = q.where(m.id.in_(list(ids)), m.status.in_((Status.QUEUED, Status.DEFERRED)))
+        else:
+            q = q.where(_due(clock(conn), stale))
         result.waiting = int(conn.execute(q).scalar_one())
 
 
@@ -1648,11 +1650,14 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         at = max(first + stale, expires) if expires is not None else first + stale
         free_at = at if free_at is None else min(free_at, at)
     opens = window_opens(settings, now)  # nothing is tried while the window is closed
+    next_try = _not_before(row[3], opens)
+    if opens is not None and row[0] > row[1]:  # queued mail goes when the window opens
+        next_try = opens if next_try is None else min(next_try, opens)
     return Waiting(
         count=int(row[0]),
         deferred=int(row[1]),
         oldest=row[2],
-        next_try=_not_before(row[3], opens),
+        next_try=next_try,
         orphaned=orphaned,
         orphans_free_at=_not_before(free_at, opens),
     )

@@ -51,6 +51,17 @@ def test_send_window_keeps_mail_until_it_opens(
     assert smtp_server.messages == []
     waiting = json.loads(cli("outbox", "--json").stdout)
     assert len(waiting) == 3 and {w["status"] for w in waiting} == {"queued"}
+    # Again, as a real run and as a dry run: both wait for the window, exit 0, and say
+    # when it opens (the dry run said exit 1, "it goes with the next check").
+    opens = _window_without_now()[:5]
+    for dry in ((), ("--dry-run",)):
+        r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--json", *dry)
+        assert r.exit_code == 0, (dry, r.output)
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == 0 and out["waiting"]["count"] == 3, (dry, out)
+        assert out["waiting"]["next_try"] and opens in out["waiting"]["next_try"], (dry, out)
+        r = cli("check", "--date", D.isoformat(), "--only", "job-opened", *dry)
+        assert r.exit_code == 0 and "next `cpmail check`" not in r.stderr, (dry, r.output)
     assert cli("config", "set", "mail.send_window", "").exit_code == 0
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
     assert r.exit_code == 0, r.output

@@ -140,8 +140,7 @@ def _waiting_line(c: Any, result: Any) -> str | None:
             "`cpmail config enable` turns it on."
         )
     parts = []
-    outside = result.delivery is not None and result.delivery.waiting > 0
-    if w.count and not (outside and not w.deferred):
+    if w.count and not (result.held_for_window and not w.deferred):
         since = f" since {_when(c, w.oldest)}" if w.oldest else ""
         nxt = f", next try {_when(c, w.next_try)}" if w.next_try else ""
         parts.append(f"{w.count} message(s) wait in the outbox{since}{nxt}")
