@@ -417,6 +417,7 @@ class Delivery:
     unsure: set[int] = field(default_factory=set)
     waiting: int = 0  # left for later (outside the send window)
     released: int = 0  # claimed but not sent (the run was stopped): back in the queue
+    held: set[int] = field(default_factory=set)  # those released: never offered to the server
     notes: list[str] = field(default_factory=list)  # what a person should know (paced mail)
     stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
     # any mail the pass found too old to send (failed) or no longer current (dropped):
@@ -434,6 +435,7 @@ class Delivery:
         self.unsure |= other.unsure
         self.notes.extend(other.notes)
         self.released += other.released
+        self.held |= other.held
         self.expired.update(other.expired)
 
     @property
@@ -1507,6 +1509,7 @@ def _release(
         result.status[r.id] = Status.DEFERRED if deferred else Status.QUEUED
         result.events[r.id] = r.event
         result.errors[r.id] = why
+        result.held.add(r.id)
     result.released += len(rows)
 
 

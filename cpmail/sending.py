@@ -253,6 +253,8 @@ def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailErro
     if deferred:
         i = deferred[0]
         why = _why(result.errors.get(i, "temporary failure"))
+        if i in result.held:  # never offered to the server (an account's daily limit)
+            return NotDelivered(f"{what} was not sent yet ({why}); it waits in the outbox.")
         if i in result.unsure:
             # Saying "not accepted" would be untrue, and sending it again by hand
             # would be one copy more.

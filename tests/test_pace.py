@@ -71,8 +71,15 @@ def test_past_the_days_limit_mail_waits_for_tomorrow(
     assert "3 message(s) of account JD wait for tomorrow" in r.stderr
     s = statuses(home)
     assert s["sent"] == 5 and s["deferred"] == 3 and s["sending"] == 0
+    # and says when they go: not "by the next check, or at once with outbox retry"
+    assert "tried again by the first `cpmail check` from" in r.stderr, r.stderr
+    assert "outbox retry" not in r.stderr, r.stderr
     # a second run the same day sends nothing more
     assert cli("check", "--date", DATE).exit_code == 1
+    assert len(smtp_server.messages) == 5
+    # nor does a retry: the 3 are put back unsent, and not counted as deferred besides
+    r = cli("outbox", "retry", "--all")
+    assert "Sent 0, deferred 0, failed 0, put back unsent 3." in r.stdout, r.output
     assert len(smtp_server.messages) == 5
 
 

@@ -170,8 +170,13 @@ def _undelivered(c: Any, result: Any) -> str:
     if w is not None and w.total:
         how = []
         if w.deferred:
+            soon = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=1)
+            later = w.next_try is not None and w.next_try > soon
             how.append(
-                "deferred mail is tried again by the next `cpmail check`, or at once with "
+                f"deferred mail is tried again by the first `cpmail check` from "
+                f"{_when(c, w.next_try)}"
+                if later
+                else "deferred mail is tried again by the next `cpmail check`, or at once with "
                 "`cpmail outbox retry --all`"
             )
         elif w.count:

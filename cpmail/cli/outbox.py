@@ -94,9 +94,10 @@ def retry(
         return
     result = done.delivery
     back = f", put back unsent {result.released}" if result.released else ""
+    # (those put back unsent are counted there, not as deferred too)
+    deferred = sum(1 for i, s in result.status.items() if s == "deferred" and i not in result.held)
     c.say(
-        f"Sent {result.count('sent')}, deferred {result.count('deferred')}, "
-        f"failed {result.count('failed')}{back}."
+        f"Sent {result.count('sent')}, deferred {deferred}, failed {result.count('failed')}{back}."
     )
     if done.error is not None:
         raise done.error
