@@ -424,3 +424,30 @@ def test_a_dropped_message_never_says_it_will_be_sent_again(
     assert row["status"] == "dropped", row
     assert RESENT.strip(" ;.") not in row["last_error"], row["last_error"]
     assert "dropped with `cpmail outbox drop`" in row["last_error"], row["last_error"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"drop_during_data": 1},  # hangs up before answering
+        {"fail_data": ["hello, this is not SMTP"]},  # answers with words that are not SMTP
+        {"fail_data": ["220 out of step"]},  # an answer that is not the one due
+        {"stall_data": 1},  # never answers
+    ],
+    ids=["hang-up", "not-smtp", "out-of-step", "silent"],
+)
+def test_a_message_whose_answer_is_unknown_is_said_to_have_maybe_arrived(
+    cli: Cli, smtp_server: SMTPTestServer, fault: dict[str, Any]
+) -> None:
+    """Once the whole text went, anything but a clear answer leaves the message's fate
+    unknown: said so ("may have arrived … do not send it again yourself"), never "not
+    accepted", which invites a copy by hand (a garbled answer said that)."""
+    setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": 1})
+    for k, v in fault.items():
+        setattr(smtp_server, k, v)
+    r = send_one(cli)
+    assert r.exit_code == 1, r.output
+    assert "may have arrived" in r.stderr and "do not send it again yourself" in r.stderr, r.stderr
+    assert "not accepted" not in r.stderr, r.stderr
+    [row] = log_rows(cli)
+    assert row["status"] == "deferred", row

@@ -558,6 +558,17 @@ class _Connection:
                     maybe_sent=True,
                 ),
             )
+        except aiosmtplib.SMTPResponseException as e:
+            # All of it went, and the answer is no SMTP answer: the server may have it.
+            self._hang_up()
+            return Outcome(
+                env.id,
+                error=TemporaryFailure(
+                    f"the SMTP server {where} answered the message with words that are not "
+                    f"an SMTP answer ({self.scrub(e.message)}){RESENT}.",
+                    maybe_sent=True,
+                ),
+            )
         if answer.code != 250:
             if _out_of_step(answer.code):  # it may have the message: sent again, said so
                 self._hang_up()
