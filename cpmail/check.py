@@ -50,7 +50,7 @@ from cpmail.outbox import (
 from cpmail.parallel import halves
 from cpmail.people import Sender, resolve_sender
 from cpmail.render import Renderer
-from cpmail.routing import Directory, Person
+from cpmail.routing import Directory, Person, check_named_staff
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
 from cpmail.sizes import size_pair
@@ -176,6 +176,19 @@ def _sender(settings: Settings, engine: sa.Engine, as_staff: str | None) -> Send
     return Sender("", address, settings["agency.name"] or "cpmail")
 
 
+def _check_rules(
+    engine: sa.Engine, settings: Settings, only: Sequence[str], skip: Sequence[str]
+) -> None:
+    """A staff ID the settings name for this run's events (a hand-edited file) must be in
+    the staff table (exit 2 naming the key): its notification would reach nobody, and be
+    recorded as done, never sent once the typing mistake is mended."""
+    keys: list[str] = [f"events.{ev}.notify" for ev in select_events(only, skip)]
+    if (not only or "cash-flow" in only) and "cash-flow" not in skip:
+        keys.append("reports.cash-flow.to")
+    with engine.connect() as conn:
+        check_named_staff(conn, {key: settings.get(key) for key in keys})
+
+
 def run_check(
     engine: sa.Engine,
     settings: Settings,
@@ -240,6 +253,7 @@ def _run_check(
     """The phases of a check, in order: find, route, render and queue, deliver, count."""
     enabled = settings["mail.enabled"]
     sender = _sender(settings, engine, as_staff)
+    _check_rules(engine, settings, only, skip)
     if transport is None and not dry_run and enabled:
         transport = get_transport(settings, secrets)
     if transport is not None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from cpmail.addresses import mailbox_key, normal_address, valid_address
+from cpmail.errors import InputError
 from cpmail.settings import PERSON_RULES, Settings, is_rule
 from cpmail.store.schema import client_team, staff, staff_opt_out
 from cpmail.triggers import DEFAULT_RULES, Notification, split_cell
@@ -196,3 +197,32 @@ def _name_key(name: str) -> str:
     """A name as a notify or attendees cell and the staff table are matched: trimmed, in
     lower case, and in Unicode's composed form (a name typed on a Mac comes decomposed)."""
     return unicodedata.normalize("NFC", name.strip()).lower()
+
+
+def named_staff(key: str, value: Any) -> list[str]:
+    """The staff IDs a setting's value names (``user.staff``, ``staff:ID`` rules …)."""
+    if key == "user.staff":
+        return [value] if value else []
+    if key == "reports.cash-flow.to":
+        return list(value)
+    if key.startswith("events.") and key.endswith(".notify"):
+        return [rule[6:] for rule in value if rule.startswith("staff:")]
+    return []
+
+
+def check_named_staff(conn: sa.Connection, settings: Mapping[str, Any]) -> None:
+    """InputError naming the setting that names a staff member who is not in the staff
+    table: the notification meant for them would reach nobody, and be on record as done."""
+    named = {key: ids for key, value in settings.items() if (ids := named_staff(key, value))}
+    if not named:
+        return
+    every = sorted({i for ids in named.values() for i in ids})
+    known = set(conn.scalars(sa.select(staff.c.id).where(staff.c.id.in_(every))))
+    for key, ids in named.items():
+        for staff_id in ids:
+            if staff_id not in known:
+                raise InputError(
+                    f"{key}: there is no staff member {staff_id!r}; see `cpmail staff list`, "
+                    f"or add them first with `cpmail staff add {staff_id} --name NAME "
+                    "--work-email ADDRESS`."
+                )

@@ -625,3 +625,26 @@ def test_mail_that_ends_failed_never_says_it_will_be_sent_again(
     assert all(s and "sent again" not in s for s in said), said
     if how == "test message":  # nothing else waits: status shows the account's last error
         assert "sent again" not in cli("status").stdout
+
+
+def test_a_staff_id_the_settings_name_wrongly_stops_the_check_and_loses_nothing(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """`staff:NOPE` typed into cpmail.toml (config set refuses it): the job's notification
+    reached nobody and was recorded as done, so it was never sent once the file was fixed."""
+    engine = _agency(cli, home, smtp_server)
+    path = home / "cpmail.toml"
+    good = path.read_text(encoding="utf-8")
+    path.write_text(good + '\n[events.job-opened]\nnotify = ["staff:NOPE"]\n', encoding="utf-8")
+    for dry in ((), ("--dry-run",)):
+        r = cli("check", "--date", D.isoformat(), *dry)
+        assert r.exit_code == 2, r.output
+        assert "events.job-opened.notify: there is no staff member 'NOPE'" in r.stderr, r.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger")).scalar_one() == 0
+    # another event's run is not held up by it
+    assert cli("check", "--date", D.isoformat(), "--only", "missing-time").exit_code == 0
+    path.write_text(good + '\n[events.job-opened]\nnotify = ["staff:JD"]\n', encoding="utf-8")
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 0, r.output
+    assert ("jd@agency.test",) in [m.rcpt_tos for m in smtp_server.messages]

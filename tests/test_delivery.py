@@ -442,7 +442,7 @@ def test_a_message_whose_answer_is_unknown_is_said_to_have_maybe_arrived(
     """Once the whole text went, anything but a clear answer leaves the message's fate
     unknown: said so ("may have arrived … do not send it again yourself"), never "not
     accepted", which invites a copy by hand (a garbled answer said that)."""
-    setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": 1})
+    setup_smtp(cli, smtp_server, **{"mail.smtp.timeout": "1"})
     for k, v in fault.items():
         setattr(smtp_server, k, v)
     r = send_one(cli)

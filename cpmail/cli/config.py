@@ -26,35 +26,14 @@ def _save(c: Ctx, values: dict[str, Any]) -> None:
             c.note(f"Note: the environment variable for {key} overrides the file.")
 
 
-def _staff_ids(key: str, value: Any) -> list[str]:
-    """The staff IDs a setting's value names (``user.staff``, ``staff:ID`` rules …)."""
-    if key == "user.staff":
-        return [value] if value else []
-    if key == "reports.cash-flow.to":
-        return list(value)
-    if key.startswith("events.") and key.endswith(".notify"):
-        return [rule[6:] for rule in value if rule.startswith("staff:")]
-    return []
-
-
 def _check_staff_ids(c: Ctx, key: str, value: Any) -> None:
     """Refuse a staff ID that is not in the staff table (the database must exist)."""
-    ids = _staff_ids(key, value)
-    if not ids:
+    from cpmail.routing import check_named_staff, named_staff
+
+    if not named_staff(key, value):
         return
-    import sqlalchemy as sa
-
-    from cpmail.store.schema import staff
-
     with c.engine().connect() as conn:
-        known = set(conn.scalars(sa.select(staff.c.id).where(staff.c.id.in_(ids))))
-    for staff_id in ids:
-        if staff_id not in known:
-            raise InputError(
-                f"{key}: there is no staff member {staff_id!r}; see `cpmail staff list`, "
-                f"or add them first with `cpmail staff add {staff_id} --name NAME "
-                "--work-email ADDRESS`."
-            )
+        check_named_staff(conn, {key: value})
 
 
 @app.command("smtp")
