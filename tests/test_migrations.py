@@ -1,4 +1,5 @@
-"""A database an older cpmail made keeps every row when `cpmail db upgrade` brings it up to date."""
+"""A database an older cpmail made keeps every row when `cpmail db upgrade` brings it up to date;
+one a newer cpmail wrote is left as it is."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from alembic import command
 import cpmail.store
 from cpmail.outbox import claim
 from cpmail.store import utcnow
-from cpmail.store.schema import messages
+from cpmail.store.schema import messages, metadata
 from tests.conftest import Cli
 
 OLD_INDEX = "ix_messages_status_next_attempt_at"
@@ -163,5 +164,39 @@ def test_upgrading_from_0007_dates_failed_mail_by_when_it_was_queued(
                 for r in conn.execute(sa.select(old.message_id, old.failed_at))
             }
         assert got == {"<1@x>": queued, "<2@x>": None, "<3@x>": None}
+    finally:
+        engine.dispose()
+
+
+def _everything(engine: sa.Engine) -> dict[str, list[Any]]:
+    """Every row of every table, the revision's too."""
+    with engine.connect() as conn:
+        tables = {t.name: list(conn.execute(sa.select(t))) for t in metadata.sorted_tables}
+        tables["alembic_version"] = list(conn.execute(sa.text("SELECT * FROM alembic_version")))
+    return tables
+
+
+def test_a_database_a_newer_cpmail_wrote_is_named_as_such_and_left_as_it_is(
+    backend: str, cli: Cli, home: Path
+) -> None:
+    """Another machine upgraded cpmail first: every command says to upgrade cpmail here
+    (exit 2), none says to run `cpmail db upgrade`, none fails inside, nothing changes."""
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    assert cli("staff", "add", "AB", "--name", "Ann B", "--work-email", "ab@x.test").exit_code == 0
+    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0009'"))
+        before = _everything(engine)
+        for command in (("check",), ("db", "upgrade"), ("init",), ("staff", "list")):
+            r = cli(*command)
+            assert r.exit_code == 2, (command, r.output)
+            said = " ".join(r.stderr.split())
+            assert "schema revision 0009, which a newer cpmail wrote" in said, (command, said)
+            assert said.endswith("upgrade cpmail on this machine."), (command, said)
+            assert "db upgrade" not in said and r.stderr.count("\n") == 1, (command, said)
+            assert _everything(engine) == before, command
     finally:
         engine.dispose()

@@ -127,11 +127,36 @@ def _alembic_config(engine: sa.Engine, conn: sa.Connection) -> Any:
 
 
 def upgrade(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent).
+
+    A database a newer cpmail has already brought further is left as it is:
+    ConfigError, saying that this cpmail must be upgraded.
+    """
     from alembic import command
 
     with engine.begin() as conn:
+        rev = _stored_revision(conn)
+        if rev is not None and rev not in known_revisions():
+            raise _newer(rev, describe(engine.url.render_as_string()))
         command.upgrade(_alembic_config(engine, conn), "head")
+
+
+def known_revisions() -> frozenset[str]:
+    """Every schema revision this cpmail has a migration for."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return frozenset(s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions())
+
+
+def _newer(rev: str, where: str) -> ConfigError:
+    """The error for a database at a revision this cpmail has no migration for."""
+    return ConfigError(
+        f"the database at {where} is at schema revision {rev}, which a newer cpmail wrote "
+        f"(this one knows revisions up to {SCHEMA_REVISION}); upgrade cpmail on this machine."
+    )
 
 
 def head_revision() -> str:
@@ -151,9 +176,13 @@ def current_revision(engine: sa.Engine) -> str | None:
     A database that cannot be opened at all (down, locked, damaged) raises.
     """
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return None
-        row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+        return _stored_revision(conn)
+
+
+def _stored_revision(conn: sa.Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
     return None if row is None else str(row[0])
 
 
@@ -205,6 +234,9 @@ def connect(url: str, *, where: str, busy_seconds: float = 60.0) -> sa.Engine:
     if rev is None:
         raise ConfigError(f"there is no cpmail database at {where}; run `cpmail init` first.")
     if rev != SCHEMA_REVISION:
+        engine.dispose()
+        if rev not in known_revisions():
+            raise _newer(rev, where)
         raise ConfigError(
             f"the database at {where} is at schema revision {rev}; run `cpmail db upgrade`."
         )
