@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from cpmail import dataio
 from cpmail.errors import ConfigError, Unavailable
-from cpmail.settings import SOURCE_TABLES, Settings, redact_url
+from cpmail.settings import MASK, SOURCE_TABLES, Settings, redact, redact_url
 
 # Rows fetched from the source at a time.
 FETCH_ROWS = dataio.BATCH_ROWS
@@ -80,6 +80,10 @@ def pull(
             conn = source.connect()
         except sa.exc.DBAPIError as e:
             raise _unavailable(url, shown, e, "cannot connect to") from None
+        except (sa.exc.ArgumentError, TypeError, ValueError) as e:
+            # the dialect or the driver refused an option after '?' (a port that is no
+            # number, a keyword the driver does not take) before it tried to connect
+            raise _bad_option(url, str(e)) from None
         with conn:
             streaming = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS)
             opened: list[Iterator[Any]] = []  # closed before the connection, however it ends
@@ -211,9 +215,24 @@ def _source_engine(url: str) -> sa.Engine:
         from urllib.parse import quote
 
         path = u.database or ""
-        if not path or path == ":memory:" or not Path(path).is_file():
+        if not path or path == ":memory:":
+            raise ConfigError(
+                "source.url names no SQLite file; give its full path, as in "
+                "sqlite:////full/path/to/agency.db."
+            )
+        if Path(path).is_dir():
+            raise ConfigError(
+                f"source.url names {path}, which is a folder; give the agency system's "
+                "SQLite database file in it, as in sqlite:////full/path/to/agency.db."
+            )
+        if Path(path).exists() and not Path(path).is_file():
+            raise ConfigError(
+                f"source.url names {path}, which is not a file; give the agency system's "
+                "SQLite database file, as in sqlite:////full/path/to/agency.db."
+            )
+        if not Path(path).is_file():
             raise SourceUnavailable(
-                f"the agency system's database {path or redact_url(url)} does not exist; "
+                f"the agency system's database {path} does not exist; "
                 "check source.url. Nothing was changed."
             )
         uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
@@ -236,6 +255,8 @@ def _source_engine(url: str) -> sa.Engine:
         raise ConfigError(
             f"source.url: the driver for {u.drivername} is not installed; {hint}."
         ) from None
+    except (sa.exc.ArgumentError, TypeError, ValueError) as e:  # an option after '?'
+        raise _bad_option(url, str(e)) from None
 
 
 # SQLite says OperationalError for a bad query too; these are the ones about the file.
@@ -259,12 +280,39 @@ def _is_down(e: sa.exc.DBAPIError) -> bool:
     return True
 
 
-def _unavailable(url: str, shown: str, e: sa.exc.DBAPIError, what: str) -> SourceUnavailable:
-    if not _is_down(e) and what == "cannot connect to":
-        what = "was refused by"
+def _unavailable(
+    url: str, shown: str, e: sa.exc.DBAPIError, what: str
+) -> SourceUnavailable | ConfigError:
+    said = _hide(url, _first_line(e.orig))
+    if what == "cannot connect to":
+        if isinstance(e, sa.exc.ProgrammingError) or _BAD_OPTION.search(said):
+            return _bad_option(url, said)
+        if not _is_down(e):
+            return SourceUnavailable(
+                f"the agency system's database {shown} refused the connection ({said}); "
+                "check source.url. Nothing was changed."
+            )
     return SourceUnavailable(
-        f"{what} the agency system's database {shown} ({_hide(url, _first_line(e.orig))}); "
+        f"{what} the agency system's database {shown} ({said}); "
         "check that it is running and that source.url is right. Nothing was changed."
+    )
+
+
+# What libpq and the PostgreSQL server say of an option in the URL they cannot take; at
+# connect time psycopg raises ProgrammingError for the rest ("invalid connection option").
+_BAD_OPTION = re.compile(
+    r"invalid [\w ]*value|invalid connection option|invalid port number|bad value for|"
+    r"could not parse network address|unrecognized configuration parameter|"
+    r'missing "=" after|unterminated quoted string',
+    re.I,
+)
+
+
+def _bad_option(url: str, said: str) -> ConfigError:
+    """The source's driver refused what source.url gives it: a setting to correct (exit 2)."""
+    return ConfigError(
+        f"source.url has an option the agency system's database does not take "
+        f"({_hide(url, said)}); correct it after the '?' of source.url and try again."
     )
 
 
@@ -273,12 +321,30 @@ def _first_line(e: BaseException | None) -> str:
     return lines[0].strip() if lines else type(e).__name__
 
 
+# A password shorter than this is masked only where it stands alone: masked everywhere, a
+# password "p" would turn "port 1 failed" into "••••ort 1 failed". A driver that quotes a
+# password sets it apart ('p', password=p, user:p@host); inside a longer word it says nothing.
+_SHORT_PASSWORD = 6
+
+
 def _hide(url: str, text: str) -> str:
-    """``text`` with the source's password, should a driver quote it, replaced by ••••."""
+    """``text`` with the source's password, should a driver quote it, replaced by ••••.
+
+    Also hidden: any URL's password and any ``password=…`` value in ``text``.
+    """
+    from urllib.parse import quote, quote_plus
+
     try:
         password = sa.engine.make_url(url).password
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         password = None
-    if password:
-        text = text.replace(str(password), "••••")
+    text = redact(text)
+    if not password:
+        return text
+    plain = str(password)
+    for form in sorted({plain, quote(plain, safe=""), quote_plus(plain)}, key=len, reverse=True):
+        if len(form) >= _SHORT_PASSWORD:
+            text = text.replace(form, MASK)
+        else:
+            text = re.sub(rf"(?<!\w){re.escape(form)}(?!\w)", MASK, text)
     return text

@@ -429,6 +429,87 @@ def test_a_source_url_that_cannot_be_right_is_a_setting_to_fix(
     assert "pw" not in r.stderr
 
 
+def _pull_from(cli: Cli, url: str) -> Any:
+    """`data pull` from ``url`` (one query); asserts the agency data stayed as it was."""
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    env = {"CPMAIL_SOURCE_URL": url, "CPMAIL_SOURCE_TABLES_CLIENTS_QUERY": "SELECT 1"}
+    r = cli("data", "pull", env=env)
+    assert snapshot(engine) == before
+    engine.dispose()
+    return r
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("connect_timeout=abc", "bad value for connect_timeout: 'abc'"),
+        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
+        ("bogusopt=1", 'invalid connection option "bogusopt"'),
+        ("port=abc", "port"),
+    ],
+)
+def test_an_option_the_source_driver_refuses_is_a_setting_to_fix(
+    initialised: Cli, option: str, said: str
+) -> None:
+    """libpq refuses these before it connects: source.url is wrong, nothing is down."""
+    r = _pull_from(initialised, f"postgresql+psycopg://reader:p@127.0.0.1:1/studio?{option}")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("cpmail: source.url has an option the agency system's database")
+    assert said in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.endswith("correct it after the '?' of source.url and try again.\n")
+
+
+def test_an_option_pymysql_refuses_is_a_setting_to_fix(initialised: Cli) -> None:
+    pytest.importorskip("pymysql", reason="PyMySQL is cpmail[mysql]'s driver")
+    for option in ("bogus=1", "connect_timeout=abc"):
+        r = _pull_from(initialised, f"mysql+pymysql://reader:pw@127.0.0.1:1/studio?{option}")
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith("cpmail: source.url has an option"), r.stderr
+        assert "pw" not in r.stderr
+
+
+def test_a_short_source_password_is_hidden_without_garbling_the_drivers_words(
+    initialised: Cli,
+) -> None:
+    r = _pull_from(initialised, "postgresql+psycopg://reader:p@127.0.0.1:1/studio")
+    assert r.exit_code == 3, r.output
+    assert 'connection to server at "127.0.0.1", port 1 failed' in r.stderr, r.stderr
+    assert "••••ort" not in r.stderr and "reader:••••@127.0.0.1:1/studio" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("password", "text", "shown"),
+    [
+        # short: hidden where it stands alone, in a URL or after password=; kept inside words
+        ("p", "port 1 failed for 'p' (p)", "port 1 failed for '••••' (••••)"),
+        ("p", "at postgresql://reader:p@db/x", "at postgresql://reader:••••@db/x"),
+        ("p", "user=reader password=p host=db", "user=reader password=•••• host=db"),
+        ("a b", "password 'a b' or a%20b or a+b", "password '••••' or •••• or ••••"),
+        ("1", "port 1 failed", "port •••• failed"),  # a password is never shown, even so
+        # long: hidden wherever it is, in the words of others too
+        ("Sesame42", "xSesame42x and Sesame42", "x••••x and ••••"),
+    ],
+)
+def test_the_source_password_is_hidden_in_whatever_the_driver_says(
+    password: str, text: str, shown: str
+) -> None:
+    from urllib.parse import quote
+
+    from cpmail.pull import _hide
+
+    url = f"postgresql+psycopg://reader:{quote(password, safe='')}@db/x"
+    assert _hide(url, text).endswith(shown)
+
+
+def test_a_source_sqlite_url_naming_a_folder_says_so(initialised: Cli, tmp_path: Path) -> None:
+    r = _pull_from(initialised, f"sqlite:///{tmp_path}")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"cpmail: source.url names {tmp_path}, which is a folder; ")
+    assert r.stderr.count("\n") == 1
+
+
 @pytest.mark.postgres
 def test_a_databases_own_types_are_taken_as_they_are(pg_source: Source, home_for: Any) -> None:
     """PostgreSQL: a uuid as an id, a timestamp with a time zone, an array for a list column."""
