@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import re
 
-from cpmail.errors import CpmailError, Unavailable
+from cpmail.errors import ConfigError, CpmailError, Unavailable
 
 # Phrases the drivers use, first match wins: (pattern, what failed, what to do).
 _SQLITE = (
@@ -86,10 +86,26 @@ def _first_line(exc: BaseException) -> str:
     return text[0].strip() if text else type(orig).__name__
 
 
-def explain_database(exc: BaseException, where: str, *, sqlite: bool) -> Unavailable | None:
-    """Turn a driver's OperationalError (or similar) into one sentence; None if unknown."""
+# What libpq says, before it connects, of an option after the '?' of database.url.
+_BAD_OPTION = re.compile(
+    r'invalid \w+ value: "|invalid integer value "[^"]*" for connection option|'
+    r'invalid connection option "|bad value for \w+: |could not parse network address "|'
+    r"invalid port number: "
+)
+
+
+def explain_database(exc: BaseException, where: str, *, sqlite: bool) -> CpmailError | None:
+    """Turn a driver's OperationalError (or similar) into one sentence; None if unknown.
+
+    An option of database.url the driver does not take is a setting to fix (exit 2).
+    """
     said = _first_line(exc)
     low = said.lower()
+    if not sqlite and _BAD_OPTION.search(said):
+        return ConfigError(
+            f"database.url has an option the database driver does not take ({_shown(said)}); "
+            "correct it after the '?' of database.url and try again."
+        )
     if sqlite and re.search(r"readonly|read-only|unable to open", low):
         folder_said = _folder_problem(where)
         if folder_said:
