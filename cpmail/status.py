@@ -231,8 +231,13 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
     db.reachable = True
     db.revision = None if row is None else str(row[0])
     if db.revision != SCHEMA_REVISION:
+        from cpmail.store import known_revisions
+
         db.error = (
-            f"schema revision {db.revision}, cpmail needs {SCHEMA_REVISION}; "
+            f"schema revision {db.revision}, which a newer cpmail wrote (this one knows up to "
+            f"{SCHEMA_REVISION}); upgrade cpmail on this machine"
+            if db.revision is not None and db.revision not in known_revisions()
+            else f"schema revision {db.revision}, cpmail needs {SCHEMA_REVISION}; "
             "run `cpmail db upgrade`"
         )
         engine.dispose()

@@ -198,5 +198,8 @@ def test_a_database_a_newer_cpmail_wrote_is_named_as_such_and_left_as_it_is(
             assert said.endswith("upgrade cpmail on this machine."), (command, said)
             assert "db upgrade" not in said and r.stderr.count("\n") == 1, (command, said)
             assert _everything(engine) == before, command
+        r = cli("status")  # says the same, as a problem of the database
+        assert r.exit_code == 3 and "which a newer cpmail wrote" in r.stdout, r.output
+        assert "db upgrade" not in r.stdout, r.output
     finally:
         engine.dispose()
