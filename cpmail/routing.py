@@ -79,6 +79,11 @@ class Directory:
             if r.active and valid_address(r.work_email or ""):
                 key = mailbox_key(r.work_email)
                 self.by_mailbox[key] = None if key in self.by_mailbox else r.id
+        # An inactive staff member's mailbox that no active one has: mail there is theirs,
+        # and an inactive person is never a recipient.
+        for r in self.staff.values():
+            if not r.active and valid_address(r.work_email or ""):
+                self.by_mailbox.setdefault(mailbox_key(r.work_email), r.id)
         self.opted_out = {(r.staff_id, r.event) for r in rows(staff_opt_out)}
         self.teams: dict[str, list[tuple[str, str, frozenset[str] | None]]] = {}
         for r in rows(client_team):
@@ -99,6 +104,15 @@ class Directory:
         skipped: Counter[str] = Counter()
         for rule in rules:
             self._expand(n, rule, staff_ids, outside, skipped, depth=0)
+        # An address that is a staff member's own mailbox, however written, is that person:
+        # their mute and their leaving count as for anyone named as staff (and once).
+        rest: list[str] = []
+        for addr in outside:
+            own = self.by_mailbox.get(mailbox_key(addr)) if valid_address(addr) else None
+            if own is not None:
+                staff_ids.append(own)
+            else:
+                rest.append(addr)
         people: list[Person] = []
         seen: set[str] = set()
         for sid in dict.fromkeys(staff_ids):  # keeps order, drops repeats
@@ -116,17 +130,12 @@ class Directory:
             elif mailbox_key(row.work_email) not in seen:  # one mailbox, however written
                 seen.add(mailbox_key(row.work_email))
                 people.append(Person(normal_address(row.work_email), row.name or "", sid))
-        for addr in outside:
+        for addr in rest:
             if not valid_address(addr):
                 skipped[bad_address(repr(addr.strip()[:40]))] += 1
             elif mailbox_key(addr) not in seen:
                 seen.add(mailbox_key(addr))
-                own = self.by_mailbox.get(mailbox_key(addr))
-                if own is not None:  # a staff member's own mailbox, written another way
-                    row = self.staff[own]
-                    people.append(Person(normal_address(row.work_email), row.name or "", own))
-                else:
-                    people.append(Person(normal_address(addr), ""))
+                people.append(Person(normal_address(addr), ""))
         return Routed(people, skipped)
 
     def _expand(

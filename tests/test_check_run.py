@@ -254,11 +254,17 @@ def test_a_preview_never_writes_to_the_database_the_environment_names(
     assert cli("init").exit_code == 0
     r = cli("staff", "add", "KM", "--name", "Real Karen", "--work-email", "karen@agency.test")
     assert r.exit_code == 0, r.output
-    before = db.read_bytes()
+    import sqlite3
+
+    def dump() -> list[str]:
+        with sqlite3.connect(db) as conn:
+            return list(conn.iterdump())
+
+    before = dump()
     for event in ("job-opened", "digest", "failure-summary"):
         r = cli("templates", "preview", event)
         assert r.exit_code == 0 and "Subject:" in r.stdout, r.output
-    assert db.read_bytes() == before
+    assert dump() == before
     [km] = json.loads(cli("staff", "list", "--json").stdout)
     assert (km["id"], km["name"]) == ("KM", "Real Karen")
 

@@ -1144,3 +1144,29 @@ def test_two_staff_sharing_a_mailbox_each_get_their_own_list(agency: Agency) -> 
     assert set(by_name) == {"Rita Patel", "Tom Nguyen"}
     assert "Retouch cover" in by_name["Rita Patel"] and "HR review" not in by_name["Rita Patel"]
     assert "HR review" in by_name["Tom Nguyen"] and "Retouch cover" not in by_name["Tom Nguyen"]
+
+
+def test_an_email_rule_naming_a_staff_members_mailbox_heeds_their_mute_and_leaving(
+    agency: Agency,
+) -> None:
+    """`email:` naming a muted or inactive person's own mailbox mailed them anyway, while
+    the summary counted them as skipped: such an address is that person, once."""
+    _tasks(agency)
+    rules = "staff:CR,email:Carl@Agency.test,email:boss@agency.test"
+    agency.cli("config", "set", "events.task-due-today.notify", rules)
+    assert agency.cli("staff", "mute", "CR", "task-due-today").exit_code == 0
+    r = agency.cli("check", "--date", D.isoformat(), "--only", "task-due-today", "--json")
+    assert r.exit_code == 0, r.output
+    [row] = [s for s in json.loads(r.stdout)["summary"] if s["event"] == "task-due-today"]
+    assert row["skip_reasons"] == {"opted out": row["found"]}, row  # once a notification
+    reached = [a for m in agency.server.messages for a in m.rcpt_tos]
+    assert reached == ["boss@agency.test"], reached
+    assert agency.cli("staff", "unmute", "CR", "task-due-today").exit_code == 0
+    assert agency.cli("staff", "edit", "CR", "--inactive").exit_code == 0
+    agency.cli("config", "set", "events.task-due-today.notify", "email:carl@agency.test")
+    r = agency.cli("check", "--date", (D + DAY).isoformat(), "--only", "task-due-today", "--json")
+    assert r.exit_code == 0, r.output
+    [row] = [s for s in json.loads(r.stdout)["summary"] if s["event"] == "task-due-today"]
+    assert row["skip_reasons"] == {"inactive": row["found"]} and row["found"], row
+    reached = [a for m in agency.server.messages for a in m.rcpt_tos]
+    assert "carl@agency.test" not in reached, reached
