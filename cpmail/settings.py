@@ -1062,17 +1062,90 @@ def _edit_document(path: Path, text: str, error: Exception | None = None) -> Any
     position serves where tomlkit's error gives none (a key twice in a table).
     """
     import tomlkit
-    from tomlkit.exceptions import ParseError, TOMLKitError
+    from tomlkit.exceptions import ParseError, TOMLKitError, UnexpectedEofError
 
+    line: int | None = None
+    column: int | None = None
     try:
         return tomlkit.parse(text)
     except ParseError as e:
-        where, reason = f", line {e.line}, column {e.col}", _parse_reason(e)
+        if isinstance(e, UnexpectedEofError) or str(e).startswith("Unexpected character: '\\x00'"):
+            # The text stops inside something (tomlkit's own end-of-text mark is a NUL),
+            # and tomlkit's position is not where that began: look for it.
+            kind, line = _unclosed(text)
+            reason = (
+                f"{kind} opened on line {line} is not closed before the file ends"
+                if line is not None
+                else "the file ends before a value, a quoted text or a [list] is finished"
+            )
+        else:
+            line, column = e.line, e.col + 1  # tomlkit counts columns from 0
+            reason = _parse_reason(e, _char_at(text, line, e.col), line)
     except TOMLKitError as e:
         found = re.search(r"\(at line (\d+), column (\d+)\)", str(error or ""))
-        where = f", line {found[1]}, column {found[2]}" if found else ""
+        if found:
+            line, column = int(found[1]), int(found[2])
         reason = _parse_reason(e)
-    raise ConfigError(f"{path}{where}: {reason}; fix the file or run `cpmail init --force`.")
+    nul = text.find("\x00")
+    if nul >= 0 and (line is None or (line, column or 0) >= _position(text, nul)):
+        # tomlkit reads a NUL as the end of the text: name the NUL, not what follows
+        line, column = _position(text, nul)
+        reason = "a NUL character (byte 0), which a settings file cannot hold"
+    if line is None:
+        raise ConfigError(f"{path}: {reason}; fix the file.")
+    where = f"line {line}" + (f", column {column}" if column is not None else "")
+    raise ConfigError(f"{path}, {where}: {reason}; fix the file at line {line}.")
+
+
+def _unclosed(text: str) -> tuple[str, int | None]:
+    """What is still open where TOML ``text`` ends: a quote, or a [ or { (the innermost),
+    and the line it was opened on; (``''``, None) if nothing is."""
+    opened: list[int] = []  # the lines of the brackets open here, innermost last
+    line, i, n = 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch == "#":  # a comment, to the end of its line
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        elif ch in "[{":
+            opened.append(line)
+        elif ch in "]}" and opened:
+            opened.pop()
+        elif ch in "\"'":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            start, i = line, i + len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\n":
+                    if len(quote) == 1:  # a line ends a "…": tomlkit says so at that line
+                        break
+                    line += 1
+                elif text[i] == "\\" and ch == '"':
+                    line += text[i + 1 : i + 2] == "\n"
+                    i += 1
+                i += 1
+            if i >= n:
+                return "a quote", start
+            i += len(quote) if text.startswith(quote, i) else 0
+            continue
+        i += 1
+    return ("a [ or {", opened[-1]) if opened else ("", None)
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """The line and column (each counted from 1) of ``text[index]``."""
+    return text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
+
+
+def _char_at(text: str, line: int, col: int) -> str:
+    """The character at ``line`` (from 1) and ``col`` (from 0); '' past the text."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        return ""
+    here = lines[line - 1] + ("\n" if line < len(lines) else "")
+    return here[col] if 0 <= col < len(here) else ""
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -1103,9 +1176,15 @@ def _env_value(text: str) -> Any:
     return text
 
 
-def _parse_reason(e: Exception) -> str:
+def _parse_reason(e: Exception, char: str = "", line: int = 0) -> str:
+    """The parser's complaint in plain words; ``char`` is the character it stopped at,
+    on ``line``."""
     msg = re.sub(r"\s*at line \d+ col \d+\s*$", "", str(e)).rstrip(". ")
-    if msg in ("Unexpected character: '\\x00'", "Unexpected end of file"):
-        # tomlkit's words for text that stops before a value, a string or a list is closed
-        return "the file ends before a value, a quoted text or a [list] is finished"
+    if msg.startswith("Control characters"):  # tomlkit's words, with a \\u escape to use
+        if " in strings" in msg and char in ("\n", "\r", ""):
+            # the line ends inside "…" or '…'
+            return f"a quote on line {line} is not closed (its closing quote is missing)"
+        code = f"U+{ord(char):04X}" if char else "a code below 32"
+        where = "inside quotes" if " in strings" in msg else "in a comment"
+        return f"a control character ({code}) {where}, which TOML does not allow"
     return msg or "not valid TOML"

@@ -74,10 +74,89 @@ def test_broken_file_names_file_and_line(initialised: Cli, home: Path, bad: str)
         r = initialised(*command)
         assert r.exit_code == 2
         assert r.stderr.startswith(f"cpmail: {path}, line {line_no}, column "), r.stderr
-        assert r.stderr.rstrip().endswith("fix the file or run `cpmail init --force`.")
+        assert r.stderr.rstrip().endswith(f"fix the file at line {line_no}.")
+        assert "init --force" not in r.stderr  # (it would put the defaults in its place)
         assert r.stderr.count("\n") == 1 and ".;" not in r.stderr
         assert "Traceback" not in r.output
         assert path.read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ('subject_prefix = "[C&P]', "a quote on line 5 is not closed"),
+        ("subject_prefix = '[C&P]", "a quote on line 5 is not closed"),
+        ("[mail]\x00", "a NUL character (byte 0)"),
+        ('name = "a\x00b"', "a NUL character (byte 0)"),
+        ('name = "a\x07b"', "a control character (U+0007) inside quotes"),
+        ("# a note\x01", "a control character (U+0001) in a comment"),
+    ],
+    ids=["double-quote", "single-quote", "nul", "nul-in-quotes", "bell", "in-a-comment"],
+)
+def test_a_broken_line_is_said_in_plain_words(
+    initialised: Cli, home: Path, bad: str, said: str
+) -> None:
+    path = home / "cpmail.toml"
+    lines = path.read_text().splitlines()
+    lines.insert(4, bad)
+    path.write_text("\n".join(lines) + "\n")
+    r = initialised("config", "show")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"cpmail: {path}, line 5, column "), r.stderr
+    assert said in r.stderr
+    assert r.stderr.rstrip().endswith("fix the file at line 5.")
+    for tomlkit_words in ("Control characters", "\\u", "ends before", "Unexpected"):
+        assert tomlkit_words not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "said"),
+    [
+        ('name = "x"\nnote = """two\nlines\n', 2, "a quote opened on line 2 is not closed"),
+        ("a = [\n  1,\n  2,\n", 1, "a [ or { opened on line 1 is not closed"),
+        ('name = "x\\"" # [\nb = { c = [1,\n', 2, "a [ or { opened on line 2 is not closed"),
+    ],
+    ids=["multi-line-text", "list", "inline-table"],
+)
+def test_a_file_that_ends_inside_a_value_names_where_it_began(
+    initialised: Cli, home: Path, text: str, line: int, said: str
+) -> None:
+    path = home / "cpmail.toml"
+    path.write_text(text)
+    r = initialised("config", "show")
+    assert r.exit_code == 2
+    said = f"{said} before the file ends; fix the file at line {line}."
+    assert r.stderr == f"cpmail: {path}, line {line}: {said}\n"
+
+
+def test_init_force_keeps_the_file_it_replaces(initialised: Cli, home: Path) -> None:
+    """A file broken by one quote is fixed where it is wrong, not replaced by the defaults:
+    if it is replaced all the same, the old one is kept beside it."""
+    path = home / "cpmail.toml"
+    initialised("config", "set", "agency.name", "Northwind")
+    initialised("config", "set", "manager.email", "kate@agency.test")
+    broken = path.read_text().replace('subject_prefix = "[C&P]"', 'subject_prefix = "[C&P]')
+    path.write_text(broken)
+    r = initialised("config", "show")
+    assert r.exit_code == 2 and "init --force" not in r.stderr
+    r = initialised("init", "--force")
+    assert r.exit_code == 0, r.output
+    copy = home / "cpmail.toml.bak"
+    assert f"Kept the old settings as {copy}\n" in r.stdout
+    assert copy.read_text() == broken
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert initialised("config", "get", "agency.name").stdout.strip() == ""
+    # the defaults replaced by the defaults: nothing to keep, and the copy stays as it was
+    r = initialised("init", "--force")
+    assert r.exit_code == 0 and "Kept" not in r.stdout
+    assert copy.read_text() == broken
+    # a copy is never written over: the next goes beside it
+    initialised("config", "set", "agency.name", "Hartley")
+    second = path.read_text()
+    r = initialised("init", "--force")
+    assert f"Kept the old settings as {home / 'cpmail.toml.bak.2'}\n" in r.stdout
+    assert (home / "cpmail.toml.bak.2").read_text() == second
+    assert copy.read_text() == broken
 
 
 def test_wrong_type_in_file_names_the_key(initialised: Cli, home: Path) -> None:
@@ -573,7 +652,8 @@ def test_a_file_that_stops_mid_value_says_so(initialised: Cli, home: Path, tail:
     path.write_text(path.read_text() + tail)
     r = initialised("status")
     assert r.exit_code == 2 and str(path) in r.stderr, r.output
-    assert "\\x00" not in r.stderr and "ends before" in r.stderr, r.stderr
+    assert "\\x00" not in r.stderr and "before the file ends" in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith(f"fix the file at line {len(path.read_text().splitlines())}.")
 
 
 def test_the_machines_time_zone_keeps_its_summer_time(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,15 +33,68 @@ def _make_home(home: Path) -> None:
     private_dir(home)
 
 
-def _settings_file(path: Path, *, force: bool) -> bool:
-    """Write the default cpmail.toml (when missing, or ``force``); either way leave it 0600."""
+def _settings_file(path: Path, *, force: bool) -> tuple[bool, Path | None]:
+    """Write the default cpmail.toml (when missing, or ``force``); either way leave it 0600.
+
+    Return whether it was written, and where the file it replaced was kept.
+    """
     if path.exists() and not path.is_file():  # (a folder, a device): change nothing
         raise ConfigError(f"{path} is not a file; move it away and run `cpmail init` again.")
     if force or not path.exists():
+        kept = _keep_copy(path) if path.exists() else None
         write_atomic(path, DEFAULT_TOML.encode("utf-8"), mode=PRIVATE_FILE)
-        return True
+        return True, kept
     path.chmod(PRIVATE_FILE)  # an older or hand-made file may be open to others
-    return False
+    return False, None
+
+
+def _keep_copy(path: Path) -> Path | None:
+    """Copy ``path`` to ``cpmail.toml.bak`` (0600) beside it before it is replaced.
+
+    The settings may be the only record of the agency, the sender and the database;
+    on the defaults the day's mail would go to the file transport and be recorded as
+    sent. A name already taken by another copy is never written over (``.bak.2``
+    …); a file that holds the defaults, or a copy already kept, needs no new one.
+    """
+    import os
+
+    try:
+        old = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read {path} to keep a copy of it ({e.strerror}); nothing was changed."
+        ) from None
+    if old == DEFAULT_TOML.encode("utf-8"):
+        return None
+    for n in range(1, 1000):
+        copy = path.with_name(f"{path.name}.bak" + (f".{n}" if n > 1 else ""))
+        try:
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if copy.is_file() and not copy.is_symlink() and copy.read_bytes() == old:
+                    return copy
+            continue
+        except OSError as e:
+            raise ConfigError(
+                f"cannot keep a copy of {path} as {copy} ({e.strerror}); nothing was changed."
+            ) from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), PRIVATE_FILE)
+                f.write(old)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            copy.unlink(missing_ok=True)
+            raise ConfigError(
+                f"cannot keep a copy of {path} as {copy} ({e.strerror}); nothing was changed."
+            ) from None
+        return copy
+    raise ConfigError(
+        f"{path.parent} holds 999 copies of {path.name} already; move them away and "
+        "run `cpmail init --force` again."
+    )
 
 
 def _database(home: Path, settings: Settings) -> sa.Engine:
@@ -75,7 +129,9 @@ def init(
     c = ctx_of(ctx)
     _make_home(c.home)
     path = c.home / SETTINGS_FILE
-    wrote = _settings_file(path, force=force)
+    wrote, kept = _settings_file(path, force=force)
+    if kept is not None:
+        c.say(f"Kept the old settings as {kept}")
     from cpmail.secrets import SecretStore
 
     settings = c.settings  # validates the file, old or new
