@@ -976,18 +976,31 @@ class Settings:
 
 
 def _put(document: Any, key: str, typed: Any) -> Any:
-    """Set dotted ``key`` in a tomlkit document; return the ordinary table it made, if any."""
+    """Set dotted ``key`` in a tomlkit document; return the ordinary table it made, if any.
+
+    Inside an inline table (``mail = { enabled = true }``) a missing table is made
+    inline too (``smtp = { host = "…" }``): an inline table cannot hold a [table].
+    """
     import tomlkit
+    from tomlkit.items import InlineTable
 
     parts = key.split(".")
     table, made = document, None
-    for part in parts[:-1]:
+    for n, part in enumerate(parts[:-1], start=1):
         if part not in table:
-            super_table = len(parts) > 2 and part == parts[0]
-            table[part] = tomlkit.table(is_super_table=super_table)
-            if not super_table:
-                made = table[part]
+            if isinstance(table, InlineTable):
+                table[part] = tomlkit.inline_table()
+            else:
+                super_table = len(parts) > 2 and part == parts[0]
+                table[part] = tomlkit.table(is_super_table=super_table)
+                if not super_table:
+                    made = table[part]
         table = table[part]
+        if not isinstance(table, Mapping):  # (the file changed since it was read)
+            raise ConfigError(
+                f"cannot set {key}: {'.'.join(parts[:n])} in the file is a value, not a "
+                "table; fix the file."
+            )
     table[parts[-1]] = typed
     return made
 

@@ -159,6 +159,48 @@ def test_init_force_keeps_the_file_it_replaces(initialised: Cli, home: Path) -> 
     assert copy.read_text() == broken
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "value", "kept"),
+    [
+        (
+            "mail = { enabled = true, digest = false }\n",
+            "mail.smtp.host",
+            "smtp.example.com",
+            {"mail.enabled": "true", "mail.digest": "false"},
+        ),
+        (
+            "events = { job-opened = { enabled = false } }\n",
+            "events.missing-time.enabled",
+            "false",
+            {"events.job-opened.enabled": "false"},
+        ),
+        (
+            "# ours\n[mail]\nsmtp = { port = 2525 }\n",
+            "mail.smtp.host",
+            "smtp.example.com",
+            {"mail.smtp.port": "2525"},
+        ),
+    ],
+    ids=["table-in-inline", "table-in-nested-inline", "key-in-inline"],
+)
+def test_a_setting_goes_into_an_inline_table(
+    cli: Cli, home: Path, text: str, key: str, value: str, kept: dict[str, str]
+) -> None:
+    import tomllib
+
+    home.mkdir(parents=True)
+    path = home / "cpmail.toml"
+    path.write_text(text)
+    r = cli("config", "set", key, value)
+    assert r.exit_code == 0, r.output
+    tomllib.loads(path.read_text())  # still TOML
+    for k, v in {key: value, **kept}.items():
+        assert cli("config", "get", k).stdout.strip() == v, (k, path.read_text())
+    after = path.read_text()
+    assert after.count("\n") == text.count("\n")  # into the inline table, which stays
+    assert after.split("{", 1)[0] == text.split("{", 1)[0]
+
+
 def test_wrong_type_in_file_names_the_key(initialised: Cli, home: Path) -> None:
     path = home / "cpmail.toml"
     path.write_text(path.read_text().replace("lookback_days = 7", 'lookback_days = "week"'))
