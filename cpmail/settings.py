@@ -838,6 +838,10 @@ class Settings:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
                 data = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
+            except RecursionError:
+                # Nested too deeply for tomllib (it has no limit of its own): tomlkit's
+                # limit of 100 levels names the line.
+                data = _edit_document(path, text)
         return cls(home, path, data, environment=environment)
 
     def _resolve(self) -> None:
@@ -1081,6 +1085,8 @@ def _edit_document(path: Path, text: str, error: Exception | None = None) -> Any
     column: int | None = None
     try:
         return tomlkit.parse(text)
+    except RecursionError:
+        reason = "values are nested too deeply (lists or tables inside one another)"
     except ParseError as e:
         if isinstance(e, UnexpectedEofError) or str(e).startswith("Unexpected character: '\\x00'"):
             # The text stops inside something (tomlkit's own end-of-text mark is a NUL),

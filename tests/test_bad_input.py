@@ -113,6 +113,33 @@ def test_a_whole_number_setting_of_inf_is_a_setting_error(initialised: Cli, home
     assert "mail.smtp.port" in one_sentence(r.stderr)
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "a = " + "[" * 5000 + "\n",
+        "\n[extra]\nx = " + "{b=" * 3000 + "1" + "}" * 3000 + "\n",
+        "\n[alerts]\nurls = " + "[" * 500 + "]" * 500 + "\n",
+    ],
+    ids=["lists", "inline-tables", "closed-lists"],
+)
+def test_a_settings_file_nested_too_deeply_names_its_line(
+    initialised: Cli, home: Path, tail: str
+) -> None:
+    """tomllib has no limit of its own: RecursionError, exit 70, for any command."""
+    path = home / "cpmail.toml"
+    text = path.read_text(encoding="utf-8") + tail
+    path.write_text(text, encoding="utf-8")
+    line_no = len(text.splitlines())
+    for args in (("config", "show"), ("config", "set", "agency.name", "X"), ("status",)):
+        r = initialised(*args)
+        assert r.exit_code == 2, r.output
+        said = one_sentence(r.stderr)
+        assert said.startswith(f"cpmail: {path}, line {line_no}, column "), said
+        assert "nested more than 100 levels deep" in said
+        assert said.endswith(f"fix the file at line {line_no}.")
+    assert path.read_text(encoding="utf-8") == text
+
+
 def test_a_demo_with_a_date_out_of_range_leaves_no_home(cli: Cli, home: Path) -> None:
     r = cli("demo", "--date", "9999-12-31")
     assert r.exit_code == 2, r.output
