@@ -337,6 +337,27 @@ def test_everything_cpmail_writes_is_private_under_umask_000(tmp_path: Path) -> 
     assert {p: m for p, m in modes.items() if m & 0o077} == {}
 
 
+def test_a_new_sqlite_database_named_by_its_url_is_private(cli: Cli, tmp_path: Path) -> None:
+    """Not only cpmail.db in the home: any SQLite file `init` makes is 0600, in a 0700
+    folder it makes, whatever the umask; a file that is there keeps its mode."""
+    folder = tmp_path / "data" / "db"
+    url = f"sqlite:///{folder / 'agency.db'}"
+    old = os.umask(0o022)
+    try:
+        r = cli("init", env={"CPMAIL_DATABASE_URL": url})
+        assert r.exit_code == 0, r.output
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert "agency.db" in modes and set(modes.values()) == {0o600}, modes  # (-wal, -shm)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+        (folder / "agency.db").chmod(0o640)  # the owner's choice: shared with a group
+        r = cli("init", env={"CPMAIL_DATABASE_URL": url})
+        assert r.exit_code == 0, r.output
+        assert stat.S_IMODE((folder / "agency.db").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_settings_file_is_made_0600_by_every_write(initialised: Cli, home: Path) -> None:
     path = home / "cpmail.toml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

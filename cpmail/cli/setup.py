@@ -97,19 +97,27 @@ def _keep_copy(path: Path) -> Path | None:
     )
 
 
-def _database(home: Path, settings: Settings) -> sa.Engine:
-    """Create or upgrade the schema; a new SQLite file is private (0600)."""
+def _database(settings: Settings) -> sa.Engine:
+    """Create or upgrade the schema; a new SQLite file is private (0600), in a 0700 folder."""
     import os
 
-    from cpmail.store import make_engine, upgrade
+    from cpmail.store import make_engine, sqlite_path, upgrade
 
-    db_file = home / "cpmail.db"
-    if not settings["database.url"] and not db_file.exists():
+    url = settings.db_url
+    engine = make_engine(url)  # (makes a missing folder of an SQLite file, 0700)
+    name = sqlite_path(url) if url.startswith("sqlite") else ""
+    if name and not name.startswith("file:"):  # (a URI filename: SQLite reads it, not us)
         # Made empty and 0600 before SQLite opens it, whatever the umask: SQLite gives
-        # its -wal and -shm files the database file's mode.
-        os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
-        db_file.chmod(PRIVATE_FILE)
-    engine = make_engine(settings.db_url)
+        # its -wal and -shm files the database file's mode. A file there keeps its mode.
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        except OSError:  # there already, or not to be made here: SQLite says why
+            pass
+        else:
+            try:
+                os.fchmod(fd, PRIVATE_FILE)
+            finally:
+                os.close(fd)
     upgrade(engine)
     return engine
 
@@ -136,7 +144,7 @@ def init(
 
     settings = c.settings  # validates the file, old or new
     SecretStore(c.home, settings["secrets.backend"]).ensure_dir()
-    _database(c.home, settings)
+    _database(settings)
     _mail_dir(settings)
     c.say(f"{'Created' if wrote else 'Kept'} {path}")
     c.say(f"Database ready: {redact(settings['database.url']) or c.home / 'cpmail.db'}")
@@ -177,7 +185,7 @@ def demo(
     _make_home(c.home)
     _settings_file(path, force=False)
     s = c.settings
-    engine = _database(c.home, s)
+    engine = _database(s)
     from cpmail.secrets import SecretStore
 
     SecretStore(c.home, s["secrets.backend"]).ensure_dir()
