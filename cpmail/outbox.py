@@ -1710,6 +1710,11 @@ def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
         "id": r.id,
         "time": when.replace(tzinfo=dt.UTC, microsecond=0).astimezone(tz),
         "event": r.event,
+        # what it carried: the events of a digest's notifications (each once, in order)
+        "events": list(
+            dict.fromkeys(k.split(":", 1)[0] for k in (r.ledger_key or "").split(",") if ":" in k)
+        )
+        or [r.event],
         "status": r.status,
         "from": r.from_addr,
         "to": r.to_addrs.split(",") if r.to_addrs else [],
@@ -1743,8 +1748,9 @@ def list_messages(
         q = q.where(m.status.in_(list(statuses)))
     if since is not None:  # by the time each row shows
         q = q.where(sa.func.coalesce(m.sent_at, m.failed_at, m.queued_at) >= since)
-    if event:
-        q = q.where(m.event == event)
+    if event:  # the message's own event, or one its notifications are of (a digest's)
+        keys = sa.literal(",") + sa.func.coalesce(m.ledger_key, "")
+        q = q.where(sa.or_(m.event == event, keys.contains(f",{event}:", autoescape=True)))
     if to is not None:  # an empty list (a person without an address) matches nothing
         # One of the comma-separated addresses exactly: lee@x is not sam.lee@x.
         listed = sa.func.lower(sa.literal(",") + m.to_addrs + sa.literal(","))

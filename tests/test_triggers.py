@@ -793,6 +793,14 @@ def test_digest_puts_one_persons_run_in_one_message(agency: Agency) -> None:
     for words in ("Missing time", "2 tasks due today", "Proofread", "Old thing"):
         assert words in text
     assert carl[0]["X-Cpmail-Event"] == "digest"
+    # `log --event` finds the digest by what it carried, and says what that was
+    for event in ("missing-time", "task-due-today"):
+        rows = json.loads(agency.cli("log", "--json", "--event", event).stdout)
+        theirs = [r for r in rows if r["to"] == ["carl@agency.test"]]
+        assert len(theirs) == 1 and theirs[0]["event"] == "digest", (event, rows)
+        assert event in theirs[0]["events"], theirs[0]
+    rows = json.loads(agency.cli("log", "--json", "--event", "job-opened").stdout)
+    assert all("job-opened" in r["events"] for r in rows), rows  # nothing else matches
 
 
 def test_event_settings_disable_and_reroute(agency: Agency) -> None:
