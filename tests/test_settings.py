@@ -354,6 +354,12 @@ def test_a_new_sqlite_database_named_by_its_url_is_private(cli: Cli, tmp_path: P
         r = cli("init", env={"CPMAIL_DATABASE_URL": url})
         assert r.exit_code == 0, r.output
         assert stat.S_IMODE((folder / "agency.db").stat().st_mode) == 0o640
+        # `db upgrade` making a new database makes it private too
+        other = f"sqlite:///{folder / 'other.db'}"
+        r = cli("db", "upgrade", env={"CPMAIL_DATABASE_URL": other})
+        assert r.exit_code == 0, r.output
+        made = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.glob("other.db*")}
+        assert "other.db" in made and set(made.values()) == {0o600}, made
     finally:
         os.umask(old)
 

@@ -99,26 +99,10 @@ def _keep_copy(path: Path) -> Path | None:
 
 def _database(settings: Settings) -> sa.Engine:
     """Create or upgrade the schema; a new SQLite file is private (0600), in a 0700 folder."""
-    import os
+    from cpmail.store import make_engine, upgrade
 
-    from cpmail.store import make_engine, sqlite_path, upgrade
-
-    url = settings.db_url
-    engine = make_engine(url)  # (makes a missing folder of an SQLite file, 0700)
-    name = sqlite_path(url) if url.startswith("sqlite") else ""
-    if name and not name.startswith("file:"):  # (a URI filename: SQLite reads it, not us)
-        # Made empty and 0600 before SQLite opens it, whatever the umask: SQLite gives
-        # its -wal and -shm files the database file's mode. A file there keeps its mode.
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-        except OSError:  # there already, or not to be made here: SQLite says why
-            pass
-        else:
-            try:
-                os.fchmod(fd, PRIVATE_FILE)
-            finally:
-                os.close(fd)
-    upgrade(engine)
+    engine = make_engine(settings.db_url)  # (makes a missing folder of an SQLite file, 0700)
+    upgrade(engine)  # (a new SQLite file made 0600 first)
     return engine
 
 

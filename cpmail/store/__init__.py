@@ -134,11 +134,32 @@ def upgrade(engine: sa.Engine) -> None:
     """
     from alembic import command
 
+    _private_file(engine)
     with engine.begin() as conn:
         rev = _stored_revision(conn)
         if rev is not None and rev not in known_revisions():
             raise _newer(rev, describe(engine.url.render_as_string()))
         command.upgrade(_alembic_config(engine, conn), "head")
+
+
+def _private_file(engine: sa.Engine) -> None:
+    """A new SQLite file is made empty and 0600 before SQLite opens it, whatever the umask
+    (SQLite gives its -wal and -shm files the database file's mode); one there keeps its."""
+    import os
+
+    from cpmail.settings import PRIVATE_FILE
+
+    name = (engine.url.database or "") if engine.dialect.name == "sqlite" else ""
+    if name in ("", ":memory:") or name.startswith("file:"):  # (a URI: SQLite reads it)
+        return
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except OSError:  # there already, or not to be made here: SQLite says why
+        return
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
 
 
 def known_revisions() -> frozenset[str]:
