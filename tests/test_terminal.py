@@ -49,7 +49,7 @@ def test_listings_and_lines_show_data_as_written(initialised: Cli, tmp_path: Pat
     path.write_text(json.dumps(rows), encoding="utf-8")
     r = initialised("data", "import", str(path))
     assert r.exit_code == 0, r.output
-    r = initialised("staff", "list")
+    r = initialised("staff", "list", env={"COLUMNS": "400"})  # (room for every name whole)
     assert r.exit_code == 0, r.output
     assert not UNSHOWN.search(r.stdout), repr(r.stdout)
     for name in NAMES:
@@ -57,7 +57,7 @@ def test_listings_and_lines_show_data_as_written(initialised: Cli, tmp_path: Pat
     # a setting holding markup, in the listing of settings and in the line `config set` says
     r = initialised("config", "set", "agency.name", "Acme [/] [bold]Ltd\x1b[2J")
     assert r.exit_code == 0 and "Acme [/] [bold]Ltd\\x1b[2J" in r.stdout, r.output
-    r = initialised("config", "show")
+    r = initialised("config", "show", env={"COLUMNS": "400"})
     assert r.exit_code == 0 and "Acme [/] [bold]Ltd\\x1b[2J" in r.stdout, r.output
     assert not UNSHOWN.search(r.stdout)
     # an error naming what was given
