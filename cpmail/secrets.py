@@ -12,7 +12,7 @@ import re
 import stat
 from pathlib import Path
 
-from cpmail.errors import ConfigError
+from cpmail.errors import ConfigError, Unavailable
 from cpmail.settings import PRIVATE_DIR, PRIVATE_FILE, private_dir, write_atomic
 
 SHARED = "shared"  # the account name of the one-account sender (`--shared`)
@@ -26,6 +26,8 @@ def account_words(account: str) -> str:
 MASK = "••••"
 KEYRING_SERVICE = "cpmail"
 _NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,200}$")
+# No secret is this large (a token cache is a few kilobytes): a larger file is another file.
+_LARGEST = 1 << 20
 
 
 class Secret:
@@ -76,23 +78,40 @@ class SecretStore:
         private_dir(self.dir)
         os.chmod(self.dir, PRIVATE_DIR)
 
-    def _checked_path(self, name: str) -> Path:
+    def _checked_path(self, name: str, *, links: bool = True) -> Path:
+        """The file of the secret ``name``, refused (ConfigError naming it) when it is there
+        but cannot be a secret: open to others, a folder, a link to nothing (unless
+        ``links`` is False: a link is then just a link, as for deleting it)."""
         self._check_name(name)
-        if self.dir.exists():
-            mode = stat.S_IMODE(self.dir.stat().st_mode)
+        folder = _status(self.dir, kind="secrets folder")
+        if folder is not None:
+            if not stat.S_ISDIR(folder.st_mode):
+                raise ConfigError(
+                    f"{self.dir} is not a folder; move it away and run `cpmail init`, which "
+                    "makes the secrets folder."
+                )
+            mode = stat.S_IMODE(folder.st_mode)
             if mode & 0o077:
                 raise ConfigError(
                     f"{self.dir} is open to other users (mode {mode:04o}); "
                     f"run `chmod 700 {self.dir}`."
                 )
         path = self.dir / name
-        if path.exists():
-            mode = stat.S_IMODE(path.stat().st_mode)
-            if mode & 0o077:
-                raise ConfigError(
-                    f"{path} is readable by other users (mode {mode:04o}); "
-                    f"run `chmod 600 {path}` and try again."
-                )
+        if folder is None or (not links and path.is_symlink()):
+            return path
+        st = _status(path, kind="secret")
+        if st is None:
+            return path
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path} is a folder, not a secret; remove it, then {_redo(name)}.")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path} is not a regular file; remove it, then {_redo(name)}.")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path} is readable by other users (mode {mode:04o}); "
+                f"run `chmod 600 {path}` and try again."
+            )
         return path
 
     def get(self, name: str) -> Secret | None:
@@ -107,9 +126,28 @@ class SecretStore:
                 raise _keyring_failed("read", e) from None
             return None if value is None else Secret(value)
         path = self._checked_path(name)
-        if not path.exists():
+        try:
+            with path.open("rb") as f:
+                data = f.read(_LARGEST + 1)
+        except FileNotFoundError:
             return None
-        return Secret(path.read_text(encoding="utf-8"))
+        except PermissionError:
+            raise ConfigError(
+                f"{path} cannot be read (permission denied); run cpmail as the user who owns "
+                "it, or give it to that user with mode 600."
+            ) from None
+        except OSError as e:  # a folder made meanwhile, a failing disk
+            raise Unavailable(
+                f"{path} could not be read ({e.strerror or type(e).__name__}); "
+                f"check the file, then {_redo(name)}."
+            ) from None
+        if len(data) > _LARGEST:
+            raise ConfigError(f"{path} is larger than any secret; remove it, then {_redo(name)}.")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:  # (its words would quote a byte of the secret)
+            raise ConfigError(f"{path} is not UTF-8 text; remove it, then {_redo(name)}.") from None
+        return Secret(text)
 
     def set(self, name: str, value: str) -> None:
         if self.backend == "keyring":
@@ -144,14 +182,53 @@ class SecretStore:
             except Exception as e:
                 raise _keyring_failed("changed", e) from None
             return True
-        path = self._checked_path(name)
-        if path.exists():
+        path = self._checked_path(name, links=False)
+        try:
             path.unlink()
-            return True
-        return False
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise ConfigError(
+                f"{path} could not be removed ({e.strerror or type(e).__name__}); "
+                "remove it by hand."
+            ) from None
+        return True
+
+    def check(self, name: str) -> None:
+        """Refuse now (ConfigError naming the file) what would stop ``delete(name)``."""
+        if self.backend == "file":
+            self._checked_path(name, links=False)
 
     def has(self, name: str) -> bool:
         return self.get(name) is not None
+
+
+def _status(path: Path, *, kind: str) -> os.stat_result | None:
+    """``path``'s status through links; None when nothing is there. A link to nothing,
+    or a path that cannot be looked at, is a ConfigError naming it: never "no secret"."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ConfigError(
+                f"{path} is a link to {os.readlink(path)}, which does not exist; "
+                f"point it at the {kind}, or remove it."
+            ) from None
+        return None
+    except OSError as e:  # permission denied on the way, a loop of links
+        raise ConfigError(
+            f"{path} cannot be looked at ({e.strerror or type(e).__name__}); "
+            f"check it and the folders above it."
+        ) from None
+
+
+def _redo(name: str) -> str:
+    """How to store the secret ``name`` again, as the end of a sentence."""
+    if name.startswith("passcode."):
+        return "store the passcode again (`cpmail staff passcode`)"
+    if name.startswith("token."):
+        return "sign in again (`cpmail staff signin`)"
+    return "store it again"
 
 
 def _keyring_name() -> str:

@@ -127,12 +127,15 @@ def remove(
     from cpmail.secrets import passcode_name, token_name
 
     c = ctx_of(ctx)
-    people.remove(c.engine(), staff_id)
-    for name in (
+    names = (
         passcode_name(staff_id),
         token_name("gmail", staff_id),
         token_name("microsoft", staff_id),
-    ):
+    )
+    for name in names:  # a secret that could not be removed keeps the staff member too
+        c.secrets.check(name)
+    people.remove(c.engine(), staff_id)
+    for name in names:
         c.secrets.delete(name)
     c.say(f"Removed {staff_id}.")
 
