@@ -28,6 +28,26 @@ def check_staff_id(staff_id: str) -> str:
     return staff_id
 
 
+def reserved(staff_id: str) -> str | None:
+    """Why ``staff_id`` cannot be a staff member's, or None: "shared", in any case, names the
+    one-account sender, whose passcode and sign-ins are stored under it (and a file system
+    that ignores case takes "Shared" for "shared")."""
+    if staff_id.casefold() != SHARED:
+        return None
+    return (
+        f"{staff_id!r} is reserved for the one-account sender (--shared), whose passcode and "
+        "sign-ins a staff member of that ID would share"
+    )
+
+
+def check_new_staff_id(staff_id: str) -> str:
+    """``staff_id`` if a new staff member may have it; else InputError saying why."""
+    check_staff_id(staff_id)
+    if why := reserved(staff_id):
+        raise InputError(f"staff ID {why}; choose another ID.")
+    return staff_id
+
+
 def _values(**opts: Any) -> dict[str, Any]:
     """Validate the options of `staff add|edit` into column values (None = not given)."""
     out: dict[str, Any] = {}
@@ -66,7 +86,7 @@ def get(conn: sa.Connection, staff_id: str) -> Any:
 
 
 def add(engine: sa.Engine, staff_id: str, **opts: Any) -> None:
-    check_staff_id(staff_id)
+    check_new_staff_id(staff_id)
     values = _values(**opts)
     with engine.begin() as conn:
         if conn.execute(sa.select(staff.c.id).where(staff.c.id == staff_id)).first():
@@ -199,6 +219,8 @@ def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) 
             ) from e
     if not row.active:
         raise ConfigError(f"staff member {staff_id} ({row.name}) is inactive and cannot send.")
+    if why := reserved(staff_id):  # (a row from before the ID was reserved)
+        raise ConfigError(f"staff member {why}; give them another ID to send as them.")
     address = row.username or row.work_email
     if not address:
         raise ConfigError(

@@ -132,9 +132,15 @@ def remove(
         token_name("gmail", staff_id),
         token_name("microsoft", staff_id),
     )
-    for name in names:  # a secret that could not be removed keeps the staff member too
+    # A staff member named like the one-account sender (from before the name was
+    # reserved): the secrets under that name are the shared account's.
+    shared = people.reserved(staff_id) is not None
+    for name in () if shared else names:  # a secret that cannot go keeps the person too
         c.secrets.check(name)
     people.remove(c.engine(), staff_id)
+    if shared:
+        c.say(f"Removed {staff_id}; the one-account sender's passcode and sign-ins stay.")
+        return
     for name in names:
         c.secrets.delete(name)
     c.say(f"Removed {staff_id}.")
@@ -191,6 +197,11 @@ def passcode(
 
         with c.engine().connect() as conn:
             people.get(conn, staff_id)
+        if why := people.reserved(staff_id):  # (a row from before the name was reserved)
+            raise InputError(
+                f"staff member {why}; give them another ID, or store the shared passcode "
+                "with --shared."
+            )
     account = SHARED if shared else str(staff_id)
     who = "the shared sender" if shared else account
     if delete:

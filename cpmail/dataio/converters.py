@@ -293,9 +293,16 @@ class _Address(_Checked):
 
 class _StaffId(_TrimmedText):
     """A staff member's ID: any text an agency system uses (UUIDs too), but no comma, which
-    separates the names in every list of staff (notify, attendees), and no line break."""
+    separates the names in every list of staff (notify, attendees), no line break, and not
+    the name of the one-account sender ("shared", in any case)."""
 
-    __slots__ = ()
+    __slots__ = ("reserved",)
+
+    def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
+        super().__init__(spec, table, sqlite=sqlite, tz=tz)
+        from cpmail.people import reserved
+
+        self.reserved = reserved
 
     def parse_str(self, s: str) -> Any:
         s = super().parse_str(s)
@@ -303,6 +310,8 @@ class _StaffId(_TrimmedText):
             raise _Bad(f"{_r(s)} holds a comma, which separates the staff in every list")
         if _UNPRINTABLE.search(s):
             raise _Bad(f"{_r(s)} holds a line break or a control character")
+        if why := self.reserved(s):
+            raise _Bad(f"{why}; give this person another ID")
         return s
 
     convert = _Column.convert  # stripped and checked, as every column but free text is
