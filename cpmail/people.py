@@ -17,14 +17,49 @@ from cpmail.settings import Settings
 from cpmail.store.schema import staff, staff_opt_out, staff_prefs, time_off
 from cpmail.workdays import parse_workdays
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+# What no staff ID holds: control characters and line breaks (an ID is printed on one
+# line), characters that show as nothing ("JD" and "JD" with a zero-width space would be
+# two people who look one), and half of a UTF-16 pair (no text at all).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shown(staff_id: str) -> str:
+    """``staff_id`` quoted for a sentence: cut when long, one line whatever it holds."""
+    text = staff_id if len(staff_id) <= 60 else staff_id[:40] + "…"
+    quoted = repr(text)  # (repr writes a control character as its escape)
+    return quoted if len(staff_id) <= 60 else f"{quoted} ({len(staff_id)} characters)"
+
+
+def staff_id_problem(staff_id: str) -> str | None:
+    """Why ``staff_id`` cannot be a staff member's ID, or None when it can.
+
+    The one rule of `staff add` and of `data import` and `data pull`: any text an agency
+    system uses as an ID (initials, a UUID, a space, accents, ``W[/]1``), but no comma,
+    which separates the staff in every list of them (notify, attendees), nothing that
+    does not print, no spaces around it, and not the one-account sender's name.
+    """
+    shown = _shown(staff_id)
+    if not staff_id.strip():
+        return "is empty" if not staff_id else f"{shown} is only spaces"
+    if staff_id != staff_id.strip():
+        return f"{shown} has spaces around it"
+    if "," in staff_id:
+        return f"{shown} holds a comma, which separates the staff in every list"
+    if _CONTROL.search(staff_id):
+        return f"{shown} holds a line break or a control character"
+    if m := _INVISIBLE.search(staff_id):
+        return f"{shown} holds U+{ord(m.group()):04X}, a character that shows as nothing"
+    if m := _SURROGATE.search(staff_id):
+        return f"{shown} holds \\u{ord(m.group()):04x}, half of a character (not valid text)"
+    return reserved(staff_id)
 
 
 def check_staff_id(staff_id: str) -> str:
-    if not _ID.match(staff_id):
-        raise InputError(
-            f"staff ID {staff_id!r}: use 1-32 letters, digits, '.', '_' or '-' (e.g. initials)."
-        )
+    """``staff_id`` if it can name a staff member (``staff_id_problem``); else InputError."""
+    if why := staff_id_problem(staff_id):
+        raise InputError(f"staff ID {why}; choose another ID.")
     return staff_id
 
 
@@ -38,14 +73,6 @@ def reserved(staff_id: str) -> str | None:
         f"{staff_id!r} is reserved for the one-account sender (--shared), whose passcode and "
         "sign-ins a staff member of that ID would share"
     )
-
-
-def check_new_staff_id(staff_id: str) -> str:
-    """``staff_id`` if a new staff member may have it; else InputError saying why."""
-    check_staff_id(staff_id)
-    if why := reserved(staff_id):
-        raise InputError(f"staff ID {why}; choose another ID.")
-    return staff_id
 
 
 def _values(**opts: Any) -> dict[str, Any]:
@@ -72,8 +99,8 @@ def _values(**opts: Any) -> dict[str, Any]:
             value = value.lower()
         elif key == "access":
             value = ",".join(p.strip() for p in value.split(",") if p.strip())
-        elif key == "supervisor_id":  # "" clears it
-            value = check_staff_id(value) if value else None
+        elif key == "supervisor_id":  # "" clears it; _check_supervisor finds them
+            value = value or None
         out[key] = value
     return out
 
@@ -86,7 +113,7 @@ def get(conn: sa.Connection, staff_id: str) -> Any:
 
 
 def add(engine: sa.Engine, staff_id: str, **opts: Any) -> None:
-    check_new_staff_id(staff_id)
+    check_staff_id(staff_id)
     values = _values(**opts)
     with engine.begin() as conn:
         if conn.execute(sa.select(staff.c.id).where(staff.c.id == staff_id)).first():

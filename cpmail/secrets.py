@@ -7,9 +7,11 @@ an exception or a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
+import urllib.parse
 from pathlib import Path
 
 from cpmail.errors import ConfigError, Unavailable
@@ -25,7 +27,9 @@ def account_words(account: str) -> str:
 
 MASK = "••••"
 KEYRING_SERVICE = "cpmail"
-_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,200}$")
+# A secret's name is a file's name: characters every file system takes, a length all take.
+_NAME = re.compile(r"^[A-Za-z0-9_.@+~%,-]{1,200}$")
+_SAFE = re.compile(r"[A-Za-z0-9_.@+-]+")
 # No secret is this large (a token cache is a few kilobytes): a larger file is another file.
 _LARGEST = 1 << 20
 
@@ -55,11 +59,34 @@ class Secret:
 
 def passcode_name(account: str) -> str:
     """The secret's name for an account's passcode ("shared" for one-account mode)."""
-    return f"passcode.{account}"
+    return _named("passcode.", account)
 
 
 def token_name(transport: str, account: str) -> str:
-    return f"token.{transport}.{account}"
+    """The secret's name for an account's sign-in with ``transport`` (gmail, microsoft)."""
+    return _named(f"token.{transport}.", account)
+
+
+def _named(kind: str, account: str) -> str:
+    """``kind`` and ``account`` as one secret's name, which is a file's name.
+
+    An account (a staff ID) may hold any character but a comma, a file name only a
+    few: an account of safe characters is written as it is (``passcode.JD``); any
+    other is a comma and its percent-encoding (``passcode.,W%5B%2F%5D1`` for
+    ``W[/]1``), or, when that is too long for a file name, two commas and its
+    SHA-256. No staff ID holds a comma, so the three forms never meet and no two
+    accounts get one name; an account that starts with a comma is such a name's
+    end already (the secrets folder lists them so) and stays as it is.
+    """
+    if not account or account.startswith(",") or _SAFE.fullmatch(account):
+        name = kind + account
+        if len(name) <= 200:
+            return name
+    coded = kind + "," + urllib.parse.quote(account, safe="@+", errors="surrogatepass")
+    if len(coded) <= 200:
+        return coded
+    digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{kind},,{digest}"
 
 
 class SecretStore:

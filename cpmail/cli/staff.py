@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import typer
@@ -219,7 +220,7 @@ def passcode(
     if not value:
         raise InputError("the passcode is empty; nothing was stored.")
     c.secrets.set(passcode_name(account), value)
-    try_it = f"cpmail staff test {staff_id}" if staff_id else "cpmail config test"
+    try_it = f"cpmail staff test {shlex.quote(staff_id)}" if staff_id else "cpmail config test"
     c.say(f"Stored the passcode of {who}. Try it: `{try_it}`.")
 
 

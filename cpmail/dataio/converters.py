@@ -292,25 +292,22 @@ class _Address(_Checked):
 
 
 class _StaffId(_TrimmedText):
-    """A staff member's ID: any text an agency system uses (UUIDs too), but no comma, which
-    separates the names in every list of staff (notify, attendees), no line break, and not
-    the name of the one-account sender ("shared", in any case)."""
+    """A staff member's ID, as the staff commands take it (``people.staff_id_problem``):
+    any text an agency system uses (UUIDs too), but no comma, which separates the names in
+    every list of staff (notify, attendees), no line break, and not the name of the
+    one-account sender ("shared", in any case)."""
 
-    __slots__ = ("reserved",)
+    __slots__ = ("problem",)
 
     def __init__(self, spec: ColumnSpec, table: str, *, sqlite: bool, tz: dt.tzinfo) -> None:
         super().__init__(spec, table, sqlite=sqlite, tz=tz)
-        from cpmail.people import reserved
+        from cpmail.people import staff_id_problem
 
-        self.reserved = reserved
+        self.problem = staff_id_problem
 
     def parse_str(self, s: str) -> Any:
         s = super().parse_str(s)
-        if "," in s:
-            raise _Bad(f"{_r(s)} holds a comma, which separates the staff in every list")
-        if _UNPRINTABLE.search(s):
-            raise _Bad(f"{_r(s)} holds a line break or a control character")
-        if why := self.reserved(s):
+        if why := self.problem(s):
             raise _Bad(f"{why}; give this person another ID")
         return s
 
