@@ -89,6 +89,17 @@ def _named(kind: str, account: str) -> str:
     return f"{kind},,{digest}"
 
 
+def account_of(tail: str) -> str:
+    """The account a secret's name ends in (what ``_named`` wrote after its kind).
+
+    A percent-encoded one is read back; one written as its SHA-256 stays as it is (the
+    name still finds its secret).
+    """
+    if tail.startswith(",") and not tail.startswith(",,"):
+        return urllib.parse.unquote(tail[1:], errors="surrogatepass")
+    return tail
+
+
 class SecretStore:
     """Read and write secrets by name, in files or in the keyring."""
 

@@ -161,6 +161,8 @@ def signer(
 
 
 def _staff_signer(engine: sa.Engine, transport: str, staff_id: str) -> Signer:
+    if why := people.reserved(staff_id):  # (a row from before the ID was reserved)
+        raise InputError(f"staff ID {why}; sign in as the shared account with --shared.")
     with engine.connect() as conn:
         row = people.get(conn, staff_id)
     address = row.username or row.work_email

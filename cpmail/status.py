@@ -304,14 +304,16 @@ def _stored_accounts(secrets: SecretStore, transport: str) -> list[str]:
     """Accounts with a passcode or sign-in in the secrets folder (the keyring cannot list)."""
     if secrets.backend != "file" or not secrets.dir.is_dir():
         return []
-    from cpmail.secrets import passcode_name, token_name
+    from cpmail.secrets import account_of, passcode_name, token_name
 
     prefix = passcode_name("") if transport == "smtp" else token_name(transport, "")
     try:
         names = [p.name for p in secrets.dir.iterdir()]
     except OSError:
         return []
-    return sorted(n[len(prefix) :] for n in names if n.startswith(prefix) and n != prefix)
+    return sorted(
+        account_of(n[len(prefix) :]) for n in names if n.startswith(prefix) and n != prefix
+    )
 
 
 def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transport: str) -> None:

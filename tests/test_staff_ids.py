@@ -101,6 +101,9 @@ def test_a_staff_member_named_shared_from_before_never_touches_the_shared_secret
     r = initialised("staff", "passcode", "shared", "--stdin", input="B-pass\n")
     refused(r, "'shared' is reserved", "--shared")
     refused(initialised("staff", "test", "shared"), "'shared' is reserved")
+    assert initialised("config", "set", "mail.transport", "gmail").exit_code == 0
+    refused(initialised("staff", "signin", "shared"), "'shared' is reserved", "--shared")
+    assert initialised("config", "set", "mail.transport", "file").exit_code == 0
     assert shared_passcode(home) == "A-pass"
     r = initialised("staff", "remove", "shared")
     assert r.exit_code == 0, r.output
@@ -150,6 +153,12 @@ def test_a_staff_member_of_any_id_the_import_takes_can_be_edited_given_a_passcod
     secret = SecretStore(home).get(passcode_name(staff_id))
     assert secret is not None and secret.reveal() == "odd-pw"
     assert len(_secret_files(home)) == 2  # in the secrets folder, beside the shared one
+    if len(staff_id) < 100:  # `status` names the account as it is, not its file's name
+        assert initialised("config", "set", "mail.transport", "smtp").exit_code == 0
+        assert initialised("config", "set", "mail.smtp.host", "127.0.0.1").exit_code == 0
+        said = initialised("status", "--json").stdout
+        accounts = [a["account"] for a in json.loads(said)["accounts"]]
+        assert staff_id in accounts and not any(a.startswith(",") for a in accounts), accounts
     assert not (home / "cpmail.toml").is_dir()
     r = initialised("staff", "edit", staff_id, "--role", "ae")
     assert r.exit_code == 0, r.output
