@@ -9,19 +9,12 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import Cli
+from tests.test_pull import LIBPQ_REFUSES
 
 URL = "postgresql+psycopg://reader:Sesame42@127.0.0.1:1/cpmail?"
 
 
-@pytest.mark.parametrize(
-    ("option", "said"),
-    [
-        ("connect_timeout=abc", "bad value for connect_timeout: 'abc'"),
-        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
-        ("keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
-        ("bogusopt=1", 'invalid connection option "bogusopt"'),
-    ],
-)
+@pytest.mark.parametrize(("option", "said"), LIBPQ_REFUSES)
 @pytest.mark.parametrize("command", [("staff", "list"), ("db", "upgrade")])
 def test_an_option_the_driver_refuses_is_a_setting_to_fix(
     initialised: Cli, option: str, said: str, command: tuple[str, ...]

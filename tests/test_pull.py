@@ -440,16 +440,16 @@ def _pull_from(cli: Cli, url: str) -> Any:
     return r
 
 
-@pytest.mark.parametrize(
-    ("option", "said"),
-    [
-        ("connect_timeout=abc", "bad value for connect_timeout: 'abc'"),
-        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
-        ("keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
-        ("bogusopt=1", 'invalid connection option "bogusopt"'),
-        ("port=abc", "port"),
-    ],
-)
+# Options libpq refuses before it connects, and the words it refuses them with.
+LIBPQ_REFUSES = [
+    ("connect_timeout=abc", "bad value for connect_timeout: 'abc'"),
+    ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+    ("keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
+    ("bogusopt=1", 'invalid connection option "bogusopt"'),
+]
+
+
+@pytest.mark.parametrize(("option", "said"), [*LIBPQ_REFUSES, ("port=abc", "port")])
 def test_an_option_the_source_driver_refuses_is_a_setting_to_fix(
     initialised: Cli, option: str, said: str
 ) -> None:
