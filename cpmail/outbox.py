@@ -418,6 +418,7 @@ class Delivery:
     waiting: int = 0  # left for later (outside the send window)
     released: int = 0  # claimed but not sent (the run was stopped): back in the queue
     held: set[int] = field(default_factory=set)  # those released: never offered to the server
+    partly: set[int] = field(default_factory=set)  # accepted for some recipients, not all
     notes: list[str] = field(default_factory=list)  # what a person should know (paced mail)
     stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
     # any mail the pass found too old to send (failed) or no longer current (dropped):
@@ -436,6 +437,7 @@ class Delivery:
         self.notes.extend(other.notes)
         self.released += other.released
         self.held |= other.held
+        self.partly |= other.partly
         self.expired.update(other.expired)
 
     @property
@@ -997,6 +999,7 @@ class _Recorder:
             error = "; ".join(filter(None, [*words, before]))
             if o.accepted:
                 error += "; accepted for " + ", ".join(o.accepted)
+                self.result.partly.add(o.id)
             unserved = list(dict.fromkeys([*o.deferred, *daily_rcpts]))
         elif earlier:
             temporary = False

@@ -263,6 +263,12 @@ def delivery_error(result: Delivery, *, what: str = "the message") -> CpmailErro
                 "have arrived, and it stays in the outbox for the next `cpmail check` to "
                 "send again: do not send it again yourself."
             )
+        if i in result.partly:  # some have it: "not accepted" would be untrue of them
+            return NotDelivered(
+                f"{what} reached some of its recipients, not all ({why}); it stays in the "
+                "outbox for the others: the next `cpmail check` tries again for those the "
+                "server said to try later, and `cpmail outbox retry` for every one not reached."
+            )
         return NotDelivered(
             f"{what} was not accepted yet ({why}); it stays in the outbox and the next "
             "`cpmail check` tries again (or `cpmail outbox retry`)."

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from email import message_from_bytes, policy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -451,3 +452,23 @@ def test_a_message_whose_answer_is_unknown_is_said_to_have_maybe_arrived(
     assert "not accepted" not in r.stderr, r.stderr
     [row] = log_rows(cli)
     assert row["status"] == "deferred", row
+
+
+def test_a_message_some_recipients_took_never_says_it_was_not_accepted(
+    cli: Cli, smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    """One recipient took it, one refused it for good, one was told to wait: "was not
+    accepted yet" was untrue of the first, and "the next check tries again" of the second."""
+    setup_smtp(cli, smtp_server)
+    pdf = tmp_path / "March.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    smtp_server.fail_rcpt = {
+        "rita@agency.test": "550 5.1.1 no such user",
+        "dan@agency.test": "451 4.3.0 try again later",
+    }
+    r = cli("send-report", str(pdf), "--to", "rita@agency.test,dan@agency.test,sam@agency.test")
+    assert r.exit_code == 1, r.output
+    said = " ".join(r.stderr.split())
+    assert "not accepted" not in said and "reached some of its recipients, not all" in said, said
+    assert "try later" in said and "`cpmail outbox retry` for every one not reached" in said, said
+    assert [m.rcpt_tos for m in smtp_server.messages] == [("sam@agency.test",)]
