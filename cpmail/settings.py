@@ -683,11 +683,16 @@ def _misread(u: Any) -> bool:
     return bool(u.password and _QUERY_IN_PASSWORD.search(u.password))
 
 
-# ``password=value`` in a connection string (libpq's, inside a query's dblink(…), say):
-# the value bare, in quotes, or in doubled quotes inside an SQL string ('…password=''a b''…').
+# ``password=value`` in a connection string (libpq's, inside a query's dblink(…), say;
+# ODBC's, inside OPENROWSET(…)): the value in doubled quotes inside an SQL string
+# ('…password=''a b''…'), in quotes, in ODBC's braces (PWD={a b;c}, a brace doubled), or
+# bare. A bare value runs to a space, a quote or ODBC's ";": a password may hold "&", ","
+# or ")", and hiding a character too many is better than showing the rest of one. A value
+# masked already (a URL's query parameter, which an "&" ends) is left as it is.
 _KEYWORD_SECRET = re.compile(
     r"""(\b[\w.\-]*(?:pass(?:word|wd|code)?|pwd|secret|token|api_?key|credential)\s*=\s*)"""
-    r"""(''(?:[^']|'(?!'))*''|'(?:[^']|'')*'|"[^"]*"|[^\s&;'"),]+)""",
+    r"""(\u2022{4}(?![^\s;'"&])|''(?:\\(?:''|.)|[^'\\]|'(?!'))*''|'(?:\\.|''|[^'\\])*'"""
+    r"""|"[^"]*"|\{(?:[^}]|\}\})*\}|[^\s;'"]+)""",
     re.IGNORECASE,
 )
 

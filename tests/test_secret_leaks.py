@@ -585,3 +585,60 @@ def test_a_database_url_is_refused_or_shown_without_any_of_its_password(
     letters = "".join(ch if ch.isalnum() else " " for ch in password).split()
     pieces = [w[i : i + 4] for w in letters for i in range(len(w) - 3)]
     assert [p for p in pieces if p in shown] == [], (url, redact(url))
+
+
+def _libpq_quoted(value: str) -> str:
+    """``value`` as libpq reads a quoted one: a quote or backslash in it after a backslash."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _sql_quoted(text: str) -> str:
+    """``text`` inside an SQL string literal: each quote doubled."""
+    return text.replace("'", "''")
+
+
+def _written(password: str, form: str) -> str:
+    """``password`` in a connection string inside a query's text, written as ``form`` has it."""
+    return {
+        # ODBC, as OPENROWSET takes it: braces, a closing brace doubled
+        "odbc braces": "SELECT * FROM OPENROWSET('MSOLEDBSQL', 'Server=srv;UID=sa;PWD={"
+        + password.replace("}", "}}")
+        + "};', 'SELECT 1')",
+        # ODBC bare: the value runs to the ";"
+        "odbc bare": f"'Server=srv;User ID=sa;Password={password};'",
+        # libpq in dblink(…): quoted (a quote or backslash in it escaped with a backslash),
+        # inside an SQL string (each quote doubled); or bare
+        "libpq quoted": "SELECT * FROM dblink('host=db password="
+        + _sql_quoted(_libpq_quoted(password))
+        + "', 'q')",
+        "libpq bare": f"SELECT * FROM dblink('host=db user=u password={password} port=5', 'q')",
+    }[form]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    password=st.text(
+        alphabet=st.sampled_from("Kv8sTr4Pq&,()!{}=@ ;'\\"), min_size=6, max_size=24
+    ).filter(lambda p: sum(ch.isalnum() for ch in p) >= 6),
+    form=st.sampled_from(["odbc braces", "odbc bare", "libpq quoted", "libpq bare"]),
+)
+def test_a_password_in_a_querys_connection_string_is_hidden_whole(password: str, form: str) -> None:
+    """A source query's text (shown by `config show`, mailed in a bug report's diagnostics)
+    may hold a connection string: its password is hidden whole, whatever it holds. The
+    mask stopped at the first &, "," or ")" (or a space inside ODBC's braces), and the
+    rest of the password was shown."""
+    from hypothesis import assume
+
+    from cpmail.settings import redact
+
+    # Forms that cannot hold some characters: a bare value ends at a space, a quote or ";"
+    # (as the drivers read it).
+    if form.endswith("bare"):
+        assume(not any(ch in password for ch in " ;'"))
+    if form == "libpq bare":
+        assume("{" not in password[:1])
+    text = _written(password, form)
+    shown = redact(text)
+    letters = "".join(ch if ch.isalnum() else " " for ch in password).split()
+    pieces = [w[i : i + 4] for w in letters for i in range(len(w) - 3)]
+    assert [p for p in pieces if p in shown] == [], (text, shown)
