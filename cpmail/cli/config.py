@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from cpmail.cli.common import Ctx, ctx_of, emit_json, print_table, printable
+from cpmail.cli.common import Ctx, ctx_of, emit_json, print_table
 from cpmail.errors import InputError
 from cpmail.settings import shown
 
@@ -156,7 +156,7 @@ def get(
 ) -> None:
     """Print one setting's effective value."""
     c = ctx_of(ctx)
-    typer.echo(printable(_show(shown(key, c.settings.get(key)))))
+    typer.echo(_show(shown(key, c.settings.get(key))))  # as stored: scripts read it
 
 
 def _show(v: Any) -> str:
