@@ -219,19 +219,27 @@ def named_staff(key: str, value: Any) -> list[str]:
     return []
 
 
-def check_named_staff(conn: sa.Connection, settings: Mapping[str, Any]) -> None:
-    """InputError naming the setting that names a staff member who is not in the staff
-    table: the notification meant for them would reach nobody, and be on record as done."""
+def unknown_named_staff(conn: sa.Connection, settings: Mapping[str, Any]) -> dict[str, str]:
+    """Each setting of ``settings`` that names a staff member who is not in the staff
+    table, with the first such ID: mail meant for them would reach nobody."""
     named = {key: ids for key, value in settings.items() if (ids := named_staff(key, value))}
     if not named:
-        return
+        return {}
     every = sorted({i for ids in named.values() for i in ids})
     known = set(conn.scalars(sa.select(staff.c.id).where(staff.c.id.in_(every))))
-    for key, ids in named.items():
-        for staff_id in ids:
-            if staff_id not in known:
-                raise InputError(
-                    f"{key}: there is no staff member {staff_id!r}; see `cpmail staff list`, "
-                    f"or add them first with `cpmail staff add {staff_id} --name NAME "
-                    "--work-email ADDRESS`."
-                )
+    return {
+        key: missing[0]
+        for key, ids in named.items()
+        if (missing := [i for i in ids if i not in known])
+    }
+
+
+def check_named_staff(conn: sa.Connection, settings: Mapping[str, Any]) -> None:
+    """InputError naming the first setting that names a staff member who is not in the
+    staff table (``unknown_named_staff``)."""
+    for key, staff_id in unknown_named_staff(conn, settings).items():
+        raise InputError(
+            f"{key}: there is no staff member {staff_id!r}; see `cpmail staff list`, "
+            f"or add them first with `cpmail staff add {staff_id} --name NAME "
+            "--work-email ADDRESS`."
+        )

@@ -633,22 +633,32 @@ def test_mail_that_ends_failed_never_says_it_will_be_sent_again(
         assert "sent again" not in cli("status").stdout
 
 
-def test_a_staff_id_the_settings_name_wrongly_stops_the_check_and_loses_nothing(
+def test_an_event_whose_settings_name_someone_not_on_staff_waits_and_loses_nothing(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
-    """`staff:NOPE` typed into cpmail.toml (config set refuses it): the job's notification
-    reached nobody and was recorded as done, so it was never sent once the file was fixed."""
+    """`staff:NOPE` typed into cpmail.toml (config set refuses it), or a person removed
+    since: the job's notification reached nobody and was recorded as done, so it was never
+    sent once mended. Now that event is held back, said, exit 1; the others go on."""
     engine = _agency(cli, home, smtp_server)
     path = home / "cpmail.toml"
     good = path.read_text(encoding="utf-8")
     path.write_text(good + '\n[events.job-opened]\nnotify = ["staff:NOPE"]\n', encoding="utf-8")
-    for dry in ((), ("--dry-run",)):
+    said = "events.job-opened.notify names 'NOPE', who is not in the staff table"
+    for dry in (("--dry-run",), ()):
         r = cli("check", "--date", D.isoformat(), *dry)
-        assert r.exit_code == 2, r.output
-        assert "events.job-opened.notify: there is no staff member 'NOPE'" in r.stderr, r.stderr
+        assert r.exit_code == 1, r.output
+        assert said in " ".join(r.stderr.split()), r.stderr
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM ledger")).scalar_one() == 0
-    # another event's run is not held up by it
+        keys = conn.execute(sa.text("SELECT key FROM ledger")).scalars().all()
+    assert keys and not [k for k in keys if k.startswith("job-opened:")], keys  # others went
+    # a person removed since is the same: held back, not lost
+    assert (
+        cli("staff", "add", "ZZ", "--name", "Zed", "--work-email", "zz@agency.test").exit_code == 0
+    )
+    path.write_text(good + '\n[events.job-opened]\nnotify = ["staff:ZZ"]\n', encoding="utf-8")
+    assert cli("staff", "remove", "ZZ").exit_code == 0
+    assert cli("check", "--date", D.isoformat(), "--only", "job-opened").exit_code == 1
+    # a disabled event, or another --only, is not held up by it
     assert cli("check", "--date", D.isoformat(), "--only", "missing-time").exit_code == 0
     path.write_text(good + '\n[events.job-opened]\nnotify = ["staff:JD"]\n', encoding="utf-8")
     r = cli("check", "--date", D.isoformat(), "--only", "job-opened")

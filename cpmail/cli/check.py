@@ -197,6 +197,11 @@ def _undelivered(c: Any, result: Any) -> str:
                 "that is fixed (`cpmail outbox` lists them)"
             )
         parts.append(said)
+    if result.held_events:
+        parts.append(
+            f"{', '.join(result.held_events)} not checked: a setting names someone not in "
+            "the staff table (said above)"
+        )
     return "; ".join(parts or ["mail is waiting (`cpmail outbox`)"]) + "."
 
 
@@ -333,6 +338,8 @@ def _print_dry_run(c: Any, result: Any) -> None:
         c.say(f"Would send {n} message(s) for {result.date} (dry run: nothing changed):")
     for p in result.planned:
         c.say(f"  {p.to.address:<32} {p.subject}")
+    for note in result.notice:  # (an event held back, as the real run would hold it)
+        c.note(note)
     if line:
         c.note(line)
 
