@@ -654,24 +654,34 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
     limit = now - dt.timedelta(hours=settings["outbox.max_age_hours"])
     waiting = m.status.in_((Status.QUEUED, Status.DEFERRED))
     stale = stale_after(settings)
-    with engine.connect() as conn:
-        alive = runs_here(conn, now)[0]
-    # A test message its command left behind (killed, or stopped before it sent it).
-    left_behind = sa.and_(
-        m.event == ONCE,
-        sa.or_(
-            sa.and_(waiting, ~live_run(now, now - stale, m.run_id), m.run_id.not_in(alive)),
-            _orphaned(now, stale, alive),
-        ),
-    )
+    with engine.begin() as conn:
+        # A test message its command left behind (killed, or stopped before it sent it)
+        # fails, judged as claims are, by the database's clock. It is not reported: its
+        # command was to say what became of it, and `status` leaves failed tests out.
+        db_now = clock(conn)
+        alive = runs_here(conn, db_now)[0]
+        gone = sa.and_(~live_run(db_now, db_now - stale, m.run_id), m.run_id.not_in(alive))
+        conn.execute(
+            messages.update()
+            .where(
+                m.event == ONCE,
+                sa.or_(sa.and_(waiting, gone), _orphaned(db_now, stale, alive)),
+            )
+            .values(
+                status=Status.FAILED,
+                failed_at=now,
+                raw=None,
+                claimed_at=None,
+                claimed_by=None,
+                next_attempt_at=None,
+                last_error=_joined(
+                    m.last_error,
+                    "not sent: a test message is sent at once or not at all, and the "
+                    "command that sent it stopped first",
+                ),
+            )
+        )
     ends: list[tuple[Status, Any, str, dict[str, Any]]] = [
-        (
-            Status.FAILED,
-            left_behind,
-            "not sent: a test message is sent at once or not at all, and the command "
-            "that sent it stopped first",
-            {"failed_at": now, "raw": None, "claimed_at": None, "claimed_by": None},
-        ),
         (
             Status.DROPPED,
             sa.and_(waiting, m.not_after.is_not(None), m.not_after <= now),
@@ -1625,11 +1635,12 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
                 sa.func.count(sa.case((m.status == Status.DEFERRED, 1))),
                 sa.func.min(m.queued_at),
                 sa.func.min(sa.case((m.status == Status.DEFERRED, m.next_attempt_at))),
-            ).where(m.status.in_((Status.QUEUED, Status.DEFERRED)))
+            ).where(m.status.in_((Status.QUEUED, Status.DEFERRED)), m.event != ONCE)
         ).one()
+        # (a test message is never taken up by another run: a check fails it instead)
         held = conn.execute(
             sa.select(m.claimed_by, sa.func.count(), sa.func.min(m.claimed_at))
-            .where(m.status == Status.SENDING)
+            .where(m.status == Status.SENDING, m.event != ONCE)
             .group_by(m.claimed_by)
         ).all()
         holders = {h for h, _, _ in held if h is not None}

@@ -166,9 +166,13 @@ def test_a_test_message_its_command_left_behind_is_never_sent_by_another_run(
     before = tests_sent()
     assert before <= 1
     _age(engine, dt.timedelta(minutes=16))
+    said = cli("status").stdout  # nor is it said to wait, or to be taken up again
+    assert "taken up again" not in said and "held by a run" not in said, said
     r = cli("check", "--date", "2026-11-24")
     assert tests_sent() == before, "no other run sends a test message"
-    assert r.exit_code == 1, r.output  # earlier mail failed: said, and the manager told
+    # its command was to say what became of it: not the check's to report, nor the manager's
+    assert r.exit_code == 0, r.output
+    assert [m.rcpt_tos for m in smtp_server.messages if m.rcpt_tos != ("jd@agency.test",)] == []
     rows = {x["id"]: x for x in json.loads(cli("log", "--json").stdout) if x["event"] == "test"}
     assert len(rows) == 2 and left in rows
     assert {x["status"] for x in rows.values()} == {"failed"}
