@@ -350,6 +350,26 @@ def test_rate_limit_403_is_temporary_with_the_time_gmail_names(
     assert outcome.retry_after is not None and 1700 < outcome.retry_after <= 1800
 
 
+@pytest.mark.parametrize(
+    ("at", "wait"),
+    [
+        ("2026-13-45T10:00:00.000Z", None),  # no time at all: stopped every check (exit 70)
+        ("9999-12-31T23:59:59.000Z", 24 * 3600.0),  # held the account's mail for ever
+    ],
+)
+def test_a_time_gmail_names_that_is_no_time_or_far_off_is_bounded(
+    gmail_home: Path, fake: FakeAPI, at: str, wait: float | None
+) -> None:
+    """The time in a rate-limit message is taken as a Retry-After header is: at most a
+    day, and nothing when it cannot be read (the message is still deferred)."""
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    body = gmail_error(403, f"User-rate limit exceeded.  Retry after {at}", "userRateLimitExceeded")
+    fake.script(SEND, Reply(403, body))
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure)
+    assert outcome.retry_after == wait
+
+
 def test_daily_limit_waits_until_tomorrow(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     fake.script(SEND, Reply(403, gmail_error(403, "Daily Limit Exceeded", "dailyLimitExceeded")))

@@ -244,9 +244,19 @@ def retry_after(value: str | None) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, OverflowError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+        return wait_until(when)
+    return bounded_wait(seconds)
+
+
+def wait_until(when: dt.datetime) -> float | None:
+    """Seconds from now until ``when`` (UTC if it has no zone), as ``bounded_wait`` takes."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return bounded_wait((when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def bounded_wait(seconds: float) -> float | None:
+    """A wait a server asked for, from none to a day (RETRY_AFTER_MAX); None if no number."""
     if not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), RETRY_AFTER_MAX)

@@ -17,7 +17,7 @@ import httpx
 from cpmail.errors import AuthError, PermanentFailure, TemporaryFailure
 from cpmail.oauth.google import GoogleSession
 from cpmail.oauth.tokens import check_signed_in, signin_command
-from cpmail.transports.api import ApiTransport, Poster, Refusal
+from cpmail.transports.api import ApiTransport, Poster, Refusal, wait_until
 from cpmail.transports.base import Envelope
 
 #: Above this, the message goes through the upload endpoint instead of JSON.
@@ -93,12 +93,16 @@ class GmailTransport(ApiTransport[GoogleSession]):
 
 
 def _retry_at(message: str) -> float | None:
-    """Seconds until the 'Retry after <time>' that Gmail puts in some rate-limit messages."""
+    """Seconds until the 'Retry after <time>' that Gmail puts in some rate-limit messages
+    (at most a day; None for a time that cannot be read)."""
     match = _RETRY_AT.search(message)
     if not match:
         return None
-    when = dt.datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    try:  # (a time that is no time, 2026-13-45, says nothing usable)
+        when = dt.datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return wait_until(when)  # at most a day, as a Retry-After header
 
 
 def seconds_until_midnight(tz_name: str) -> float:
