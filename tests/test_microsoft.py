@@ -332,6 +332,21 @@ def test_access_denied_stops_the_run(ms_home: Path, fake: FakeAPI) -> None:
         deliver(ms_home, env())
 
 
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(403, "ErrorSendAsDenied"), (404, "MailboxNotEnabledForRESTAPI"), (404, "ErrorInvalidUser")],
+)
+def test_a_refusal_of_the_sending_mailbox_stops_its_mail_not_each_message(
+    ms_home: Path, fake: FakeAPI, status: int, code: str
+) -> None:
+    """Refused as the sender (no right to send as it, no mailbox): each message was failed
+    for good, exit 1; every message from it would be refused alike, so its mail waits."""
+    sign_in(ms_home)
+    fake.script(ME, Reply(status, graph_error(code, "The user account cannot send.")))
+    with pytest.raises(AuthError, match=r"refused to send from JD's account.*Exchange Online"):
+        deliver(ms_home, env())
+
+
 def test_unreachable_sign_in_service(ms_home: Path) -> None:
     sign_in(ms_home)
     with socket.socket() as s:

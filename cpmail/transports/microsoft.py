@@ -31,6 +31,18 @@ from cpmail.transports.base import Envelope, Report
 
 #: Graph error codes that mean the account or app may not send at all (not this message).
 ACCESS_CODES = frozenset({"ErrorAccessDenied", "Authorization_RequestDenied", "AccessDenied"})
+# Refusals of the sending mailbox itself (not of one message): it may not send as that
+# address, has no Exchange Online mailbox (or none Graph may use), or is no user at all.
+# Every message from it would be refused alike: the account's mail waits (exit 3).
+SENDER_CODES = frozenset(
+    {
+        "ErrorSendAsDenied",
+        "MailboxNotEnabledForRESTAPI",
+        "ErrorMailboxNotEnabledForRESTAPI",
+        "ErrorInvalidUser",
+        "MailboxNotFound",
+    }
+)
 
 GraphSession = MicrosoftSession | MicrosoftAppSession
 
@@ -114,5 +126,15 @@ class MicrosoftTransport(ApiTransport[GraphSession]):
                 f"Microsoft Graph denied sending for {env.account} ({said}); an administrator "
                 "must grant the app the Mail.Send permission (with admin consent), then "
                 f"run `{signin_command(env.account)}`."
+            )
+        if refusal.code in SENDER_CODES:
+            who = (
+                self.settings["mail.sender"]
+                if isinstance(session, MicrosoftAppSession)
+                else f"{env.account}'s account"
+            )
+            raise AuthError(
+                f"Microsoft Graph refused to send from {who} ({said}); check that it has an "
+                "Exchange Online mailbox (a licence) and may send as the address it sends from."
             )
         return self._refused(said)
