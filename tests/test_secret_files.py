@@ -79,7 +79,7 @@ def test_staff_remove_keeps_the_person_when_their_passcode_cannot_be_removed(
     path = home / "secrets" / passcode_name("KM")
     make(path)
     _said(initialised("staff", "remove", "KM"), path, words)
-    assert "KM" in initialised("staff", "list").stdout
+    assert "KM" in initialised("staff", "list", env={"COLUMNS": "300"}).stdout
 
 
 @pytest.mark.parametrize("kind", ["not-utf8", "dangling-link"])
