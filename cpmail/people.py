@@ -64,10 +64,11 @@ def check_staff_id(staff_id: str) -> str:
 
 
 def reserved(staff_id: str) -> str | None:
-    """Why ``staff_id`` cannot be a staff member's, or None: "shared", in any case, names the
-    one-account sender, whose passcode and sign-ins are stored under it (and a file system
-    that ignores case takes "Shared" for "shared")."""
-    if staff_id.casefold() != SHARED:
+    """Why ``staff_id`` cannot be a staff member's, or None: "shared" names the one-account
+    sender, whose passcode and sign-ins are stored under it. ("Shared" is another ID, as
+    an older cpmail took it and an agency's data may hold it; on a file system that ignores
+    case its secrets would meet the shared account's: documented.)"""
+    if staff_id != SHARED:
         return None
     return (
         f"{staff_id!r} is reserved for the one-account sender (--shared), whose passcode and "
