@@ -414,6 +414,17 @@ def _find(
     return found, summary, directory, incremental
 
 
+def _keys_text(keys: Sequence[str], limit: int = 2000) -> str:
+    """A message's ledger keys as its row keeps them: comma-separated, cut at ``limit``
+    characters, each event's first key first, so that what `log --event` reads of a long
+    digest still names every event it carried."""
+    first: dict[str, str] = {}
+    for k in keys:
+        first.setdefault(k.split(":", 1)[0], k)
+    chosen = set(first.values())
+    return ",".join([*first.values(), *(k for k in keys if k not in chosen)])[:limit]
+
+
 def _queue_all(
     engine: sa.Engine,
     settings: Settings,
@@ -459,7 +470,7 @@ def _queue_all(
             conn,
             drafts,
             run_id=run_id,
-            ledger_keys=[",".join(p.keys)[:2000] for p in planned],
+            ledger_keys=[_keys_text(p.keys) for p in planned],
             suppressed=suppressed,
             claimed=send_now,
         )

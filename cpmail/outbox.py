@@ -1716,6 +1716,16 @@ def renewing(run: Any, now: dt.datetime, stale: dt.timedelta) -> bool:
 # ------------------------------------------------------------------ listing and repair
 
 
+def _carried(ledger_key: str | None) -> list[str]:
+    """The events of the notifications a message carried, each once, from its ledger keys
+    (an ID may hold a comma: only what names an event counts)."""
+    from cpmail.events import NAMES, SCHEDULED
+
+    known = {*NAMES, *SCHEDULED}
+    named = (k.split(":", 1)[0] for k in (ledger_key or "").split(",") if ":" in k)
+    return list(dict.fromkeys(e for e in named if e in known))
+
+
 def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
     # When it was sent, or failed; else when it (last) entered the queue: a message
     # retried by hand shows then, not when it was first made.
@@ -1725,10 +1735,7 @@ def _listing_row(r: Any, tz: dt.tzinfo) -> dict[str, Any]:
         "time": when.replace(tzinfo=dt.UTC, microsecond=0).astimezone(tz),
         "event": r.event,
         # what it carried: the events of a digest's notifications (each once, in order)
-        "events": list(
-            dict.fromkeys(k.split(":", 1)[0] for k in (r.ledger_key or "").split(",") if ":" in k)
-        )
-        or [r.event],
+        "events": _carried(r.ledger_key) or [r.event],
         "status": r.status,
         "from": r.from_addr,
         "to": r.to_addrs.split(",") if r.to_addrs else [],

@@ -133,3 +133,19 @@ def test_log_since_goes_by_the_time_each_row_shows(demo: Cli, home: Path) -> Non
     listed = {r["id"]: r for r in json.loads(demo("log", "--json", "--since", today).stdout)}
     assert {1, 3} <= set(listed), sorted(listed)
     assert listed[1]["time"][:10] == today and listed[3]["time"][:10] == today
+
+
+def test_a_long_digests_row_still_names_every_event_it_carried() -> None:
+    """A message's ledger keys are kept to 2,000 characters: a digest of 80 tasks due
+    tomorrow and one overdue lost the overdue one's key, and `log --event task-overdue`
+    missed the digest. Each event's first key comes first; a comma in an ID names nothing."""
+    from cpmail.check import _keys_text
+    from cpmail.outbox import _carried
+
+    keys = [f"task-due-tomorrow:T{i:04d}-with-a-long-id:2026-11-25" for i in range(80)]
+    keys += ["task-overdue:T9999:2026-11-24", "homebase-entry:A,b:c"]
+    text = _keys_text(keys)
+    assert len(text) == 2000 and "task-overdue:T9999" in text
+    assert _carried(text) == ["task-due-tomorrow", "task-overdue", "homebase-entry"]
+    assert _carried(",".join(keys)) == ["task-due-tomorrow", "task-overdue", "homebase-entry"]
+    assert set(_carried(text)) >= {"task-overdue"} and "b" not in _carried(text)
