@@ -52,11 +52,21 @@ class NotDelivered(CpmailError):
 
 #: How a temporary failure's sentence ends: true while the message waits, not once it failed.
 RESENT = "; it will be sent again"
+#: The same of mail that waits for a service (a sign-in renewed, a token endpoint back).
+WAITS = "; the mail waits and is tried again later"
+#: ... for an account's pace: the server asked it to slow down, or its day's limit is reached.
+SLOWER = "; it is tried again later"
+TOMORROW = "; it waits for tomorrow"
+#: Every such promise: none is true of a message that failed for good or was dropped.
+PROMISES = (RESENT, WAITS, SLOWER, TOMORROW)
 
 
 def settled(error: str) -> str:
-    """A recorded error once the message will not be sent again: without ``RESENT``."""
-    return error.replace(RESENT + ".", ".").replace(RESENT, "")
+    """A recorded error once the message will not be sent again: without a promise that
+    it will be (``PROMISES``)."""
+    for promise in PROMISES:
+        error = error.replace(promise + ".", ".").replace(promise, "")
+    return error
 
 
 class TransportError(CpmailError):

@@ -34,7 +34,9 @@ import sqlalchemy as sa
 
 from cpmail import interrupt, pace
 from cpmail.errors import (
-    RESENT,
+    PROMISES,
+    SLOWER,
+    TOMORROW,
     AuthError,
     InputError,
     NoAnswer,
@@ -634,8 +636,11 @@ def claim(
 
 def _joined(column: Any, more: str) -> Any:
     """``column; more`` in SQL, for a message that ends (failed or dropped): without a
-    sentence's full stop before the semicolon, nor an earlier "it will be sent again"."""
-    said = sa.func.replace(sa.func.rtrim(column, "."), RESENT, "")
+    sentence's full stop before the semicolon, nor an earlier promise that it will be
+    sent (``PROMISES``)."""
+    said = sa.func.rtrim(column, ".")
+    for promise in PROMISES:
+        said = sa.func.replace(said, promise, "")
     return sa.case((column.is_(None), more), else_=said + "; " + more)
 
 
@@ -1223,7 +1228,7 @@ class _Pass:
         wait = max(0.0, at - time.monotonic())
         if self.paused_for + wait > MAX_PAUSE:
             reason = (
-                f"the server asked {account_words(account)} to slow down; it is tried again later"
+                f"the server asked {account_words(account)} to slow down{SLOWER}"
             )
             self._hand_back(account, reason, utcnow() + dt.timedelta(seconds=wait))
             return False
@@ -1389,8 +1394,13 @@ def _wait_for_tomorrow(
     if paced.stopped_for_today:  # the provider said so, not only the count
         _DAY_FULL[(str(engine.url), account)] = tomorrow
     who = account_words(account)
-    limit = f"{paced.per_day} messages" if paced.per_day else "the provider's limit"
-    reason = f"{who} reached its daily sending limit ({limit}); it waits for tomorrow"
+    # (the provider's own limit when it said so: cpmail's figure is only what it keeps to)
+    limit = (
+        f"{paced.per_day} messages"
+        if paced.per_day and not paced.stopped_for_today
+        else "the provider's limit"
+    )
+    reason = f"{who} reached its daily sending limit ({limit}){TOMORROW}"
     before = result.released
     _release(engine, run_id, result, reason=reason, account=account, keep=keep, not_before=tomorrow)
     m = messages.c

@@ -472,3 +472,39 @@ def test_a_message_some_recipients_took_never_says_it_was_not_accepted(
     assert "not accepted" not in said and "reached some of its recipients, not all" in said, said
     assert "try later" in said and "`cpmail outbox retry` for every one not reached" in said, said
     assert [m.rcpt_tos for m in smtp_server.messages] == [("sam@agency.test",)]
+
+
+# Each way a waiting message's recorded error says it will still go.
+PROMISED = [
+    "; it will be sent again",
+    "; the mail waits and is tried again later",
+    "; it is tried again later",
+    "; it waits for tomorrow",
+]
+
+
+@pytest.mark.parametrize("promise", PROMISED)
+def test_no_promise_to_send_is_left_in_a_message_that_ended(
+    cli: Cli, smtp_server: SMTPTestServer, promise: str
+) -> None:
+    """Each way a waiting message's error says it will go (sent again, tried later, waits
+    for tomorrow) is taken out when it ends: dropped by hand, or failed for good."""
+    from cpmail.errors import settled
+
+    setup_smtp(cli, smtp_server)
+    assert cli("config", "set", "mail.send_window", "03:00-03:01").exit_code == 0
+    assert send_one(cli).exit_code == 1  # (held by the window: it waits, queued)
+    [row] = log_rows(cli)
+    engine = connect(Settings.load(cli.home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id == row["id"])
+            .values(status="deferred", last_error=f"the server said no{promise}.")
+        )
+    engine.dispose()
+    assert "Dropped 1" in cli("outbox", "drop", str(row["id"])).stdout
+    [row] = log_rows(cli)
+    assert not any(p in row["last_error"] for p in PROMISED), row["last_error"]
+    assert row["last_error"].startswith("the server said no;"), row["last_error"]
+    assert settled(f"it failed{promise}.") == "it failed."

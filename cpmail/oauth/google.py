@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpmail.errors import AuthError, ConfigError, InputError, TemporaryFailure, Unreachable
+from cpmail.errors import (
+    WAITS,
+    AuthError,
+    ConfigError,
+    InputError,
+    TemporaryFailure,
+    Unreachable,
+)
 from cpmail.oauth.loopback import (
     SIGNIN_TIMEOUT,
     LoopbackReceiver,
@@ -261,7 +268,7 @@ class GoogleSession:
         del what  # its words may quote the request; the sentence below says what matters
         self._down = TemporaryFailure(
             "Google's token endpoint did not answer with a token (busy, down, or a page that "
-            "is not Google's); the mail waits and is tried again later."
+            f"is not Google's){WAITS}."
         )
         return self._down
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cpmail.errors import AuthError, ConfigError, TemporaryFailure, Unreachable
+from cpmail.errors import WAITS, AuthError, ConfigError, TemporaryFailure, Unreachable
 from cpmail.oauth.loopback import (
     SIGNIN_TIMEOUT,
     LoopbackReceiver,
@@ -153,7 +153,7 @@ def _msal_call(what: str, call: Callable[[], Any]) -> Any:
         if isinstance(e, json.JSONDecodeError):  # a page that is not Microsoft's answer
             raise TemporaryFailure(
                 f"Microsoft's sign-in service did not answer with a token ({what}: busy, down, "
-                "or a page that is not Microsoft's); the mail waits and is tried again later."
+                f"or a page that is not Microsoft's){WAITS}."
             ) from None
         # msal raises ValueError when the authority (tenant) is unknown.
         if "tenant" in str(e).lower() or "authority" in str(e).lower():

@@ -25,6 +25,7 @@ from cpmail import interrupt
 from cpmail.deadline import within
 from cpmail.errors import (
     RESENT,
+    WAITS,
     AuthError,
     NoAnswer,
     PermanentFailure,
@@ -163,7 +164,7 @@ class ApiTransport(Transport, Generic[S]):
             except TimeoutError:
                 session = TemporaryFailure(
                     f"the sign-in service did not answer {account_words(env.account)} within "
-                    f"{http.seconds:g} s; the mail waits and is tried again later."
+                    f"{http.seconds:g} s{WAITS}."
                 )
             sessions[env.account] = session
         if isinstance(session, TemporaryFailure):
@@ -204,7 +205,7 @@ class ApiTransport(Transport, Generic[S]):
         except TimeoutError:
             failure = TemporaryFailure(
                 f"the sign-in service did not renew the sign-in of {account_words(account)} within "
-                f"{http.seconds:g} s; the mail waits and is tried again later."
+                f"{http.seconds:g} s{WAITS}."
             )
             sessions[account] = failure
             raise failure from None

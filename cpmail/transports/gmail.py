@@ -14,7 +14,7 @@ import re
 
 import httpx
 
-from cpmail.errors import AuthError, PermanentFailure, TemporaryFailure
+from cpmail.errors import TOMORROW, AuthError, PermanentFailure, TemporaryFailure
 from cpmail.oauth.google import GoogleSession
 from cpmail.oauth.tokens import check_signed_in, signin_command
 from cpmail.transports.api import ApiTransport, Poster, Refusal, wait_until
@@ -73,7 +73,7 @@ class GmailTransport(ApiTransport[GoogleSession]):
         wait = refusal.retry_after or _retry_at(refusal.message)
         if DAILY_REASONS.intersection(reasons):
             return TemporaryFailure(
-                f"Gmail's daily sending limit is reached ({said}); trying again tomorrow.",
+                f"Gmail's daily sending limit is reached ({said}){TOMORROW}.",
                 retry_after=seconds_until_midnight(QUOTA_TIMEZONE),
             )
         rate_limited = status == 403 and bool(RATE_REASONS.intersection(reasons))
