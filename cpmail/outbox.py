@@ -1227,9 +1227,7 @@ class _Pass:
         assert paced is not None
         wait = max(0.0, at - time.monotonic())
         if self.paused_for + wait > MAX_PAUSE:
-            reason = (
-                f"the server asked {account_words(account)} to slow down{SLOWER}"
-            )
+            reason = f"the server asked {account_words(account)} to slow down{SLOWER}"
             self._hand_back(account, reason, utcnow() + dt.timedelta(seconds=wait))
             return False
         self.paused_for += wait

@@ -256,6 +256,22 @@ def test_revoked_refresh_token_names_the_command(
     assert fake.sent == []
 
 
+@pytest.mark.parametrize("error", ["deleted_client", "invalid_client", "unauthorized_client"])
+def test_a_refused_oauth_client_holds_the_mail_and_names_the_client_file(
+    gmail_home: Path, fake: FakeAPI, error: str
+) -> None:
+    """The client itself refused (deleted in the console, its secret changed): deferring
+    as "busy or down" failed the mail for good in the end, and "sign in again" fails
+    alike. The account's mail waits (exit 3), and the fix named is a new client file."""
+    store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
+    fake.script("/token", *[Reply(401, {"error": error})] * 5)
+    with pytest.raises(AuthError) as info:
+        deliver(gmail_home, env())
+    said = str(info.value)
+    assert error in said and "config gmail --client-secrets" in said, said
+    assert info.value.exit_code == 3 and fake.sent == []
+
+
 def test_token_endpoint_server_error_defers_that_account(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
     store_signin(gmail_home, fake, "AB", "ab@agency.example")

@@ -224,7 +224,10 @@ def _jwt_claims(token: str | None) -> dict[str, Any]:
 
 
 # The token endpoint's errors that mean the sign-in itself is gone (RFC 6749 §5.2).
-_REVOKED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+_REVOKED = frozenset({"invalid_grant"})
+# Refusals of the OAuth client itself (the client file's ID and secret): signing in again
+# would fail alike; a client file of a client that exists is the fix.
+_CLIENT_REFUSED = frozenset({"invalid_client", "unauthorized_client", "deleted_client"})
 
 
 class _TimedRequest:
@@ -305,13 +308,22 @@ class GoogleSession:
         except google.auth.exceptions.RefreshError as e:
             data = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], dict) else {}
             error = str(data.get("error", ""))
-            if (error.split() or [""])[0] not in _REVOKED:
+            code = (error.split() or [""])[0]
+            if code not in _REVOKED | _CLIENT_REFUSED:
                 # Busy, down, or answering something that is not a token (a proxy's
                 # page, an empty body): not the sign-in's fault; try again later.
                 raise self._unwell(str(e)) from None
             # A token endpoint may quote what it was sent: never repeat a token or the secret.
             known = Scrubber([self._creds.refresh_token or "", self._creds.client_secret or ""])
             said = known(mask_tokens(error))
+            if code in _CLIENT_REFUSED:
+                raise AuthError(
+                    f"Google refused cpmail's OAuth client when renewing the sign-in of "
+                    f"{who(self.account)} ({said}: the client was deleted, disabled or its "
+                    "secret changed); download its client file again from the Google Cloud "
+                    "console and run `cpmail config gmail --client-secrets FILE`, then sign in "
+                    "again."
+                ) from None
             raise AuthError(
                 f"Google refused to renew the sign-in of {who(self.account)} ({said}: it "
                 f"expired or was revoked); run `{signin_command(self.account)}`."
