@@ -23,7 +23,7 @@ from cpmail.oauth.google import (
     read_google_client_file,
 )
 from cpmail.oauth.loopback import Say, can_open_browser
-from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET, microsoft_sign_in
+from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET, check_app_tenant, microsoft_sign_in
 from cpmail.oauth.tokens import PROVIDER
 from cpmail.secrets import SHARED, SecretStore
 from cpmail.settings import Settings
@@ -93,6 +93,8 @@ def use_microsoft(
         raise InputError("give --client-secret or --no-client-secret, not both.")
     secret = ""
     if read_secret is not None:
+        # (an app's tokens are one tenant's: refused before anything changes)
+        check_app_tenant(tenant if tenant is not None else settings["mail.microsoft.tenant"])
         secret = read_secret().strip()
         if not secret:
             raise InputError("the client secret is empty; nothing was changed.")

@@ -397,10 +397,23 @@ def test_app_only_sends_as_the_shared_sender(cli: Cli, ms_home: Path, fake: Fake
     assert r.exit_code == 0 and not path.exists()
 
 
-def test_app_only_needs_a_tenant_id(ms_home: Path, fake: FakeAPI) -> None:
+def test_app_only_needs_a_tenant_id(cli: Cli, ms_home: Path, fake: FakeAPI) -> None:
     SecretStore(ms_home).set(MICROSOFT_APP_SECRET, MS_APP_SECRET)
     with pytest.raises(ConfigError, match="needs your tenant ID"):
         deliver(ms_home, env(account=SHARED))
+    # said before any mail is queued (check's account check), and by `config microsoft`
+    # itself, which accepted a secret without a tenant and said mail goes app-only
+    with pytest.raises(ConfigError, match="needs your tenant ID"):
+        transport(ms_home).check_account(SHARED)
+    SecretStore(ms_home).delete(MICROSOFT_APP_SECRET)
+    before = (ms_home / "cpmail.toml").read_text(encoding="utf-8")
+    r = cli(
+        "config", "microsoft", "--client-id", MS_CLIENT_ID, "--client-secret",
+        input=MS_APP_SECRET + "\n",
+    )  # fmt: skip
+    assert r.exit_code == 2 and "needs your tenant ID" in r.stderr, r.output
+    assert (ms_home / "cpmail.toml").read_text(encoding="utf-8") == before
+    assert not SecretStore(ms_home).has(MICROSOFT_APP_SECRET)
 
 
 def test_app_only_wrong_secret(ms_home: Path, fake: FakeAPI) -> None:

@@ -381,18 +381,22 @@ class MicrosoftSession:
         return str(result["access_token"])
 
 
+def check_app_tenant(tenant: str) -> None:
+    """ConfigError unless ``tenant`` names one tenant: app-only tokens are a tenant's own."""
+    if tenant in ("", "organizations", "common", "consumers"):
+        raise ConfigError(
+            "app-only sending needs your tenant ID in mail.microsoft.tenant, not "
+            f"{tenant!r}; run `cpmail config microsoft --client-id ID --tenant TENANT-ID`."
+        )
+
+
 class MicrosoftAppSession:
     """App-only tokens (client credentials) for the one-account sender; nothing to save."""
 
     def __init__(
         self, settings: Settings, secret: str, http_cache: dict[str, Any] | None = None
     ) -> None:
-        tenant = settings["mail.microsoft.tenant"]
-        if tenant in ("", "organizations", "common", "consumers"):
-            raise ConfigError(
-                "app-only sending needs your tenant ID in mail.microsoft.tenant, not "
-                f"{tenant!r}; run `cpmail config microsoft --client-id ID --tenant TENANT-ID`."
-            )
+        check_app_tenant(settings["mail.microsoft.tenant"])
         self.account = SHARED
         self._app, self._http = _msal_app(settings, http_cache, client_credential=secret)
         self._known = (secret,)  # masked in what the token endpoint answers

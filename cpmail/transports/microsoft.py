@@ -23,7 +23,12 @@ from typing import Any
 import httpx
 
 from cpmail.errors import AuthError, ConfigError, PermanentFailure, TemporaryFailure
-from cpmail.oauth.microsoft import MICROSOFT_APP_SECRET, MicrosoftAppSession, MicrosoftSession
+from cpmail.oauth.microsoft import (
+    MICROSOFT_APP_SECRET,
+    MicrosoftAppSession,
+    MicrosoftSession,
+    check_app_tenant,
+)
 from cpmail.oauth.tokens import check_signed_in, signin_command
 from cpmail.secrets import SHARED
 from cpmail.transports.api import ApiTransport, Poster, Refusal
@@ -66,6 +71,7 @@ class MicrosoftTransport(ApiTransport[GraphSession]):
                     "app-only sending needs the shared sender's address; "
                     "run `cpmail config one-account --sender ADDRESS`."
                 )
+            check_app_tenant(self.settings["mail.microsoft.tenant"])  # (before any is queued)
             return
         check_signed_in(self.secrets, "microsoft", account)
 
