@@ -930,3 +930,15 @@ def test_a_trickling_token_endpoint_holds_an_account_no_longer_than_the_timeout(
     assert all(isinstance(o.error, TemporaryFailure) for o in outcomes), outcomes
     assert all("within 1 s" in str(o.error) for o in outcomes), outcomes
     assert fake.sent == []
+
+
+def test_a_client_file_whose_sign_in_page_is_not_https_is_named(
+    gmail_home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auth_uri: http://…` in the client file stopped `staff signin` with an internal error
+    (exit 70): it is the client file to fix, said so."""
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT")
+    thread, _shown, result = sign_in_in_thread(gmail_home)
+    thread.join(10)
+    assert isinstance(result.get("error"), ConfigError), result
+    assert "'auth_uri' is not https" in str(result["error"])

@@ -160,7 +160,7 @@ def google_sign_in(
         flow.redirect_uri = f"http://127.0.0.1:{receiver.port}/"
         extra = {"login_hint": login_hint} if login_hint else {}
         # prompt=consent: Google returns a refresh token only when consent is given.
-        url, state = flow.authorization_url(prompt="consent", **extra)
+        url, state = _authorization_url(flow, prompt="consent", **extra)
         show_url(url, open_browser=open_browser, say=say)
         params = receiver.wait(state, timeout)
     if error := auth_response_error(params, "Google"):
@@ -177,6 +177,19 @@ def google_sign_in(
     data = json.loads(creds.to_json())
     save_token(secrets, "gmail", account, StoredToken(address, data))
     return address
+
+
+def _authorization_url(flow: Any, **params: str) -> tuple[str, str]:
+    from oauthlib.oauth2 import InsecureTransportError
+
+    try:
+        url, state = flow.authorization_url(**params)
+    except InsecureTransportError:
+        raise ConfigError(
+            "the client file's 'auth_uri' is not https; download the client file again from "
+            "Google Cloud and run `cpmail config gmail --client-secrets FILE`."
+        ) from None
+    return str(url), str(state)
 
 
 def _google_fetch_token(flow: Any, code: str) -> None:
