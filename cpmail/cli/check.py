@@ -167,6 +167,12 @@ def _undelivered(c: Any, result: Any) -> str:
                 "runs, under the table)"
             )
         parts.append(said)
+        unsure = [i for i in d.unsure if d.status.get(i) == "deferred"]
+        if unsure:  # (the server took the text; its answer never came)
+            parts.append(
+                f"{len(unsure)} of the deferred may have arrived already, as the server's "
+                "answer was lost: they are sent again, and may reach someone twice"
+            )
     if w is not None and w.total:
         how = []
         if w.deferred:
