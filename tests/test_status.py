@@ -318,6 +318,8 @@ def test_microsoft_sign_in_dates_and_revocation(ms_cli: Cli, fake: FakeAPI) -> N
     assert "invalid_grant" in doc["accounts"][0]["probe"]
     assert "cpmail staff signin JD" in doc["accounts"][0]["problem"]
     assert not any(t in json.dumps(doc) for t in fake.issued)
+    said = ms_cli("status", "--probe").stdout  # a refused sign-in is good until nothing
+    assert "CANNOT SEND" in said and "good until" not in said, said
 
 
 def test_mail_being_sent_by_a_live_run_is_not_waiting(initialised: Cli, home: Path) -> None:

@@ -53,7 +53,7 @@ def _line(c: Ctx, label: str, text: str) -> None:
 def _account(c: Ctx, a: Account, *, db: bool) -> str:
     # A staff member's address is in the database: without it, unknown, not missing.
     parts = [a.address or ("(no address)" if db else "(address unknown: no database)"), a.login]
-    if a.signed_in and a.signin_lapses is not None:
+    if a.signed_in and a.signin_lapses is not None and not a.problem:  # (none if refused)
         parts.append(f"sign-in good until {_when(c, a.signin_lapses)} unless renewed")
     elif a.token_expires is not None:
         parts.append(f"token expires {_when(c, a.token_expires)}")
