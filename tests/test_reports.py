@@ -783,3 +783,49 @@ def test_a_payment_for_a_bill_made_after_the_as_of_date_is_on_account(
     ]
     with engine_of(home).connect() as conn:  # once the bill is made, it pays it
         assert load_cash_flow(conn, dt.date(2026, 4, 30)).receivable.items == []
+
+
+def _text_runs(data: bytes) -> list[tuple[str, float, float, float]]:
+    """Each piece of text of each page: (text, where it starts, its font size, page width),
+    in the page's own units, as pypdf reads the drawing."""
+    import functools
+
+    runs: list[tuple[str, float, float, float]] = []
+    for page in pypdf.PdfReader(io.BytesIO(data)).pages:
+        found: list[tuple[str, float, float]] = []
+        page.extract_text(visitor_text=functools.partial(_seen, found))
+        width = float(page.mediabox.width)
+        runs += [(text, x, size, width) for text, x, size in found]
+    return runs
+
+
+def _seen(
+    found: list[tuple[str, float, float]],
+    text: str,
+    cm: list[float],
+    tm: list[float],
+    _font: object,
+    size: float,
+) -> None:
+    if text.strip():
+        x = cm[0] * tm[4] + cm[2] * tm[5] + cm[4]
+        found.append((text, x, size * abs(cm[0] or 1) * abs(tm[0] or 1)))
+
+
+def test_a_long_word_in_the_data_stays_on_the_page(agency: Cli, home: Path, tmp_path: Path) -> None:
+    """A file name or code without spaces in a line or a client's name widened its table
+    past the page: the Rate and Amount columns of every line were off the page (the text
+    still in the file, so extracting it did not show it)."""
+    word = "SPRING_TV_2026_FINAL_APPROVED_MASTER_WITH_CLIENT_CHANGES_V12_HIGHRES_ASSETS.zip"
+    with engine_of(home).begin() as c:
+        c.execute(t.billing_lines.update().values(description=f"Artwork {word}"))
+        c.execute(t.clients.update().values(name="Delta_Outdoor_Recreation_Holdings_LLC" * 2))
+    for args in (("invoice", "B1"), ("cash-flow",)):
+        data = render(agency, tmp_path, *args, "--as-of", "2026-03-31")
+        runs = _text_runs(data)
+        assert runs
+        # Every piece starts on the page, and none that starts near its right edge is long.
+        off = [(text, round(x)) for text, x, _size, width in runs if not 0 <= x < width]
+        assert off == [], (args, off)
+        for text, x, size, width in runs:
+            assert x + 0.4 * size * len(text.strip()) <= width * 1.02, (args, text, x, width)
