@@ -500,3 +500,16 @@ def test_a_line_break_in_a_file_name_does_not_make_a_line_of_output(
     assert r.exit_code == 0, r.output
     [line] = [x for x in r.stdout.splitlines() if x.strip()]
     assert line.startswith("Sent March Sent forged.pdf to boss@agency.test.pdf to ap@"), line
+
+
+def test_a_subject_of_spaces_only_is_none_and_the_default_is_used(agency: Cli, home: Path) -> None:
+    """`--subject "   "` sent a message with an empty Subject; `message` likewise."""
+    r = agency("send-report", "--report", "invoice", "--id", "10234", "--subject", "   ")
+    assert r.exit_code == 0, r.output
+    r = agency("config", "manager", "--name", "Max", "--email", "max@agency.test")
+    assert r.exit_code == 0, r.output
+    r = agency("message", "manager", "Hello", "--subject", " \t ")
+    assert r.exit_code == 0, r.output
+    subjects = [str(m["Subject"]) for m in sent(home)]
+    assert subjects[0] == f"Invoice 10234 from {AGENCY}", subjects  # (to the client)
+    assert subjects[1].startswith("[C&P] Message from "), subjects
