@@ -63,3 +63,13 @@ def test_listings_and_lines_show_data_as_written(initialised: Cli, tmp_path: Pat
     # an error naming what was given
     r = initialised("staff", "edit", "S3", "--supervisor", "NO\u202eBODY")
     assert r.exit_code == 2 and not UNSHOWN.search(r.stderr), repr(r.stderr)
+
+
+def test_an_error_is_one_line_whatever_a_server_wrote_into_it() -> None:
+    """A sign-in refusal's description holding a line break printed over two lines, the
+    second of which could pass for another line of cpmail's."""
+    from cpmail.cli.app import brief
+
+    said = brief("the sign-in failed: access_denied: No.\ncpmail: all mail was sent.\r\x1b[2J")
+    assert "\n" not in said and "\r" not in said and "\x1b" not in said, repr(said)
+    assert said.startswith("the sign-in failed: access_denied: No. cpmail: all mail"), said

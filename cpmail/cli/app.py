@@ -160,7 +160,9 @@ _LONG_WORD = re.compile(r"[^\s'\"]{300,}")
 
 
 def brief(text: str) -> str:
-    """``text`` with every word of 300 characters or more cut to its start, safe to print."""
+    """An error as one line: every word of 300 characters or more cut to its start, a line
+    break in it (a server's words) a space, and safe to print."""
+    text = " ".join(text.splitlines())
     return printable(_LONG_WORD.sub(lambda m: f"{m[0][:60]}… ({len(m[0])} characters)", text))
 
 

@@ -111,7 +111,8 @@ class LoopbackReceiver:
             if left <= 0:
                 raise AuthError(
                     f"nobody finished signing in within {timeout:g} seconds; run the command "
-                    "again (use --device-code or --no-browser on a machine without a browser)."
+                    "again (on a machine without a browser, with --no-browser; with Microsoft, "
+                    "--device-code too)."
                 )
             self._server.timeout = min(left, 1.0)
             self._server.handle_request()
