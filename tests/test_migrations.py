@@ -185,6 +185,7 @@ def test_a_database_a_newer_cpmail_wrote_is_named_as_such_and_left_as_it_is(
         assert cli("config", "set", "database.url", backend).exit_code == 0
     assert cli("init").exit_code == 0
     assert cli("staff", "add", "AB", "--name", "Ann B", "--work-email", "ab@x.test").exit_code == 0
+    assert cli("config", "set", "agency.name", "Acme").exit_code == 0  # (not the defaults)
     engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
     try:
         with engine.begin() as conn:
@@ -198,6 +199,12 @@ def test_a_database_a_newer_cpmail_wrote_is_named_as_such_and_left_as_it_is(
             assert said.endswith("upgrade cpmail on this machine."), (command, said)
             assert "db upgrade" not in said and r.stderr.count("\n") == 1, (command, said)
             assert _everything(engine) == before, command
+        if not backend:  # (the defaults `init --force` writes name the home's database)
+            settings = (home / "cpmail.toml").read_text(encoding="utf-8")
+            r = cli("init", "--force")  # nor are the settings replaced before it is said
+            assert r.exit_code == 2 and "newer cpmail" in r.stderr, r.output
+            assert (home / "cpmail.toml").read_text(encoding="utf-8") == settings
+            assert not list(home.glob("cpmail.toml.bak*"))
         r = cli("status")  # says the same, as a problem of the database
         assert r.exit_code == 3 and "which a newer cpmail wrote" in r.stdout, r.output
         assert "db upgrade" not in r.stdout, r.output

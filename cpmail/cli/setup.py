@@ -121,6 +121,10 @@ def init(
     c = ctx_of(ctx)
     _make_home(c.home)
     path = c.home / SETTINGS_FILE
+    if force:  # the settings it would write name a database a newer cpmail wrote: stop first
+        from cpmail.store import refuse_newer
+
+        refuse_newer(Settings(c.home, path, {}).db_url)
     wrote, kept = _settings_file(path, force=force)
     if kept is not None:
         c.say(f"Kept the old settings as {kept}")

@@ -162,6 +162,26 @@ def _private_file(engine: sa.Engine) -> None:
         os.close(fd)
 
 
+def refuse_newer(url: str) -> None:
+    """ConfigError when the database at ``url`` is there and a newer cpmail wrote it; else
+    nothing (a database that is not there, or cannot be read, is for what comes next)."""
+    import os
+
+    name = sqlite_path(url) if url.startswith("sqlite") else ""
+    if url.startswith("sqlite") and (not name or not os.path.isfile(name)):
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rev = _stored_revision(conn)
+    except sa.exc.SQLAlchemyError:
+        return
+    finally:
+        engine.dispose()
+    if rev is not None and rev not in known_revisions():
+        raise _newer(rev, describe(url))
+
+
 def known_revisions() -> frozenset[str]:
     """Every schema revision this cpmail has a migration for."""
     from alembic.config import Config
