@@ -329,6 +329,7 @@ def test_no_secret_in_any_output_log_mail_or_traceback(
     run("config", "gmail", "--client-secrets", str(client))
     client.unlink()
     run("config", "microsoft", "--client-id", "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "--tenant", "9a0c3f25-04e0-4f89-11d3-0305e82c3301",
         "--client-secret", input=MS_SECRET + "\n")  # fmt: skip
     run("config", "file")
 
