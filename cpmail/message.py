@@ -104,7 +104,7 @@ def _first_line(text: str) -> str:
 
 
 def _subject(settings: Settings, kind: str, given: str | None, text: str, who: str) -> str:
-    given = (given or "").strip()  # (one of spaces only is none: the default is used)
+    given = given if given and given.strip() else ""  # (spaces only: the default is used)
     if kind == "bug":
         return f"[Bug] {given or _first_line(text)}"
     if kind == "wish":

@@ -278,7 +278,7 @@ def send_report(
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(r.address, r.name) for r in recipients],
         reply_to=reply_to,
-        subject=(subject or "").strip()  # (one of spaces only is none: the default is used)
+        subject=(subject if subject and subject.strip() else "")  # (spaces only: the default)
         or default_subject(
             settings,
             report.label if report else filename,
