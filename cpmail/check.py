@@ -181,6 +181,12 @@ def _sender(settings: Settings, engine: sa.Engine, as_staff: str | None) -> Send
     return Sender("", address, settings["agency.name"] or "cpmail")
 
 
+def _scheduled_in(only: Sequence[str], skip: Sequence[str]) -> dict[str, Any]:
+    """The reports sent on a schedule (cash-flow) that a run with ``only``/``skip`` looks
+    at, chosen as events are: name -> finder."""
+    return {n: find for n, find in scheduled().items() if (not only or n in only) and n not in skip}
+
+
 def _held_back(
     engine: sa.Engine,
     settings: Settings,
@@ -192,14 +198,13 @@ def _held_back(
     (a hand-edited file, a person removed since), each with why: they are not looked at
     in this run, so that their notifications wait until that is mended instead of
     reaching nobody and being on record as done. The run's other events go on."""
-    from cpmail.triggers.cashflow import WEEKDAYS
+    from cpmail.triggers.cashflow import EVENT, is_report_day
 
     keys = {
         f"events.{ev}.notify": ev for ev in select_events(only, skip) if settings.event_enabled(ev)
     }
-    due = WEEKDAYS[date.weekday()] in settings["reports.cash-flow.days"]
-    if due and (not only or "cash-flow" in only) and "cash-flow" not in skip:
-        keys["reports.cash-flow.to"] = "cash-flow"
+    if EVENT in _scheduled_in(only, skip) and is_report_day(settings, date):
+        keys["reports.cash-flow.to"] = EVENT
     with engine.connect() as conn:
         unknown = unknown_named_staff(conn, {key: settings.get(key) for key in keys})
     return {
@@ -383,11 +388,7 @@ def _find(
     state = set(STATE_EVENTS)
     if settings["events.budget-alert.thresholds"]:
         state.add("budget-alert")  # its thresholds read the same rows
-    extra = {  # reports sent on a schedule (cash-flow), chosen as events are
-        name: find
-        for name, find in scheduled().items()
-        if (not only or name in only) and name not in skip
-    }
+    extra = _scheduled_in(only, skip)  # reports sent on a schedule (cash-flow)
     for name in extra:
         summary[name] = EventSummary()
     incremental = not dry_run and all(ev in summary and summary[ev].enabled for ev in state)

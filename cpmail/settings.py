@@ -239,13 +239,13 @@ def _list_of_dates(v: Any) -> list[str]:
     return out
 
 
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # Monday first, as date.weekday()
 
 
 def _weekdays(v: Any) -> list[str]:
     days = [d.lower()[:3] for d in _list_of_str(v)]
     for d in days:
-        if d not in _WEEKDAYS:
+        if d not in WEEKDAY_NAMES:
             raise ValueError(f"expected weekdays such as mon, tue … sun, got {d!r}")
     return days
 

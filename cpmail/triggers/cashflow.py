@@ -8,27 +8,28 @@ a run every few minutes sends it once a day.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+from cpmail.settings import WEEKDAY_NAMES, Settings
 from cpmail.store.schema import ledger, staff
 from cpmail.triggers import Notification, Run, key_of, money, split_cell
 
 EVENT = "cash-flow"
 ACCESS = "cash-flow"
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def is_report_day(run: Run) -> bool:
-    days = run.settings["reports.cash-flow.days"]
-    return bool(days) and WEEKDAYS[run.date.weekday()] in days
+def is_report_day(settings: Settings, day: dt.date) -> bool:
+    """Whether the scheduled cash-flow report goes on ``day`` (``reports.cash-flow.days``)."""
+    return WEEKDAY_NAMES[day.weekday()] in settings["reports.cash-flow.days"]
 
 
 def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """One notification per listed staff member with access, on the report's days."""
     listed = list(dict.fromkeys(run.settings["reports.cash-flow.to"]))
-    if not listed or not is_report_day(run):
+    if not listed or not is_report_day(run.settings, run.date):
         return
     rows = {r.id: r for r in conn.execute(sa.select(staff).where(staff.c.id.in_(listed)))}
     allowed = []
