@@ -494,6 +494,7 @@ def _take_in(delivery: Delivery, oversize: dict[int, str], ids: dict[int, Planne
         delivery.status[mid] = Status.FAILED
         delivery.events[mid] = ids[mid].event
         delivery.errors[mid] = why
+        delivery.unkept.add(mid)  # (its text is not kept: `give_up`)
     for mid, (status, event, why) in delivery.expired.items():
         delivery.status.setdefault(mid, status)
         delivery.events.setdefault(mid, event)
@@ -844,13 +845,16 @@ def _tell_manager(
     m = messages.c
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(m.subject, m.to_addrs, m.last_error, m.raw.is_not(None).label("kept")).where(
-                m.id.in_(failed)
-            )
+            sa.select(m.id, m.subject, m.to_addrs, m.last_error).where(m.id.in_(failed))
         ).all()
     # (kept: its text is still there, for `outbox retry`; one too big for the transport is not)
     failures = [
-        {"subject": r.subject, "to": r.to_addrs, "error": r.last_error, "kept": bool(r.kept)}
+        {
+            "subject": r.subject,
+            "to": r.to_addrs,
+            "error": r.last_error,
+            "kept": r.id not in delivery.unkept,
+        }
         for r in rows
     ]
     try:

@@ -421,6 +421,7 @@ class Delivery:
     released: int = 0  # claimed but not sent (the run was stopped): back in the queue
     held: set[int] = field(default_factory=set)  # those released: never offered to the server
     partly: set[int] = field(default_factory=set)  # accepted for some recipients, not all
+    unkept: set[int] = field(default_factory=set)  # failed, its text deleted: no retry sends it
     notes: list[str] = field(default_factory=list)  # what a person should know (paced mail)
     stopped: TransportError | None = None  # AuthError / Unreachable that ended the pass
     # any mail the pass found too old to send (failed) or no longer current (dropped):
@@ -440,6 +441,7 @@ class Delivery:
         self.released += other.released
         self.held |= other.held
         self.partly |= other.partly
+        self.unkept |= other.unkept
         self.expired.update(other.expired)
 
     @property

@@ -194,7 +194,7 @@ def _undelivered(c: Any, result: Any) -> str:
         parts.append("mail is waiting (`cpmail outbox`): " + ", and ".join(how))
     if d is not None and d.count("failed"):
         said = "failed mail is not tried again: see why with `cpmail log --status failed`"
-        kept = _kept(c, [i for i, s in d.status.items() if s == "failed"])
+        kept = sum(1 for i, s in d.status.items() if s == "failed" and i not in d.unkept)
         if kept:  # (a message too big for the transport is not kept: it cannot go again)
             said += (
                 ", and send it again with `cpmail outbox retry ID` once that is fixed"
@@ -209,21 +209,6 @@ def _undelivered(c: Any, result: Any) -> str:
             "the staff table (said above)"
         )
     return "; ".join(parts or ["mail is waiting (`cpmail outbox`)"]) + "."
-
-
-def _kept(c: Any, ids: list[int]) -> int:
-    """How many of the messages ``ids`` still have their text (`outbox retry` can send them)."""
-    import sqlalchemy as sa
-
-    from cpmail.store.schema import messages
-
-    m = messages.c
-    with c.engine().connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count()).where(m.id.in_(ids), m.raw.is_not(None))
-            ).scalar_one()
-        )
 
 
 class _Bar:
