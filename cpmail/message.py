@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cpmail import __version__
+from cpmail.addresses import clean_header_text
 from cpmail.compose import Mailbox, build_message, first_reply_to, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.people import Sender, get, resolve_sender
@@ -104,7 +105,8 @@ def _first_line(text: str) -> str:
 
 
 def _subject(settings: Settings, kind: str, given: str | None, text: str, who: str) -> str:
-    given = given if given and given.strip() else ""  # (spaces only: the default is used)
+    # A subject that would show as nothing (spaces, line breaks) gives way to the default.
+    given = given if given and clean_header_text(given).strip() else ""
     if kind == "bug":
         return f"[Bug] {given or _first_line(text)}"
     if kind == "wish":

@@ -523,8 +523,10 @@ def test_message_subject_and_sender_show_as_typed(office: Office) -> None:
         [(raw, rcpt)] = office.sent()
         assert shape(raw, rcpt) == base
         msg = read(raw)
-        if subject:  # (an empty --subject means the default one)
+        if typed(subject):
             assert str(msg["Subject"]) == typed(f"[C&P] {subject}")
+        else:  # a --subject that shows as nothing gives way to the default
+            assert str(msg["Subject"]).startswith("[C&P] Message from ")
         check_name(raw, "From", name)
 
     run()
