@@ -111,6 +111,8 @@ class Planned:
     message_id: str = ""
     # Not sent after this (UTC): when everything in it is a reminder, its event's start.
     not_after: dt.datetime | None = None
+    # Why it would fail before it is sent (a dry run's plan): too big for the transport.
+    fails: str | None = None
 
 
 @dataclass
@@ -151,6 +153,8 @@ class CheckResult:
             return 1
         if not self.enabled:
             return 0  # nothing is sent while sending is off; the summary says what waits
+        if any(p.fails for p in self.planned):  # a dry run: the real run would fail these
+            return 1
         d = self.delivery
         if d is not None and d.stopped is not None:
             return 3
@@ -301,9 +305,7 @@ def _run_check(
     groups = _route(found, directory, settings, summary, digest_choices(engine), left_out)
     if dry_run:
         plan = _planner(renderer, settings, sender, directory, keep_text=True)
-        # split as the real run would, to what the transport takes
-        limit = transport_class(settings).max_message_bytes if enabled else None
-        result.planned = _fitted(plan, groups, limit)
+        result.planned = _dry_plan(plan, groups, settings, transport)
         if not enabled:  # as the real run would record them
             _count_suppressed(result)
         return result
@@ -479,11 +481,34 @@ def _queue_all(
     if limit is not None and not suppressed:
         for mid, d in zip(mids, drafts, strict=True):
             if len(d.raw) > limit:
-                shown, most = size_pair(len(d.raw), limit)
-                oversize[mid] = f"not sent: it is {shown}; the transport takes at most {most}"
+                oversize[mid] = f"not sent: {_too_big(len(d.raw), limit)}"
                 give_up(engine, [mid], oversize[mid], run_id=run_id)
     ready = [r for r in ready_of(mids, drafts) if r[0].id not in oversize]
     return dict(zip(mids, planned, strict=True)), ready, taken, oversize
+
+
+def _dry_plan(
+    plan: Callable[[Group], Planned],
+    groups: list[Group],
+    settings: Settings,
+    transport: Transport | None,
+) -> list[Planned]:
+    """What the real run would queue, split as it would to what the transport takes, with
+    what it would fail as soon as it is queued (too big even alone) marked."""
+    limit = None
+    if settings["mail.enabled"]:
+        kind = transport if transport is not None else transport_class(settings)
+        limit = kind.max_message_bytes
+    planned = _fitted(plan, groups, limit)
+    for p in planned:
+        if limit is not None and len(p.raw) > limit:
+            p.fails = _too_big(len(p.raw), limit)
+    return planned
+
+
+def _too_big(size: int, limit: int) -> str:
+    shown, most = size_pair(size, limit)
+    return f"it is {shown}; the transport takes at most {most}"
 
 
 def _take_in(delivery: Delivery, oversize: dict[int, str], ids: dict[int, Planned]) -> None:

@@ -1178,3 +1178,51 @@ def test_an_email_rule_naming_a_staff_members_mailbox_heeds_their_mute_and_leavi
     assert row["skip_reasons"] == {"inactive": row["found"]} and row["found"], row
     reached = [a for m in agency.server.messages for a in m.rcpt_tos]
     assert "carl@agency.test" not in reached, reached
+
+
+def test_a_dry_run_says_which_messages_would_fail_as_too_large(
+    agency: Agency, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dry run and the real run agree on what fails for its size, and on the exit code."""
+    from cpmail.check import run_check
+    from cpmail.cli.check import _json, _print_dry_run
+    from cpmail.cli.common import Ctx
+    from cpmail.secrets import SecretStore
+    from cpmail.store.schema import messages
+    from cpmail.transports.base import get_transport
+
+    agency.add(
+        "homebase_entries",
+        dict(id="BIG", subject="Big", body="word " * 20_000, entered_at=at(D, 9), notify="AE"),
+        dict(id="SMALL", subject="Small", body="A line.", entered_at=at(D, 9), notify="CR"),
+    )
+    settings = Settings.load(home)
+    secrets = SecretStore(home)
+    transport = get_transport(settings, secrets)
+    transport.max_message_bytes = 30_000
+    only = ["homebase-entry"]
+    dry = run_check(
+        agency.engine, settings, secrets, home, date=D, only=only, transport=transport, dry_run=True
+    )
+    fails = {p.to.address: p.fails for p in dry.planned}
+    assert fails["carl@agency.test"] is None
+    assert "the transport takes at most 30.0 KB" in (fails["alice@agency.test"] or "")
+    c = Ctx(home)
+    _print_dry_run(c, dry)
+    said = capsys.readouterr().out
+    assert "Would send 1 message(s)" in said, said
+    assert "Would fail 1 message(s)" in said and "alice@agency.test" in said, said
+    assert {m["to"]: m["fails"] for m in _json(c, dry, True)["messages"]} == fails
+
+    real = run_check(agency.engine, settings, secrets, home, date=D, only=only, transport=transport)
+    with agency.engine.connect() as conn:
+        failed = {
+            r.to_addrs
+            for r in conn.execute(
+                sa.select(messages.c.to_addrs).where(
+                    messages.c.status == "failed", messages.c.event == "homebase-entry"
+                )
+            )
+        }
+    assert failed == {a for a, why in fails.items() if why}
+    assert dry.exit_code == real.exit_code == 1

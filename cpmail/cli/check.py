@@ -266,6 +266,7 @@ def _json(c: Any, result: Any, dry_run: bool) -> dict[str, Any]:
                 "text": p.text,
                 "html": p.html,
                 "attachments": [a.filename for a in p.attachments],
+                "fails": p.fails,
             }
             for p in result.planned
         ]
@@ -312,9 +313,12 @@ def _print_dry_run(c: Any, result: Any) -> None:
     if skipped:
         c.say("Would skip recipients: " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
     line = _waiting_line(c, result)
-    n = len(result.planned)
+    failing = sum(1 for p in result.planned if p.fails)
+    n = len(result.planned) - failing
     if not result.planned:
         c.say(f"Nothing new to send for {result.date}.")
+    elif not n:
+        pass  # (each would fail: said below)
     elif not result.enabled:
         c.say(
             f"Sending is off: would record {n} message(s) for {result.date} as suppressed, "
@@ -328,7 +332,13 @@ def _print_dry_run(c: Any, result: Any) -> None:
     else:
         c.say(f"Would send {n} message(s) for {result.date} (dry run: nothing changed):")
     for p in result.planned:
-        c.say(f"  {p.to.address:<32} {p.subject}")
+        if not p.fails:
+            c.say(f"  {p.to.address:<32} {p.subject}")
+    if failing:
+        c.say(f"Would fail {failing} message(s), too big for the transport even alone:")
+        for p in result.planned:
+            if p.fails:
+                c.say(f"  {p.to.address:<32} {p.subject} ({p.fails})")
     for note in result.notice:  # (an event held back, as the real run would hold it)
         c.note(note)
     if line:
