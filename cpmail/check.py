@@ -410,10 +410,6 @@ def _find(
         directory = Directory(conn if found else None)
     for n in found:
         summary[n.event].found += 1
-    for ev, reasons in run.skipped.items():  # left out by a finder: one notification each
-        if ev in summary:
-            summary[ev].skipped += sum(reasons.values())
-            summary[ev].skip_reasons.update(reasons)
     return found, summary, directory, incremental
 
 

@@ -93,12 +93,14 @@ class Directory:
     def rules_for(self, n: Notification, settings: Settings) -> tuple[str, ...]:
         # A rule on the thing itself (a status code's notify list) is more specific than
         # the event's setting, which is more specific than the built-in default.
-        if n.rules:
-            return n.rules
+        if n.rules or n.unreachable is not None:
+            return n.rules or ()
         configured = settings.event_notify(n.event)
         return tuple(configured) if configured else DEFAULT_RULES[n.event]
 
     def route(self, n: Notification, rules: tuple[str, ...]) -> Routed:
+        if n.unreachable is not None:
+            return Routed([], Counter({n.unreachable: 1}))
         staff_ids: list[str] = []
         outside: list[str] = []
         skipped: Counter[str] = Counter()

@@ -516,9 +516,9 @@ def test_cash_flow_finder_on_its_day_to_staff_with_access(agency: Agency, home: 
     run = _run(home, D)  # a Tuesday
     with agency.engine.connect() as conn:
         found: list[Notification] = list(scheduled_cash_flow(conn, run))
-    assert [n.key for n in found] == ["cash-flow:AE:2026-11-24"]
-    assert dict(run.skipped["cash-flow"]) == {"no cash-flow access: CR (Carl Reed)": 1}
-    (att,) = found[0].attachments
+    assert [n.key for n in found] == ["cash-flow:CR:2026-11-24", "cash-flow:AE:2026-11-24"]
+    assert [n.unreachable for n in found] == ["no cash-flow access: CR (Carl Reed)", None]
+    (att,) = found[1].attachments
     assert att[0] == "cash-flow-2026-11-24.pdf" and att[2] == "application/pdf"
     text = "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(att[1])).pages)
     assert "Cash flow" in text and "10234" in text and "5,000.00" in text
@@ -547,12 +547,32 @@ def test_cash_flow_sent_by_check_on_its_day_only(agency: Agency) -> None:
     assert by_event(agency.check(), "cash-flow") == []  # once a day
     r = agency.cli("check", "--date", (D + 7 * DAY).isoformat(), "--json")
     summary = {s["event"]: s for s in json.loads(r.stdout)["summary"]}
-    assert summary["cash-flow"]["skipped"] == 1
+    assert (summary["cash-flow"]["found"], summary["cash-flow"]["skipped"]) == (2, 1)
     assert "CR (Carl Reed)" in json.dumps(summary["cash-flow"]["skip_reasons"])
     # the same day again: nothing new, so nobody is newly left out either
     r = agency.cli("check", "--date", (D + 7 * DAY).isoformat(), "--json")
     summary = {s["event"]: s for s in json.loads(r.stdout)["summary"]}
     assert "cash-flow" not in summary or summary["cash-flow"]["skipped"] == 0, summary
+
+
+def test_cash_flow_nobody_may_have_is_said_once_a_day(agency: Agency) -> None:
+    """Nobody listed has access: each left out is a notification found and skipped, and a
+    run every few minutes says so once that day, not in every run."""
+    _cash_data(agency)
+    _set_cash_flow(agency, '["tue"]', '["CR"]')
+
+    def counts(day: dt.date) -> dict[str, Any]:
+        r = agency.cli("check", "--date", day.isoformat(), "--json")
+        assert r.exit_code == 0, r.output
+        return {s["event"]: s for s in json.loads(r.stdout)["summary"]}.get("cash-flow", {})
+
+    first = counts(D)
+    assert (first["found"], first["skipped"], first["sent"]) == (1, 1, 0), first
+    assert first["skip_reasons"] == {"no cash-flow access: CR (Carl Reed)": 1}
+    again = counts(D)  # a run a few minutes later, the same day
+    assert (again.get("found", 0), again.get("skipped", 0)) == (0, 0), again
+    assert counts(D + 7 * DAY)["skipped"] == 1  # the next report day: said again
+    assert not any(b"X-Cpmail-Event: cash-flow" in m.data for m in agency.server.messages)
 
 
 def test_only_and_skip_name_the_scheduled_cash_flow_report(agency: Agency) -> None:

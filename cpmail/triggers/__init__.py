@@ -9,7 +9,6 @@ recipient rules) and the default rules.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +78,9 @@ class Notification:
     attachments: list[tuple[str, bytes, str]] = field(default_factory=list)
     invitation: Invitation | None = None
     not_after: dt.datetime | None = None  # (UTC, naive) not sent after this: it no longer matters
+    # Why it reaches nobody, known when it is found (a listed person without access):
+    # counted as found and skipped, said once (its key is recorded like any other).
+    unreachable: str | None = None
 
 
 @dataclass
@@ -92,8 +94,6 @@ class Run:
     #: The run moment (naive, agency time zone); None: now for today's run, else the
     #: end of the run date (see ``moment``).
     now: dt.datetime | None = None
-    #: Recipients a finder left out itself, per event: reason -> count (for the summary).
-    skipped: dict[str, Counter[str]] = field(default_factory=dict, repr=False, compare=False)
     # What several finders of one run share (read once, e.g. the state triggers' totals).
     shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -124,10 +124,6 @@ class Run:
         if self.now is not None:
             return self.moment
         return dt.datetime.now(self.tz).replace(tzinfo=None)
-
-    def skip(self, event: str, reason: str, count: int = 1) -> None:
-        """Count recipients a finder leaves out (e.g. without cash-flow access)."""
-        self.skipped.setdefault(event, Counter())[reason] += count
 
     @property
     def window_start(self) -> dt.datetime:

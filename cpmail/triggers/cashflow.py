@@ -2,8 +2,9 @@
 
 ``days = ["mon"]`` and ``to = ["AM", …]``: on those days each listed staff member
 who has ``cash-flow`` access gets the report as of the run date as a PDF; the
-others are left out and named in the run's summary. Key ``cash-flow:STAFF:D``:
-a run every few minutes sends it once a day.
+others are left out, counted as found and skipped, and named in the run's
+summary. Key ``cash-flow:STAFF:D`` for both: a run every few minutes sends it,
+or says it could not, once a day.
 """
 
 from __future__ import annotations
@@ -32,30 +33,29 @@ def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]
     if not listed or not is_report_day(run.settings, run.date):
         return
     rows = {r.id: r for r in conn.execute(sa.select(staff).where(staff.c.id.in_(listed)))}
-    allowed = []
-    left_out = []
-    for sid in listed:
-        row = rows.get(sid)
-        if row is None:
-            left_out.append(f"{sid}: no staff member with that ID")
-        elif ACCESS not in {a.lower() for a in split_cell(row.access)}:
-            left_out.append(f"no cash-flow access: {sid} ({row.name})")
-        else:
-            allowed.append(row)
     day = run.date.isoformat()
-    keys = {r.id: key_of(EVENT, r.id, when=str(day)) for r in allowed}
+    keys = {sid: key_of(EVENT, sid, when=day) for sid in listed}
     told = set(
         conn.execute(sa.select(ledger.c.key).where(ledger.c.key.in_(list(keys.values()))))
         .scalars()
         .all()
     )
-    fresh = [r for r in allowed if keys[r.id] not in told]
-    if allowed and not fresh:
-        return  # sent already today: not rendered again, and those left out were said then
-    for why in left_out:
-        run.skip(EVENT, why)
+    allowed = []
+    for sid in listed:
+        row = rows.get(sid)
+        if keys[sid] in told:
+            continue  # sent today already, or said today that it could not be
+        if row is None:
+            why = f"{sid}: no staff member with that ID"
+        elif ACCESS not in {a.lower() for a in split_cell(row.access)}:
+            why = f"no cash-flow access: {sid} ({row.name})"
+        else:
+            allowed.append(row)
+            continue
+        # Left out: a notification that reaches nobody, recorded so that it is said once.
+        yield Notification(event=EVENT, key=keys[sid], item={}, unreachable=why)
     if not allowed:
-        return  # nobody to send it to
+        return  # nobody (new) to send it to
     from cpmail.reports import cash_flow_report, render
 
     report = cash_flow_report(conn, run.date)
@@ -70,7 +70,7 @@ def scheduled_cash_flow(conn: sa.Connection, run: Run) -> Iterator[Notification]
         "payable": money(cf.payable.total),
         "net": money(cf.net),
     }
-    for r in fresh:
+    for r in allowed:
         yield Notification(
             event=EVENT,
             key=keys[r.id],
