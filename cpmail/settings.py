@@ -687,12 +687,14 @@ def _misread(u: Any) -> bool:
 # ODBC's, inside OPENROWSET(…)): the value in doubled quotes inside an SQL string
 # ('…password=''a b''…'), in quotes, in ODBC's braces (PWD={a b;c}, a brace doubled), or
 # bare. A bare value runs to a space, a quote or ODBC's ";": a password may hold "&", ","
-# or ")", and hiding a character too many is better than showing the rest of one. A value
-# masked already (a URL's query parameter, which an "&" ends) is left as it is.
+# or ")", and hiding a character too many is better than showing the rest of one. In a
+# PostgreSQL escape string (E'…password=\'a b\'…'), where a quote is written \', a value
+# that starts with one is hidden to the end of that string. A value masked already (a
+# URL's query parameter, which an "&" ends) is left as it is.
 _KEYWORD_SECRET = re.compile(
     r"""(\b[\w.\-]*(?:pass(?:word|wd|code)?|pwd|secret|token|api_?key|credential)\s*=\s*)"""
     r"""(\u2022{4}(?![^\s;'"&])|''(?:\\(?:''|.)|[^'\\]|'(?!'))*''|'(?:\\.|''|[^'\\])*'"""
-    r"""|"[^"]*"|\{(?:[^}]|\}\})*\}|[^\s;'"]+)""",
+    r"""|\\'(?:\\.|[^'\\])*|"[^"]*"|\{(?:[^}]|\}\})*\}|[^\s;'"]+)""",
     re.IGNORECASE,
 )
 
