@@ -670,3 +670,36 @@ def test_a_trickling_sign_in_service_holds_an_account_no_longer_than_the_timeout
     assert elapsed < 8, f"{elapsed:.1f} s"
     assert all(isinstance(o.error, TemporaryFailure) for o in outcomes), outcomes
     assert fake.paths("POST").count(ME) == 0
+
+
+@pytest.mark.parametrize(
+    "refresh_token",
+    [
+        "M.C540_BAY.0.U.-Cq7*Tr4Pq!Kv8s$Zq9xW*Lm3nB7!Hs2$Dk",  # a personal account's: * ! $
+        "0.AXYA*Kv8sTr4Pq!Zq9xW*Lm3nB7!",
+        "QwvbzXlkjhGfdsaPoiuyTrewqMnbvcZxq",  # no digit: no token shape
+        "Kv8s Tr4Pq Zq9x Lm3n",  # short words
+    ],
+)
+def test_a_refresh_token_quoted_by_the_token_endpoint_is_never_repeated(
+    ms_home: Path, fake: FakeAPI, refresh_token: str
+) -> None:
+    """The refresh token cpmail sent, quoted back in the endpoint's error, is masked by its
+    value whatever its shape (it was masked only where it looked like a token)."""
+    fake.expires_in = 60  # the next message renews the sign-in
+    sign_in(ms_home)
+    path = secret_file(ms_home)
+    doc = json.loads(path.read_text())
+    cache = json.loads(doc["cache"])
+    for item in cache["RefreshToken"].values():
+        item["secret"] = refresh_token
+    doc["cache"] = json.dumps(cache)
+    SecretStore(ms_home).set(token_name("microsoft", "JD"), json.dumps(doc))
+    error = f"invalid_grant: the refresh_token {refresh_token} was revoked"
+    fake.script(TOKEN, Reply(400, {"error": error, "error_description": "AADSTS70000"}))
+    with pytest.raises(AuthError) as info:
+        deliver(ms_home, env())
+    said = str(info.value)
+    assert "invalid_grant" in said and "cpmail staff signin JD" in said
+    words = refresh_token.replace(" ", "")
+    assert [words[i : i + 4] for i in range(len(words) - 3) if words[i : i + 4] in said] == []

@@ -362,6 +362,9 @@ class MicrosoftSession:
         accounts = self._app.get_accounts(username=self.address) or self._app.get_accounts()
         if not accounts:
             raise self._expired("no account in the stored sign-in")
+        # The endpoint's words may quote the refresh token sent (one of a personal
+        # account holds "*" and "!", which no token shape covers): masked by its value.
+        scrub = Scrubber(str(rt.get("secret") or "") for rt in self._refresh_tokens())
         result = _msal_call(
             "token refresh",
             lambda: self._app.acquire_token_silent_with_error(
@@ -377,8 +380,14 @@ class MicrosoftSession:
         if "access_token" not in result:
             if result.get("error") in ("temporarily_unavailable", "server_error"):
                 raise TemporaryFailure("Microsoft's sign-in service is busy; trying again later.")
-            raise self._expired(mask_tokens(str(result.get("error", "refused"))))
+            raise self._expired(mask_tokens(scrub(str(result.get("error", "refused")))))
         return str(result["access_token"])
+
+    def _refresh_tokens(self) -> list[dict[str, Any]]:
+        import msal
+
+        kind = msal.TokenCache.CredentialType.REFRESH_TOKEN
+        return list(self._cache.search(kind))
 
 
 def check_app_tenant(tenant: str) -> None:
