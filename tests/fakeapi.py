@@ -107,6 +107,8 @@ class FakeAPI:
         self.ms_user = "jd@agency.example"
         self.device_pending = 0  # how many polls answer authorization_pending first
         self.device_error: tuple[str, str] | None = None  # (error, description) for devicecode
+        # Microsoft's token endpoint refuses a device code, quoting it (as an error may)
+        self.echo_device_code = False
         self.expires_in = 3600
         self._scripts: dict[str, deque[Reply]] = {}
         self._ids = itertools.count(1)
@@ -515,6 +517,9 @@ class FakeAPI:
             return Reply(200, self._ms_user_tokens(self.ms_user, info.get("nonce")))
         if grant == "urn:ietf:params:oauth:grant-type:device_code":
             code = form.get("device_code", "")
+            if self.echo_device_code:
+                why = f"AADSTS70000: the grant {code} is not valid"
+                return Reply(400, {"error": "invalid_grant", "error_description": why})
             with self._lock:
                 pending = self.device_codes.get(code)
                 if pending:

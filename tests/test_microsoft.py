@@ -117,6 +117,19 @@ def test_device_code_sign_in_stores_the_cache_and_address(ms_home: Path, fake: F
     assert signed_in_address(SecretStore(ms_home), "microsoft", "JD") == "jd@agency.example"
 
 
+def test_a_device_code_quoted_by_the_token_endpoint_is_never_repeated(
+    ms_home: Path, fake: FakeAPI
+) -> None:
+    """What the sign-in sent (a device code, an authorization code, a PKCE verifier) is
+    masked by its value in the error, whatever its shape."""
+    fake.echo_device_code = True
+    with pytest.raises(AuthError) as caught:
+        sign_in(ms_home)
+    [code] = fake.device_codes
+    said = str(caught.value)
+    assert "AADSTS70000" in said and code not in said, said
+
+
 def test_public_client_flows_off_is_explained(ms_home: Path, fake: FakeAPI) -> None:
     fake.device_error = (
         "invalid_client",

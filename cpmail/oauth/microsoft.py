@@ -278,10 +278,12 @@ def _microsoft_sign_in(
     timeout: float,
 ) -> str:
     scopes = list(GRAPH_SCOPES)
+    sent: list[str] = []  # what the sign-in sends that an error must not repeat
     if device_code:
         flow = _msal_call("device code", lambda: app.initiate_device_flow(scopes=scopes))
         if "user_code" not in flow:
             raise microsoft_error(flow, "the Microsoft device-code sign-in")
+        sent.append(str(flow.get("device_code") or ""))
         say(str(flow["message"]))
         result = _msal_call("device code", lambda: app.acquire_token_by_device_flow(flow))
     else:
@@ -297,6 +299,7 @@ def _microsoft_sign_in(
             params = receiver.wait(flow["state"], timeout)
         if error := auth_response_error(params, "Microsoft"):
             raise error
+        sent += [str(params.get("code") or ""), str(flow.get("code_verifier") or "")]
         try:
             result = _msal_call(
                 "code exchange", lambda: app.acquire_token_by_auth_code_flow(flow, params)
@@ -304,7 +307,7 @@ def _microsoft_sign_in(
         except RuntimeError:  # msal: the id_token's nonce does not match
             raise AuthError("the Microsoft sign-in answer did not match; sign in again.") from None
     if not isinstance(result, dict) or "access_token" not in result:
-        raise microsoft_error(result or {}, "the Microsoft sign-in")
+        raise microsoft_error(result or {}, "the Microsoft sign-in", [k for k in sent if k])
     claims = result.get("id_token_claims") or {}
     address = str(claims.get("preferred_username") or claims.get("email") or login_hint)
     save_token(secrets, "microsoft", account, StoredToken(address, cache.serialize()))
