@@ -1677,7 +1677,7 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         at = max(first + stale, expires) if expires is not None else first + stale
         free_at = at if free_at is None else min(free_at, at)
     opens = window_opens(settings, now)  # nothing is tried while the window is closed
-    next_try = _not_before(row[3], opens)
+    next_try = _in_window(settings, _not_before(row[3], opens), now)
     if opens is not None and row[0] > row[1]:  # queued mail goes when the window opens
         next_try = opens if next_try is None else min(next_try, opens)
     return Waiting(
@@ -1686,8 +1686,17 @@ def waiting(engine: sa.Engine, settings: Settings, *, exclude_run: str | None = 
         oldest=row[2],
         next_try=next_try,
         orphaned=orphaned,
-        orphans_free_at=_not_before(free_at, opens),
+        orphans_free_at=_in_window(settings, _not_before(free_at, opens), now),
     )
+
+
+def _in_window(settings: Settings, at: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
+    """``at`` (naive UTC), or, when it is still to come and the send window is closed
+    then, when the window next opens after it: a retry due at 21:00 with a window of
+    07:00-19:00 goes at 07:00 the next morning, not at 21:00."""
+    if at is None or at <= now:
+        return at
+    return window_opens(settings, at) or at
 
 
 def _expiry(run: Any, stale: dt.timedelta) -> dt.datetime | None:
