@@ -1368,7 +1368,7 @@ def _pace_for(
     if not (per_minute or per_day):
         return None
     m = messages.c
-    midnight = pace.next_day_start(pace.day_zone(settings)) - dt.timedelta(days=1)
+    midnight = pace.day_start(pace.day_zone(settings))
     with engine.connect() as conn:
         now = clock(conn)
         row = conn.execute(

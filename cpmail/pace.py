@@ -180,6 +180,15 @@ def day_zone(settings: object) -> dt.tzinfo:
 
 def next_day_start(tz: dt.tzinfo, now: dt.datetime | None = None) -> dt.datetime:
     """The next local midnight, as naive UTC (when a day's limit starts again)."""
+    return day_start(tz, now, days=1)
+
+
+def day_start(tz: dt.tzinfo, now: dt.datetime | None = None, *, days: int = 0) -> dt.datetime:
+    """Today's local midnight (``days`` later), as naive UTC: where a day's count begins.
+
+    Each midnight is found on its own date: a day the clocks change is 23 or 25 hours
+    long, so today's midnight is not the next one less 24 hours.
+    """
     local = (now or dt.datetime.now(dt.UTC)).astimezone(tz)
-    midnight = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tz)
+    midnight = dt.datetime.combine(local.date() + dt.timedelta(days=days), dt.time(), tz)
     return midnight.astimezone(dt.UTC).replace(tzinfo=None)

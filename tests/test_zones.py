@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import struct
+import uuid
 import zoneinfo
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,51 @@ from cpmail.settings import Settings
 from cpmail.store import connect, utcnow
 from cpmail.store.schema import messages
 from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
 
 ZONES = ("Europe/London", "America/New_York", "Australia/Sydney")
+
+HOUR = 3600
+#: A zone whose clocks change today: (offset before, offset after, when, UTC naive) -> name.
+ChangingZone = Callable[[int, int, dt.datetime], str]
+
+
+def _tzif(before: int, after: int, at: int) -> bytes:
+    """A TZif file (RFC 8536, version 1) of one change of offset: ``before`` seconds east
+    of UTC until the Unix time ``at``, ``after`` from then on."""
+    names = b"BEF\0AFT\0"
+    counts = struct.pack(">6l", 0, 0, 0, 1, 2, len(names))
+    data = struct.pack(">lB", at, 1) + struct.pack(">lBB", before, 0, 0)
+    data += struct.pack(">lBB", after, 0, 4) + names
+    return b"TZif" + b"\0" * 16 + counts + data
+
+
+@pytest.fixture
+def changing_zone(tmp_path: Path) -> Iterator[ChangingZone]:
+    """Make time zones whose clocks change at a given moment (today's, as a test needs:
+    a real zone changes on a few days of the year). Python finds them as any other zone
+    (its TZPATH, as PYTHONTZPATH sets it), so the agency's timezone may name one."""
+    folder = tmp_path / "zoneinfo"
+    old = zoneinfo.TZPATH
+
+    def make(before: int, after: int, at: dt.datetime) -> str:
+        name = f"Test/Change_{uuid.uuid4().hex[:8]}"
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_tzif(before, after, int(at.replace(tzinfo=dt.UTC).timestamp())))
+        return name
+
+    zoneinfo.reset_tzpath(to=[str(folder), *old])
+    try:
+        yield make
+    finally:
+        zoneinfo.reset_tzpath(to=old)
+
+
+def _noon_offset(now: dt.datetime) -> int:
+    """An offset (seconds, whole hours) at which ``now`` (naive UTC) is about noon."""
+    hours = round(12 - now.hour - now.minute / 60)
+    return (hours + 11) % 24 * HOUR - 11 * HOUR  # within -11 … +12 hours
 
 
 def _next_start(after_utc: dt.datetime, start: dt.time, tz: dt.tzinfo) -> dt.datetime:
@@ -61,3 +107,36 @@ def test_a_retry_due_while_the_send_window_is_closed_is_told_for_when_it_opens(
     opens = expected.replace(tzinfo=dt.UTC).astimezone(tz)
     r = cli("check", "--date", "2026-11-24")
     assert f"from {opens:%Y-%m-%d %H:%M}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("shift", [HOUR, -HOUR], ids=["clocks go forward", "clocks go back"])
+def test_the_days_sending_limit_counts_from_the_days_own_midnight(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, changing_zone: ChangingZone, shift: int
+) -> None:
+    """On a day the clocks change, the day began 23 or 25 hours before the next midnight,
+    not 24: mail sent before today's midnight is not counted as today's, and mail sent
+    after it is."""
+    from tests.test_faults import prepare, queue_messages, statuses
+
+    now = utcnow()
+    after = _noon_offset(now)
+    zone = changing_zone(after - shift, after, now - dt.timedelta(hours=1))
+    prepare(cli, smtp_server, **{"agency.timezone": zone, "mail.pace.per_day": "5"})
+    tz = zoneinfo.ZoneInfo(zone)
+    local = now.replace(tzinfo=dt.UTC).astimezone(tz)
+    midnight = dt.datetime.combine(local.date(), dt.time(), tz).astimezone(dt.UTC)
+    midnight = midnight.replace(tzinfo=None)
+    assert midnight.replace(tzinfo=dt.UTC).astimezone(tz).time() == dt.time()
+    # Three sent half an hour from midnight: the evening before (forward) or the small
+    # hours of today (back), where a day taken as 24 hours long counts them wrongly.
+    sent_at = midnight + dt.timedelta(minutes=-30 if shift > 0 else 30)
+    queue_messages(home, 3)
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(messages.update().values(status="sent", attempts=1, sent_at=sent_at))
+    engine.dispose()
+    queue_messages(home, 4)
+    r = cli("check", "--date", "2026-11-24")
+    today = 0 if shift > 0 else 3  # of the three, sent today
+    assert len(smtp_server.messages) == min(4, 5 - today), r.output
+    assert statuses(home)["sent"] == 3 + min(4, 5 - today), r.output
