@@ -275,20 +275,43 @@ _URL_PARTS = re.compile(
 
 
 def local_zone() -> dt.tzinfo:
-    """This machine's time zone with its rules (summer time included): ``TZ`` when it names
-    one, else /etc/localtime; only without either the offset of this moment, which is
-    wrong for dates across a change of summer time."""
+    """This machine's time zone with its rules (summer time included): ``TZ`` as the C
+    library reads it (a zone's name, a zone file's path, or a POSIX rule such as
+    ``CET-1CEST,M3.5.0,M10.5.0/3``), else /etc/localtime; only without either the
+    offset of this moment, which is wrong for dates across a change of summer time."""
     import zoneinfo
 
     name = os.environ.get("TZ", "").removeprefix(":")
     if name:
         with contextlib.suppress(ValueError, zoneinfo.ZoneInfoNotFoundError):
             return zoneinfo.ZoneInfo(name)
+        if name.startswith("/"):
+            with contextlib.suppress(OSError, ValueError), open(name, "rb") as f:
+                return zoneinfo.ZoneInfo.from_file(f, key=name)
+        with contextlib.suppress(ValueError):
+            return _posix_zone(name)
     with contextlib.suppress(OSError, ValueError), open("/etc/localtime", "rb") as f:
         return zoneinfo.ZoneInfo.from_file(f, key="localtime")
     tz = dt.datetime.now().astimezone().tzinfo
     assert tz is not None
     return tz
+
+
+def _posix_zone(rule: str) -> dt.tzinfo:
+    """The zone of a POSIX TZ rule (``EST5EDT,M3.2.0,M11.1.0``, ``JST-9``): a TZif file
+    (RFC 8536) of no transitions whose footer is the rule, which zoneinfo follows for
+    every date; ValueError for text that is no such rule."""
+    import io
+    import struct
+    import zoneinfo
+
+    if not rule.isascii() or not rule.isprintable():
+        raise ValueError(rule)
+    names = b"UTC\0"
+    block = struct.pack(">6l", 0, 0, 0, 0, 1, len(names)) + struct.pack(">lBB", 0, 0, 0) + names
+    header = b"TZif2" + b"\0" * 15
+    data = header + block + header + block + b"\n" + rule.encode("ascii") + b"\n"
+    return zoneinfo.ZoneInfo.from_file(io.BytesIO(data), key=rule)
 
 
 def _url(raw: Any) -> str:

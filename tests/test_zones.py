@@ -140,3 +140,41 @@ def test_the_days_sending_limit_counts_from_the_days_own_midnight(
     today = 0 if shift > 0 else 3  # of the three, sent today
     assert len(smtp_server.messages) == min(4, 5 - today), r.output
     assert statuses(home)["sent"] == 3 + min(4, 5 - today), r.output
+
+
+def _zone_file(name: str) -> str:
+    """The path of a zone's file in the system's time zone database."""
+    for folder in zoneinfo.TZPATH:
+        if (Path(folder) / name).is_file():
+            return str(Path(folder) / name)
+    pytest.skip("no system time zone database")
+
+
+@pytest.mark.parametrize(
+    ("tz", "zone"),
+    [
+        # a file, as POSIX and the C library take TZ (":path" or an absolute path)
+        (lambda: ":" + _zone_file("America/New_York"), "America/New_York"),
+        (lambda: _zone_file("Australia/Sydney"), "Australia/Sydney"),
+        # a rule, as POSIX writes it: no file of that name
+        (lambda: "GMT0BST,M3.5.0/1,M10.5.0", "Europe/London"),
+        (lambda: "EST+5EDT,M3.2.0/2,M11.1.0/2", "America/New_York"),
+        (lambda: "AEST-10AEDT,M10.1.0,M4.1.0/3", "Australia/Sydney"),
+        (lambda: "<+0545>-5:45", "Asia/Kathmandu"),
+    ],
+    ids=["colon-path", "path", "london-rule", "new-york-rule", "sydney-rule", "offset-rule"],
+)
+def test_the_machines_time_zone_is_read_from_tz_as_the_c_library_reads_it(
+    initialised: Cli, home: Path, monkeypatch: pytest.MonkeyPatch, tz: Callable[[], str], zone: str
+) -> None:
+    """Without agency.timezone, TZ decides what "today" is, as it does for `date` and cron
+    on the machine: a path to a zone file or a POSIX rule, not only a zone's name."""
+    monkeypatch.setenv("TZ", tz())
+    got = Settings.load(home).tz()
+    real = zoneinfo.ZoneInfo(zone)
+    for day in (dt.datetime(2027, 1, 15, 12), dt.datetime(2027, 7, 15, 12)):  # winter, summer
+        assert day.replace(tzinfo=got).utcoffset() == day.replace(tzinfo=real).utcoffset(), day
+    today = dt.datetime.now(real).date()
+    r = initialised("check", "--today", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["date"] == today.isoformat()
