@@ -178,3 +178,19 @@ def test_the_machines_time_zone_is_read_from_tz_as_the_c_library_reads_it(
     r = initialised("check", "--today", "--dry-run", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["date"] == today.isoformat()
+
+
+@pytest.mark.parametrize("shift", [HOUR, -HOUR], ids=["clocks go forward", "clocks go back"])
+def test_the_wait_for_gmails_new_day_is_counted_in_real_seconds(
+    changing_zone: ChangingZone, shift: int
+) -> None:
+    """Midnight in a zone whose clocks change before it is an hour nearer (or further)
+    than its wall clock says."""
+    from cpmail.transports.gmail import seconds_until_midnight
+
+    now = utcnow()
+    after = _noon_offset(now)
+    zone = changing_zone(after - shift, after, now + dt.timedelta(hours=1))
+    local = now.replace(tzinfo=dt.UTC).astimezone(zoneinfo.ZoneInfo(zone))
+    wall = 24 * HOUR - (local.hour * HOUR + local.minute * 60 + local.second)
+    assert abs(seconds_until_midnight(zone) - (wall - shift)) < 5

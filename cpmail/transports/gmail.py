@@ -106,10 +106,12 @@ def _retry_at(message: str) -> float | None:
 
 
 def seconds_until_midnight(tz_name: str) -> float:
-    """Seconds from now until the next midnight in ``tz_name``."""
+    """Seconds from now until the next midnight in ``tz_name`` (real seconds: on a day the
+    clocks change, not what the wall clock says)."""
     import zoneinfo
 
-    tz = zoneinfo.ZoneInfo(tz_name)
-    now = dt.datetime.now(dt.UTC).astimezone(tz)
-    tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=tz)
-    return max(60.0, (tomorrow - now).total_seconds())
+    from cpmail.pace import next_day_start
+
+    now = dt.datetime.now(dt.UTC)
+    midnight = next_day_start(zoneinfo.ZoneInfo(tz_name), now).replace(tzinfo=dt.UTC)
+    return max(60.0, (midnight - now).total_seconds())
