@@ -56,9 +56,11 @@ RESENT = "; it will be sent again"
 WAITS = "; the mail waits and is tried again later"
 #: ... for an account's pace: the server asked it to slow down, or its day's limit is reached.
 SLOWER = "; it is tried again later"
-TOMORROW = "; it waits for tomorrow"
-#: Every such promise: none is true of a message that failed for good or was dropped.
-PROMISES = (RESENT, WAITS, SLOWER, TOMORROW)
+#: (The limit's new day is not always tomorrow: Gmail's begins at Pacific midnight.)
+TOMORROW = "; it waits until the daily limit starts again"
+#: Every such promise: none is true of a message that failed for good or was dropped
+#: (the last as rows written by earlier versions say it).
+PROMISES = (RESENT, WAITS, SLOWER, TOMORROW, "; it waits for tomorrow")
 
 
 def settled(error: str) -> str:

@@ -1400,7 +1400,8 @@ def _wait_for_tomorrow(
         if paced.per_day and not paced.stopped_for_today
         else "the provider's limit"
     )
-    reason = f"{who} reached its daily sending limit ({limit}){TOMORROW}"
+    reached = f"{who} reached its daily sending limit ({limit})"
+    reason = reached + TOMORROW
     before = result.released
     _release(engine, run_id, result, reason=reason, account=account, keep=keep, not_before=tomorrow)
     m = messages.c
@@ -1413,7 +1414,11 @@ def _wait_for_tomorrow(
         ).rowcount
     n = int(waiting or 0) + result.released - before
     if n:
-        result.notes.append(f"{n} message(s) of {who} wait for tomorrow: {reason}.")
+        when = tomorrow.replace(tzinfo=dt.UTC).astimezone(settings.tz())
+        result.notes.append(
+            f"{n} message(s) of {who} wait until {when:%Y-%m-%d %H:%M %Z}".rstrip()
+            + f", when the daily limit starts again: {reached}."
+        )
 
 
 def _wait_for_window(

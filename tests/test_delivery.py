@@ -479,7 +479,8 @@ PROMISED = [
     "; it will be sent again",
     "; the mail waits and is tried again later",
     "; it is tried again later",
-    "; it waits for tomorrow",
+    "; it waits until the daily limit starts again",
+    "; it waits for tomorrow",  # (as rows written by earlier versions say it)
 ]
 
 

@@ -63,12 +63,17 @@ def test_without_a_pace_a_throttling_answer_slows_the_account(
 def test_past_the_days_limit_mail_waits_for_tomorrow(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:
-    prepare(cli, smtp_server, **{"mail.pace.per_day": "5"})
+    prepare(cli, smtp_server, **{"mail.pace.per_day": "5", "agency.timezone": "Australia/Sydney"})
     queue_messages(home, 8)
+    settings = Settings.load(home)
     r = cli("check", "--date", DATE)
     assert r.exit_code == 1, r.output
     assert len(smtp_server.messages) == 5
-    assert "3 message(s) of account JD wait for tomorrow" in r.stderr
+    said = " ".join(r.stderr.split())
+    # the limit's new day, named in the agency's time
+    starts = next_day_start(day_zone(settings)).replace(tzinfo=dt.UTC).astimezone(settings.tz())
+    assert f"3 message(s) of account JD wait until {starts:%Y-%m-%d %H:%M %Z}," in said, said
+    assert "when the daily limit starts again: account JD reached its daily" in said, said
     s = statuses(home)
     assert s["sent"] == 5 and s["deferred"] == 3 and s["sending"] == 0
     # and says when they go: not "by the next check, or at once with outbox retry"
@@ -95,7 +100,7 @@ def test_a_daily_limit_refusal_makes_the_mail_wait_for_tomorrow_not_fail(
     r = cli("check", "--date", DATE)
     after = next_day_start(zone)
     assert r.exit_code == 1, r.output
-    assert "wait for tomorrow" in r.stderr, r.stderr
+    assert "when the daily limit starts again" in r.stderr, r.stderr
     s = statuses(home)
     assert s["deferred"] == 5 and s["failed"] == 0 and s["sent"] == 0, s
     # nor is the manager told of failures from the exhausted account (there are none)
