@@ -723,11 +723,14 @@ def _mark_sent(paramstyle: str) -> str:
     SQLAlchemy's statement machinery cost 65 µs of the 90 µs it took.
     """
     mark = "?" if paramstyle == "qmark" else "%s"
+    # Whoever holds the claim now: the server has the message. (A run that woke after
+    # its claim lapsed may find it taken over, or recorded sent by the run that did.)
     return (
         f"UPDATE messages SET status = '{Status.SENT.value}', attempts = attempts + 1, "
         "claimed_at = NULL, claimed_by = NULL, next_attempt_at = NULL, "
         f"sent_at = {mark}, pending_rcpts = '', last_error = NULL, "
         f"raw = NULL WHERE id = {mark}"  # the bytes are not needed once the server has them
+        f" AND status <> '{Status.SENT.value}'"
     )
 
 
@@ -960,17 +963,22 @@ class _Recorder:
         notes: list[tuple[int, str, str, str | None]],
     ) -> None:
         m = messages.c
+        # Only what this run still holds: a run that woke after its claim lapsed must not
+        # undo the record of the run that took its mail over (sent, say, turned back into
+        # deferred and sent again). What the server accepted in full is recorded whoever
+        # holds it (_mark_sent).
+        ours = sa.and_(m.claimed_by == self.held.run_id, m.status == Status.SENDING)
         info = {
             r.id: r
             for r in conn.execute(
                 sa.select(
                     m.id, m.event, m.attempts, m.queued_at, m.pending_rcpts, m.refused_rcpts
-                ).where(m.id.in_([o.id for o in batch]))
+                ).where(m.id.in_([o.id for o in batch]), ours)
             )
         }
         updates = [self._update(o, info[o.id], now, notes) for o in batch if o.id in info]
         if updates:
-            conn.execute(messages.update().where(m.id == sa.bindparam("b_id")), updates)
+            conn.execute(messages.update().where(m.id == sa.bindparam("b_id"), ours), updates)
             sent = [u["b_id"] for u in updates if u["status"] == Status.SENT]
             if sent:  # the bytes are not needed once the server has them
                 conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))

@@ -1,0 +1,76 @@
+"""Two things at once: a run that wakes after another took its mail over, commands
+that change the outbox while a check sends, counters shared between runs.
+
+Real processes against a real aiosmtpd server (tests/smtpserver.py) and real
+databases; what the server received and what the database says are compared.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cpmail.settings import Settings
+from cpmail.store import connect
+from cpmail.store.schema import messages
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
+from tests.test_faults import (
+    DATE,
+    prepare,
+    queue_messages,
+    received,
+    spawn,
+    statuses,
+    wait_for,
+)
+
+
+def _rows(home: Path) -> list[sa.Row[tuple[int, str, bool]]]:
+    settings = Settings.load(home)
+    engine = connect(settings.db_url, where="test")
+    m = messages.c
+    with engine.connect() as conn:
+        rows = list(conn.execute(sa.select(m.id, m.status, m.raw.is_not(None))).all())
+    engine.dispose()
+    return rows
+
+
+def _data_sent(server: SMTPTestServer) -> bool:
+    return any(b"\r\n.\r\n" in r for r in list(server.reads))
+
+
+@pytest.mark.serial
+def test_a_run_that_wakes_after_its_mail_was_taken_over_does_not_undo_the_takers_record(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Stopped while the server had its message, past the stale limit: another run
+    sends that message and records it sent. The first run, woken, learns nothing of
+    its own attempt (the server's answer never came): that must not turn the record
+    of a sent message back into mail waiting (to be sent again, with no text)."""
+    prepare(
+        cli,
+        smtp_server,
+        **{"outbox.stale_claim_minutes": "0.05", "mail.smtp.timeout": "2"},  # 3 s
+    )
+    ids = queue_messages(home, 1)
+    smtp_server.stall_data = 1  # the first message's answer never comes
+    first = spawn(home)
+    try:
+        wait_for(lambda: _data_sent(smtp_server))
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(4)  # past the stale limit, and past the first run's timeout
+        r = cli("check", "--date", DATE)
+        assert r.exit_code == 0, r.output
+        assert set(received(smtp_server)) == ids
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=60)
+    assert "internal error" not in err, err
+    assert statuses(home) == {"sent": 1}, (_rows(home), out + err)
+    r = cli("outbox", "--json")
+    assert r.exit_code == 0 and r.stdout.strip() == "[]", r.output
