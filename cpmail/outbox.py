@@ -67,6 +67,9 @@ RECORD_PATIENCE = 300.0
 # A pass waits at most this long in all for accounts a server asked to slow
 # down (Retry-After); past it, their mail waits in the outbox for a later run.
 MAX_PAUSE = 300.0
+# Within this many messages of an account's daily limit, what the log says it sent is
+# read before each message: runs side by side share the limit.
+DAY_NEAR = 20
 
 
 def new_run_id() -> str:
@@ -1165,7 +1168,9 @@ class _Pass:
         # What this pass holds claimed with no outcome since it was (last) claimed, in
         # order: an account's later turn (after a pause) offers these again first.
         self.holding: dict[int, Envelope] = {env.id: env for env, _ in ready}
-        self.offered: set[int] = set()  # handed to the transport (for the progress count)
+        # handed to the transport (for the progress count, and the day's limit)
+        self.offered: dict[int, Envelope] = {}
+        self.day_read: dict[str, float] = {}  # account -> when the log was last counted
         self.paused_for = 0.0  # seconds this pass waited for throttled accounts
         self.silent = 0  # messages in a row the server did not answer in time
         self.stalled: Unreachable | None = None
@@ -1294,7 +1299,42 @@ class _Pass:
         )
 
     def _admit(self) -> bool:
-        return self.pace is None or self.pace.admit(self._stop)
+        paced = self.pace
+        if paced is None:
+            return True
+        self._share_the_day()
+        return paced.admit(self._stop)
+
+    def _share_the_day(self) -> None:
+        """Count what other runs sent from the account since its turn began.
+
+        Runs side by side (cron runs that overlap, other machines) share the
+        account's daily limit: the log is read again once a second, and before
+        every message when the day's last DAY_NEAR remain. What this run let
+        go and has not recorded as sent yet is counted on top.
+        """
+        paced = self.pace
+        if paced is None or not paced.per_day or paced.day_full:
+            return
+        now = time.monotonic()
+        near = paced.per_day - paced.sent_today <= DAY_NEAR
+        last = self.day_read.get(self.account)
+        if last is not None and now - last < 1.0 and not near:
+            return
+        self.day_read[self.account] = now
+        try:
+            today, _ = _sent_lately(self.engine, self.settings, self.account)
+        except Exception as e:
+            if not _retryable(e):
+                raise
+            return  # the database is away for now: this run's own count goes on
+        recorded = sum(
+            1
+            for i, env in self.offered.items()
+            if env.account == self.account and self.result.status.get(i) == Status.SENT
+        )
+        mine = sum(1 for env in self.offered.values() if env.account == self.account)
+        paced.sent_today = max(paced.sent_today, today + mine - recorded)
 
     def _envelopes(self, account: str) -> Iterator[Envelope]:
         """The account's messages, claimed a batch at a time, each let go at the account's pace.
@@ -1330,7 +1370,7 @@ class _Pass:
     def _offer(self, env: Envelope) -> Envelope:
         if self.on_progress and env.id not in self.offered:
             self.on_progress(1)
-        self.offered.add(env.id)
+        self.offered[env.id] = env
         return env
 
     def _observe(self, outcome: Outcome) -> None:
@@ -1375,6 +1415,12 @@ def _pace_for(
         return pace.Pace(per_minute, per_day, stopped_for_today=True)
     if not (per_minute or per_day):
         return None
+    today, last_minute = _sent_lately(engine, settings, account)
+    return pace.Pace(per_minute, per_day, sent_today=today, sent_last_minute=last_minute)
+
+
+def _sent_lately(engine: sa.Engine, settings: Settings, account: str) -> tuple[int, int]:
+    """How many messages the log says the account sent today, and in the last minute."""
     m = messages.c
     midnight = pace.day_start(pace.day_zone(settings))
     with engine.connect() as conn:
@@ -1385,7 +1431,7 @@ def _pace_for(
                 sa.func.count(sa.case((m.sent_at >= now - dt.timedelta(minutes=1), 1))),
             ).where(m.account == account, m.status == Status.SENT, m.sent_at >= min(midnight, now))
         ).one()
-    return pace.Pace(per_minute, per_day, sent_today=int(row[0]), sent_last_minute=int(row[1]))
+    return int(row[0]), int(row[1])
 
 
 def _wait_for_tomorrow(

@@ -92,7 +92,8 @@ class Pace:
     """One sending account's pace in one run.
 
     ``sent_today`` and ``sent_last_minute`` come from the log, so runs that
-    follow each other (or run side by side) share the account's limits.
+    follow each other share the account's limits; runs side by side share the
+    day's (the delivery pass reads the log again as it sends).
     """
 
     per_minute: int

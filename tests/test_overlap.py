@@ -74,3 +74,29 @@ def test_a_run_that_wakes_after_its_mail_was_taken_over_does_not_undo_the_takers
     assert statuses(home) == {"sent": 1}, (_rows(home), out + err)
     r = cli("outbox", "--json")
     assert r.exit_code == 0 and r.stdout.strip() == "[]", r.output
+
+
+@pytest.mark.serial
+def test_runs_side_by_side_share_the_accounts_daily_limit(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, backend: str
+) -> None:
+    """Two checks at once (cron runs that overlap, or two machines) send no more from
+    one account in a day than ``mail.pace.per_day`` between them."""
+    db = backend
+    prepare(cli, smtp_server, db=db, **{"mail.pace.per_day": "20"})
+    queue_messages(home, 30)
+    smtp_server.accept_delay = 0.5
+    runs = [spawn(home)]
+    wait_for(lambda: len(smtp_server.messages) >= 2)
+    queue_messages(home, 30)  # new mail, which a second run finds while the first sends
+    runs.append(spawn(home))
+    for p in runs:
+        out, err = p.communicate(timeout=120)
+        assert "internal error" not in err, err
+        assert p.returncode == 1, out + err
+    # (at most what the other run had in the server's hands at the moment, unseen: one
+    # message per connection, 3)
+    sent = len(smtp_server.messages)
+    assert 20 <= sent <= 23, sent
+    s = statuses(home)
+    assert s["sent"] == sent and s["deferred"] == 60 - sent and s["sending"] == 0, s
