@@ -1534,16 +1534,12 @@ def _give_back(
     attempts).
     """
     m = messages.c
-    q = sa.select(m.id, m.event, m.attempts).where(
-        m.claimed_by == run_id, m.status == Status.SENDING
-    )
+    # One statement: a row another run took over in the meantime is not this run's to put back.
+    q = messages.update().where(m.claimed_by == run_id, m.status == Status.SENDING)
     if account is not None:
         q = q.where(m.account == account)
     if keep:
         q = q.where(m.id.not_in(sorted(keep)))
-    rows = list(conn.execute(q).all())
-    if not rows:
-        return rows
     values: dict[str, Any] = {
         "claimed_at": None,
         "claimed_by": None,
@@ -1553,8 +1549,8 @@ def _give_back(
         values.update(status=Status.DEFERRED, last_error=reason)
     else:
         values["status"] = sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED)
-    conn.execute(messages.update().where(m.id.in_([r.id for r in rows])).values(**values))
-    return rows
+    rows = conn.execute(q.values(**values).returning(m.id, m.event, m.attempts)).all()
+    return sorted(rows, key=lambda r: r.id)
 
 
 def _release(
