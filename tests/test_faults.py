@@ -473,6 +473,39 @@ def test_relay_denied_without_a_passcode_keeps_mail_queued(
     assert_each_once(smtp_server, ids)
 
 
+@pytest.mark.parametrize(
+    ("stage", "answer"),
+    [
+        ("rcpt", "550 5.7.1 Unable to relay"),
+        ("rcpt", "553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)"),
+        ("mail", "550 5.7.1 Sender not allowed"),
+        ("mail", "553 5.7.1 Sender is not authorized"),
+        ("mail", "550 5.7.60 SMTP; Client does not have permissions to send as this sender"),
+        ("mail", "550 5.7.1 Sending as this address is not permitted"),
+    ],
+)
+def test_refusals_of_the_sender_in_the_words_of_other_servers_keep_mail_queued(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, stage: str, answer: str
+) -> None:
+    """Relay denied or sender not allowed, as Exchange, qmail and others word it: exit 3,
+    the fix named, and the mail stays queued instead of failing for good."""
+    prepare(cli, smtp_server)
+    ids = queue_messages(home, 3)
+    if stage == "rcpt":
+        smtp_server.fail_rcpt = {f"person{i}@agency.test": answer for i in range(3)}
+    else:
+        smtp_server.fail_mail = answer
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3, r.output
+    assert "cpmail staff passcode JD" in r.stderr
+    s = statuses(home)
+    assert s["failed"] == 0 and s["deferred"] + s["queued"] == 3
+    smtp_server.fail_rcpt = {}
+    smtp_server.fail_mail = None
+    assert cli("check", "--date", DATE).exit_code == 0
+    assert_each_once(smtp_server, ids)
+
+
 # ------------------------------------------------------------------ the database
 
 

@@ -509,7 +509,8 @@ def test_an_answer_to_data_decides_the_message(
     [
         ("451 4.7.1 Greylisted, try again in 5 minutes", TemporaryFailure),
         ("421 4.7.0 Too many messages", TemporaryFailure),
-        ("550 5.7.1 Sender not allowed", PermanentFailure),
+        # (of this message; "sender not allowed" concerns the account: test_faults.py)
+        ("552 5.3.4 Message size exceeds fixed maximum message size", PermanentFailure),
     ],
 )
 def test_an_answer_to_mail_from_decides_the_message(

@@ -120,12 +120,18 @@ def timed_out(where: str, timeout: float, after: str) -> TemporaryFailure:
 
 
 # Answers that concern the sending account or this machine, not a recipient:
-# every message from the account would meet them.
+# every message from the account would meet them. Relay denied as Postfix, Exchange
+# ("Unable to relay") and qmail ("not in my list of allowed rcpthosts") say it; a
+# sender not allowed as Exchange Online ("5.7.60 … does not have permissions to send
+# as this sender") and others say it.
 _ACCOUNT_REFUSAL = re.compile(
-    r"relay(ing)?\b.{0,20}(denied|not permitted|prohibited|not allowed)|"
+    r"relay(ing)?\b.{0,20}(denied|not permitted|prohibited|not allowed)|unable to relay|"
+    r"list of allowed rcpthosts|"
     r"authenticat\w* (is )?required|must (authenticate|log ?in)|not authenticated|"
     r"sender address rejected|not owned by|not (authorized|allowed|permitted) to send|"
-    r"client host rejected|access denied|\b5\.7\.0\b|\b5\.7\.57\b",
+    r"sender (address )?(is )?not (authori[sz]ed|allowed|permitted)|"
+    r"permissions? to send as|send(ing)? as\b.{0,40}\bnot (authori[sz]ed|allowed|permitted)|"
+    r"client host rejected|access denied|\b5\.7\.0\b|\b5\.7\.57\b|\b5\.7\.60\b",
     re.IGNORECASE,
 )
 
