@@ -17,10 +17,14 @@ from pathlib import Path
 from cpmail import demo
 from cpmail.check import FAILURE_SUMMARY, Planned, preview_failure_summary, run_check
 from cpmail.errors import InputError
-from cpmail.events import check_names
+from cpmail.events import SCHEDULED, check_names
 from cpmail.secrets import SecretStore
-from cpmail.settings import Settings, StrKey
+from cpmail.settings import WEEKDAY_NAMES, Settings, StrKey
 from cpmail.store import make_engine, upgrade
+
+# Who gets the scheduled cash-flow report in its preview: a demo staff member with access.
+_CASH_FLOW_TO = "KM"
+CASH_FLOW = "cash-flow"
 
 # What the preview keeps of the settings of the home that asks.
 _KEPT: tuple[StrKey, ...] = ("mail.subject_prefix", "check.holidays")
@@ -29,13 +33,14 @@ _KEPT: tuple[StrKey, ...] = ("mail.subject_prefix", "check.holidays")
 def preview(
     settings: Settings, home: Path, event: str, *, demo_settings: Mapping[StrKey, str]
 ) -> Planned:
-    """The message ``event`` (an event's name, or ``digest``) makes from the demo data.
+    """The message ``event`` (an event's name, ``cash-flow``, or ``digest``) makes from the
+    demo data.
 
     ``home`` holds the templates to render with; ``demo_settings`` are the
     demo agency's own (its name, its manager).
     """
     if event not in ("digest", FAILURE_SUMMARY):
-        check_names([event])
+        check_names([event], also=SCHEDULED)
     with tempfile.TemporaryDirectory(prefix="cpmail-preview-") as tmp:
         where = Path(tmp)
         s = Settings.load(where, environment=False)
@@ -45,6 +50,9 @@ def preview(
             s.set(key, settings[key])
         if event == "digest":
             s.set("mail.digest", True)
+        if event == CASH_FLOW:  # sent on its days to the staff named: the example date, KM
+            s.set("reports.cash-flow.days", WEEKDAY_NAMES[demo.EXAMPLE_DATE.weekday()])
+            s.set("reports.cash-flow.to", _CASH_FLOW_TO)
         s.save()
         s = Settings.load(where, environment=False)
         if event == FAILURE_SUMMARY:  # not an event: the summary of failed mail, to the manager

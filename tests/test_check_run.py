@@ -684,3 +684,23 @@ def test_a_run_for_a_day_after_today_says_it_records_that_day_now(
             assert "after today" not in r.stderr, (args, r.output)
         r = cli("check", "--dry-run", "--date", (today + dt.timedelta(days=3)).isoformat())
         assert "after today" not in r.stderr, r.output
+def test_the_scheduled_cash_flow_report_can_be_previewed_like_an_event(
+    cli: Cli, home: Path
+) -> None:
+    """`check` sends the cash-flow report with templates of its own (cash-flow.txt and
+    .html, as `templates export` copies them): `templates preview cash-flow` shows them."""
+    assert cli("init").exit_code == 0
+    r = cli("templates", "preview", "cash-flow")
+    assert r.exit_code == 0, r.output
+    assert "Subject: [C&P] Cash flow report as of" in r.stdout, r.stdout
+    html = cli("templates", "preview", "cash-flow", "--html")
+    assert html.exit_code == 0 and "<html" in html.stdout, html.output
+    custom = home / "templates" / "email"
+    custom.mkdir(parents=True)
+    builtin = Path(cpmail.__file__).parent / "templates" / "email" / "cash-flow.txt"
+    text = builtin.read_text(encoding="utf-8").replace(
+        "{% block body %}", "{% block body %}MONEY NEWS "
+    )
+    (custom / "cash-flow.txt").write_text(text, encoding="utf-8")
+    r = cli("templates", "preview", "cash-flow")
+    assert r.exit_code == 0 and "MONEY NEWS" in r.stdout, r.output

@@ -63,7 +63,9 @@ def export(
 def preview(
     ctx: typer.Context,
     event: str = typer.Argument(
-        ..., metavar="EVENT", help="The event, e.g. job-opened; or digest, or failure-summary."
+        ...,
+        metavar="EVENT",
+        help="The event, e.g. job-opened; or cash-flow, digest, or failure-summary.",
     ),
     html: bool = typer.Option(False, "--html", help="Print the HTML part instead of the text."),
 ) -> None:
