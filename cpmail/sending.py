@@ -13,7 +13,14 @@ import sqlalchemy as sa
 from cpmail import __version__, interrupt
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
-from cpmail.errors import ConfigError, CpmailError, InputError, NotDelivered, settled
+from cpmail.errors import (
+    ConfigError,
+    CpmailError,
+    InputError,
+    NotDelivered,
+    TransportError,
+    settled,
+)
 from cpmail.outbox import (
     ONCE,
     Delivery,
@@ -31,6 +38,7 @@ from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.transports.base import get_transport
+from cpmail.transports.smtp_words import MAIL_STAYS
 
 
 def send_now(
@@ -79,6 +87,8 @@ def send_now(
             )
         finally:
             give_up(engine, ids, "a test message is sent at once or not at all", run_id=run_id)
+    if result.stopped is not None:  # (its words may say the mail stays queued: it does not)
+        result.stopped = _not_kept(result.stopped)
     for i in ids:
         if result.status.get(i, Status.DEFERRED) != Status.SENT:
             result.status[i] = Status.FAILED
@@ -89,6 +99,19 @@ def send_now(
                 )
     result.waiting = 0
     return ids, result
+
+
+def _not_kept(error: TransportError) -> TransportError:
+    """``error`` as said of a test message, which is not kept to be sent later."""
+    text = str(error)
+    if not text.endswith(MAIL_STAYS):
+        return error
+    said = text.removesuffix(MAIL_STAYS).rstrip()
+    return type(error)(
+        f"{said} The test message was not sent: a test message is sent at once or not at all.",
+        retry_after=error.retry_after,
+        maybe_sent=error.maybe_sent,
+    )
 
 
 def send_message(

@@ -364,6 +364,25 @@ def test_a_failed_test_message_is_never_sent_later(
     assert sum(b"Test message" in m.data for m in smtp_server.messages) == 1
 
 
+def test_a_test_message_refused_for_its_sender_is_not_said_to_stay_queued(
+    cli: Cli, smtp_server: SMTPTestServer
+) -> None:
+    """A server that wants a login refuses the test message for who sends it: exit 3 with
+    the fix named, and the words say what became of it: not sent, and not kept."""
+    setup_smtp(cli, smtp_server)
+    smtp_server.require_auth = True
+    for command in (("staff", "test", "JD"), ("config", "test")):
+        r = cli(*command)
+        assert r.exit_code == 3, r.output
+        assert "cpmail staff passcode JD" in r.stderr, r.stderr
+        assert "stays in the outbox" not in r.stderr, r.stderr
+        assert "sent at once or not at all" in r.stderr, r.stderr
+    assert json.loads(cli("outbox", "--json").stdout) == []
+    smtp_server.require_auth = False
+    assert cli("check", "--today").exit_code == 0
+    assert not any(b"Test message" in m.data for m in smtp_server.messages)
+
+
 def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
     cli: Cli, smtp_server: SMTPTestServer
 ) -> None:

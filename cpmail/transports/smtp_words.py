@@ -234,6 +234,11 @@ def unreachable(
     return Unreachable(f"cannot use the SMTP server {where}: {scrub(str(detail))}.")
 
 
+# How a refusal of the sending account ends: what became of the mail. (A test message
+# is never kept: `cpmail.sending` says so instead.)
+MAIL_STAYS = "The mail stays in the outbox."
+
+
 def refused_account(env: Envelope, words: str, cfg: SMTPConfig, login: Login | None) -> AuthError:
     """The sentence for a refusal that concerns the sending account; its fix named."""
     where = cfg.address
@@ -248,7 +253,7 @@ def refused_account(env: Envelope, words: str, cfg: SMTPConfig, login: Login | N
         )
         return AuthError(
             f"the SMTP server {where} will not send mail from {env.mail_from} without a "
-            f"login: {words}; {advice}. The mail stays in the outbox."
+            f"login: {words}; {advice}. {MAIL_STAYS}"
         )
     advice = (
         sign_in_advice(provider, env.account)
@@ -259,5 +264,5 @@ def refused_account(env: Envelope, words: str, cfg: SMTPConfig, login: Login | N
     return AuthError(
         f"the SMTP server {where} refused mail from {env.mail_from} ({who(env.account)}) "
         f"for a reason that concerns the sender, not the recipient: {words}; {advice}. "
-        "The mail stays in the outbox."
+        f"{MAIL_STAYS}"
     )
