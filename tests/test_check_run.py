@@ -684,6 +684,8 @@ def test_a_run_for_a_day_after_today_says_it_records_that_day_now(
             assert "after today" not in r.stderr, (args, r.output)
         r = cli("check", "--dry-run", "--date", (today + dt.timedelta(days=3)).isoformat())
         assert "after today" not in r.stderr, r.output
+
+
 def test_the_scheduled_cash_flow_report_can_be_previewed_like_an_event(
     cli: Cli, home: Path
 ) -> None:
