@@ -679,19 +679,21 @@ def _plan(
 ) -> Planned:
     person = group[0][1]
     recipient = {"name": person.name, "staff_id": person.staff_id, "address": person.address}
+    replies = reply_to(group, directory, settings)
+    reply = {"name": replies.name, "address": replies.address} if replies else None
     by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for n, _ in group:
         by_event[n.event].append(n.item)
     events = [n.event for n, _ in group]
     if len(by_event) == 1:
         event = events[0]
-        subject, text, html = renderer.message(event, by_event[event], recipient)
+        subject, text, html = renderer.message(event, by_event[event], recipient, reply)
         if len(group) > 1 and event not in LIST_EVENTS:
             event = DIGEST  # several notifications of one kind, each a section of a digest
     else:
         event = DIGEST
         ordered = sorted(by_event.items(), key=lambda kv: _order(kv[0]))
-        subject, text, html = renderer.digest(ordered, recipient)
+        subject, text, html = renderer.digest(ordered, recipient, reply)
     subject = subject_line(settings, subject)
     threads = {n.thread for n, _ in group}
     thread = threads.pop() if len(threads) == 1 else None
@@ -702,7 +704,7 @@ def _plan(
         ("|".join(sorted(keys)) + "|" + person.address.lower()).encode()
     ).hexdigest()
     msg = compose(
-        reply_to=reply_to(group, directory, settings),
+        reply_to=replies,
         sender=Mailbox(sender.address, sender.name),
         to=[Mailbox(person.address, person.name)],
         subject=subject,

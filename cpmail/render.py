@@ -3,11 +3,12 @@
 Each event has ``email/<event>.txt`` (blocks ``subject`` and ``body``) and
 ``email/<event>.html`` (block ``content``); both extend a base layout. Every
 template sees ``items`` (what the message is about: one, or a list for task
-reminders), ``item`` (the first), ``recipient``, ``agency``, ``run_date``
-and ``event``. A digest renders each notification with its event's
-templates, one at a time (task lists whole), so that none is left out.
-Templates are compiled once per process, and once per process whatever the
-number of homes (`CompiledTemplates`).
+reminders), ``item`` (the first), ``recipient``, ``reply_to`` (who a reply
+reaches, or nothing), ``agency``, ``run_date`` and ``event``. A digest
+renders each notification with its event's templates, one at a time (task
+lists whole), so that none is left out. Templates are compiled once per
+process, and once per process whatever the number of homes
+(`CompiledTemplates`).
 """
 
 from __future__ import annotations
@@ -217,7 +218,11 @@ class Renderer:
             raise _failed(e, str(tmpl.name)) from None
 
     def _ctx(
-        self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]
+        self,
+        event: str,
+        items: list[dict[str, Any]],
+        recipient: dict[str, Any],
+        reply_to: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         return {
             **self.context,
@@ -226,6 +231,7 @@ class Renderer:
             "item": items[0],
             "count": len(items),
             "recipient": recipient,
+            "reply_to": reply_to,
         }
 
     def render(self, name: str, ctx: dict[str, Any]) -> tuple[str, str, str]:
@@ -240,17 +246,22 @@ class Renderer:
         return subject, tidy(self._full(txt, full)), self._full(html, full)
 
     def message(
-        self, event: str, items: list[dict[str, Any]], recipient: dict[str, Any]
+        self,
+        event: str,
+        items: list[dict[str, Any]],
+        recipient: dict[str, Any],
+        reply_to: dict[str, str] | None = None,
     ) -> tuple[str, str, str]:
         """Return (subject without prefix, text, html) for one event's items.
 
         Only task reminders list several items in one message of their own; any
         other event's items, when there are several, go out as a digest so
-        that none is left out.
+        that none is left out. ``reply_to`` (name, address): who a reply reaches,
+        which the footer says; None when a reply would reach nobody.
         """
         if len(items) > 1 and event not in LIST_EVENTS:
-            return self.digest([(event, items)], recipient)
-        return self.render(event, self._ctx(event, items, recipient))
+            return self.digest([(event, items)], recipient, reply_to)
+        return self.render(event, self._ctx(event, items, recipient, reply_to))
 
     def sections(
         self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]
@@ -280,7 +291,10 @@ class Renderer:
         return parts
 
     def digest(
-        self, sections: list[tuple[str, list[dict[str, Any]]]], recipient: dict[str, Any]
+        self,
+        sections: list[tuple[str, list[dict[str, Any]]]],
+        recipient: dict[str, Any],
+        reply_to: dict[str, str] | None = None,
     ) -> tuple[str, str, str]:
         """One message with every item of every event for one recipient."""
         parts = self.sections(sections, recipient)
@@ -289,6 +303,7 @@ class Renderer:
             "event": "digest",
             "sections": parts,
             "recipient": recipient,
+            "reply_to": reply_to,
             "count": sum(p["count"] for p in parts),
         }
         txt = self._get("email/digest.txt")

@@ -43,3 +43,29 @@ def test_every_message_answers_to_a_person(cli: Cli, home: Path) -> None:
         else:
             assert reply is None, eml.name
     assert checked_jobs >= 5
+
+
+def test_the_footer_says_where_a_reply_goes(cli: Cli, home: Path) -> None:
+    """ "Please do not reply" only where a reply would reach nobody; where Reply-To names a
+    person, the text and the HTML say that a reply goes to them."""
+    assert cli("demo", "--date", "2026-11-24").exit_code == 0
+    assert cli("config", "set", "manager.email", "").exit_code == 0
+    assert cli("check", "--date", "2026-11-25").exit_code in (0, 1)  # some without Reply-To
+    seen = {True: 0, False: 0}
+    for eml in sorted((home / "mail").glob("*.eml")):
+        msg = message_from_bytes(eml.read_bytes(), policy=policy.default)
+        if msg["X-Cpmail-Event"] == "failure-summary":
+            continue
+        reply = msg["Reply-To"]
+        for part in ("plain", "html"):
+            body = msg.get_body(preferencelist=(part,))
+            assert body is not None, eml.name
+            text = " ".join(str(body.get_content()).split())
+            if reply is None:
+                assert "Please do not reply" in text and "A reply goes to" not in text, eml.name
+            else:
+                to = reply.addresses[0]
+                assert f"A reply goes to {to.display_name or to.addr_spec}" in text, eml.name
+                assert "do not reply" not in text, eml.name
+        seen[reply is None] += 1
+    assert seen[True] and seen[False], seen  # both kinds were looked at
