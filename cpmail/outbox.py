@@ -1901,10 +1901,7 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
         _check_ids(engine, ids)
         q = q.where(m.id.in_(list(ids)))
     with engine.begin() as conn:
-        if ids is not None:
-            for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(list(ids)), ~retryable)):
-                left[r.id] = _not_retried.get(r.status, "its text is no longer kept")
-        n = conn.execute(
+        done = conn.execute(
             q.values(
                 status=Status.QUEUED,
                 attempts=0,
@@ -1916,9 +1913,15 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
                 # A failed message is tried again for everyone it waits for, the
                 # refused included; a deferred one keeps them on record.
                 refused_rcpts=sa.case((m.status == Status.FAILED, ""), else_=m.refused_rcpts),
-            )
-        ).rowcount
-    return int(n), left
+            ).returning(m.id)
+        ).scalars()
+        back = set(done)
+        if ids is not None:
+            # Each of the others as it is now (a run may have claimed one a moment ago).
+            rest = [i for i in ids if i not in back]
+            for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(rest))) if rest else []:
+                left[r.id] = _not_retried.get(r.status, "its text is no longer kept")
+    return len(back), left
 
 
 # Why `outbox retry ID` leaves a message as it is, by its status.
@@ -1948,19 +1951,25 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
     m = messages.c
     waiting = m.status.in_((Status.QUEUED, Status.DEFERRED, Status.FAILED))
     with engine.begin() as conn:
-        rows = conn.execute(sa.select(m.id, m.status).where(m.id.in_(list(ids)), ~waiting))
-        left = {r.id: r.status for r in rows}  # (a message dropped already included)
-        n = conn.execute(
-            messages.update()
-            .where(m.id.in_(list(ids)), waiting)
-            .values(
-                status=Status.DROPPED,
-                raw=None,
-                next_attempt_at=None,
-                last_error=_joined(m.last_error, "dropped with `cpmail outbox drop`"),
-            )
-        ).rowcount
-    return int(n), left
+        dropped = set(
+            conn.execute(
+                messages.update()
+                .where(m.id.in_(list(ids)), waiting)
+                .values(
+                    status=Status.DROPPED,
+                    raw=None,
+                    next_attempt_at=None,
+                    last_error=_joined(m.last_error, "dropped with `cpmail outbox drop`"),
+                )
+                .returning(m.id)
+            ).scalars()
+        )
+        # Each of the others as it is now (a run may have claimed one a moment ago; a
+        # message dropped already included): named, never passed over in silence.
+        rest = [i for i in ids if i not in dropped]
+        rows = conn.execute(sa.select(m.id, m.status).where(m.id.in_(rest))).all() if rest else []
+        left = {r.id: r.status for r in rows}
+    return len(dropped), left
 
 
 def _check_ids(engine: sa.Engine, ids: Sequence[int]) -> None:

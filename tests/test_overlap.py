@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -100,3 +101,38 @@ def test_runs_side_by_side_share_the_accounts_daily_limit(
     assert 20 <= sent <= 23, sent
     s = statuses(home)
     assert s["sent"] == sent and s["deferred"] == 60 - sent and s["sending"] == 0, s
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["drop", "retry"])
+def test_a_message_claimed_while_drop_or_retry_waits_for_it_is_named(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, pg_url: str, command: str
+) -> None:
+    """A run claims a message while `outbox drop`/`retry` waits for its row: the command
+    says what became of it ("a run has it claimed"), never "Dropped 0" and nothing else."""
+    import threading
+
+    prepare(cli, smtp_server, db=pg_url)
+    queue_messages(home, 1)
+    engine = connect(Settings.load(home).db_url, where="test")
+    m = messages.c
+    with engine.begin() as conn:
+        [mid] = conn.execute(sa.select(m.id)).scalars()
+        conn.execute(messages.update().values(status="deferred"))
+    said: dict[str, Any] = {}
+    with engine.connect() as run:  # a run about to claim it, holding its row
+        tx = run.begin()
+        run.execute(sa.select(m.id).where(m.id == mid).with_for_update())
+        worker = threading.Thread(
+            target=lambda: said.update(r=cli("outbox", command, str(mid))), daemon=True
+        )
+        worker.start()
+        time.sleep(1.0)  # the command now waits for the row
+        run.execute(messages.update().where(m.id == mid).values(status="sending"))
+        tx.commit()
+    worker.join(30)
+    engine.dispose()
+    r = said["r"]
+    assert r.exit_code == 0, r.output
+    assert f"Message {mid} was not" in r.output and "a run has it claimed" in r.output, r.output
+    assert [row.status for row in _rows(home)] == ["sending"]
