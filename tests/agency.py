@@ -13,7 +13,7 @@ from cpmail.store import schema
 
 D = dt.date(2026, 11, 24)  # a Tuesday; Monday 23 is the prior workday
 # The same day fifty years on: an event then has not begun whenever the tests run
-# (a check for the past date D never reminds of an event that has begun by now).
+# (a reminder queued by today's check is dropped once its event has begun).
 LATER = D.replace(year=D.year + 50)
 
 

@@ -296,12 +296,25 @@ def test_reminder_for_a_past_date_run_sees_the_whole_day(agency: Agency, home: P
             remind_at=at(D, 23, 45),
             attendees="AE",
         ),
-        # after the end of the run's day, but begun by now: never reminded
-        dict(id="CAL3", title="Gone", starts_at=at(D + DAY, 8), remind_at=at(D, 23, 50)),
+        # after the end of the run's day (begun by now, which a run for D does not ask)
+        dict(
+            id="CAL3",
+            title="Next morning",
+            starts_at=at(D + DAY, 8),
+            remind_at=at(D, 23, 50),
+            attendees="AE",
+        ),
     )
-    assert _reminders(agency, home, D, None) == ["calendar-reminder:CAL2:2026-11-24T23:45"]
-    # an event that was over before the run: never reminded
+    assert _reminders(agency, home, D, None) == [
+        "calendar-reminder:CAL2:2026-11-24T23:45",
+        "calendar-reminder:CAL3:2026-11-24T23:50",
+    ]
+    # an event that was over before the run's day ended: never reminded
     assert "CAL3" not in str(_reminders(agency, home, D + 2 * DAY, None))
+    # and `check --date D` sends it, as of that day: not dropped for having begun since
+    msgs = agency.check("--only", "calendar-reminder", date=D)
+    subjects = sorted(str(m["Subject"]) for m in msgs)
+    assert len(subjects) == 2 and "Next morning, Wed Nov 25, 2026 8:00" in subjects[1], subjects
 
 
 def test_a_reminder_just_before_midnight_is_not_lost_at_midnight(

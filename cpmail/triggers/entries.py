@@ -103,11 +103,12 @@ def homebase_entry(conn: sa.Connection, run: Run) -> Iterator[Notification]:
 def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     """Reminders whose time has come for events that have not begun.
 
-    ``remind_at`` is at or before the run moment (now, for today's run) and no
-    earlier than the lookback window or the day before; the event starts after
-    the run moment. An event that has begun or is over is never reminded; a
-    reminder that waited in the outbox past the event's start is dropped there
-    (``not_after``).
+    ``remind_at`` is at or before the run moment (now, for today's run; the end
+    of the day for another date) and no earlier than the lookback window or the
+    day before; the event starts after the run moment. A reminder of today's (or
+    a later date's) run that waited in the outbox past the event's start is
+    dropped there (``not_after``); a run for a past date was asked for that
+    day's reminders as they stood then, and sends them.
     """
     c = calendar_entries.c
     moment = run.moment
@@ -115,12 +116,10 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
     # set in the lookback window, or in the day before the run moment, whichever is
     # longer (a reminder at 23:58 for a meeting at 00:30 is not lost at midnight).
     since = min(run.window_start, moment - dt.timedelta(days=1))
-    # A check for a past date sees that day's reminders, but an event that has
-    # begun by now is not reminded of, whatever the date asked.
-    begun_by = max(moment, run.present)
+    past = run.date < run.present.date()  # a run for a past date, as of that day
     q = (
         sa.select(calendar_entries)
-        .where(c.remind_at >= since, c.remind_at <= moment, c.starts_at > begun_by)
+        .where(c.remind_at >= since, c.remind_at <= moment, c.starts_at > moment)
         .order_by(c.remind_at, c.id)
     )
     rows = list(conn.execute(q))
@@ -158,7 +157,9 @@ def calendar_reminder(conn: sa.Connection, run: Run) -> Iterator[Notification]:
             listed=listed,
             invitation=invitation,  # its attendees: the people routing sends it to
             # Held back (the send window, a server away) until the event began: not sent.
-            not_after=r.starts_at.replace(tzinfo=run.tz).astimezone(dt.UTC).replace(tzinfo=None),
+            not_after=None
+            if past
+            else r.starts_at.replace(tzinfo=run.tz).astimezone(dt.UTC).replace(tzinfo=None),
         )
 
 
