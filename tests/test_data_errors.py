@@ -699,6 +699,19 @@ def test_old_mac_line_ends_are_named_and_a_line_of_spaces_is_blank(
     assert r.exit_code == 0 and "2 rows" in r.stdout, r.output
 
 
+@pytest.mark.parametrize("blank", ["   ", "\t", " \t ", ""])
+@pytest.mark.parametrize("replace", [[], ["--replace", "--dry-run"]])
+def test_a_line_of_spaces_is_blank_under_a_one_column_header_too(
+    loaded: Cli, tmp_path: Path, blank: str, replace: list[str]
+) -> None:
+    """A file of keys alone (the rows to keep, with --replace) has one column: its blank
+    lines are skipped as in any other file, not read as a row with an empty key."""
+    path = write(tmp_path, "clients.csv", f"id\nC1\n{blank}\nC2\n{blank}\n")
+    r = loaded("data", "import", str(path), *replace)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("clients: 2 rows (0 new, 0 updated, 2 unchanged"), r.output
+
+
 @pytest.mark.parametrize(
     ("cell", "said"),
     [('"X,Y"', "holds a comma"), ('"A\nB"', "holds a line break"), ('"A\x07B"', "control")],

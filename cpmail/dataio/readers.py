@@ -125,9 +125,9 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
             for row in reader:
                 line = prev + 1
                 prev = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line, or one of spaces only (one-column files too)
                 if len(row) != n:
-                    if not row or (len(row) == 1 and not row[0].strip()):
-                        continue  # a blank line, or one of spaces only
                     raise InputError(
                         f"{src}, line {line}: {_plural(len(row), 'field')}, but the header has "
                         f"{_plural(n, 'column')}; check the commas and quotes on that line."
