@@ -128,6 +128,26 @@ def test_missing_header(loaded: Cli, tmp_path: Path) -> None:
     assert "header" in msg
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "first"),
+    [
+        ("jobs.csv", "ID,Client_ID,Title\nJ9,C1,New\n", "ID"),
+        ("jobs.csv", "id,client_id,TITLE\nJ9,C1,New\n", "TITLE"),
+        ("clients.json", '[{"Id": "C9", "Name": "New"}]', "Id"),
+        ("clients.ndjson", '{"id": "C9", "NAME": "New"}\n', "NAME"),
+    ],
+)
+def test_a_column_named_in_another_case_is_said_so(
+    loaded: Cli, tmp_path: Path, name: str, text: str, first: str
+) -> None:
+    """A header such as ID,Name (as spreadsheets write it) is named for its case, not taken
+    for a missing header line."""
+    path = write(tmp_path, name, text)
+    msg = refused(loaded, path)
+    assert f"unknown column {first!r} (column names are in lower case: {first.lower()!r}" in msg
+    assert "header line missing" not in msg
+
+
 def test_duplicate_and_unnamed_columns(loaded: Cli, tmp_path: Path) -> None:
     path = write(tmp_path, "jobs.csv", "id,title,client_id,title\nJ9,A,C1,B\n")
     assert refused(loaded, path) == (

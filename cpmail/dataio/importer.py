@@ -147,6 +147,9 @@ class _Importer:
 
     def _hint(self, unknown: list[str], seen: set[str]) -> str:
         """Why columns may be unknown, when it shows: the separator, the header, the query."""
+        cased = [n for n in unknown if n.lower() in self.specs]
+        if cased:  # ID, Name: the names are right but for their case
+            return f" (column names are in lower case: {cased[0].lower()!r}, not {cased[0]!r})"
         if any(";" in n or "\t" in n for n in unknown):
             return " (the file seems to use ; or tabs between cells; use commas)"
         if seen & set(self.specs):
