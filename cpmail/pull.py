@@ -236,9 +236,17 @@ def _source_engine(url: str) -> sa.Engine:
                 "check source.url. Nothing was changed."
             )
         uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
-        return sa.create_engine(
-            "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+        # isolation_level=None: the driver begins nothing itself (it never does before a
+        # SELECT), and BEGIN is said when SQLAlchemy begins: every table's query is read in
+        # one transaction, one snapshot of the file, as REPEATABLE READ does elsewhere.
+        engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(
+                uri, uri=True, check_same_thread=False, isolation_level=None
+            ),
         )
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        return engine
     options: dict[str, Any] = {}
     if backend in ("postgresql", "mysql", "mariadb"):
         # One snapshot for every table of the pull: rows that refer to each other agree.

@@ -510,6 +510,53 @@ def test_a_source_sqlite_url_naming_a_folder_says_so(initialised: Cli, tmp_path:
     assert r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("journal", ["wal", "wal2delete"])
+def test_an_sqlite_source_is_read_in_one_snapshot(
+    initialised: Cli, tmp_path: Path, journal: str
+) -> None:
+    """The agency system writes a client and its job between the reading of clients and of
+    jobs: the pull sees neither (one snapshot), not the job without its client."""
+    path = tmp_path / "agency.db"
+    agency = sqlite3.connect(path)
+    agency.execute("PRAGMA journal_mode=WAL")
+    agency.executescript(
+        "CREATE TABLE customers(no TEXT, name TEXT);"
+        "CREATE TABLE projects(no TEXT, cust TEXT, title TEXT);"
+        "INSERT INTO customers VALUES ('C1', 'Acme');"
+        "INSERT INTO projects VALUES ('J1', 'C1', 'One');"
+    )
+    agency.commit()
+    for key, value in [
+        ("source.url", f"sqlite:///{path}"),
+        ("source.tables.clients.query", "SELECT no AS id, name FROM customers"),
+        ("source.tables.jobs.query", "SELECT no AS id, cust AS client_id, title FROM projects"),
+    ]:
+        assert initialised("config", "set", key, value).exit_code == 0
+    written: list[str] = []
+
+    def meanwhile(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "FROM projects" in statement and not written:
+            agency.execute("INSERT INTO customers VALUES ('C2', 'Bluebird')")
+            agency.execute("INSERT INTO projects VALUES ('J2', 'C2', 'Two')")
+            agency.commit()
+            written.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", meanwhile)
+    try:
+        r = initialised("data", "pull", "--json")
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", meanwhile)
+    assert written
+    assert r.exit_code == 0, r.output
+    assert {t["table"]: t["rows"] for t in json.loads(r.stdout)} == {"clients": 1, "jobs": 1}
+    if journal == "wal2delete":  # the next pull sees both, and the file is no longer held
+        agency.execute("PRAGMA journal_mode=DELETE")
+        r = initialised("data", "pull", "--json")
+        assert r.exit_code == 0, r.output
+        assert {t["table"]: t["new"] for t in json.loads(r.stdout)} == {"clients": 1, "jobs": 1}
+    agency.close()
+
+
 @pytest.mark.postgres
 def test_a_databases_own_types_are_taken_as_they_are(pg_source: Source, home_for: Any) -> None:
     """PostgreSQL: a uuid as an id, a timestamp with a time zone, an array for a list column."""
