@@ -355,7 +355,35 @@ def _credentials(settings: Settings, secrets: SecretStore, acct: Account, transp
     acct.token_expires, acct.signin_lapses = token_dates(transport, stored.data)
 
 
-def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, Any]]:
+def _counted(conn: sa.Connection, stale: dt.timedelta, now: dt.datetime) -> Any:
+    """The messages that wait or are on their way, as `check` counts them.
+
+    A test message is sent by its own command at once or never: only while that
+    command runs and holds it is it on its way. Left behind (its command killed
+    or stopped), no run sends it and the next check fails it: it waits for nothing.
+    """
+    import sqlalchemy as sa
+
+    from cpmail.outbox import ONCE, running, runs_here
+    from cpmail.store.schema import messages, runs
+
+    m = messages.c
+    holders = conn.execute(
+        sa.select(m.claimed_by)
+        .where(m.event == ONCE, m.status == "sending", m.claimed_by.is_not(None))
+        .distinct()
+    ).scalars()
+    rows = conn.execute(sa.select(runs).where(runs.c.id.in_(sorted(holders)))).all()
+    live: list[str] = []
+    if rows:
+        alive, gone = runs_here(conn)
+        live = [r.id for r in rows if running(r, now, stale, alive, gone)]
+    return sa.or_(m.event != ONCE, sa.and_(m.status == "sending", m.claimed_by.in_(live)))
+
+
+def _account_rows(
+    engine: sa.Engine, now: dt.datetime, stale: dt.timedelta
+) -> dict[str, dict[str, Any]]:
     """Per account: last send, mail waiting, and the newest error of the waiting mail."""
     import sqlalchemy as sa
 
@@ -366,6 +394,7 @@ def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, An
     recent = now - dt.timedelta(days=30)
     waiting = ("queued", "deferred", "sending")
     with engine.connect() as conn:
+        counted = _counted(conn, stale, now)
         for account, last in conn.execute(
             sa.select(m.account, sa.func.max(m.sent_at))
             .where(m.status == "sent")
@@ -373,7 +402,9 @@ def _account_rows(engine: sa.Engine, now: dt.datetime) -> dict[str, dict[str, An
         ):
             out.setdefault(account, {})["last_sent"] = last
         for account, n in conn.execute(
-            sa.select(m.account, sa.func.count()).where(m.status.in_(waiting)).group_by(m.account)
+            sa.select(m.account, sa.func.count())
+            .where(m.status.in_(waiting), counted)
+            .group_by(m.account)
         ):
             out.setdefault(account, {})["waiting"] = int(n)
         for account in conn.execute(
@@ -515,11 +546,14 @@ def _outbox(
     m = messages.c
     waiting = ("queued", "deferred", "sending")
     with engine.connect() as conn:
+        counted = _counted(conn, ob.stale_after(settings), now)
         n, oldest = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(m.queued_at)).where(m.status.in_(waiting))
+            sa.select(sa.func.count(), sa.func.min(m.queued_at)).where(
+                m.status.in_(waiting), counted
+            )
         ).one()
         fresh = conn.execute(
-            sa.select(sa.func.count()).where(m.status == "queued", m.attempts == 0)
+            sa.select(sa.func.count()).where(m.status == "queued", m.attempts == 0, counted)
         ).scalar_one()
         failed = conn.execute(
             sa.select(sa.func.count()).where(
@@ -529,7 +563,9 @@ def _outbox(
                 m.event != ob.ONCE,
             )
         ).scalar_one()
-        claimed = conn.execute(sa.select(sa.func.count()).where(m.status == "sending")).scalar_one()
+        claimed = conn.execute(
+            sa.select(sa.func.count()).where(m.status == "sending", counted)
+        ).scalar_one()
     open_now, opened = window
     # As `check` judges it: the next try (never before the send window opens), and mail a
     # run that stopped holds and when it is taken up; the rest of what is claimed is on
@@ -592,7 +628,8 @@ def _accounts(
     from cpmail.secrets import SHARED
 
     transport = settings["mail.transport"]
-    rows = _account_rows(engine, now) if engine is not None else {}
+    stale = dt.timedelta(minutes=settings["outbox.stale_claim_minutes"])
+    rows = _account_rows(engine, now, stale) if engine is not None else {}
     names: list[str] = []
     if settings["mail.one_account"]:
         names.append(SHARED)

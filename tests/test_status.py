@@ -563,3 +563,49 @@ def test_the_next_try_is_never_said_while_sending_is_off(initialised: Cli, home:
     assert initialised("config", "disable").exit_code == 0
     text = initialised("status").stdout
     assert "nothing is sent until `cpmail config enable`" in text and "next try" not in text, text
+
+
+def test_a_test_message_whose_command_was_killed_neither_waits_nor_is_being_sent(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """`staff test` killed while the server has its message: no run ever sends it (the
+    next check fails it), so status counts it neither as waiting nor as on its way."""
+    import os
+    import signal
+
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    engine = connect(Settings.load(home).db_url, where="test")
+
+    def claimed() -> bool:
+        with engine.connect() as conn:
+            q = messages.select().where(messages.c.status == "sending")
+            return conn.execute(q).first() is not None
+
+    smtp_server.accept_delay = 3.0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "staff", "test", "JD"],
+        env={**os.environ, "CPMAIL_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not claimed() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert claimed()
+        # while its command lives, it is on its way
+        code, doc = status(cli)
+        assert code == 0 and doc["outbox"]["sending_now"] == 1, doc["outbox"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    engine.dispose()
+    code, doc = status(cli)
+    box, jd = doc["outbox"], doc["accounts"][0]
+    assert (box["waiting"], box["sending_now"], box["oldest_waiting_since"]) == (0, 0, None), box
+    assert jd["waiting"] == 0, jd
+    said = cli("status").stdout
+    assert "being sent now" not in said and "nothing waiting" in said, said
+    r = cli("check", "--date", "2026-11-24")  # and check says the same: nothing waits
+    assert r.exit_code == 0 and "wait" not in r.stderr, r.output
