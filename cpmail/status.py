@@ -125,6 +125,9 @@ class Health:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     probed: bool = False
+    # The newest check that finished, when the newest one still runs or died: until
+    # another ends, its outcome is the last word on whether mail goes (not in the JSON).
+    last_finished: LastCheck | None = None
 
     @property
     def exit_code(self) -> int:
@@ -461,10 +464,13 @@ def _transport_detail(settings: Settings) -> tuple[str, str | None]:
     return f"Microsoft Graph at {settings['mail.microsoft.api_base']}", None
 
 
-def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
+def _last_check(
+    engine: sa.Engine, stale_minutes: float, now: dt.datetime
+) -> tuple[LastCheck | None, LastCheck | None]:
+    """The newest check, and, when that one has not ended, the newest that did."""
     import sqlalchemy as sa
 
-    from cpmail.outbox import running, runs_here
+    from cpmail.outbox import runs_here
     from cpmail.store.schema import runs
 
     with engine.connect() as conn:
@@ -479,11 +485,30 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             )
             .limit(1)
         ).first()
+        ended = None
+        if r is not None and r.ended_at is None:
+            ended = conn.execute(
+                sa.select(runs)
+                .where(runs.c.command == "check", runs.c.ended_at.is_not(None))
+                .order_by(runs.c.ended_at.desc(), runs.c.started_at.desc())
+                .limit(1)
+            ).first()
         # a run of this machine runs while its process does, whatever the clocks say,
         # and a run whose process is gone (killed) did not finish, now
         alive, gone = runs_here(conn)
     if r is None:
-        return None
+        return None, None
+    stale = dt.timedelta(minutes=stale_minutes)
+    return _as_last_check(r, now, stale, alive, gone), (
+        _as_last_check(ended, now, stale, alive, gone) if ended is not None else None
+    )
+
+
+def _as_last_check(
+    r: Any, now: dt.datetime, stale: dt.timedelta, alive: set[str], gone: set[str]
+) -> LastCheck:
+    from cpmail.outbox import running
+
     counts: dict[str, Any] | None = None
     if r.counts:
         try:
@@ -493,7 +518,7 @@ def _last_check(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> La
             counts = None
     if r.ended_at is not None:
         state = "finished"
-    elif running(r, now, dt.timedelta(minutes=stale_minutes), alive, gone):
+    elif running(r, now, stale, alive, gone):
         state = "running"
     else:
         state = "did not finish"
@@ -791,10 +816,10 @@ def gather(
     window = window_opened(settings, now)
     sender_problem: str | None = None
     try:
-        last_check = outbox = None
+        last_check = last_finished = outbox = None
         if engine is not None:
             stale = settings["outbox.stale_claim_minutes"]
-            last_check = _last_check(engine, stale, now)
+            last_check, last_finished = _last_check(engine, stale, now)
             outbox = _outbox(engine, settings, now, window)
             sender_problem = _sender_problem(settings, engine)
         accounts = _accounts(settings, secrets, engine, now)
@@ -804,7 +829,7 @@ def gather(
         if not isinstance(e, sa.exc.SQLAlchemyError):
             raise
         db.reachable, db.error = False, redact(str(getattr(e, "orig", e) or e))[:300]
-        last_check = outbox = None
+        last_check = last_finished = outbox = None
         accounts = _accounts(settings, secrets, None, now)
     finally:
         if engine is not None:
@@ -825,6 +850,7 @@ def gather(
         send_window=settings["mail.send_window"],
         window_open=window[0],
         probed=probe,
+        last_finished=last_finished,
     )
     if sender_problem is not None:
         health.problems.append(sender_problem)
@@ -854,20 +880,24 @@ def _judge(h: Health, settings: Settings) -> None:
         if a.problem:
             h.problems.append(f"account {a.account}: {a.problem}")
     lc = h.last_check
+    # While the newest check runs (or after it died), the last one that ended says
+    # whether mail goes: a monitor polling in between must not read "healthy".
+    said = lc if lc is None or lc.state == "finished" else h.last_finished
+    which = "last check" if said is lc else "last check that finished"
     if (
-        lc is not None
-        and lc.exit_code == 3
+        said is not None
+        and said.exit_code == 3
         and not h.problems
         and not (h.probed and h.accounts and all(a.probe == "ok" for a in h.accounts))
     ):
         h.problems.append(
-            "the last check could not send (exit 3)" + (f": {lc.note}" if lc.note else "")
+            f"the {which} could not send (exit 3)" + (f": {said.note}" if said.note else "")
         )
-    if lc is not None and lc.exit_code in (2, 70):
+    if said is not None and said.exit_code in (2, 70):
         # A check that stops on a setting, a template or a bug queues and sends nothing.
-        why = "a setting, template or data error" if lc.exit_code == 2 else "an internal error"
+        why = "a setting, template or data error" if said.exit_code == 2 else "an internal error"
         h.problems.append(
-            f"the last check failed (exit {lc.exit_code}, {why}): nothing is sent until it "
+            f"the {which} failed (exit {said.exit_code}, {why}): nothing is sent until it "
             "runs cleanly; run `cpmail check` to see why"
         )
     if lc is not None and lc.state == "did not finish":

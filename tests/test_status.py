@@ -609,3 +609,30 @@ def test_a_test_message_whose_command_was_killed_neither_waits_nor_is_being_sent
     assert "being sent now" not in said and "nothing waiting" in said, said
     r = cli("check", "--date", "2026-11-24")  # and check says the same: nothing waits
     assert r.exit_code == 0 and "wait" not in r.stderr, r.output
+
+
+@pytest.mark.parametrize(("code", "said"), [(3, "could not send"), (2, "failed (exit 2")])
+def test_a_check_still_running_does_not_hide_what_the_last_finished_one_found(
+    initialised: Cli, home: Path, code: int, said: str
+) -> None:
+    """A monitor polling while the next check runs must not see "healthy" in between:
+    until that check ends, the last one that finished has the last word."""
+    now = utcnow()
+    before = now - dt.timedelta(minutes=5)
+    add_run(home, started_at=before, heartbeat_at=before, ended_at=before, exit_code=code)
+    add_run(
+        home, started_at=now, heartbeat_at=now, expires_at=now + dt.timedelta(minutes=15)
+    )  # running now, its outcome not known yet
+    got, doc = status(initialised)
+    assert doc["last_check"]["state"] == "running"
+    assert got == 3 and any(said in p for p in doc["problems"]), doc["problems"]
+    text = initialised("status").stdout
+    assert "still running" in text and "CANNOT SEND" in text, text
+    # it ends well: that is the last word now
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(
+            runs.update().where(runs.c.started_at == now).values(ended_at=utcnow(), exit_code=0)
+        )
+    engine.dispose()
+    assert status(initialised)[0] == 0
