@@ -179,17 +179,30 @@ def retry(
     *,
     queued: Callable[[int], None] = lambda n: None,
 ) -> Retried:
-    """Queue failed or deferred messages again (``ids``, or all when None) and send them now.
+    """Queue failed or deferred messages again (``ids``, or all when None) and send them now,
+    with those of them queued already (by a retry while sending was off, say).
 
     ``queued`` hears how many went back in the queue before sending starts.
     With mail switched off they wait in the outbox.
     """
     n, left = requeue(engine, ids)
     queued(n)
-    if not n or not settings["mail.enabled"]:
+    if not settings["mail.enabled"] or not (n or _queued(engine, ids)):
         return Retried(n, None, left)
     transport = get_transport(settings, secrets)
     return Retried(n, deliver(engine, transport, settings, run_id=new_run_id(), ids=ids), left)
+
+
+def _queued(engine: sa.Engine, ids: Sequence[int] | None) -> bool:
+    """Whether any of ``ids`` (any message, when None) waits in the queue untried."""
+    from cpmail.store.schema import messages
+
+    m = messages.c
+    q = sa.select(m.id).where(m.status == Status.QUEUED, m.attempts == 0).limit(1)
+    if ids is not None:
+        q = q.where(m.id.in_(list(ids)))
+    with engine.connect() as conn:
+        return conn.execute(q).first() is not None
 
 
 def send_test_message(

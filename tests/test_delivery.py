@@ -528,3 +528,26 @@ def test_no_promise_to_send_is_left_in_a_message_that_ended(
     assert not any(p in row["last_error"] for p in PROMISED), row["last_error"]
     assert row["last_error"].startswith("the server said no;"), row["last_error"]
     assert settled(f"it failed{promise}.") == "it failed."
+
+
+@pytest.mark.parametrize("which", ["--all", "id"])
+def test_a_retry_while_sending_was_off_is_sent_by_the_next_retry(
+    cli: Cli, smtp_server: SMTPTestServer, which: str
+) -> None:
+    """Retried while sending was off, the message waits queued; once sending is on again, a
+    retry sends it at once (it did nothing: 'Queued 0', and the mail waited for a check)."""
+    setup_smtp(cli, smtp_server)
+    smtp_server.fail_data = "451 4.3.0 try later"
+    assert send_one(cli).exit_code == 1
+    smtp_server.fail_data = None
+    row = log_rows(cli)[0]
+    arg = "--all" if which == "--all" else str(row["id"])
+    assert cli("config", "disable").exit_code == 0
+    r = cli("outbox", "retry", arg)
+    assert r.exit_code == 0 and "Queued 1 message(s) again" in r.stdout, r.output
+    assert smtp_server.messages == []
+    assert cli("config", "enable").exit_code == 0
+    r = cli("outbox", "retry", arg)
+    assert r.exit_code == 0, r.output
+    assert "Sent 1, deferred 0, failed 0." in r.stdout, r.output
+    assert len(smtp_server.messages) == 1 and log_rows(cli)[0]["status"] == "sent"
