@@ -577,7 +577,8 @@ def test_cash_flow_nobody_may_have_is_said_once_a_day(agency: Agency) -> None:
     def counts(day: dt.date) -> dict[str, Any]:
         r = agency.cli("check", "--date", day.isoformat(), "--json")
         assert r.exit_code == 0, r.output
-        return {s["event"]: s for s in json.loads(r.stdout)["summary"]}.get("cash-flow", {})
+        rows: dict[str, dict[str, Any]] = {s["event"]: s for s in json.loads(r.stdout)["summary"]}
+        return rows.get("cash-flow", {})
 
     first = counts(D)
     assert (first["found"], first["skipped"], first["sent"]) == (1, 1, 0), first
