@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import re
 import struct
 import subprocess
@@ -829,3 +830,56 @@ def test_a_long_word_in_the_data_stays_on_the_page(agency: Cli, home: Path, tmp_
         assert off == [], (args, off)
         for text, x, size, width in runs:
             assert x + 0.4 * size * len(text.strip()) <= width * 1.02, (args, text, x, width)
+
+
+def test_a_summary_figure_of_hundreds_of_millions_is_never_broken_in_two(
+    initialised: Cli, home: Path, tmp_path: Path
+) -> None:
+    """The four boxes at the top of the cash flow broke a long figure where the box ended:
+    '(123,456,789.' on one line and '12)' under it. A figure stays whole; the boxes go on
+    two rows when four such figures do not fit side by side."""
+    D = Decimal
+    with engine_of(home).begin() as c:
+        c.execute(t.clients.insert(), [dict(id="C1", name="Alpha Co")])
+        c.execute(t.vendors.insert(), [dict(id="V1", name="Pixel Print")])
+        c.execute(
+            t.billings.insert(),
+            [
+                dict(
+                    id="B1",
+                    client_id="C1",
+                    amount=D("987654321.99"),
+                    created_at=dt.datetime(2026, 3, 1),
+                )
+            ],
+        )
+        c.execute(
+            t.vendor_invoices.insert(),
+            [dict(id="VI1", vendor_id="V1", amount=D("999999999.99"), due_date=AS_OF)],
+        )
+        c.execute(
+            t.bank_accounts.insert(),
+            [dict(id="a", name="Operating", balance=D("-123456789.12"), as_of=AS_OF)],
+        )
+    data = render(initialised, tmp_path, "cash-flow", "--as-of", "2026-03-31")
+    text = pdf_text(data)
+    # each figure is in its box at the top, whole, besides where the tables show it
+    assert text.count("(123,456,789.12)") == 4, text  # box, account, total cash, totals
+    assert text.count("987,654,321.99") == 6, text  # box, 2 of the bill, 2 of the total, totals
+    assert text.count("(135,802,467.12)") == 2, text  # box, net position
+    runs = _text_runs(data)
+    assert all(x + 0.4 * size * len(s.strip()) <= width * 1.02 for s, x, size, width in runs)
+
+    # figures of every day still sit side by side, in boxes of one width
+    with engine_of(home).begin() as c:
+        c.execute(t.billings.update().values(amount=D("10025.00")))
+        c.execute(t.vendor_invoices.update().values(amount=D("1400.00")))
+        c.execute(t.bank_accounts.update().values(balance=D("12300.25")))
+    data = render(initialised, tmp_path, "cash-flow", "--as-of", "2026-03-31")
+    top: dict[str, float] = {}
+    for s, x, _size, _width in _text_runs(data):
+        top.setdefault(s.strip(), x)  # the first time: in its box
+    xs = [top["12,300.25"], top["10,025.00"], top["1,400.00"], top["20,925.25"]]
+    assert xs == sorted(xs), top  # one row, left to right
+    steps = [b - a for a, b in itertools.pairwise(xs)]
+    assert max(steps) - min(steps) < 2, steps
