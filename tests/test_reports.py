@@ -883,3 +883,39 @@ def test_a_summary_figure_of_hundreds_of_millions_is_never_broken_in_two(
     assert xs == sorted(xs), top  # one row, left to right
     steps = [b - a for a, b in itertools.pairwise(xs)]
     assert max(steps) - min(steps) < 2, steps
+
+
+@pytest.mark.parametrize(
+    ("paid", "row", "figure", "says"),
+    [
+        ("10911.25", "Balance due", "0.00", "Nothing is due: this invoice is paid in full."),
+        ("11000.00", "Credit balance", "88.75", "exceed the invoice total by 88.75"),
+    ],
+)
+def test_an_invoice_paid_in_full_or_over_asks_for_no_payment(
+    agency: Cli, home: Path, tmp_path: Path, paid: str, row: str, figure: str, says: str
+) -> None:
+    """Paid in full, the invoice still said 'Payment is due by Mar 31, 2026'; paid over, it
+    said 'Balance due (88.75)': a balance due, to a client who owes nothing."""
+    with engine_of(home).begin() as c:
+        c.execute(
+            t.payments.insert(),
+            [
+                dict(
+                    id="P3",
+                    client_id="C1",
+                    billing_id="B1",
+                    amount=Decimal(paid),
+                    received_at=dt.datetime(2026, 3, 25, 9),
+                )
+            ],
+        )
+    text = pdf_text(render(agency, tmp_path, "invoice", "B1", "--as-of", "2026-03-31"))
+    assert f"{row} {figure}" in text, text
+    assert says in text, text
+    assert "Payment is due" not in text and "with your payment" not in text, text
+    if row == "Credit balance":
+        assert "Balance due" not in text and "(88.75)" not in text, text
+    # while something is owed, the invoice asks for it as before
+    text = pdf_text(render(agency, tmp_path, "invoice", "B1", "--as-of", "2026-03-24"))
+    assert "Balance due 10,911.25" in text and "Payment is due by Mar 31, 2026" in text, text
