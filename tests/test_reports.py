@@ -919,3 +919,33 @@ def test_an_invoice_paid_in_full_or_over_asks_for_no_payment(
     # while something is owed, the invoice asks for it as before
     text = pdf_text(render(agency, tmp_path, "invoice", "B1", "--as-of", "2026-03-24"))
     assert "Balance due 10,911.25" in text and "Payment is due by Mar 31, 2026" in text, text
+
+
+def test_a_billing_number_of_spaces_only_is_no_number(agency: Cli, home: Path) -> None:
+    """A number of spaces was taken as the number: 'Invoice ' with nothing after it in
+    the subject, on the page and in the cash flow; the billing's id stands in for it."""
+    with engine_of(home).begin() as c:
+        c.execute(t.billings.update().where(t.billings.c.id == "B2").values(number="   "))
+    r = agency(
+        "send-report",
+        "--report",
+        "invoice",
+        "--id",
+        "B2",
+        "--to",
+        "ap@northwind.test",
+        "--as",
+        "JD",
+    )
+    assert r.exit_code == 0, r.output
+    assert "Sent invoice-B2.pdf" in r.stdout, r.stdout
+    from tests.test_send_report import pdf_attachment, sent
+
+    [msg] = sent(home)
+    assert msg["Subject"] == f"Invoice B2 from {AGENCY}"
+    name, _ctype, data = pdf_attachment(msg)
+    assert name == "invoice-B2.pdf"
+    assert "Please quote invoice B2 with your payment" in pdf_text(data)
+    with engine_of(home).connect() as conn:
+        refs = [it.reference for it in load_cash_flow(conn, AS_OF).receivable.items]
+    assert "B2" in refs and "" not in refs, refs

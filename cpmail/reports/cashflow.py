@@ -150,7 +150,7 @@ def load_receivable(conn: sa.Connection, as_of: dt.date) -> Aging:
         items.append(
             Item(
                 party=names.get(b.client_id, b.client_id),
-                reference=(b.number or b.id).strip(),
+                reference=(b.number or "").strip() or b.id,
                 due=due,
                 days=days_past_due(due, as_of),
                 amount=owed,

@@ -186,7 +186,7 @@ def load_invoice(conn: sa.Connection, billing_id: str, *, as_of: dt.date) -> Inv
     assert created is not None  # created_at is NOT NULL
     return Invoice(
         id=b.id,
-        number=(b.number or b.id).strip(),
+        number=(b.number or "").strip() or b.id,
         date=created,
         due_date=b.due_date,
         client=_client(conn, b.client_id),
