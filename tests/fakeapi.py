@@ -52,6 +52,19 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering (a slow endpoint)
+    # The fake takes the request as it would (a message is sent) and answers this instead:
+    # a gateway's 504 after Exchange sent the mail, say.
+    take: bool = False
+    # Hang up without a word once the request is read (or ``read`` bytes of its body).
+    hang_up: bool = False
+    # Read at most this many bytes of the request's body, answer, and close the connection
+    # (an upload cut off midway).
+    read: int | None = None
+    # Send the status line and headers whole, then only this many bytes of the body (its
+    # Content-Length says all of it), and hang up.
+    cut: int | None = None
+    # Send the status line and headers at once, then the body a byte every so many seconds.
+    trickle_body: float = 0.0
 
 
 @dataclass
@@ -191,20 +204,15 @@ class FakeAPI:
                 pass
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
                 url = urllib.parse.urlsplit(self.path)
-                req = Request(
-                    self.command,
-                    url.path,
-                    {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()},
-                    {k.lower(): v for k, v in self.headers.items()},
-                    body,
-                )
                 with fake._lock:
-                    fake.requests.append(req)
                     script = fake._scripts.get(url.path)
                     reply = script.popleft() if script else None
+                req = _read_request(self, reply)
+                if fake._hung_up(self, req, reply):
+                    return
+                with fake._lock:
+                    fake.requests.append(req)
                     sending = url.path.endswith(("/send", "/sendMail"))
                     stall = fake.stall if sending else 0.0
                     trickle = fake.trickle if sending else 0.0
@@ -219,40 +227,23 @@ class FakeAPI:
                 self._reply(reply, trickle)
 
             def _reply(self, reply: Reply, trickle: float = 0.0) -> None:
-                body = reply.body
-                headers = dict(reply.headers)
-                if isinstance(body, dict | list):
-                    data = json.dumps(body).encode()
-                    headers.setdefault("Content-Type", "application/json; charset=UTF-8")
-                elif isinstance(body, str):
-                    data = body.encode()
-                    headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-                else:
-                    data = body or b""
-                if trickle:  # the whole answer, a byte at a time, each well within a timeout
-                    data = data or b" " * 64
-                    head = f"HTTP/1.1 {reply.status} Trickled\r\n"
-                    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-                    head += f"Content-Length: {len(data)}\r\n\r\n"
-                    try:
-                        for byte in head.encode() + data:
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                            time.sleep(trickle)
-                    except OSError:  # the client gave up: so it should
-                        self.close_connection = True
-                    return
-                self.send_response(reply.status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                _write_reply(self, reply, trickle)
 
             do_GET = _serve
             do_POST = _serve
 
         return Handler
+
+    def _hung_up(self, handler: BaseHTTPRequestHandler, req: Request, reply: Reply | None) -> bool:
+        """Take the request when ``reply`` says so; True once it also says: hang up."""
+        if reply is not None and reply.take:
+            self._route(req)  # (the message is sent; its answer is not this one)
+        if reply is None or not reply.hang_up:
+            return False
+        with self._lock:
+            self.requests.append(req)
+        handler.close_connection = True
+        return True
 
     def _route(self, req: Request) -> Reply:
         p = req.path
@@ -603,6 +594,86 @@ class FakeAPI:
         with self._lock:
             self.sent.append(Sent(user, req.path, mime, ctype))
         return Reply(202, b"")
+
+
+def _write_reply(handler: BaseHTTPRequestHandler, reply: Reply, trickle: float = 0.0) -> None:
+    """Answer on ``handler`` with ``reply`` (a byte at a time, every ``trickle`` seconds)."""
+    body = reply.body
+    headers = dict(reply.headers)
+    if isinstance(body, dict | list):
+        data = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json; charset=UTF-8")
+    elif isinstance(body, str):
+        data = body.encode()
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    else:
+        data = body or b""
+    if _replied_in_part(handler, reply, headers, data):
+        return
+    if trickle:  # the whole answer, a byte at a time, each well within a timeout
+        data = data or b" " * 64
+        head = f"HTTP/1.1 {reply.status} Trickled\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"Content-Length: {len(data)}\r\n\r\n"
+        try:
+            for byte in head.encode() + data:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(trickle)
+        except OSError:  # the client gave up: so it should
+            handler.close_connection = True
+        return
+    handler.send_response(reply.status)
+    for k, v in headers.items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _read_request(handler: BaseHTTPRequestHandler, reply: Reply | None) -> Request:
+    """The request on ``handler``, its body read whole (or as far as ``reply.read`` says)."""
+    length = int(handler.headers.get("Content-Length") or 0)
+    if reply is not None and reply.read is not None:
+        length = min(length, reply.read)
+        handler.close_connection = True
+    body = handler.rfile.read(length) if length else b""
+    url = urllib.parse.urlsplit(handler.path)
+    return Request(
+        handler.command,
+        url.path,
+        {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()},
+        {k.lower(): v for k, v in handler.headers.items()},
+        body,
+    )
+
+
+def _replied_in_part(
+    handler: BaseHTTPRequestHandler, reply: Reply, headers: dict[str, str], data: bytes
+) -> bool:
+    """The status line and headers whole, then the body cut off or trickled, and hang up,
+    when ``reply`` says so (True)."""
+    if reply.cut is None and not reply.trickle_body:
+        return False
+    handler.send_response(reply.status)
+    for k, v in headers.items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.flush()
+    try:
+        if reply.cut is not None:
+            handler.wfile.write(data[: reply.cut])
+            handler.wfile.flush()
+        else:
+            for byte in data:
+                time.sleep(reply.trickle_body)
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+    except OSError:  # the client gave up: so it should
+        pass
+    handler.close_connection = True
+    return True
 
 
 # ---------------------------------------------------------------- helpers for tests

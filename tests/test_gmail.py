@@ -470,6 +470,56 @@ def test_a_message_with_no_answer_is_not_said_to_be_refused(
     assert "do not send it again yourself" in said and ".)" not in said, said
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, {"id": "18c0000000000001", "labelIds": ["SENT"]}, take=True, cut=5),
+        Reply(200, b"not gzip at all", {"Content-Encoding": "gzip"}, take=True),
+        Reply(200, {"id": "18c0000000000001", "labelIds": ["SENT"]}, take=True, trickle_body=0.2),
+    ],
+    ids=["cut-off", "undecodable", "trickled"],
+)
+def test_a_200_whose_body_goes_wrong_is_sent_once(
+    gmail_home: Path, fake: FakeAPI, reply: Reply
+) -> None:
+    """The status line said Gmail took the message: what becomes of the body after it
+    changes nothing. Deferred as possibly sent, it went again (two copies); a body that
+    could not be decoded ended the run as an internal error, and it went again too."""
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.timeout", 1)
+    settings.save()
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, reply)
+    first, second = deliver(gmail_home, env(1), env(2))
+    assert first.error is None and first.accepted == ("pat@agency.example",), first
+    assert second.error is None
+    assert len(fake.sent) == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(429, gmail_error(429, "Too many requests"), {"Retry-After": "120"}, cut=3),
+        Reply(429, gmail_error(429, "Too many requests"), {"Retry-After": "120"}, trickle_body=1),
+    ],
+    ids=["cut-off", "trickled"],
+)
+def test_a_refusal_whose_body_goes_wrong_is_still_the_refusal(
+    gmail_home: Path, fake: FakeAPI, reply: Reply
+) -> None:
+    """Its status and headers came whole: a 429 is a request to slow down (nothing was
+    taken), not an answer that never came."""
+    settings = Settings.load(gmail_home)
+    settings.set("mail.gmail.timeout", 1)
+    settings.save()
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, reply)
+    [outcome] = deliver(gmail_home, env())
+    assert isinstance(outcome.error, TemporaryFailure), outcome
+    assert "limiting the rate (HTTP 429" in str(outcome.error)
+    assert outcome.retry_after == 120 and not outcome.error.maybe_sent
+
+
 def test_400_is_permanent_with_gmails_words(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     fake.script(SEND, Reply(400, gmail_error(400, "Invalid To header", "invalidArgument")))

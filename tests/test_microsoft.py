@@ -326,6 +326,27 @@ def test_server_errors_are_temporary(ms_home: Path, fake: FakeAPI) -> None:
     assert "upstream failed" in str(second.error)
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(202, b"accepted for delivery", {"Content-Encoding": "gzip"}, take=True),
+        Reply(202, b"accepted for delivery", take=True, cut=4),
+    ],
+    ids=["undecodable", "cut-off"],
+)
+def test_a_202_whose_body_goes_wrong_is_sent_once(
+    ms_home: Path, fake: FakeAPI, reply: Reply
+) -> None:
+    """Graph said 202: it has the message, whatever becomes of the body after the status
+    (an internal error ended the run, and the message went again)."""
+    sign_in(ms_home)
+    fake.script(ME, reply)
+    first, second = deliver(ms_home, env(1), env(2))
+    assert first.error is None and first.accepted == ("pat@agency.example",), first
+    assert second.error is None
+    assert len(fake.sent) == 2
+
+
 def test_400_is_permanent_with_graphs_words(ms_home: Path, fake: FakeAPI) -> None:
     sign_in(ms_home)
     message = "At least one recipient is not valid., Recipient 'x@' is not resolved."

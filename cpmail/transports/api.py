@@ -298,9 +298,10 @@ class Poster:
     its answer a byte at a time would hold a message, and a run being stopped,
     for as long as it likes. So each POST runs on a thread of its own and is
     given ``seconds`` for the answer, plus the time the message takes to upload
-    at ``UPLOAD_BYTES_PER_SECOND``. A POST given up is deferred as possibly
-    sent; its connection is closed by its own thread once it ends, and the next
-    POST goes over a new one.
+    at ``UPLOAD_BYTES_PER_SECOND``. A POST given up before its status came is
+    deferred as possibly sent; its connection is closed by its own thread once
+    it ends, and the next POST goes over a new one. Once the status came, it
+    is the answer, whatever becomes of the body after it.
     """
 
     def __init__(self, seconds: float, *, service: str) -> None:
@@ -314,7 +315,7 @@ class Poster:
 
     def post(self, url: str, *, size: int, **kwargs: Any) -> httpx.Response:
         """POST to ``url`` a body of ``size`` bytes: Unreachable when nothing answers,
-        NoAnswer when the answer is not whole in time, TemporaryFailure when cut off."""
+        NoAnswer when no status came in time, TemporaryFailure when cut off before it."""
         host = urllib.parse.urlsplit(url).netloc
         limit = self.seconds + size / UPLOAD_BYTES_PER_SECOND
         try:
@@ -340,12 +341,46 @@ class Poster:
             ) from None
 
     def _within(self, seconds: float, url: str, kwargs: dict[str, Any]) -> httpx.Response:
+        """The answer: its status once it came, with its body if that came whole in time.
+
+        The status line is the server's answer: a 2xx says it has the message
+        whatever then becomes of the body (cut off, trickled, not decodable), and
+        a refusal is a refusal; only a status that never came leaves it unknown.
+        """
         client = self._client
+        head: list[httpx.Response] = []  # the status and headers, once they came
+
+        def post() -> httpx.Response:
+            response = client.send(client.build_request("POST", url, **kwargs), stream=True)
+            head.append(response)
+            try:
+                response.read()
+            except (httpx.TransportError, httpx.DecodingError):
+                return without_body(response)
+            finally:
+                response.close()
+            return response
+
         try:
-            return within(seconds, lambda: client.post(url, **kwargs), then=client.close)
+            return within(seconds, post, then=client.close)
         except TimeoutError:
             self._client = self._new_client()  # the old one is closed once its POST ends
+            if head:
+                return without_body(head[0])
             raise
 
     def close(self) -> None:
         self._client.close()
+
+
+def without_body(response: httpx.Response) -> httpx.Response:
+    """``response``'s status and headers, with no body (it did not come whole, or could
+    not be decoded)."""
+    dropped = {"content-encoding", "content-length", "transfer-encoding"}
+    return httpx.Response(
+        response.status_code,
+        headers=[(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped],
+        content=b"",
+        request=response.request,
+        extensions={"reason_phrase": response.extensions.get("reason_phrase", b"")},
+    )
