@@ -347,6 +347,24 @@ def test_a_202_whose_body_goes_wrong_is_sent_once(
     assert len(fake.sent) == 2
 
 
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_server_error_after_the_message_went_says_it_may_have_arrived(
+    initialised: Cli, ms_home: Path, fake: FakeAPI, status: int
+) -> None:
+    """A 5xx comes once the whole message went: Exchange may have sent it (here it did),
+    as a gateway that gave up waiting for it says 504. "Deferred", as if Graph had said
+    it did not take it, was untrue: whoever reads it may send it again by hand."""
+    from tests.test_faults import DATE, queue_messages, statuses
+
+    queue_messages(_as_jd(initialised, ms_home), 1)
+    fake.script(ME, Reply(status, graph_error("UnknownError", "Gateway"), take=True))
+    r = initialised("check", "--date", DATE)
+    assert r.exit_code == 1, r.output
+    assert "1 of the deferred may have arrived already" in r.output, r.output
+    assert statuses(ms_home) == {"deferred": 1}
+    assert len(fake.sent) == 1
+
+
 def test_400_is_permanent_with_graphs_words(ms_home: Path, fake: FakeAPI) -> None:
     sign_in(ms_home)
     message = "At least one recipient is not valid., Recipient 'x@' is not resolved."

@@ -4,8 +4,9 @@
 account for the whole delivery (a sign-in service that failed for now is
 remembered, so the account's later messages are deferred at once), one
 renewal of the token when the API answers 401, and 429 and 5xx as temporary
-(after ``Retry-After`` when given). Each provider's module says where and how
-a message is posted and what the rest of its refusals mean.
+(after ``Retry-After`` when given; a 5xx as possibly sent). Each provider's
+module says where and how a message is posted and what the rest of its
+refusals mean.
 """
 
 from __future__ import annotations
@@ -213,16 +214,23 @@ class ApiTransport(Transport, Generic[S]):
     def _temporary(
         self, refusal: Refusal, said: str, wait: float | None, *, rate_limited: bool = False
     ) -> TemporaryFailure | None:
-        """429 (or another answer that says the rate is limited), 408 and 5xx: try again later."""
+        """429 (or another answer that says the rate is limited), 408 and 5xx: try again later.
+
+        A 5xx comes once the whole message went: the server may have sent it all
+        the same (a gateway's 502 or 504 after the mailbox took it), so it is said
+        to be possibly sent.
+        """
+        maybe_sent = False
         if refusal.status == 429 or rate_limited:
             text = f"{self.brand} is limiting the rate ({said})."
         elif refusal.status >= 500:
             text = f"{self.brand} had a server error ({said})."
+            maybe_sent = True
         elif refusal.status == 408:  # it gave up waiting for the request: nothing was taken
             text = f"{self.brand} timed out waiting for the message ({said})."
         else:
             return None
-        return TemporaryFailure(text, retry_after=wait)
+        return TemporaryFailure(text, retry_after=wait, maybe_sent=maybe_sent)
 
     def _refused(self, said: str) -> PermanentFailure:
         return PermanentFailure(f"{self.brand} refused the message ({said}).")
