@@ -58,6 +58,9 @@ WAITS = "; the mail waits and is tried again later"
 SLOWER = "; it is tried again later"
 #: (The limit's new day is not always tomorrow: Gmail's begins at Pacific midnight.)
 TOMORROW = "; it waits until the daily limit starts again"
+#: How a sentence that stops a run or an account ends: what became of the mail (a test
+#: message is never kept: `cpmail.sending` says so instead).
+MAIL_STAYS = "The mail stays in the outbox."
 #: Every such promise: none is true of a message that failed for good or was dropped
 #: (the last as rows written by earlier versions say it).
 PROMISES = (RESENT, WAITS, SLOWER, TOMORROW, "; it waits for tomorrow")

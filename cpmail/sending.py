@@ -14,6 +14,7 @@ from cpmail import __version__, interrupt
 from cpmail.addresses import check_address
 from cpmail.compose import Draft, Mailbox, build_message, subject_line
 from cpmail.errors import (
+    MAIL_STAYS,
     ConfigError,
     CpmailError,
     InputError,
@@ -38,7 +39,6 @@ from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.transports.base import get_transport
-from cpmail.transports.smtp_words import MAIL_STAYS
 
 
 def send_now(

@@ -520,6 +520,32 @@ def test_a_refusal_whose_body_goes_wrong_is_still_the_refusal(
     assert outcome.retry_after == 120 and not outcome.error.maybe_sent
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_instead_of_an_answer_keeps_the_mail_queued(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI, status: int
+) -> None:
+    """A proxy that sends its sign-in page, an API address that moved: no answer of Gmail's
+    (a POST is not followed). Every message was failed for good as "refused" by Gmail,
+    the whole outbox in one run; the run stops with the mail queued, naming the address."""
+    from tests.test_faults import DATE, queue_messages, statuses
+
+    cli = initialised
+    add = ("staff", "add", "JD", "--name", "Jo Doe", "--work-email", "jd@agency.example")
+    assert cli(*add).exit_code == 0
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    queue_messages(gmail_home, 3)
+    fake.script(SEND, Reply(status, b"", {"Location": "https://proxy.agency.example/login?s=1"}))
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3, r.output
+    assert f"HTTP {status}" in r.stderr and "proxy.agency.example" in r.stderr, r.stderr
+    assert "mail.gmail.api_base" in r.stderr, r.stderr
+    assert statuses(gmail_home)["failed"] == 0 and fake.sent == []
+    assert cli("check", "--date", DATE).exit_code == 0
+    assert statuses(gmail_home) == {"sent": 3} and len(fake.sent) == 3
+
+
 def test_400_is_permanent_with_gmails_words(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     fake.script(SEND, Reply(400, gmail_error(400, "Invalid To header", "invalidArgument")))

@@ -25,6 +25,7 @@ import httpx
 from cpmail import interrupt
 from cpmail.deadline import within
 from cpmail.errors import (
+    MAIL_STAYS,
     RESENT,
     WAITS,
     AuthError,
@@ -186,8 +187,23 @@ class ApiTransport(Transport, Generic[S]):
             return Outcome(env.id, error=e)
         if 200 <= response.status_code < 300:
             return Outcome(env.id, accepted=env.rcpt_to)
+        if 300 <= response.status_code < 400:
+            raise Unreachable(self._redirected(response))
         refusal = Refusal.of(response).without(token)  # a server may quote what it was sent
         return Outcome(env.id, error=self._failure(env, session, refusal))
+
+    def _redirected(self, response: httpx.Response) -> str:
+        """A redirect instead of an answer (not followed: it is no answer of the API's, and
+        a POST is not sent on): a proxy's sign-in page, an API address that moved."""
+        host = urllib.parse.urlsplit(str(response.request.url)).netloc
+        # (only where it points: a sign-in page's address may carry a session)
+        target = urllib.parse.urlsplit(response.headers.get("Location", "")).netloc
+        return (
+            f"{self.service} at {host} answered with a redirect (HTTP {response.status_code}"
+            f"{' to ' + target if target else ''}), not an answer of its own, so nothing was "
+            f"sent; check `mail.{self.name}.api_base`, or the proxy between this machine and "
+            f"it. {MAIL_STAYS}"
+        )
 
     def _token(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import aiosmtplib
 
 from cpmail.errors import (
+    MAIL_STAYS,
     RESENT,
     AuthError,
     NoAnswer,
@@ -232,11 +233,6 @@ def unreachable(
         )
     detail = getattr(e, "message", None) or str(e) or type(e).__name__
     return Unreachable(f"cannot use the SMTP server {where}: {scrub(str(detail))}.")
-
-
-# How a refusal of the sending account ends: what became of the mail. (A test message
-# is never kept: `cpmail.sending` says so instead.)
-MAIL_STAYS = "The mail stays in the outbox."
 
 
 def refused_account(env: Envelope, words: str, cfg: SMTPConfig, login: Login | None) -> AuthError:
