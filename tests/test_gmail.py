@@ -435,6 +435,21 @@ def test_an_error_body_of_an_unexpected_shape_is_still_read(
     assert outcomes[1].error is None  # the next message is not affected
 
 
+@pytest.mark.parametrize(
+    "body", ["[" * 100_000 + "]" * 100_000, '{"error": ' * 50_000 + "1" + "}" * 50_000]
+)
+def test_an_error_body_nested_too_deep_is_still_read(
+    gmail_home: Path, fake: FakeAPI, body: str
+) -> None:
+    """JSON nested deeper than Python's parser goes ended the run as an internal error."""
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    fake.script(SEND, Reply(400, body, {"Content-Type": "application/json"}))
+    first, second = deliver(gmail_home, env(1), env(2))
+    assert isinstance(first.error, PermanentFailure), first
+    assert str(first.error).startswith("Gmail refused the message (HTTP 400: ")
+    assert second.error is None
+
+
 def test_408_is_temporary(gmail_home: Path, fake: FakeAPI) -> None:
     """The server gave up waiting for the request: nothing was taken, try again later."""
     store_signin(gmail_home, fake, "JD", "jd@agency.example")

@@ -68,7 +68,7 @@ class Refusal:
         wait = retry_after(response.headers.get("Retry-After"))
         try:
             doc = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # (not JSON, or nested past the parser's depth)
             doc = None
         error = doc.get("error") if isinstance(doc, dict) else None
         if not isinstance(error, dict):
