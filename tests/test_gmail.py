@@ -595,6 +595,37 @@ def test_nothing_listening_raises_unreachable(gmail_home: Path, fake: FakeAPI) -
         deliver(gmail_home, env())
 
 
+def test_an_untrusted_certificate_is_named_not_the_network(gmail_home: Path, fake: FakeAPI) -> None:
+    """A proxy that inspects HTTPS with an authority this machine does not trust: "check
+    the network" sent the reader to what works. Nothing was sent; the run stops (exit 3)."""
+    import ssl
+
+    import trustme
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def handshake() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                    pass
+
+        threading.Thread(target=handshake, daemon=True).start()
+        store_signin(gmail_home, fake, "JD", "jd@agency.example")
+        settings = Settings.load(gmail_home)
+        settings.set("mail.gmail.api_base", f"https://127.0.0.1:{listener.getsockname()[1]}")
+        settings.save()
+        with pytest.raises(Unreachable) as info:
+            deliver(gmail_home, env())
+    said = str(info.value)
+    assert "certificate of the Gmail API" in said and "could not be verified" in said, said
+    assert "check the network" not in said and info.value.exit_code == 3
+
+
 def test_unreachable_token_endpoint_raises_unreachable(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example", expired=True)
     settings = Settings.load(gmail_home)

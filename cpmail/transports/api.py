@@ -15,6 +15,7 @@ import abc
 import datetime as dt
 import email.utils
 import math
+import ssl
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -345,9 +346,7 @@ class Poster:
         try:
             return self._within(limit, url, kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise Unreachable(
-                f"cannot reach {self.service} at {host} ({type(e).__name__}); check the network."
-            ) from None
+            raise Unreachable(self._not_reached(host, e)) from None
         except httpx.TimeoutException as e:
             raise NoAnswer(
                 f"{self.service} did not answer in time ({type(e).__name__}){RESENT}.",
@@ -363,6 +362,25 @@ class Poster:
                 f"{self.service} did not answer properly ({type(e).__name__}){RESENT}.",
                 maybe_sent=True,
             ) from None
+
+    def _not_reached(self, host: str, e: httpx.TransportError) -> str:
+        """Why nothing went: the network, or a certificate this machine does not trust (a
+        proxy that inspects HTTPS, say), which no check of the network would find."""
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"the certificate of {self.service} at {host} could not be verified "
+                f"({cause.verify_message}), so nothing was sent; a proxy that inspects HTTPS "
+                "needs its authority trusted (SSL_CERT_FILE)."
+            )
+        if isinstance(cause, ssl.SSLError):
+            return (
+                f"TLS with {self.service} at {host} failed ({cause.reason or cause}), so "
+                "nothing was sent; check the network and its proxy."
+            )
+        return f"cannot reach {self.service} at {host} ({type(e).__name__}); check the network."
 
     def _within(self, seconds: float, url: str, kwargs: dict[str, Any]) -> httpx.Response:
         """The answer: its status once it came, with its body if that came whole in time.
