@@ -769,7 +769,10 @@ def _read(o: Outcome) -> _Reading:
     temporary = [*o.deferred.values()]
     if isinstance(o.error, TemporaryFailure):
         temporary.append(str(o.error))
-    throttled = not daily and pace.throttled(" ".join(temporary))
+    # A message the server may have taken already is never offered again in this run,
+    # whatever its words say (a 5xx "throttled" after the text went).
+    unknown = isinstance(o.error, TemporaryFailure) and o.error.maybe_sent
+    throttled = not daily and not unknown and pace.throttled(" ".join(temporary))
     return _Reading(daily, daily_rcpts, throttled)
 
 

@@ -348,16 +348,18 @@ def test_a_202_whose_body_goes_wrong_is_sent_once(
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("words", ["Gateway", "The request was throttled, please slow down"])
 def test_a_server_error_after_the_message_went_says_it_may_have_arrived(
-    initialised: Cli, ms_home: Path, fake: FakeAPI, status: int
+    initialised: Cli, ms_home: Path, fake: FakeAPI, status: int, words: str
 ) -> None:
     """A 5xx comes once the whole message went: Exchange may have sent it (here it did),
     as a gateway that gave up waiting for it says 504. "Deferred", as if Graph had said
-    it did not take it, was untrue: whoever reads it may send it again by hand."""
+    it did not take it, was untrue: whoever reads it may send it again by hand. Whatever
+    its words (a throttling one included), it is not offered again in the same run."""
     from tests.test_faults import DATE, queue_messages, statuses
 
     queue_messages(_as_jd(initialised, ms_home), 1)
-    fake.script(ME, Reply(status, graph_error("UnknownError", "Gateway"), take=True))
+    fake.script(ME, Reply(status, graph_error("UnknownError", words), take=True))
     r = initialised("check", "--date", DATE)
     assert r.exit_code == 1, r.output
     assert "1 of the deferred may have arrived already" in r.output, r.output
