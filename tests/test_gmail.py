@@ -561,6 +561,30 @@ def test_a_redirect_instead_of_an_answer_keeps_the_mail_queued(
     assert statuses(gmail_home) == {"sent": 3} and len(fake.sent) == 3
 
 
+@pytest.mark.parametrize("status", [404, 405])
+def test_no_such_address_without_gmails_answer_keeps_the_mail_queued(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI, status: int
+) -> None:
+    """A 404 or 405 page that is not Gmail's error document (a wrong api_base, a proxy):
+    nothing was sent and no message is at fault. Every one was failed for good."""
+    from tests.test_faults import DATE, queue_messages, statuses
+
+    cli = initialised
+    add = ("staff", "add", "JD", "--name", "Jo Doe", "--work-email", "jd@agency.example")
+    assert cli(*add).exit_code == 0
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    store_signin(gmail_home, fake, "JD", "jd@agency.example")
+    queue_messages(gmail_home, 3)
+    fake.script(SEND, Reply(status, b"<html><body>Not Found</body></html>"))
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3, r.output
+    assert f"HTTP {status}" in r.stderr and "mail.gmail.api_base" in r.stderr, r.stderr
+    assert statuses(gmail_home)["failed"] == 0 and fake.sent == []
+    assert cli("check", "--date", DATE).exit_code == 0
+    assert statuses(gmail_home) == {"sent": 3} and len(fake.sent) == 3
+
+
 def test_400_is_permanent_with_gmails_words(gmail_home: Path, fake: FakeAPI) -> None:
     store_signin(gmail_home, fake, "JD", "jd@agency.example")
     fake.script(SEND, Reply(400, gmail_error(400, "Invalid To header", "invalidArgument")))

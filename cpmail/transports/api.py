@@ -62,6 +62,7 @@ class Refusal:
     message: str
     reasons: tuple[str, ...]
     retry_after: float | None
+    own: bool = True  # the body is the API's own error document
 
     @classmethod
     def of(cls, response: httpx.Response) -> Refusal:
@@ -74,9 +75,8 @@ class Refusal:
         error = doc.get("error") if isinstance(doc, dict) else None
         if not isinstance(error, dict):
             text = response.text.strip().splitlines()[0][:300] if response.text.strip() else ""
-            return cls(
-                response.status_code, "", mask_tokens(text or response.reason_phrase), (), wait
-            )
+            said = mask_tokens(text or response.reason_phrase)
+            return cls(response.status_code, "", said, (), wait, own=False)
         listed = error.get("errors")
         reasons = tuple(
             str(e.get("reason", ""))
@@ -191,7 +191,19 @@ class ApiTransport(Transport, Generic[S]):
         if 300 <= response.status_code < 400:
             raise Unreachable(self._redirected(response))
         refusal = Refusal.of(response).without(token)  # a server may quote what it was sent
+        if refusal.status in (404, 405) and not refusal.own:
+            # No such address, without the API's own error document: not the API at all
+            # (a wrong api_base, a proxy), so nothing was sent and no message is at fault.
+            raise Unreachable(self._not_the_api(response, refusal))
         return Outcome(env.id, error=self._failure(env, session, refusal))
+
+    def _not_the_api(self, response: httpx.Response, refusal: Refusal) -> str:
+        host = urllib.parse.urlsplit(str(response.request.url)).netloc
+        return (
+            f"{self.service} at {host} answered {refusal.said(with_code=False)}, not an "
+            f"answer of its own, so nothing was sent; check `mail.{self.name}.api_base`, or "
+            f"the proxy between this machine and it. {MAIL_STAYS}"
+        )
 
     def _redirected(self, response: httpx.Response) -> str:
         """A redirect instead of an answer (not followed: it is no answer of the API's, and
