@@ -669,24 +669,6 @@ def test_an_event_whose_settings_name_someone_not_on_staff_waits_and_loses_nothi
     assert ("jd@agency.test",) in [m.rcpt_tos for m in smtp_server.messages]
 
 
-def test_a_run_for_a_day_after_today_says_it_records_that_day_now(
-    cli: Cli, home: Path, smtp_server: SMTPTestServer
-) -> None:
-    """Whatever the agency's zone: a --date after its today is said before the run; today,
-    a day before and a dry run are not."""
-    _agency(cli, home, smtp_server)
-    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):  # +14 and -11
-        assert cli("config", "set", "agency.timezone", zone).exit_code == 0
-        today = dt.datetime.now(Settings.load(home).tz()).date()
-        ahead = cli("check", "--date", (today + dt.timedelta(days=1)).isoformat())
-        assert "is after today" in ahead.stderr and "--dry-run" in ahead.stderr, ahead.output
-        for args in (["--today"], ["--date", today.isoformat()], ["--date", str(D)]):
-            r = cli("check", *args)
-            assert "after today" not in r.stderr, (args, r.output)
-        r = cli("check", "--dry-run", "--date", (today + dt.timedelta(days=3)).isoformat())
-        assert "after today" not in r.stderr, r.output
-
-
 def test_the_scheduled_cash_flow_report_can_be_previewed_like_an_event(
     cli: Cli, home: Path
 ) -> None:

@@ -78,13 +78,7 @@ def _check(
         if given is not None and not split_list(given):  # '' is not "every event"
             raise UsageError(f"{option}: give one or more events, such as job-opened.")
     s = c.settings
-    now = dt.datetime.now(s.tz()).date()
-    day = parse_date(date, option="--date") if date is not None else now
-    if day > now and not dry_run:
-        c.note(
-            f"{day} is after today: what this run sends for it is recorded as told, and not "
-            "sent again on the day (`--dry-run` shows what a day would send, changing nothing)."
-        )
+    day = parse_date(date, option="--date") if date is not None else dt.datetime.now(s.tz()).date()
     engine = c.engine()
     progress = _progress(c.quiet or json)
     try:
