@@ -529,7 +529,10 @@ def test_cash_flow_finder_on_its_day_to_staff_with_access(agency: Agency, home: 
     run = _run(home, D)  # a Tuesday
     with agency.engine.connect() as conn:
         found: list[Notification] = list(scheduled_cash_flow(conn, run))
-    assert [n.key for n in found] == ["cash-flow:CR:2026-11-24", "cash-flow:AE:2026-11-24"]
+    assert [n.key for n in found] == [
+        "cash-flow:CR:2026-11-24:left-out",
+        "cash-flow:AE:2026-11-24",
+    ]
     assert [n.unreachable for n in found] == ["no cash-flow access: CR (Carl Reed)", None]
     (att,) = found[1].attachments
     assert att[0] == "cash-flow-2026-11-24.pdf" and att[2] == "application/pdf"
@@ -585,8 +588,13 @@ def test_cash_flow_nobody_may_have_is_said_once_a_day(agency: Agency) -> None:
     assert first["skip_reasons"] == {"no cash-flow access: CR (Carl Reed)": 1}
     again = counts(D)  # a run a few minutes later, the same day
     assert (again.get("found", 0), again.get("skipped", 0)) == (0, 0), again
-    assert counts(D + 7 * DAY)["skipped"] == 1  # the next report day: said again
     assert not any(b"X-Cpmail-Event: cash-flow" in m.data for m in agency.server.messages)
+    # given access later that day, the report goes that day all the same
+    assert agency.cli("staff", "edit", "CR", "--access", "cash-flow").exit_code == 0
+    granted = counts(D)
+    assert (granted["found"], granted["sent"], granted["skipped"]) == (1, 1, 0), granted
+    assert agency.cli("staff", "edit", "CR", "--access", "").exit_code == 0
+    assert counts(D + 7 * DAY)["skipped"] == 1  # the next report day: said again
 
 
 def test_only_and_skip_name_the_scheduled_cash_flow_report(agency: Agency) -> None:
