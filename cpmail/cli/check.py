@@ -168,10 +168,11 @@ def _undelivered(c: Any, result: Any) -> str:
             )
         parts.append(said)
         unsure = [i for i in d.unsure if d.status.get(i) == "deferred"]
-        if unsure:  # (the server took the text; its answer never came)
+        if unsure:  # (the server took the text, then no answer, or an error after it)
             parts.append(
-                f"{len(unsure)} of the deferred may have arrived already, as the server's "
-                "answer was lost: they are sent again, and may reach someone twice"
+                f"{len(unsure)} of the deferred may have arrived already, as the server did "
+                "not say whether it took them (no answer in time, or a server error after the "
+                "message went): they are sent again, and may reach someone twice"
             )
     if w is not None and w.total:
         how = []
