@@ -297,6 +297,13 @@ def local_zone() -> dt.tzinfo:
     return tz
 
 
+# A POSIX rule's standard time, offset and summer time name (``EST5EDT``, ``<+10>-10<+11>``).
+_POSIX_SUMMER = re.compile(
+    r"(?:<[^>]+>|[A-Za-z]{3,})[+-]?\d{1,2}(?::\d{1,2}){0,2}(?:<[^>]+>|[A-Za-z]{3,})"
+    r"(?:[+-]?\d{1,2}(?::\d{1,2}){0,2})?"
+)
+
+
 def _posix_zone(rule: str) -> dt.tzinfo:
     """The zone of a POSIX TZ rule (``EST5EDT,M3.2.0,M11.1.0``, ``JST-9``): a TZif file
     (RFC 8536) of no transitions whose footer is the rule, which zoneinfo follows for
@@ -307,6 +314,9 @@ def _posix_zone(rule: str) -> dt.tzinfo:
 
     if not rule.isascii() or not rule.isprintable():
         raise ValueError(rule)
+    if "," not in rule and _POSIX_SUMMER.fullmatch(rule):
+        # Summer time named without its dates: the C library's default rule (the US one).
+        rule += ",M3.2.0,M11.1.0"
     names = b"UTC\0"
     block = struct.pack(">6l", 0, 0, 0, 0, 1, len(names)) + struct.pack(">lBB", 0, 0, 0) + names
     header = b"TZif2" + b"\0" * 15

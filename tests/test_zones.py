@@ -161,8 +161,18 @@ def _zone_file(name: str) -> str:
         (lambda: "EST+5EDT,M3.2.0/2,M11.1.0/2", "America/New_York"),
         (lambda: "AEST-10AEDT,M10.1.0,M4.1.0/3", "Australia/Sydney"),
         (lambda: "<+0545>-5:45", "Asia/Kathmandu"),
+        # summer time named without its dates: the C library's default (the US rule)
+        (lambda: "XST5XDT", "America/New_York"),
     ],
-    ids=["colon-path", "path", "london-rule", "new-york-rule", "sydney-rule", "offset-rule"],
+    ids=[
+        "colon-path",
+        "path",
+        "london-rule",
+        "new-york-rule",
+        "sydney-rule",
+        "offset-rule",
+        "rule-without-dates",
+    ],
 )
 def test_the_machines_time_zone_is_read_from_tz_as_the_c_library_reads_it(
     initialised: Cli, home: Path, monkeypatch: pytest.MonkeyPatch, tz: Callable[[], str], zone: str
