@@ -1173,7 +1173,8 @@ class _Pass:
         self.holding: dict[int, Envelope] = {env.id: env for env, _ in ready}
         # handed to the transport (for the progress count, and the day's limit)
         self.offered: dict[int, Envelope] = {}
-        self.day_read: dict[str, float] = {}  # account -> when the log was last counted
+        # account -> when the log was last counted, and how long that took
+        self.day_read: dict[str, tuple[float | None, float]] = {}
         self.paused_for = 0.0  # seconds this pass waited for throttled accounts
         self.silent = 0  # messages in a row the server did not answer in time
         self.stalled: Unreachable | None = None
@@ -1321,16 +1322,19 @@ class _Pass:
             return
         now = time.monotonic()
         near = paced.per_day - paced.sent_today <= DAY_NEAR
-        last = self.day_read.get(self.account)
-        if last is not None and now - last < 1.0 and not near:
+        last, spent = self.day_read.get(self.account, (None, 0.0))
+        # Once a second, or less often when reading takes long (a large log): at most a
+        # tenth of the time goes to it.
+        if last is not None and now - last < max(1.0, 10 * spent) and not near:
             return
-        self.day_read[self.account] = now
         try:
             today, _ = _sent_lately(self.engine, self.settings, self.account)
         except Exception as e:
             if not _retryable(e):
                 raise
             return  # the database is away for now: this run's own count goes on
+        finally:
+            self.day_read[self.account] = (now, time.monotonic() - now)
         recorded = sum(
             1
             for i, env in self.offered.items()
