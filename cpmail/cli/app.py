@@ -124,8 +124,11 @@ class _Root(TyperGroup):
                 # A mistyped option or value is bad input like any other: one sentence, exit 2.
                 ctx = getattr(e, "ctx", None)
                 where = ctx.command_path if ctx is not None else self._path(argv)
-                said = brief(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
-                typer.echo(f"cpmail: {said}; see `{where} -h`.", err=True)
+                said = brief(_bad_value(e) or e.format_message()).rstrip(".")  # type: ignore[attr-defined]
+                if said.endswith("?"):  # "No such command 'chek'. Did you mean 'check'?"
+                    typer.echo(f"cpmail: {said} See `{where} -h`.", err=True)
+                else:
+                    typer.echo(f"cpmail: {said}; see `{where} -h`.", err=True)
             else:
                 e.show()  # type: ignore[attr-defined]
             raise SystemExit(getattr(e, "exit_code", 1)) from None
@@ -147,6 +150,31 @@ class _Root(TyperGroup):
                 raise
             typer.echo(f"cpmail: {brief(str(err))}", err=True)
             raise typer.Exit(err.exit_code) from None
+
+
+def _bad_value(e: Exception) -> str | None:
+    """A number option or argument given a value it cannot take, said as cpmail says the
+    others ("--limit: 'x' is not a whole number"), not in the words of the library that read
+    it ("Input should be a valid integer, unable to parse string as an integer")."""
+    param, cause = getattr(e, "param", None), e.__cause__
+    errors = getattr(cause, "errors", None)
+    if param is None or not callable(errors):
+        return None
+    try:
+        first = errors()[0]
+        name = str(param.get_error_hint()).strip("'\"")
+        kind, given, limits = first["type"], str(first.get("input", "")), first.get("ctx") or {}
+    except Exception:  # another library's shape: its own words, as they are
+        return None
+    if kind.startswith("int_"):
+        return f"{name}: {given!r} is not a whole number"
+    if kind.startswith("float_"):
+        return f"{name}: {given!r} is not a number"
+    if kind == "greater_than_equal":
+        return f"{name}: {given} is less than {limits.get('ge')}, the least it takes"
+    if kind == "less_than_equal":
+        return f"{name}: {given} is more than {limits.get('le')}, the most it takes"
+    return None
 
 
 def _named(e: BaseException, name: str) -> bool:
