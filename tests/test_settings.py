@@ -55,6 +55,32 @@ def test_bad_value_names_the_key_and_changes_nothing(initialised: Cli, home: Pat
     assert (home / "cpmail.toml").read_text() == before
 
 
+@pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("ssl", 465), ("none", 25)])
+def test_config_smtp_without_a_port_takes_the_one_its_security_is_offered_on(
+    initialised: Cli, home: Path, security: str, port: int
+) -> None:
+    """TLS from the first byte on 587 would wait for a greeting that never comes."""
+    r = initialised("config", "smtp", "--host", "mail.agency.test", "--security", security)
+    assert r.exit_code == 0, r.output
+    assert f"mail.agency.test:{port} ({security})" in r.stdout
+    assert initialised("config", "get", "mail.smtp.port").stdout.strip() == str(port)
+    r = initialised(
+        "config", "smtp", "--host", "mail.agency.test", "--security", security, "--port", "2525"
+    )
+    assert (
+        r.exit_code == 0 and initialised("config", "get", "mail.smtp.port").stdout.strip() == "2525"
+    )
+
+
+@pytest.mark.parametrize("host", ["", "  "])
+def test_config_smtp_with_no_host_is_refused(initialised: Cli, home: Path, host: str) -> None:
+    before = (home / "cpmail.toml").read_text()
+    r = initialised("config", "smtp", "--host", host)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("cpmail: --host: give the SMTP server's name") and not r.stdout
+    assert (home / "cpmail.toml").read_text() == before
+
+
 @pytest.mark.parametrize(
     "bad",
     ["name = = broken", 'name = "no end', "lookback_days = 7", 'name = "\\q"', "[broken"],

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from cpmail.cli.common import Ctx, ctx_of, emit_json, print_table
-from cpmail.errors import InputError
+from cpmail.errors import InputError, UsageError
 from cpmail.settings import shown
 
 app = typer.Typer(
@@ -36,11 +36,20 @@ def _check_staff_ids(c: Ctx, key: str, value: Any) -> None:
         check_named_staff(conn, {key: value})
 
 
+# The port each kind of security is usually offered on (docs/smtp.md).
+_USUAL_PORT = {"starttls": 587, "ssl": 465, "none": 25}
+
+
 @app.command("smtp")
 def smtp(
     ctx: typer.Context,
     host: str = typer.Option(..., "--host", help="SMTP server name."),
-    port: int = typer.Option(587, "--port", help="Port (587 starttls, 465 ssl, 25 none)."),
+    port: int | None = typer.Option(
+        None,
+        "--port",
+        show_default=False,
+        help="Port (default: 587 for starttls, 465 for ssl, 25 for none).",
+    ),
     security: str = typer.Option("starttls", "--security", help="starttls, ssl or none."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the server."),
     no_verify: bool = typer.Option(
@@ -49,6 +58,10 @@ def smtp(
 ) -> None:
     """Send through an SMTP server."""
     c = ctx_of(ctx)
+    if not host.strip():
+        raise UsageError("--host: give the SMTP server's name, such as mail.agency.example.")
+    if port is None:  # TLS from the first byte on 587 would wait for an answer that never comes
+        port = _USUAL_PORT.get(security.strip().lower(), 587)
     _save(
         c,
         {
