@@ -50,8 +50,11 @@ Global options (`--home`, `-q`, `-v`, `--version`) go **before** the command:
 Exit codes of every command: `0` success; `1` the command ran but some mail
 was not delivered (it stays in the outbox); `2` usage, configuration or input
 error (nothing was sent or changed); `3` the mail server refused to sign in or
-could not be reached. A mistyped option or value is said in one line naming
-it and the command whose `-h` lists the options, as any other bad input is.
+could not be reached, or the database or disk failed; `129`, `130`, `143`
+stopped by SIGHUP, Ctrl-C or SIGTERM; `141` the program reading the output
+stopped reading it (`| head`), silently. A mistyped option or value is said in
+one line naming it and the command whose `-h` lists the options, as any other
+bad input is.
 
 Arguments, option values and standard input are read as UTF-8 text. An
 argument holding bytes that are not UTF-8 is refused (exit 2, naming it),

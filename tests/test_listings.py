@@ -149,3 +149,38 @@ def test_a_long_digests_row_still_names_every_event_it_carried() -> None:
     assert _carried(text) == ["task-due-tomorrow", "task-overdue", "homebase-entry"]
     assert _carried(",".join(keys)) == ["task-due-tomorrow", "task-overdue", "homebase-entry"]
     assert set(_carried(text)) >= {"task-overdue"} and "b" not in _carried(text)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("config", "show"),  # a rich table
+        ("staff", "list", "--json"),  # one JSON document
+        ("data", "export", "jobs"),  # CSV
+        ("check", "--dry-run"),  # a line per message
+    ],
+)
+def test_output_read_by_a_reader_that_stops_early_ends_141_silently(
+    demo: Cli, home: Path, command: tuple[str, ...]
+) -> None:
+    """`cpmail … | head`: exit 1 would say mail was not delivered. As a shell reports a
+    process SIGPIPE ended (128 + 13), with nothing said on standard error."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write breaks the pipe
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "cpmail", "--home", str(home), *command],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert r.returncode == 141, r.stderr
+    assert r.stderr == ""

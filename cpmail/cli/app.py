@@ -140,6 +140,12 @@ class _Root(TyperGroup):
         except CpmailError as e:
             typer.echo(f"cpmail: {brief(str(e))}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except BrokenPipeError:
+            # Whoever read the output stopped reading (`| head`): what was done stands, and
+            # exit 1 would say mail was not delivered. As a shell says a process that
+            # SIGPIPE ended: 128 + 13, silently.
+            _nowhere(sys.stdout)
+            raise typer.Exit(128 + 13) from None
         except typer.Abort:  # the end of the input at a prompt (Ctrl-D): it was not answered
             typer.echo("cpmail: no answer was given at the prompt; nothing was changed.", err=True)
             raise typer.Exit(2) from None
@@ -150,6 +156,17 @@ class _Root(TyperGroup):
                 raise
             typer.echo(f"cpmail: {brief(str(err))}", err=True)
             raise typer.Exit(err.exit_code) from None
+
+
+def _nowhere(stream: Any) -> None:
+    """Point a stream whose reader has gone at /dev/null, so that what is still buffered
+    in it (flushed at exit) does not end in a second broken pipe and Python's complaint."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's buffer)
+        pass
 
 
 def _bad_value(e: Exception) -> str | None:

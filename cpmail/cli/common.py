@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import errno
 import json
 import os
 import re
@@ -113,19 +114,16 @@ class Ctx:
 
     @cached_property
     def out(self) -> Console:
-        from rich.console import Console
 
         # Piped into a file or `less`, tables get room instead of rich's default 80 columns.
         # $COLUMNS wins, as for other tools; without it a terminal's own width.
         columns = os.environ.get("COLUMNS", "")
         width = int(columns) if columns.isdigit() else None if sys.stdout.isatty() else 160
-        return Console(highlight=False, soft_wrap=True, width=width)
+        return _console(highlight=False, soft_wrap=True, width=width)
 
     @cached_property
     def err(self) -> Console:
-        from rich.console import Console
-
-        return Console(stderr=True, highlight=False, soft_wrap=True)
+        return _console(stderr=True, highlight=False, soft_wrap=True)
 
     def say(self, text: str) -> None:
         """Print a human message unless --quiet."""
@@ -143,6 +141,19 @@ class Ctx:
 # the screen, colour a line or hide a link; a carriage return can write over a line) and
 # the marks that reorder the text shown after them.
 _UNSHOWN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _console(**options: Any) -> Console:
+    """A rich Console whose reader going away (`| head`) is a broken pipe, said as the rest
+    of cpmail's output says it (exit 141), not rich's exit 1: 1 means mail not delivered."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
+
+    return _Console(**options)
 
 
 def printable(text: str) -> str:
