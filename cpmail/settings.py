@@ -1139,7 +1139,7 @@ def _edit_document(path: Path, text: str, error: Exception | None = None) -> Any
             )
         else:
             line, column = e.line, e.col + 1  # tomlkit counts columns from 0
-            reason = _parse_reason(e, _char_at(text, line, e.col), line)
+            reason = _bare_word(text, line) or _parse_reason(e, _char_at(text, line, e.col), line)
     except TOMLKitError as e:
         found = re.search(r"\(at line (\d+), column (\d+)\)", str(error or ""))
         if found:
@@ -1196,6 +1196,33 @@ def _unclosed(text: str) -> tuple[str, int | None]:
 def _position(text: str, index: int) -> tuple[int, int]:
     """The line and column (each counted from 1) of ``text[index]``."""
     return text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
+
+
+def _bare_word(text: str, line: int) -> str | None:
+    """A value written without its quotes (``enabled = yes``, ``host = mail.example``), in
+    plain words; None if the parser stopped at something else."""
+    import tomllib
+
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        return None
+    found = re.fullmatch(r"\s*[\w.\-\"']+\s*=\s*([^\"'\[{#=\s][^#]*?)\s*(#.*)?", lines[line - 1])
+    if not found:
+        return None
+    value = found[1]
+    try:
+        tomllib.loads(f"v = {value}")
+        return None  # a value TOML reads: the trouble is elsewhere
+    except tomllib.TOMLDecodeError:
+        pass
+    if value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return f"{value!r} is not a value TOML knows: write true or false, in small letters"
+    if value[0].isdigit() or value[0] in "+-":
+        return (
+            f"{value!r} is not a value TOML knows: a number is written alone, and text goes "
+            f'in quotes ("{value}")'
+        )
+    return f'{value!r} is not a value TOML knows: text goes in quotes ("{value}")'
 
 
 def _char_at(text: str, line: int, col: int) -> str:

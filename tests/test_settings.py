@@ -116,8 +116,18 @@ def test_broken_file_names_file_and_line(initialised: Cli, home: Path, bad: str)
         ('name = "a\x00b"', "a NUL character (byte 0)"),
         ('name = "a\x07b"', "a control character (U+0007) inside quotes"),
         ("# a note\x01", "a control character (U+0001) in a comment"),
+        # a value written without its quotes, as in other settings files
+        ("name = Hartley & Pine  # ours", "'Hartley & Pine' is not a value TOML knows: text goes"),
+        ("dir = mail/out", """text goes in quotes ("mail/out")"""),
+        ("send_window = 07:00-19:00", """text goes in quotes ("07:00-19:00")"""),
+        ("enabled = yes", "'yes' is not a value TOML knows: write true or false, in small"),
+        ("enabled = True", "write true or false, in small letters"),
+        ("lookback_days = 7x", "a number is written alone, and text goes in quotes"),
     ],
-    ids=["double-quote", "single-quote", "nul", "nul-in-quotes", "bell", "in-a-comment"],
+    ids=[
+        *("double-quote", "single-quote", "nul", "nul-in-quotes", "bell", "in-a-comment"),
+        *("words", "path", "window", "yes", "True", "number"),
+    ],
 )
 def test_a_broken_line_is_said_in_plain_words(
     initialised: Cli, home: Path, bad: str, said: str
@@ -131,7 +141,7 @@ def test_a_broken_line_is_said_in_plain_words(
     assert r.stderr.startswith(f"cpmail: {path}, line 5, column "), r.stderr
     assert said in r.stderr
     assert r.stderr.rstrip().endswith("fix the file at line 5.")
-    for tomlkit_words in ("Control characters", "\\u", "ends before", "Unexpected"):
+    for tomlkit_words in ("Control characters", "\\u", "ends before", "Unexpected", "Invalid"):
         assert tomlkit_words not in r.stderr
 
 
