@@ -411,7 +411,10 @@ def test_unreachable_sign_in_service(ms_home: Path) -> None:
     settings = Settings.load(ms_home)
     settings.set("mail.microsoft.authority_base", f"http://127.0.0.1:{port}")
     settings.save()
-    with pytest.raises(Unreachable, match="cannot reach Microsoft's sign-in service"):
+    said = (
+        r"cannot reach Microsoft's sign-in service \(while looking up the tenant\); check the net"
+    )
+    with pytest.raises(Unreachable, match=said):
         deliver(ms_home, env())
 
 

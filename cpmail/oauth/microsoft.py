@@ -126,11 +126,22 @@ def _client_id(settings: Settings) -> str:
     return client_id
 
 
+# What each msal call was doing, in a person's words (msal's names are its own).
+_STEP = {
+    "authority discovery": "while looking up the tenant",
+    "device code": "while asking for a sign-in code",
+    "code exchange": "while finishing the sign-in",
+    "token refresh": "while renewing the sign-in",
+    "app token": "while getting the app's token",
+}
+
+
 def _msal_call(what: str, call: Callable[[], Any]) -> Any:
     """Run an msal call, turning network and service errors into cpmail's."""
     import httpx
     import msal
 
+    what = _STEP.get(what, what)
     # msal logs its own failures with the answer's body, which may quote a client
     # secret or a token: never shown, not even with -v; the one sentence below
     # (scrubbed) is what a person reads.
@@ -142,7 +153,10 @@ def _msal_call(what: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except httpx.ConnectError:
-        raise Unreachable(f"cannot reach Microsoft's sign-in service ({what}).") from None
+        raise Unreachable(
+            f"cannot reach Microsoft's sign-in service ({what}); check the network, and that "
+            "no firewall or proxy stands in the way."
+        ) from None
     except httpx.TransportError:
         raise TemporaryFailure(f"Microsoft's sign-in service did not answer ({what}).") from None
     except msal.exceptions.MsalServiceError:
