@@ -184,3 +184,18 @@ def test_output_read_by_a_reader_that_stops_early_ends_141_silently(
         os.close(write)
     assert r.returncode == 141, r.stderr
     assert r.stderr == ""
+
+
+@pytest.mark.parametrize("columns", ["60", "80"])
+def test_staff_list_keeps_ids_names_and_addresses_whole_on_a_narrow_terminal(
+    demo: Cli, columns: str
+) -> None:
+    """Once every column was squeezed, and the ID column shrank to nothing: the columns
+    that say least go first."""
+    r = demo("staff", "list", env={"COLUMNS": columns})
+    assert r.exit_code == 0, r.output
+    rows = [x.split("│")[1:-1] for x in r.stdout.splitlines() if x.startswith("│")]
+    assert max(len(x) for x in r.stdout.splitlines()) <= int(columns)
+    staff = json.loads(demo("staff", "list", "--json").stdout)
+    assert [cells[0].strip() for cells in rows] == [s["id"] for s in staff]
+    assert [cells[1].strip() for cells in rows] == [s["name"] for s in staff]

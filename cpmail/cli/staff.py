@@ -175,7 +175,13 @@ def list_(
         emit_json(rows)
         return
     print_table(
-        c, rows, COLUMNS, empty="No staff yet: `cpmail staff add ID --name N --work-email E`."
+        c,
+        rows,
+        COLUMNS,
+        empty="No staff yet: `cpmail staff add ID --name N --work-email E`.",
+        # On a narrow terminal these go first, so that the ID, name and address stay whole
+        # (`--json` has them all).
+        drop=("digest", "muted", "access", "active", "role", "planned_hours", "supervisor_id"),
     )
 
 
