@@ -63,6 +63,7 @@ class Account:
     signin_lapses: dt.datetime | None = None  # when the sign-in ends unless it is used or renewed
     last_sent: dt.datetime | None = None
     last_error: str | None = None
+    error_at: dt.datetime | None = None  # when ``last_error`` came (UTC)
     waiting: int = 0
     problem: str | None = None  # set when the account cannot send
     probe: str | None = None  # "ok" or what went wrong, with --probe only
@@ -676,6 +677,7 @@ def _accounts(
         acct.last_sent = info.get("last_sent")
         acct.waiting = int(info.get("waiting", 0))
         acct.last_error = info.get("last_error")
+        acct.error_at = info.get("error_at")
         if transport == "file":
             acct.login = "none (file transport)"
         else:

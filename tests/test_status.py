@@ -636,3 +636,24 @@ def test_a_check_still_running_does_not_hide_what_the_last_finished_one_found(
         )
     engine.dispose()
     assert status(initialised)[0] == 0
+
+
+def test_an_error_before_the_last_message_sent_is_not_shown_as_the_accounts_state(
+    cli: Cli, home: Path, smtp_server_factory: Factory
+) -> None:
+    """A test message that failed (the server down), then one that went: the account line
+    says "ok", not the old error; --json keeps the error and when it came."""
+    server = smtp_server_factory()
+    setup_smtp(cli, server)
+    server.stop()
+    assert cli("staff", "test", "JD").exit_code == 3
+    line = next(x for x in cli("status").stdout.splitlines() if x.startswith("Account JD"))
+    assert "last error:" in line, line
+    again = smtp_server_factory()
+    assert cli("config", "set", "mail.smtp.port", str(again.port)).exit_code == 0
+    assert cli("staff", "test", "JD").exit_code == 0
+    line = next(x for x in cli("status").stdout.splitlines() if x.startswith("Account JD"))
+    assert line.endswith(" · ok") and "last error" not in line, line
+    _, doc = status(cli)
+    [acct] = doc["accounts"]
+    assert acct["last_error"] and acct["error_at"] and acct["error_at"] <= acct["last_sent"], acct

@@ -62,9 +62,11 @@ def _account(c: Ctx, a: Account, *, db: bool) -> str:
         parts.append(f"{a.waiting} waiting")
     if a.probe is not None:
         parts.append("login test ok" if a.probe == "ok" else "login test FAILED")
+    # An error from before the last message that went is history: the account sends.
+    since = a.last_sent is None or a.error_at is None or a.error_at >= a.last_sent
     if a.problem:
         parts.append(f"CANNOT SEND: {a.problem}")
-    elif a.last_error:
+    elif a.last_error and since:
         parts.append(f"last error: {a.last_error}")
     else:
         parts.append("ok")
