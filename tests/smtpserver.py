@@ -61,6 +61,8 @@ Trouble, set on the object at any time (it applies to the next command):
   for every MAIL FROM / end of DATA, or a list of answers used one per
   transaction (then the server behaves again): ``["421 4.7.0 go away"]``.
 - ``fail_rcpt = {"b@x.test": "550 5.1.1 no such user"}``: per-recipient answers.
+- ``rcpt_delay = seconds``: wait this long before answering each RCPT TO (a
+  server that checks every recipient, as recipient verification does).
 - ``drop_during_data``: hang up after the message data arrived, without
   answering (the message is not recorded). ``True`` for every message, a
   number ``n`` for the next ``n`` messages.
@@ -268,7 +270,10 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        answer = self.owner.fail_rcpt.get(address)
+        owner = self.owner
+        if owner.rcpt_delay:
+            await asyncio.sleep(owner.rcpt_delay)
+        answer = owner.fail_rcpt.get(address)
         if answer is not None:
             return answer
         envelope.rcpt_tos.append(address)
@@ -363,6 +368,7 @@ class SMTPTestServer:
         self.fail_mail: str | list[str] | None = None
         self.fail_data: str | list[str] | None = None
         self.fail_rcpt: dict[str, str] = {}
+        self.rcpt_delay = 0.0
         self.drop_during_data: Trouble = False
         self.stall_data: Trouble = False
         self.stall_after: int | None = None

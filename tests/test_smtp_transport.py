@@ -593,6 +593,22 @@ def test_every_recipient_refused_is_reported_per_recipient(
     assert smtp_server.connections == 1
 
 
+def test_each_answer_has_the_timeout_however_many_recipients_wait_for_theirs(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    # A server that checks every recipient answers each within the timeout (1 s),
+    # all of them together in 2.4 s: pipelined or not, that is a server answering.
+    smtp_server.rcpt_delay = 0.4
+    to = tuple(f"r{i}@agency.test" for i in range(6))
+    t = transport(home, smtp_server, timeout=1, connections=1)
+
+    [outcome] = deliver(t, [envelope(1, to=to)])
+
+    assert outcome == Outcome(1, accepted=to)
+    [got] = smtp_server.messages
+    assert got.rcpt_tos == to
+
+
 def test_a_read_timeout_is_temporary_and_the_next_message_goes_through(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:

@@ -108,23 +108,26 @@ class Wire(asyncio.Protocol):
         raise self._failure or SMTPServerDisconnected("Connection lost")
 
     async def ready(self, count: int, timeout: float) -> None:
-        """Wait until ``count`` answers are in, the line fails, or ``timeout`` passes.
+        """Wait until ``count`` answers are in, the line fails, or an answer is late.
 
-        For pipelined commands: one wait for all their answers instead of one
-        each. Raises nothing: ``answer`` then hands out what came and raises at
-        the first that did not (a timeout closes the line).
+        For pipelined commands: their answers are read back together, however
+        they arrive. Each answer has ``timeout`` from the one before it, as it
+        would with one command at a time: a server that takes its time over
+        every recipient still answers in time. Raises nothing: ``answer`` then
+        hands out what came and raises at the first that did not (a timeout
+        closes the line).
         """
-        if len(self._answers) >= count or self._failure is not None:
-            return
-        self._wanted = count
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, self._expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-            self._wanted = 1
+        while len(self._answers) < count and self._failure is None:
+            # Woken by the next answer (or all of them, when they come together).
+            self._wanted = len(self._answers) + 1
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, self._expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+                self._wanted = 1
 
     async def command(self, line: bytes, timeout: float) -> Answer:
         self.write(line)
