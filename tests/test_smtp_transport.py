@@ -609,6 +609,23 @@ def test_each_answer_has_the_timeout_however_many_recipients_wait_for_theirs(
     assert got.rcpt_tos == to
 
 
+def test_552_to_a_recipient_is_tried_again_not_failed(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    # RFC 5321 4.5.3.1.10: 552 to RCPT TO ("too many recipients" in RFC 821's
+    # words, or a full mailbox) is to be taken as temporary, as Postfix does.
+    smtp_server.fail_rcpt = {"bob@agency.test": "552 5.2.2 Mailbox full"}
+    env = envelope(1, to=("ann@agency.test", "bob@agency.test"))
+
+    [outcome] = deliver(transport(home, smtp_server), [env])
+
+    assert outcome == Outcome(
+        1,
+        accepted=("ann@agency.test",),
+        deferred={"bob@agency.test": "552 5.2.2 Mailbox full"},
+    )
+
+
 def test_a_read_timeout_is_temporary_and_the_next_message_goes_through(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:

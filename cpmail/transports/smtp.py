@@ -485,7 +485,10 @@ class _Connection:
                 raise _Resend(f"the SMTP server {where} closed the connection: {words}")
             if _out_of_step(answer.code):
                 raise self._lost_step("RCPT TO", answer.code)
-            (deferred if 400 <= answer.code < 500 else refused)[rcpt] = words
+            # 552 to RCPT is temporary (RFC 5321 4.5.3.1.10: RFC 821's "too many
+            # recipients", or a full mailbox), as Postfix takes it: tried again later.
+            temporary = 400 <= answer.code < 500 or answer.code == 552
+            (deferred if temporary else refused)[rcpt] = words
         if accepted:
             return accepted, deferred, refused
         await self._skip(1)  # DATA, when it went with the rest
