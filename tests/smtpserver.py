@@ -63,6 +63,9 @@ Trouble, set on the object at any time (it applies to the next command):
 - ``fail_rcpt = {"b@x.test": "550 5.1.1 no such user"}``: per-recipient answers.
 - ``rcpt_delay = seconds``: wait this long before answering each RCPT TO (a
   server that checks every recipient, as recipient verification does).
+- ``extra_answers = ["250 2.0.0 OK"]``: after the answer to a message's data,
+  say this line too, unasked (a server whose answers get out of step with the
+  commands); one line per message, then the server behaves again.
 - ``drop_during_data``: hang up after the message data arrived, without
   answering (the message is not recorded). ``True`` for every message, a
   number ``n`` for the next ``n`` messages.
@@ -312,7 +315,9 @@ class _Handler:
         with owner._lock:
             owner.messages.append(received)
             owner._accepted_at.append(time.monotonic())
-        return "250 2.0.0 OK queued"
+        extra = owner._next_answer("extra_answers")
+        # Both lines go out in one write, as one packet.
+        return "250 2.0.0 OK queued" + (f"\r\n{extra}" if extra is not None else "")
 
 
 class _Controller(Controller):
@@ -369,6 +374,7 @@ class SMTPTestServer:
         self.fail_data: str | list[str] | None = None
         self.fail_rcpt: dict[str, str] = {}
         self.rcpt_delay = 0.0
+        self.extra_answers: list[str] = []
         self.drop_during_data: Trouble = False
         self.stall_data: Trouble = False
         self.stall_after: int | None = None

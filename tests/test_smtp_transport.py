@@ -626,6 +626,32 @@ def test_552_to_a_recipient_is_tried_again_not_failed(
     )
 
 
+def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_messages(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    # The answer to the first message comes with one more line, unasked: read as
+    # the next message's answers, one recipient's refusal would pass for the
+    # answer to DATA and fail the whole message for good.
+    smtp_server.extra_answers = ["250 2.0.0 OK again"]
+    smtp_server.fail_rcpt = {"bob@agency.test": "550 5.1.1 No such user"}
+    second = envelope(2, to=("ann@agency.test", "bob@agency.test"))
+    t = transport(home, smtp_server, connections=1)
+
+    envelopes = [envelope(1), second, envelope(3)]
+    outcomes = deliver(t, envelopes)
+
+    assert outcomes == [
+        Outcome(1, accepted=("ann@agency.test",)),
+        Outcome(
+            2,
+            accepted=("ann@agency.test",),
+            refused={"bob@agency.test": "550 5.1.1 No such user"},
+        ),
+        Outcome(3, accepted=("ann@agency.test",)),
+    ]
+    assert [m.data for m in smtp_server.messages] == [e.raw for e in envelopes]
+
+
 def test_a_read_timeout_is_temporary_and_the_next_message_goes_through(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:

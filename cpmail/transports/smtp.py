@@ -345,6 +345,10 @@ class _Connection:
         options, encoding, body = checked
         wire = self.wire
         assert wire is not None
+        if wire.unread:
+            # The server said something nobody asked for (a line too many with the
+            # last answer): read now, it would pass for this message's answers.
+            raise self._lost_step("the last message", 0, "an answer too many")
         mail = f"MAIL FROM:<{env.mail_from}>{options}\r\n".encode(encoding)
         rcpts = [f"RCPT TO:<{r}>\r\n".encode(encoding) for r in env.rcpt_to]
         if self.pipelining:
@@ -522,6 +526,9 @@ class _Connection:
             answer = await self._answer(env, "the message")
             if isinstance(answer, Outcome):
                 return answer
+            if wire.unread:
+                # More answers than commands: which answer is whose is not known.
+                raise self._lost_step("DATA", answer.code, "one answer too many")
             if answer.code != 354:
                 if _out_of_step(answer.code):
                     raise self._lost_step("DATA", answer.code)
@@ -591,12 +598,14 @@ class _Connection:
         self.previous = env.id
         return Outcome(env.id, accepted=tuple(accepted), deferred=deferred, refused=refused)
 
-    def _lost_step(self, command: str, code: int) -> _Resend:
-        """An answer no refusal is (a 250 or 354 where one was not due): the server's answers
-        are out of step with the commands. Nothing of the message went; a new line it is."""
+    def _lost_step(self, command: str, code: int, what: str = "an answer") -> _Resend:
+        """An answer no refusal is (a 250 or 354 where one was not due), or one too many:
+        the server's answers are out of step with the commands. Nothing of the message
+        went; a new line it is."""
         self._hang_up()
+        said = f"with {code}, " if code else ""
         return _Resend(
-            f"the SMTP server {self.cfg.address} answered {command} with {code}, an answer "
+            f"the SMTP server {self.cfg.address} answered {command} {said}{what} "
             "out of step with the commands"
         )
 

@@ -95,6 +95,11 @@ class Wire(asyncio.Protocol):
     def open(self) -> bool:
         return self._failure is None and not self.transport.is_closing()
 
+    @property
+    def unread(self) -> bool:
+        """Something came that no command has read: an answer, or part of one."""
+        return bool(self._answers or self._lines or self._buffer)
+
     def write(self, data: bytes) -> None:
         if not self.open:
             raise self._failure or SMTPServerDisconnected("Connection lost")
