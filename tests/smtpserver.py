@@ -63,6 +63,9 @@ Trouble, set on the object at any time (it applies to the next command):
 - ``fail_rcpt = {"b@x.test": "550 5.1.1 no such user"}``: per-recipient answers.
 - ``rcpt_delay = seconds``: wait this long before answering each RCPT TO (a
   server that checks every recipient, as recipient verification does).
+- ``max_recipients = (n, "452 4.5.3 Error: too many recipients")``: take at
+  most ``n`` recipients in one transaction, answering every further RCPT TO
+  with the answer given.
 - ``extra_answers = ["250 2.0.0 OK"]``: after the answer to a message's data,
   say this line too, unasked (a server whose answers get out of step with the
   commands); one line per message, then the server behaves again.
@@ -279,6 +282,8 @@ class _Handler:
         answer = owner.fail_rcpt.get(address)
         if answer is not None:
             return answer
+        if owner.max_recipients is not None and len(envelope.rcpt_tos) >= owner.max_recipients[0]:
+            return owner.max_recipients[1]
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -374,6 +379,7 @@ class SMTPTestServer:
         self.fail_data: str | list[str] | None = None
         self.fail_rcpt: dict[str, str] = {}
         self.rcpt_delay = 0.0
+        self.max_recipients: tuple[int, str] | None = None
         self.extra_answers: list[str] = []
         self.drop_during_data: Trouble = False
         self.stall_data: Trouble = False

@@ -626,6 +626,49 @@ def test_552_to_a_recipient_is_tried_again_not_failed(
     )
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "452 4.5.3 Error: too many recipients",  # Postfix, Exchange, Gmail (RFC 5321)
+        "552 5.5.3 Too many recipients",  # older servers (RFC 821's code)
+        "452 Too many recipients received this hour",
+    ],
+)
+def test_recipients_over_the_servers_limit_get_the_message_in_another_transaction(
+    home: Path, smtp_server: SMTPTestServer, answer: str
+) -> None:
+    smtp_server.max_recipients = (2, answer)
+    to = tuple(f"r{i}@agency.test" for i in range(5))
+    env = envelope(1, to=to)
+    t = transport(home, smtp_server, connections=1)
+
+    outcomes = deliver(t, [env, envelope(2)])
+
+    assert outcomes == [Outcome(1, accepted=to), Outcome(2, accepted=("ann@agency.test",))]
+    got = smtp_server.messages
+    assert [m.rcpt_tos for m in got] == [to[:2], to[2:4], to[4:], ("ann@agency.test",)]
+    assert all(m.data == env.raw for m in got[:3])
+    assert smtp_server.connections == 1
+
+
+def test_recipients_over_the_limit_of_a_server_that_stops_taking_them_wait_for_later(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    # The first transaction goes; the second meets a server that takes nobody:
+    # those recipients wait (deferred), those who got it are not sent it again.
+    smtp_server.max_recipients = (2, "452 4.5.3 Error: too many recipients")
+    smtp_server.rate_limit = (1, 60)  # one message a minute: the second MAIL is refused
+    to = tuple(f"r{i}@agency.test" for i in range(3))
+
+    [outcome] = deliver(transport(home, smtp_server, connections=1), [envelope(1, to=to)])
+
+    assert outcome.error is None
+    assert outcome.accepted == to[:2]
+    assert list(outcome.deferred) == [to[2]]
+    assert "452 4.3.2 Submission quota exceeded" in outcome.deferred[to[2]]
+    assert [m.rcpt_tos for m in smtp_server.messages] == [to[:2]]
+
+
 def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_messages(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:

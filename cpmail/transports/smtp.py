@@ -25,7 +25,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -311,7 +311,29 @@ class _Connection:
             smtp.close()
 
     async def send(self, env: Envelope) -> Outcome:
-        """Run one mail transaction; raise _Resend when nothing was sent and the line is gone."""
+        """Run one mail transaction; raise _Resend when nothing was sent and the line is gone.
+
+        Recipients over the server's limit for one transaction ("452 4.5.3 too
+        many recipients") get the message in the next transactions, on this
+        connection, as RFC 5321 4.5.3.1.10 says; the outcome covers them all.
+        """
+        outcome = await self._send_once(env)
+        taken = outcome.accepted
+        while taken and outcome.error is None:
+            rest = tuple(r for r, words in outcome.deferred.items() if _too_many(words))
+            stopping = interrupt.requested() is not None or self.blocked()
+            if not rest or stopping or not self.connected:
+                break  # the rest wait in the outbox, deferred, as any deferred recipient
+            try:
+                more = await self._send_once(replace(env, rcpt_to=rest))
+            except (_Resend, AuthError) as e:
+                # Some have the message already: the others wait, never all again.
+                more = Outcome(env.id, error=TemporaryFailure(str(e)))
+            outcome = _joined(outcome, rest, more)
+            taken = more.accepted
+        return outcome
+
+    async def _send_once(self, env: Envelope) -> Outcome:
         try:
             return await self._transact(env)
         except UnicodeEncodeError as e:
@@ -630,6 +652,32 @@ class _Connection:
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+# A recipient turned away because the transaction has as many as the server takes
+# (RFC 5321 4.5.3.1.10: 452, or 552 from older servers; RFC 3463 X.5.3).
+_TOO_MANY = re.compile(r"^[45]52\b.*?(\b[45]\.5\.3\b|too many recipients)", re.IGNORECASE)
+
+
+def _too_many(words: str) -> bool:
+    return _TOO_MANY.search(words) is not None
+
+
+def _joined(outcome: Outcome, rest: tuple[str, ...], more: Outcome) -> Outcome:
+    """``outcome`` with what became of ``rest`` in the transaction after it (``more``)."""
+    deferred = {r: w for r, w in outcome.deferred.items() if r not in rest}
+    refused = dict(outcome.refused)
+    if more.error is not None:
+        # The message as a whole is this one's matter, not theirs: it reached some.
+        words = str(more.error)
+        (deferred if isinstance(more.error, TemporaryFailure) else refused).update(
+            dict.fromkeys(rest, words)
+        )
+    else:
+        deferred.update(more.deferred)
+        refused.update(more.refused)
+    return replace(
+        outcome, accepted=(*outcome.accepted, *more.accepted), deferred=deferred, refused=refused
+    )
 
 
 def _out_of_step(code: int) -> bool:
