@@ -51,6 +51,7 @@ Trouble, set on the object at any time (it applies to the next command):
 - ``max_connections = n``: turn away connections beyond ``n`` open at once
   with ``421 4.7.0 too many connections``.
 - ``offer_starttls = False``: keep STARTTLS out of the EHLO answer.
+- ``fail_ehlo = "421 4.7.0 busy"``: answer EHLO with this instead (HELO too).
 - ``offer_pipelining = False``: keep PIPELINING (RFC 2920) out of the EHLO
   answer. It is offered by default, as Postfix, Exchange and Gmail do; the
   server reads pipelined commands in order either way.
@@ -216,6 +217,8 @@ class _Handler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
+        if self.owner.fail_ehlo is not None:
+            return [self.owner.fail_ehlo]
         session.host_name = hostname
         server.hello_seen()
         out = []
@@ -235,6 +238,8 @@ class _Handler:
     async def handle_HELO(
         self, server: _Session, session: Session, envelope: Envelope, hostname: str
     ) -> str:
+        if self.owner.fail_ehlo is not None:
+            return self.owner.fail_ehlo
         session.host_name = hostname
         server.hello_seen()
         return f"250 {server.hostname}"
@@ -372,6 +377,7 @@ class SMTPTestServer:
         self.greeting_delays: list[float] = []
         self.max_connections: int | None = None
         self.offer_starttls = True
+        self.fail_ehlo: str | None = None
         self.offer_pipelining = SMTPTestServer.offer_pipelining
         self.fail_auth: str | None = None
         self.require_auth = False

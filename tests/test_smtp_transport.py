@@ -433,6 +433,22 @@ def test_421_at_the_greeting_is_unreachable(home: Path, smtp_server: SMTPTestSer
     assert "try again later" in str(error)
 
 
+@pytest.mark.parametrize("tls", ["none", "starttls"])
+def test_a_server_busy_at_ehlo_says_try_again_later(
+    home: Path, smtp_server_factory: Factory, tls: str
+) -> None:
+    server = smtp_server_factory(tls=tls)
+    server.fail_ehlo = "421 4.7.0 Too many connections from your host"
+
+    error, outcomes = fatal(transport(home, server), [envelope(1)])
+
+    assert "421 4.7.0 Too many connections from your host" in str(error)
+    assert "try again later" in str(error)
+    assert "mail.smtp.security" not in str(error)  # nothing to do with it
+    assert outcomes == []
+    assert server.messages == []
+
+
 def test_a_server_that_never_answers_times_out(home: Path, smtp_server: SMTPTestServer) -> None:
     smtp_server.silent = True
     started = time.monotonic()

@@ -222,9 +222,12 @@ def unreachable(
             "mail.smtp.security and mail.smtp.port (465 is usually ssl, 587 starttls)."
         )
     if isinstance(e, aiosmtplib.SMTPResponseException):
+        # A 4xx (421 busy or too many connections, 454 TLS not available now) is the
+        # server's state, not this machine's settings.
+        busy = 400 <= e.code < 500
         return Unreachable(
-            f"the SMTP server {where} refused {stage}: "
-            f"{scrub(words_of(e.code, e.message))}; check mail.smtp.security."
+            f"the SMTP server {where} refused {stage}: {scrub(words_of(e.code, e.message))}; "
+            + ("the server is busy, try again later." if busy else "check mail.smtp.security.")
         )
     if isinstance(e, OSError):
         return Unreachable(
