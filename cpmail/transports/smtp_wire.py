@@ -48,6 +48,9 @@ class Wire(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._failure: Exception | None = None
         self._wanted = 1  # answers the waiter waits for
+        self._timeout = 0.0  # seconds each answer may take, from the one before it
+        self._heard = 0.0  # (loop time) when the last answer came
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def take(cls, transport: asyncio.BaseTransport) -> Wire:
@@ -78,6 +81,7 @@ class Wire(asyncio.Protocol):
                 said = b"\n".join(x[4:].strip(b" \t\r\n") for x in lines)
                 code = int(lines[-1][:3])
                 self._answers.append(Answer(code, said.decode("utf-8", "surrogateescape")))
+                self._heard = self._loop.time()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -122,17 +126,21 @@ class Wire(asyncio.Protocol):
         hands out what came and raises at the first that did not (a timeout
         closes the line).
         """
-        while len(self._answers) < count and self._failure is None:
-            # Woken by the next answer (or all of them, when they come together).
-            self._wanted = len(self._answers) + 1
-            waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, self._expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-                self._wanted = 1
+        if len(self._answers) >= count or self._failure is not None:
+            return
+        # One wait for them all; each answer that comes moves the deadline on (the timer,
+        # when it fires, waits on for what is left of ``timeout`` since the last answer).
+        self._wanted = count
+        self._timeout = timeout
+        self._heard = self._loop.time()
+        waiter = self._waiter = self._loop.create_future()
+        self._timer = self._loop.call_later(timeout, self._expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._timer.cancel()
+            self._waiter = None
+            self._wanted = 1
 
     async def command(self, line: bytes, timeout: float) -> Answer:
         self.write(line)
@@ -154,6 +162,10 @@ class Wire(asyncio.Protocol):
     # ---- inside
 
     def _expire(self, waiter: asyncio.Future[None]) -> None:
+        left = self._heard + self._timeout - self._loop.time()
+        if left > 0 and not waiter.done():  # an answer came meanwhile: its own timeout
+            self._timer = self._loop.call_later(left, self._expire, waiter)
+            return
         if not waiter.done():
             # A late answer would be taken for the next command's: end the line.
             self._failure = SMTPReadTimeoutError("Timed out waiting for server response")
