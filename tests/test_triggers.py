@@ -1009,12 +1009,10 @@ def test_a_digest_too_large_for_the_transport_goes_in_parts_and_drops_nothing(
     assert len(agency.server.messages) == len(rows)  # what was recorded is what went
 
 
-def test_a_message_too_large_even_alone_fails_by_itself_and_the_rest_go(
-    agency: Agency, home: Path
-) -> None:
-    from cpmail.check import run_check
+def _one_too_large(agency: Agency, home: Path) -> tuple[Settings, Any, Any]:
+    """A Homebase entry for Alice too large for a transport that takes 30 kB, one for Carl
+    that fits; the settings, secrets and that transport."""
     from cpmail.secrets import SecretStore
-    from cpmail.store.schema import messages
     from cpmail.transports.base import get_transport
 
     agency.add(
@@ -1026,6 +1024,16 @@ def test_a_message_too_large_even_alone_fails_by_itself_and_the_rest_go(
     secrets = SecretStore(home)
     transport = get_transport(settings, secrets)
     transport.max_message_bytes = 30_000
+    return settings, secrets, transport
+
+
+def test_a_message_too_large_even_alone_fails_by_itself_and_the_rest_go(
+    agency: Agency, home: Path
+) -> None:
+    from cpmail.check import run_check
+    from cpmail.store.schema import messages
+
+    settings, secrets, transport = _one_too_large(agency, home)
     result = run_check(
         agency.engine, settings, secrets, home, date=D, only=["homebase-entry"], transport=transport
     )
@@ -1187,19 +1195,9 @@ def test_a_dry_run_says_which_messages_would_fail_as_too_large(
     from cpmail.check import run_check
     from cpmail.cli.check import _json, _print_dry_run
     from cpmail.cli.common import Ctx
-    from cpmail.secrets import SecretStore
     from cpmail.store.schema import messages
-    from cpmail.transports.base import get_transport
 
-    agency.add(
-        "homebase_entries",
-        dict(id="BIG", subject="Big", body="word " * 20_000, entered_at=at(D, 9), notify="AE"),
-        dict(id="SMALL", subject="Small", body="A line.", entered_at=at(D, 9), notify="CR"),
-    )
-    settings = Settings.load(home)
-    secrets = SecretStore(home)
-    transport = get_transport(settings, secrets)
-    transport.max_message_bytes = 30_000
+    settings, secrets, transport = _one_too_large(agency, home)
     only = ["homebase-entry"]
     dry = run_check(
         agency.engine, settings, secrets, home, date=D, only=only, transport=transport, dry_run=True
