@@ -14,6 +14,12 @@ timeout) and on record (for Gmail and Graph the outcome is written inside;
 with the database away that write keeps trying, up to RECORD_PATIENCE); no new
 message is handed over meanwhile.
 
+Around the step that makes a command's work permanent (``committing()``: a
+COMMIT, say) a signal waits until the step is over, so that what the command
+says of its work is true. Once the step is over, the work is done: a first
+signal then lets the command finish (print what it did) and ends it saying
+so; a second one stops it at once, saying so too.
+
 The command exits 128 + the signal's number (143, 130, 129), as shells expect.
 """
 
@@ -50,12 +56,20 @@ _requested: int | None = None
 _graceful = 0
 _shielded = 0  # messages handed to a server whose answer is not on record yet
 _held_back: int | None = None  # a second signal that waits for them
+_committing = 0  # inside the step that makes the command's work permanent
+_done: str | None = None  # what is said of the command's work once that step is over
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
     global _requested, _held_back
     first = _requested is None
     _requested = signum if first else _requested
+    if _committing:
+        return
+    if _done is not None:
+        if first:
+            return
+        raise Stopped(signum, _done)
     if first and _graceful:
         return
     if _shielded:
@@ -110,3 +124,37 @@ def shielded() -> Iterator[None]:
                 _held_back = None
         if signum is not None:
             raise Stopped(signum)
+
+
+@contextmanager
+def committing(done: str) -> Iterator[None]:
+    """Around the step that makes the command's work permanent (a COMMIT).
+
+    A signal in here waits until the step is over. If it ends well, the
+    command's work is done: from then on a first signal (or one that waited)
+    lets the command finish, and it ends with ``finished()`` saying ``done``.
+    If it fails, a signal that waited stops the command at once (nothing was
+    kept).
+    """
+    global _committing, _done
+    with _lock:
+        _committing += 1
+    try:
+        yield
+    except BaseException as e:
+        with _lock:
+            _committing -= 1
+        if _requested is not None and not isinstance(e, Stopped):
+            raise Stopped(_requested) from e
+        raise
+    with _lock:
+        _committing -= 1
+        _done = done
+
+
+def finished() -> Stopped | None:
+    """The stop to end a command with whose work was done (``committing()``) before a
+    signal came, or None."""
+    if _done is None or _requested is None:
+        return None
+    return Stopped(_requested, _done)

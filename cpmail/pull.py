@@ -54,6 +54,7 @@ def pull(
     *,
     dry_run: bool = False,
     changed_at: dt.datetime | None = None,
+    done: str | None = None,
 ) -> list[dataio.ImportResult]:
     """Import every configured table from the source, in one transaction; see the module doc.
 
@@ -101,7 +102,7 @@ def pull(
             ]
             try:
                 return dataio.import_sources(
-                    engine, settings, sources, changed_at=changed_at, dry_run=dry_run
+                    engine, settings, sources, changed_at=changed_at, dry_run=dry_run, done=done
                 )
             finally:
                 for records in opened:  # a bad row ends the import mid-query

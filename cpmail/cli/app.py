@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperArgument, TyperGroup
@@ -284,6 +284,12 @@ status.register(app)
 app.add_typer(alerts.app, name="alerts")
 
 
+def _stopped(e: interrupt.Stopped) -> NoReturn:
+    detail = e.detail or "what it had not finished was not done, and nothing is lost"
+    sys.stderr.write(f"cpmail: stopped by {e.name}; {detail}.\n")
+    sys.exit(e.exit_code)
+
+
 def main() -> None:
     """Entry point of the console script."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
@@ -291,9 +297,12 @@ def main() -> None:
     try:
         app()
     except interrupt.Stopped as e:
-        detail = e.detail or "what it had not finished was not done, and nothing is lost"
-        sys.stderr.write(f"cpmail: stopped by {e.name}; {detail}.\n")
-        sys.exit(e.exit_code)
+        _stopped(e)
+    except SystemExit as e:
+        late = interrupt.finished()  # a signal once its work was done: it finished first
+        if late is not None and not e.code:
+            _stopped(late)
+        raise
     except KeyboardInterrupt:
         sys.stderr.write("cpmail: interrupted; mail not yet sent waits in the outbox.\n")
         sys.exit(130)

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Import and export the agency's data.", no_args_is_help=True)
 
+# What `data import` and `data pull` stopped by a signal once the import is committed say.
+IMPORT_DONE = "the import was finished first and is kept whole, as its summary says"
+
 
 @app.command("import")
 def import_(
@@ -52,7 +55,9 @@ def import_(
         sources = dataio.folder_sources(path, replace=replace)
     else:
         sources = [dataio.file_source(path, table, fmt, replace=replace)]
-    results = dataio.import_sources(c.engine(), c.settings, sources, dry_run=dry_run)
+    results = dataio.import_sources(
+        c.engine(), c.settings, sources, dry_run=dry_run, done=IMPORT_DONE
+    )
     if as_json:
         if path.is_dir():
             emit_json([r.as_dict() for r in results])
@@ -82,7 +87,7 @@ def pull(
     from cpmail.pull import pull as pull_source
 
     c = ctx_of(ctx)
-    results = pull_source(c.engine(), c.settings, dry_run=dry_run)
+    results = pull_source(c.engine(), c.settings, dry_run=dry_run, done=IMPORT_DONE)
     if as_json:
         emit_json([r.as_dict() for r in results])
         return

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cpmail import interrupt
 from cpmail.dataio.columns import (
     BATCH_ROWS,
     IN_ORDER,
@@ -744,6 +745,7 @@ def import_sources(
     *,
     changed_at: dt.datetime | None = None,
     dry_run: bool = False,
+    done: str | None = None,
 ) -> list[ImportResult]:
     """Import several tables in one transaction, in the order given (parents first).
 
@@ -751,6 +753,9 @@ def import_sources(
     give, children before parents; a row still referred to by a row that stays
     stops the whole import. With ``dry_run`` everything is done and counted,
     then rolled back. Raise InputError (nothing changed) on the first bad row.
+
+    ``done`` is what a command stopped by a signal once the import is committed
+    says of it (``interrupt.committing``); without it, a signal stops at once.
     """
     names = [s.table.name for s in sources]
     for name in names:
@@ -763,6 +768,9 @@ def import_sources(
                 results = _run_sources(conn, settings, sources, changed_at, dry_run)
                 if dry_run:
                     tx.rollback()
+                elif done is not None:
+                    with interrupt.committing(done):
+                        tx.commit()
         except (sa.exc.IntegrityError, sa.exc.DataError) as e:
             # The checks above name the row at fault; this is the database's last word
             # (a row deleted by someone else meanwhile, a constraint added by hand).
