@@ -67,8 +67,11 @@ def send_now(
     run_id = new_run_id()
     command = "test" if once else "send"
     # Queued already claimed by this run, inside its lease: no other run (a check
-    # started meanwhile) can take them up and send them under it.
-    with lease(engine, settings, run_id, command):
+    # started meanwhile) can take them up and send them under it. From the queueing
+    # on, a signal only asks the run to stop (as while delivering): stopped there,
+    # a message queued (its COMMIT under way) would wait in the outbox, and go with
+    # the next run, unsaid; so the delivery that follows says what became of it.
+    with lease(engine, settings, run_id, command), interrupt.graceful():
         with engine.begin() as conn:
             ids = queue_many(
                 conn,
@@ -185,12 +188,29 @@ def retry(
     ``queued`` hears how many went back in the queue before sending starts.
     With mail switched off they wait in the outbox.
     """
-    n, left = requeue(engine, ids)
-    queued(n)
-    if not settings["mail.enabled"] or not (n or _queued(engine, ids)):
-        return Retried(n, None, left)
-    transport = get_transport(settings, secrets)
-    return Retried(n, deliver(engine, transport, settings, run_id=new_run_id(), ids=ids), left)
+    delivery = None
+    with interrupt.graceful():  # (from the queueing on: see send_now)
+        n, left = requeue(engine, ids)
+        _stop_if_asked(n)
+        queued(n)
+        if settings["mail.enabled"] and (n or _queued(engine, ids)):
+            transport = get_transport(settings, secrets)
+            delivery = deliver(engine, transport, settings, run_id=new_run_id(), ids=ids)
+    if delivery is None:
+        _stop_if_asked(n)
+    return Retried(n, delivery, left)
+
+
+def _stop_if_asked(n: int) -> None:
+    """Stop the command if a signal asked it to, saying that ``n`` messages were queued
+    again (and nothing sent)."""
+    signum = interrupt.requested()
+    if signum is not None:
+        raise interrupt.Stopped(
+            signum,
+            f"{n} message(s) queued again, not sent: they wait in the outbox for the next "
+            "run (see `cpmail outbox`)",
+        )
 
 
 def _queued(engine: sa.Engine, ids: Sequence[int] | None) -> bool:

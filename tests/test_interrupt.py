@@ -7,20 +7,26 @@ the command blocks printing what it did until the test reads it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests import test_pull
 from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
 from tests.test_data import SAMPLES, engine_of, table_rows, write_rows
+from tests.test_delivery import setup_smtp
+from tests.test_faults import queue_messages
 from tests.test_pull import first_day
 
 # A PostgreSQL source and a home that pulls from it (tests/test_pull.py).
@@ -130,3 +136,128 @@ def test_a_signal_once_the_pull_is_committed_says_it_was_done(
     assert proc.returncode == 143, err
     assert "tasks: 3 rows (3 new, 0 updated, 0 deleted)" in out, out
     assert "stopped by SIGTERM; the import was finished first and is kept whole" in err, err
+
+
+# ------------------------------------------------------------------ one-off messages
+
+
+def slow_commit(home: Path, table: str, seconds: int = 3, *, on: str = "INSERT") -> None:
+    """Make the COMMIT of a transaction that inserted into ``table`` (or did ``on``) take
+    ``seconds`` (PostgreSQL: a deferred trigger that sleeps, once per transaction)."""
+    engine = engine_of(home)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF coalesce(current_setting('slow_commit.done', true), '') = '' THEN "
+                "PERFORM set_config('slow_commit.done', 'y', true); "
+                f"PERFORM pg_sleep({seconds}); END IF; RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                f"CREATE CONSTRAINT TRIGGER slow_commit AFTER {on} ON {table} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+            )
+        )
+    engine.dispose()
+
+
+def committing(home: Path, app: str) -> bool:
+    """Whether a connection named ``app`` is running a COMMIT."""
+    engine = engine_of(home)
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app "
+                    "AND state = 'active' AND query = 'COMMIT'"
+                ),
+                {"app": app},
+            ).scalar()
+    finally:
+        engine.dispose()
+    return bool(n)
+
+
+def spawn(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cpmail", *args],
+        env={**os.environ, "CPMAIL_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("message", "manager", "The printer on floor 2 is out of toner."),
+        ("staff", "test", "JD"),
+    ],
+    ids=["message", "staff-test"],
+)
+def test_a_signal_while_a_message_is_queued_says_where_it_is(
+    cli: Cli, home: Path, pg_url: str, smtp_server: SMTPTestServer, command: tuple[str, ...]
+) -> None:
+    app = f"cpmail-intr-{uuid.uuid4().hex[:8]}"
+    setup_smtp(cli, smtp_server, db=f"{pg_url}&application_name={app}")
+    # No agency data and no planned hours: only what the command queued can go out.
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    slow_commit(home, "messages")
+    proc = spawn(home, *command)
+    try:
+        wait_for(lambda: committing(home, app) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    assert not smtp_server.messages  # stopped before it was handed over
+    time.sleep(4)  # (whatever the server still does with the COMMIT is over)
+    waiting = [r for r in json.loads(cli("outbox", "--json").stdout) if r["status"] != "failed"]
+    if command[0] == "staff":
+        # A test message is sent at once or not at all: it never waits to go later.
+        assert waiting == [], waiting
+    elif waiting:
+        # It waits in the outbox, to go with the next run: the command must say so.
+        assert "1 not sent (see `cpmail outbox`)" in err, err
+    else:
+        assert "nothing is lost" in err or "not sent" in err, err
+    # Whatever it said, the next run sends nothing the command said was not kept.
+    r = cli("check", "--date", "2026-11-24")
+    assert len(smtp_server.messages) == len(waiting), r.output
+
+
+@pytest.mark.postgres
+def test_a_signal_while_outbox_retry_queues_again_says_where_the_mail_is(
+    cli: Cli, home: Path, pg_url: str, smtp_server: SMTPTestServer
+) -> None:
+    app = f"cpmail-intr-{uuid.uuid4().hex[:8]}"
+    setup_smtp(cli, smtp_server, db=f"{pg_url}&application_name={app}")
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    queue_messages(home, 3)
+    engine = engine_of(home)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE messages SET status = 'failed', claimed_by = NULL"))
+    engine.dispose()
+    slow_commit(home, "messages", on="UPDATE")
+    proc = spawn(home, "outbox", "retry", "--all")
+    try:
+        wait_for(lambda: committing(home, app) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert not smtp_server.messages
+    time.sleep(4)  # (whatever the server still does with the COMMIT is over)
+    waiting = json.loads(cli("outbox", "--json").stdout)
+    assert [r["status"] for r in waiting] == ["queued"] * 3, waiting
+    # They went back in the queue, and go with the next run: the command says so.
+    assert "3 message(s) queued again, not sent: they wait in the outbox" in err, err
