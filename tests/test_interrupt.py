@@ -26,7 +26,7 @@ from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_data import SAMPLES, engine_of, table_rows, write_rows
 from tests.test_delivery import setup_smtp
-from tests.test_faults import queue_messages
+from tests.test_faults import queue_messages, small_disk
 from tests.test_pull import first_day
 
 # A PostgreSQL source and a home that pulls from it (tests/test_pull.py).
@@ -261,3 +261,28 @@ def test_a_signal_while_outbox_retry_queues_again_says_where_the_mail_is(
     assert [r["status"] for r in waiting] == ["queued"] * 3, waiting
     # They went back in the queue, and go with the next run: the command says so.
     assert "3 message(s) queued again, not sent: they wait in the outbox" in err, err
+
+
+# ------------------------------------------------------------------ resources
+
+
+def test_an_import_that_fills_the_disk_is_exit_3_saying_so_not_bad_rows(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    # More than the import's page cache holds (16 MiB): pages go to disk before the COMMIT.
+    path = tmp_path / "clients.csv"
+    with path.open("w", encoding="utf-8") as f:
+        f.write("id,name\n")
+        f.writelines(f"C{i},Client {i:0100}\n" for i in range(200_000))
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        cli.home = disk / "home"
+        assert cli("init").exit_code == 0
+        r = cli("data", "import", str(path))  # the disk fills up half-way through
+        assert r.exit_code == 3, r.output
+        assert "disk is full" in r.stderr, r.stderr
+        assert "refused the rows" not in r.stderr
+        engine = engine_of(cli.home)
+        try:
+            assert table_rows(engine, "clients") == []  # nothing half imported
+        finally:
+            engine.dispose()

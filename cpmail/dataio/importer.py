@@ -370,7 +370,9 @@ class _Importer:
         try:
             result = self.conn.exec_driver_sql(sql, batch)
             self.changed += max(result.rowcount, 0)
-        except sa.exc.DBAPIError as e:
+        except (sa.exc.IntegrityError, sa.exc.DataError, sa.exc.ProgrammingError) as e:
+            # (the rows' fault; a disk full, a lock, a lost server are the database's:
+            # they go on to be said as such, exit 3)
             raise InputError(
                 f"{self.src}: the database refused the rows of {self.unit}s {positions[0]} to "
                 f"{positions[-1]} ({_first_line(e.orig)}); nothing was imported."
