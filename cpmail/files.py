@@ -13,12 +13,15 @@ or pipe would become a plain file, and a reader waiting on it would get nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO, overload
+
+from cpmail.errors import CpmailError, InputError, Unavailable
 
 
 @overload
@@ -73,3 +76,21 @@ def _replacing(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# A file that could not be written for its disk's sake, not its name's: exit 3.
+_DISK_FAILED = {
+    errno.ENOSPC: "the disk is full; free some space and run the command again",
+    errno.EDQUOT: "the disk quota is used up; free some space and run the command again",
+    errno.EROFS: "the file system is read-only",
+    errno.EIO: "input/output error (a failing disk?)",
+}
+
+
+def write_failed(path: Path, e: OSError) -> CpmailError:
+    """The error to end with when ``path`` could not be written: the disk's failure
+    (full, read-only: exit 3, as for the database) or the name's (exit 2)."""
+    said = _DISK_FAILED.get(e.errno or 0)
+    if said is not None:
+        return Unavailable(f"cannot write {path}: {said}.")
+    return InputError(f"cannot write {path}: {e.strerror or type(e).__name__}.")

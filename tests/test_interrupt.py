@@ -286,3 +286,29 @@ def test_an_import_that_fills_the_disk_is_exit_3_saying_so_not_bad_rows(
             assert table_rows(engine, "clients") == []  # nothing half imported
         finally:
             engine.dispose()
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_file_written_to_a_full_or_read_only_disk_is_exit_3_saying_so(
+    cli: Cli, home: Path, tmp_path: Path, fault: str
+) -> None:
+    assert cli("demo").exit_code == 0
+    with small_disk(tmp_path / "disk", "8k") as disk:
+        (disk / "old.csv").write_text("kept\n")
+        if fault == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        else:
+            (disk / "filler").write_bytes(b"\0" * 4096)
+        said = "the disk is full" if fault == "full" else "the file system is read-only"
+        for args in (
+            ("data", "export", "time_entries", "--out", str(disk / "old.csv")),
+            ("report", "invoice", "B001", "--out", str(disk / "invoice.pdf")),
+        ):
+            r = cli(*args)
+            assert r.exit_code == 3, r.output
+            assert said in r.stderr, r.stderr
+        # Nothing half written, nothing left behind; the file there is as it was.
+        assert sorted(p.name for p in disk.iterdir()) == sorted(
+            ["old.csv"] + (["filler"] if fault == "full" else [])
+        )
+        assert (disk / "old.csv").read_text() == "kept\n"

@@ -24,7 +24,7 @@ from cpmail.dataio.columns import (
     key_columns,
 )
 from cpmail.errors import InputError, Unavailable
-from cpmail.files import atomic_open
+from cpmail.files import atomic_open, write_failed
 from cpmail.store import schema
 
 # ------------------------------------------------------------------ export
@@ -126,15 +126,20 @@ def export_file(
     get_table(table)
     if p.is_dir():
         raise InputError(f"{p} is a folder; give a file name to write to.")
-    with contextlib.ExitStack() as stack:
-        try:
-            # Agency data: private (0600), whatever the umask.
-            f = stack.enter_context(atomic_open(p, mode=0o600, encoding="utf-8", newline=""))
-        except FileNotFoundError:
-            raise InputError(f"cannot write {p}: the folder {p.parent} does not exist.") from None
-        except OSError as e:
-            raise InputError(f"cannot write {p}: {e.strerror}.") from None
-        return export_table(engine, table, f, form)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                # Agency data: private (0600), whatever the umask.
+                f = stack.enter_context(atomic_open(p, mode=0o600, encoding="utf-8", newline=""))
+            except FileNotFoundError:
+                raise InputError(
+                    f"cannot write {p}: the folder {p.parent} does not exist."
+                ) from None
+            return export_table(engine, table, f, form)
+    except BrokenPipeError:  # (a pipe named as the file: its reader went away)
+        raise
+    except OSError as e:  # (making, writing or renaming the file: it is left as it was)
+        raise write_failed(p, e) from None
 
 
 def export_stdout(engine: sa.Engine, table: str, fmt: str = "csv") -> int:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from cpmail import __version__
 from cpmail.errors import InputError
+from cpmail.files import write_failed
 from cpmail.reports import cashflow, documents
 from cpmail.reports.render import html_to_pdf, logo_uri, override_dir, render_html
 from cpmail.settings import Settings, write_atomic
@@ -171,7 +172,7 @@ def write(pdf: bytes, out: Path) -> None:
     try:
         write_atomic(out, pdf)  # 0600: invoices and cash flow are private
     except OSError as e:
-        raise InputError(f"cannot write {out}: {e.strerror}.") from None
+        raise write_failed(out, e) from None
 
 
 _STREAM = re.compile(rb"(?<!end)stream\r?\n")
