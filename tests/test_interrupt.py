@@ -312,3 +312,16 @@ def test_a_file_written_to_a_full_or_read_only_disk_is_exit_3_saying_so(
             ["old.csv"] + (["filler"] if fault == "full" else [])
         )
         assert (disk / "old.csv").read_text() == "kept\n"
+
+
+def test_templates_export_to_a_disk_that_fills_up_leaves_nothing_half_made(
+    initialised: Cli, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk", "40k") as disk:
+        r = initialised("templates", "export", str(disk / "mine"))
+        assert r.exit_code == 3, r.output
+        assert "the disk is full" in r.stderr and str(disk / "mine") in r.stderr, r.stderr
+        assert list(disk.iterdir()) == []  # no folder, no template of the half done
+    # With room, the same command goes through (no "exists; use --force").
+    r = initialised("templates", "export", str(tmp_path / "mine"))
+    assert r.exit_code == 0, r.output

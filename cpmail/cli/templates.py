@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -49,11 +50,29 @@ def export(
     clashes = [n for n in names if (folder / n).exists()]
     if clashes and not force:
         raise InputError(f"{folder / clashes[0]} exists; use --force to overwrite.")
+    from cpmail.files import write_failed
     from cpmail.settings import write_atomic
 
-    for name in names:
-        # 0600 in 0700 folders, as everything cpmail writes, whatever the umask
-        write_atomic(folder / name, (BUILTIN / name).read_bytes())
+    # All or nothing: stopped half-way (a full disk, a signal), the files and
+    # folders this command made go again (those it overwrote stay overwritten).
+    made: list[Path] = []
+    target = folder
+    try:
+        for name in names:
+            target = folder / name
+            made.extend(reversed([d for d in (target, *target.parents) if not d.exists()]))
+            # 0600 in 0700 folders, as everything cpmail writes, whatever the umask
+            write_atomic(target, (BUILTIN / name).read_bytes())
+    except BaseException as e:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise write_failed(target, e) from None
+        raise
     c.say(f"Copied {len(names)} templates to {folder}.")
     if folder.resolve() != (c.home / "templates").resolve():
         c.say(f"To use your edits, put them in {c.home / 'templates'} (same file names).")
