@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from cpmail import interrupt
 from cpmail.addresses import check_address
 from cpmail.cli.common import ctx_of, emit_json, print_table, read_stdin_text, split_list
 from cpmail.errors import InputError
@@ -138,12 +139,16 @@ def remove(
     shared = people.reserved(staff_id) is not None
     for name in () if shared else names:  # a secret that cannot go keeps the person too
         c.secrets.check(name)
-    people.remove(c.engine(), staff_id)
+    # The row and the secrets go together: a signal waits until both are gone (a person
+    # removed with their passcode left behind could not be removed again to clear it).
+    with interrupt.committing(f"{staff_id} was removed first, with their secrets"):
+        people.remove(c.engine(), staff_id)
+        if not shared:
+            for name in names:
+                c.secrets.delete(name)
     if shared:
         c.say(f"Removed {staff_id}; the one-account sender's passcode and sign-ins stay.")
         return
-    for name in names:
-        c.secrets.delete(name)
     c.say(f"Removed {staff_id}.")
 
 
