@@ -667,8 +667,8 @@ def test_a_password_in_a_querys_connection_string_is_hidden_whole(password: str,
         assume(not any(ch in password for ch in " ;"))
     if form == "odbc bare":
         assume("'" not in password)
-    if form.startswith("libpq bare"):
-        assume(password[:1] not in "{'")  # (a value that begins with a quote is a quoted one)
+    if "bare" in form:  # (a value that begins with a brace or a quote is not a bare one)
+        assume(password[:1] not in "{'")
     text = _written(password, form)
     shown = redact(text)
     letters = "".join(ch if ch.isalnum() else " " for ch in password).split()
