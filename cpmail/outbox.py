@@ -485,7 +485,9 @@ def window_opens(settings: Settings, now_utc: dt.datetime) -> dt.datetime | None
     if in_send_window(settings, at.astimezone(tz)):
         return None
     at = at.replace(second=0, microsecond=0)
-    for _ in range(26 * 60):  # a day and the hour the clocks may repeat
+    # Two days and the hour the clocks may repeat: a window wholly inside the hour they skip
+    # does not open that day, only the next.
+    for _ in range(50 * 60):
         at += dt.timedelta(minutes=1)
         if in_send_window(settings, at.astimezone(tz)):
             return at.replace(tzinfo=None)

@@ -657,3 +657,17 @@ def test_an_error_before_the_last_message_sent_is_not_shown_as_the_accounts_stat
     _, doc = status(cli)
     [acct] = doc["accounts"]
     assert acct["last_error"] and acct["error_at"] and acct["error_at"] <= acct["last_sent"], acct
+
+
+def test_a_window_inside_the_hour_the_clocks_skip_opens_the_day_after() -> None:
+    """02:00-02:01 in New York on the day before the clocks go forward: it opens next not
+    on that morning (there is no 02:00) but the morning after."""
+    import tempfile
+
+    from cpmail.outbox import window_opens
+
+    settings = Settings.load(Path(tempfile.mkdtemp()))
+    settings.set("agency.timezone", "America/New_York")
+    settings.set("mail.send_window", "02:00-02:01")
+    opens = window_opens(settings, dt.datetime(2026, 3, 7, 7, 1))  # 02:01 on Saturday
+    assert opens == dt.datetime(2026, 3, 9, 6, 0), opens  # 02:00 EDT on Monday
