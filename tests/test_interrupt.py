@@ -190,6 +190,21 @@ def spawn(home: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def terminated_at_commit(home: Path, app: str, *args: str) -> str:
+    """Run cpmail ``args``, send it SIGTERM while its connection ``app`` runs a COMMIT;
+    check that it ended 143 and return what it said on standard error."""
+    proc = spawn(home, *args)
+    try:
+        wait_for(lambda: committing(home, app) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    return err
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     "command",
@@ -207,15 +222,7 @@ def test_a_signal_while_a_message_is_queued_says_where_it_is(
     # No agency data and no planned hours: only what the command queued can go out.
     assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
     slow_commit(home, "messages")
-    proc = spawn(home, *command)
-    try:
-        wait_for(lambda: committing(home, app) or proc.poll() is not None)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    err = terminated_at_commit(home, app, *command)
     assert "stopped by SIGTERM" in err
     assert not smtp_server.messages  # stopped before it was handed over
     time.sleep(4)  # (whatever the server still does with the COMMIT is over)
@@ -246,15 +253,7 @@ def test_a_signal_while_outbox_retry_queues_again_says_where_the_mail_is(
         conn.execute(sa.text("UPDATE messages SET status = 'failed', claimed_by = NULL"))
     engine.dispose()
     slow_commit(home, "messages", on="UPDATE")
-    proc = spawn(home, "outbox", "retry", "--all")
-    try:
-        wait_for(lambda: committing(home, app) or proc.poll() is not None)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    err = terminated_at_commit(home, app, "outbox", "retry", "--all")
     assert not smtp_server.messages
     time.sleep(4)  # (whatever the server still does with the COMMIT is over)
     waiting = json.loads(cli("outbox", "--json").stdout)
