@@ -1926,10 +1926,8 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
         ).scalars()
         back = set(done)
         if ids is not None:
-            # Each of the others as it is now (a run may have claimed one a moment ago).
-            rest = [i for i in ids if i not in back]
-            for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(rest))) if rest else []:
-                left[r.id] = _not_retried.get(r.status, "its text is no longer kept")
+            for i, status in _statuses_now(conn, [i for i in ids if i not in back]).items():
+                left[i] = _not_retried.get(Status(status), "its text is no longer kept")
     return len(back), left
 
 
@@ -1973,12 +1971,17 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
                 .returning(m.id)
             ).scalars()
         )
-        # Each of the others as it is now (a run may have claimed one a moment ago; a
-        # message dropped already included): named, never passed over in silence.
-        rest = [i for i in ids if i not in dropped]
-        rows = conn.execute(sa.select(m.id, m.status).where(m.id.in_(rest))).all() if rest else []
-        left = {r.id: r.status for r in rows}
+        left = _statuses_now(conn, [i for i in ids if i not in dropped])
     return len(dropped), left
+
+
+def _statuses_now(conn: sa.Connection, ids: Sequence[int]) -> dict[int, str]:
+    """The status of each of ``ids`` as it is once a command's change is made (a run may
+    have claimed one a moment ago): each left as it is is named, never passed over."""
+    if not ids:
+        return {}
+    m = messages.c
+    return {r.id: r.status for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(ids)))}
 
 
 def _check_ids(engine: sa.Engine, ids: Sequence[int]) -> None:
