@@ -875,7 +875,7 @@ class Settings:
             except OSError as e:
                 raise ConfigError(f"cannot read {path}: {e.strerror}.") from None
             try:
-                data = tomllib.loads(text)
+                data = _read_toml(text)
             except tomllib.TOMLDecodeError as e:
                 data = _edit_document(path, text, e)  # names the line, or reads what tomlkit reads
             except RecursionError:
@@ -1196,6 +1196,16 @@ def _unclosed(text: str) -> tuple[str, int | None]:
 def _position(text: str, index: int) -> tuple[int, int]:
     """The line and column (each counted from 1) of ``text[index]``."""
     return text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
+
+
+def _read_toml(text: str) -> dict[str, Any]:
+    """``text`` read by tomllib, which has no depth limit of its own."""
+    import tomllib
+
+    from cpmail.deep import NoCollection
+
+    with NoCollection():
+        return tomllib.loads(text)
 
 
 def _bare_word(text: str, line: int) -> str | None:

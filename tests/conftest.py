@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -242,6 +243,39 @@ def _one_command_tree() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(typer.testing, "_get_command", get_command)
         yield
+
+
+def _frames() -> int:
+    frame, n = sys._getframe(1), 0
+    while frame is not None:
+        frame, n = frame.f_back, n + 1  # type: ignore[assignment]
+    return n
+
+
+DEEP = 700
+"""Frames beyond which no garbage collection may start: Python stops at 1,000, and a
+collection's finalizers need stack of their own, or Python prints "Exception ignored in"
+over cpmail's one-line error."""
+
+
+@pytest.fixture
+def collection_depths() -> Iterator[list[int]]:
+    """The frame depth of every garbage collection that starts during the test, with
+    collections made frequent (a threshold of 10)."""
+    depths: list[int] = []
+
+    def collecting(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            depths.append(_frames())
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(collecting)
+    gc.set_threshold(10)
+    try:
+        yield depths
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(collecting)
 
 
 @pytest.fixture

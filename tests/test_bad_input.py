@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import DEEP, Cli
 
 
 def one_sentence(stderr: str) -> str:
@@ -181,6 +181,20 @@ def test_a_settings_file_nested_too_deeply_names_its_line(
         assert "nested more than 100 levels deep" in said
         assert said.endswith(f"fix the file at line {line_no}.")
     assert path.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("deep", ["[" * 5000, "{b=" * 3000 + "1" + "}" * 3000])
+def test_no_collection_runs_deep_in_a_nested_settings_file(
+    initialised: Cli, home: Path, deep: str, collection_depths: list[int]
+) -> None:
+    """With no stack left, a collection's finalizers fail and Python prints "Exception
+    ignored in ..." over the one-line error."""
+    path = home / "cpmail.toml"
+    path.write_text(path.read_text(encoding="utf-8") + f"\n[extra]\nx = {deep}\n")
+    r = initialised("config", "show")
+    assert r.exit_code == 2 and "nested more than 100 levels deep" in one_sentence(r.stderr)
+    assert collection_depths, "no collection ran: the test proves nothing"
+    assert max(collection_depths) < DEEP, max(collection_depths)
 
 
 def test_a_demo_with_a_date_out_of_range_leaves_no_home(cli: Cli, home: Path) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpmail.store import schema
-from tests.conftest import Cli
+from tests.conftest import DEEP, Cli
 from tests.test_data import SAMPLES, engine_of, snapshot, write_rows
 
 
@@ -448,7 +448,9 @@ def test_addresses_are_stored_as_given_international_ones_too(loaded: Cli, tmp_p
     ]
 
 
-def test_json_nested_too_deeply_names_the_item_key_and_column(loaded: Cli, tmp_path: Path) -> None:
+def test_json_nested_too_deeply_names_the_item_key_and_column(
+    loaded: Cli, tmp_path: Path, collection_depths: list[int]
+) -> None:
     deep = "[" * 100_000 + "]" * 100_000
     path = write(
         tmp_path, "clients.json", f'[{{"id": "C1", "name": "A"}}, {{"id": "C9", "name": {deep}}}]'
@@ -469,6 +471,7 @@ def test_json_nested_too_deeply_names_the_item_key_and_column(loaded: Cli, tmp_p
         f"{path}, item 1: a list is not an object; each row must be an object such as "
         '{"id": "J1", …}.'
     )
+    assert max(collection_depths) < DEEP, max(collection_depths)  # (see the fixture)
 
 
 def test_a_number_of_thousands_of_digits_names_the_row_and_column(

@@ -34,6 +34,7 @@ from cpmail.dataio.converters import (
     _TooDeep,
     _Written,
 )
+from cpmail.deep import NoCollection
 from cpmail.errors import InputError
 
 _csv_limit_lock = threading.Lock()
@@ -168,8 +169,16 @@ def _not_json(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not JSON; write a number, or text in quotes", "", 0)
 
 
+class _Decoder(json.JSONDecoder):
+    """A decoder during whose work no garbage collection runs (see cpmail.deep)."""
+
+    def raw_decode(self, s: str, idx: int = 0) -> tuple[Any, int]:
+        with NoCollection():
+            return super().raw_decode(s, idx)
+
+
 def _json_decoder() -> json.JSONDecoder:
-    return json.JSONDecoder(
+    return _Decoder(
         object_pairs_hook=_Obj, parse_float=_Written, parse_int=_json_int, parse_constant=_not_json
     )
 

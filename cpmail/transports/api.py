@@ -25,6 +25,7 @@ import httpx
 
 from cpmail import interrupt
 from cpmail.deadline import within
+from cpmail.deep import NoCollection
 from cpmail.errors import (
     MAIL_STAYS,
     RESENT,
@@ -69,7 +70,8 @@ class Refusal:
         """Read a Google or Graph error body, as far as it goes."""
         wait = retry_after(response.headers.get("Retry-After"))
         try:
-            doc = response.json()
+            with NoCollection():
+                doc = response.json()
         except (ValueError, RecursionError):  # (not JSON, or nested past the parser's depth)
             doc = None
         error = doc.get("error") if isinstance(doc, dict) else None
