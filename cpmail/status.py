@@ -456,13 +456,13 @@ def _transport_detail(settings: Settings) -> tuple[str, str | None]:
     if name == "gmail":
         if not settings["mail.gmail.client_secrets"]:
             return "Gmail API", "mail.gmail.client_secrets is not set; run `cpmail config gmail`"
-        return f"Gmail API at {settings['mail.gmail.api_base']}", None
+        return f"Gmail API at {redact(settings['mail.gmail.api_base'])}", None
     if not settings["mail.microsoft.client_id"]:
         return (
             "Microsoft Graph",
             "mail.microsoft.client_id is not set; run `cpmail config microsoft`",
         )
-    return f"Microsoft Graph at {settings['mail.microsoft.api_base']}", None
+    return f"Microsoft Graph at {redact(settings['mail.microsoft.api_base'])}", None
 
 
 def _last_check(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpmail.errors import AuthError, ConfigError
 from cpmail.secrets import SHARED, SecretStore, token_name
-from cpmail.settings import ENDPOINT_RULE, secure_endpoint
+from cpmail.settings import ENDPOINT_RULE, redact, secure_endpoint
 
 if TYPE_CHECKING:
     import ssl
@@ -73,7 +73,7 @@ def check_endpoint(url: str, key: str) -> str:
     """Return ``url`` without a trailing slash; https, or http on a loopback host only."""
     if secure_endpoint(url):
         return url.rstrip("/")
-    raise ConfigError(f"{key} = {url!r}: {ENDPOINT_RULE}.")
+    raise ConfigError(f"{key} = {redact(url)!r}: {ENDPOINT_RULE}.")
 
 
 @dataclass(frozen=True)

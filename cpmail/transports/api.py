@@ -200,7 +200,7 @@ class ApiTransport(Transport, Generic[S]):
         return Outcome(env.id, error=self._failure(env, session, refusal))
 
     def _not_the_api(self, response: httpx.Response, refusal: Refusal) -> str:
-        host = urllib.parse.urlsplit(str(response.request.url)).netloc
+        host = _host(str(response.request.url))
         return (
             f"{self.service} at {host} answered {refusal.said(with_code=False)}, not an "
             f"answer of its own, so nothing was sent; check `mail.{self.name}.api_base`, or "
@@ -210,9 +210,9 @@ class ApiTransport(Transport, Generic[S]):
     def _redirected(self, response: httpx.Response) -> str:
         """A redirect instead of an answer (not followed: it is no answer of the API's, and
         a POST is not sent on): a proxy's sign-in page, an API address that moved."""
-        host = urllib.parse.urlsplit(str(response.request.url)).netloc
+        host = _host(str(response.request.url))
         # (only where it points: a sign-in page's address may carry a session)
-        target = urllib.parse.urlsplit(response.headers.get("Location", "")).netloc
+        target = _host(response.headers.get("Location", ""))
         return (
             f"{self.service} at {host} answered with a redirect (HTTP {response.status_code}"
             f"{' to ' + target if target else ''}), not an answer of its own, so nothing was "
@@ -330,6 +330,12 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
 
 
+def _host(url: str) -> str:
+    """Where ``url`` points, as sentences name it: its host and port, without the user
+    part (``user:password@``) an address may carry."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+
+
 class Poster:
     """POSTs whose whole answer must come in time, or they are given up.
 
@@ -355,7 +361,7 @@ class Poster:
     def post(self, url: str, *, size: int, **kwargs: Any) -> httpx.Response:
         """POST to ``url`` a body of ``size`` bytes: Unreachable when nothing answers,
         NoAnswer when no status came in time, TemporaryFailure when cut off before it."""
-        host = urllib.parse.urlsplit(url).netloc
+        host = _host(url)
         limit = self.seconds + size / UPLOAD_BYTES_PER_SECOND
         try:
             return self._within(limit, url, kwargs)
