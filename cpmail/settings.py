@@ -53,6 +53,11 @@ def _str(v: Any) -> str:
 def _host(v: Any) -> str:
     """A host name or address: one word, no spaces or control characters."""
     text = _str(v).strip()
+    if "@" in text:  # USER:PASSWORD@HOST, as in a URL: the password would be shown with it
+        raise ValueError(
+            "a host name holds no '@': give the server's name alone, and store the "
+            "passcode with `cpmail staff passcode`"
+        )
     if any(ch.isspace() or ord(ch) < 32 or ch == "\x7f" for ch in text) or "/" in text:
         raise ValueError("expected a host name or address, such as smtp.example.com")
     return text
@@ -915,7 +920,12 @@ class Settings:
             return spec.check(_plain(value))
         except ValueError as e:
             plain = _plain(value)
-            if spec.secret or spec.check in (_url, _db_url) or "://" in str(plain):
+            if (
+                spec.secret
+                or spec.check in (_url, _db_url)
+                or "://" in str(plain)
+                or (spec.check is _host and "@" in str(plain))
+            ):
                 # A URL may hold a password even where it does not parse: never echo it.
                 raise ConfigError(f"{where}: {e}.") from None
             shown = redact(str(plain))

@@ -2,7 +2,8 @@
 
 An API's address (``mail.gmail.api_base``) given as ``https://USER:PASSWORD@HOST``
 is named by its host and port wherever cpmail names it: errors, `status`,
-`--json`, what the outbox and the log keep, a bug report.
+`--json`, what the outbox and the log keep, a bug report. An SMTP server given
+as ``USER:PASSWORD@HOST`` is refused without being repeated.
 """
 
 from __future__ import annotations
@@ -112,3 +113,29 @@ def test_an_api_address_with_a_password_is_never_shown(
         if len(form) >= 6:
             assert form not in everything, form
     assert "the Gmail API at 127.0.0.1:1" in "\n".join(_database_texts(home))  # recorded
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_an_smtp_host_with_a_password_is_refused_without_showing_it(
+    initialised: Cli, home: Path, password: str
+) -> None:
+    """``USER:PASSWORD@HOST`` as the SMTP server (a URL's habit) was taken as a host name,
+    then shown by `config set`, `config show`, `status` and every error naming the server."""
+    host = f"jd:{password}@mail.agency.example"
+    said = []
+    for args, env in (
+        (("config", "set", "mail.smtp.host", host), {}),
+        (("config", "smtp", "--host", host, "--port", "25", "--security", "none"), {}),
+        (("status",), {"CPMAIL_MAIL_SMTP_HOST": host}),
+        (("config", "show"), {"CPMAIL_MAIL_SMTP_HOST": host}),
+    ):
+        r = initialised(*args, env=env)
+        assert r.exit_code == 2, (args, r.output)
+        assert "holds no '@'" in r.stderr, r.stderr
+        said.append(r.output)
+    everything = "\n".join(said)
+    assert f"jd:{password}@" not in everything
+    if len(password) >= 6:
+        assert password not in everything
+    r = initialised("config", "set", "mail.smtp.host", "mail.agency.example")
+    assert r.exit_code == 0, r.output
