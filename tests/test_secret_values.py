@@ -4,6 +4,7 @@ An API's address (``mail.gmail.api_base``) given as ``https://USER:PASSWORD@HOST
 is named by its host and port wherever cpmail names it: errors, `status`,
 `--json`, what the outbox and the log keep, a bug report. An SMTP server given
 as ``USER:PASSWORD@HOST`` is refused without being repeated.
+A setting's text is searched for its secrets at once, however long its words.
 """
 
 from __future__ import annotations
@@ -139,3 +140,22 @@ def test_an_smtp_host_with_a_password_is_refused_without_showing_it(
         assert password not in everything
     r = initialised("config", "set", "mail.smtp.host", "mail.agency.example")
     assert r.exit_code == 0, r.output
+
+
+def test_a_long_word_in_a_setting_is_read_at_once(initialised: Cli, home: Path) -> None:
+    """Looking for a URL in a setting's text tried every character of a long word as the
+    start of a scheme: a query holding a word of 60 000 characters took most of a minute to
+    show, and every command now reads each setting for its secrets."""
+    import time
+
+    word = "x1" * 30_000
+    query = f"SELECT '{word}' AS id FROM dblink('host=db password=S3cret-pw', 'q')"
+    path = home / "cpmail.toml"
+    path.write_text(path.read_text() + f'\n[source.tables.jobs]\nquery = "{query}"\n')
+    start = time.monotonic()
+    r = initialised("config", "show", "--json")
+    took = time.monotonic() - start
+    assert r.exit_code == 0, r.output
+    assert took < 10, took
+    [row] = [x for x in json.loads(r.stdout)["settings"] if x["key"] == "source.tables.jobs.query"]
+    assert "S3cret-pw" not in r.stdout and f"password={MASK}" in row["value"]
