@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmail.deadline import within
+from cpmail.scrub import hide
 from cpmail.settings import Settings, redact, write_atomic
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ def message(changes: _Changes, host: str) -> tuple[str, str, str]:
     lines += [f"RESOLVED: {x.text}" for x in changes.resolved]
     lines += ["", f"Run `cpmail status` on {host} for the whole picture."]
     kind = "failure" if n else "success"
-    return f"cpmail on {host}: {head}", "\n".join(lines), kind
+    return hide(f"cpmail on {host}: {head}"), hide("\n".join(lines)), kind
 
 
 def _short(text: str, limit: int = 90) -> str:
@@ -554,6 +555,7 @@ def after_check(home: Path, exit_code: int) -> None:
         if worker.is_alive():
             problem.append(f"sending alerts took over {DEADLINE:g} s; gave up")
         if problem:
-            sys.stderr.write(f"cpmail: alerts: {problem[0]}; try `cpmail alerts test`.\n")
+            said = hide(problem[0])
+            sys.stderr.write(f"cpmail: alerts: {said}; try `cpmail alerts test`.\n")
     except Exception:  # an alert must never change the check's outcome
         return

@@ -51,6 +51,7 @@ from cpmail.parallel import halves
 from cpmail.people import Sender, resolve_sender
 from cpmail.render import Renderer
 from cpmail.routing import Directory, Person, unknown_named_staff
+from cpmail.scrub import hide
 from cpmail.secrets import SecretStore
 from cpmail.settings import EVENTS, Settings
 from cpmail.sizes import size_pair
@@ -875,7 +876,8 @@ def _tell_manager(
         {
             "subject": r.subject,
             "to": r.to_addrs,
-            "error": r.last_error,
+            # (masked: an error kept by an earlier version may quote a secret)
+            "error": hide(r.last_error) if r.last_error else r.last_error,
             "kept": r.id not in delivery.unkept,
         }
         for r in rows

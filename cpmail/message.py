@@ -22,6 +22,7 @@ from cpmail.addresses import clean_header_text
 from cpmail.compose import Mailbox, build_message, first_reply_to, subject_line
 from cpmail.errors import ConfigError, InputError
 from cpmail.people import Sender, get, resolve_sender
+from cpmail.scrub import hide
 from cpmail.secrets import SHARED, SecretStore
 from cpmail.sending import send_message
 from cpmail.settings import KEYS, Settings
@@ -79,7 +80,7 @@ def diagnostics(settings: Settings) -> str:
         source = settings.source(key)
         where = "" if source == "default" else f"  # {source}"
         lines.append(f"  {key} = {redact(key, value)}{where}")
-    return "\n".join(lines) + "\n"
+    return hide("\n".join(lines)) + "\n"  # (a secret known by value, wherever it sits)
 
 
 def _recipient(settings: Settings, kind: str) -> tuple[str, str]:

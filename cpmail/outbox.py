@@ -46,6 +46,7 @@ from cpmail.errors import (
     Unreachable,
     settled,
 )
+from cpmail.scrub import hide
 from cpmail.secrets import account_words
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
@@ -1043,6 +1044,7 @@ class _Recorder:
             values.update(pending_rcpts="", last_error=None)
             notes.append((o.id, row.event, Status.SENT, None))
             return values
+        error = hide(error)  # a server's or a library's words may quote a secret
         # The account was too fast or is done for the day, not this message: no attempt
         # of its own is used up (a server that keeps throttling is bounded by the pass's
         # MAX_PAUSE and max_age).
@@ -1555,7 +1557,7 @@ def _give_back(
         "next_attempt_at": not_before or clock(conn),
     }
     if reason is not None:
-        values.update(status=Status.DEFERRED, last_error=reason)
+        values.update(status=Status.DEFERRED, last_error=hide(reason))
     else:
         values["status"] = sa.case((m.attempts > 0, Status.DEFERRED), else_=Status.QUEUED)
     rows = conn.execute(q.values(**values).returning(m.id, m.event, m.attempts)).all()

@@ -12,12 +12,18 @@ they say what went wrong, but never a secret in them:
   so are words that spell one out together, however short each (the reply
   read without its spaces, line breaks and reply codes);
 * for HTTP APIs, anything shaped like a bearer token (``mask_tokens``).
+
+And every secret a command has read (``remember``: its settings' passwords and
+tokens, a proxy's password, what it took from the secrets store) is masked by
+value in whatever leaves it (``hide``: printed, written as JSON, recorded as
+an error, alerted, mailed as diagnostics).
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 from cpmail.settings import MASK
@@ -119,3 +125,130 @@ def mask_tokens(text: str) -> str:
         return MASK if has_digit and has_alpha and "://" not in word else word
 
     return _TOKEN_SHAPE.sub(one, text)
+
+
+# ---------------------------------------------------------------- what this process knows
+#
+# Every secret cpmail reads (a URL's password in a setting, a passcode, a token, an alert
+# URL's tokens, a proxy's password in the environment) is remembered by value, and what
+# leaves the program (printed, written as JSON, recorded as an error, alerted) is passed
+# through ``hide``: a secret quoted where no rule of shape finds it (a library's message,
+# a host with its user part) is masked all the same. Shorter values are left to the
+# rules of shape: masked wherever they occur, they would mask dates and counts, and show
+# what the secret is by what went missing.
+_LEAST = 6
+_known: set[str] = set()
+_forms: list[str] = []
+
+
+def remember(values: Iterable[str]) -> None:
+    """Mask these values (and their URL-decoded forms) in whatever ``hide`` is given."""
+    new: set[str] = set()
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        bare = value.strip().strip("'\"{}").replace("''", "'")
+        for form in (value, value.strip(), bare, urllib.parse.unquote(value)):
+            if len(form.strip()) >= _LEAST and form not in _known:
+                new.add(form)
+    if not new:
+        return
+    import json
+
+    _known.update(new)
+    forms = {f for v in _known for f in (v, json.dumps(v, ensure_ascii=False)[1:-1])}
+    _forms[:] = sorted(forms, key=len, reverse=True)  # longest first: a secret inside another
+
+
+def forget() -> None:
+    """Remember nothing (a command starts: what another in this process read is not its)."""
+    _known.clear()
+    _forms.clear()
+
+
+def hide(text: str) -> str:
+    """``text`` with every remembered secret masked (as written, and as JSON writes it)."""
+    for form in _forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
+
+
+def secrets_in(text: str) -> list[str]:
+    """The values ``cpmail.settings.redact`` masks in ``text`` (passwords, tokens): what
+    stands in ``text`` where its redacted form has ``••••``, the rest being the same."""
+    from cpmail.settings import redact
+
+    shown = redact(text)
+    if shown == text or MASK in text:
+        return []
+    kept = shown.split(MASK)  # what stays between the masks, as it is in ``text``
+    if not text.startswith(kept[0]) or not text.endswith(kept[-1]):
+        return []
+    found: list[str] = []
+    start = len(kept[0])
+    for n, part in enumerate(kept[1:], 1):
+        if n == len(kept) - 1:
+            end = len(text) - len(part)
+        elif not part:
+            continue  # two masks in a row: one secret, as far as the next part
+        else:
+            end = text.find(part, start + 1)
+        if end <= start:
+            return found
+        found.append(text[start:end])
+        start = end + len(part)
+    return found
+
+
+def remember_setting(value: str, *, secret: bool) -> None:
+    """Remember the secrets in a setting's value: a secret setting's (an alert URL's)
+    whole value and its words that are no plain word or host, anything's passwords."""
+    from cpmail.settings import redact
+
+    # A password that the value shows anyway (a user name, the host, the scheme) is no
+    # secret to mask by value: masking it there would show what it is ("••••ql").
+    shown = redact(value)
+    remember(s for s in secrets_in(value) if urllib.parse.unquote(s) not in shown)
+    if secret:
+        remember([value])
+        rest = value.split("://", 1)[-1]
+        remember(p for p in re.split(r"[/:@?&=#,]+", rest) if not _PLAIN.fullmatch(p))
+
+
+# A word of lower-case letters, or a host name: no token.
+_PLAIN = re.compile(r"[a-z]*|[\w-]+(?:\.[\w-]+)+")
+
+
+def remember_document(doc: object) -> None:
+    """Remember the secrets in a stored sign-in or OAuth client (JSON): every token,
+    refresh token, client secret and device code in it, however deep."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if isinstance(value, str) and key in _SECRET_FIELDS:
+                remember([value])
+            else:
+                remember_document(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            remember_document(value)
+
+
+# The fields of Google's and msal's documents that hold a secret (msal's "secret" is each
+# cached token's); the others (token_uri, token_type, scopes, the address) are no secret.
+_SECRET_FIELDS = frozenset(
+    [
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "secret",
+        "client_secret",
+        "device_code",
+        "code",
+        "password",
+        "passcode",
+        "client_assertion",
+        "private_key",
+    ]
+)

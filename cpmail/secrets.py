@@ -162,7 +162,7 @@ class SecretStore:
                 value = keyring.get_password(KEYRING_SERVICE, name)
             except Exception as e:  # a keyring service away (no D-Bus) raises anything
                 raise _keyring_failed("read", e) from None
-            return None if value is None else Secret(value)
+            return None if value is None else _remembered(Secret(value))
         path = self._checked_path(name)
         try:
             with path.open("rb") as f:
@@ -185,7 +185,7 @@ class SecretStore:
             text = data.decode("utf-8")
         except UnicodeDecodeError:  # (its words would quote a byte of the secret)
             raise ConfigError(f"{path} is not UTF-8 text; remove it, then {_redo(name)}.") from None
-        return Secret(text)
+        return _remembered(Secret(text))
 
     def set(self, name: str, value: str) -> None:
         if self.backend == "keyring":
@@ -239,6 +239,26 @@ class SecretStore:
 
     def has(self, name: str) -> bool:
         return self.get(name) is not None
+
+
+def _remembered(secret: Secret) -> Secret:
+    """``secret``, its value (a passcode) or the secrets in it (a sign-in's or an OAuth
+    client's tokens and client secret) remembered, to be masked wherever they turn up."""
+    from cpmail.scrub import remember, remember_document
+
+    text = secret.reveal()
+    if text.lstrip().startswith(("{", "[")):
+        import json
+
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            doc = None
+        if doc is not None:
+            remember_document(doc)
+            return secret
+    remember([text])
+    return secret
 
 
 def _status(path: Path, *, kind: str) -> os.stat_result | None:

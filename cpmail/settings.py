@@ -830,6 +830,28 @@ max_age_hours = 72
 """
 
 
+# Variables that name a proxy, which may hold its password: read by httpx, requests and
+# the libraries built on them (google-auth, msal, Apprise).
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def _remember_secrets(values: Mapping[str, Any], *, environment: bool) -> None:
+    """Let ``cpmail.scrub.hide`` mask, by value, every secret these settings hold (and a
+    proxy's password), wherever it turns up later."""
+    from cpmail.scrub import remember_setting
+
+    for key, value in values.items():
+        spec = KEYS.get(key)
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and text:
+                remember_setting(text, secret=bool(spec and spec.secret))
+    if environment:
+        for name in _PROXY_VARIABLES:
+            for text in (os.environ.get(name), os.environ.get(name.lower())):
+                if text:
+                    remember_setting(text, secret=False)
+
+
 class Settings:
     """Effective settings: defaults < ``cpmail.toml`` < environment."""
 
@@ -916,6 +938,7 @@ class Settings:
                 self._source[key] = "default"
         if self._environment:
             _unknown_variables()
+        _remember_secrets(self._values, environment=self._environment)
 
     @staticmethod
     def _check(key: str, spec: Key, value: Any, where: str) -> Any:
@@ -996,6 +1019,7 @@ class Settings:
         if spec is None:
             raise ConfigError(f"unknown setting {key!r}; see `cpmail config show` for the keys.")
         typed = self._check(key, spec, value, key)
+        _remember_secrets({key: typed}, environment=False)
         self._pending[key] = typed
         self._values[key] = typed
         if self._source.get(key) != "env":

@@ -1,28 +1,37 @@
-"""No password given with an address is shown with it.
+"""No secret cpmail has read is shown, by its place or by its value.
 
-An API's address (``mail.gmail.api_base``) given as ``https://USER:PASSWORD@HOST``
-is named by its host and port wherever cpmail names it: errors, `status`,
-`--json`, what the outbox and the log keep, a bug report. An SMTP server given
-as ``USER:PASSWORD@HOST`` is refused without being repeated.
-A setting's text is searched for its secrets at once, however long its words.
+An address given with a user part (``https://USER:PASSWORD@HOST``) is named by its
+host and port; an SMTP server given as ``USER:PASSWORD@HOST`` is refused without
+being repeated. What rules of shape (``cpmail.settings.redact``, ``cpmail.scrub``)
+cannot see — a URL in a library's log line, an error an earlier version kept, a
+token quoted in a sentence — is caught by value: every secret a command reads (a
+setting's password, an alert URL's tokens, a proxy's password, a stored passcode,
+sign-in or OAuth client) is masked in everything it prints, writes as JSON,
+records as an error, alerts or mails as diagnostics.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpmail.oauth import google
 from cpmail.oauth.tokens import StoredToken, save_token
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from tests.conftest import Cli
-from tests.fakeapi import GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, google_client
+from tests.fakeapi import GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, FakeAPI, google_client
 
 MASK = "••••"
 
@@ -159,3 +168,156 @@ def test_a_long_word_in_a_setting_is_read_at_once(initialised: Cli, home: Path) 
     assert took < 10, took
     [row] = [x for x in json.loads(r.stdout)["settings"] if x["key"] == "source.tables.jobs.query"]
     assert "S3cret-pw" not in r.stdout and f"password={MASK}" in row["value"]
+
+
+def test_a_url_a_library_logs_with_v_is_shown_without_its_password(
+    home: Path, tmp_path: Path
+) -> None:
+    """-v prints the records of the libraries cpmail uses: httpx names each request's URL,
+    user part and all."""
+    secret = "Pw-Secr3t9"
+    with FakeAPI() as fake:
+        cli = Cli(home)
+        assert cli("init").exit_code == 0
+        r = cli("staff", "add", "JD", "--name", "Jane", "--work-email", "jd@agency.example")
+        assert r.exit_code == 0, r.output
+        _gmail_home(home, fake.base.replace("http://", f"http://gw:{secret}@"), fake.base)
+        proc = subprocess.run(
+            [sys.executable, "-m", "cpmail", "-v", "staff", "test", "JD"],
+            env={**os.environ, "CPMAIL_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    said = proc.stdout + proc.stderr
+    assert "HTTP Request: POST http://gw:" in said, said  # the record is there
+    assert secret not in said, said
+
+
+_AWKWARD = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\x7f"),
+    min_size=3,
+    max_size=20,
+).filter(lambda t: len(t.rstrip()) >= 3)  # six characters at least: shorter ones are
+# masked where their place is known (a URL's user part), not wherever they occur
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tail=_AWKWARD,
+    where=st.sampled_from(
+        [
+            "database.url",
+            "database.url?",
+            "source.url",
+            "api_base",
+            "alerts.urls",
+            "proxy",
+        ]
+    ),
+    quoted=st.sampled_from(["as it is", "url-encoded", "in JSON"]),
+)
+def test_a_secret_in_a_setting_is_masked_by_value_wherever_it_is_quoted(
+    tmp_path_factory: pytest.TempPathFactory, tail: str, where: str, quoted: str
+) -> None:
+    """A password of any shape, given in any setting that holds one (or a proxy's, in the
+    environment), is masked when a library quotes it in words of its own: as it is,
+    URL-encoded, or inside JSON (cpmail's --json)."""
+    from cpmail import scrub
+
+    secret = "Zq9" + tail  # (its own beginning: it cannot be some other text of the test)
+    written = urllib.parse.quote(secret, safe="")
+    url = f"postgresql+psycopg://cp:{written}@127.0.0.1:5432/agency"
+    cases: dict[str, dict[str, Any]] = {
+        "database.url": {"database": {"url": url}},
+        "database.url?": {"database": {"url": f"postgresql+psycopg://cp@h/a?password={written}"}},
+        "source.url": {"source": {"url": url}},
+        "api_base": {"mail": {"gmail": {"api_base": f"https://gw:{written}@127.0.0.1:1"}}},
+        "alerts.urls": {"alerts": {"urls": [f"json://alerts:{written}@127.0.0.1:9/hook"]}},
+        "proxy": {},
+    }
+    data = cases[where]
+    home = tmp_path_factory.mktemp("home")
+    scrub.forget()
+    old = os.environ.get("HTTPS_PROXY")
+    os.environ["HTTPS_PROXY"] = f"http://px:{written}@127.0.0.1:9" if where == "proxy" else ""
+    try:
+        Settings(home, home / "cpmail.toml", data)
+    finally:
+        if old is None:
+            del os.environ["HTTPS_PROXY"]
+        else:
+            os.environ["HTTPS_PROXY"] = old
+    said = {
+        "as it is": secret,
+        "url-encoded": written,
+        "in JSON": json.dumps(secret, ensure_ascii=False)[1:-1],
+    }[quoted]
+    shown = scrub.hide(f"connection to server failed: password {said} was refused")
+    scrub.forget()
+    assert said not in shown, shown
+    assert shown.startswith("connection to server failed: password ") and MASK in shown
+
+
+def test_a_secret_recorded_by_an_earlier_version_is_not_shown(initialised: Cli, home: Path) -> None:
+    """An error an earlier version kept with a secret in it (the API named with its user
+    part) is masked when `log`, `outbox` and `status` show it: the password is known from
+    the settings, whatever words hold it."""
+    secret = "Pw-Secr3t9"
+    r = initialised("staff", "add", "JD", "--name", "Jane", "--work-email", "jd@agency.example")
+    assert r.exit_code == 0, r.output
+    _gmail_home(home, f"http://gw:{secret}@127.0.0.1:1", "http://127.0.0.1:1")
+    assert initialised("check", "--json").exit_code == 3
+    old = f"cannot reach the Gmail API at gw:{secret}@127.0.0.1:1 (ConnectError)"
+    with sqlite3.connect(home / "cpmail.db") as conn:
+        assert conn.execute("UPDATE messages SET last_error = ?", (old,)).rowcount > 0
+    said = []
+    for args in (
+        ("log",),
+        ("log", "--json"),
+        ("outbox",),
+        ("outbox", "--json"),
+        ("status",),
+    ):
+        r = initialised(*args)
+        said.append(r.output)
+    everything = "\n".join(said)
+    assert f"Gmail API at gw:{MASK}@127.0.0.1:1" in everything, everything
+    assert secret not in everything, everything
+
+
+def test_the_secrets_a_command_reads_from_the_store_are_masked_and_nothing_else(
+    home: Path,
+) -> None:
+    """A passcode, a sign-in's tokens and an OAuth client's secret, read from the store,
+    are masked wherever they turn up; the rest of a sign-in (the address, the token
+    endpoint, the kind of token) is not."""
+    from cpmail import scrub
+
+    store = SecretStore(home)
+    passcode, access, refresh = "pä ss-wörd 9", "ya29.Zq9-access", "1//Zq9-refresh"
+    store.set("passcode.JD", passcode)
+    cache = {
+        "AccessToken": {"k": {"secret": access, "token_type": "Bearer"}},
+        "RefreshToken": {"k": {"secret": refresh, "home_account_id": "uid.utid"}},
+    }
+    store.set(
+        "token.microsoft.JD",
+        json.dumps({"address": "jd@agency.example", "cache": cache}),
+    )
+    store.set(google.GOOGLE_CLIENT_SECRET, json.dumps(google_client("https://oauth2.example")))
+    scrub.forget()
+    for name in ("passcode.JD", "token.microsoft.JD", google.GOOGLE_CLIENT_SECRET):
+        assert store.get(name) is not None
+    said = (
+        f"refused {passcode!r}, {access}, {json.dumps(refresh)}, {GOOGLE_CLIENT_SECRET}; "
+        "jd@agency.example Bearer uid.utid https://oauth2.example/token"
+    )
+    shown = scrub.hide(said)
+    scrub.forget()
+    for secret in (passcode, access, refresh, GOOGLE_CLIENT_SECRET):
+        assert secret not in shown, shown
+    assert shown == (
+        f"refused '{MASK}', {MASK}, \"{MASK}\", {MASK}; "
+        "jd@agency.example Bearer uid.utid https://oauth2.example/token"
+    )

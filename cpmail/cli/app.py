@@ -7,6 +7,7 @@ into messages on stderr and exit codes (2 input/config, 1 not delivered,
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -242,6 +243,17 @@ app = typer.Typer(
 )
 
 
+class _Masked(logging.Formatter):
+    """Log records as printed with -v: a library's (httpx names each request's URL, with
+    its user part) with every secret masked, as the rest of cpmail's output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from cpmail.scrub import hide
+        from cpmail.settings import redact
+
+        return printable(redact(hide(super().format(record))))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cpmail {__version__}")
@@ -261,12 +273,15 @@ def _root(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print more detail."),
 ) -> None:
     """E-mail for the agency: notifications, reports and messages."""
+    from cpmail.scrub import forget
+
+    forget()  # the secrets a command knows are those it reads
     ctx.obj = Ctx(home=home_dir(home), quiet=quiet, verbose=verbose)
     ctx.call_on_close(ctx.obj.close)
     if verbose:  # what cpmail does while it waits or retries, on stderr
-        import logging
-
-        logging.basicConfig(level=logging.INFO, format="cpmail: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Masked("cpmail: %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 setup.register(app)
@@ -310,7 +325,10 @@ def main() -> None:
         if verbose:
             import traceback
 
-            traceback.print_exception(e)  # frames and lines only, never locals
+            from cpmail.scrub import hide
+
+            # frames and lines only, never locals; an exception's words may quote a secret
+            sys.stderr.write(hide("".join(traceback.format_exception(e))))
         sys.stderr.write(
             f"cpmail: internal error ({type(e).__name__}); run again with -v for the traceback "
             "and report it with `cpmail message bug`.\n"

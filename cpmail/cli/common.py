@@ -157,8 +157,11 @@ def _console(**options: Any) -> Console:
 
 
 def printable(text: str) -> str:
-    """``text`` safe to print: each such character written as its escape (``\\x1b``)."""
-    return _UNSHOWN.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+    """``text`` safe to print: each such character written as its escape (``\\x1b``), and
+    every secret cpmail knows of masked (``cpmail.scrub.hide``)."""
+    from cpmail.scrub import hide
+
+    return _UNSHOWN.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), hide(text))
 
 
 def ctx_of(ctx: typer.Context) -> Ctx:
@@ -181,7 +184,10 @@ def _default(o: Any) -> Any:
 
 def emit_json(obj: Any) -> None:
     """Write one JSON document to stdout and nothing else."""
-    sys.stdout.write(json.dumps(obj, default=_default, ensure_ascii=False, indent=2) + "\n")
+    from cpmail.scrub import hide
+
+    text = json.dumps(obj, default=_default, ensure_ascii=False, indent=2)
+    sys.stdout.write(hide(text) + "\n")
     sys.stdout.flush()
 
 

@@ -37,7 +37,7 @@ from cpmail.oauth.tokens import (
     signin_command,
     who,
 )
-from cpmail.scrub import Scrubber, mask_tokens
+from cpmail.scrub import Scrubber, mask_tokens, remember_document
 from cpmail.secrets import SecretStore
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def parse_google_client(text: str, where: str) -> dict[str, Any]:
             f"{where} is not JSON; download the client file again from Google Cloud "
             "(APIs & Services → Credentials → your Desktop app client → Download JSON)."
         ) from None
+    remember_document(doc)  # its client secret, or a service account's private key
     if not isinstance(doc, dict) or "installed" not in doc:
         kind = next(iter(doc), None) if isinstance(doc, dict) and len(doc) == 1 else None
         found = f" (it is of type {kind!r})" if kind in ("web", "service_account") else ""
