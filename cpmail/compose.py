@@ -295,7 +295,8 @@ def _mailbox(address: str, name: str) -> tuple[tuple[str, ...], Address]:
     return (*_phrase_tokens(display), f"<{addr}>"), parsed
 
 
-def _address_header(name: str, boxes: Sequence[Mailbox]) -> _Written:
+def address_header(name: str, boxes: Sequence[Mailbox]) -> _Written:
+    """An address header (To, Reply-To …) naming ``boxes``, written and folded by cpmail."""
     tokens: list[str] = []
     addresses: list[Address] = []
     for i, box in enumerate(boxes):
@@ -324,9 +325,9 @@ def _headers(
     if not to:
         raise InputError("a message needs at least one recipient.")
     domain = _domain(sender.address)
-    head = [_address_header("From", [sender]), _address_header("To", _dedupe(to))]
+    head = [address_header("From", [sender]), address_header("To", _dedupe(to))]
     if reply_to is not None:
-        head.append(_address_header("Reply-To", [reply_to]))
+        head.append(address_header("Reply-To", [reply_to]))
     head.append(_text_header("Subject", clean_header_text(subject).strip()))
     when = (date or dt.datetime.now().astimezone()).replace(microsecond=0)
     head.append(_plain_header("Date", _date(when)))

@@ -303,11 +303,15 @@ def bounded_wait(seconds: float) -> float | None:
 
 
 def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
-    """Return ``raw`` with a Bcc header for envelope recipients its headers do not name.
+    """Return ``raw`` with headers that name exactly the envelope's recipients.
 
     The Gmail and Graph APIs deliver to the addresses in To, Cc and Bcc (and
-    strip Bcc), not to an SMTP-style envelope; a message whose headers already
-    name every recipient is returned unchanged, byte for byte.
+    strip Bcc), not to an SMTP-style envelope. A message whose headers name
+    every recipient and no one else is returned unchanged, byte for byte; one
+    that leaves a recipient out gets a Bcc header for them. One that names
+    someone not on the envelope (a message some of whose recipients already
+    have it, sent again for the others) has its To, Cc and Bcc written anew
+    with those on the envelope only: nobody gets it twice.
     """
     from email.parser import HeaderParser
     from email.policy import compat32
@@ -319,14 +323,17 @@ def with_missing_bcc(raw: bytes, rcpt_to: tuple[str, ...]) -> bytes:
     headers = HeaderParser(policy=compat32).parsestr(block, headersonly=True)
     named = {
         addr.lower()
-        for field in ("to", "cc", "bcc")
+        for field in _RECIPIENT_FIELDS
         for _, addr in email.utils.getaddresses([str(v) for v in headers.get_all(field, [])])
         if addr
     }
+    wanted = {r.lower() for r in rcpt_to}
+    newline = b"\r\n" if b"\r\n" in raw[: raw.find(b"\n") + 1 or len(raw)] else b"\n"
+    if not named <= wanted:
+        return _addressed_anew(raw, block, rcpt_to, newline)
     missing = [r for r in rcpt_to if r.lower() not in named]
     if not missing:
         return raw
-    newline = b"\r\n" if b"\r\n" in raw[: raw.find(b"\n") + 1 or len(raw)] else b"\n"
     return b"Bcc: " + ", ".join(missing).encode("utf-8") + newline + raw
 
 
@@ -334,6 +341,45 @@ def _host(url: str) -> str:
     """Where ``url`` points, as sentences name it: its host and port, without the user
     part (``user:password@``) an address may carry."""
     return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+
+
+_RECIPIENT_FIELDS = ("to", "cc", "bcc")
+
+
+def _addressed_anew(raw: bytes, block: str, rcpt_to: tuple[str, ...], newline: bytes) -> bytes:
+    """``raw`` with To naming those of ``rcpt_to`` its To and Cc named (with their names),
+    Bcc the rest of ``rcpt_to``, and no other To, Cc or Bcc."""
+    from email import policy
+    from email.parser import HeaderParser
+
+    from cpmail.compose import Mailbox, address_header
+
+    parsed = HeaderParser(policy=policy.default).parsestr(block, headersonly=True)
+    names: dict[str, str] = {}
+    for field in ("to", "cc"):
+        for header in parsed.get_all(field, []):
+            for a in header.addresses:
+                names.setdefault(a.addr_spec.lower(), a.display_name)
+    shown = [Mailbox(r, names[r.lower()]) for r in rcpt_to if r.lower() in names]
+    hidden = [Mailbox(r) for r in rcpt_to if r.lower() not in names]
+    written = [address_header(n, boxes) for n, boxes in (("To", shown), ("Bcc", hidden)) if boxes]
+    new = b"".join(w.folded.replace("\r\n", newline.decode()).encode("utf-8") for w in written)
+    # The header block's fields, each with its continuation lines; those of To, Cc and
+    # Bcc give way to the new ones, where the first of them stood.
+    end = raw.find(newline + newline)
+    head, body = (raw[:end], raw[end:]) if end >= 0 else (raw, b"")
+    out: list[bytes] = []
+    dropping = False
+    for line in head.split(newline):
+        if line[:1] not in (b" ", b"\t"):  # a field starts: is it one to drop?
+            field = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+            dropping = field in _RECIPIENT_FIELDS
+            if dropping and new:
+                out.append(new)
+                new = b""
+        if not dropping:
+            out.append(line + newline)
+    return new + b"".join(out)[: -len(newline)] + body
 
 
 class Poster:
