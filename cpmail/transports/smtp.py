@@ -1104,14 +1104,30 @@ def probe(settings: Settings, login: Login | None, address: str) -> None:
 
     Without a login (a relay), ask with MAIL FROM whether the server takes mail
     from ``address``, then take it back (RSET). Raise Unreachable or AuthError
-    with the sentence a person reads, as a real delivery would.
+    with the sentence a person reads, as a real delivery would. An ``address``
+    that is not one valid address (one written into the database by hand) is
+    an InputError before anything is said to the server: it is never written
+    into a command, where a line break in it would start commands of its own.
     """
+    from cpmail.addresses import check_address
+
     cfg = SMTPConfig.from_settings(settings)
+    if login is None and address:
+        address = check_address(address, where="the address the account sends from")
 
     async def go() -> None:
         async with _opened(cfg, login) as conn:
             if login is None and address and conn.wire is not None:
-                answer = await conn.wire.command(f"MAIL FROM:<{address}>\r\n".encode(), cfg.timeout)
+                options = ""
+                if not address.isascii():  # as a delivery asks for it (RFC 6531)
+                    if "smtputf8" not in conn.extensions:
+                        raise AuthError(
+                            f"the SMTP server {cfg.address} does not accept international "
+                            f"addresses (no SMTPUTF8), so mail from {address} cannot be sent."
+                        )
+                    options = " SMTPUTF8"
+                command = f"MAIL FROM:<{address}>{options}\r\n".encode()
+                answer = await conn.wire.command(command, cfg.timeout)
                 if answer.code != 250:
                     raise AuthError(
                         f"the SMTP server {cfg.address} refuses mail from {address}: "
