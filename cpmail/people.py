@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cpmail.addresses import check_address
+from cpmail.addresses import check_address, normal_address
 from cpmail.errors import ConfigError, InputError
 from cpmail.events import check_names
 from cpmail.secrets import SHARED
@@ -211,7 +211,9 @@ def mute(engine: sa.Engine, staff_id: str, events: list[str], *, on: bool) -> No
 
 @dataclass(frozen=True)
 class Sender:
-    """Who a message is from: the account whose credentials send it, and the address."""
+    """Who a message is from: the account whose credentials send it, and the address
+    (in its normal form, the one the From header shows: the envelope's sender is the same).
+    """
 
     account: str
     address: str
@@ -227,7 +229,7 @@ def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) 
                 "mail.one_account is on but mail.sender is empty; "
                 "run `cpmail config one-account --sender ADDRESS`."
             )
-        return Sender(SHARED, sender, settings["agency.name"])
+        return Sender(SHARED, normal_address(sender), settings["agency.name"])
     staff_id = as_staff or settings["user.staff"]
     if not staff_id:
         raise ConfigError(
@@ -255,4 +257,4 @@ def resolve_sender(settings: Settings, engine: sa.Engine, as_staff: str | None) 
             f"staff member {staff_id} ({row.name}) has no username or work e-mail to send from; "
             f"run `cpmail staff edit {staff_id} --work-email ADDRESS`."
         )
-    return Sender(staff_id, address, row.name)
+    return Sender(staff_id, normal_address(address), row.name)

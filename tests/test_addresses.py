@@ -205,6 +205,41 @@ def test_an_international_sender_asks_for_smtputf8(cli: Cli, smtp_server: SMTPTe
     assert utf8_message(got.data)["From"].addresses[0].addr_spec == "ünal@bücher.example"
 
 
+@pytest.mark.parametrize(
+    ("stored", "normal"),
+    [
+        ("JD@Agency.TEST", "JD@agency.test"),
+        (" jd@agency.test ", "jd@agency.test"),  # (spaces around it, written by hand)
+        ("u\u0308nal@agency.test", "\u00fcnal@agency.test"),  # (decomposed, as a Mac types it)
+    ],
+)
+@pytest.mark.parametrize("one_account", [False, True])
+def test_the_envelope_sender_is_the_address_the_from_header_shows(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, stored: str, normal: str, one_account: bool
+) -> None:
+    """However the sending address is written where it is kept (a staff row, written by
+    hand or by the agency's system; the one-account setting), MAIL FROM is its normal form,
+    the one From shows: a space kept around it made every message fail for good."""
+    from cpmail.store.schema import staff
+
+    setup_smtp(cli, smtp_server)
+    if one_account:
+        s = Settings.load(home)
+        s.set("mail.one_account", True)
+        s.set("mail.sender", stored.strip())  # (a setting is kept without its spaces)
+        s.save()
+    else:
+        with _engine(home).begin() as conn:
+            conn.execute(staff.update().where(staff.c.id == "JD").values(username=stored))
+    for command in (("message", "manager", "Hello"), ("staff", "test", "JD")):
+        r = cli(*command)
+        assert r.exit_code == 0, r.output
+    assert len(smtp_server.messages) == 2
+    for got in smtp_server.messages:
+        [sender] = utf8_message(got.data)["From"].addresses
+        assert got.mail_from == sender.addr_spec == normal
+
+
 def _engine(home: Path):  # type: ignore[no-untyped-def]
     return connect(Settings.load(home).db_url, where="test")
 
