@@ -395,6 +395,24 @@ def test_what_waits_is_said_truly_when_sending_is_off_in_a_dry_run_and_outside_t
         assert all(line.strip(" .") for line in r.output.splitlines()), r.output
 
 
+def test_a_dry_run_exits_1_for_mail_that_waits_which_the_real_run_then_sends(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Mail the send window held: the dry run says it waits and exits 1; the real run
+    sends it and ends 0 (check.md says both)."""
+    _agency(cli, home, smtp_server)
+    assert cli("config", "set", "mail.send_window", _window_without_now()).exit_code == 0
+    assert cli("check", "--date", D.isoformat(), "--only", "job-opened").exit_code == 0
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened", "--dry-run")
+    assert r.exit_code == 1 and "3 message(s) wait in the outbox" in r.stderr, r.output
+    assert "Nothing new to send" in r.stdout and smtp_server.messages == []
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 0, r.output
+    assert "From the outbox (earlier runs): 3 sent" in r.stdout, r.output
+    assert len(smtp_server.messages) == 3
+
+
 def test_a_check_that_keeps_failing_is_not_healthy(
     cli: Cli, home: Path, smtp_server: SMTPTestServer
 ) -> None:

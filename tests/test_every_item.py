@@ -38,6 +38,7 @@ from cpmail.store import connect
 from tests.agency import LATER, D, at, insert
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
+from tests.test_check_run import _window_without_now
 from tests.test_delivery import setup_smtp
 
 DAY = dt.timedelta(days=1)
@@ -58,7 +59,6 @@ EVENTS = (
 )
 # Each item's text carries one mark: a kind and a number, such as "tsk-7x".
 MARK = re.compile(r"\b([a-z]{3})-(\d+)x\b")
-WINDOW_CLOSED = "03:00-03:01"  # (a run at that minute finds it open: nothing else changes)
 
 PERSON = st.fixed_dictionaries(
     {
@@ -338,7 +338,7 @@ def one_run(a: dict[str, Any], factory: Any, db: str = "") -> None:
         setting = {
             "mail.digest": "true" if a["digest"] else "false",
             "mail.enabled": "true" if a["enabled"] else "false",
-            "mail.send_window": WINDOW_CLOSED if a["window_closed"] else "",
+            "mail.send_window": _window_without_now() if a["window_closed"] else "",
         }
         if a["email_rule"] is not None:
             rule = f'["team:ae", "email:{mailbox(a["email_rule"])}"]'
