@@ -417,12 +417,17 @@ def _find(
 def _keys_text(keys: Sequence[str], limit: int = 2000) -> str:
     """A message's ledger keys as its row keeps them: comma-separated, cut at ``limit``
     characters, each event's first key first, so that what `log --event` reads of a long
-    digest still names every event it carried."""
+    digest still names every event it carried: when those first keys alone would pass
+    ``limit`` (IDs of hundreds of characters), each is cut to its share, its event kept."""
     first: dict[str, str] = {}
     for k in keys:
         first.setdefault(k.split(":", 1)[0], k)
     chosen = set(first.values())
-    return ",".join([*first.values(), *(k for k in keys if k not in chosen)])[:limit]
+    heads = list(first.values())
+    if len(",".join(heads)) > limit:
+        share = limit // len(heads) - 1  # (an event's name is far shorter)
+        heads = [k[:share] for k in heads]
+    return ",".join([*heads, *(k for k in keys if k not in chosen)])[:limit]
 
 
 def _queue_all(

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cpmail.settings import Settings
+from cpmail.store import connect
+from tests.agency import LATER, D, at, base_agency, insert
 from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
+from tests.test_delivery import setup_smtp
 
 
 @pytest.fixture
@@ -199,3 +205,59 @@ def test_staff_list_keeps_ids_names_and_addresses_whole_on_a_narrow_terminal(
     staff = json.loads(demo("staff", "list", "--json").stdout)
     assert [cells[0].strip() for cells in rows] == [s["id"] for s in staff]
     assert [cells[1].strip() for cells in rows] == [s["name"] for s in staff]
+
+
+def test_a_digest_of_long_ids_still_names_every_event_it_carried(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """IDs of hundreds of characters (a system's own keys): the first keys of six events
+    alone pass the 2,000 characters a row keeps, and the last events were cut off, so
+    `log --event` missed the digest that carried them and `log --json` left them out."""
+    setup_smtp(cli, smtp_server)
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "mail.digest", "true").exit_code == 0
+    engine = connect(Settings.load(home).db_url, where="test")
+    base_agency(engine)
+    long = "x" * 400
+    entry = dict(body="b", entered_by="CR", entered_at=at(D), notify="AE")
+    rows: dict[str, list[dict[str, Any]]] = {
+        "jobs": [dict(id=f"J-{long}", client_id="C1", title="Long", opened_at=at(D))],
+        "billings": [
+            dict(id=f"B-{long}", client_id="C1", job_id="J100", amount=1, created_at=at(D))
+        ],
+        "change_orders": [
+            dict(id=f"CO-{long}", job_id="J100", description="More", amount=1, entered_at=at(D))
+        ],
+        "diary_entries": [
+            dict(id=f"Y-{long}", kind="client", party_id="C1", subject="Call", **entry)
+        ],
+        "homebase_entries": [dict(id=f"H-{long}", subject="Lunch", **entry)],
+        "calendar_entries": [
+            dict(
+                id=f"K-{long}",
+                title="Review",
+                starts_at=at(LATER, 10),
+                remind_at=at(D, 8),
+                attendees="AE",
+            )
+        ],
+    }
+    for table, values in rows.items():
+        insert(engine, table, values)
+    events = [
+        "job-opened",
+        "billing-created",
+        "diary-entry",
+        "homebase-entry",
+        "change-order",
+        "calendar-reminder",
+    ]
+    r = cli("check", "--date", D.isoformat(), "--only", ",".join(events))
+    assert r.exit_code == 0, r.output
+    (digest,) = [
+        m for m in json.loads(cli("log", "--json").stdout) if m["to"] == ["alice@agency.test"]
+    ]
+    assert digest["event"] == "digest" and digest["events"] == events, digest["events"]
+    for event in events:
+        found = json.loads(cli("log", "--json", "--event", event).stdout)
+        assert digest["id"] in [m["id"] for m in found], event
