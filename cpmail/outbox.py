@@ -1860,7 +1860,7 @@ def list_messages(
     if to is not None:  # an empty list (a person without an address) matches nothing
         # One of the comma-separated addresses exactly: lee@x is not sam.lee@x.
         listed = sa.func.lower(sa.literal(",") + m.to_addrs + sa.literal(","))
-        wanted = [listed.contains(f",{a.lower()},", autoescape=True) for a in to]
+        wanted = [listed.contains(f",{form},", autoescape=True) for a in to for form in _lowered(a)]
         q = q.where(sa.or_(*wanted) if wanted else sa.false())
     if limit:
         q = q.order_by(None).order_by(m.id.desc()).limit(limit)
@@ -1868,6 +1868,19 @@ def list_messages(
         rows = list(conn.execute(q).all())
     rows.sort(key=lambda r: r.id)
     return [_listing_row(r, tz) for r in rows]
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _lowered(address: str) -> set[str]:
+    """``address`` as the database's lower() may give it back: messages keep their
+    addresses in normal form (the domain in lower case), and SQLite's lower() changes
+    only A-Z (Émile stays Émile), PostgreSQL's every letter its locale knows."""
+    from cpmail.addresses import normal_address, valid_address
+
+    forms = {address, normal_address(address)} if valid_address(address) else {address}
+    return {f.translate(_ASCII_LOWER) for f in forms} | {f.lower() for f in forms}
 
 
 def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> int:

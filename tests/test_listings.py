@@ -261,3 +261,19 @@ def test_a_digest_of_long_ids_still_names_every_event_it_carried(
     for event in events:
         found = json.loads(cli("log", "--json", "--event", event).stdout)
         assert digest["id"] in [m["id"] for m in found], event
+
+
+def test_log_to_finds_mail_to_an_address_with_a_capital_beyond_ascii(
+    cli: Cli, smtp_server: SMTPTestServer, backend: str
+) -> None:
+    """SQLite's lower() leaves É as it is while Python's makes it é: `log --to EM` and
+    `log --to Émile@…` listed nothing of the mail sent to Émile."""
+    setup_smtp(cli, smtp_server, db=backend)
+    r = cli("staff", "add", "EM", "--name", "Émile Zola", "--work-email", "Émile@Agency.test")
+    assert r.exit_code == 0, r.output
+    assert cli("staff", "test", "EM").exit_code == 0
+    assert cli("message", "manager", "Hello").exit_code == 0  # mail to someone else
+    assert smtp_server.messages[0].rcpt_tos == ("Émile@agency.test",)
+    for who in ("EM", "Émile@agency.test", "Émile@AGENCY.test", "ÉMILE@agency.test"):
+        rows = json.loads(cli("log", "--json", "--to", who).stdout)
+        assert [m["to"] for m in rows] == [["Émile@agency.test"]], who
