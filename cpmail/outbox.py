@@ -1141,7 +1141,24 @@ def deliver(
             _wait_for_window(engine, run_id, ids, ready, stale_after(settings), result)
             return result
         _Pass(engine, transport, settings, held, result, ids, ready, on_progress).run()
+        said = _said(result)
+        if said is not None:  # (a check records its own exit code when it ends)
+            held.exit_code = said
     return result
+
+
+def _said(result: Delivery) -> int | None:
+    """The exit code a pass's delivery means, recorded with its run for `cpmail status`: 3 the
+    transport refused or could not be reached, 1 some mail was not delivered, 0 all went;
+    None when nothing was offered to the server (the newest word stays where it is)."""
+    stopped_by = interrupt.requested()
+    if stopped_by is not None:
+        return 128 + stopped_by
+    if result.stopped is not None:
+        return result.stopped.exit_code
+    if not [i for i in result.status if i not in result.held]:
+        return None
+    return 1 if result.undelivered else 0
 
 
 class _Pass:

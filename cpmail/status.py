@@ -129,6 +129,9 @@ class Health:
     # The newest check that finished, when the newest one still runs or died: until
     # another ends, its outcome is the last word on whether mail goes (not in the JSON).
     last_finished: LastCheck | None = None
+    # The newest mail another command delivered (`outbox retry`, `message`, a test message):
+    # when it ended after the check that has the word, its outcome is the newest word.
+    last_delivery: LastCheck | None = None
 
     @property
     def exit_code(self) -> int:
@@ -505,6 +508,41 @@ def _last_check(
     )
 
 
+#: Commands other than `check` that deliver mail, as their runs name them, in a sentence.
+DELIVERED_BY = {
+    "deliver": "`cpmail outbox retry`",
+    "send": "`cpmail message` or `cpmail send-report`",
+    "test": "a test message",
+}
+
+
+def _last_delivery(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
+    """The newest run of another command that delivered mail and said how it went (exit 0,
+    1 or 3: a run that offered nothing to the server, or was stopped, says nothing)."""
+    import sqlalchemy as sa
+
+    from cpmail.outbox import runs_here
+    from cpmail.store.schema import runs
+
+    with engine.connect() as conn:
+        r = conn.execute(
+            sa.select(runs)
+            .where(
+                runs.c.command.in_(list(DELIVERED_BY)),
+                runs.c.ended_at.is_not(None),
+                runs.c.exit_code.in_([0, 1, 3]),
+            )
+            .order_by(runs.c.ended_at.desc(), runs.c.started_at.desc())
+            .limit(1)
+        ).first()
+        if r is None:
+            return None
+        alive, gone = runs_here(conn)
+    last = _as_last_check(r, now, dt.timedelta(minutes=stale_minutes), alive, gone)
+    last.note = DELIVERED_BY[r.command]
+    return last
+
+
 def _as_last_check(
     r: Any, now: dt.datetime, stale: dt.timedelta, alive: set[str], gone: set[str]
 ) -> LastCheck:
@@ -818,10 +856,11 @@ def gather(
     window = window_opened(settings, now)
     sender_problem: str | None = None
     try:
-        last_check = last_finished = outbox = None
+        last_check = last_finished = last_delivery = outbox = None
         if engine is not None:
             stale = settings["outbox.stale_claim_minutes"]
             last_check, last_finished = _last_check(engine, stale, now)
+            last_delivery = _last_delivery(engine, stale, now)
             outbox = _outbox(engine, settings, now, window)
             sender_problem = _sender_problem(settings, engine)
         accounts = _accounts(settings, secrets, engine, now)
@@ -831,7 +870,7 @@ def gather(
         if not isinstance(e, sa.exc.SQLAlchemyError):
             raise
         db.reachable, db.error = False, redact(str(getattr(e, "orig", e) or e))[:300]
-        last_check = last_finished = outbox = None
+        last_check = last_finished = last_delivery = outbox = None
         accounts = _accounts(settings, secrets, None, now)
     finally:
         if engine is not None:
@@ -853,6 +892,7 @@ def gather(
         window_open=window[0],
         probed=probe,
         last_finished=last_finished,
+        last_delivery=last_delivery,
     )
     if sender_problem is not None:
         health.problems.append(sender_problem)
@@ -886,15 +926,19 @@ def _judge(h: Health, settings: Settings) -> None:
     # whether mail goes: a monitor polling in between must not read "healthy".
     said = lc if lc is None or lc.state == "finished" else h.last_finished
     which = "last check" if said is lc else "last check that finished"
+    # Whether mail goes is the newest delivery's word, whichever command made it: mail
+    # sent by `outbox retry` since a check could not send says it goes now, and the other way.
+    sent, by, note = said, which, said.note if said is not None else None
+    after = h.last_delivery
+    if after is not None and (sent is None or _ended(after) > _ended(sent)):
+        sent, by, note = after, f"last delivery, by {after.note},", None
     if (
-        said is not None
-        and said.exit_code == 3
+        sent is not None
+        and sent.exit_code == 3
         and not h.problems
         and not (h.probed and h.accounts and all(a.probe == "ok" for a in h.accounts))
     ):
-        h.problems.append(
-            f"the {which} could not send (exit 3)" + (f": {said.note}" if said.note else "")
-        )
+        h.problems.append(f"the {by} could not send (exit 3)" + (f": {note}" if note else ""))
     if said is not None and said.exit_code in (2, 70):
         # A check that stops on a setting, a template or a bug queues and sends nothing.
         why = "a setting, template or data error" if said.exit_code == 2 else "an internal error"
@@ -918,6 +962,10 @@ def _judge(h: Health, settings: Settings) -> None:
             h.warnings.append(
                 f"{box.failed_7_days} message(s) failed for good in the last {FAILED_DAYS} days"
             )
+
+
+def _ended(run: LastCheck) -> dt.datetime:
+    return run.ended_at or run.started_at
 
 
 def load(home: Path) -> tuple[Settings, SecretStore]:

@@ -736,3 +736,41 @@ def test_a_window_inside_the_hour_the_clocks_skip_opens_the_day_after() -> None:
     settings.set("mail.send_window", "02:00-02:01")
     opens = window_opens(settings, dt.datetime(2026, 3, 7, 7, 1))  # 02:01 on Saturday
     assert opens == dt.datetime(2026, 3, 9, 6, 0), opens  # 02:00 EDT on Monday
+
+
+def test_mail_sent_by_a_retry_after_a_check_that_could_not_send_clears_that_check(
+    cli: Cli, home: Path, smtp_server_factory: Factory
+) -> None:
+    """The newest delivery has the word, whichever command made it: a check that could not
+    reach the server (exit 3), then `outbox retry` that sent its mail, is healthy; a retry
+    that cannot reach the server after a check that went well is not."""
+    from tests.test_alerts import agency, check, new_job
+
+    server = smtp_server_factory()
+    setup_smtp(cli, server)
+    agency(home)
+    server.stop()
+    new_job(home, "J1")
+    assert check(cli) == 3
+    code, doc = status(cli)
+    assert code == 3 and any("could not send (exit 3)" in p for p in doc["problems"]), doc
+    again = smtp_server_factory()
+    assert cli("config", "set", "mail.smtp.port", str(again.port)).exit_code == 0
+    r = cli("outbox", "retry", "--all")
+    assert r.exit_code == 0 and len(again.messages) == 3, r.output
+    code, doc = status(cli)
+    assert (code, doc["problems"], doc["warnings"]) == (0, [], []), doc
+    assert doc["last_check"]["exit_code"] == 3  # the check itself is shown as it ended
+    text = cli("status").stdout
+    assert text.startswith("Status        HEALTHY (exit 0)"), text
+
+    # and the other way round: a check that went well, then a message that could not go
+    new_job(home, "J2")
+    assert check(cli) == 0 and len(again.messages) == 6
+    assert status(cli)[0] == 0
+    again.stop()
+    assert cli("message", "manager", "The printer is out of toner.").exit_code == 3
+    code, doc = status(cli)
+    assert code == 3 and any("could not send (exit 3)" in p for p in doc["problems"]), doc
+    assert cli("outbox", "retry", "--all").exit_code == 3
+    assert status(cli)[0] == 3
