@@ -1960,7 +1960,27 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
         if ids is not None:
             for i, status in _statuses_now(conn, [i for i in ids if i not in back]).items():
                 left[i] = _not_retried.get(Status(status), "its text is no longer kept")
+            # Sent, dropped, or its text gone: no run will ever send it. The command cannot
+            # do what it was asked, and says so with exit 2, having changed nothing.
+            _refuse(
+                {i: why for i, why in left.items() if why not in _still_goes},
+                "sent again",
+                "nothing was queued again",
+            )
     return len(back), left
+
+
+def _refuse(ids: dict[int, str], done: str, nothing: str) -> None:
+    """Raise InputError naming each of ``ids`` and why it cannot be ``done`` (none: return)."""
+    if not ids:
+        return
+    if len(ids) == 1:
+        [(i, why)] = ids.items()
+        said = f"message {i} cannot be {done}: {why}"
+    else:
+        listed = ", ".join(f"{i} ({why})" for i, why in ids.items())
+        said = f"messages {listed} cannot be {done}"
+    raise InputError(f"{said}; {nothing} (see `cpmail log`).")
 
 
 # Why `outbox retry ID` leaves a message as it is, by its status.
@@ -1978,6 +1998,8 @@ _not_retried = {
     Status.SENDING: CLAIMED,
     Status.SUPPRESSED: "it was recorded while sending was off",
 }
+# ... of those, the ones that still go out (this command sends what is queued).
+_still_goes = (_not_retried[Status.QUEUED], CLAIMED)
 
 
 def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
@@ -2004,7 +2026,17 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
             ).scalars()
         )
         left = _statuses_now(conn, [i for i in ids if i not in dropped])
+        # Mail that went out cannot be taken back: said with exit 2, nothing changed.
+        _refuse(
+            {i: _not_retried[Status(s)] for i, s in left.items() if s in _gone},
+            "dropped",
+            "nothing was dropped",
+        )
     return len(dropped), left
+
+
+# What `outbox drop` cannot take back: it went out, or was never in the outbox.
+_gone = (Status.SENT, Status.SUPPRESSED)
 
 
 def _statuses_now(conn: sa.Connection, ids: Sequence[int]) -> dict[int, str]:
@@ -2013,7 +2045,8 @@ def _statuses_now(conn: sa.Connection, ids: Sequence[int]) -> dict[int, str]:
     if not ids:
         return {}
     m = messages.c
-    return {r.id: r.status for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(ids)))}
+    found = {r.id: r.status for r in conn.execute(sa.select(m.id, m.status).where(m.id.in_(ids)))}
+    return {i: found[i] for i in dict.fromkeys(ids) if i in found}  # (in the order given)
 
 
 def _check_ids(engine: sa.Engine, ids: Sequence[int]) -> None:

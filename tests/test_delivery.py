@@ -409,13 +409,15 @@ def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
     # dropping a message that is not waiting says so
     sent = [r["id"] for r in log_rows(cli) if r["status"] == "sent"]
     r = cli("outbox", "drop", str(sent[0]))
-    assert r.exit_code == 0 and "Dropped 0" in r.stdout
-    assert f"Message {sent[0]} was not dropped: it is sent" in r.stderr, r.output
+    assert r.exit_code == 2 and r.stdout == ""
+    assert f"message {sent[0]} cannot be dropped: it was sent; nothing was dropped" in r.stderr
     # nor does retrying one, nor dropping one twice
     r = cli("outbox", "retry", str(sent[0]), str(failed["id"]))
-    assert r.exit_code == 0 and "Queued 0" in r.stdout, r.output
-    assert f"Message {sent[0]} was not queued again: it was sent." in r.stderr, r.output
-    assert f"Message {failed['id']} was not queued again: its text is no longer kept" in r.stderr
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert (
+        f"messages {sent[0]} (it was sent), {failed['id']} (its text is no longer kept) "
+        "cannot be sent again; nothing was queued again" in r.stderr
+    ), r.output
     now = dt.datetime.now()
     closed = f"{(now + dt.timedelta(hours=2)):%H}:00-{(now + dt.timedelta(hours=3)):%H}:00"
     assert cli("config", "set", "mail.send_window", closed).exit_code == 0
@@ -425,7 +427,7 @@ def test_a_refused_test_message_is_never_sent_later_and_listings_say_what_is(
     r = cli("outbox", "drop", str(mine))
     assert "Dropped 0" in r.stdout and f"Message {mine} was not dropped: it is dropped" in r.stderr
     r = cli("outbox", "retry", str(mine))
-    assert f"Message {mine} was not queued again: it was dropped." in r.stderr, r.output
+    assert r.exit_code == 2 and f"message {mine} cannot be sent again: it was dropped" in r.stderr
 
 
 def test_a_dropped_message_never_says_it_will_be_sent_again(
@@ -551,3 +553,33 @@ def test_a_retry_while_sending_was_off_is_sent_by_the_next_retry(
     assert r.exit_code == 0, r.output
     assert "Sent 1, deferred 0, failed 0." in r.stdout, r.output
     assert len(smtp_server.messages) == 1 and log_rows(cli)[0]["status"] == "sent"
+
+
+def test_retry_or_drop_of_mail_that_cannot_be_is_exit_2_and_changes_nothing(
+    cli: Cli, smtp_server: SMTPTestServer
+) -> None:
+    """`outbox retry` of a message sent already (or `drop` of one) cannot do what it is
+    asked: exit 2 naming each such id, and nothing is queued again, sent or dropped, not
+    even the other ids given with it."""
+    setup_smtp(cli, smtp_server)
+    assert send_one(cli).exit_code == 0
+    smtp_server.fail_rcpt = {"max@agency.test": "550 5.1.1 no such user"}
+    assert send_one(cli).exit_code == 1
+    smtp_server.fail_rcpt = {}
+    [sent, failed] = [r["id"] for r in log_rows(cli)]
+    assert [r["status"] for r in log_rows(cli)] == ["sent", "failed"]
+    for args in ([str(sent)], [str(failed), str(sent)], [str(sent), str(sent)]):
+        r = cli("outbox", "retry", *args)
+        assert r.exit_code == 2 and r.stdout == "", r.output
+        assert r.stderr.startswith(f"cpmail: message {sent} cannot be sent again: it was sent;")
+        assert "nothing was queued again" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert [r["status"] for r in log_rows(cli)] == ["sent", "failed"]
+        assert len(smtp_server.messages) == 1
+    r = cli("outbox", "drop", str(failed), str(sent))
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert f"message {sent} cannot be dropped: it was sent; nothing was dropped" in r.stderr
+    assert [r["status"] for r in log_rows(cli)] == ["sent", "failed"]
+    r = cli("outbox", "retry", str(failed))  # what can be sent again is
+    assert r.exit_code == 0 and "Sent 1, deferred 0, failed 0." in r.stdout, r.output
+    assert [r["status"] for r in log_rows(cli)] == ["sent", "sent"]
+    assert len(smtp_server.messages) == 2
