@@ -9,7 +9,9 @@ After every ``cpmail check`` (``after_check``) the state of mail is judged
 - ``expiry:ACCOUNT``: an account's sign-in ends within ``[alerts] token_days``;
 - ``waiting``: mail has waited longer than ``[alerts] waiting_hours`` (while the
   send window is open, counted from its opening);
-- ``database``: the database cannot be used.
+- ``database``: the database cannot be used;
+- ``died``: a check did not finish (killed); said once more, as resolved, when a check
+  begun after it ends with exit 0 (in the same alert, when the same look sees both).
 
 A condition is alerted once when it appears and once ("resolved") when it
 clears, never once per run. What was alerted is kept in the ``alert_state``
@@ -67,6 +69,9 @@ class Condition:
     key: str
     text: str
     sig: str = ""
+    # It has cleared already, and says so: told once, as "resolved" (a check that died,
+    # and the check that ended well after it; the two may be seen by one look).
+    over: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ def conditions(
         )
     elif exit_code != 0:
         unjudged.add("check")
+    _died(health, settings, out, unjudged)
     if health.transport_problem:
         out.append(
             Condition("transport", f"The transport cannot be used: {health.transport_problem}.")
@@ -153,9 +159,37 @@ def conditions(
     return [_clean(c) for c in out], unjudged
 
 
+def _died(health: Health, settings: Settings, out: list[Condition], unjudged: set[str]) -> None:
+    """A check that did not finish: said when the next look sees it, and once more when a
+    check begun after it ends well (in the same alert, when that look is that check's).
+
+    The condition stays recorded, cleared, until another check dies: each is said once.
+    """
+    from cpmail.status import begun
+
+    died, then = health.died, health.died_then
+    if died is None:
+        unjudged.add("died")  # (what was said of the last one stays as it is)
+        return
+    text = (
+        f"The cpmail check started at {begun(died, settings)} did not finish (killed, or its "
+        "machine stopped)"
+    )
+    sig = f"{died.host}@{died.started_at.isoformat()}"
+    if then is None:
+        text += (
+            "; what it found and had not sent is found again by the next check, and an "
+            "alert says when one ends well."
+        )
+        out.append(Condition("died", text, sig))
+    else:
+        text += f"; the check started at {begun(then, settings)} ended well (exit 0)."
+        out.append(Condition("died", text, sig + " over", over=True))
+
+
 def _clean(c: Condition) -> Condition:
     text = " ".join(redact(c.text).split()).replace("..", ".")
-    return Condition(c.key, text[:600], c.sig)
+    return Condition(c.key, text[:600], c.sig, c.over)
 
 
 def _local(when: dt.datetime, settings: Settings) -> str:
@@ -336,16 +370,18 @@ def _diff(
 
 def message(changes: _Changes, host: str) -> tuple[str, str, str]:
     """(title, body, Apprise notify type) of one alert carrying every change of a run."""
-    n, r = len(changes.raised), len(changes.resolved)
+    problems = [c.text for c in changes.raised if not c.over]
+    resolved = [x.text for x in changes.resolved] + [c.text for c in changes.raised if c.over]
+    n, r = len(problems), len(resolved)
     if n == 1 and not r:
-        head = f"problem: {_short(changes.raised[0].text)}"
+        head = f"problem: {_short(problems[0])}"
     elif r == 1 and not n:
-        head = f"resolved: {_short(changes.resolved[0].text)}"
+        head = f"resolved: {_short(resolved[0])}"
     else:
         parts = [f"{n} problem(s)" if n else "", f"{r} resolved" if r else ""]
         head = ", ".join(p for p in parts if p)
-    lines = [f"PROBLEM: {c.text}" for c in changes.raised]
-    lines += [f"RESOLVED: {x.text}" for x in changes.resolved]
+    lines = [f"PROBLEM: {text}" for text in problems]
+    lines += [f"RESOLVED: {text}" for text in resolved]
     lines += ["", f"Run `cpmail status` on {host} for the whole picture."]
     kind = "failure" if n else "success"
     return hide(f"cpmail on {host}: {head}"), hide("\n".join(lines)), kind

@@ -132,6 +132,10 @@ class Health:
     # The newest mail another command delivered (`outbox retry`, `message`, a test message):
     # when it ended after the check that has the word, its outcome is the newest word.
     last_delivery: LastCheck | None = None
+    # The newest check that did not finish (killed, or its machine stopped), and the first
+    # check begun after it that ended well (exit 0), if one did (neither in the JSON).
+    died: LastCheck | None = None
+    died_then: LastCheck | None = None
 
     @property
     def exit_code(self) -> int:
@@ -508,6 +512,55 @@ def _last_check(
     )
 
 
+def _died(
+    engine: sa.Engine, stale_minutes: float, now: dt.datetime
+) -> tuple[LastCheck | None, LastCheck | None]:
+    """The newest check that did not finish, and the first check begun after it that ended
+    with exit 0 (None while none has).
+
+    Only a check begun within the days finished runs are kept (``RUNS_KEPT``, less a day
+    for clocks that differ): of one begun before, the check that ended well after it may
+    be gone from the table.
+    """
+    import sqlalchemy as sa
+
+    from cpmail.outbox import RUNS_KEPT, running, runs_here
+    from cpmail.store.schema import runs
+
+    r = runs.c
+    stale = dt.timedelta(minutes=stale_minutes)
+    with engine.connect() as conn:
+        unfinished = conn.execute(
+            sa.select(runs)
+            .where(
+                r.command == "check",
+                r.ended_at.is_(None),
+                r.started_at >= now - RUNS_KEPT + dt.timedelta(days=1),
+            )
+            .order_by(r.started_at.desc())
+        ).all()
+        if not unfinished:
+            return None, None
+        alive, gone = runs_here(conn)
+        dead = next((x for x in unfinished if not running(x, now, stale, alive, gone)), None)
+        if dead is None:
+            return None, None
+        then = conn.execute(
+            sa.select(runs)
+            .where(
+                r.command == "check",
+                r.started_at > dead.started_at,
+                r.ended_at.is_not(None),
+                r.exit_code == 0,
+            )
+            .order_by(r.ended_at, r.started_at)
+            .limit(1)
+        ).first()
+    return _as_last_check(dead, now, stale, alive, gone), (
+        _as_last_check(then, now, stale, alive, gone) if then is not None else None
+    )
+
+
 #: Commands other than `check` that deliver mail, as their runs name them, in a sentence.
 DELIVERED_BY = {
     "deliver": "`cpmail outbox retry`",
@@ -857,10 +910,12 @@ def gather(
     sender_problem: str | None = None
     try:
         last_check = last_finished = last_delivery = outbox = None
+        died = died_then = None
         if engine is not None:
             stale = settings["outbox.stale_claim_minutes"]
             last_check, last_finished = _last_check(engine, stale, now)
             last_delivery = _last_delivery(engine, stale, now)
+            died, died_then = _died(engine, stale, now)
             outbox = _outbox(engine, settings, now, window)
             sender_problem = _sender_problem(settings, engine)
         accounts = _accounts(settings, secrets, engine, now)
@@ -871,6 +926,7 @@ def gather(
             raise
         db.reachable, db.error = False, redact(str(getattr(e, "orig", e) or e))[:300]
         last_check = last_finished = last_delivery = outbox = None
+        died = died_then = None
         accounts = _accounts(settings, secrets, None, now)
     finally:
         if engine is not None:
@@ -893,6 +949,8 @@ def gather(
         probed=probe,
         last_finished=last_finished,
         last_delivery=last_delivery,
+        died=died,
+        died_then=died_then,
     )
     if sender_problem is not None:
         health.problems.append(sender_problem)
@@ -953,6 +1011,12 @@ def _judge(h: Health, settings: Settings) -> None:
             "the last check did not finish (killed, or its machine stopped); the next "
             "`cpmail check` finds what it left"
         )
+    elif h.died is not None and h.died_then is None:
+        # Checks began since, and none ended well: that one's death is still news.
+        h.warnings.append(
+            f"the check started {begun(h.died, settings)} did not finish (killed, or its "
+            "machine stopped), and no check has ended well since"
+        )
     box = h.outbox
     if box is not None:
         counted = box.waiting - box.held_by_window - box.sending_now
@@ -962,6 +1026,12 @@ def _judge(h: Health, settings: Settings) -> None:
             h.warnings.append(
                 f"{box.failed_7_days} message(s) failed for good in the last {FAILED_DAYS} days"
             )
+
+
+def begun(run: LastCheck, settings: Settings) -> str:
+    """When and where a check began, as a person reads it ("2026-11-27 07:00 on office-pc")."""
+    local = run.started_at.replace(tzinfo=dt.UTC).astimezone(settings.tz())
+    return f"{local:%Y-%m-%d %H:%M}" + (f" on {run.host}" if run.host else "")
 
 
 def _ended(run: LastCheck) -> dt.datetime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -752,3 +753,75 @@ def test_a_check_whose_sender_is_gone_is_alerted(initialised: Cli, receiver: Rec
     r = cli("check", "--as", "ZZ")
     assert r.exit_code == 2, r.output
     assert "ended with exit 2" in one_alert(receiver)["message"]
+
+
+def _kill_a_check_mid_run(home: Path, server: SMTPTestServer) -> None:
+    """A `cpmail check` of its own process, killed with SIGKILL once the server took one of
+    its three messages (it takes each slowly)."""
+    server.accept_delay = 0.3
+    sent = len(server.messages)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpmail", "check", "--date", D.isoformat(), "--only", "job-opened"],
+        env={**os.environ, "CPMAIL_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(server.messages) == sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    server.accept_delay = 0
+    assert len(server.messages) == sent + 1, "the check must die in the middle of its run"
+
+
+def _age_claims(home: Path) -> None:
+    """A dead run's claims, 16 minutes older: the next check takes them up."""
+    from tests.test_crash import _age
+
+    engine = connect(Settings.load(home).db_url, where="test")
+    _age(engine, dt.timedelta(minutes=16))
+    engine.dispose()
+
+
+def test_a_check_killed_mid_run_is_said_once_and_so_is_the_next_one_that_ends_well(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, receiver: Receiver
+) -> None:
+    setup_smtp(cli, smtp_server)
+    set_urls(cli, receiver.url)
+    agency(home)
+    new_job(home, "J1")
+    _kill_a_check_mid_run(home, smtp_server)
+    code, doc = status_json(cli)
+    assert code == 1 and any("did not finish" in w for w in doc["warnings"]), doc
+    # The next check finds the dead run's mail still claimed: it cannot end well yet.
+    assert check(cli) == 1
+    alert = one_alert(receiver)
+    assert "PROBLEM: The cpmail check started at" in alert["message"], alert
+    assert "did not finish (killed, or its machine stopped)" in alert["message"], alert
+    code, doc = status_json(cli)  # no check has ended well since it died
+    assert code == 1 and any("did not finish" in w for w in doc["warnings"]), doc
+    assert check(cli) == 1
+    assert receiver.take() == []  # said once
+    _age_claims(home)
+    assert check(cli) == 0
+    alert = one_alert(receiver)
+    assert alert["type"] == "success" and "PROBLEM" not in alert["message"], alert
+    said = [x for x in alert["message"].splitlines() if "did not finish" in x]
+    assert len(said) == 1 and said[0].startswith("RESOLVED: "), alert
+    assert "ended well" in said[0], said
+    assert status_json(cli) == (0, status_json(cli)[1]) and not status_json(cli)[1]["warnings"]
+    assert len(smtp_server.messages) in (3, 4)  # (one may go twice: accepted as it was killed)
+
+    # Killed again; this time the very next check ends well: one alert says both.
+    new_job(home, "J2")
+    _kill_a_check_mid_run(home, smtp_server)
+    _age_claims(home)
+    assert check(cli) == 0
+    alert = one_alert(receiver)
+    said = [x for x in alert["message"].splitlines() if "did not finish" in x]
+    assert len(said) == 1 and "ended well" in said[0], alert
+    assert status_json(cli)[0] == 0
+    for _ in range(2):
+        assert check(cli) == 0
+    assert receiver.take() == []
