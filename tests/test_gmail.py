@@ -537,6 +537,7 @@ def test_a_refusal_whose_body_goes_wrong_is_still_the_refusal(
 
 LOGIN_PAGE = {"Location": "https://proxy.agency.example/login?s=1"}
 NOT_FOUND = b"<html><body>Not Found</body></html>"
+HTML_TYPE = {"Content-Type": "text/html; charset=utf-8"}
 
 
 @pytest.mark.parametrize(
@@ -577,6 +578,75 @@ def test_an_answer_that_is_not_gmails_keeps_the_mail_queued(
     assert statuses(gmail_home)["failed"] == 0 and fake.sent == []
     assert cli("check", "--date", DATE).exit_code == 0
     assert statuses(gmail_home) == {"sent": 3} and len(fake.sent) == 3
+
+
+def _gmail_check_home(cli: Cli, home: Path, fake: FakeAPI, n: int) -> None:
+    """JD signed in with Gmail, no agency data, ``n`` messages queued."""
+    from tests.test_faults import queue_messages
+
+    add = ("staff", "add", "JD", "--name", "Jo Doe", "--work-email", "jd@agency.example")
+    assert cli(*add).exit_code == 0
+    assert cli("staff", "edit", "JD", "--planned-hours", "0").exit_code == 0
+    assert cli("config", "set", "user.staff", "JD").exit_code == 0
+    store_signin(home, fake, "JD", "jd@agency.example")
+    queue_messages(home, n)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, b"<!DOCTYPE html><html><body>Blocked by policy</body></html>", HTML_TYPE),
+        Reply(200, b"\r\n  <html><body>Welcome! Accept the terms to go on</body></html>"),
+        Reply(200, b"", HTML_TYPE),
+        Reply(202, b"<?xml version='1.0'?><html xmlns='http://www.w3.org/1999/xhtml'/>"),
+    ],
+    ids=["html", "html-untyped", "html-empty", "xhtml-202"],
+)
+def test_a_2xx_web_page_is_no_answer_of_gmails_and_keeps_the_mail_queued(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI, reply: Reply
+) -> None:
+    """A proxy's page or a captive portal with a 2xx status: the Gmail API never answers
+    with markup, so it did not take the message. It was counted as sent, and lost."""
+    from tests.test_faults import DATE, statuses
+
+    cli = initialised
+    _gmail_check_home(cli, gmail_home, fake, 3)
+    fake.script(SEND, reply)
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3, r.output
+    assert f"HTTP {reply.status} with a web page" in r.stderr, r.stderr
+    assert "nothing was sent" in r.stderr and "mail.gmail.api_base" in r.stderr, r.stderr
+    assert statuses(gmail_home)["sent"] == 0 and statuses(gmail_home)["failed"] == 0
+    assert fake.sent == []
+    assert cli("check", "--date", DATE).exit_code == 0
+    assert statuses(gmail_home) == {"sent": 3} and len(fake.sent) == 3
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"status": "ok"}, {"id": ""}, {"id": 7}, [], "null"], ids=repr
+)
+def test_a_200_without_a_message_is_neither_counted_sent_nor_sent_again(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI, body: Any
+) -> None:
+    """JSON that is not the message Gmail answers with: nothing shows it reached Gmail,
+    nothing shows it did not (the fake takes it here). Not on record as sent, and never
+    sent again by itself, which could be a second copy: failed, saying so."""
+    from tests.test_faults import DATE, statuses
+
+    cli = initialised
+    _gmail_check_home(cli, gmail_home, fake, 2)
+    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    fake.script(SEND, Reply(200, data, {"Content-Type": "application/json"}, take=True))
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 1, r.output
+    assert statuses(gmail_home) == {"sent": 1, "failed": 1}, r.output
+    [failed] = [x for x in json.loads(cli("log", "--json").stdout) if x["status"] == "failed"]
+    said = failed["last_error"]
+    assert "not the message Gmail answers with" in said and "Sent folder" in said, said
+    assert "cpmail outbox retry" in said and "sent again" not in said.replace("not sent again", "")
+    assert cli("check", "--date", DATE).exit_code == 0
+    assert len(fake.sent) == 2  # never a second copy by itself
+    assert statuses(gmail_home) == {"sent": 1, "failed": 1}
 
 
 def test_400_is_permanent_with_gmails_words(gmail_home: Path, fake: FakeAPI) -> None:

@@ -347,6 +347,27 @@ def test_a_202_whose_body_goes_wrong_is_sent_once(
     assert len(fake.sent) == 2
 
 
+@pytest.mark.parametrize("status", [200, 202])
+def test_a_2xx_web_page_is_no_answer_of_graphs_and_keeps_the_mail_queued(
+    initialised: Cli, ms_home: Path, fake: FakeAPI, status: int
+) -> None:
+    """A proxy's page or a captive portal with a 2xx status: Graph never answers with
+    markup (202 has no body), so it did not take the message. It was counted as sent."""
+    from tests.test_faults import DATE, queue_messages, statuses
+
+    queue_messages(_as_jd(initialised, ms_home), 2)
+    page = b"<!DOCTYPE html><html><body>Sign in to the guest network</body></html>"
+    fake.script(ME, Reply(status, page, {"Content-Type": "text/html"}))
+    r = initialised("check", "--date", DATE)
+    assert r.exit_code == 3, r.output
+    assert f"HTTP {status} with a web page" in r.stderr, r.stderr
+    assert "nothing was sent" in r.stderr and "mail.microsoft.api_base" in r.stderr, r.stderr
+    assert statuses(ms_home)["sent"] == 0 and statuses(ms_home)["failed"] == 0
+    assert fake.sent == []
+    assert initialised("check", "--date", DATE).exit_code == 0
+    assert statuses(ms_home) == {"sent": 2} and len(fake.sent) == 2
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 @pytest.mark.parametrize("words", ["Gateway", "The request was throttled, please slow down"])
 def test_a_server_error_after_the_message_went_says_it_may_have_arrived(

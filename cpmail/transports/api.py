@@ -189,7 +189,9 @@ class ApiTransport(Transport, Generic[S]):
         except TemporaryFailure as e:
             return Outcome(env.id, error=e)
         if 200 <= response.status_code < 300:
-            return Outcome(env.id, accepted=env.rcpt_to)
+            if is_page(response):
+                raise Unreachable(self._a_page(response))
+            return self._accepted(env, response)
         if 300 <= response.status_code < 400:
             raise Unreachable(self._redirected(response))
         refusal = Refusal.of(response).without(token)  # a server may quote what it was sent
@@ -198,6 +200,19 @@ class ApiTransport(Transport, Generic[S]):
             # (a wrong api_base, a proxy), so nothing was sent and no message is at fault.
             raise Unreachable(self._not_the_api(response, refusal))
         return Outcome(env.id, error=self._failure(env, session, refusal))
+
+    def _accepted(self, env: Envelope, response: httpx.Response) -> Outcome:
+        """What a 2xx answer (not a web page) means: the API took the message."""
+        return Outcome(env.id, accepted=env.rcpt_to)
+
+    def _a_page(self, response: httpx.Response) -> str:
+        host = urllib.parse.urlsplit(str(response.request.url)).netloc
+        return (
+            f"{self.service} at {host} answered HTTP {response.status_code} with a web page, "
+            "not an answer of its own (it never answers with one), so nothing was sent; check "
+            f"`mail.{self.name}.api_base`, or the proxy between this machine and it (a sign-in "
+            f"or block page). {MAIL_STAYS}"
+        )
 
     def _not_the_api(self, response: httpx.Response, refusal: Refusal) -> str:
         host = _host(str(response.request.url))
@@ -479,6 +494,15 @@ class Poster:
 
     def close(self) -> None:
         self._client.close()
+
+
+def is_page(response: httpx.Response) -> bool:
+    """Whether an answer is a web page (HTML, XHTML, XML), which neither Gmail nor Graph
+    ever answers with: a proxy's sign-in or block page, a captive portal, another server."""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml", "text/xml", "application/xml"):
+        return True
+    return response.content[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
 
 
 def without_body(response: httpx.Response) -> httpx.Response:
