@@ -97,6 +97,7 @@ def pull(
                     replace=replace,
                     origin="query",
                     gone="is no longer given by the query",
+                    once=True,
                 )
                 for name, query, replace in tables
             ]

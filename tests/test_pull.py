@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from cpmail import settings as settings_module
 from cpmail.store import schema
@@ -615,3 +618,93 @@ def test_a_source_value_or_timeout_is_a_query_to_fix_not_a_source_down(
     assert r.stderr.startswith("cpmail: source.tables.clients.query") and said in r.stderr, r.stderr
     assert snapshot(engine) == before
     engine.dispose()
+
+
+JOBS = (
+    "SELECT proj_no AS id, cust_no AS client_id, proj_name AS title, created AS opened_at, "
+    "prod_status AS production_status, bill_status AS billing_status FROM projects"
+)
+
+
+def test_a_key_a_query_gives_twice_with_other_values_is_refused_and_changes_nothing(
+    source: Source, home_for: Any
+) -> None:
+    """A join that repeats job 5001, the second time with another status: the later row
+    overwrote the first, and the job's status seemed to change (WIP, then PROOF) each pull,
+    so the next check told of a change nobody made. Exit 2 naming the table and the key."""
+    first_day(source)
+    cli = home_for(source)
+    pull(cli)
+    engine = engine_of(cli.home)
+    before = snapshot(engine)
+    other = "SELECT proj_no, cust_no, proj_name, created, 'PROOF', bill_status FROM projects"
+    again = f"{JOBS} UNION ALL {other}"
+    assert cli("config", "set", "source.tables.jobs.query", again).exit_code == 0
+    r = cli("data", "pull")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("cpmail: source.tables.jobs.query, row 2 (id 5001): "), r.stderr
+    assert "jobs row (id 5001) was given already, at row 1, with other values" in r.stderr
+    assert "one row per key" in r.stderr
+    assert "nothing was imported" in r.stderr and r.stdout == ""
+    assert snapshot(engine) == before
+    # the same row twice (a join that repeats it as it is) is one row
+    same = f"{JOBS} UNION ALL {JOBS}"
+    assert cli("config", "set", "source.tables.jobs.query", same).exit_code == 0
+    results = pull(cli)
+    assert [x["status_changes"] for x in results if x["table"] == "jobs"] == [0]
+    assert snapshot(engine) == before
+    engine.dispose()
+
+
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["N1", "N2", "N3"]), st.sampled_from(["Acme", "Bluebird"])),
+        min_size=1,
+        max_size=9,
+    ),
+    batch=st.sampled_from([2, 3, 5000]),
+)
+@hyp_settings(max_examples=30, deadline=None)
+def test_a_key_given_again_with_other_values_is_refused_naming_both_rows(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, str]], batch: int
+) -> None:
+    """However far apart (in one batch of rows or in two): the same row again is one row;
+    another one under the same key is refused, naming its row and the first one's, and
+    nothing is written."""
+    from cpmail.dataio import importer
+
+    folder = tmp_path_factory.mktemp("dup")
+    src = sqlite3.connect(folder / "studio.db")
+    src.execute("CREATE TABLE cl (seq INTEGER, id TEXT, name TEXT)")
+    src.executemany("INSERT INTO cl VALUES (?, ?, ?)", [(n, *r) for n, r in enumerate(rows)])
+    src.commit()
+    src.close()
+    cli = Cli(folder / "home")
+    assert cli("init").exit_code == 0
+    assert cli("config", "set", "source.url", f"sqlite:///{folder / 'studio.db'}").exit_code == 0
+    query = "SELECT id, name FROM cl ORDER BY seq"
+    assert cli("config", "set", "source.tables.clients.query", query).exit_code == 0
+    first: dict[str, tuple[int, str]] = {}
+    clash = None
+    for row, (i, name) in enumerate(rows, start=1):
+        at, was = first.setdefault(i, (row, name))
+        if was != name:
+            clash = (row, i, at)
+            break
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importer, "BATCH_ROWS", batch)
+        r = cli("data", "pull")
+    engine = engine_of(cli.home)
+    got = {c["id"]: c["name"] for c in table_rows(engine, "clients")}
+    engine.dispose()
+    if clash is None:
+        assert r.exit_code == 0, r.output
+        assert got == {i: name for i, (_, name) in first.items()}
+    else:
+        row, i, at = clash
+        assert r.exit_code == 2 and got == {}, r.output
+        assert r.stderr == (
+            f"cpmail: source.tables.clients.query, row {row} (id {i}): this clients row "
+            f"(id {i}) was given already, at row {at}, with other values; make the query give "
+            "one row per key (a join may repeat a row); nothing was imported.\n"
+        )

@@ -117,6 +117,9 @@ class _Importer:
         self.status_changes = 0
         # --replace: temporary tables of the keys this run gave, per table being replaced.
         self.seen: dict[str, str] = {}
+        # A source that gives each key once (a query): a temporary table of the keys it
+        # gave, each with the row that gave it first (see _duplicates).
+        self.given = ""
 
     # ---- messages
 
@@ -341,6 +344,8 @@ class _Importer:
     def _flush(self, plan: _Plan, batch: list[tuple[Any, ...]], positions: list[int]) -> None:
         if not batch:
             return
+        if self.given:
+            self._duplicates(plan, batch, positions)
         if plan.missing_for_new:
             self._check_new_rows(plan, batch, positions)
         history = self._status_changes(plan, batch) if plan.status_index else []
@@ -398,6 +403,69 @@ class _Importer:
                 params = tuple(v for key in chunk for v in key)
             for found in self.conn.exec_driver_sql(sql, params):
                 yield tuple(found)
+
+    def _duplicates(self, plan: _Plan, batch: list[tuple[Any, ...]], positions: list[int]) -> None:
+        """A key given twice with other values (a query's join that repeats a row with
+        another status, say) is an error naming both places: the later values would
+        overwrite the earlier ones, and a job's status would seem to change. Given twice
+        with the same values, it is the same row (a join that repeats it as it is).
+
+        The keys of earlier batches are in ``given``; this batch is not written yet, so
+        the table holds the values an earlier batch gave.
+        """
+        ki = plan.key_index
+        keys = [tuple([v[i] for i in ki]) for v in batch]
+        first: dict[tuple[Any, ...], int] = {}  # key -> its first row in this batch
+        for row, key in enumerate(keys):
+            first.setdefault(key, row)
+        q = self.q
+        cols = [*self.keys, "given_at"]
+        sql = (
+            f"INSERT INTO {q(self.given)} ({', '.join(q(c) for c in cols)}) "
+            f"VALUES ({', '.join([self.mark] * len(cols))}) "
+            f"ON CONFLICT ({', '.join(q(k) for k in self.keys)}) DO NOTHING"
+        )
+        added = self.conn.exec_driver_sql(sql, [(*k, positions[r]) for k, r in first.items()])
+        before: dict[tuple[Any, ...], int] = {}  # key -> where an earlier batch gave it
+        if added.rowcount != len(first):
+            lookup: list[Any] = [k[0] for k in first] if len(ki) == 1 else list(first)
+            for *key, at in self._select_in(self.given, cols, self.keys, lookup):
+                row = first.get(tuple(key))
+                if row is not None and at < positions[row]:
+                    before[tuple(key)] = at
+        clashes = [
+            row
+            for row, key in enumerate(keys)
+            if row != first[key] and batch[row] != batch[first[key]]
+        ][:1]
+        others = [i for i, n in enumerate(plan.names) if n not in self.keys]
+        if before and others:  # the table holds what the earlier batch gave
+            where = " AND ".join(f"{q(k)} = {self.mark}" for k in self.keys)
+            old = ", ".join(q(plan.names[i]) for i in others)
+            new = ", ".join([self.mark] * len(others))
+            differs = (
+                f"SELECT 1 FROM {q(self.table.name)} WHERE {where} "
+                f"AND ({old}) {self.distinct} ({new})"
+            )
+            for key in before:
+                row = first[key]
+                params = (*key, *[batch[row][i] for i in others])
+                if self.conn.exec_driver_sql(differs, params).first() is not None:
+                    clashes.append(row)
+        if clashes:
+            row = min(clashes)
+            at = before.get(keys[row], positions[first[keys[row]]])
+            raise self._given_twice(plan, batch[row], at, positions[row])
+
+    def _given_twice(
+        self, plan: _Plan, values: Sequence[Any], earlier: int, pos: int
+    ) -> InputError:
+        key = self._key_text(plan, values)
+        return InputError(
+            f"{self._where(pos, key)}: this {self.table.name} row ({key}) was given already, "
+            f"at {self.unit} {earlier}, with other values; make the query give one row per "
+            "key (a join may repeat a row); nothing was imported."
+        )
 
     def _check_new_rows(
         self, plan: _Plan, batch: list[tuple[Any, ...]], positions: list[int]
@@ -615,6 +683,9 @@ class ImportSource:
     replace: bool = False
     origin: str = "file"
     gone: str = "is not in the file"
+    # Each key at most once (with other values): a query's rows are the state of the agency
+    # system, where a key names one row; a file's may be a log of changes, applied in order.
+    once: bool = False
 
 
 def file_source(
@@ -802,8 +873,11 @@ def _run_sources(
     for src in sources:
         imp = _Importer(conn, settings, src.table, src.source, src.unit, changed_at)
         imp.seen = seen
+        imp.given = _given_table(conn, src.table) if src.once else ""
         before = imp.count()
         imp.run(src.records())
+        if imp.given:
+            conn.exec_driver_sql(f"DROP TABLE {imp.q(imp.given)}")
         done.append((src, imp, imp.count() - before))
     deleted: dict[str, int] = {}
     for src, imp, _new in reversed(done):
@@ -838,6 +912,20 @@ def _seen_table(conn: sa.Connection, table: sa.Table) -> str:
         f"CREATE TEMP TABLE {q(name)} AS SELECT {keys} FROM {q(table.name)} WHERE 1 = 0"
     )
     conn.exec_driver_sql(f"CREATE INDEX {q(name + '_key')} ON {q(name)} ({keys})")
+    return name
+
+
+def _given_table(conn: sa.Connection, table: sa.Table) -> str:
+    """A temporary table for the keys one source gives ``table``, each once, with the
+    first line or row that gave it (``given_at``)."""
+    q = conn.dialect.identifier_preparer.quote
+    name = f"cpmail_given_{table.name}"
+    keys = ", ".join(q(k) for k in key_columns(table))
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE {q(name)} AS SELECT {keys}, 0 AS given_at FROM {q(table.name)} "
+        "WHERE 1 = 0"
+    )
+    conn.exec_driver_sql(f"CREATE UNIQUE INDEX {q(name + '_key')} ON {q(name)} ({keys})")
     return name
 
 
