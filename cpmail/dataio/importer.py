@@ -429,10 +429,11 @@ class _Importer:
         before: dict[tuple[Any, ...], int] = {}  # key -> where an earlier batch gave it
         if added.rowcount != len(first):
             lookup: list[Any] = [k[0] for k in first] if len(ki) == 1 else list(first)
-            for *key, at in self._select_in(self.given, cols, self.keys, lookup):
-                row = first.get(tuple(key))
-                if row is not None and at < positions[row]:
-                    before[tuple(key)] = at
+            for found in self._select_in(self.given, cols, self.keys, lookup):
+                given, at = tuple(found[:-1]), found[-1]
+                where_first = first.get(given)
+                if where_first is not None and at < positions[where_first]:
+                    before[given] = at
         clashes = [
             row
             for row, key in enumerate(keys)
