@@ -655,3 +655,58 @@ def test_a_calendar_program_imports_the_invitation(
         timeout=60,
     )
     assert "Client review" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_local_time_in_the_hour_the_clocks_repeat_is_the_first_time_round(
+    agency: Agency, home: Path, tmp_path: Path
+) -> None:
+    """New York, 1 November 2026: 01:00-02:00 passes twice (EDT, then EST). A stored local
+    time in it is the first time round, as docs/data.md says, wherever it is read: the
+    import of a time with an offset, the .ics, and the run moment. During the second time
+    round the run stood at the first time round of its wall time, an hour back: a reminder
+    due in the first time round waited an hour more."""
+    assert agency.cli("config", "set", "agency.timezone", "America/New_York").exit_code == 0
+    day = dt.date(2026, 11, 1)
+    path = tmp_path / "calendar_entries.csv"
+    path.write_text(
+        "id,title,starts_at,remind_at,attendees\n"
+        "F1,Early call,2026-11-01T01:55,2026-11-01T01:50,AE\n"
+        "F2,Breakfast,2026-11-01T03:00,2026-11-01T01:50,AE\n"
+        "F3,Given as EDT,2026-11-01T01:30-04:00,,AE\n"
+        "F4,Given as EST,2026-11-01T01:30-05:00,,AE\n"
+        "F5,Given in UTC,2026-11-01T05:30Z,,AE\n",
+        encoding="utf-8",
+    )
+    r = agency.cli("data", "import", str(path))
+    assert r.exit_code == 0, r.output
+    table = sa.table("calendar_entries", sa.column("id"), sa.column("starts_at", sa.DateTime))
+    with agency.engine.connect() as conn:
+        stored = {r.id: r.starts_at for r in conn.execute(sa.select(table.c.id, table.c.starts_at))}
+    # each is stored as its local time: the second time round (F4) as the first, an hour early
+    assert {k: stored[k] for k in ("F3", "F4", "F5")} == dict.fromkeys(
+        ("F3", "F4", "F5"), dt.datetime(2026, 11, 1, 1, 30)
+    )
+    tz = Settings.load(home).tz()
+    ics = icalendar.Calendar.from_ical(
+        event_ics(
+            uid_seed="x",
+            title="t",
+            starts_at=stored["F3"],
+            ends_at=None,
+            location=None,
+            notes=None,
+            tz=tz,
+        )
+    )
+    [event] = [c for c in ics.walk("VEVENT")]
+    start = event.decoded("DTSTART")
+    assert start.astimezone(dt.UTC) == dt.datetime(2026, 11, 1, 5, 30, tzinfo=dt.UTC)
+
+    def due(utc_hour: int, minute: int) -> list[str]:
+        now = dt.datetime(2026, 11, 1, utc_hour, minute, tzinfo=dt.UTC)
+        return sorted(k.split(":")[1] for k in _reminders(agency, home, day, now))
+
+    assert due(5, 40) == []  # 01:40 EDT: neither reminder's time has come
+    assert due(5, 52) == ["F1", "F2"]  # 01:52 EDT: both due, neither event begun
+    assert due(6, 40) == ["F2"]  # 01:40 EST: the early call (05:55 UTC) has begun
+    assert due(7, 10) == ["F2"]  # 02:10 EST

@@ -83,6 +83,31 @@ class Notification:
     unreachable: str | None = None
 
 
+def local_time(when: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """An instant as a naive time in ``tz``, on the side of the times stored so.
+
+    A stored local time in the hour the clocks repeat is the first time round
+    (summer time; docs/data.md). During the second time round every such time
+    is past: the instant is then the last one of that hour, not the first time
+    round of its own wall time, which would be an hour before it (reminders of
+    that hour would go an hour late).
+    """
+    local = when.astimezone(tz)
+    naive = local.replace(tzinfo=None, fold=0)
+    if not local.fold or not _ambiguous(naive, tz):
+        return naive
+    end = naive.replace(second=0, microsecond=0)
+    while _ambiguous(end, tz):
+        end += dt.timedelta(minutes=1)
+    return end - dt.timedelta(microseconds=1)
+
+
+def _ambiguous(naive: dt.datetime, tz: dt.tzinfo) -> bool:
+    """Whether a wall time happens twice in ``tz`` (the hour the clocks go back)."""
+    first, second = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    return first.utcoffset() != second.utcoffset()
+
+
 @dataclass
 class Run:
     """The date a check runs for and what every trigger needs to know about it."""
@@ -111,11 +136,11 @@ class Run:
         """
         if self.now is not None:
             if self.now.tzinfo is not None:
-                return self.now.astimezone(self.tz).replace(tzinfo=None)
+                return local_time(self.now, self.tz)
             return self.now
         now = dt.datetime.now(self.tz)
         if now.date() == self.date:
-            return now.replace(tzinfo=None)
+            return local_time(now, self.tz)
         return self.window_end - dt.timedelta(microseconds=1)
 
     @property
