@@ -105,14 +105,7 @@ def _raise_csv_field_limit() -> None:
 def _csv_records(path: Path, src: str) -> Iterator[_Record]:
     _raise_csv_field_limit()
     with _open_binary(path, src) as f:
-        last = [""]  # the last line read, to tell a row the file ends in
-
-        def lines() -> Iterator[str]:
-            for text in _text_lines(f, src):
-                last[0] = text
-                yield text
-
-        reader = csv.reader(lines(), strict=True)
+        reader = csv.reader(_text_lines(f, src), strict=True)
         prev = 0
         try:
             header: list[str] | None = None
@@ -135,12 +128,6 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
                 prev = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line, or one of spaces only (one-column files too)
-                if not last[0].endswith(("\n", "\r")):  # (only the file's last line can)
-                    raise InputError(
-                        f"{src}, line {line}: the file ends in this row, without the line end "
-                        "every row has: it was cut off, or is still being written; import it "
-                        "once it is whole (if this row is whole, end the file with a line break)."
-                    )
                 if len(row) != n:
                     raise InputError(
                         f"{src}, line {line}: {_plural(len(row), 'field')}, but the header has "
