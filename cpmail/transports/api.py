@@ -497,11 +497,9 @@ class Poster:
 
 
 def is_page(response: httpx.Response) -> bool:
-    """Whether an answer is a web page (HTML, XHTML, XML), which neither Gmail nor Graph
-    ever answers with: a proxy's sign-in or block page, a captive portal, another server."""
-    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if kind in ("text/html", "application/xhtml+xml", "text/xml", "application/xml"):
-        return True
+    """Whether an answer is a web page (markup: HTML, XHTML, XML), which neither Gmail nor
+    Graph ever answers with: a proxy's sign-in or block page, a captive portal, another
+    server. Judged by the body alone: a body-less 2xx is the API's, whatever its type says."""
     return response.content[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
 
 

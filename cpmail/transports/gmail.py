@@ -14,12 +14,11 @@ import re
 
 import httpx
 
-from cpmail.deep import NoCollection
 from cpmail.errors import TOMORROW, AuthError, PermanentFailure, TemporaryFailure
 from cpmail.oauth.google import GoogleSession
 from cpmail.oauth.tokens import check_signed_in, signin_command
 from cpmail.transports.api import ApiTransport, Poster, Refusal, wait_until
-from cpmail.transports.base import Envelope, Outcome
+from cpmail.transports.base import Envelope
 
 #: Above this, the message goes through the upload endpoint instead of JSON.
 SIMPLE_LIMIT = 5 * 1024 * 1024
@@ -64,29 +63,6 @@ class GmailTransport(ApiTransport[GoogleSession]):
             size=len(encoded),
             headers=headers,
             json={"raw": encoded},
-        )
-
-    def _accepted(self, env: Envelope, response: httpx.Response) -> Outcome:
-        """Gmail answers a message it took with that message (``{"id": …}``). A whole JSON
-        answer without one is not Gmail's, nor does it show Gmail did not take it: the
-        message is not on record as sent, and not sent again by itself (a second copy)."""
-        try:
-            with NoCollection():
-                doc = response.json()
-        except (ValueError, RecursionError):  # no body, or not whole: the status is the answer
-            return super()._accepted(env, response)
-        if isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]:
-            return super()._accepted(env, response)
-        return Outcome(
-            env.id,
-            error=PermanentFailure(
-                f"Gmail answered HTTP {response.status_code}, but not with the message it "
-                "sent (not the message Gmail answers with), so whether it was sent is not "
-                f"known; it is not sent again by itself: look for it in the Sent folder of "
-                f"{env.mail_from}, and if it is not there, send it with "
-                "`cpmail outbox retry`.",
-                maybe_sent=True,
-            ),
         )
 
     def _failure(
