@@ -11,7 +11,8 @@ After every ``cpmail check`` (``after_check``) the state of mail is judged
   send window is open, counted from its opening);
 - ``database``: the database cannot be used;
 - ``died``: a check did not finish (killed); said once more, as resolved, when a check
-  begun after it ends with exit 0 (in the same alert, when the same look sees both).
+  begun after it finishes its work, exit 0 or 1 (in the same alert, when the same look
+  sees both).
 
 A condition is alerted once when it appears and once ("resolved") when it
 clears, never once per run. What was alerted is kept in the ``alert_state``
@@ -70,7 +71,7 @@ class Condition:
     text: str
     sig: str = ""
     # It has cleared already, and says so: told once, as "resolved" (a check that died,
-    # and the check that ended well after it; the two may be seen by one look).
+    # and the check that finished its work after it; the two may be seen by one look).
     over: bool = False
 
 
@@ -161,7 +162,8 @@ def conditions(
 
 def _died(health: Health, settings: Settings, out: list[Condition], unjudged: set[str]) -> None:
     """A check that did not finish: said when the next look sees it, and once more when a
-    check begun after it ends well (in the same alert, when that look is that check's).
+    check begun after it finishes its work (in the same alert, when that look is that
+    check's).
 
     The condition stays recorded, cleared, until another check dies: each is said once.
     """
@@ -179,11 +181,14 @@ def _died(health: Health, settings: Settings, out: list[Condition], unjudged: se
     if then is None:
         text += (
             "; what it found and had not sent is found again by the next check, and an "
-            "alert says when one ends well."
+            "alert says when one has."
         )
         out.append(Condition("died", text, sig))
     else:
-        text += f"; the check started at {begun(then, settings)} ended well (exit 0)."
+        text += (
+            f"; the check started at {begun(then, settings)} found again what it left "
+            f"(exit {then.exit_code})."
+        )
         out.append(Condition("died", text, sig + " over", over=True))
 
 

@@ -133,7 +133,8 @@ class Health:
     # when it ended after the check that has the word, its outcome is the newest word.
     last_delivery: LastCheck | None = None
     # The newest check that did not finish (killed, or its machine stopped), and the first
-    # check begun after it that ended well (exit 0), if one did (neither in the JSON).
+    # check begun after it that finished its work (exit 0 or 1), if one did (neither in
+    # the JSON).
     died: LastCheck | None = None
     died_then: LastCheck | None = None
 
@@ -515,11 +516,11 @@ def _last_check(
 def _died(
     engine: sa.Engine, stale_minutes: float, now: dt.datetime
 ) -> tuple[LastCheck | None, LastCheck | None]:
-    """The newest check that did not finish, and the first check begun after it that ended
-    with exit 0 (None while none has).
+    """The newest check that did not finish, and the first check begun after it that did
+    its work, exit 0 or 1 (None while none has).
 
     Only a check begun within the days finished runs are kept (``RUNS_KEPT``, less a day
-    for clocks that differ): of one begun before, the check that ended well after it may
+    for clocks that differ): of one begun before, the check that finished after it may
     be gone from the table.
     """
     import sqlalchemy as sa
@@ -551,7 +552,7 @@ def _died(
                 r.command == "check",
                 r.started_at > dead.started_at,
                 r.ended_at.is_not(None),
-                r.exit_code == 0,
+                r.exit_code.in_((0, 1)),  # it found and queued all there was (1: some waits)
             )
             .order_by(r.ended_at, r.started_at)
             .limit(1)
@@ -1012,10 +1013,10 @@ def _judge(h: Health, settings: Settings) -> None:
             "`cpmail check` finds what it left"
         )
     elif h.died is not None and h.died_then is None:
-        # Checks began since, and none ended well: that one's death is still news.
+        # Checks began since, and none did its work: that one's death is still news.
         h.warnings.append(
             f"the check started {begun(h.died, settings)} did not finish (killed, or its "
-            "machine stopped), and no check has ended well since"
+            "machine stopped), and no check has finished its work since"
         )
     box = h.outbox
     if box is not None:
