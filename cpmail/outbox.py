@@ -774,7 +774,7 @@ def _read(o: Outcome) -> _Reading:
         temporary.append(str(o.error))
     # A message the server may have taken already is never offered again in this run,
     # whatever its words say (a 5xx "throttled" after the text went).
-    unknown = isinstance(o.error, TemporaryFailure) and o.error.maybe_sent
+    unknown = o.maybe_sent
     throttled = not daily and not unknown and pace.throttled(" ".join(temporary))
     return _Reading(daily, daily_rcpts, throttled)
 
@@ -835,7 +835,7 @@ class _Recorder:
         """Note ``outcome`` to be written by the next ``write``."""
         for observe in self.observers:
             observe(outcome)
-        if outcome.error is not None and outcome.error.maybe_sent:
+        if outcome.maybe_sent:
             self.result.unsure.add(outcome.id)
         self.pending.append(outcome)
         if _clean(outcome) or outcome.accepted:

@@ -59,6 +59,14 @@ class Outcome:
     # decided before anything went to the server (too big, an address it cannot take):
     # no answer of the server's, so it says nothing of whether the server still answers
     local: bool = False
+    # the whole message went to the server for the recipients in ``deferred`` and no
+    # answer said what became of it: they may have it already
+    unsure: bool = False
+
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether the server may have the message for someone it is sent to again."""
+        return self.unsure or bool(self.error is not None and self.error.maybe_sent)
 
     @property
     def retry_after(self) -> float | None:

@@ -676,7 +676,12 @@ def _joined(outcome: Outcome, rest: tuple[str, ...], more: Outcome) -> Outcome:
         deferred.update(more.deferred)
         refused.update(more.refused)
     return replace(
-        outcome, accepted=(*outcome.accepted, *more.accepted), deferred=deferred, refused=refused
+        outcome,
+        accepted=(*outcome.accepted, *more.accepted),
+        deferred=deferred,
+        refused=refused,
+        # (the text went whole for them and no answer came: they may have it already)
+        unsure=outcome.unsure or more.maybe_sent,
     )
 
 
