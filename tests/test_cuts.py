@@ -115,8 +115,12 @@ class Sweep:
         """Break the line after ``k`` bytes, then run again without the proxy."""
         ids = self.setup()
         with FaultProxy(self.port, direction=direction, at=k, fault=fault) as proxy:
-            code, said = self.run(proxy.port, "check", "--date", DATE)
-        where = f"{fault} after {k} bytes {direction}: exit {code}\n{said}"
+            r = self.cli("check", "--date", DATE, "--json", env=self.to(proxy.port))
+        code, said = r.exit_code, r.stderr
+        where = f"{fault} after {k} bytes {direction}: exit {code}\n{r.output}"
+        assert "Traceback" not in said and "internal error" not in said, where
+        doc = json.loads(r.stdout)
+        assert doc["exit_code"] == code, where
         first = statuses(self.home)
         assert code in (0, 1, 3), where
         if code == 0:
@@ -125,6 +129,9 @@ class Sweep:
         else:
             assert first["sent"] < self.messages, where
         unsure = sum(int(n) for n in MAY_HAVE.findall(" ".join(said.split())))
+        # (the JSON document says it as the words do; with exit 3 there is none of either)
+        outbox = doc["outbox"] or {"may_have_arrived": 0}
+        assert outbox["may_have_arrived"] == unsure, where
         # The next run, straight to the server, once the deferred mail is due: it all goes.
         due(self.home)
         code2, said2 = self.run(self.port, "check", "--date", DATE)

@@ -152,6 +152,11 @@ def _waiting_line(c: Any, result: Any) -> str | None:
     return "; ".join(parts) + "." if parts else None
 
 
+def _may_have_arrived(d: Any) -> int:
+    """How many of the messages the run deferred the server may have taken already."""
+    return sum(1 for i in d.unsure if d.status.get(i) == "deferred")
+
+
 def _undelivered(c: Any, result: Any) -> str:
     """Why check ends with exit 1, as it is: mail that waits, mail that failed, or both."""
     d = result.delivery
@@ -167,10 +172,10 @@ def _undelivered(c: Any, result: Any) -> str:
                 "runs, under the table)"
             )
         parts.append(said)
-        unsure = [i for i in d.unsure if d.status.get(i) == "deferred"]
+        unsure = _may_have_arrived(d)
         if unsure:  # (the server took the text, then no answer, or an error after it)
             parts.append(
-                f"{len(unsure)} of the deferred may have arrived already, as the server did "
+                f"{unsure} of the deferred may have arrived already, as the server did "
                 "not say whether it took them (no answer in time, or a server error after the "
                 "message went): they are sent again, and may reach someone twice"
             )
@@ -278,6 +283,7 @@ def _json(c: Any, result: Any, dry_run: bool) -> dict[str, Any]:
                 "sent": d.count(Status.SENT),
                 "deferred": d.count(Status.DEFERRED),
                 "failed": d.count(Status.FAILED),
+                "may_have_arrived": _may_have_arrived(d),
                 "outside_window": d.waiting,
                 "earlier": dict(result.earlier),
             }
