@@ -10,7 +10,7 @@ and the answer to it was lost, and then the first run said that it may have
 arrived. Nothing is left behind: after the healthy run every message is sent.
 
 Each k costs a run or two of `cpmail check`, so a test takes one point in a few
-(``every``) of those it could; CPMAIL_CUTS_ALL=1 takes them all.
+(``every``) of those it could; CUTS_ALL=1 takes them all.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def points(
     edges = sorted(marks)
     ks = {m + d for m in edges for d in (-1, 0, 1) if m + d >= 0}
     ks |= {(a + b) // 2 for a, b in itertools.pairwise(edges)}
-    if os.environ.get("CPMAIL_CUTS_ALL") == "1":
+    if os.environ.get("CUTS_ALL") == "1":
         every = 1
     end = max(edges, default=0)
     return [k for k in sorted(ks) if k >= since * end][::every]
@@ -117,6 +117,7 @@ class Sweep:
         with FaultProxy(self.port, direction=direction, at=k, fault=fault) as proxy:
             r = self.cli("check", "--date", DATE, "--json", env=self.to(proxy.port))
         code, said = r.exit_code, r.stderr
+        assert proxy.fired or proxy.counted[direction] <= k  # (k past the session's end)
         where = f"{fault} after {k} bytes {direction}: exit {code}\n{r.output}"
         assert "Traceback" not in said and "internal error" not in said, where
         doc = json.loads(r.stdout)
