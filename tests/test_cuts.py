@@ -242,10 +242,10 @@ def smtp_sweep(
 # (fault, one point in so many): a reset and a dead line (which waits out the timeout)
 # are taken at fewer points than a cut.
 SMTP_FAULTS = [
-    ("cut", True, 5),
-    ("cut", False, 6),
-    ("rst", True, 9),
-    ("silent", True, 9),
+    ("cut", True, 6),
+    ("cut", False, 8),
+    ("rst", True, 12),
+    ("silent", True, 12),
 ]
 
 
@@ -276,7 +276,7 @@ def test_a_cut_at_any_byte_of_a_session_in_tls_with_a_login_sends_each_message_o
     server = smtp_server_factory(tls="starttls", users={"jd@agency.test": "s3cret"})
     sweep = smtp_sweep(cli, home, server)
     assert cli("staff", "passcode", "JD", "--stdin", input="s3cret\n").exit_code == 0
-    sweep.sweep(direction, "cut", 6)
+    sweep.sweep(direction, "cut", 10)
 
 
 @pytest.mark.parametrize("fault", ["cut", "silent"])
@@ -289,7 +289,7 @@ def test_a_cut_in_the_transaction_for_the_recipients_over_the_limit(
     smtp_server.max_recipients = (1, "452 4.5.3 Error: too many recipients")
     sweep = smtp_sweep(cli, home, smtp_server, messages=1, recipients=2)
     # the answers of the second transaction, which come last
-    sweep.sweep("down", fault, 1 if fault == "cut" else 4, since=0.6)
+    sweep.sweep("down", fault, 2 if fault == "cut" else 6, since=0.6)
 
 
 def _relayed(relay: Postfix, ids: set[str]) -> None:
@@ -318,7 +318,7 @@ def test_a_cut_at_any_byte_of_a_session_with_postfix_sends_each_message_once(
         lambda: None,
         settle=lambda ids: _relayed(postfix, ids),
     )
-    sweep.sweep(direction, "cut", 6)
+    sweep.sweep(direction, "cut", 8)
 
 
 # ---------------------------------------------------------------- Gmail and Graph
@@ -400,7 +400,7 @@ def graph_sweep(cli: Cli, home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyP
     return sweep
 
 
-API_FAULTS = [("cut", 4), ("rst", 8), ("silent", 8)]
+API_FAULTS = [("cut", 5), ("rst", 10), ("silent", 10)]
 
 
 @pytest.mark.parametrize(("fault", "every"), API_FAULTS, ids=[f for f, _ in API_FAULTS])
@@ -423,4 +423,4 @@ def test_a_cut_at_any_byte_of_an_api_exchange_sends_each_message_once(
 def test_a_cut_while_a_gmail_sign_in_is_renewed_sends_each_message_once(
     cli: Cli, home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch, direction: Direction
 ) -> None:
-    gmail_sweep(cli, home, fake, monkeypatch, expired=True).sweep(direction, "cut", 4)
+    gmail_sweep(cli, home, fake, monkeypatch, expired=True).sweep(direction, "cut", 6)
