@@ -242,8 +242,8 @@ def smtp_sweep(
 # (fault, one point in so many): a reset and a dead line (which waits out the timeout)
 # are taken at fewer points than a cut.
 SMTP_FAULTS = [
-    ("cut", True, 6),
-    ("cut", False, 8),
+    ("cut", True, 5),
+    ("cut", False, 6),
     ("rst", True, 12),
     ("silent", True, 12),
 ]
