@@ -72,7 +72,7 @@ class Sweep:
     counted once the sweep is over.
 
     ``port`` is the server's, ``to`` the variable that points cpmail at a port,
-    ``received`` counts the Message-IDs the server has and ``forget`` empties it.
+    ``received`` counts what the server has ("message-id recipient"), ``forget`` empties it.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class Sweep:
         """Each of ``ids`` arrived once; twice only as often as the first run said it may."""
         got = self.received()
         assert ids <= set(got), f"lost: {ids - set(got)}; {where}"
-        twice = [m for m in ids if got[m] > 1]
+        twice = {m.split()[0] for m in ids if got[m] > 1}  # (messages, whoever got them)
         assert all(got[m] <= 2 for m in ids), where
         assert len(twice) <= unsure, f"{len(twice)} twice, {unsure} said; {where}"
 
