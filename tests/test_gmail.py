@@ -621,6 +621,23 @@ def test_a_2xx_web_page_is_no_answer_of_gmails_and_keeps_the_mail_queued(
     assert statuses(gmail_home) == {"sent": 3} and len(fake.sent) == 3
 
 
+def test_a_web_page_names_the_api_without_the_password_of_its_address(
+    initialised: Cli, gmail_home: Path, fake: FakeAPI
+) -> None:
+    """An api_base with a user part: a short password is masked by no rule of value."""
+    from tests.test_faults import DATE
+
+    cli = initialised
+    _gmail_check_home(cli, gmail_home, fake, 1)
+    base = fake.base.replace("http://", "http://gw:pw99@")
+    assert cli("config", "set", "mail.gmail.api_base", base).exit_code == 0
+    fake.script(SEND, Reply(200, b"<html><body>Blocked</body></html>", HTML_TYPE))
+    r = cli("check", "--date", DATE)
+    assert r.exit_code == 3 and "with a web page" in r.stderr, r.output
+    log = cli("log", "--json").stdout + cli("outbox", "--json").stdout
+    assert "pw99" not in r.output + log, r.output + log
+
+
 @pytest.mark.parametrize(
     "reply",
     [

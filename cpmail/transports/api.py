@@ -206,7 +206,7 @@ class ApiTransport(Transport, Generic[S]):
         return Outcome(env.id, accepted=env.rcpt_to)
 
     def _a_page(self, response: httpx.Response) -> str:
-        host = urllib.parse.urlsplit(str(response.request.url)).netloc
+        host = _host(str(response.request.url))
         return (
             f"{self.service} at {host} answered HTTP {response.status_code} with a web page, "
             "not an answer of its own (it never answers with one), so nothing was sent; check "
