@@ -193,7 +193,7 @@ def _died(health: Health, settings: Settings, out: list[Condition], unjudged: se
 
 
 def _clean(c: Condition) -> Condition:
-    text = " ".join(redact(c.text).split()).replace("..", ".")
+    text = " ".join(hide(redact(c.text)).split()).replace("..", ".")
     return Condition(c.key, text[:600], c.sig, c.over)
 
 
@@ -393,6 +393,7 @@ def message(changes: _Changes, host: str) -> tuple[str, str, str]:
 
 
 def _short(text: str, limit: int = 90) -> str:
+    text = hide(text)  # before it is cut: a secret cut in two is masked by neither half
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -477,7 +478,7 @@ def _send_one(apprise: Any, captured: Any, url: str, title: str, body: str, kind
         reason = said[-1].split(" - ", 2)[-1].strip() if said else "not accepted"
         for secret in _url_secrets(url):
             reason = reason.replace(secret, "••••")
-    return Result(shown, ok, redact(reason)[:300])
+    return Result(shown, ok, hide(redact(reason))[:300])
 
 
 # ------------------------------------------------------------------ the entry points
@@ -584,7 +585,7 @@ def after_check(home: Path, exit_code: int) -> None:
             try:
                 results = evaluate(home, exit_code, until=until)
             except Exception as e:
-                problem.append(f"{type(e).__name__}: {redact(str(e))}"[:300])
+                problem.append(f"{type(e).__name__}: {hide(redact(str(e)))}"[:300])
                 return
             failed = [r for r in results if not r.ok]
             if failed and len(failed) == len(results):

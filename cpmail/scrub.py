@@ -22,6 +22,7 @@ an error, alerted, mailed as diagnostics).
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -212,8 +213,37 @@ def remember_setting(value: str, *, secret: bool) -> None:
     remember(s for s in secrets_in(value) if urllib.parse.unquote(s) not in shown)
     if secret:
         remember([value])
-        rest = value.split("://", 1)[-1]
-        remember(p for p in re.split(r"[/:@?&=#,]+", rest) if not _PLAIN.fullmatch(p))
+        remember(_tokens(value))
+        with contextlib.suppress(ValueError):
+            remember([urllib.parse.unquote(urllib.parse.urlsplit(value).password or "")])
+
+
+def _tokens(url: str) -> list[str]:
+    """The words of an alert URL that may be tokens (Apprise puts them in the host, the path
+    and the query: ``slack://TokenA/TokenB/TokenC``, ``tgram://bottoken/chat``): not its
+    user name, an address (``to=ops-team@agency.example``), a plain word or a host name,
+    which other output shows as they are (the sender, a recipient)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return []
+    where = parts.netloc.rpartition("@")[2]  # a host, with a port, or a token (bot:key)
+    host, colon, port = where.rpartition(":")
+    if colon and port.isdigit():
+        where = host  # (a port is no secret)
+    words = [] if where.startswith("[") else [where, *where.split(":")]  # ([::1]: an address)
+    words += parts.path.split("/")
+    words += [v for k, v in urllib.parse.parse_qsl(parts.query) if k.lower() not in _NAMED]
+    words += parts.fragment.split("/")
+    return [
+        w
+        for w in (urllib.parse.unquote(w) for w in words)
+        if "@" not in w and not w.isdigit() and not _PLAIN.fullmatch(w)
+    ]
+
+
+# Query keys of Apprise URLs that name people or places, not secrets.
+_NAMED = frozenset(["to", "from", "cc", "bcc", "name", "user", "reply", "smtp", "format"])
 
 
 # A word of lower-case letters, or a host name: no token.

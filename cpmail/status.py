@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpmail.errors import CpmailError
+from cpmail.scrub import hide
 from cpmail.settings import Settings, redact
 
 if TYPE_CHECKING:
@@ -233,11 +234,11 @@ def open_database(settings: Settings) -> tuple[sa.Engine | None, Database]:
             db.reachable = True
             db.error = "it holds no cpmail schema; run `cpmail init`"
         else:
-            db.error = redact(text)[:300]
+            db.error = hide(redact(text))[:300]
         engine.dispose()
         return None, db
     except (OSError, sa.exc.SQLAlchemyError) as e:
-        db.error = redact(f"{type(e).__name__}: {e}")[:300]
+        db.error = hide(redact(f"{type(e).__name__}: {e}"))[:300]
         engine.dispose()
         return None, db
     db.reachable = True
@@ -925,7 +926,7 @@ def gather(
 
         if not isinstance(e, sa.exc.SQLAlchemyError):
             raise
-        db.reachable, db.error = False, redact(str(getattr(e, "orig", e) or e))[:300]
+        db.reachable, db.error = False, hide(redact(str(getattr(e, "orig", e) or e)))[:300]
         last_check = last_finished = last_delivery = outbox = None
         died = died_then = None
         accounts = _accounts(settings, secrets, None, now)

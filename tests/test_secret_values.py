@@ -259,6 +259,33 @@ def test_a_secret_in_a_setting_is_masked_by_value_wherever_it_is_quoted(
     assert shown.startswith("connection to server failed: password ") and MASK in shown
 
 
+def test_the_names_and_addresses_of_an_alert_url_are_shown_its_tokens_are_not(
+    tmp_path: Path,
+) -> None:
+    """Only an alert URL's password and tokens are secrets: its user name, host, port and
+    the addresses it sends to are shown elsewhere (the sender, a recipient) as they are."""
+    from cpmail import scrub
+
+    urls = [
+        "mailtos://ops-team:S3cretPw99@smtp.example.com:587?to=ops-team@agency.com",
+        "slack://TokenA1x/TokenB22x/TokenC333x/#general",
+        "tgram://123456:ABCdef-ghi/-100123456",
+        "json://hooks@127.0.0.1:9000/hook?token=abc123XYZ",
+    ]
+    scrub.forget()
+    try:
+        Settings(tmp_path, tmp_path / "cpmail.toml", {"alerts": {"urls": urls}})
+        for public in (
+            "From ops-team@agency.com to ops-team@agency.com",
+            "cannot reach smtp.example.com:587 or 127.0.0.1:9000 as hooks",
+        ):
+            assert scrub.hide(public) == public
+        for token in ("S3cretPw99", "TokenB22x", "ABCdef-ghi", "abc123XYZ", urls[1]):
+            assert scrub.hide(f"said {token}.") == f"said {MASK}.", token
+    finally:
+        scrub.forget()
+
+
 def test_a_secret_recorded_by_an_earlier_version_is_not_shown(initialised: Cli, home: Path) -> None:
     """An error an earlier version kept with a secret in it (the API named with its user
     part) is masked when `log`, `outbox` and `status` show it: the password is known from
@@ -321,3 +348,22 @@ def test_the_secrets_a_command_reads_from_the_store_are_masked_and_nothing_else(
         f"refused '{MASK}', {MASK}, \"{MASK}\", {MASK}; "
         "jd@agency.example Bearer uid.utid https://oauth2.example/token"
     )
+
+
+@pytest.mark.parametrize("at", [60, 75, 85, 95, 590])
+def test_a_secret_cut_by_a_short_title_is_masked_before_the_cut(at: int) -> None:
+    """An alert's title and a condition are cut to a length: cut first, a secret across the
+    cut was masked by neither half, and its beginning was sent."""
+    from cpmail import alerts, scrub
+
+    secret = "Tr0ub4dor-horse-battery"
+    text = "x" * at + f" said 535 {secret} to us."
+    scrub.forget()
+    try:
+        scrub.remember([secret])
+        raised = [alerts._clean(alerts.Condition("transport", text))]
+        title, body, _ = alerts.message(alerts._Changes(raised, []), "office-pc")
+    finally:
+        scrub.forget()
+    for said in (title, body):
+        assert "Tr0ub" not in said, said

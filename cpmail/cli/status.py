@@ -160,6 +160,9 @@ def _print(c: Ctx, h: Health) -> None:
 
 
 def _short(text: str, limit: int = 100) -> str:
+    from cpmail.scrub import hide
+
+    text = hide(text)  # before it is cut: a secret cut in two is masked by neither half
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
