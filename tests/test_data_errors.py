@@ -255,7 +255,7 @@ def test_wrong_number_of_fields(loaded: Cli, tmp_path: Path) -> None:
 def test_unclosed_quote(loaded: Cli, tmp_path: Path) -> None:
     path = write(tmp_path, "clients.csv", 'id,name\nC1,Acme\nC9,"Open quote\nC10,x\n')
     msg = refused(loaded, path)
-    assert msg.startswith(f"{path}, line 3: the file ends inside a quoted field begun on that")
+    assert msg.startswith(f"{path}, line 3: the file ends inside a quoted field of the row")
 
 
 def test_not_utf8(loaded: Cli, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ into messages on stderr and exit codes (2 input/config, 1 not delivered,
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -243,15 +242,21 @@ app = typer.Typer(
 )
 
 
-class _Masked(logging.Formatter):
-    """Log records as printed with -v: a library's (httpx names each request's URL, with
-    its user part) with every secret masked, as the rest of cpmail's output."""
+def _log_masked() -> None:
+    """Print log records with -v, on stderr: a library's (httpx names each request's URL,
+    with its user part) with every secret masked, as the rest of cpmail's output."""
+    import logging
 
-    def format(self, record: logging.LogRecord) -> str:
-        from cpmail.scrub import hide
-        from cpmail.settings import redact
+    from cpmail.scrub import hide
+    from cpmail.settings import redact
 
-        return printable(redact(hide(super().format(record))))
+    class Masked(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return printable(redact(hide(super().format(record))))
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(Masked("cpmail: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def _version(value: bool) -> None:
@@ -279,9 +284,7 @@ def _root(
     ctx.obj = Ctx(home=home_dir(home), quiet=quiet, verbose=verbose)
     ctx.call_on_close(ctx.obj.close)
     if verbose:  # what cpmail does while it waits or retries, on stderr
-        handler = logging.StreamHandler()
-        handler.setFormatter(_Masked("cpmail: %(message)s"))
-        logging.basicConfig(level=logging.INFO, handlers=[handler])
+        _log_masked()
 
 
 setup.register(app)

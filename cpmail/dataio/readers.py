@@ -153,9 +153,9 @@ def _csv_records(path: Path, src: str) -> Iterator[_Record]:
                 ) from None
             if "unexpected end of data" in str(e):
                 raise InputError(
-                    f"{src}, line {prev + 1}: the file ends inside a quoted field begun on "
-                    "that line: it was cut off, or is still being written, or the quote is "
-                    "never closed; import it once it is whole."
+                    f"{src}, line {prev + 1}: the file ends inside a quoted field of the row "
+                    "that begins on that line: it was cut off, or is still being written, or "
+                    "the quote is never closed; import it once it is whole."
                 ) from None
             raise InputError(
                 f"{src}, line {prev + 1}: not valid CSV ({e}); check the quotes on that line."
