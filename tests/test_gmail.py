@@ -52,16 +52,24 @@ def fake() -> Iterator[FakeAPI]:
 @pytest.fixture
 def gmail_home(home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A home set up for Gmail with the fake's client, endpoints and the shared sender."""
+    use_gmail(home, fake, monkeypatch, sender="office@agency.example")
+    return home
+
+
+def use_gmail(
+    home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch, *, sender: str | None = None
+) -> None:
+    """Send through the Gmail API of ``fake``, with its OAuth client stored."""
     # The code exchange refuses a plain-http token endpoint unless told this is a test.
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     settings = Settings.load(home)
     settings.set("mail.transport", "gmail")
     settings.set("mail.gmail.client_secrets", google.STORED_CLIENT)
     settings.set("mail.gmail.api_base", fake.base)
-    settings.set("mail.sender", "office@agency.example")
+    if sender is not None:
+        settings.set("mail.sender", sender)
     settings.save()
     SecretStore(home).set(google.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
-    return home
 
 
 def store_signin(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import itertools
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,14 +35,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpmail.compose import Attachment, Mailbox, build_message, to_bytes
-from cpmail.oauth import google
-from cpmail.secrets import SHARED, SecretStore
+from cpmail.secrets import SHARED
 from cpmail.settings import Settings
 from cpmail.store import connect, schema
 from cpmail.transports.api import with_missing_bcc
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
-from tests.fakeapi import FakeAPI, google_client
+from tests.fakeapi import FakeAPI
 from tests.smtpserver import SMTPTestServer
 from tests.test_delivery import setup_smtp
 from tests.test_injection import (
@@ -121,14 +119,10 @@ class Agency:
         s = Settings.load(home)
         s.set("helpdesk.email", "help@agency.test")
         if transport == "gmail":
-            monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-            s.set("mail.transport", "gmail")
-            s.set("mail.gmail.client_secrets", google.STORED_CLIENT)
-            s.set("mail.gmail.api_base", fake.base)
             s.save()
-            SecretStore(home).set(google.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
-            from tests.test_gmail import store_signin
+            from tests.test_gmail import store_signin, use_gmail
 
+            use_gmail(home, fake, monkeypatch)
             store_signin(home, fake, "JD", "jd@agency.test")
             store_signin(home, fake, "AE", "alice@agency.test")  # (`staff test AE` sends as AE)
         elif transport == "microsoft":
@@ -460,13 +454,7 @@ def test_a_resent_message_reaches_only_those_still_waiting(
 
 
 def _switch_to_gmail(home: Path, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_gmail import store_signin
+    from tests.test_gmail import store_signin, use_gmail
 
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    s = Settings.load(home)
-    s.set("mail.transport", "gmail")
-    s.set("mail.gmail.client_secrets", google.STORED_CLIENT)
-    s.set("mail.gmail.api_base", fake.base)
-    s.save()
-    SecretStore(home).set(google.GOOGLE_CLIENT_SECRET, json.dumps(google_client(fake.base)))
+    use_gmail(home, fake, monkeypatch)
     store_signin(home, fake, "JD", "jd@agency.test")
