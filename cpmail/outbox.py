@@ -1156,7 +1156,7 @@ def _said(result: Delivery) -> int | None:
         return 128 + stopped_by
     if result.stopped is not None:
         return result.stopped.exit_code
-    if not [i for i in result.status if i not in result.held]:
+    if all(i in result.held for i in result.status):
         return None
     return 1 if result.undelivered else 0
 

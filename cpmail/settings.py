@@ -608,8 +608,8 @@ MASK = "••••"
 
 # A URL's scheme and its "://" (the group: the leftmost that starts with a letter; ASCII,
 # as RFC 3986 has it, so "éhttp://" holds one). Each run of such characters is read once
-# from its start: tried from every character of a
-# long word, the search took seconds (a query of 20 000 characters, on every command).
+# from its start: tried from every character of a long word, the search took seconds (a
+# query of 20 000 characters, on every command).
 _SCHEME = re.compile(r"(?<![A-Za-z0-9_+.\-])[0-9_+.\-]*([A-Za-z][A-Za-z0-9_+.\-]*://)")
 # A query parameter (``?name=value``, ``&name=value``); its value runs to the next
 # ``&name=`` or the end, so an unencoded ``&`` or space in it stays hidden too.

@@ -247,12 +247,11 @@ def _log_masked() -> None:
     with its user part) with every secret masked, as the rest of cpmail's output."""
     import logging
 
-    from cpmail.scrub import hide
     from cpmail.settings import redact
 
     class Masked(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            return printable(redact(hide(super().format(record))))
+            return printable(redact(super().format(record)))  # (printable masks by value)
 
     handler = logging.StreamHandler()
     handler.setFormatter(Masked("cpmail: %(message)s"))

@@ -114,7 +114,6 @@ class Ctx:
 
     @cached_property
     def out(self) -> Console:
-
         # Piped into a file or `less`, tables get room instead of rich's default 80 columns.
         # $COLUMNS wins, as for other tools; without it a terminal's own width.
         columns = os.environ.get("COLUMNS", "")
@@ -159,7 +158,7 @@ def _console(**options: Any) -> Console:
 def printable(text: str) -> str:
     """``text`` safe to print: each such character written as its escape (``\\x1b``), and
     every secret cpmail knows of masked (``cpmail.scrub.hide``)."""
-    from cpmail.scrub import hide
+    from cpmail.scrub import hide  # (not on the path of `cpmail --help`)
 
     return _UNSHOWN.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), hide(text))
 

@@ -191,7 +191,7 @@ class ApiTransport(Transport, Generic[S]):
         if 200 <= response.status_code < 300:
             if is_page(response):
                 raise Unreachable(self._a_page(response))
-            return self._accepted(env, response)
+            return Outcome(env.id, accepted=env.rcpt_to)
         if 300 <= response.status_code < 400:
             raise Unreachable(self._redirected(response))
         refusal = Refusal.of(response).without(token)  # a server may quote what it was sent
@@ -200,10 +200,6 @@ class ApiTransport(Transport, Generic[S]):
             # (a wrong api_base, a proxy), so nothing was sent and no message is at fault.
             raise Unreachable(self._not_the_api(response, refusal))
         return Outcome(env.id, error=self._failure(env, session, refusal))
-
-    def _accepted(self, env: Envelope, response: httpx.Response) -> Outcome:
-        """What a 2xx answer (not a web page) means: the API took the message."""
-        return Outcome(env.id, accepted=env.rcpt_to)
 
     def _a_page(self, response: httpx.Response) -> str:
         host = _host(str(response.request.url))
