@@ -52,12 +52,18 @@ from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store import clock, utcnow
-from cpmail.store.schema import ledger, messages, runs
+from cpmail.store.schema import ledger, message_bodies, messages, runs
 from cpmail.transports.base import Envelope, Outcome, Transport
 
 log = logging.getLogger(__name__)
 
+# A pass claims this many messages at first; each batch sent within CLAIM_GROWS_WITHIN
+# seconds of its claim makes the next twice as large, up to CLAIM_MOST: each claim costs
+# about as much as sending ten messages, whatever its size. A run killed outright leaves
+# what it holds claimed until outbox.stale_claim_minutes.
 CLAIM_BATCH = 200
+CLAIM_MOST = 1000
+CLAIM_GROWS_WITHIN = 1.0
 # The event of a test message (`staff test`, `config test`): sent by its own command at
 # once, or never; no other run takes it up.
 ONCE = "test"
@@ -162,7 +168,6 @@ def _row(
         "pending_rcpts": "" if suppressed else ",".join(draft.to),
         "subject": draft.subject,
         "message_id": draft.message_id,
-        "raw": None if suppressed else draft.raw,
         "size": len(draft.raw),
         "status": status,
         "attempts": 0,
@@ -192,8 +197,10 @@ def queue(
     if draft.key is not None and not _insert_ledger(conn, draft.key, draft.event, now):
         return None
     row = _row(draft, draft.key, run_id, suppressed, now)
-    result = conn.execute(messages.insert().values(row).returning(messages.c.id))
-    return int(result.scalar_one())
+    id_ = int(conn.execute(messages.insert().values(row).returning(messages.c.id)).scalar_one())
+    if not suppressed:
+        conn.execute(message_bodies.insert().values(message_id=id_, raw=draft.raw))
+    return id_
 
 
 def queue_many(
@@ -225,7 +232,11 @@ def queue_many(
         for d, k in zip(drafts, ledger_keys, strict=True)
     ]
     stmt = messages.insert().returning(messages.c.id, sort_by_parameter_order=True)
-    return [int(i) for i in conn.execute(stmt, rows).scalars()]
+    ids = [int(i) for i in conn.execute(stmt, rows).scalars()]
+    if not suppressed:
+        bodies = [{"message_id": i, "raw": d.raw} for i, d in zip(ids, drafts, strict=True)]
+        conn.execute(message_bodies.insert(), bodies)
+    return ids
 
 
 def ready_of(ids: Sequence[int], drafts: Sequence[Queueable]) -> list[tuple[Envelope, str]]:
@@ -621,10 +632,15 @@ def claim(
             messages.update()
             .where(m.id.in_(picked))
             .values(status=Status.SENDING, claimed_at=now, claimed_by=run_id)
-            .returning(
-                m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.refused_rcpts, m.raw
-            )
+            .returning(m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.refused_rcpts)
         ).all()
+        b = message_bodies.c
+        texts: dict[int, bytes] = {
+            t.message_id: t.raw
+            for t in conn.execute(
+                sa.select(b.message_id, b.raw).where(b.message_id.in_([r.id for r in returned]))
+            )
+        }
     rows = sorted(returned, key=lambda r: r.id)  # (RETURNING gives them in no set order)
     if events is not None:
         events.update((r.id, r.event) for r in rows)
@@ -635,8 +651,8 @@ def claim(
             id=r.id,
             account=r.account,
             mail_from=r.from_addr,
-            rcpt_to=tuple(a for a in r.pending_rcpts.split(",") if a),
-            raw=r.raw or b"",
+            rcpt_to=tuple(filter(None, r.pending_rcpts.split(","))),
+            raw=texts.get(r.id) or b"",
         )
         for r in rows
     ]
@@ -674,7 +690,7 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
         db_now = clock(conn)
         alive = runs_here(conn, db_now)[0]
         gone = sa.and_(~live_run(db_now, db_now - stale, m.run_id), m.run_id.not_in(alive))
-        conn.execute(
+        failed = conn.execute(
             messages.update()
             .where(
                 m.event == ONCE,
@@ -683,7 +699,6 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
             .values(
                 status=Status.FAILED,
                 failed_at=now,
-                raw=None,
                 claimed_at=None,
                 claimed_by=None,
                 next_attempt_at=None,
@@ -693,13 +708,15 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
                     "command that sent it stopped first",
                 ),
             )
-        )
+            .returning(m.id)
+        ).scalars()
+        forget_texts(conn, list(failed))
     ends: list[tuple[Status, Any, str, dict[str, Any]]] = [
         (
             Status.DROPPED,
             sa.and_(waiting, m.not_after.is_not(None), m.not_after <= now),
             "not sent: what it reminds of began before it could go",
-            {"raw": None, "next_attempt_at": None},
+            {"next_attempt_at": None},
         ),
         (
             Status.FAILED,
@@ -718,6 +735,8 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
             ).all()
             for r in rows:
                 result.expired[r.id] = (status, r.event, r.last_error)
+            if status == Status.DROPPED:
+                forget_texts(conn, [r.id for r in rows])
 
 
 @functools.cache
@@ -734,8 +753,7 @@ def _mark_sent(paramstyle: str) -> str:
     return (
         f"UPDATE messages SET status = '{Status.SENT.value}', attempts = attempts + 1, "
         "claimed_at = NULL, claimed_by = NULL, next_attempt_at = NULL, "
-        f"sent_at = {mark}, pending_rcpts = '', last_error = NULL, "
-        f"raw = NULL WHERE id = {mark}"  # the bytes are not needed once the server has them
+        f"sent_at = {mark}, pending_rcpts = '', last_error = NULL WHERE id = {mark}"
         f" AND status <> '{Status.SENT.value}'"
     )
 
@@ -988,9 +1006,6 @@ class _Recorder:
         updates = [self._update(o, info[o.id], now, notes) for o in batch if o.id in info]
         if updates:
             conn.execute(messages.update().where(m.id == sa.bindparam("b_id"), ours), updates)
-            sent = [u["b_id"] for u in updates if u["status"] == Status.SENT]
-            if sent:  # the bytes are not needed once the server has them
-                conn.execute(messages.update().where(m.id.in_(sent)).values(raw=None))
 
     def _update(
         self,
@@ -1375,11 +1390,14 @@ class _Pass:
                 if self._stop() or not self._admit():
                     return
                 yield self._offer(env)
+        limit = CLAIM_BATCH
         while True:
+            claimed = time.monotonic()
             batch = _claim_patiently(
                 self.engine,
                 self.recorder,
                 run_id=self.run_id,
+                limit=limit,
                 ids=self.ids,
                 events=self.recorder.events,
                 refused=self.recorder.refused_before,
@@ -1394,6 +1412,8 @@ class _Pass:
                 if self._stop() or not self._admit():
                     return
                 yield self._offer(env)
+            if time.monotonic() - claimed < CLAIM_GROWS_WITHIN:
+                limit = min(2 * limit, CLAIM_MOST)
 
     def _offer(self, env: Envelope) -> Envelope:
         if self.on_progress and env.id not in self.offered:
@@ -1581,6 +1601,27 @@ def _give_back(
     return sorted(rows, key=lambda r: r.id)
 
 
+def forget_texts(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """Remove the texts of messages that will never go (dropped, or a test message that
+    failed): `outbox retry` cannot send them then."""
+    b = message_bodies.c
+    for start in range(0, len(ids), 500):
+        conn.execute(message_bodies.delete().where(b.message_id.in_(ids[start : start + 500])))
+
+
+def _forget_sent(conn: sa.Connection) -> None:
+    """Remove the texts of sent messages (the server has them), this run's and any a run
+    that died left behind: recording a message as sent leaves its text for here, where
+    the texts of a whole run go together."""
+    b, m = message_bodies.c, messages.c
+    done = (
+        sa.select(b.message_id)
+        .join(messages, m.id == b.message_id)
+        .where(m.status.in_((Status.SENT, Status.DROPPED)))
+    )
+    conn.execute(message_bodies.delete().where(b.message_id.in_(done)))
+
+
 def _release(
     engine: sa.Engine,
     run_id: str,
@@ -1600,6 +1641,7 @@ def _release(
         rows = _give_back(
             conn, run_id, keep=keep, account=account, reason=reason, not_before=not_before
         )
+        _forget_sent(conn)
     if not rows:
         return
     why = reason or (
@@ -1866,7 +1908,7 @@ def list_messages(
     """Rows of the log (newest last), filtered."""
     m = messages.c
     # Every column but the message itself: a long log must not load every message.
-    q = sa.select(*(c for c in messages.c if c.name != "raw")).order_by(m.id)
+    q = sa.select(messages).order_by(m.id)
     if statuses:
         q = q.where(m.status.in_(list(statuses)))
     if since is not None:  # by the time each row shows
@@ -1907,7 +1949,7 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
     """
     m = messages.c
     with engine.begin() as conn:
-        n = conn.execute(
+        failed = conn.execute(
             messages.update()
             .where(
                 m.id.in_(list(ids)),
@@ -1918,14 +1960,16 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
             .values(
                 status=Status.FAILED,
                 failed_at=sa.func.coalesce(m.failed_at, utcnow()),  # a failed one keeps its time
-                raw=None,
                 claimed_at=None,
                 claimed_by=None,
                 next_attempt_at=None,
                 last_error=_joined(m.last_error, why),
             )
-        ).rowcount
-    return int(n)
+            .returning(m.id)
+        ).scalars()
+        ids = list(failed)
+        forget_texts(conn, ids)
+    return len(ids)
 
 
 def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, str]]:
@@ -1935,7 +1979,9 @@ def retry(engine: sa.Engine, ids: Sequence[int] | None) -> tuple[int, dict[int, 
     as it is (sent, queued already, its text no longer kept …).
     """
     m = messages.c
-    retryable = sa.and_(m.status.in_((Status.FAILED, Status.DEFERRED)), m.raw.is_not(None))
+    b = message_bodies.c
+    kept = sa.exists().where(b.message_id == m.id)
+    retryable = sa.and_(m.status.in_((Status.FAILED, Status.DEFERRED)), kept)
     q = messages.update().where(retryable)
     left: dict[int, str] = {}
     if ids is not None:
@@ -2018,13 +2064,13 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
                 .where(m.id.in_(list(ids)), waiting)
                 .values(
                     status=Status.DROPPED,
-                    raw=None,
                     next_attempt_at=None,
                     last_error=_joined(m.last_error, "dropped with `cpmail outbox drop`"),
                 )
                 .returning(m.id)
             ).scalars()
         )
+        forget_texts(conn, sorted(dropped))
         left = _statuses_now(conn, [i for i in ids if i not in dropped])
         # Mail that went out cannot be taken back: said with exit 2, nothing changed.
         _refuse(

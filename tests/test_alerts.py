@@ -30,7 +30,7 @@ from cpmail.oauth import google
 from cpmail.secrets import SecretStore
 from cpmail.settings import Settings
 from cpmail.store import connect, utcnow
-from cpmail.store.schema import messages
+from cpmail.store.schema import message_bodies, messages
 from tests.agency import D, at, base_agency, insert
 from tests.conftest import Cli
 from tests.fakeapi import GOOGLE_CLIENT_SECRET, FakeAPI, google_client
@@ -349,7 +349,6 @@ def _queue(home: Path, *, status: str, hours_ago: float, error: str | None = Non
                 pending_rcpts="pat@agency.test",
                 subject="[C&P] Job 1234 opened",
                 message_id="<x@agency.test>",
-                raw=b"Subject: secret body text\r\n\r\nconfidential words\r\n",
                 status=status,
                 attempts=2,
                 created_at=queued,
@@ -359,8 +358,10 @@ def _queue(home: Path, *, status: str, hours_ago: float, error: str | None = Non
                 last_error=error,
             )
         ).inserted_primary_key
+        assert id_ is not None
+        text = b"Subject: secret body text\r\n\r\nconfidential words\r\n"
+        conn.execute(message_bodies.insert().values(message_id=id_[0], raw=text))
     engine.dispose()
-    assert id_ is not None
     return int(id_[0])
 
 

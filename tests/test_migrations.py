@@ -13,7 +13,7 @@ from alembic import command
 import cpmail.store
 from cpmail.outbox import claim
 from cpmail.store import utcnow
-from cpmail.store.schema import messages, metadata
+from cpmail.store.schema import message_bodies, messages, metadata
 from tests.conftest import Cli
 
 OLD_INDEX = "ix_messages_status_next_attempt_at"
@@ -40,6 +40,11 @@ def _indexes(engine: sa.Engine) -> dict[str, str]:
 
 # Columns later revisions added: not there in the database an older cpmail made.
 LATER = {"failed_at"}
+
+
+def _old_messages(*columns: str) -> Any:
+    """The messages table as a revision before 0009 had it (with the text in ``raw``)."""
+    return sa.table("messages", *(sa.column(c) for c in columns))
 
 
 def _rows(engine: sa.Engine) -> list[Any]:
@@ -75,7 +80,7 @@ def test_upgrading_from_0006_keeps_the_outbox_and_indexes_deferred_mail_only(
         }  # (one set of keys for every row: an insert of many takes the first row's)
         with engine.begin() as conn:
             conn.execute(
-                messages.insert(),
+                _old_messages(*common, "message_id", "status").insert(),
                 [
                     {**common, "message_id": "<1@x>", "status": "queued"},
                     {
@@ -189,13 +194,13 @@ def test_a_database_a_newer_cpmail_wrote_is_named_as_such_and_left_as_it_is(
     engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0009'"))
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
         before = _everything(engine)
         for command in (("check",), ("db", "upgrade"), ("init",), ("staff", "list")):
             r = cli(*command)
             assert r.exit_code == 2, (command, r.output)
             said = " ".join(r.stderr.split())
-            assert "schema revision 0009, which a newer cpmail wrote" in said, (command, said)
+            assert "schema revision 0099, which a newer cpmail wrote" in said, (command, said)
             assert said.endswith("upgrade cpmail on this machine."), (command, said)
             assert "db upgrade" not in said and r.stderr.count("\n") == 1, (command, said)
             assert _everything(engine) == before, command
@@ -208,5 +213,58 @@ def test_a_database_a_newer_cpmail_wrote_is_named_as_such_and_left_as_it_is(
         r = cli("status")  # says the same, as a problem of the database
         assert r.exit_code == 3 and "which a newer cpmail wrote" in r.stdout, r.output
         assert "db upgrade" not in r.stdout, r.output
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_from_0008_moves_each_kept_text_to_a_table_of_its_own(
+    backend: str, cli: Cli, home: Path
+) -> None:
+    """The texts of mail that may still go are kept (and go, byte for byte); mail sent
+    before had none, and gets none; going back puts each text in its row again."""
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    try:
+        _migrate(engine, "downgrade", "0008")
+        now = utcnow()
+        rows = {
+            "<q@x>": ("queued", b"Subject: a\r\n\r\nqueued\r\n"),
+            "<f@x>": ("failed", b"Subject: b\r\n\r\nfailed \xc3\xa9\r\n"),
+            "<s@x>": ("sent", None),
+        }
+        values = {
+            "event": "task-due-today",
+            "from_addr": "ops@agency.test",
+            "to_addrs": "ann@agency.test",
+            "pending_rcpts": "ann@agency.test",
+            "subject": "Due",
+            "created_at": now,
+            "queued_at": now,
+            "attempts": 0,
+        }
+        old = _old_messages(*values, "message_id", "status", "raw")
+        with engine.begin() as conn:
+            for mid, (status, raw) in rows.items():
+                conn.execute(old.insert().values(**values, message_id=mid, status=status, raw=raw))
+        before = _rows(engine)
+        assert cli("db", "upgrade").exit_code == 0
+        assert _rows(engine) == before
+        m, b = messages.c, message_bodies.c
+        with engine.connect() as conn:
+            q = sa.select(m.message_id, b.raw).where(b.message_id == m.id)
+            texts = {r.message_id: r.raw for r in conn.execute(q)}
+            columns = [c["name"] for c in sa.inspect(conn).get_columns("messages")]
+        assert texts == {"<q@x>": rows["<q@x>"][1], "<f@x>": rows["<f@x>"][1]}
+        assert "raw" not in columns
+        [queued] = claim(engine, run_id="upgrade-test", limit=10)
+        assert queued.raw == rows["<q@x>"][1]
+
+        _migrate(engine, "downgrade", "0008")
+        with engine.connect() as conn:
+            back = conn.execute(sa.text("SELECT message_id, raw FROM messages"))
+            got = {r.message_id: None if r.raw is None else bytes(r.raw) for r in back}
+        assert got == {k: raw for k, (_, raw) in rows.items()}
     finally:
         engine.dispose()

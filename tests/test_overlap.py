@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from cpmail.settings import Settings
 from cpmail.store import connect
-from cpmail.store.schema import messages
+from cpmail.store.schema import message_bodies, messages
 from tests.conftest import Cli
 from tests.smtpserver import SMTPTestServer
 from tests.test_faults import (
@@ -35,8 +35,9 @@ def _rows(home: Path) -> list[sa.Row[tuple[int, str, bool]]]:
     settings = Settings.load(home)
     engine = connect(settings.db_url, where="test")
     m = messages.c
+    kept = sa.exists().where(message_bodies.c.message_id == m.id)  # its text
     with engine.connect() as conn:
-        rows = list(conn.execute(sa.select(m.id, m.status, m.raw.is_not(None))).all())
+        rows = list(conn.execute(sa.select(m.id, m.status, kept)).all())
     engine.dispose()
     return rows
 

@@ -395,7 +395,6 @@ messages = sa.Table(
     sa.Column("pending_rcpts", sa.Text, nullable=False, server_default=""),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("message_id", sa.Text, nullable=False),
-    sa.Column("raw", sa.LargeBinary),
     sa.Column("size", sa.Integer, nullable=False, server_default="0"),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -423,6 +422,19 @@ messages = sa.Table(
         sqlite_where=sa.text("status = 'deferred'"),
         postgresql_where=sa.text("status = 'deferred'"),
     ),
+)
+
+# The text of each message that may still go (queued, sending, deferred, failed),
+# as the server receives it. Apart from the message's row: claiming and recording
+# change that row two or three times on its way, and SQLite rewrites a whole row to
+# change one column of it. Removed once the message is sent or dropped.
+message_bodies = sa.Table(
+    "message_bodies",
+    metadata,
+    # (no foreign key: SQLite rebuilds a table to change it, and with a cascade the
+    # rebuild of ``messages`` by a later migration would delete every text)
+    sa.Column("message_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
 )
 
 # One row per command that claims or sends mail. A live run renews

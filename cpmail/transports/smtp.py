@@ -907,13 +907,14 @@ class _Run:
             self.report(outcome)
             return
         self.take(outcome)
-        if self.due is None:
-            self.due = asyncio.get_running_loop().call_later(_WRITE_WITHIN, self._write)
+        if self.due is None:  # (one set earlier and not fired yet writes sooner: no harm)
+            self.due = asyncio.get_running_loop().call_later(_WRITE_WITHIN, self._due)
+
+    def _due(self) -> None:
+        self.due = None
+        self._write()
 
     def _write(self) -> None:
-        if self.due is not None:
-            self.due.cancel()
-            self.due = None
         if self.write is not None:
             self.write()
 

@@ -49,7 +49,10 @@ class Wire(asyncio.Protocol):
         self._failure: Exception | None = None
         self._wanted = 1  # answers the waiter waits for
         self._timeout = 0.0  # seconds each answer may take, from the one before it
-        self._heard = 0.0  # (loop time) when the last answer came
+        self._heard = 0.0  # (loop time) when the last answer came, or the wait began
+        # Looks at the wait in hand when it fires, and is set again while one lasts: a
+        # connection keeps one timer however many answers it waits for (a timer set
+        # and cancelled for each wait cost as much as reading the answers).
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -132,13 +135,17 @@ class Wire(asyncio.Protocol):
         # when it fires, waits on for what is left of ``timeout`` since the last answer).
         self._wanted = count
         self._timeout = timeout
-        self._heard = self._loop.time()
+        self._heard = now = self._loop.time()
         waiter = self._waiter = self._loop.create_future()
-        self._timer = self._loop.call_later(timeout, self._expire, waiter)
+        timer = self._timer
+        if timer is not None and timer.when() > now + timeout:  # (set for a longer wait)
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer = self._loop.call_later(timeout, self._expire)
         try:
             await waiter
         finally:
-            self._timer.cancel()
             self._waiter = None
             self._wanted = 1
 
@@ -147,6 +154,9 @@ class Wire(asyncio.Protocol):
         return await self.answer(timeout)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.transport.is_closing():
             self.transport.close()
         if self._failure is None:
@@ -161,16 +171,19 @@ class Wire(asyncio.Protocol):
 
     # ---- inside
 
-    def _expire(self, waiter: asyncio.Future[None]) -> None:
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nothing is awaited: the next wait sets the timer again
         left = self._heard + self._timeout - self._loop.time()
-        if left > 0 and not waiter.done():  # an answer came meanwhile: its own timeout
-            self._timer = self._loop.call_later(left, self._expire, waiter)
+        if left > 0:  # the wait began, or an answer came, since the timer was set
+            self._timer = self._loop.call_later(left, self._expire)
             return
-        if not waiter.done():
-            # A late answer would be taken for the next command's: end the line.
-            self._failure = SMTPReadTimeoutError("Timed out waiting for server response")
-            self.transport.close()
-            waiter.set_result(None)
+        # A late answer would be taken for the next command's: end the line.
+        self._failure = SMTPReadTimeoutError("Timed out waiting for server response")
+        self.transport.close()
+        waiter.set_result(None)
 
     def _fail(self, error: Exception) -> None:
         if self._failure is None:
