@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -192,7 +192,7 @@ class _Connection:
         self.pipelining = False
         self.size_limit = 0
         self.previous: int | None = None  # the last message this connection delivered
-        self.settle: Callable[[int], None] | None = None
+        self.settle: Callable[[int], Awaitable[None]] | None = None
         self.blocked: Callable[[], bool] = lambda: False
 
     @property
@@ -563,7 +563,7 @@ class _Connection:
             # connection is on record: a hard kill can then leave at most one
             # accepted message per connection unrecorded (and sent again later).
             if self.previous is not None and self.settle is not None:
-                self.settle(self.previous)
+                await self.settle(self.previous)
             if self.blocked():
                 # The run's claim lapsed (or outcomes cannot be written): the
                 # text stays here; the message stays in the outbox.
@@ -918,9 +918,16 @@ class _Run:
         if self.write is not None:
             self.write()
 
-    def settle(self, message_id: int) -> None:
-        """Make sure the outcome of ``message_id`` is on record (written now if it is not)."""
-        if self.settled is not None and not self.settled(message_id):
+    async def settle(self, message_id: int) -> None:
+        """Make sure the outcome of ``message_id`` is on record (written now if it is not).
+
+        Answers that came meanwhile on other connections are taken first, so that one
+        write records them all: writing is most of what a message costs beyond SMTP.
+        """
+        if self.settled is None or self.settled(message_id):
+            return
+        await asyncio.sleep(0)
+        if not self.settled(message_id):
             self._write()
 
     async def _go(self, workers: int) -> None:

@@ -65,26 +65,34 @@ class Wire(asyncio.Protocol):
     # ---- asyncio.Protocol
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > _MAX_LINE:
-                    self._fail(SMTPResponseException(-1, "Response too long"))
-                break
-            line = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
-            if len(line) > _MAX_LINE or not line[:3].isdigit():
+        buffer = self._buffer
+        buffer += data
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            if len(buffer) > _MAX_LINE:
+                self._fail(SMTPResponseException(-1, "Response too long"))
+            return
+        whole = bytes(buffer[: end + 1])  # the lines that came whole, read together
+        del buffer[: end + 1]
+        answered = False
+        for line in whole.split(b"\n")[:-1]:
+            if len(line) >= _MAX_LINE or not line[:3].isdigit():
                 text = line.decode("utf-8", "replace").strip()
                 self._fail(SMTPResponseException(-1, f"Malformed SMTP response line: {text}"))
                 return
-            self._lines.append(line)
-            if line[3:4] != b"-":
+            if line[3:4] == b"-":
+                self._lines.append(line)
+                continue
+            said = line[4:].strip(b" \t\r")
+            if self._lines:
                 lines, self._lines = self._lines, []
-                said = b"\n".join(x[4:].strip(b" \t\r\n") for x in lines)
-                code = int(lines[-1][:3])
-                self._answers.append(Answer(code, said.decode("utf-8", "surrogateescape")))
-                self._heard = self._loop.time()
+                said = b"\n".join([*(x[4:].strip(b" \t\r") for x in lines), said])
+            self._answers.append(Answer(int(line[:3]), said.decode("utf-8", "surrogateescape")))
+            answered = True
+        if len(buffer) > _MAX_LINE:
+            self._fail(SMTPResponseException(-1, "Response too long"))
+        if answered:
+            self._heard = self._loop.time()
         self._wake()
 
     def eof_received(self) -> bool:
