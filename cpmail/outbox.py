@@ -51,7 +51,7 @@ from cpmail.secrets import account_words
 from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
-from cpmail.store import clock, utcnow
+from cpmail.store import clock, lower, utcnow
 from cpmail.store.schema import ledger, message_bodies, messages, runs
 from cpmail.transports.base import Envelope, Outcome, Transport
 
@@ -1918,7 +1918,7 @@ def list_messages(
         q = q.where(sa.or_(m.event == event, keys.contains(f",{event}:", autoescape=True)))
     if to is not None:  # an empty list (a person without an address) matches nothing
         # One of the comma-separated addresses exactly: lee@x is not sam.lee@x.
-        listed = sa.func.lower(sa.literal(",") + m.to_addrs + sa.literal(","))
+        listed = lower(engine)(sa.literal(",") + m.to_addrs + sa.literal(","))
         wanted = [listed.contains(f",{form},", autoescape=True) for a in to for form in _lowered(a)]
         q = q.where(sa.or_(*wanted) if wanted else sa.false())
     if limit:
@@ -1934,8 +1934,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def _lowered(address: str) -> set[str]:
     """``address`` as the database's lower() may give it back: messages keep their
-    addresses in normal form (the domain in lower case), and SQLite's lower() changes
-    only A-Z (Émile stays Émile), PostgreSQL's every letter its locale knows."""
+    addresses in normal form (the domain in lower case), and PostgreSQL's lower()
+    changes the letters its locale knows (only A-Z in the C locale: Émile stays Émile)."""
     from cpmail.addresses import normal_address, valid_address
 
     forms = {address, normal_address(address)} if valid_address(address) else {address}

@@ -17,6 +17,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_REVISION = "0009"
 
 
+def _unicode_lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else text
+
+
+def lower(engine: sa.Engine) -> Any:
+    """SQL's lower() of every letter, not only A-Z (SQLite's own), on either database."""
+    return sa.func.unicode_lower if engine.dialect.name == "sqlite" else sa.func.lower
+
+
 def utcnow() -> dt.datetime:
     """Now in UTC, naive: the form cpmail's own bookkeeping times are stored in."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -68,6 +77,8 @@ def make_engine(
             cur.execute("PRAGMA secure_delete=FAST")
             cur.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
             cur.close()
+            # lower() of every letter, as PostgreSQL's is: SQLite's own changes only A-Z.
+            dbapi_conn.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
 
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
