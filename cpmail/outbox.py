@@ -69,6 +69,7 @@ CLAIM_GROWS_WITHIN = 1.0
 ONCE = "test"
 STALLED_AFTER = 3  # messages in a row without an answer in time: the server stopped answering
 RUNS_KEPT = dt.timedelta(days=30)  # how long a finished run's row is kept
+NOTE_CHARS = 500  # of why a run could not send, kept with it
 # How long the end of a run keeps trying to record outcomes the server accepted.
 RECORD_PATIENCE = 300.0
 # A pass waits at most this long in all for accounts a server asked to slow
@@ -297,6 +298,7 @@ class Lease:
         self.lost = False
         self.keep: set[int] = set()
         self.exit_code: int | None = None
+        self.note: str | None = None  # why it could not send, for `cpmail status`
         self.counts: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -368,6 +370,7 @@ class Lease:
                     ended_at=now,
                     heartbeat_at=now,
                     exit_code=code,
+                    note=self.note,
                     counts=None if self.counts is None else json.dumps(self.counts),
                 )
             )
@@ -1159,6 +1162,8 @@ def deliver(
         said = _said(result)
         if said is not None:  # (a check records its own exit code when it ends)
             held.exit_code = said
+        if result.stopped is not None:  # why, for `cpmail status`
+            held.note = hide(str(result.stopped))[:NOTE_CHARS]
     return result
 
 

@@ -78,8 +78,13 @@ class LastCheck:
     exit_code: int | None
     host: str
     counts: dict[str, Any] | None
-    note: str | None
+    note: str | None  # why it could not send (exit 3), when it knew
     state: str  # finished | running | did not finish
+
+
+@dataclass
+class LastDelivery(LastCheck):
+    by: str = ""  # the command that delivered, in a sentence (DELIVERED_BY)
 
 
 @dataclass
@@ -132,7 +137,7 @@ class Health:
     last_finished: LastCheck | None = None
     # The newest mail another command delivered (`outbox retry`, `message`, a test message):
     # when it ended after the check that has the word, its outcome is the newest word.
-    last_delivery: LastCheck | None = None
+    last_delivery: LastDelivery | None = None
     # The newest check that did not finish (killed, or its machine stopped), and the first
     # check begun after it that finished its work (exit 0 or 1), if one did (neither in
     # the JSON).
@@ -571,7 +576,9 @@ DELIVERED_BY = {
 }
 
 
-def _last_delivery(engine: sa.Engine, stale_minutes: float, now: dt.datetime) -> LastCheck | None:
+def _last_delivery(
+    engine: sa.Engine, stale_minutes: float, now: dt.datetime
+) -> LastDelivery | None:
     """The newest run of another command that delivered mail and said how it went (exit 0,
     1 or 3: a run that offered nothing to the server, or was stopped, says nothing)."""
     import sqlalchemy as sa
@@ -594,8 +601,7 @@ def _last_delivery(engine: sa.Engine, stale_minutes: float, now: dt.datetime) ->
             return None
         alive, gone = runs_here(conn)
     last = _as_last_check(r, now, dt.timedelta(minutes=stale_minutes), alive, gone)
-    last.note = DELIVERED_BY[r.command]
-    return last
+    return LastDelivery(**vars(last), by=DELIVERED_BY[r.command])
 
 
 def _as_last_check(
@@ -991,7 +997,7 @@ def _judge(h: Health, settings: Settings) -> None:
     sent, by, note = said, which, said.note if said is not None else None
     after = h.last_delivery
     if after is not None and (sent is None or _ended(after) > _ended(sent)):
-        sent, by, note = after, f"last delivery, by {after.note},", None
+        sent, by, note = after, f"last delivery, by {after.by},", after.note
     if (
         sent is not None
         and sent.exit_code == 3

@@ -753,7 +753,10 @@ def test_mail_sent_by_a_retry_after_a_check_that_could_not_send_clears_that_chec
     new_job(home, "J1")
     assert check(cli) == 3
     code, doc = status(cli)
-    assert code == 3 and any("could not send (exit 3)" in p for p in doc["problems"]), doc
+    # ... saying why: the run's own words, as the check said them
+    why = f"could not send (exit 3): the SMTP server 127.0.0.1:{server.port}"
+    assert code == 3 and any(why in p for p in doc["problems"]), doc
+    assert doc["last_check"]["note"].startswith(why.split(": ", 1)[1]), doc["last_check"]
     again = smtp_server_factory()
     assert cli("config", "set", "mail.smtp.port", str(again.port)).exit_code == 0
     r = cli("outbox", "retry", "--all")
@@ -771,6 +774,8 @@ def test_mail_sent_by_a_retry_after_a_check_that_could_not_send_clears_that_chec
     again.stop()
     assert cli("message", "manager", "The printer is out of toner.").exit_code == 3
     code, doc = status(cli)
-    assert code == 3 and any("could not send (exit 3)" in p for p in doc["problems"]), doc
+    said = "by `cpmail message` or `cpmail send-report`, could not send (exit 3): "
+    said += f"the SMTP server 127.0.0.1:{again.port}"
+    assert code == 3 and any(said in p for p in doc["problems"]), doc
     assert cli("outbox", "retry", "--all").exit_code == 3
     assert status(cli)[0] == 3
