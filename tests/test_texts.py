@@ -47,9 +47,9 @@ def _ids(home: Path) -> dict[str, int]:
 
 
 def test_each_text_is_kept_while_its_message_may_go_and_only_then(
-    cli: Cli, home: Path, smtp_server: SMTPTestServer
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, backend: str
 ) -> None:
-    prepare(cli, smtp_server)
+    prepare(cli, smtp_server, db=backend)
     mids = sorted(queue_messages(home, 4))
     assert all(kept for _, kept in _texts(home).values())  # queued: all kept
 
@@ -82,11 +82,11 @@ def test_each_text_is_kept_while_its_message_may_go_and_only_then(
 
 
 def test_the_texts_a_killed_run_left_of_sent_mail_go_with_the_next_run(
-    cli: Cli, home: Path, smtp_server: SMTPTestServer
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, backend: str
 ) -> None:
     """A run killed after recording messages sent, before it removed their texts: the
     next run that sends anything removes them, and sends none of them again."""
-    prepare(cli, smtp_server)
+    prepare(cli, smtp_server, db=backend)
     mids = sorted(queue_messages(home, 3))
     engine = connect(Settings.load(home).db_url, where="test")
     try:
