@@ -423,6 +423,46 @@ def test_connection_refused(home: Path, closed_port: int) -> None:
     assert outcomes == []
 
 
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_a_line_broken_off_before_the_greeting_is_not_called_unreachable(
+    home: Path, how: str
+) -> None:
+    """The connection was made, then the server dropped it (a reset, as a firewall or a
+    server over its limit does; or a plain close) before it greeted: that is no failure
+    to connect, and the sentence says what happened."""
+    import socket
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if how == "reset":  # RST, not FIN
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        error, outcomes = fatal(
+            transport(home, host="127.0.0.1", port=port, security="none"), [envelope(1)]
+        )
+    finally:
+        listener.close()
+    assert isinstance(error, Unreachable) and outcomes == []
+    said = str(error)
+    assert said.startswith(f"the SMTP server 127.0.0.1:{port} ")
+    assert "cannot connect" not in said and "refused the connection" not in said, said
+    assert "the greeting" in said, said
+
+
 def test_421_at_the_greeting_is_unreachable(home: Path, smtp_server: SMTPTestServer) -> None:
     smtp_server.greeting = "421 4.3.2 System not accepting network messages"
 

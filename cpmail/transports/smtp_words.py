@@ -142,6 +142,15 @@ def account_refusal(code: int, words: str) -> bool:
     return code == 530 or (500 <= code < 600 and bool(_ACCOUNT_REFUSAL.search(words)))
 
 
+# What a line the server broke off raises, once it was made.
+_BROKEN_OFF = (
+    aiosmtplib.SMTPServerDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+
+
 def unreachable(
     e: BaseException, stage: str, cfg: SMTPConfig, scrub: Callable[[str], str]
 ) -> Unreachable:
@@ -204,6 +213,14 @@ def unreachable(
         return Unreachable(
             f"the SMTP server {where} refused the connection; check mail.smtp.host and "
             "mail.smtp.port, and that the server is running."
+        )
+    if isinstance(cause, _BROKEN_OFF):
+        # The connection was made: the server dropped it (a reset or a close) before it
+        # greeted, as one over its limit or turning this machine away without a word does.
+        return Unreachable(
+            f"the SMTP server {where} broke off the connection at {stage} "
+            f"({getattr(cause, 'strerror', None) or cause}); it may be busy, or not take "
+            "connections from this machine: try again later, or ask its administrator."
         )
     if isinstance(cause, OSError):
         return Unreachable(
