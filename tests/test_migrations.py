@@ -20,6 +20,14 @@ OLD_INDEX = "ix_messages_status_next_attempt_at"
 NEW_INDEX = "ix_messages_deferred_next_attempt_at"
 
 
+def _initialised(cli: Cli, home: Path, backend: str) -> sa.Engine:
+    """A home made by this cpmail on ``backend`` (SQLite when empty), and its database."""
+    if backend:
+        assert cli("config", "set", "database.url", backend).exit_code == 0
+    assert cli("init").exit_code == 0
+    return cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+
+
 def _migrate(engine: sa.Engine, how: str, revision: str) -> None:
     with engine.begin() as conn:
         getattr(command, how)(cpmail.store._alembic_config(engine, conn), revision)
@@ -57,10 +65,7 @@ def _rows(engine: sa.Engine) -> list[Any]:
 def test_upgrading_from_0006_keeps_the_outbox_and_indexes_deferred_mail_only(
     backend: str, cli: Cli, home: Path
 ) -> None:
-    if backend:
-        assert cli("config", "set", "database.url", backend).exit_code == 0
-    assert cli("init").exit_code == 0
-    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    engine = _initialised(cli, home, backend)
     try:
         _migrate(engine, "downgrade", "0006")  # as the cpmail before made it
         assert cpmail.store.current_revision(engine) == "0006"
@@ -131,10 +136,7 @@ def test_upgrading_from_0007_dates_failed_mail_by_when_it_was_queued(
 ) -> None:
     """Mail that failed before the database recorded when has its queue time instead;
     nothing else gets a time of failure, and every row is as it was."""
-    if backend:
-        assert cli("config", "set", "database.url", backend).exit_code == 0
-    assert cli("init").exit_code == 0
-    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    engine = _initialised(cli, home, backend)
     try:
         _migrate(engine, "downgrade", "0007")
         queued = dt.datetime(2026, 11, 2, 8, 30)
@@ -222,10 +224,7 @@ def test_upgrading_from_0008_moves_each_kept_text_to_a_table_of_its_own(
 ) -> None:
     """The texts of mail that may still go are kept (and go, byte for byte); mail sent
     before had none, and gets none; going back puts each text in its row again."""
-    if backend:
-        assert cli("config", "set", "database.url", backend).exit_code == 0
-    assert cli("init").exit_code == 0
-    engine = cpmail.store.make_engine(backend or f"sqlite:///{home / 'cpmail.db'}")
+    engine = _initialised(cli, home, backend)
     try:
         _migrate(engine, "downgrade", "0008")
         now = utcnow()
