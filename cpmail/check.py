@@ -792,6 +792,7 @@ def _draft(p: Planned, sender: Sender) -> Draft:
         message_id=p.message_id,
         raw=p.raw,
         not_after=p.not_after,
+        staff=(p.to.staff_id,),
     )
 
 

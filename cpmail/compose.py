@@ -31,7 +31,7 @@ import hashlib
 import random
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email import policy
 from email.headerregistry import Address
@@ -41,7 +41,13 @@ from email.utils import format_datetime
 from functools import lru_cache
 from typing import NamedTuple, TypeVar
 
-from cpmail.addresses import check_address, clean_header_text, mailbox_key, valid_address
+from cpmail.addresses import (
+    check_address,
+    clean_header_text,
+    mailbox_key,
+    normal_address,
+    valid_address,
+)
 from cpmail.errors import InputError
 from cpmail.settings import Settings
 
@@ -472,6 +478,28 @@ def _dedupe(boxes: Sequence[Mailbox]) -> list[Mailbox]:
     return out
 
 
+def readdressed(raw: bytes, changes: Mapping[str, str]) -> bytes:
+    """``raw`` with the addresses of ``changes`` in its To and Cc headers replaced (a staff
+    member's address corrected while their mail waited); everything else byte for byte.
+
+    cpmail writes an address as one token (``<addr>``, or ``addr`` alone), in its
+    normal form, never folded inside: each is found whole, in either spelling.
+    """
+    end = raw.find(b"\r\n\r\n")
+    if end < 0 or not changes:
+        return raw
+    forms = {
+        f.encode(): new.encode() for old, new in changes.items() for f in (old, normal_address(old))
+    }
+    alternatives = b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    found = re.compile(rb"(?<=[\s:<,])(" + alternatives + rb")(?=[>\s,]|$)")
+    fields = re.split(rb"\r\n(?![ \t])", raw[:end])  # each field with its folded lines
+    for i, f in enumerate(fields):
+        if f.split(b":", 1)[0].strip().lower() in (b"to", b"cc"):
+            fields[i] = found.sub(lambda m: forms[m.group(1)], f)
+    return b"\r\n".join(fields) + raw[end:]
+
+
 def to_bytes(msg: EmailMessage) -> bytes:
     """The message as sent on the wire (CRLF; UTF-8 headers when an address needs them)."""
     return msg.as_bytes(policy=POLICY_UTF8 if getattr(msg.policy, "utf8", False) else POLICY)
@@ -490,6 +518,7 @@ class Draft:
     message_id: str
     raw: bytes
     not_after: dt.datetime | None = None  # (UTC, naive) not sent after this: it no longer matters
+    staff: tuple[str | None, ...] = ()  # the staff member each address of ``to`` is of, if any
 
     @classmethod
     def from_message(

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from cpmail import interrupt, pace
+from cpmail.addresses import mailbox_key, normal_address, valid_address
 from cpmail.errors import (
     PROMISES,
     SLOWER,
@@ -52,7 +53,7 @@ from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store import clock, lower, utcnow
-from cpmail.store.schema import ledger, message_bodies, messages, runs
+from cpmail.store.schema import ledger, message_bodies, messages, runs, staff
 from cpmail.transports.base import Envelope, Outcome, Transport
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Queueable(Protocol):
     message_id: str
     raw: bytes
     not_after: dt.datetime | None  # (UTC, naive) not sent after this
+    staff: tuple[str | None, ...]  # the staff member each address of ``to`` is of, if any
 
 
 def _insert_ledger(conn: sa.Connection, key: str, event: str, now: dt.datetime) -> bool:
@@ -178,6 +180,7 @@ def _row(
         "claimed_at": now if status == Status.SENDING else None,
         "claimed_by": run_id if status == Status.SENDING else None,
         "not_after": draft.not_after,
+        "staff_ids": json.dumps(list(draft.staff)) if any(draft.staff) else "",
     }
 
 
@@ -635,7 +638,16 @@ def claim(
             messages.update()
             .where(m.id.in_(picked))
             .values(status=Status.SENDING, claimed_at=now, claimed_by=run_id)
-            .returning(m.id, m.event, m.account, m.from_addr, m.pending_rcpts, m.refused_rcpts)
+            .returning(
+                m.id,
+                m.event,
+                m.account,
+                m.from_addr,
+                m.to_addrs,
+                m.pending_rcpts,
+                m.refused_rcpts,
+                m.staff_ids,
+            )
         ).all()
         b = message_bodies.c
         texts: dict[int, bytes] = {
@@ -644,6 +656,7 @@ def claim(
                 sa.select(b.message_id, b.raw).where(b.message_id.in_([r.id for r in returned]))
             )
         }
+        pending = _follow_addresses(conn, returned, texts)
     rows = sorted(returned, key=lambda r: r.id)  # (RETURNING gives them in no set order)
     if events is not None:
         events.update((r.id, r.event) for r in rows)
@@ -654,11 +667,70 @@ def claim(
             id=r.id,
             account=r.account,
             mail_from=r.from_addr,
-            rcpt_to=tuple(filter(None, r.pending_rcpts.split(","))),
+            rcpt_to=tuple(filter(None, pending.get(r.id, r.pending_rcpts).split(","))),
             raw=texts.get(r.id) or b"",
         )
         for r in rows
     ]
+
+
+def _follow_addresses(
+    conn: sa.Connection, rows: Sequence[Any], texts: dict[int, bytes]
+) -> dict[int, str]:
+    """Mail that waited goes to the address its staff members have now.
+
+    An address corrected after a "550 no such user", or changed while the mail
+    waited for the send window, is the one it goes to: in the envelope, the To
+    header, the log and the text kept (``texts``, changed in place). Return the
+    new pending recipients of each message that changed. A staff member without
+    an address now, or no longer in the staff, keeps the one the message has.
+    """
+    of: dict[int, list[Any]] = {}
+    for r in rows:
+        if r.staff_ids:
+            with contextlib.suppress(ValueError):
+                ids = json.loads(r.staff_ids)
+                if isinstance(ids, list) and len(ids) == len(r.to_addrs.split(",")):
+                    of[r.id] = ids
+    wanted = sorted({i for ids in of.values() for i in ids if isinstance(i, str)})
+    if not wanted:
+        return {}
+    s = staff.c
+    now_at: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        q = sa.select(s.id, s.work_email).where(s.id.in_(wanted[start : start + 500]))
+        now_at.update((x.id, x.work_email) for x in conn.execute(q) if x.work_email)
+    m, b = messages.c, message_bodies.c
+    pending: dict[int, str] = {}
+    for r in rows:
+        changes: dict[str, str] = {}
+        for address, sid in zip(r.to_addrs.split(","), of.get(r.id, ()), strict=False):
+            new = now_at.get(sid) if isinstance(sid, str) else None
+            if new is None or not valid_address(new):
+                continue
+            new = normal_address(new)
+            if mailbox_key(new) != mailbox_key(address):
+                changes[address] = new
+        if not changes:
+            continue
+        waiting = [changes.get(a, a) for a in r.pending_rcpts.split(",") if a]
+        pending[r.id] = ",".join(waiting)
+        raw = texts.get(r.id)
+        values: dict[str, Any] = {
+            "to_addrs": ",".join(changes.get(a, a) for a in r.to_addrs.split(",")),
+            "pending_rcpts": pending[r.id],
+        }
+        if raw is not None:
+            from cpmail.compose import readdressed  # (rare: not on every command's path)
+
+            texts[r.id] = raw = readdressed(raw, changes)
+            values["size"] = len(raw)
+            conn.execute(message_bodies.update().where(b.message_id == r.id).values(raw=raw))
+        conn.execute(messages.update().where(m.id == r.id).values(**values))
+        for old, new in changes.items():
+            log.info("message %d goes to %s, the address its staff member has now (not %s)",
+                     r.id, new, old)  # fmt: skip
+    return pending
 
 
 def _joined(column: Any, more: str) -> Any:

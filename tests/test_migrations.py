@@ -47,7 +47,7 @@ def _indexes(engine: sa.Engine) -> dict[str, str]:
 
 
 # Columns later revisions added: not there in the database an older cpmail made.
-LATER = {"failed_at"}
+LATER = {"failed_at", "staff_ids"}
 
 
 def _old_messages(*columns: str) -> Any:

@@ -414,6 +414,9 @@ messages = sa.Table(
     sa.Column("refused_rcpts", sa.Text, nullable=False, server_default=""),
     # not sent after this (UTC): a reminder whose event has begun no longer matters
     sa.Column("not_after", sa.DateTime),
+    # the staff each address of to_addrs is of (JSON, null for none; '' for no staff):
+    # mail that waits goes to the address a staff member has when it goes
+    sa.Column("staff_ids", sa.Text, nullable=False, server_default=""),
     sa.Index(None, "status", "id"),  # a claim reads the oldest of each status in order
     # Deferred messages only: an index of every message's status changed with each one sent.
     sa.Index(

@@ -1,0 +1,114 @@
+"""Mail that waits goes to the address its staff member has when it goes: one corrected
+after a "550 no such user" (by `staff edit` or a new import of the staff), or changed
+while the mail waited for the send window. Envelope, To header, log and the text kept
+all say the new address; the message is otherwise byte for byte as it was queued."""
+
+from __future__ import annotations
+
+import json
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from cpmail.settings import Settings
+from cpmail.store import connect
+from cpmail.store.schema import message_bodies, messages
+from tests.agency import D
+from tests.conftest import Cli
+from tests.smtpserver import SMTPTestServer
+from tests.test_alerts import agency, check, new_job
+from tests.test_delivery import setup_smtp
+
+
+def _to(received: bytes) -> str:
+    return str(message_from_bytes(received, policy=policy.SMTPUTF8)["To"])
+
+
+def _carl(cli: Cli) -> dict[str, object]:
+    """Carl's row of the log."""
+    rows = json.loads(cli("log", "--json", "--event", "job-opened").stdout)
+    [row] = [r for r in rows if "carl" in r["to"][0].lower() or "reed" in r["to"][0]]
+    return dict(row)
+
+
+def test_a_retry_after_the_address_was_corrected_goes_to_the_new_one(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, backend: str
+) -> None:
+    setup_smtp(cli, smtp_server, db=backend)
+    agency(home)
+    new_job(home, "J1")
+    smtp_server.fail_rcpt = {"carl@agency.test": "550 5.1.1 no such user"}
+    assert check(cli) == 1
+    failed = _carl(cli)
+    assert failed["status"] == "failed" and failed["to"] == ["carl@agency.test"], failed
+
+    r = cli("staff", "edit", "CR", "--work-email", "Carl.Reed@Agency.test")
+    assert r.exit_code == 0, r.output
+    smtp_server.fail_rcpt = {}
+    before = len(smtp_server.messages)
+    r = cli("outbox", "retry", str(failed["id"]))
+    assert r.exit_code == 0, r.output
+
+    [got] = smtp_server.messages[before:]
+    assert got.rcpt_tos == ("Carl.Reed@agency.test",)
+    assert _to(got.data) == "Carl Reed <Carl.Reed@agency.test>", _to(got.data)
+    assert "carl@agency.test" not in got.data.decode("utf-8", "replace")
+    row = _carl(cli)
+    assert row["status"] == "sent" and row["to"] == ["Carl.Reed@agency.test"], row
+    assert row["message_id"] == failed["message_id"]  # the same message
+    assert json.loads(cli("log", "--json", "--to", "CR").stdout)[-1]["id"] == failed["id"]
+
+
+def test_mail_queued_for_the_send_window_goes_to_the_address_imported_since(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    """The staff file imported again with a new address while the mail waited: it goes
+    there. Someone no longer in the file, or without an address now, keeps the one the
+    message has; mail to an outside address is not touched."""
+    setup_smtp(cli, smtp_server)
+    agency(home)
+    new_job(home, "J1")
+    assert cli("config", "set", "mail.send_window", "00:00-00:01").exit_code == 0
+    assert check(cli) == 0 and smtp_server.messages == []
+    staff_csv = tmp_path / "staff.csv"
+    staff_csv.write_text("id,name,work_email\nAE,Alice Evans,alice.evans@agency.test\n")
+    r = cli("data", "import", str(staff_csv), "--table", "staff")
+    assert r.exit_code == 0, r.output
+    engine = connect(Settings.load(home).db_url, where="test")
+    try:
+        with engine.begin() as conn:  # Pia has no address now
+            conn.execute(sa.text("UPDATE staff SET work_email = NULL WHERE id = 'PR'"))
+            texts = {
+                r.message_id: bytes(r.raw)
+                for r in conn.execute(
+                    sa.select(messages.c.message_id, message_bodies.c.raw).where(
+                        message_bodies.c.message_id == messages.c.id
+                    )
+                )
+            }
+    finally:
+        engine.dispose()
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+    assert r.exit_code == 0, r.output
+
+    got = {m.rcpt_tos: m for m in smtp_server.messages}
+    assert set(got) == {
+        ("alice.evans@agency.test",),
+        ("carl@agency.test",),
+        ("pia@agency.test",),
+    }, set(got)
+    alice = got[("alice.evans@agency.test",)]
+    assert _to(alice.data) == "Alice Evans <alice.evans@agency.test>"
+    mid = str(message_from_bytes(alice.data, policy=policy.SMTPUTF8)["Message-ID"])
+    queued = texts[mid]
+    # byte for byte as queued, but for the address in To
+    assert alice.data.replace(b"\r\n", b"\n") == queued.replace(
+        b"<alice@agency.test>", b"<alice.evans@agency.test>"
+    ).replace(b"\r\n", b"\n")
+    for who in ("carl@agency.test", "pia@agency.test"):  # as they were queued
+        m = got[(who,)]
+        text = m.data.replace(b"\r\n", b"\n")
+        original = texts[str(message_from_bytes(m.data, policy=policy.SMTPUTF8)["Message-ID"])]
+        assert text == original.replace(b"\r\n", b"\n")
