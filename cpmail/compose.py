@@ -492,11 +492,23 @@ def readdressed(raw: bytes, changes: Mapping[str, str]) -> bytes:
         f.encode(): new.encode() for old, new in changes.items() for f in (old, normal_address(old))
     }
     alternatives = b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-    found = re.compile(rb"(?<=[\s:<,])(" + alternatives + rb")(?=[>\s,]|$)")
+    # ``<addr>``, or ``addr`` making up a whole item of the list
+    found = re.compile(
+        rb"(?<=<)(" + alternatives + rb")(?=>)"
+        rb"|(?<=[:,])(\s*)(" + alternatives + rb")(?=\s*(?:,|$))"
+    )
+
+    def swap(m: re.Match[bytes]) -> bytes:
+        if m.group(1) is not None:
+            return forms[m.group(1)]
+        return m.group(2) + forms[m.group(3)]
+
     fields = re.split(rb"\r\n(?![ \t])", raw[:end])  # each field with its folded lines
     for i, f in enumerate(fields):
         if f.split(b":", 1)[0].strip().lower() in (b"to", b"cc"):
-            fields[i] = found.sub(lambda m: forms[m.group(1)], f)
+            parts = re.split(rb'("(?:[^"\\]|\\.)*")', f)  # never inside a quoted name
+            parts[::2] = [found.sub(swap, p) for p in parts[::2]]
+            fields[i] = b"".join(parts)
     return b"\r\n".join(fields) + raw[end:]
 
 

@@ -373,7 +373,7 @@ class Lease:
                     ended_at=now,
                     heartbeat_at=now,
                     exit_code=code,
-                    note=self.note,
+                    note=self.note if code == 3 else None,
                     counts=None if self.counts is None else json.dumps(self.counts),
                 )
             )

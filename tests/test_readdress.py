@@ -112,3 +112,33 @@ def test_mail_queued_for_the_send_window_goes_to_the_address_imported_since(
         text = m.data.replace(b"\r\n", b"\n")
         original = texts[str(message_from_bytes(m.data, policy=policy.SMTPUTF8)["Message-ID"])]
         assert text == original.replace(b"\r\n", b"\n")
+
+
+def test_only_the_address_itself_is_rewritten_never_a_display_name_or_another_header() -> None:
+    from cpmail.compose import readdressed
+
+    changes = {"carl@agency.test": "carl.reed@agency.test"}
+    cases = {
+        b'To: "Carl carl@agency.test Reed" <carl@agency.test>': (
+            b'To: "Carl carl@agency.test Reed" <carl.reed@agency.test>'
+        ),
+        b'To: "a \\" carl@agency.test, b" <carl@agency.test>': (
+            b'To: "a \\" carl@agency.test, b" <carl.reed@agency.test>'
+        ),
+        b"To: carl@agency.test": b"To: carl.reed@agency.test",
+        b"To: a@agency.test, carl@agency.test": b"To: a@agency.test, carl.reed@agency.test",
+        b"To: Carl Reed\r\n <carl@agency.test>": b"To: Carl Reed\r\n <carl.reed@agency.test>",
+        b"Cc: <carl@agency.test>": b"Cc: <carl.reed@agency.test>",
+        b"To: xcarl@agency.test": b"To: xcarl@agency.test",
+        b"To: carl@agency.test.uk": b"To: carl@agency.test.uk",
+        b"To: =?utf-8?q?Carl_carl@agency.test?= <carl@agency.test>": (
+            b"To: =?utf-8?q?Carl_carl@agency.test?= <carl.reed@agency.test>"
+        ),
+    }
+    rest = b"\r\nSubject: carl@agency.test\r\nReply-To: <carl@agency.test>\r\n\r\n"
+    rest += b"Hi carl@agency.test\r\n"
+    for head, want in cases.items():
+        assert readdressed(head + rest, changes) == want + rest, head
+    # an address kept as typed is found in the normal form the header has it in
+    moved = readdressed(b"To: <carl@agency.test>" + rest, {"carl@Agency.TEST": "c@agency.test"})
+    assert moved == b"To: <c@agency.test>" + rest

@@ -423,7 +423,7 @@ def test_connection_refused(home: Path, closed_port: int) -> None:
     assert outcomes == []
 
 
-@pytest.mark.parametrize("how", ["reset", "close"])
+@pytest.mark.parametrize("how", ["reset", "close", "ssl"])
 def test_a_line_broken_off_before_the_greeting_is_not_called_unreachable(
     home: Path, how: str
 ) -> None:
@@ -445,14 +445,17 @@ def test_a_line_broken_off_before_the_greeting_is_not_called_unreachable(
                 conn, _ = listener.accept()
             except OSError:
                 return
-            if how == "reset":  # RST, not FIN
+            if how == "ssl":  # reads the TLS ClientHello, then goes
+                conn.recv(4096)
+            if how in ("reset", "ssl"):  # RST, not FIN
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
+        security = "ssl" if how == "ssl" else "none"
         error, outcomes = fatal(
-            transport(home, host="127.0.0.1", port=port, security="none"), [envelope(1)]
+            transport(home, host="127.0.0.1", port=port, security=security), [envelope(1)]
         )
     finally:
         listener.close()
@@ -461,6 +464,9 @@ def test_a_line_broken_off_before_the_greeting_is_not_called_unreachable(
     assert said.startswith(f"the SMTP server 127.0.0.1:{port} ")
     assert "cannot connect" not in said and "refused the connection" not in said, said
     assert "the greeting" in said, said
+    if how == "ssl":  # (the handshake is part of connecting: either may have been cut)
+        assert "at the TLS handshake or the greeting" in said, said
+        assert "check mail.smtp.security and mail.smtp.port" in said, said
 
 
 def test_421_at_the_greeting_is_unreachable(home: Path, smtp_server: SMTPTestServer) -> None:

@@ -5,6 +5,7 @@ and whatever a run killed before it could remove them left behind."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -103,3 +104,28 @@ def test_the_texts_a_killed_run_left_of_sent_mail_go_with_the_next_run(
     assert r.exit_code == 0, r.output
     assert _texts(home) == {mid: ("sent", False) for mid in mids}
     assert sum(received(smtp_server).values()) == 1
+
+
+def test_the_text_of_sent_mail_is_not_left_in_the_database_file(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Removed means overwritten: the database file keeps nothing of a sent message's
+    text in its free pages (some SQLite builds leave deleted data there)."""
+    prepare(cli, smtp_server)
+    queue_messages(home, 30)
+    before = (home / "cpmail.db").read_bytes() + _wal(home)
+    run = b"x" * 70  # (each message's text is 1,500 x's, in lines of 76)
+    assert before.count(run) >= 30 * 20
+    assert cli("check").exit_code == 0
+    db = sqlite3.connect(home / "cpmail.db")  # everything in the database file itself
+    try:
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        db.close()
+    after = (home / "cpmail.db").read_bytes() + _wal(home)
+    assert after.count(run) == 0, after.count(run)
+
+
+def _wal(home: Path) -> bytes:
+    wal = home / "cpmail.db-wal"
+    return wal.read_bytes() if wal.exists() else b""

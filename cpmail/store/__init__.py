@@ -72,9 +72,9 @@ def make_engine(
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            # Deleted text is zeroed where that costs no extra writes (the texts of a run's
-            # sent mail go together when it ends); some builds zero every freed page.
-            cur.execute("PRAGMA secure_delete=FAST")
+            # What is deleted is overwritten with zeros, on every build (some leave it in
+            # the file's free pages): the text of a message sent or dropped is gone.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
             cur.close()
             # lower() of every letter, as PostgreSQL's is: SQLite's own changes only A-Z.

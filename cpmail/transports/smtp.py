@@ -213,7 +213,8 @@ class _Connection:
             start_tls=False,
             tls_context=self.tls,
         )
-        stage = "the greeting"
+        # (with ssl, the TLS handshake is part of connecting, before the greeting)
+        stage = "the TLS handshake or the greeting" if cfg.security == "ssl" else "the greeting"
         try:
             await smtp.connect()
             stage = "EHLO"

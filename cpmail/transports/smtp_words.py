@@ -217,10 +217,16 @@ def unreachable(
     if isinstance(cause, _BROKEN_OFF):
         # The connection was made: the server dropped it (a reset or a close) before it
         # greeted, as one over its limit or turning this machine away without a word does.
+        tls = (
+            "; if the port does not expect TLS from the start (587 is usually starttls), "
+            "check mail.smtp.security and mail.smtp.port"
+            if cfg.security == "ssl"
+            else ""
+        )
         return Unreachable(
             f"the SMTP server {where} broke off the connection at {stage} "
             f"({getattr(cause, 'strerror', None) or cause}); it may be busy, or not take "
-            "connections from this machine: try again later, or ask its administrator."
+            f"connections from this machine: try again later, or ask its administrator{tls}."
         )
     if isinstance(cause, OSError):
         return Unreachable(
