@@ -179,11 +179,16 @@ class _Session(SMTP):
         if text.startswith("421") and self.transport is not None:
             self.transport.close()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.owner._sessions.add(self)
+        super().connection_made(transport)
+
     def data_received(self, data: bytes) -> None:
         self.owner.reads.append(data)
         super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.owner._sessions.discard(self)
         with self.owner._lock:
             if self.serial:
                 self.owner._open -= 1
@@ -399,6 +404,7 @@ class SMTPTestServer:
         self._open = 0  # sessions past EHLO
         self._open_tcp = 0  # all connections
         self._running = False
+        self._sessions: set[_Session] = set()  # (touched only in the server's loop)
         context: ssl.SSLContext | None = None
         if tls != "none":
             assert ca is not None
@@ -427,6 +433,15 @@ class SMTPTestServer:
         """Stop listening and drop every connection; calling it twice is fine."""
         if self._running:
             self._running = False
+
+            # Connections still open (a silent session the client never hung up on) are
+            # cut first: from Python 3.12 on, closing a server waits for every one.
+            def cut() -> None:
+                for session in list(self._sessions):
+                    if isinstance(session.transport, asyncio.Transport):
+                        session.transport.abort()
+
+            self._controller.loop.call_soon_threadsafe(cut)
             self._controller.stop()
 
     def __enter__(self) -> SMTPTestServer:
