@@ -706,8 +706,8 @@ def _follow_addresses(
         changes: dict[str, str] = {}
         for address, sid in zip(r.to_addrs.split(","), of.get(r.id, ()), strict=False):
             new = now_at.get(sid) if isinstance(sid, str) else None
-            if new is None or not valid_address(new):
-                continue
+            if new is None or new == address or not valid_address(new):
+                continue  # (the same, as written: most of the time)
             new = normal_address(new)
             if mailbox_key(new) != mailbox_key(address):
                 changes[address] = new
