@@ -606,17 +606,20 @@ def claim(
     account: str | None = None,
     stale: dt.timedelta = dt.timedelta(minutes=15),
     addresses: StaffAddresses | None = None,
+    forget: Sequence[int] = (),
 ) -> list[Envelope]:
     """Mark up to ``limit`` due messages ``sending`` for this run and return them.
 
     ``events``, when given, is filled with each claimed message's event;
     ``refused`` with the ids of those a server refused for some recipient before;
     ``account`` limits the claim to one sender's messages; ``addresses`` looks up
-    the staff's addresses for re-addressing (``_follow_addresses``). Claims are
-    stamped with the database's clock (see ``cpmail.store.clock``).
+    the staff's addresses for re-addressing (``_follow_addresses``); the texts of
+    ``forget`` (sent) are removed in the same transaction. Claims are stamped with
+    the database's clock (see ``cpmail.store.clock``).
     """
     m = messages.c
     with engine.begin() as conn:
+        _forget_texts(conn, list(forget))
         now = clock(conn)
         more: list[Any] = []
         if ids is not None:
@@ -768,8 +771,9 @@ def _follow_addresses(
             conn.execute(message_bodies.update().where(b.message_id == r.id).values(raw=raw))
         conn.execute(messages.update().where(m.id == r.id).values(**values))
         for old, new in changes.items():
-            log.info("message %d goes to %s, the address its staff member has now (not %s)",
-                     r.id, new, old)  # fmt: skip
+            log.info(
+                "message %d goes to %s, its staff member's address now (not %s)", r.id, new, old
+            )
     return pending
 
 
@@ -825,7 +829,7 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
             )
             .returning(m.id)
         ).scalars()
-        forget_texts(conn, list(failed))
+        _forget_texts(conn, list(failed))
     ends: list[tuple[Status, Any, str, dict[str, Any]]] = [
         (
             Status.DROPPED,
@@ -851,7 +855,7 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
             for r in rows:
                 result.expired[r.id] = (status, r.event, r.last_error)
             if status == Status.DROPPED:
-                forget_texts(conn, [r.id for r in rows])
+                _forget_texts(conn, [r.id for r in rows])
 
 
 @functools.cache
@@ -947,6 +951,7 @@ class _Recorder:
         self.events: dict[int, str] = {}  # id -> event, from the claims
         self.refused_before: set[int] = set()  # refused for someone in an earlier attempt
         self.pending: list[Outcome] = []  # taken, not yet written
+        self.sent: list[int] = []  # recorded sent since the pass last removed texts
         self.fatal: BaseException | None = None  # a write that will not succeed
         self.closing_since: float | None = None
         # Kept for the run: taking a connection from the pool for each write cost
@@ -1210,6 +1215,8 @@ class _Recorder:
         return values
 
     def _note(self, id_: int, event: str, status: str, error: str | None) -> None:
+        if status == Status.SENT:
+            self.sent.append(id_)
         self.result.status[id_] = status
         self.result.events[id_] = event
         if error:
@@ -1511,6 +1518,9 @@ class _Pass:
         limit = CLAIM_BATCH
         while True:
             claimed = time.monotonic()
+            # The texts of what went since the last claim go with this one: not kept
+            # until the pass ends (a paced one can take hours).
+            sent, self.recorder.sent = self.recorder.sent, []
             batch = _claim_patiently(
                 self.engine,
                 self.recorder,
@@ -1522,6 +1532,7 @@ class _Pass:
                 account=account,
                 stale=self.stale,
                 addresses=self.addresses,
+                forget=sent,
             )
             if not batch:
                 return
@@ -1720,9 +1731,9 @@ def _give_back(
     return sorted(rows, key=lambda r: r.id)
 
 
-def forget_texts(conn: sa.Connection, ids: Sequence[int]) -> None:
-    """Remove the texts of messages that will never go (dropped, or a test message that
-    failed): `outbox retry` cannot send them then."""
+def _forget_texts(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """Remove the texts of messages that will never go again (sent, dropped, or a test
+    message that failed): `outbox retry` cannot send them then."""
     b = message_bodies.c
     for start in range(0, len(ids), 500):
         conn.execute(message_bodies.delete().where(b.message_id.in_(ids[start : start + 500])))
@@ -2087,7 +2098,7 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
             .returning(m.id)
         ).scalars()
         ids = list(failed)
-        forget_texts(conn, ids)
+        _forget_texts(conn, ids)
     return len(ids)
 
 
@@ -2189,7 +2200,7 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
                 .returning(m.id)
             ).scalars()
         )
-        forget_texts(conn, sorted(dropped))
+        _forget_texts(conn, sorted(dropped))
         left = _statuses_now(conn, [i for i in ids if i not in dropped])
         # Mail that went out cannot be taken back: said with exit 2, nothing changed.
         _refuse(

@@ -129,3 +129,27 @@ def test_the_text_of_sent_mail_is_not_left_in_the_database_file(
 def _wal(home: Path) -> bytes:
     wal = home / "cpmail.db-wal"
     return wal.read_bytes() if wal.exists() else b""
+
+
+def test_a_claim_removes_the_texts_of_what_its_pass_sent_since_the_last_one(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A long pass (a paced account takes hours) does not keep what it sent until it
+    ends: each claim takes the texts of the messages recorded sent since the last."""
+    from cpmail.outbox import claim
+
+    prepare(cli, smtp_server)
+    mids = sorted(queue_messages(home, 4))
+    ids = _ids(home)
+    engine = connect(Settings.load(home).db_url, where="test")
+    try:
+        first = [ids[m] for m in mids[:2]]
+        with engine.begin() as conn:  # as the recorder leaves them: sent, text kept
+            conn.execute(messages.update().where(messages.c.id.in_(first)).values(status="sent"))
+        taken = claim(engine, run_id="r-forget", forget=first)
+    finally:
+        engine.dispose()
+    assert sorted(e.id for e in taken) == sorted(ids[m] for m in mids[2:])
+    assert all(e.raw for e in taken)
+    texts = _texts(home)
+    assert [texts[m][1] for m in mids] == [False, False, True, True], texts
