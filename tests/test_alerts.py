@@ -811,7 +811,8 @@ def test_a_check_killed_mid_run_is_said_once_and_so_is_the_next_one_that_finishe
     assert check(cli) == 0
     alert = one_alert(receiver)
     assert "did not finish" not in alert["message"], alert
-    assert status_json(cli) == (0, status_json(cli)[1]) and not status_json(cli)[1]["warnings"]
+    code, doc = status_json(cli)  # (one reading: two differ in their time)
+    assert code == 0 and not doc["warnings"], doc
     assert len(smtp_server.messages) in (3, 4)  # (one may go twice: accepted as it was killed)
 
     # Killed again; this time the very next check ends well: one alert says both.
