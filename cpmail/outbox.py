@@ -661,7 +661,7 @@ def claim(
                 sa.select(b.message_id, b.raw).where(b.message_id.in_([r.id for r in returned]))
             )
         }
-        pending = _follow_addresses(conn, returned, texts, addresses or _staff_addresses)
+        pending = _follow_addresses(conn, returned, texts, addresses or StaffAddresses())
     rows = sorted(returned, key=lambda r: r.id)  # (RETURNING gives them in no set order)
     if events is not None:
         events.update((r.id, r.event) for r in rows)
@@ -690,7 +690,7 @@ class StaffAddresses:
         self.known: dict[str, str] = {}
         self.read_at: float | None = None
 
-    def __call__(self, conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
+    def __call__(self, conn: sa.Connection) -> dict[str, str]:
         now = time.monotonic()
         if self.read_at is None or now - self.read_at > self.EVERY:
             s = staff.c
@@ -698,16 +698,6 @@ class StaffAddresses:
             self.known = {r.id: r.work_email for r in conn.execute(q)}
             self.read_at = now
         return self.known
-
-
-def _staff_addresses(conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
-    """The work e-mail addresses of the staff members ``ids`` (those who have one)."""
-    s = staff.c
-    found: dict[str, str] = {}
-    for start in range(0, len(ids), 500):
-        q = sa.select(s.id, s.work_email).where(s.id.in_(ids[start : start + 500]))
-        found.update((x.id, x.work_email) for x in conn.execute(q) if x.work_email)
-    return found
 
 
 def _staff_of(staff_ids: str) -> Any:
@@ -722,7 +712,7 @@ def _follow_addresses(
     conn: sa.Connection,
     rows: Sequence[Any],
     texts: dict[int, bytes],
-    addresses: Callable[[sa.Connection, Sequence[str]], dict[str, str]] = _staff_addresses,
+    addresses: StaffAddresses,
 ) -> dict[int, str]:
     """Mail that waited goes to the address its staff members have now.
 
@@ -739,10 +729,9 @@ def _follow_addresses(
                 ids = _staff_of(r.staff_ids)
                 if isinstance(ids, list) and len(ids) == len(r.to_addrs.split(",")):
                     of[r.id] = ids
-    wanted = sorted({i for ids in of.values() for i in ids if isinstance(i, str)})
-    if not wanted:
+    if not of:
         return {}
-    now_at = addresses(conn, wanted)
+    now_at = addresses(conn)
     m, b = messages.c, message_bodies.c
     pending: dict[int, str] = {}
     for r in rows:

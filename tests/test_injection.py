@@ -29,9 +29,10 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -393,33 +394,44 @@ class Fields:
     vendor: str
 
 
-def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...]], bytes]:
-    """New rows carrying ``f`` for every event, one `cpmail check`; the messages by (event, to).
+class Sending(Protocol):
+    """A test agency that sends (an ``Office`` here, the transport tests' ``Agency``)."""
 
-    The rows of earlier rounds are deleted first, so that a round that failed
-    leaves nothing for the next one to send.
-    """
+    engine: sa.Engine
+
+    def sent(self) -> Any: ...
+
+    def update(self, table: str, key: str, **values: Any) -> None: ...
+
+
+def new_round(
+    o: Sending,
+    n: int,
+    tables: tuple[str, ...],
+    *,
+    sender: str,
+    staff: str,
+    client: str,
+    title: str,
+    task: str,
+    number: str,
+) -> None:
+    """The rows of earlier rounds deleted from ``tables`` and the jobs, so that a round
+    that failed leaves nothing for the next one to send; what was sent taken; then the
+    names, and a job, a task due on D and a billing numbered ``number``, for round ``n``."""
     with o.engine.begin() as conn:
-        for table in ("tasks", "homebase_entries", "diary_entries", "billings", "calendar_entries"):
+        for table in tables:
             conn.execute(schema.metadata.tables[table].delete())
         conn.execute(schema.jobs.delete().where(schema.jobs.c.id != "J100"))
     o.sent()
-    o.update("staff", "JD", name=f.sender)
-    o.update("staff", "AE", name=f.staff)
-    o.update("clients", "C1", name=f.client)
-    insert(o.engine, "jobs", [dict(id=f"J{n}", client_id="C1", title=f.title, opened_at=at(D))])
+    o.update("staff", "JD", name=sender)
+    o.update("staff", "AE", name=staff)
+    o.update("clients", "C1", name=client)
+    insert(o.engine, "jobs", [dict(id=f"J{n}", client_id="C1", title=title, opened_at=at(D))])
     insert(
         o.engine,
         "tasks",
-        [dict(id=f"T{n}", job_id="J100", name=f.task, assignee_id="AE", due_date=D)],
-    )
-    entry = dict(subject=f.subject, body="b", entered_by="JD", entered_at=at(D), notify="AE")
-    insert(o.engine, "homebase_entries", [dict(id=f"H{n}", **entry)])
-    insert(o.engine, "diary_entries", [dict(id=f"Y{n}", kind="client", party_id="C1", **entry)])
-    o.update("vendors", "V1", name=f.vendor)
-    vendor_entry = {**entry, "notify": "PR"}
-    insert(
-        o.engine, "diary_entries", [dict(id=f"Z{n}", kind="vendor", party_id="V1", **vendor_entry)]
+        [dict(id=f"T{n}", job_id="J100", name=task, assignee_id="AE", due_date=D)],
     )
     insert(
         o.engine,
@@ -429,12 +441,31 @@ def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...
                 id=f"B{n}",
                 job_id="J100",
                 client_id="C1",
-                number=f.number,
+                number=number,
                 amount=Decimal("1200.00"),
                 created_at=at(D),
                 due_date=D + dt.timedelta(days=30),
             )
         ],
+    )
+
+
+def _check_round(o: Office, n: int, f: Fields) -> dict[tuple[str, tuple[str, ...]], bytes]:
+    """New rows carrying ``f`` for every event, one `cpmail check`; the messages by (event, to).
+
+    The rows of earlier rounds are deleted first, so that a round that failed
+    leaves nothing for the next one to send.
+    """
+    tables = ("tasks", "homebase_entries", "diary_entries", "billings", "calendar_entries")
+    fields = dict(sender=f.sender, staff=f.staff, client=f.client, title=f.title, task=f.task)
+    new_round(o, n, tables, **fields, number=f.number)
+    entry = dict(subject=f.subject, body="b", entered_by="JD", entered_at=at(D), notify="AE")
+    insert(o.engine, "homebase_entries", [dict(id=f"H{n}", **entry)])
+    insert(o.engine, "diary_entries", [dict(id=f"Y{n}", kind="client", party_id="C1", **entry)])
+    o.update("vendors", "V1", name=f.vendor)
+    vendor_entry = {**entry, "notify": "PR"}
+    insert(
+        o.engine, "diary_entries", [dict(id=f"Z{n}", kind="vendor", party_id="V1", **vendor_entry)]
     )
     insert(
         o.engine,

@@ -20,12 +20,10 @@ agency). For each message, read back from what the server received:
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from tests.test_injection import (
     PDF,
     check_wellformed,
     filename_of,
+    new_round,
     raw_headers,
     read,
     typed,
@@ -223,38 +222,11 @@ PLAIN = Texts(
 
 def _round(a: Agency, n: int, t: Texts, folder: Path) -> dict[tuple[str, tuple[str, ...]], Got]:
     """Every kind of message once, with ``t`` everywhere; what went out, by (kind, recipients)."""
-    with a.engine.begin() as conn:
-        for table in ("tasks", "homebase_entries", "billings"):
-            conn.execute(schema.metadata.tables[table].delete())
-        conn.execute(schema.jobs.delete().where(schema.jobs.c.id != "J100"))
-    a.sent()
+    fields = dict(sender=t.sender, staff=t.staff, client=t.client, title=t.title, task=t.task)
+    new_round(a, n, ("tasks", "homebase_entries", "billings"), **fields, number=t.number)
     a.set(agency__name=t.agency, mail__subject_prefix=t.prefix, manager__name=t.manager)
-    a.update("staff", "JD", name=t.sender)
-    a.update("staff", "AE", name=t.staff)
-    a.update("clients", "C1", name=t.client)
-    insert(a.engine, "jobs", [dict(id=f"J{n}", client_id="C1", title=t.title, opened_at=at(D))])
-    insert(
-        a.engine,
-        "tasks",
-        [dict(id=f"T{n}", job_id="J100", name=t.task, assignee_id="AE", due_date=D)],
-    )
     entry = dict(subject=t.subject, body=t.body, entered_by="JD", entered_at=at(D))
     insert(a.engine, "homebase_entries", [dict(id=f"H{n}", notify="AE,PR", **entry)])
-    insert(
-        a.engine,
-        "billings",
-        [
-            dict(
-                id=f"B{n}",
-                job_id="J100",
-                client_id="C1",
-                number=t.number,
-                amount=Decimal("1200.00"),
-                created_at=at(D),
-                due_date=D + dt.timedelta(days=30),
-            )
-        ],
-    )
     out: dict[tuple[str, tuple[str, ...]], Got] = {}
 
     def take(kind: str) -> None:
