@@ -104,19 +104,17 @@ def graceful() -> Iterator[None]:
             _graceful -= 1
 
 
-@contextmanager
-def shielded() -> Iterator[None]:
-    """Around handing one message to a server until its answer is taken for the record.
+class _Shield:
+    """``shielded()``'s context: a class, not a generator, as it is entered twice for
+    every message sent."""
 
-    A second signal in here waits until no message is in the server's hands
-    without its answer, then stops the command (see the module's text).
-    """
-    global _shielded, _held_back
-    with _lock:
-        _shielded += 1
-    try:
-        yield
-    finally:
+    def __enter__(self) -> None:
+        global _shielded
+        with _lock:
+            _shielded += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        global _shielded, _held_back
         with _lock:
             _shielded -= 1
             signum = _held_back if _shielded == 0 else None
@@ -124,6 +122,18 @@ def shielded() -> Iterator[None]:
                 _held_back = None
         if signum is not None:
             raise Stopped(signum)
+
+
+_SHIELD = _Shield()
+
+
+def shielded() -> _Shield:
+    """Around handing one message to a server until its answer is taken for the record.
+
+    A second signal in here waits until no message is in the server's hands
+    without its answer, then stops the command (see the module's text).
+    """
+    return _SHIELD
 
 
 @contextmanager
