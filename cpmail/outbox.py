@@ -655,27 +655,24 @@ def claim(
             )
         ).all()
         b = message_bodies.c
-        texts: dict[int, bytes] = {
-            t.message_id: t.raw
-            for t in conn.execute(
-                sa.select(b.message_id, b.raw).where(b.message_id.in_([r.id for r in returned]))
-            )
-        }
+        got = sa.select(b.message_id, b.raw).where(b.message_id.in_([r.id for r in returned]))
+        texts: dict[int, bytes] = dict(conn.execute(got).tuples().all())
         pending = _follow_addresses(conn, returned, texts, addresses or StaffAddresses())
-    rows = sorted(returned, key=lambda r: r.id)  # (RETURNING gives them in no set order)
+    # (RETURNING gives them in no set order; each row's id comes first)
+    rows = sorted(tuple(r) for r in returned)
     if events is not None:
-        events.update((r.id, r.event) for r in rows)
+        events.update((r[0], r[1]) for r in rows)
     if refused is not None:
-        refused.update(r.id for r in rows if r.refused_rcpts)
+        refused.update(r[0] for r in rows if r[6])
     return [
         Envelope(
-            id=r.id,
-            account=r.account,
-            mail_from=r.from_addr,
-            rcpt_to=tuple(filter(None, pending.get(r.id, r.pending_rcpts).split(","))),
-            raw=texts.get(r.id) or b"",
+            id=id_,
+            account=account,
+            mail_from=sender,
+            rcpt_to=tuple(a for a in pending.get(id_, waiting).split(",") if a),
+            raw=texts.get(id_) or b"",
         )
-        for r in rows
+        for id_, _event, account, sender, _to, waiting, _refused, _staff in rows
     ]
 
 
@@ -722,21 +719,23 @@ def _follow_addresses(
     new pending recipients of each message that changed. A staff member without
     an address now, or no longer in the staff, keeps the one the message has.
     """
-    of: dict[int, list[Any]] = {}
-    for r in rows:
-        if r.staff_ids:
-            with contextlib.suppress(ValueError):
-                ids = _staff_of(r.staff_ids)
-                if isinstance(ids, list) and len(ids) == len(r.to_addrs.split(",")):
-                    of[r.id] = ids
-    if not of:
-        return {}
-    now_at = addresses(conn)
+    now_at: dict[str, str] | None = None
     m, b = messages.c, message_bodies.c
     pending: dict[int, str] = {}
     for r in rows:
+        if not r.staff_ids:
+            continue
+        try:
+            ids = _staff_of(r.staff_ids)
+        except ValueError:
+            continue
+        sent_to = r.to_addrs.split(",")
+        if not isinstance(ids, list) or len(ids) != len(sent_to):
+            continue
+        if now_at is None:
+            now_at = addresses(conn)
         changes: dict[str, str] = {}
-        for address, sid in zip(r.to_addrs.split(","), of.get(r.id, ()), strict=False):
+        for address, sid in zip(sent_to, ids, strict=True):
             new = now_at.get(sid) if isinstance(sid, str) else None
             if new is None or new == address or not valid_address(new):
                 continue  # (the same, as written: most of the time)
@@ -749,7 +748,7 @@ def _follow_addresses(
         pending[r.id] = ",".join(waiting)
         raw = texts.get(r.id)
         values: dict[str, Any] = {
-            "to_addrs": ",".join(changes.get(a, a) for a in r.to_addrs.split(",")),
+            "to_addrs": ",".join(changes.get(a, a) for a in sent_to),
             "pending_rcpts": pending[r.id],
         }
         if raw is not None:
