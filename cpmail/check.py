@@ -578,9 +578,8 @@ def _unrecorded(conn: sa.Connection, found: list[Notification]) -> list[Notifica
     known: set[str] = set()
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]
-        known.update(
-            r.key for r in conn.execute(sa.select(ledger.c.key).where(ledger.c.key.in_(chunk)))
-        )
+        got = sa.select(ledger.c.key).where(ledger.c.key.in_(chunk))
+        known.update(conn.execute(got).scalars().all())
     out, seen = [], set()
     for n in found:
         if n.key not in known and n.key not in seen:
