@@ -829,8 +829,12 @@ def test_a_server_gone_mid_batch_stops_the_run_keeping_what_was_reported(
     with pytest.raises(Unreachable, match="refused the connection"):
         t.deliver([envelope(n) for n in range(5)], report)
 
-    assert [o.id for o in reported] == [0, 1]
-    assert all(o.error is None for o in reported)
+    assert [o.id for o in reported][:2] == [0, 1]
+    assert all(o.error is None for o in reported[:2])
+    # The next message's commands may have gone with the last text and been answered
+    # before the server went: its text found no one, and it is not said to be sent.
+    assert [o.id for o in reported[2:]] in ([], [2])
+    assert all(not o.accepted and o.error is not None for o in reported[2:])
     assert len(smtp_server.messages) == 2
 
 

@@ -168,6 +168,9 @@ class _Group:
     workers: int = 0
     proven: bool = False
     delivered: bool = False  # the server accepted a message of this group
+    # Each text goes with the next message's MAIL, RCPT and DATA (``_Connection.ahead``),
+    # until the server leaves those unanswered once.
+    lookahead: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -195,6 +198,11 @@ class _Connection:
         self.previous: int | None = None  # the last message this connection delivered
         self.settle: Callable[[int], Awaitable[None]] | None = None
         self.blocked: Callable[[], bool] = lambda: False
+        # The next message this connection may send, taken from its group (None: none now).
+        self.next_for: Callable[[], Envelope | None] = lambda: None
+        # A message whose MAIL, RCPT and DATA went with the last text, and what they were:
+        # the connection sends it next, or gives it back (``unprime``).
+        self.ahead: tuple[Envelope, tuple[str, str, bytes]] | None = None
 
     @property
     def connected(self) -> bool:
@@ -324,10 +332,11 @@ class _Connection:
         while taken and outcome.error is None and outcome.deferred:
             rest = tuple(r for r, words in outcome.deferred.items() if _too_many(words))
             stopping = interrupt.requested() is not None or self.blocked()
-            if not rest or stopping or not self.connected:
+            # (with the next message's commands in, the rest wait too)
+            if not rest or stopping or not self.connected or self.ahead is not None:
                 break  # the rest wait in the outbox, deferred, as any deferred recipient
             try:
-                more = await self._send_once(replace(env, rcpt_to=rest))
+                more = await self._send_once(replace(env, rcpt_to=rest), prime=False)
             except (_Resend, AuthError) as e:
                 # Some have the message already: the others wait, never all again.
                 more = Outcome(env.id, error=TemporaryFailure(str(e)))
@@ -335,9 +344,9 @@ class _Connection:
             taken = more.accepted
         return outcome
 
-    async def _send_once(self, env: Envelope) -> Outcome:
+    async def _send_once(self, env: Envelope, *, prime: bool = True) -> Outcome:
         try:
-            return await self._transact(env)
+            return await self._transact(env, prime)
         except UnicodeEncodeError as e:
             # Nothing was written: the commands are encoded before they go.
             return Outcome(
@@ -356,37 +365,87 @@ class _Connection:
                 ),
             )
 
-    async def _transact(self, env: Envelope) -> Outcome:
+    async def _transact(self, env: Envelope, prime: bool = True) -> Outcome:
         """One mail transaction: the checks, MAIL, RCPT, then DATA; an Outcome at any step.
 
         Under PIPELINING the MAIL, RCPT and DATA commands go out in one write
         and their answers are read in order; otherwise each waits for the
-        answer to the one before.
+        answer to the one before. A message's commands may have gone already,
+        with the text of the one before (``ahead``); with ``prime`` this
+        message's text takes the next one's commands along.
         """
-        checked = self._options(env)
-        if isinstance(checked, Outcome):
-            return checked
-        options, encoding, body = checked
+        ahead, self.ahead = self.ahead, None
         wire = self.wire
         assert wire is not None
-        if wire.unread:
-            # The server said something nobody asked for (a line too many with the
-            # last answer): read now, it would pass for this message's answers.
-            raise self._lost_step("the last message", 0, "an answer too many")
-        mail = f"MAIL FROM:<{env.mail_from}>{options}\r\n".encode(encoding)
-        rcpts = [f"RCPT TO:<{r}>\r\n".encode(encoding) for r in env.rcpt_to]
-        if self.pipelining:
-            wire.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+        if ahead is not None:
+            if ahead[0] is not env:  # pragma: no cover - the worker sends what it primed
+                raise RuntimeError("a message other than the one announced")
+            options, encoding, body = ahead[1]
+            rcpts = _rcpt_commands(env, encoding)
             await wire.ready(len(rcpts) + 2, self.cfg.timeout)
         else:
-            wire.write(mail)
+            checked = self._options(env)
+            if isinstance(checked, Outcome):
+                return checked
+            options, encoding, body = checked
+            if wire.unread:
+                # The server said something nobody asked for (a line too many with the
+                # last answer): read now, it would pass for this message's answers.
+                raise self._lost_step("the last message", 0, "an answer too many")
+            mail = _mail_command(env, options, encoding)
+            rcpts = _rcpt_commands(env, encoding)
+            if self.pipelining:
+                wire.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+                await wire.ready(len(rcpts) + 2, self.cfg.timeout)
+            else:
+                wire.write(mail)
         refused_sender = await self._mail(env)
         if refused_sender is not None:
+            if ahead is not None and isinstance(refused_sender.error, NoAnswer):
+                # Commands that came after a text went unanswered: this server does
+                # not read them there. Each transaction starts on its own from now on.
+                self.group.lookahead = False
             return refused_sender
         answered = await self._rcpt(env, rcpts)
         if isinstance(answered, Outcome):
             return answered
-        return await self._data(env, body, *answered)
+        return await self._data(env, body, *answered, prime=prime and len(env.rcpt_to) == 1)
+
+    def _prime(self) -> bytes:
+        """The next message's MAIL, RCPT and DATA, to go in one write with this text, or b"".
+
+        RFC 2920 3.1 lets a message's content start a group of pipelined commands:
+        one write and one read a message instead of two. Only the commands go: the
+        next text goes once this message's outcome is on record, as ever.
+        """
+        if not self.pipelining or not self.group.lookahead:
+            return b""
+        env = self.next_for()
+        if env is None:
+            return b""
+        checked = self._options(env)
+        if not isinstance(checked, Outcome):
+            options, encoding, _ = checked
+            try:
+                mail = _mail_command(env, options, encoding)
+                commands = b"".join((mail, *_rcpt_commands(env, encoding), b"DATA\r\n"))
+            except UnicodeEncodeError:
+                pass
+            else:
+                self.ahead = (env, checked)
+                return commands
+        self.group.pending.appendleft(env)  # it goes on its own, and fails there
+        return b""
+
+    def unprime(self) -> Envelope | None:
+        """Give back the message announced ahead, if any: the server waits for its text,
+        which will not come now, so the line is ended without a word (a QUIT would be
+        taken for the text)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return None
+        self._hang_up()
+        return ahead[0]
 
     def _options(self, env: Envelope) -> Outcome | tuple[str, str, bytes]:
         """MAIL's options, the encoding of the commands and the body as sent, or why not."""
@@ -539,6 +598,8 @@ class _Connection:
         accepted: list[str],
         deferred: dict[str, str],
         refused: dict[str, str],
+        *,
+        prime: bool = False,
     ) -> Outcome:
         """DATA, then the message: from then on the server may have it even if we never hear."""
         wire = self.wire
@@ -571,7 +632,7 @@ class _Connection:
                 # text stays here; the message stays in the outbox.
                 self._hang_up()
                 raise _Resend("the run may no longer send")
-            wire.write(body)
+            wire.write(body + self._prime() if prime else body)
         except aiosmtplib.SMTPServerDisconnected:
             # Gone before any of the text went: send it again on a new connection.
             raise _Resend(f"the SMTP server {where} closed the connection") from None
@@ -615,7 +676,8 @@ class _Connection:
                     ),
                 )
             words = self.scrub(words_of(*answer))
-            await self._rset()
+            if self.ahead is None:  # (the next message's commands are in: the text's answer
+                await self._rset()  # ended this transaction)
             return Outcome(
                 env.id, error=failure(answer.code, f"refused the message: {words}", where)
             )
@@ -658,6 +720,14 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 # A recipient turned away because the transaction has as many as the server takes
 # (RFC 5321 4.5.3.1.10: 452, or 552 from older servers; RFC 3463 X.5.3).
 _TOO_MANY = re.compile(r"^[45]52\b.*?(\b[45]\.5\.3\b|too many recipients)", re.IGNORECASE)
+
+
+def _mail_command(env: Envelope, options: str, encoding: str) -> bytes:
+    return f"MAIL FROM:<{env.mail_from}>{options}\r\n".encode(encoding)
+
+
+def _rcpt_commands(env: Envelope, encoding: str) -> list[bytes]:
+    return [f"RCPT TO:<{r}>\r\n".encode(encoding) for r in env.rcpt_to]
 
 
 def _too_many(words: str) -> bool:
@@ -1013,7 +1083,8 @@ class _Run:
         try:
             while self.fatal is None and not self._stopping():
                 self.intake.fill(self._want())
-                group = self._pick(current)
+                primed = conn is not None and conn.ahead is not None
+                group = current if primed else self._pick(current)
                 if group is not current:
                     if conn is not None:
                         await self._drop(conn)
@@ -1035,17 +1106,19 @@ class _Run:
                     conn = await self._connect(group)
                     if conn is None:
                         return
-                if not group.pending:
+                if conn.ahead is None and not group.pending:
                     continue
                 if self.fatal is not None or self._stopping():
                     break  # decided while this worker was connecting: hand over nothing more
-                env = group.pending.popleft()
+                # (a message whose commands went with the last text comes first)
+                env = conn.ahead[0] if conn.ahead is not None else group.pending.popleft()
                 if not self._admitted(env):
                     # The run stops or the account is paused: it stays claimed, unsent,
                     # for the account's next turn or the outbox.
-                    group.pending.appendleft(env)
+                    if conn.ahead is None:
+                        group.pending.appendleft(env)
                     self.intake.stop()
-                    return
+                    return  # (one announced goes back as the connection is dropped)
                 with interrupt.shielded():  # until the answer is taken for the record
                     try:
                         outcome = await conn.send(env)
@@ -1098,6 +1171,7 @@ class _Run:
         conn = _Connection(self.cfg, self.tls, group, self.local_hostname)
         conn.settle = self.settle
         conn.blocked = self._blocked
+        conn.next_for = lambda: self._next_for(group)
         try:
             await conn.open()
         except Unreachable:
@@ -1111,9 +1185,22 @@ class _Run:
         return conn
 
     async def _drop(self, conn: _Connection) -> None:
+        ahead = conn.unprime()
+        if ahead is not None:  # (not sent: it waits for the next connection)
+            conn.group.pending.appendleft(ahead)
         if conn.smtp is not None:
             self.live -= 1
         await conn.close()
+
+    def _next_for(self, group: _Group) -> Envelope | None:
+        """The message a connection of ``group`` sends next, taken now so that its commands
+        can go with the text in hand; None when there is none, the run stops or the
+        account is paced (a paced message is let go only just before it is sent)."""
+        if self.intake.pacing() or self.fatal is not None or self._stopping():
+            return None
+        if not group.pending:
+            self.intake.fill(self._want())
+        return group.pending.popleft() if group.pending else None
 
 
 def probe(settings: Settings, login: Login | None, address: str) -> None:
