@@ -11,7 +11,9 @@ What it refuses, so that every answer of a pipelined transaction can be met:
 
 - MAIL FROM ``blocked@agency.test``: ``450 4.7.1`` (sender refused for now);
 - RCPT TO ``refused@agency.test``: ``554 5.7.1``; ``later@agency.test``: ``450 4.7.1``;
-- a message whose subject starts with ``Refuse me``: ``550 5.7.1`` at the end of DATA.
+- a message whose subject starts with ``Refuse me``: ``550 5.7.1`` at the end of DATA;
+- a client that pipelines where RFC 2920 does not allow it: cut off
+  (``smtpd_forbid_unauth_pipelining``), or its DATA refused (``reject_unauth_pipelining``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 smtputf8_enable = yes
 smtpd_delay_reject = no
+# As strict about pipelining as Postfix 3.9 and later are by default, and more: a
+# client that writes out of turn is cut off, or has its DATA refused.
+smtpd_forbid_unauth_pipelining = yes
+smtpd_data_restrictions = reject_unauth_pipelining
 smtpd_sender_restrictions = check_sender_access inline:{{ blocked@agency.test=DEFER }}
 smtpd_recipient_restrictions =
     check_recipient_access inline:{{ refused@agency.test=REJECT, later@agency.test=DEFER }},

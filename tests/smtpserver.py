@@ -70,6 +70,9 @@ Trouble, set on the object at any time (it applies to the next command):
 - ``extra_answers = ["250 2.0.0 OK"]``: after the answer to a message's data,
   say this line too, unasked (a server whose answers get out of step with the
   commands); one line per message, then the server behaves again.
+- ``ignore_after_data = True``: drop whatever comes in the same read after the
+  end of a message's data (a server that reads no commands there, though RFC
+  2920 allows them).
 - ``drop_during_data``: hang up after the message data arrived, without
   answering (the message is not recorded). ``True`` for every message, a
   number ``n`` for the next ``n`` messages.
@@ -185,6 +188,9 @@ class _Session(SMTP):
 
     def data_received(self, data: bytes) -> None:
         self.owner.reads.append(data)
+        end = data.find(b"\r\n.\r\n")
+        if self.owner.ignore_after_data and end >= 0:
+            data = data[: end + 5]
         super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -393,6 +399,7 @@ class SMTPTestServer:
         self.max_recipients: tuple[int, str] | None = None
         self.extra_answers: list[str] = []
         self.drop_during_data: Trouble = False
+        self.ignore_after_data = False
         self.stall_data: Trouble = False
         self.stall_after: int | None = None
         self.accept_delay = 0.0

@@ -52,6 +52,58 @@ def test_without_pipelining_each_command_waits_for_its_answer(
     assert not [r for r in smtp_server.reads if b"MAIL FROM:" in r and b"RCPT TO:" in r]
 
 
+def test_each_text_carries_the_next_messages_commands_but_never_its_text(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """RFC 2920 3.1: a message's content may start a group. The next message's text
+    still waits until the last outcome is on record: when an outcome is reported, the
+    server has that message and no more."""
+    envelopes = [envelope(n, to=(ANN,)) for n in range(1, 6)]
+    held: list[int] = []  # messages the server had as each outcome was reported
+
+    def report(outcome: Outcome) -> None:
+        held.append(len(smtp_server.messages))
+
+    transport(home, smtp_server, connections=1).deliver(envelopes, report)
+
+    assert held == [1, 2, 3, 4, 5]
+    assert [m.data for m in smtp_server.messages] == [e.raw for e in envelopes]
+    carried = [r for r in smtp_server.reads if b"\r\n.\r\nMAIL FROM:<" in r]
+    assert len(carried) == 4
+    assert all(r.count(b"\r\n.\r\n") == 1 and r.endswith(b"DATA\r\n") for r in carried)
+
+
+def test_a_message_of_several_recipients_takes_no_commands_along(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Recipients over the server's limit get the text in a further transaction on the
+    same connection: nothing else may be under way there."""
+    envelopes = [envelope(1, to=(ANN, BOB)), envelope(2, to=(ANN,)), envelope(3, to=(BOB,))]
+
+    outcomes = deliver(transport(home, smtp_server, connections=1), envelopes)
+
+    assert [o.accepted for o in outcomes] == [(ANN, BOB), (ANN,), (BOB,)]
+    carried = [r for r in smtp_server.reads if b"\r\n.\r\nMAIL FROM:<" in r]
+    assert len(carried) == 1  # message 2's text, with message 3's commands
+
+
+def test_a_server_that_reads_no_command_after_a_text_gets_each_transaction_on_its_own(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The commands that went with a text go unanswered: that message goes again on a
+    new connection, once, and no further text takes commands along."""
+    smtp_server.ignore_after_data = True
+    envelopes = [envelope(n, to=(ANN,)) for n in range(1, 5)]
+
+    outcomes = deliver(transport(home, smtp_server, connections=1, timeout=1), envelopes)
+
+    assert sorted(o.id for o in outcomes if o.accepted == (ANN,)) == [1, 2, 3, 4]
+    assert [m.data for m in smtp_server.messages] == [e.raw for e in envelopes]
+    carried = [r for r in smtp_server.reads if b"\r\n.\r\nMAIL FROM:<" in r]
+    assert len(carried) == 1  # message 1's text, with message 2's unread commands
+    assert len({m.connection for m in smtp_server.messages}) == 2
+
+
 # ---- real Postfix
 
 
@@ -129,3 +181,4 @@ def test_postfix_gets_many_messages_over_several_pipelined_connections_each_once
     ids = [m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in postfix.target.messages]
     assert len(ids) == len(set(ids))
     assert "improper command pipelining" not in postfix.log()
+    assert "protocol synchronization" not in postfix.log()

@@ -402,9 +402,11 @@ class _Connection:
         refused_sender = await self._mail(env)
         if refused_sender is not None:
             if ahead is not None and isinstance(refused_sender.error, NoAnswer):
-                # Commands that came after a text went unanswered: this server does
-                # not read them there. Each transaction starts on its own from now on.
+                # Commands that came after a text went unanswered: this server does not
+                # read them there. Nothing of this message went: it goes again on a new
+                # line, and each transaction of the group starts on its own from now on.
                 self.group.lookahead = False
+                raise _Resend(f"the SMTP server {self.cfg.address} read no command after a text")
             return refused_sender
         answered = await self._rcpt(env, rcpts)
         if isinstance(answered, Outcome):
