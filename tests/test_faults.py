@@ -186,7 +186,9 @@ def test_a_stop_signal_records_what_was_sent_and_gives_back_the_rest(
 ) -> None:
     prepare(cli, smtp_server)
     ids = queue_messages(home, 150)
-    smtp_server.accept_delay = 0.01
+    # (slow enough that each trial's signal, up to 0.3 s after its first message, comes
+    # while mail is still being sent)
+    smtp_server.accept_delay = 0.02
     rng = random.Random(sig)
     for _trial in range(2):
         if len(set(received(smtp_server))) == len(ids):

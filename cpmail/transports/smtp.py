@@ -931,6 +931,8 @@ class _Run:
         self.take: Callable[[Outcome], None] | None = getattr(report, "take", None)
         self.write: Callable[[], None] | None = getattr(report, "write", None)
         self.due: asyncio.TimerHandle | None = None  # the write of outcomes taken so far
+        self.written: asyncio.Future[None] | None = None  # done when the next write is over
+        self.settling = 0  # connections waiting for their last outcome to be written
 
     @property
     def groups(self) -> list[_Group]:
@@ -991,20 +993,36 @@ class _Run:
         self._write()
 
     def _write(self) -> None:
-        if self.write is not None:
-            self.write()
+        written, self.written = self.written, None
+        try:
+            if self.write is not None:
+                self.write()
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)
 
     async def settle(self, message_id: int) -> None:
-        """Make sure the outcome of ``message_id`` is on record (written now if it is not).
+        """Make sure the outcome of ``message_id`` is on record before this returns.
 
-        Answers that came meanwhile on other connections are taken first, so that one
-        write records them all: writing is most of what a message costs beyond SMTP.
+        Writing is most of what a message costs beyond SMTP, so one write records the
+        outcomes of every connection: it is made once each open connection waits for
+        its own (its next text held back), or within _WRITE_WITHIN seconds.
         """
         if self.settled is None or self.settled(message_id):
             return
-        await asyncio.sleep(0)
-        if not self.settled(message_id):
-            self._write()
+        self.settling += 1
+        try:
+            while not self.settled(message_id):
+                if self.settling >= self.live or self.write is None:
+                    self._write()  # every connection waits: nothing more will come first
+                    continue
+                if self.due is None:
+                    self.due = asyncio.get_running_loop().call_later(_WRITE_WITHIN, self._due)
+                if self.written is None:
+                    self.written = asyncio.get_running_loop().create_future()
+                await self.written
+        finally:
+            self.settling -= 1
 
     async def _go(self, workers: int) -> None:
         self.intake.fill(self._want())
@@ -1196,13 +1214,12 @@ class _Run:
 
     def _next_for(self, group: _Group) -> Envelope | None:
         """The message a connection of ``group`` sends next, taken now so that its commands
-        can go with the text in hand; None when there is none, the run stops or the
-        account is paced (a paced message is let go only just before it is sent)."""
-        if self.intake.pacing() or self.fatal is not None or self._stopping():
+        can go with the text in hand; None when none is in hand (no claim is made in the
+        middle of a transaction), the run stops or the account is paced (a paced message
+        is let go only just before it is sent)."""
+        if not group.pending or self.intake.pacing() or self.fatal is not None:
             return None
-        if not group.pending:
-            self.intake.fill(self._want())
-        return group.pending.popleft() if group.pending else None
+        return None if self._stopping() else group.pending.popleft()
 
 
 def probe(settings: Settings, login: Login | None, address: str) -> None:
