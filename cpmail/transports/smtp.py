@@ -383,6 +383,18 @@ class _Connection:
             options, encoding, body = ahead[1]
             rcpts = _rcpt_commands(env, encoding)
             await wire.ready(len(rcpts) + 2, self.cfg.timeout)
+            if not _as_expected(wire.codes(len(rcpts) + 2), len(rcpts)):
+                # Commands sent ahead, answered otherwise than "go on" (or not at all):
+                # an answer out of step (one too many after the text) would be taken
+                # for another, and a refusal cannot be told from it. Nothing of this
+                # message went: it goes again on a new line, on its own, and the
+                # group's texts take no commands along from now on.
+                self.group.lookahead = False
+                self._hang_up()
+                raise _Resend(
+                    f"the SMTP server {self.cfg.address} answered the commands sent with "
+                    "the last text otherwise than expected"
+                )
         else:
             checked = self._options(env)
             if isinstance(checked, Outcome):
@@ -401,12 +413,6 @@ class _Connection:
                 wire.write(mail)
         refused_sender = await self._mail(env)
         if refused_sender is not None:
-            if ahead is not None and isinstance(refused_sender.error, NoAnswer):
-                # Commands that came after a text went unanswered: this server does not
-                # read them there. Nothing of this message went: it goes again on a new
-                # line, and each transaction of the group starts on its own from now on.
-                self.group.lookahead = False
-                raise _Resend(f"the SMTP server {self.cfg.address} read no command after a text")
             return refused_sender
         answered = await self._rcpt(env, rcpts)
         if isinstance(answered, Outcome):
@@ -724,6 +730,16 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _TOO_MANY = re.compile(r"^[45]52\b.*?(\b[45]\.5\.3\b|too many recipients)", re.IGNORECASE)
 
 
+def _as_expected(codes: list[int], recipients: int) -> bool:
+    """The answers to MAIL, each RCPT and DATA say "go on": 250, 250 or 251, 354."""
+    return (
+        len(codes) == recipients + 2
+        and codes[0] == 250
+        and all(c in (250, 251) for c in codes[1:-1])
+        and codes[-1] == 354
+    )
+
+
 def _mail_command(env: Envelope, options: str, encoding: str) -> bytes:
     return f"MAIL FROM:<{env.mail_from}>{options}\r\n".encode(encoding)
 
@@ -1008,12 +1024,12 @@ class _Run:
         outcomes of every connection: it is made once each open connection waits for
         its own (its next text held back), or within _WRITE_WITHIN seconds.
         """
-        if self.settled is None or self.settled(message_id):
+        if self.settled is None or self.write is None or self.settled(message_id):
             return
         self.settling += 1
         try:
             while not self.settled(message_id):
-                if self.settling >= self.live or self.write is None:
+                if self.settling >= self.live:
                     self._write()  # every connection waits: nothing more will come first
                     continue
                 if self.due is None:
@@ -1099,6 +1115,7 @@ class _Run:
     async def _worker(self, n: int) -> None:  # noqa: C901
         conn: _Connection | None = None
         current: _Group | None = None
+        last: int | None = None  # the last message accepted on this worker's lines
         self.running.add(n)
         try:
             while self.fatal is None and not self._stopping():
@@ -1107,6 +1124,7 @@ class _Run:
                 group = current if primed else self._pick(current)
                 if group is not current:
                     if conn is not None:
+                        last = conn.previous or last
                         await self._drop(conn)
                         conn = None
                     if current is not None:
@@ -1122,10 +1140,13 @@ class _Run:
                         break
                 if conn is None or not conn.connected:
                     if conn is not None:
+                        last = conn.previous or last
                         await self._drop(conn)
                     conn = await self._connect(group)
                     if conn is None:
                         return
+                    # Its first text, too, waits until the last one accepted is on record.
+                    conn.previous = last
                 if conn.ahead is None and not group.pending:
                     continue
                 if self.fatal is not None or self._stopping():
@@ -1214,9 +1235,9 @@ class _Run:
 
     def _next_for(self, group: _Group) -> Envelope | None:
         """The message a connection of ``group`` sends next, taken now so that its commands
-        can go with the text in hand; None when none is in hand (no claim is made in the
-        middle of a transaction), the run stops or the account is paced (a paced message
-        is let go only just before it is sent)."""
+        can go with the text in hand; None when none is in hand (claims are the worker
+        loop's, not made while a text is on its way), the run stops or the account is
+        paced (a paced message is let go only just before it is sent)."""
         if not group.pending or self.intake.pacing() or self.fatal is not None:
             return None
         return None if self._stopping() else group.pending.popleft()

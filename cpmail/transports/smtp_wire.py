@@ -115,6 +115,10 @@ class Wire(asyncio.Protocol):
         """Something came that no command has read: an answer, or part of one."""
         return bool(self._answers or self._lines or self._buffer)
 
+    def codes(self, count: int) -> list[int]:
+        """The codes of the first ``count`` answers not read yet (fewer if fewer came)."""
+        return [a.code for a in list(self._answers)[:count]]
+
     def write(self, data: bytes) -> None:
         if not self.open:
             raise self._failure or SMTPServerDisconnected("Connection lost")
