@@ -377,3 +377,43 @@ def test_without_pipelining_nothing_goes_ahead(
     rec = run(home, smtp_server, envs, connections=connections)
     check(rec, smtp_server, envs)
     assert [r for r in smtp_server.reads if b"\r\n.\r\nMAIL FROM:<" in r] == []
+
+
+def test_a_stop_that_waited_for_a_write_made_by_the_timer_ends_the_run(
+    home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A second signal held back while answers were awaited takes effect once the write
+    that records them is over, here one the 2 ms timer made (as ``interrupt.shielded``
+    raises on leaving): the run ends there, it is not lost in the event loop."""
+
+    class TimedWrites:
+        def __init__(self) -> None:
+            self.pending: list[Outcome] = []
+            self.written: list[Outcome] = []
+            self.stopped = False
+
+        def take(self, outcome: Outcome) -> None:
+            self.pending.append(outcome)
+
+        def settled(self, id_: int) -> bool:
+            return True  # never waited for: every write is the timer's (or the last one)
+
+        def write(self) -> None:
+            batch, self.pending = self.pending, []
+            self.written.extend(batch)
+            if batch and not self.stopped:
+                self.stopped = True
+                raise interrupt.Stopped(15)
+
+        def __call__(self, outcome: Outcome) -> None:  # pragma: no cover - take/write used
+            self.take(outcome)
+            self.write()
+
+    rec = TimedWrites()
+    smtp_server.accept_delay = 0.01  # (the timer fires between two messages)
+    with pytest.raises(interrupt.Stopped):
+        transport(home, smtp_server, connections=1).deliver(singles(20), rec)
+    assert len(smtp_server.messages) < 20
+    assert {o.id for o in rec.written + rec.pending} == {
+        msgid(m.data) for m in smtp_server.messages
+    }

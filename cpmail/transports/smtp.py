@@ -1006,7 +1006,15 @@ class _Run:
 
     def _due(self) -> None:
         self.due = None
-        self._write()
+        try:
+            self._write()
+        except interrupt.Stopped as e:
+            # A second signal that waited for this write (see interrupt.shielded): the run
+            # ends here, as it would had a connection made the write (a timer's callback
+            # cannot raise it: the event loop would only log it).
+            if self.fatal is None:
+                self.fatal = e
+            self._wake()
 
     def _write(self) -> None:
         written, self.written = self.written, None
