@@ -127,6 +127,9 @@ class CheckResult:
     sender: Sender | None = None
     notice: list[str] = field(default_factory=list)
     earlier: Counter[str] = field(default_factory=Counter)  # earlier runs' mail, by status
+    # earlier runs' mail dropped, by why: "began" (what it reminds of) or "inactive" (all
+    # it was for are no longer active)
+    dropped: Counter[str] = field(default_factory=Counter)
     waiting: Waiting | None = None  # what waits in the outbox after the run
     window_closed: bool = False  # (a dry run's) the send window is closed: nothing would go
     # events not looked at: their recipients name someone not in the staff table (notice)
@@ -544,6 +547,9 @@ def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> 
     for mid, status in delivery.status.items():
         if mid not in ids:  # left in the outbox by an earlier run
             result.earlier[status] += 1
+            if status == Status.DROPPED:
+                why = delivery.errors.get(mid) or ""
+                result.dropped["inactive" if "no longer active" in why else "began"] += 1
             continue
         if status not in (Status.SENT, Status.DEFERRED, Status.FAILED):
             continue

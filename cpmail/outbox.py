@@ -607,13 +607,16 @@ def claim(
     stale: dt.timedelta = dt.timedelta(minutes=15),
     addresses: StaffAddresses | None = None,
     forget: Sequence[int] = (),
+    ended: dict[int, tuple[Status, str, str]] | None = None,
 ) -> list[Envelope]:
     """Mark up to ``limit`` due messages ``sending`` for this run and return them.
 
     ``events``, when given, is filled with each claimed message's event;
     ``refused`` with the ids of those a server refused for some recipient before;
     ``account`` limits the claim to one sender's messages; ``addresses`` looks up
-    the staff's addresses for re-addressing (``_follow_addresses``); the texts of
+    the staff's addresses for re-addressing (``_follow_addresses``), and ``ended`` is
+    given each message dropped because every staff member it waited for has left
+    (status, event, why); the texts of
     ``forget`` (sent) are removed in the same transaction. Claims are stamped with
     the database's clock (see ``cpmail.store.clock``).
     """
@@ -657,9 +660,13 @@ def claim(
         b = message_bodies.c
         got = sa.select(b.message_id, b.raw).where(b.message_id.in_([r.id for r in returned]))
         texts: dict[int, bytes] = dict(conn.execute(got).tuples().all())
-        pending = _follow_addresses(conn, returned, texts, addresses or StaffAddresses())
+        pending, left = _follow_addresses(conn, returned, texts, addresses or StaffAddresses())
+        if left:
+            _forget_texts(conn, list(left))
+    if ended is not None:
+        ended.update(left)
     # (RETURNING gives them in no set order; each row's id comes first)
-    rows = sorted(tuple(r) for r in returned)
+    rows = sorted(tuple(r) for r in returned if r.id not in left)
     if events is not None:
         events.update((r[0], r[1]) for r in rows)
     if refused is not None:
@@ -677,22 +684,25 @@ def claim(
 
 
 class StaffAddresses:
-    """The staff's work e-mail addresses as a pass's claims look them up: the whole staff
-    read once, and again once the reading is EVERY seconds old (each claim of up to
-    1,000 messages reading its staff cost as much as sending five messages)."""
+    """The staff's work e-mail addresses, and who is no longer active, as a pass's claims
+    look them up: the whole staff read once, and again once the reading is EVERY seconds
+    old (each claim of up to 1,000 messages reading its staff cost as much as sending
+    five messages)."""
 
     EVERY = 30.0
 
     def __init__(self) -> None:
         self.known: dict[str, str] = {}
+        self.inactive: set[str] = set()
         self.read_at: float | None = None
 
     def __call__(self, conn: sa.Connection) -> dict[str, str]:
         now = time.monotonic()
         if self.read_at is None or now - self.read_at > self.EVERY:
             s = staff.c
-            q = sa.select(s.id, s.work_email).where(s.work_email.is_not(None))
-            self.known = {r.id: r.work_email for r in conn.execute(q)}
+            rows = conn.execute(sa.select(s.id, s.work_email, s.active)).all()
+            self.known = {i: email for i, email, _ in rows if email is not None}
+            self.inactive = {i for i, _, active in rows if not active}
             self.read_at = now
         return self.known
 
@@ -710,18 +720,23 @@ def _follow_addresses(
     rows: Sequence[Any],
     texts: dict[int, bytes],
     addresses: StaffAddresses,
-) -> dict[int, str]:
-    """Mail that waited goes to the address its staff members have now.
+) -> tuple[dict[int, str], dict[int, tuple[Status, str, str]]]:
+    """Mail that waited goes to its staff members as they are now.
 
     An address corrected after a "550 no such user", or changed while the mail
     waited for the send window, is the one it goes to: in the envelope, the To
-    header, the log and the text kept (``texts``, changed in place). Return the
-    new pending recipients of each message that changed. A staff member without
-    an address now, or no longer in the staff, keeps the one the message has.
+    header, the log and the text kept (``texts``, changed in place). A staff
+    member without an address now, or no longer in the staff, keeps the one the
+    message has. One who is no longer active (``staff.active``) gets none of it,
+    as routing would leave them out now: their addresses leave the envelope (the
+    To header stays as written), and a message left with no one is dropped,
+    saying why. Return the new pending recipients of each message that changed,
+    and the messages dropped (status, event, why).
     """
     now_at: dict[str, str] | None = None
     m, b = messages.c, message_bodies.c
     pending: dict[int, str] = {}
+    left: dict[int, tuple[Status, str, str]] = {}
     for r in rows:
         if not r.staff_ids:
             continue
@@ -734,35 +749,81 @@ def _follow_addresses(
             continue
         if now_at is None:
             now_at = addresses(conn)
-        changes: dict[str, str] = {}
-        for address, sid in zip(sent_to, ids, strict=True):
-            new = now_at.get(sid) if isinstance(sid, str) else None
-            if new is None or new == address or not valid_address(new):
-                continue  # (the same, as written: most of the time)
-            new = normal_address(new)
-            if mailbox_key(new) != mailbox_key(address):
-                changes[address] = new
-        if not changes:
+        changes, gone = _now_for(sent_to, ids, now_at, addresses.inactive)
+        before = [a for a in r.pending_rcpts.split(",") if a]
+        leaving = [a for a in before if a in gone]
+        if not changes and not leaving:
             continue
-        waiting = [changes.get(a, a) for a in r.pending_rcpts.split(",") if a]
+        waiting = [changes.get(a, a) for a in before if a not in gone]
+        if not waiting:
+            left[r.id] = _drop_for_leavers(conn, r, sorted({gone[a] for a in leaving}))
+            continue
         pending[r.id] = ",".join(waiting)
+        values: dict[str, Any] = {"pending_rcpts": pending[r.id]}
         raw = texts.get(r.id)
-        values: dict[str, Any] = {
-            "to_addrs": ",".join(changes.get(a, a) for a in sent_to),
-            "pending_rcpts": pending[r.id],
-        }
-        if raw is not None:
-            from cpmail.compose import readdressed  # (rare: not on every command's path)
+        if changes:
+            values["to_addrs"] = ",".join(changes.get(a, a) for a in sent_to)
+            if raw is not None:
+                from cpmail.compose import readdressed  # (rare: not on every command's path)
 
-            texts[r.id] = raw = readdressed(raw, changes)
-            values["size"] = len(raw)
-            conn.execute(message_bodies.update().where(b.message_id == r.id).values(raw=raw))
+                texts[r.id] = raw = readdressed(raw, changes)
+                values["size"] = len(raw)
+                conn.execute(message_bodies.update().where(b.message_id == r.id).values(raw=raw))
         conn.execute(messages.update().where(m.id == r.id).values(**values))
         for old, new in changes.items():
             log.info(
                 "message %d goes to %s, its staff member's address now (not %s)", r.id, new, old
             )
-    return pending
+        for address in leaving:
+            log.info("message %d does not go to %s: %s left", r.id, address, gone[address])
+    return pending, left
+
+
+def _now_for(
+    sent_to: Sequence[str], ids: Sequence[Any], now_at: dict[str, str], inactive: set[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A message's addresses that changed (old -> new), and those of staff members who
+    are no longer active (address -> staff id)."""
+    changes: dict[str, str] = {}
+    gone: dict[str, str] = {}
+    for address, sid in zip(sent_to, ids, strict=True):
+        if not isinstance(sid, str):
+            continue
+        if sid in inactive:
+            gone[address] = sid
+            continue
+        new = now_at.get(sid)
+        if new is None or new == address or not valid_address(new):
+            continue  # (the same, as written: most of the time)
+        new = normal_address(new)
+        if mailbox_key(new) != mailbox_key(address):
+            changes[address] = new
+    return changes, gone
+
+
+def _drop_for_leavers(conn: sa.Connection, row: Any, who: Sequence[str]) -> tuple[Status, str, str]:
+    """End a claimed message whose every recipient left (status, event, why)."""
+    m = messages.c
+    why = f"not sent: {_and(who)} {'is' if len(who) == 1 else 'are'} no longer active"
+    said = conn.execute(
+        messages.update()
+        .where(m.id == row.id)
+        .values(
+            status=Status.DROPPED,
+            claimed_at=None,
+            claimed_by=None,
+            next_attempt_at=None,
+            last_error=_joined(m.last_error, why),
+        )
+        .returning(m.last_error)
+    ).scalar_one()
+    log.info("message %d dropped: %s", row.id, why)
+    return Status.DROPPED, row.event, said
+
+
+def _and(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _joined(column: Any, more: str) -> Any:
@@ -1521,6 +1582,7 @@ class _Pass:
                 stale=self.stale,
                 addresses=self.addresses,
                 forget=sent,
+                ended=self.result.expired,
             )
             if not batch:
                 return

@@ -142,3 +142,46 @@ def test_only_the_address_itself_is_rewritten_never_a_display_name_or_another_he
     # an address kept as typed is found in the normal form the header has it in
     moved = readdressed(b"To: <carl@agency.test>" + rest, {"carl@Agency.TEST": "c@agency.test"})
     assert moved == b"To: <c@agency.test>" + rest
+
+
+def test_mail_waiting_for_someone_no_longer_active_is_not_sent_to_them(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer, backend: str
+) -> None:
+    """A staff member made inactive while mail waited for the send window gets none of
+    it, as routing would leave them out now: their own message is dropped, saying why;
+    one they shared goes to the others only."""
+    setup_smtp(cli, smtp_server, db=backend)
+    agency(home)
+    new_job(home, "J1")
+    assert cli("config", "set", "mail.send_window", "00:00-00:01").exit_code == 0
+    assert check(cli) == 0 and smtp_server.messages == []
+    engine = connect(Settings.load(home).db_url, where="test")
+    try:
+        with engine.begin() as conn:  # Alice's message is Carl's too
+            conn.execute(
+                sa.text(
+                    "UPDATE messages SET to_addrs = 'alice@agency.test,carl@agency.test', "
+                    "pending_rcpts = 'alice@agency.test,carl@agency.test', "
+                    """staff_ids = '["AE", "CR"]' WHERE to_addrs = 'alice@agency.test'"""
+                )
+            )
+    finally:
+        engine.dispose()
+    r = cli("staff", "edit", "CR", "--inactive")
+    assert r.exit_code == 0, r.output
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+
+    assert r.exit_code == 0, r.output
+    assert sorted(m.rcpt_tos for m in smtp_server.messages) == [
+        ("alice@agency.test",),
+        ("pia@agency.test",),
+    ]
+    rows = json.loads(cli("log", "--json", "--event", "job-opened").stdout)
+    carl = [row for row in rows if row["to"] == ["carl@agency.test"]]
+    assert [row["status"] for row in carl] == ["dropped"], rows
+    assert "not sent: CR is no longer active" in (carl[0]["last_error"] or ""), carl
+    assert "1 dropped (no one it was for is active now)" in r.output, r.output
+    shared = [row for row in rows if "alice@agency.test" in row["to"]]
+    assert [row["status"] for row in shared] == ["sent"], shared

@@ -382,7 +382,9 @@ def _print_summary(c: Any, result: Any) -> None:
         c.note(line)
     if result.earlier:
         e = result.earlier
-        dropped = f", {e['dropped']} dropped (what it reminds of had begun)" if e["dropped"] else ""
+        dropped = (
+            f", {e['dropped']} dropped ({_dropped_why(result.dropped)})" if e["dropped"] else ""
+        )
         c.say(
             f"From the outbox (earlier runs): {e['sent']} sent, {e['deferred']} deferred, "
             f"{e['failed']} failed{dropped}."
@@ -392,6 +394,19 @@ def _print_summary(c: Any, result: Any) -> None:
         c.note(waiting_line)
     if result.sender is not None and c.settings["mail.transport"] == "file" and totals["sent"]:
         c.say(f"Messages were written to {c.settings.mail_dir}")
+
+
+_DROPPED = {
+    "began": "what it reminds of had begun",
+    "inactive": "no one it was for is active now",
+}
+
+
+def _dropped_why(dropped: Counter[str]) -> str:
+    """Why earlier runs' mail was dropped: the one reason, or how many for each."""
+    if len(dropped) <= 1:
+        return _DROPPED[next(iter(dropped), "began")]
+    return "; ".join(f"{n}: {_DROPPED[why]}" for why, n in sorted(dropped.items()))
 
 
 def register(app: typer.Typer) -> None:
