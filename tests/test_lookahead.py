@@ -138,6 +138,14 @@ def singles(n: int) -> list[Envelope]:
     return [envelope(i, to=(ANN,)) for i in range(1, n + 1)]
 
 
+def each_once(home: Path, server: SMTPTestServer, n: int, connections: int = 1) -> Recorder:
+    """Deliver ``n`` messages of one recipient each, and ``check`` what became of them."""
+    envs = singles(n)
+    rec = run(home, server, envs, connections=connections)
+    check(rec, server, envs)
+    return rec
+
+
 def nth_mail(monkeypatch: pytest.MonkeyPatch, answer: Callable[[int], str | None]) -> None:
     """Answer the server's n-th MAIL FROM (counting from 1) with ``answer(n)``, if any."""
     original = smtpserver._Handler.handle_MAIL
@@ -155,9 +163,7 @@ def nth_mail(monkeypatch: pytest.MonkeyPatch, answer: Callable[[int], str | None
 def test_every_message_once_with_commands_ahead(
     home: Path, smtp_server: SMTPTestServer, connections: int
 ) -> None:
-    envs = singles(40)
-    rec = run(home, smtp_server, envs, connections=connections)
-    check(rec, smtp_server, envs)
+    rec = each_once(home, smtp_server, 40, connections)
     assert all(o.accepted == (ANN,) for o in rec.outcomes)
 
 
@@ -165,9 +171,7 @@ def test_refused_texts_leave_the_commands_ahead_in_step(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:
     smtp_server.fail_data = ["554 5.7.1 no", "451 4.3.0 later", "550 5.7.1 no"]
-    envs = singles(20)
-    rec = run(home, smtp_server, envs, connections=1)
-    check(rec, smtp_server, envs)
+    rec = each_once(home, smtp_server, 20, 1)
     assert sum(1 for o in rec.outcomes if o.accepted == (ANN,)) == 17
     # (the text's answer ended its transaction: nothing to reset with commands ahead)
     assert [r for r in smtp_server.reads if r.startswith(b"RSET")] == []
@@ -178,25 +182,19 @@ def test_a_line_cut_after_a_text_sends_nothing_twice(
     home: Path, smtp_server: SMTPTestServer, connections: int
 ) -> None:
     smtp_server.drop_during_data = 3
-    envs = singles(20)
-    rec = run(home, smtp_server, envs, connections=connections)
-    check(rec, smtp_server, envs)
+    each_once(home, smtp_server, 20, connections)
 
 
 def test_a_text_left_unanswered(home: Path, smtp_server: SMTPTestServer) -> None:
     smtp_server.stall_data = 2
-    envs = singles(12)
-    rec = run(home, smtp_server, envs, connections=1)
-    check(rec, smtp_server, envs)
+    each_once(home, smtp_server, 12, 1)
 
 
 def test_commands_after_a_text_unread_on_three_connections(
     home: Path, smtp_server: SMTPTestServer
 ) -> None:
     smtp_server.ignore_after_data = True
-    envs = singles(20)
-    rec = run(home, smtp_server, envs, connections=3)
-    check(rec, smtp_server, envs)
+    rec = each_once(home, smtp_server, 20, 3)
     assert all(o.accepted == (ANN,) for o in rec.outcomes)
 
 
@@ -215,9 +213,7 @@ def test_a_server_that_reads_only_the_mail_after_a_text(
         original(self, data)
 
     monkeypatch.setattr(smtpserver._Session, "data_received", data_received)
-    envs = singles(8)
-    rec = run(home, smtp_server, envs, connections=1)
-    check(rec, smtp_server, envs)
+    rec = each_once(home, smtp_server, 8, 1)
     assert all(o.accepted == (ANN,) for o in rec.outcomes)
 
 
@@ -250,9 +246,7 @@ def test_an_answer_too_many_after_a_text_is_never_taken_for_another(
     """The line too many would pass for the next message's MAIL answer, every answer
     after it one off: that message goes again on a new line instead."""
     smtp_server.extra_answers = extra
-    envs = singles(6)
-    rec = run(home, smtp_server, envs, connections=1)
-    check(rec, smtp_server, envs)
+    rec = each_once(home, smtp_server, 6, 1)
     assert all(o.accepted == (ANN,) for o in rec.outcomes)
     assert [r for r in smtp_server.reads if r.startswith(b"RSET")] == []
 
@@ -319,9 +313,7 @@ def test_a_new_line_waits_for_the_record_of_the_last_message_accepted(
     """Message 1 is accepted; message 2's MAIL, sent with 1's text, meets 421, so 2 goes
     on a new connection. Its text waits until 1 is on record, as on the old line."""
     nth_mail(monkeypatch, lambda n: "421 4.7.0 go away" if n == 2 else None)
-    envs = singles(4)
-    rec = run(home, smtp_server, envs, connections=1)
-    check(rec, smtp_server, envs)
+    each_once(home, smtp_server, 4, 1)
 
 
 def test_an_account_refused_at_the_mail_sent_ahead(
@@ -341,9 +333,7 @@ def test_throttled_at_the_mail_sent_ahead(
 ) -> None:
     throttled = "452 4.3.2 Submission quota exceeded. STOREDRV.ClientSubmit"
     nth_mail(monkeypatch, lambda n: throttled if n == 3 else None)
-    envs = singles(8)
-    rec = run(home, smtp_server, envs, connections=1)
-    check(rec, smtp_server, envs)
+    each_once(home, smtp_server, 8, 1)
 
 
 def test_paced_after_an_answer_lets_the_message_announced_wait(
@@ -373,9 +363,7 @@ def test_without_pipelining_nothing_goes_ahead(
 ) -> None:
     smtp_server.offer_pipelining = False
     smtp_server.fail_data = ["554 5.7.1 no"]
-    envs = singles(15)
-    rec = run(home, smtp_server, envs, connections=connections)
-    check(rec, smtp_server, envs)
+    each_once(home, smtp_server, 15, connections)
     assert [r for r in smtp_server.reads if b"\r\n.\r\nMAIL FROM:<" in r] == []
 
 
