@@ -808,13 +808,7 @@ def _drop_for_leavers(conn: sa.Connection, row: Any, who: Sequence[str]) -> tupl
     said = conn.execute(
         messages.update()
         .where(m.id == row.id)
-        .values(
-            status=Status.DROPPED,
-            claimed_at=None,
-            claimed_by=None,
-            next_attempt_at=None,
-            last_error=_joined(m.last_error, why),
-        )
+        .values(**_ending(Status.DROPPED, why))
         .returning(m.last_error)
     ).scalar_one()
     log.info("message %d dropped: %s", row.id, why)
@@ -824,6 +818,19 @@ def _drop_for_leavers(conn: sa.Connection, row: Any, who: Sequence[str]) -> tupl
 def _and(names: Sequence[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _ending(status: Status, why: str, **more: Any) -> dict[str, Any]:
+    """The values that end a message that was not sent: ``status``, claimed and due no
+    more, ``why`` said after its last error."""
+    return {
+        "status": status,
+        "claimed_at": None,
+        "claimed_by": None,
+        "next_attempt_at": None,
+        "last_error": _joined(messages.c.last_error, why),
+        **more,
+    }
 
 
 def _joined(column: Any, more: str) -> Any:
@@ -865,15 +872,11 @@ def _expire(engine: sa.Engine, settings: Settings, result: Delivery) -> None:
                 sa.or_(sa.and_(waiting, gone), _orphaned(db_now, stale, alive)),
             )
             .values(
-                status=Status.FAILED,
-                failed_at=now,
-                claimed_at=None,
-                claimed_by=None,
-                next_attempt_at=None,
-                last_error=_joined(
-                    m.last_error,
+                **_ending(
+                    Status.FAILED,
                     "not sent: a test message is sent at once or not at all, and the "
                     "command that sent it stopped first",
+                    failed_at=now,
                 ),
             )
             .returning(m.id)
@@ -2128,6 +2131,7 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
     Only rows claimed by ``run_id`` or by no run: never one another run is sending.
     """
     m = messages.c
+    now = utcnow()
     with engine.begin() as conn:
         failed = conn.execute(
             messages.update()
@@ -2137,14 +2141,8 @@ def give_up(engine: sa.Engine, ids: Sequence[int], why: str, *, run_id: str) -> 
                 # failed too: its bytes go, so that `outbox retry` cannot send it later
                 m.status.in_((Status.QUEUED, Status.DEFERRED, Status.SENDING, Status.FAILED)),
             )
-            .values(
-                status=Status.FAILED,
-                failed_at=sa.func.coalesce(m.failed_at, utcnow()),  # a failed one keeps its time
-                claimed_at=None,
-                claimed_by=None,
-                next_attempt_at=None,
-                last_error=_joined(m.last_error, why),
-            )
+            # (a failed one keeps its time)
+            .values(**_ending(Status.FAILED, why, failed_at=sa.func.coalesce(m.failed_at, now)))
             .returning(m.id)
         ).scalars()
         ids = list(failed)
