@@ -750,6 +750,8 @@ def _follow_addresses(
         if now_at is None:
             now_at = addresses(conn)
         changes, gone = _now_for(sent_to, ids, now_at, addresses.inactive)
+        if not changes and not gone:
+            continue  # (most of the time)
         before = [a for a in r.pending_rcpts.split(",") if a]
         leaving = [a for a in before if a in gone]
         if not changes and not leaving:
