@@ -127,8 +127,8 @@ class CheckResult:
     sender: Sender | None = None
     notice: list[str] = field(default_factory=list)
     earlier: Counter[str] = field(default_factory=Counter)  # earlier runs' mail, by status
-    # earlier runs' mail dropped, by why: "began" (what it reminds of) or "inactive" (all
-    # it was for are no longer active)
+    # earlier runs' mail dropped, by why: "began" (what it reminds of) or "no one" (all it
+    # was for are no longer active or muted its event)
     dropped: Counter[str] = field(default_factory=Counter)
     waiting: Waiting | None = None  # what waits in the outbox after the run
     window_closed: bool = False  # (a dry run's) the send window is closed: nothing would go
@@ -548,8 +548,7 @@ def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> 
         if mid not in ids:  # left in the outbox by an earlier run
             result.earlier[status] += 1
             if status == Status.DROPPED:
-                why = delivery.errors.get(mid) or ""
-                result.dropped["inactive" if "no longer active" in why else "began"] += 1
+                result.dropped[_why_dropped(delivery.errors.get(mid) or "")] += 1
             continue
         if status not in (Status.SENT, Status.DEFERRED, Status.FAILED):
             continue
@@ -559,6 +558,13 @@ def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> 
             summary.setdefault(DIGEST, EventSummary())
         if row in summary:
             summary[row].count_message(Status(status))
+
+
+def _why_dropped(error: str) -> str:
+    """What ended a message dropped from the outbox, as the run's summary counts it."""
+    if "no longer active" in error or " muted " in error:
+        return "no one"  # (see outbox._drop_for_no_one)
+    return "began"
 
 
 def digest_choices(engine: sa.Engine) -> dict[str, bool]:

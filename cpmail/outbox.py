@@ -53,7 +53,7 @@ from cpmail.settings import Settings
 from cpmail.sizes import size_pair
 from cpmail.statuses import Status
 from cpmail.store import clock, lower, utcnow
-from cpmail.store.schema import ledger, message_bodies, messages, runs, staff
+from cpmail.store.schema import ledger, message_bodies, messages, runs, staff, staff_opt_out
 from cpmail.transports.base import Envelope, Outcome, Transport
 
 log = logging.getLogger(__name__)
@@ -615,8 +615,8 @@ def claim(
     ``refused`` with the ids of those a server refused for some recipient before;
     ``account`` limits the claim to one sender's messages; ``addresses`` looks up
     the staff's addresses for re-addressing (``_follow_addresses``), and ``ended`` is
-    given each message dropped because every staff member it waited for has left
-    (status, event, why); the texts of
+    given each message dropped because none of the staff it waited for would get it
+    now (status, event, why); the texts of
     ``forget`` (sent) are removed in the same transaction. Claims are stamped with
     the database's clock (see ``cpmail.store.clock``).
     """
@@ -694,6 +694,7 @@ class StaffAddresses:
     def __init__(self) -> None:
         self.known: dict[str, str] = {}
         self.inactive: set[str] = set()
+        self.muted: set[tuple[str, str]] = set()  # (staff id, event)
         self.read_at: float | None = None
 
     def __call__(self, conn: sa.Connection) -> dict[str, str]:
@@ -703,6 +704,8 @@ class StaffAddresses:
             rows = conn.execute(sa.select(s.id, s.work_email, s.active)).all()
             self.known = {i: email for i, email, _ in rows if email is not None}
             self.inactive = {i for i, _, active in rows if not active}
+            o = staff_opt_out.c
+            self.muted = set(conn.execute(sa.select(o.staff_id, o.event)).tuples().all())
             self.read_at = now
         return self.known
 
@@ -727,11 +730,12 @@ def _follow_addresses(
     waited for the send window, is the one it goes to: in the envelope, the To
     header, the log and the text kept (``texts``, changed in place). A staff
     member without an address now, or no longer in the staff, keeps the one the
-    message has. One who is no longer active (``staff.active``) gets none of it,
-    as routing would leave them out now: their addresses leave the envelope (the
-    To header stays as written), and a message left with no one is dropped,
-    saying why. Return the new pending recipients of each message that changed,
-    and the messages dropped (status, event, why).
+    message has. One who is no longer active (``staff.active``), or who muted the
+    message's event (``staff_opt_out``; a digest's own items are not looked at),
+    gets none of it, as routing would leave them out now: their addresses leave
+    the envelope (the To header stays as written), and a message left with no one
+    is dropped, saying why. Return the new pending recipients of each message that
+    changed, and the messages dropped (status, event, why).
     """
     now_at: dict[str, str] | None = None
     m, b = messages.c, message_bodies.c
@@ -749,7 +753,7 @@ def _follow_addresses(
             continue
         if now_at is None:
             now_at = addresses(conn)
-        changes, gone = _now_for(sent_to, ids, now_at, addresses.inactive)
+        changes, gone = _now_for(sent_to, ids, now_at, addresses, r.event)
         if not changes and not gone:
             continue  # (most of the time)
         before = [a for a in r.pending_rcpts.split(",") if a]
@@ -758,7 +762,7 @@ def _follow_addresses(
             continue
         waiting = [changes.get(a, a) for a in before if a not in gone]
         if not waiting:
-            left[r.id] = _drop_for_leavers(conn, r, sorted({gone[a] for a in leaving}))
+            left[r.id] = _drop_for_no_one(conn, r, [gone[a] for a in leaving])
             continue
         pending[r.id] = ",".join(waiting)
         values: dict[str, Any] = {"pending_rcpts": pending[r.id]}
@@ -777,22 +781,32 @@ def _follow_addresses(
                 "message %d goes to %s, its staff member's address now (not %s)", r.id, new, old
             )
         for address in leaving:
-            log.info("message %d does not go to %s: %s left", r.id, address, gone[address])
+            log.info(
+                "message %d does not go to %s: %s", r.id, address, _said_of(gone[address], r.event)
+            )
     return pending, left
 
 
 def _now_for(
-    sent_to: Sequence[str], ids: Sequence[Any], now_at: dict[str, str], inactive: set[str]
-) -> tuple[dict[str, str], dict[str, str]]:
+    sent_to: Sequence[str],
+    ids: Sequence[Any],
+    now_at: dict[str, str],
+    staff_now: StaffAddresses,
+    event: str,
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """A message's addresses that changed (old -> new), and those of staff members who
-    are no longer active (address -> staff id)."""
+    would get it no more (address -> (staff id, "inactive" or "muted")): no longer
+    active, or who muted its event since."""
     changes: dict[str, str] = {}
-    gone: dict[str, str] = {}
+    gone: dict[str, tuple[str, str]] = {}
     for address, sid in zip(sent_to, ids, strict=True):
         if not isinstance(sid, str):
             continue
-        if sid in inactive:
-            gone[address] = sid
+        if sid in staff_now.inactive:
+            gone[address] = (sid, "inactive")
+            continue
+        if (sid, event) in staff_now.muted:
+            gone[address] = (sid, "muted")
             continue
         new = now_at.get(sid)
         if new is None or new == address or not valid_address(new):
@@ -803,18 +817,33 @@ def _now_for(
     return changes, gone
 
 
-def _drop_for_leavers(conn: sa.Connection, row: Any, who: Sequence[str]) -> tuple[Status, str, str]:
-    """End a claimed message whose every recipient left (status, event, why)."""
+def _said_of(gone: tuple[str, str], event: str) -> str:
+    sid, why = gone
+    return f"{sid} is no longer active" if why == "inactive" else f"{sid} muted {event}"
+
+
+def _drop_for_no_one(
+    conn: sa.Connection, row: Any, gone: Sequence[tuple[str, str]]
+) -> tuple[Status, str, str]:
+    """End a claimed message none of whose recipients would get it now (status, event,
+    why): each is no longer active, or muted its event."""
     m = messages.c
-    why = f"not sent: {_and(who)} {'is' if len(who) == 1 else 'are'} no longer active"
-    said = conn.execute(
+    left = sorted({sid for sid, why in gone if why == "inactive"})
+    muted = sorted({sid for sid, why in gone if why == "muted"})
+    said = []
+    if left:
+        said.append(f"{_and(left)} {'is' if len(left) == 1 else 'are'} no longer active")
+    if muted:
+        said.append(f"{_and(muted)} muted {row.event}")
+    why = "not sent: " + "; ".join(said)
+    ended = conn.execute(
         messages.update()
         .where(m.id == row.id)
         .values(**_ending(Status.DROPPED, why))
         .returning(m.last_error)
     ).scalar_one()
     log.info("message %d dropped: %s", row.id, why)
-    return Status.DROPPED, row.event, said
+    return Status.DROPPED, row.event, ended
 
 
 def _and(names: Sequence[str]) -> str:

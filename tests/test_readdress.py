@@ -182,6 +182,31 @@ def test_mail_waiting_for_someone_no_longer_active_is_not_sent_to_them(
     carl = [row for row in rows if row["to"] == ["carl@agency.test"]]
     assert [row["status"] for row in carl] == ["dropped"], rows
     assert "not sent: CR is no longer active" in (carl[0]["last_error"] or ""), carl
-    assert "1 dropped (no one it was for is active now)" in r.output, r.output
+    assert "1 dropped (no one it was for gets it now)" in r.output, r.output
     shared = [row for row in rows if "alice@agency.test" in row["to"]]
     assert [row["status"] for row in shared] == ["sent"], shared
+
+
+def test_mail_waiting_for_someone_who_muted_its_event_is_not_sent_to_them(
+    cli: Cli, home: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Muted while the mail waited: as routing would skip them now."""
+    setup_smtp(cli, smtp_server)
+    agency(home)
+    new_job(home, "J1")
+    assert cli("config", "set", "mail.send_window", "00:00-00:01").exit_code == 0
+    assert check(cli) == 0 and smtp_server.messages == []
+    r = cli("staff", "mute", "CR", "job-opened")
+    assert r.exit_code == 0, r.output
+    assert cli("config", "set", "mail.send_window", "").exit_code == 0
+
+    r = cli("check", "--date", D.isoformat(), "--only", "job-opened")
+
+    assert r.exit_code == 0, r.output
+    assert "carl@agency.test" not in {a for m in smtp_server.messages for a in m.rcpt_tos}
+    assert len(smtp_server.messages) == 2
+    rows = json.loads(cli("log", "--json", "--event", "job-opened").stdout)
+    [carl] = [row for row in rows if row["to"] == ["carl@agency.test"]]
+    assert carl["status"] == "dropped", carl
+    assert "not sent: CR muted job-opened" in (carl["last_error"] or ""), carl
+    assert "1 dropped (no one it was for gets it now)" in r.output, r.output

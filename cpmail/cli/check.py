@@ -398,7 +398,7 @@ def _print_summary(c: Any, result: Any) -> None:
 
 _DROPPED = {
     "began": "what it reminds of had begun",
-    "inactive": "no one it was for is active now",
+    "no one": "no one it was for gets it now",
 }
 
 
