@@ -548,7 +548,7 @@ def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> 
         if mid not in ids:  # left in the outbox by an earlier run
             result.earlier[status] += 1
             if status == Status.DROPPED:
-                result.dropped[_why_dropped(delivery.errors.get(mid) or "")] += 1
+                result.dropped["no one" if mid in delivery.no_one else "began"] += 1
             continue
         if status not in (Status.SENT, Status.DEFERRED, Status.FAILED):
             continue
@@ -558,13 +558,6 @@ def _count(result: CheckResult, ids: dict[int, Planned], delivery: Delivery) -> 
             summary.setdefault(DIGEST, EventSummary())
         if row in summary:
             summary[row].count_message(Status(status))
-
-
-def _why_dropped(error: str) -> str:
-    """What ended a message dropped from the outbox, as the run's summary counts it."""
-    if "no longer active" in error or " muted " in error:
-        return "no one"  # (see outbox._drop_for_no_one)
-    return "began"
 
 
 def digest_choices(engine: sa.Engine) -> dict[str, bool]:

@@ -448,6 +448,9 @@ class Delivery:
     # any mail the pass found too old to send (failed) or no longer current (dropped):
     # id -> (status, event, why); see _expire
     expired: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    # those of ``expired`` dropped as none of their recipients gets them now (each left,
+    # or muted its event): see _follow_addresses
+    no_one: set[int] = field(default_factory=set)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.status.values() if s == status)
@@ -464,6 +467,7 @@ class Delivery:
         self.partly |= other.partly
         self.unkept |= other.unkept
         self.expired.update(other.expired)
+        self.no_one |= other.no_one
 
     @property
     def undelivered(self) -> int:
@@ -607,7 +611,7 @@ def claim(
     stale: dt.timedelta = dt.timedelta(minutes=15),
     addresses: StaffAddresses | None = None,
     forget: Sequence[int] = (),
-    ended: dict[int, tuple[Status, str, str]] | None = None,
+    ended: Delivery | None = None,
 ) -> list[Envelope]:
     """Mark up to ``limit`` due messages ``sending`` for this run and return them.
 
@@ -615,8 +619,8 @@ def claim(
     ``refused`` with the ids of those a server refused for some recipient before;
     ``account`` limits the claim to one sender's messages; ``addresses`` looks up
     the staff's addresses for re-addressing (``_follow_addresses``), and ``ended`` is
-    given each message dropped because none of the staff it waited for would get it
-    now (status, event, why); the texts of
+    told of each message dropped because none of the staff it waited for would get it
+    now (``expired`` and ``no_one``); the texts of
     ``forget`` (sent) are removed in the same transaction. Claims are stamped with
     the database's clock (see ``cpmail.store.clock``).
     """
@@ -664,7 +668,8 @@ def claim(
         if left:
             _forget_texts(conn, list(left))
     if ended is not None:
-        ended.update(left)
+        ended.expired.update(left)
+        ended.no_one.update(left)
     # (RETURNING gives them in no set order; each row's id comes first)
     rows = sorted(tuple(r) for r in returned if r.id not in left)
     if events is not None:
@@ -1616,7 +1621,7 @@ class _Pass:
                 stale=self.stale,
                 addresses=self.addresses,
                 forget=sent,
-                ended=self.result.expired,
+                ended=self.result,
             )
             if not batch:
                 return
@@ -1825,8 +1830,8 @@ def _forget_texts(conn: sa.Connection, ids: Sequence[int]) -> None:
 
 def _forget_sent(conn: sa.Connection) -> None:
     """Remove the texts of sent messages (the server has them), this run's and any a run
-    that died left behind: recording a message as sent leaves its text for here, where
-    the texts of a whole run go together."""
+    that died left behind: recording a message as sent leaves its text for the pass's
+    next claim (``forget``) or for here, where those left go together."""
     b, m = message_bodies.c, messages.c
     done = (
         sa.select(b.message_id)
@@ -2121,7 +2126,7 @@ def list_messages(
 ) -> list[dict[str, Any]]:
     """Rows of the log (newest last), filtered."""
     m = messages.c
-    # Every column but the message itself: a long log must not load every message.
+    # (the texts are apart, in message_bodies: a long log does not load every message)
     q = sa.select(messages).order_by(m.id)
     if statuses:
         q = q.where(m.status.in_(list(statuses)))
@@ -2271,11 +2276,7 @@ def drop(engine: sa.Engine, ids: Sequence[int]) -> tuple[int, dict[int, str]]:
             conn.execute(
                 messages.update()
                 .where(m.id.in_(list(ids)), waiting)
-                .values(
-                    status=Status.DROPPED,
-                    next_attempt_at=None,
-                    last_error=_joined(m.last_error, "dropped with `cpmail outbox drop`"),
-                )
+                .values(**_ending(Status.DROPPED, "dropped with `cpmail outbox drop`"))
                 .returning(m.id)
             ).scalars()
         )

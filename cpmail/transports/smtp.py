@@ -169,7 +169,7 @@ class _Group:
     proven: bool = False
     delivered: bool = False  # the server accepted a message of this group
     # Each text goes with the next message's MAIL, RCPT and DATA (``_Connection.ahead``),
-    # until the server leaves those unanswered once.
+    # until those are answered once otherwise than "go on", or not at all.
     lookahead: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -378,8 +378,7 @@ class _Connection:
         wire = self.wire
         assert wire is not None
         if ahead is not None:
-            if ahead[0] is not env:  # pragma: no cover - the worker sends what it primed
-                raise RuntimeError("a message other than the one announced")
+            assert ahead[0] is env  # (the worker sends next what was announced)
             options, encoding, body = ahead[1]
             rcpts = _rcpt_commands(env, encoding)
             await wire.ready(len(rcpts) + 2, self.cfg.timeout)
