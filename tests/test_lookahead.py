@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cpmail import interrupt
 from cpmail.errors import AuthError
@@ -405,3 +407,31 @@ def test_a_stop_that_waited_for_a_write_made_by_the_timer_ends_the_run(
     assert {o.id for o in rec.written + rec.pending} == {
         msgid(m.data) for m in smtp_server.messages
     }
+
+
+_LINE = st.sampled_from(
+    [b"", b".", b"..", b"...", b". ", b".x", b"x.", b"hello", b"\xc3\xa9t\xc3\xa9", b" ."]
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(bodies=st.lists(st.lists(_LINE, max_size=8), min_size=1, max_size=4))
+def test_every_text_arrives_byte_for_byte_with_commands_ahead(
+    home: Path, smtp_server: SMTPTestServer, bodies: list[list[bytes]]
+) -> None:
+    """Generated texts of dotted lines (a lone dot, leading dots, a text that ends in one),
+    several to a connection so that each takes the next one's commands along: the
+    server reads each exactly as it was written, nothing more and nothing less."""
+    smtp_server.reset()
+    envs = []
+    for n, lines in enumerate(bodies, start=1):
+        head = f"From: {ANN}\r\nTo: {BOB}\r\nMessage-ID: <job-opened.{n}@cpmail.test>\r\n\r\n"
+        raw = head.encode() + b"".join(line + b"\r\n" for line in lines)
+        envs.append(Envelope(n, "", ANN, (BOB,), raw))
+    rec = run(home, smtp_server, envs, connections=1)
+    check(rec, smtp_server, envs)
+    assert [m.data for m in smtp_server.messages] == [e.raw for e in envs]

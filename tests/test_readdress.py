@@ -10,6 +10,8 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpmail.settings import Settings
 from cpmail.store import connect
@@ -210,3 +212,46 @@ def test_mail_waiting_for_someone_who_muted_its_event_is_not_sent_to_them(
     assert carl["status"] == "dropped", carl
     assert "not sent: CR muted job-opened" in (carl["last_error"] or ""), carl
     assert "1 dropped (no one it was for gets it now)" in r.output, r.output
+
+
+_PIECES = [*'Carl Reéd,;:"\\<>()@.', "carl@agency.test", ",carl@agency.test,", "<carl@agency.test>"]
+_NAME = st.lists(st.sampled_from(_PIECES), max_size=30).map("".join)
+_WHO = st.sampled_from(["carl@agency.test", "ann@agency.test", "carla@agency.test"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(people=st.lists(st.tuples(_NAME, _WHO), min_size=1, max_size=4))
+def test_a_header_of_any_names_has_only_its_addresses_moved(
+    people: list[tuple[str, str]],
+) -> None:
+    """To and Cc as cpmail writes them, of generated display names (quotes, commas, angle
+    brackets, the old address itself, accents, folding): after re-addressing, each
+    mailbox of the old address has the new one and the same name, every other mailbox
+    and every other byte is as it was."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    from cpmail.compose import Mailbox, address_header, readdressed
+
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "ops@agency.test"
+    for field in ("To", "Cc"):
+        msg[field] = address_header(field, [Mailbox(a, name) for name, a in people])
+    msg["Subject"] = "carl@agency.test"
+    msg.set_content("Hi carl@agency.test\n")
+    raw = msg.as_bytes()
+
+    moved = readdressed(raw, {"carl@agency.test": "carl.reed@agency.test"})
+
+    def mailboxes(text: bytes) -> list[tuple[str, str]]:
+        parsed = message_from_bytes(text, policy=policy.SMTPUTF8)
+        return [(a.display_name, a.addr_spec) for f in ("To", "Cc") for a in parsed[f].addresses]
+
+    new = "carl.reed@agency.test"
+    assert mailboxes(moved) == [
+        (name, new if a == "carl@agency.test" else a) for name, a in mailboxes(raw)
+    ]
+    head, body = moved.split(b"\r\n\r\n", 1)
+    assert body == raw.split(b"\r\n\r\n", 1)[1]
+    kept = [f for f in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if f[:3] in (b"Fro", b"Sub")]
+    assert all(f in head.split(b"\r\n") for f in kept)
